@@ -1,0 +1,134 @@
+"""Scoring throughput: the scan-viz engine vs the official SCAN algorithm, measured in the same run.
+
+Baseline ("official"): kuanghuei/SCAN's evaluation loop as restated in scan_viz.reference: float64,
+128 x 128 shards, one attention call per caption, attended vectors materialised.
+Reported: pairs/s, the speed-up over the baseline, and the engine's arithmetic rate as a fraction of
+this machine's measured fp32 matrix-multiply rate, counting 2 x n_regions x n_words x d FLOPs per pair.
+
+    python benchmarks/bench_scoring.py [--device cuda] [--images 512 --captions 2560]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from scan_viz.attention import AttentionParams
+from scan_viz.config import ScanConfig
+from scan_viz.engine import score_matrix
+from scan_viz.heads import ScanHead
+from scan_viz.model import ScanModel
+from scan_viz.reference import shard_xattn
+from scan_viz.text import Vocabulary
+
+N_REGIONS, IMG_DIM, EMBED = 36, 2048, 1024
+WORDS = ["a", "man", "woman", "dog", "red", "blue", "car", "on", "the", "street", "with", "small", "big",
+         "sitting", "next", "to", "white", "boat", "water", "green", "grass", "holding", "ball", "two"]
+
+
+def matmul_rate(device: str, n: int = 4096, reps: int = 8) -> float:
+    """Measured fp32 GEMM FLOP/s (n x n x n)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, reps: int = 1):
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return out, best
+
+
+def captions(n: int, rng: np.random.Generator) -> list[str]:
+    """~12-word captions (10 +- 2 words, plus <start> and <end>)."""
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(8, 13)))) for _ in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--captions", type=int, default=1280)
+    ap.add_argument("--baseline-images", type=int, default=128)
+    ap.add_argument("--baseline-captions", type=int, default=128)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    dev = args.device
+
+    vocab = Vocabulary.from_words(WORDS)
+    model = ScanModel(ScanConfig(vocab_size=len(vocab)), vocab)
+    feats = rng.standard_normal((args.images, N_REGIONS, IMG_DIM), dtype=np.float32)
+    caps = captions(args.captions, rng)
+    head = ScanHead(AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0))
+
+    rate = matmul_rate(dev)
+    regions = model.encode_images(feats, device=dev)
+    enc = model.encode_captions(caps, device=dev)
+    mean_words = float(enc.lengths.float().mean())
+    flops_per_pair = 2 * N_REGIONS * mean_words * EMBED
+
+    # baseline: the official float64 sharded loop, on a subset (it is slow), per pair
+    bi, bc = args.baseline_images, args.baseline_captions
+    reg64 = regions[:bi].double().cpu().numpy()
+    cap64 = enc.emb[:bc].double().cpu().numpy()
+    lens = enc.lengths[:bc].cpu().numpy()
+    params = dict(cross_attn="t2i", raw_feature_norm="clipped_l2norm", lambda_softmax=9.0, agg_func="LogSumExp",
+                  lambda_lse=6.0)
+    ref, t_ref = _timed(lambda: shard_xattn(reg64, cap64, lens, **params))
+    ref_pps = bi * bc / t_ref
+
+    def engine():
+        out = score_matrix(head, regions, enc.emb, enc.lengths)
+        _sync(dev)
+        return out
+    sims, t_eng = _timed(engine, reps=2)
+    eng_pps = args.images * args.captions / t_eng
+    err = float(np.abs(sims[:bi, :bc].astype(np.float64) - ref).max())
+
+    # end to end: raw features + sentences -> scores; the baseline adds the same encoders' time
+    def e2e():
+        out = model.similarity(feats, caps, device=dev, head=head)
+        _sync(dev)
+        return out
+    _, t_e2e = _timed(e2e, reps=1)
+    e2e_pps = args.images * args.captions / t_e2e
+    _, t_enc_ref = _timed(lambda: (model.encode_images(feats[:bi], device=dev),
+                                   model.encode_captions(caps[:bc], device=dev)))
+    ref_e2e_pps = bi * bc / (t_ref + t_enc_ref)
+
+    name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    print(f"machine: {name}; torch {torch.__version__}; device {dev}")
+    print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s")
+    print(f"pairs: engine {args.images}x{args.captions}, baseline {bi}x{bc}; 36 regions, d=1024, "
+          f"{mean_words:.1f} words/caption incl. <start>/<end>")
+    print(f"max |engine fp32 - official fp64| = {err:.2e}")
+    print("| what | pairs/s | vs official | fraction of matmul rate |")
+    print("|---|---|---|---|")
+    print(f"| official loop (fp64, 128x128 shards) | {ref_pps:,.0f} | 1.0x | {ref_pps * flops_per_pair / rate:.2f} |")
+    print(f"| engine, scores from embeddings (fp32) | {eng_pps:,.0f} | {eng_pps / ref_pps:.1f}x | "
+          f"{eng_pps * flops_per_pair / rate:.2f} |")
+    print(f"| similarity() end to end (fp32) vs official end to end | {e2e_pps:,.0f} | "
+          f"{e2e_pps / ref_e2e_pps:.1f}x | - |")
+
+
+if __name__ == "__main__":
+    main()

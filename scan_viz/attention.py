@@ -1,0 +1,214 @@
+"""SCAN's stacked cross attention as pure, batched tensor functions: the ONE implementation in scan-viz.
+
+Training, the scoring engine, retrieval and the app all call :func:`scan_attention`.
+
+Notation (paper / official code): ``regions`` V are region embeddings, ``words`` U word embeddings of
+a caption. For every (image i, caption c) pair the region-word cosine matrix is ``S[w, r] = u_w . v_r``.
+
+* t2i (query = words, context = regions): S is normalised over the WORDS of the caption for each region
+  (``raw_feature_norm``), then ``softmax(lambda_softmax * .)`` over the regions gives ``a[w, r]``; the
+  attended image vector of word w is ``a_w = sum_r a[w, r] v_r`` and its relevance is ``R_w = cos(u_w, a_w)``.
+* i2t (query = regions, context = words): S is normalised over the REGIONS for each word, then softmax
+  over the caption's words gives ``a[r, w]``; ``R_r = cos(v_r, sum_w a[r, w] u_w)``.
+* The pair's score aggregates R (LogSumExp, Mean, Max or Sum) over words (t2i) or regions (i2t).
+
+Where this differs from the official code in *how* (never *what*) it computes:
+
+* The attended vectors are never materialised. ``u_w . a_w = sum_r a[w, r] S[w, r]`` reuses S, and
+  ``|a_w|^2 = a_w^T G a_w`` with ``G = V V^T`` the image's (k x k) region Gram matrix (for i2t the
+  caption's word Gram matrix). So a pair costs one slice of a single large matrix product plus O(k^2 n)
+  work, instead of building (n_images x n_captions x n_words x d) tensors.
+* All pairs of a block are computed at once, with padded words/regions masked out, instead of one call
+  per caption. Every pair is independent, so the arithmetic per pair is the official one.
+* ``l1norm`` / ``clipped_l1norm``: the official branches call an undefined function and crash; here they
+  are L1 normalisation over the same axis as l2norm, ``x / (sum |x| + 1e-8)``, as their names say.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+LEAKY_SLOPE = 0.1  # "clipped" in the official code is LeakyReLU(0.1), not max(x, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionParams:
+    """The hyperparameters of one SCAN direction, under the paper's / official names."""
+
+    cross_attn: str = "t2i"
+    raw_feature_norm: str = "clipped_l2norm"
+    lambda_softmax: float = 9.0
+    agg_func: str = "LogSumExp"
+    lambda_lse: float = 6.0
+
+
+@dataclasses.dataclass
+class AttentionResult:
+    """What :func:`scan_attention` returns for a block of pairs.
+
+    ``scores``: (n_images, n_captions). ``attention``: (n_images, n_captions, n_words, n_regions), the
+    post-softmax weights a[w, r] for t2i (each word's row sums to 1 over regions) or a[r, w] stored
+    transposed for i2t (each region's column sums to 1 over words). ``relevance``: (n_images,
+    n_captions, n_words) for t2i, (n_images, n_captions, n_regions) for i2t. Both are None unless asked for.
+    """
+
+    scores: torch.Tensor
+    attention: torch.Tensor | None = None
+    relevance: torch.Tensor | None = None
+
+
+def leaky_clip(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, LEAKY_SLOPE)
+
+
+def normalize_raw(attn: torch.Tensor, norm: str, dim: int, valid: torch.Tensor | None = None,
+                  scale: float = 1.0, inplace: bool = False) -> torch.Tensor:
+    """SCAN's first normalisation of the raw cosines along the query axis ``dim``, times ``scale``.
+
+    ``valid`` (broadcastable to ``attn``, bool) marks real query items; invalid entries must already be 0
+    (they then add nothing to l1/l2 sums) and are excluded from the softmax variant. ``scale`` folds the
+    following ``* lambda_softmax`` into the same pass. ``inplace`` may overwrite ``attn`` (no autograd).
+    """
+    if norm == "softmax":
+        if valid is not None:
+            attn = attn.masked_fill(~valid, float("-inf"))
+        out = torch.softmax(attn, dim=dim)
+        if valid is not None:
+            out = out.nan_to_num(0.0)
+        return out * scale if scale != 1.0 else out
+    if norm in ("clipped_l2norm", "clipped_l1norm", "clipped"):
+        attn = F.leaky_relu_(attn, LEAKY_SLOPE) if inplace else leaky_clip(attn)
+        inplace = True  # attn is now our own tensor
+    if norm in ("l2norm", "clipped_l2norm"):
+        # one pass, no temporary; its gradient at an all-zero (padded) row is 0, not NaN
+        factor = scale / (torch.linalg.vector_norm(attn, dim=dim, keepdim=True) + EPS)
+    elif norm in ("l1norm", "clipped_l1norm"):
+        factor = scale / (attn.abs().sum(dim=dim, keepdim=True) + EPS)
+    elif norm in ("clipped", "no_norm"):
+        if scale == 1.0:
+            return attn
+        factor = scale
+    else:
+        raise ValueError(f"unknown raw_feature_norm {norm!r}")
+    return attn.mul_(factor) if inplace and not torch.is_grad_enabled() else attn * factor
+
+
+# After these normalisations |attn| <= 1, so exp(lambda_softmax * attn) cannot overflow for any
+# sensible lambda; "clipped" and "no_norm" pass raw cosines on and get the max subtracted first.
+_BOUNDED_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm")
+
+
+def _softmax_numerator(logits: torch.Tensor, dim: int, valid: torch.Tensor | None, bounded: bool,
+                       inplace: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(logits) with invalid entries 0, and its sum over ``dim``: a softmax without the division.
+
+    The division is folded into the quantities computed from it (dot products and quadratic forms),
+    which saves a full pass over the (pairs x words x regions) tensor. Same value as torch.softmax.
+    """
+    if not bounded:
+        masked = logits if valid is None else logits.masked_fill(~valid, float("-inf"))
+        logits = logits - masked.amax(dim=dim, keepdim=True)
+        inplace = True
+    e = logits.exp_() if inplace else logits.exp()
+    if valid is not None:
+        e = e.mul_(valid) if inplace else e * valid
+    return e, e.sum(dim=dim)
+
+
+def aggregate(rel: torch.Tensor, agg_func: str, lambda_lse: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool relevances over the last dim. LogSumExp is ``log(sum exp(lambda_lse * R)) / lambda_lse`` (no 1/k)."""
+    if agg_func == "LogSumExp":
+        e = torch.exp(rel * lambda_lse)
+        if valid is not None:
+            e = e * valid
+        return torch.log(e.sum(dim=-1)) / lambda_lse
+    if agg_func == "Mean":
+        if valid is None:
+            return rel.mean(dim=-1)
+        return (rel * valid).sum(dim=-1) / valid.sum(dim=-1).clamp(min=1)
+    if agg_func == "Max":
+        if valid is not None:
+            rel = rel.masked_fill(~valid, float("-inf"))
+        return rel.max(dim=-1).values
+    if agg_func == "Sum":
+        return (rel * valid).sum(dim=-1) if valid is not None else rel.sum(dim=-1)
+    raise ValueError(f"unknown agg_func {agg_func!r}")
+
+
+def _masked_norm(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """L2 norm over the last dim; 1 at padded positions, so no 0/0 reaches the gradient."""
+    sq = x.pow(2).sum(dim=-1)
+    return (sq if valid is None else torch.where(valid, sq, torch.ones_like(sq))).sqrt()
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(n,) lengths -> (n, max_len) bool, True at real positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def scan_attention(
+    regions: torch.Tensor,
+    words: torch.Tensor,
+    word_lengths: torch.Tensor,
+    params: AttentionParams,
+    region_lengths: torch.Tensor | None = None,
+    return_attention: bool = False,
+) -> AttentionResult:
+    """Score every (image, caption) pair of a block with SCAN t2i or i2t.
+
+    regions: (n_images, n_regions, d) region embeddings; words: (n_captions, max_words, d) word
+    embeddings (positions past ``word_lengths`` are ignored); word_lengths: (n_captions,) int;
+    region_lengths: optional (n_images,) int for images with fewer than n_regions real regions.
+    Differentiable (used by training too).
+    """
+    n_img, n_reg, dim = regions.shape
+    n_cap, n_words, _ = words.shape
+    word_valid = length_mask(word_lengths.to(words.device), n_words)  # (n_cap, L)
+    words = words * word_valid[:, :, None].to(words.dtype)
+    region_valid = None
+    if region_lengths is not None:
+        region_valid = length_mask(region_lengths.to(regions.device), n_reg)  # (n_img, k)
+        regions = regions * region_valid[:, :, None].to(regions.dtype)
+
+    # S[i, r, c, w] = v_{i,r} . u_{c,w}: ONE (n_img*k, d) x (d, n_cap*L) matrix product for the block.
+    # This layout keeps every later step a contiguous reduction or a plain bmm (no copies).
+    sims = (regions.reshape(n_img * n_reg, dim) @ words.reshape(n_cap * n_words, dim).T)
+    sims = sims.view(n_img, n_reg, n_cap, n_words)
+    wv = word_valid[None, None]  # (1, 1, n_cap, L)
+    rv = region_valid[:, :, None, None] if region_valid is not None else None  # (n_img, k, 1, 1)
+
+    inplace = not torch.is_grad_enabled()
+    bounded = params.raw_feature_norm in _BOUNDED_NORMS
+    if params.cross_attn == "t2i":
+        # normalise over words (query axis) for each region, then softmax over regions (context axis)
+        logits = normalize_raw(sims, params.raw_feature_norm, dim=3, valid=wv, scale=params.lambda_softmax)
+        e, z = _softmax_numerator(logits, 1, rv, bounded, inplace)  # e: (n_img, k, n_cap, L), z: (n_img, n_cap, L)
+        dot = (e * sims).sum(dim=1) / z  # u_w . attended_w
+        gram = regions @ regions.transpose(1, 2)  # (n_img, k, k)
+        attended_sq = ((gram @ e.view(n_img, n_reg, n_cap * n_words)).view_as(e) * e).sum(dim=1) / z.square()
+        query_norm = _masked_norm(words, word_valid)[None]  # |u_w|, (1, n_cap, L)
+        rel = dot / (query_norm * attended_sq.clamp(min=0).sqrt()).clamp(min=EPS)
+        valid = word_valid[None].expand(n_img, n_cap, n_words)
+        attn = (e / z[:, None]).permute(0, 2, 3, 1) if return_attention else None
+    elif params.cross_attn == "i2t":
+        # normalise over regions (query axis) for each word, then softmax over words (context axis)
+        logits = normalize_raw(sims, params.raw_feature_norm, dim=1, valid=rv, scale=params.lambda_softmax)
+        e, z = _softmax_numerator(logits, 3, wv, bounded, inplace)  # z: (n_img, k, n_cap)
+        dot = (e * sims).sum(dim=3) / z  # v_r . attended_r
+        gram = words @ words.transpose(1, 2)  # (n_cap, L, L)
+        attended_sq = (torch.einsum("ircw,cwv->ircv", e, gram) * e).sum(dim=3) / z.square()
+        query_norm = _masked_norm(regions, region_valid)[:, :, None]  # |v_r|, (n_img, k, 1)
+        rel = (dot / (query_norm * attended_sq.clamp(min=0).sqrt()).clamp(min=EPS)).transpose(1, 2)
+        valid = region_valid[:, None, :].expand(n_img, n_cap, n_reg) if region_valid is not None else None
+        attn = (e / z[..., None]).permute(0, 2, 3, 1) if return_attention else None
+    else:
+        raise ValueError(f"unknown cross_attn {params.cross_attn!r}")
+
+    scores = aggregate(rel, params.agg_func, params.lambda_lse, valid)
+    if not return_attention:
+        return AttentionResult(scores)
+    # attention in the public layout: (n_img, n_cap, n_words, n_regions)
+    return AttentionResult(scores, attention=attn, relevance=rel)

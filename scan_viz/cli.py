@@ -1,0 +1,197 @@
+"""``scan-viz``: a thin command line over the library. User errors print one ``error:`` line, exit 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from scan_viz.config import AGG_FUNCS, CROSS_ATTNS, RAW_FEATURE_NORMS
+from scan_viz.errors import ScanVizError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="official checkpoint file (needs --vocab), model directory, or a name under pretrained/")
+    p.add_argument("--vocab", help="vocabulary JSON (official format) for an official checkpoint")
+    p.add_argument("--head", help="matching head by name (default: SCAN in the checkpoint's direction)")
+    p.add_argument("--cross-attn", choices=CROSS_ATTNS, help="override the checkpoint's direction")
+    p.add_argument("--agg", choices=AGG_FUNCS, help="override agg_func")
+    p.add_argument("--lambda-softmax", type=float, help="override lambda_softmax")
+    p.add_argument("--lambda-lse", type=float, help="override lambda_lse")
+    p.add_argument("--raw-feature-norm", choices=RAW_FEATURE_NORMS, help="override raw_feature_norm")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--memory-gb", type=float, default=2.0, help="memory budget for a block of pairs")
+
+
+def _load(args: argparse.Namespace):
+    from scan_viz.model import load_model
+
+    model = load_model(args.model, args.vocab)
+    overrides = {"cross_attn": args.cross_attn, "agg_func": args.agg, "lambda_softmax": args.lambda_softmax,
+                 "lambda_lse": args.lambda_lse, "raw_feature_norm": args.raw_feature_norm}
+    return model, model.head(args.head, **overrides)
+
+
+def _progress(label: str):
+    last = [-1]
+
+    def report(done: int, total: int) -> None:
+        pct = int(100 * done / max(total, 1))
+        if pct != last[0] and sys.stderr.isatty():
+            last[0] = pct
+            print(f"\r{label}: {pct:3d}%", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    return report
+
+
+def read_features(path: str) -> np.ndarray:
+    """A (n_images, n_regions, img_dim) float array from .npy, memory-mapped."""
+    try:
+        feats = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ScanVizError(f"cannot read region features {path}: {exc}") from exc
+    if feats.ndim != 3 or feats.dtype.kind != "f":
+        raise ScanVizError(f"{path}: expected a float array (n_images, n_regions, img_dim), "
+                           f"got {feats.dtype} {feats.shape}")
+    return feats
+
+
+def read_captions(path: str) -> list[str]:
+    """One caption per line (UTF-8); an empty line is an error naming its number."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScanVizError(f"cannot read captions {path}: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            raise ScanVizError(f"{path}: line {number} is empty; give one caption per line")
+    return lines
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    feats = read_features(args.images)
+    captions = read_captions(args.captions)
+    model, head = _load(args)
+    sims = model.similarity(feats, captions, dtype=args.dtype, device=args.device, head=head,
+                            memory_budget=int(args.memory_gb * 1024**3), progress=_progress("scoring"))
+    _save_npy(args.out, sims)
+    print(f"wrote {args.out}: {sims.shape[0]} images x {sims.shape[1]} captions ({head.name}, {args.dtype})")
+    return 0
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    target = Path(path)
+    tmp = target.with_name(target.name + ".partial.npy")
+    try:
+        np.save(tmp, array)
+        tmp.replace(target)
+    except OSError as exc:
+        raise ScanVizError(f"cannot write {path}: {exc}") from exc
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from scan_viz.data import load_precomp
+    from scan_viz.metrics import evaluate, fold5_average, fold_slices
+
+    split = load_precomp(args.data, args.split)
+    model, head = _load(args)
+    feats = np.asarray(split.regions.features)
+    budget = int(args.memory_gb * 1024**3)
+
+    def run(img_sl: slice, cap_sl: slice) -> dict:
+        sims = model.similarity(feats[img_sl], split.captions[cap_sl], dtype=args.dtype, device=args.device,
+                                head=head, memory_budget=budget, progress=_progress("scoring"))
+        cap_img = np.asarray(split.caption_image[cap_sl]) - img_sl.start
+        return evaluate(sims, cap_img)
+
+    n_img = len(split.regions)
+    if args.fold5:
+        results = [run(img_sl, cap_sl) for img_sl, cap_sl in fold_slices(n_img)]
+        result = fold5_average(results)
+    else:
+        result = run(slice(0, n_img), slice(0, len(split.captions)))
+    result["head"] = head.name
+    _print_metrics(result)
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ScanVizError(f"cannot write {args.json}: {exc}") from exc
+    return 0
+
+
+def _print_metrics(result: dict) -> None:
+    for direction, label in (("i2t", "Image to text"), ("t2i", "Text to image")):
+        m = result[direction]
+        print(f"{label}: R@1 {m['r1']:.1f}  R@5 {m['r5']:.1f}  R@10 {m['r10']:.1f}  "
+              f"medr {m['medr']:.1f}  meanr {m['meanr']:.1f}")
+    print(f"rsum: {result['rsum']:.1f}  ({result['n_images']} images, {result['n_captions']} captions)")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from scan_viz.checkpoint import convert_official
+
+    convert_official(args.checkpoint, args.vocab, args.out)
+    print(f"wrote {args.out} (config.json, model.safetensors, vocab.json)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from scan_viz.train.loop import run_training
+
+    run_training(args)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scan-viz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="score every image against every caption")
+    _add_model_args(p)
+    p.add_argument("--images", required=True, help="(n_images, n_regions, img_dim) float32 .npy")
+    p.add_argument("--captions", required=True, help="text file, one caption per line (UTF-8)")
+    p.add_argument("--out", required=True, help="output .npy (n_images, n_captions)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("eval", help="R@1/5/10, medr, meanr, rsum on a precomputed split")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="directory with {split}_ims.npy and {split}_caps.txt")
+    p.add_argument("--split", default="test")
+    p.add_argument("--fold5", action="store_true", help="COCO 1K: average over 5 folds of 1,000 images")
+    p.add_argument("--json", help="write the metrics as JSON here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("convert", help="official checkpoint + vocab -> the project's model directory")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--vocab", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_convert)
+
+    from scan_viz.train.args import add_train_args
+
+    p = sub.add_parser("train", help="train SCAN on a precomputed layout (official recipe)")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ScanVizError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Model configuration: every hyperparameter under the same name as the official SCAN ``opt``.
+
+Keeping the official names means a ``config.json`` written here can be checked field by field against
+the ``opt`` Namespace stored in an official ``model_best.pth.tar``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from scan_viz.errors import ScanVizError
+
+RAW_FEATURE_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm")
+AGG_FUNCS = ("LogSumExp", "Mean", "Max", "Sum")
+CROSS_ATTNS = ("t2i", "i2t")
+PRECOMP_ENC_TYPES = ("basic", "weight_norm")
+
+
+@dataclasses.dataclass
+class ScanConfig:
+    """Architecture, attention and training hyperparameters (defaults: the official train.py's)."""
+
+    # encoders
+    img_dim: int = 2048
+    embed_size: int = 1024
+    word_dim: int = 300
+    num_layers: int = 1
+    bi_gru: bool = False
+    no_imgnorm: bool = False
+    no_txtnorm: bool = False
+    precomp_enc_type: str = "basic"
+    vocab_size: int = 0
+    # cross attention
+    cross_attn: str = "t2i"
+    raw_feature_norm: str = "clipped_l2norm"
+    lambda_softmax: float = 9.0
+    agg_func: str = "LogSumExp"
+    lambda_lse: float = 6.0
+    # loss and optimisation
+    margin: float = 0.2
+    max_violation: bool = False
+    learning_rate: float = 2e-4
+    lr_update: int = 15
+    num_epochs: int = 30
+    batch_size: int = 128
+    grad_clip: float = 2.0
+    data_name: str = "precomp"
+    # official fields this project does not use, kept so a round trip loses nothing
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ScanVizError when a field has a value the model cannot use."""
+        checks = (
+            ("raw_feature_norm", RAW_FEATURE_NORMS),
+            ("agg_func", AGG_FUNCS),
+            ("cross_attn", CROSS_ATTNS),
+            ("precomp_enc_type", PRECOMP_ENC_TYPES),
+        )
+        for name, allowed in checks:
+            if getattr(self, name) not in allowed:
+                raise ScanVizError(f"config: {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        for name in ("img_dim", "embed_size", "word_dim", "num_layers"):
+            if int(getattr(self, name)) < 1:
+                raise ScanVizError(f"config: {name} must be a positive integer, got {getattr(self, name)!r}")
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "extra")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ScanConfig":
+        """Build from an official ``vars(opt)`` or a config.json; unknown keys go to ``extra``."""
+        known = set(cls.field_names())
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(values.get("extra", {}) or {})
+        defaults = cls.__dataclass_fields__
+        for key, value in values.items():
+            if isinstance(key, bytes):  # Python 2 pickles may carry byte keys
+                key = key.decode("latin1")
+            if isinstance(value, bytes):
+                value = value.decode("latin1")
+            if key == "extra":
+                continue
+            if key in known:
+                default = defaults[key].default
+                try:
+                    if isinstance(default, bool):
+                        value = bool(value)
+                    elif isinstance(default, int):
+                        value = int(value)
+                    elif isinstance(default, float):
+                        value = float(value)
+                    elif isinstance(default, str):
+                        value = str(value)
+                except (TypeError, ValueError) as exc:
+                    raise ScanVizError(f"config: field {key} has unusable value {value!r}") from exc
+                kwargs[key] = value
+            elif _jsonable(value):
+                extra[key] = value
+        return cls(extra=extra, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.field_names()}
+        out["extra"] = dict(self.extra)
+        return out
+
+    def replace(self, **changes: Any) -> "ScanConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScanConfig":
+        try:
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ScanVizError(f"cannot read model config {path}: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ScanVizError(f"model config {path} is not a JSON object")
+        return cls.from_dict(values)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,9 @@
+"""The one exception type for errors a user can cause (bad file, bad sentence, wrong checkpoint).
+
+The CLI prints ``error: <message>`` and exits with status 2; the app shows the message. Anything else
+that escapes is a bug in scan-viz, not in the user's input.
+"""
+
+
+class ScanVizError(Exception):
+    """A user-facing error. Its message is one line that says what went wrong and what to do."""

@@ -1,0 +1,194 @@
+"""Retrieval metrics under the official SCAN evaluation protocol (numpy only).
+
+A similarity matrix ``sims`` has shape ``(n_images, n_captions)``; ``caption_image`` ``(n_captions,)`` gives the
+index of each caption's ground-truth image (the official layout: caption ``k`` belongs to image ``k // 5``).
+
+Ranks are 0-based and count how many candidates score *strictly higher* than the ground truth. On tie-free data
+this is exactly the position the official loop finds with ``numpy.argsort(d)[::-1]``. On ties the official order
+is whatever numpy's unstable sort produced; here a tie never pushes the ground truth down (the optimistic rank),
+so the result does not depend on sort internals.
+
+Both rank functions work on blocks, so a scorer can stream the matrix instead of holding it whole:
+``t2i_ranks`` needs only the columns of the captions it ranks (all images), ``i2t_ranks`` only the rows of the
+images it ranks (all captions, with ``image_offset`` saying where the rows start).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from scan_viz.data import CAPTIONS_PER_IMAGE
+from scan_viz.errors import ScanVizError
+
+RECALL_KS = (1, 5, 10)
+METRIC_KEYS = ("r1", "r5", "r10", "medr", "meanr")
+
+
+def default_caption_image(n_captions: int, captions_per_image: int = CAPTIONS_PER_IMAGE) -> np.ndarray:
+    """The official caption -> image map, ``k // 5``; shape ``(n_captions,)``."""
+    return np.arange(n_captions, dtype=np.int64) // captions_per_image
+
+
+def _check_sims(sims: np.ndarray) -> np.ndarray:
+    sims = np.asarray(sims)
+    if sims.ndim != 2 or sims.shape[0] == 0 or sims.shape[1] == 0:
+        raise ScanVizError(
+            f"similarity matrix has shape {sims.shape}; expected a non-empty (n_images, n_captions) matrix"
+        )
+    return sims
+
+
+def _check_caption_image(caption_image: np.ndarray | None, sims: np.ndarray, image_offset: int) -> np.ndarray:
+    n_rows, n_captions = sims.shape
+    if caption_image is None:
+        if n_captions != CAPTIONS_PER_IMAGE * n_rows or image_offset != 0:
+            raise ScanVizError(
+                f"cannot assume caption k belongs to image k // {CAPTIONS_PER_IMAGE} for a {sims.shape} "
+                "similarity matrix; pass caption_image explicitly"
+            )
+        return default_caption_image(n_captions)
+    caption_image = np.asarray(caption_image)
+    if caption_image.shape != (n_captions,) or not np.issubdtype(caption_image.dtype, np.integer):
+        raise ScanVizError(
+            f"caption_image has shape {caption_image.shape} and dtype {caption_image.dtype}; expected integer "
+            f"image indices of shape ({n_captions},), one per column of the similarity matrix"
+        )
+    return caption_image.astype(np.int64, copy=False)
+
+
+def t2i_ranks(sims: np.ndarray, caption_image: np.ndarray | None = None) -> np.ndarray:
+    """Rank of each caption's ground-truth image among all images (text-to-image retrieval).
+
+    ``sims`` is ``(n_images, n_captions)``, or any column block ``(n_images, n_block)`` of it together with the
+    block's ``caption_image`` ``(n_block,)``: a caption's rank needs only its own column. Returns ``(n_captions,)``
+    int64 ranks, 0 = the ground-truth image scores highest.
+    """
+    sims = _check_sims(sims)
+    caption_image = _check_caption_image(caption_image, sims, 0)
+    n_images, n_captions = sims.shape
+    if caption_image.min() < 0 or caption_image.max() >= n_images:
+        raise ScanVizError(
+            f"caption_image refers to image {int(caption_image.max())} but the similarity matrix has only "
+            f"{n_images} image rows; pass all image rows for these captions"
+        )
+    gt_scores = sims[caption_image, np.arange(n_captions)]
+    return np.count_nonzero(sims > gt_scores[None, :], axis=0).astype(np.int64)
+
+
+def i2t_ranks(sims: np.ndarray, caption_image: np.ndarray | None = None, image_offset: int = 0) -> np.ndarray:
+    """Best rank among each image's ground-truth captions (image-to-text retrieval).
+
+    ``sims`` is ``(n_images, n_captions)``, or a row block ``(n_block, n_captions)`` holding images
+    ``image_offset .. image_offset + n_block - 1`` against all captions. Returns ``(n_block,)`` int64 ranks.
+
+    The official loop takes the minimum over the image's captions of each caption's position. With strict
+    counting that minimum is the count of captions scoring above the image's best ground-truth score, which is
+    what is computed here in one pass.
+    """
+    sims = _check_sims(sims)
+    caption_image = _check_caption_image(caption_image, sims, image_offset)
+    n_rows = sims.shape[0]
+    local_image = caption_image - image_offset
+    in_block = (local_image >= 0) & (local_image < n_rows)
+    has_caption = np.zeros(n_rows, dtype=bool)
+    has_caption[local_image[in_block]] = True
+    if not has_caption.all():
+        missing = int(np.flatnonzero(~has_caption)[0]) + image_offset
+        raise ScanVizError(
+            f"image {missing} has no ground-truth caption in caption_image, so its image-to-text rank is "
+            "undefined; drop images without captions before evaluating"
+        )
+    best_gt = np.full(n_rows, -np.inf, dtype=np.result_type(sims.dtype, np.float32))
+    cols = np.flatnonzero(in_block)
+    np.maximum.at(best_gt, local_image[cols], sims[local_image[cols], cols])
+    return np.count_nonzero(sims > best_gt[:, None], axis=1).astype(np.int64)
+
+
+def recall_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """R@1, R@5, R@10 (percent of ranks below K), ``medr = floor(median) + 1`` and ``meanr = mean + 1``.
+
+    ``ranks`` is ``(n_queries,)``, 0-based as returned by :func:`i2t_ranks` / :func:`t2i_ranks`.
+    """
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise ScanVizError(f"ranks has shape {ranks.shape}; expected a non-empty 1-D array of 0-based ranks")
+    metrics = {f"r{k}": float(100.0 * np.count_nonzero(ranks < k) / ranks.size) for k in RECALL_KS}
+    metrics["medr"] = float(np.floor(np.median(ranks)) + 1)
+    metrics["meanr"] = float(ranks.mean() + 1)
+    return metrics
+
+
+def rsum(result: dict) -> float:
+    """Sum of the six recalls, R@1 + R@5 + R@10 in both directions, of an :func:`evaluate` result."""
+    return float(sum(result[direction][f"r{k}"] for direction in ("i2t", "t2i") for k in RECALL_KS))
+
+
+def evaluate(sims: np.ndarray, caption_image: np.ndarray | None = None) -> dict:
+    """Both retrieval directions of a full ``(n_images, n_captions)`` similarity matrix, JSON-ready.
+
+    Returns ``{"i2t": {r1, r5, r10, medr, meanr}, "t2i": {...}, "rsum", "n_images", "n_captions"}`` with plain
+    Python floats and ints. ``caption_image`` defaults to the official ``k // 5``.
+    """
+    sims = _check_sims(sims)
+    result: dict = {
+        "i2t": recall_metrics(i2t_ranks(sims, caption_image)),
+        "t2i": recall_metrics(t2i_ranks(sims, caption_image)),
+    }
+    result["rsum"] = rsum(result)
+    result["n_images"] = int(sims.shape[0])
+    result["n_captions"] = int(sims.shape[1])
+    return result
+
+
+def fold_slices(
+    n_images: int, n_folds: int = 5, captions_per_image: int = CAPTIONS_PER_IMAGE
+) -> list[tuple[slice, slice]]:
+    """``(image slice, caption slice)`` of each fold, the MS-COCO "1K" split of the 5K ``testall`` set.
+
+    Fold ``i`` holds images ``i * n / n_folds`` up to the next fold and their ``captions_per_image`` consecutive
+    captions each, as the official ``evalrank(..., fold5=True)`` cuts them.
+    """
+    if n_folds <= 0 or n_images <= 0 or n_images % n_folds != 0:
+        raise ScanVizError(
+            f"cannot split {n_images} images into {n_folds} equal folds; the COCO 1K protocol needs the 5,000-image "
+            "testall split"
+        )
+    fold = n_images // n_folds
+    return [
+        (slice(i * fold, (i + 1) * fold), slice(i * fold * captions_per_image, (i + 1) * fold * captions_per_image))
+        for i in range(n_folds)
+    ]
+
+
+def fold5_average(results: Sequence[dict]) -> dict:
+    """Average of per-fold :func:`evaluate` results: the MS-COCO 1K numbers.
+
+    Every metric (recalls, medr, meanr, rsum) is the mean over folds. Labels are the correct ones: the official
+    ``evalrank`` summary prints ``rsum`` as 6x the mean i2t recall, "Average i2t Recall" as the t2i average and
+    "Average t2i Recall" as the rsum, because it indexes its result rows off by one field. ``n_images`` and
+    ``n_captions`` are per fold; ``folds`` keeps the per-fold results.
+    """
+    if not results:
+        raise ScanVizError("no fold results to average; evaluate each fold from fold_slices() first")
+    averaged: dict = {
+        direction: {key: float(np.mean([r[direction][key] for r in results])) for key in METRIC_KEYS}
+        for direction in ("i2t", "t2i")
+    }
+    averaged["rsum"] = float(np.mean([r["rsum"] for r in results]))
+    averaged["n_images"] = int(results[0]["n_images"])
+    averaged["n_captions"] = int(results[0]["n_captions"])
+    averaged["n_folds"] = len(results)
+    averaged["folds"] = [dict(r) for r in results]
+    return averaged
+
+
+def evaluate_fold5(
+    score_fn: Callable[[slice, slice], np.ndarray], n_images: int, n_folds: int = 5
+) -> dict:
+    """COCO 1K evaluation: score each fold with ``score_fn(image_slice, caption_slice)`` and average.
+
+    ``score_fn`` returns the ``(fold_images, fold_captions)`` similarity matrix of that fold, so only the
+    diagonal blocks of the 5K matrix are ever computed.
+    """
+    return fold5_average([evaluate(score_fn(images, captions)) for images, captions in fold_slices(n_images, n_folds)])
