@@ -10,12 +10,13 @@ from typing import Sequence
 import numpy as np
 
 from scan_viz.config import AGG_FUNCS, CROSS_ATTNS, RAW_FEATURE_NORMS
-from scan_viz.errors import ScanVizError
+from scan_viz.errors import ScanVizError, run_command
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
-                   help="official checkpoint file (needs --vocab), model directory, or a name under pretrained/")
+def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument("--model", required=model_required,
+                   help="official checkpoint file (needs --vocab), model directory, or a name under pretrained/"
+                        + ("" if model_required else " (default: the bundled model)"))
     p.add_argument("--vocab", help="vocabulary JSON (official format) for an official checkpoint")
     p.add_argument("--head", help="matching head by name (default: SCAN in the checkpoint's direction)")
     p.add_argument("--cross-attn", choices=CROSS_ATTNS, help="override the checkpoint's direction")
@@ -31,7 +32,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     from scan_viz.model import load_model
 
-    model = load_model(args.model, args.vocab)
+    from scan_viz.pipeline import DEFAULT_MODEL
+
+    model = load_model(args.model or DEFAULT_MODEL, args.vocab)
     overrides = {"cross_attn": args.cross_attn, "agg_func": args.agg, "lambda_softmax": args.lambda_softmax,
                  "lambda_lse": args.lambda_lse, "raw_feature_norm": args.raw_feature_norm}
     return model, model.head(args.head, **overrides)
@@ -94,6 +97,8 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.gallery:
+        return _eval_gallery(args)
     from scan_viz.data import load_precomp
     from scan_viz.metrics import evaluate, fold5_average, fold_slices
 
@@ -116,11 +121,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = run(slice(0, n_img), slice(0, len(split.captions)))
     result["head"] = head.name
     _print_metrics(result)
-    if args.json:
-        try:
-            Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise ScanVizError(f"cannot write {args.json}: {exc}") from exc
+    _write_json(args.json, result)
+    return 0
+
+
+def _eval_gallery(args: argparse.Namespace) -> int:
+    from scan_viz.gallery import load_gallery
+    from scan_viz.pipeline import evaluate_gallery
+
+    gallery = load_gallery(args.gallery)
+    model, head = _load(args)
+    result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"))
+    _print_metrics(result)
+    base = result["baselines"]
+    print(f"pointing accuracy: {result['pointing_accuracy']:.1f}%  (random region "
+          f"{base['random']['overall']:.1f}%, largest region {base['largest']['overall']:.1f}%)")
+    for word_type, acc in result["pointing"].items():
+        print(f"  {word_type:<9} {acc:5.1f}%  n={result['counts'][word_type]:<6} random "
+              f"{base['random'][word_type]:5.1f}%  largest {base['largest'][word_type]:5.1f}%")
+    _write_json(args.json, result)
+    return 0
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if not path:
+        return
+    from scan_viz.io import write_text_atomic
+
+    write_text_atomic(Path(path), json.dumps(result, indent=2) + "\n")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from scan_viz.images import load_image
+    from scan_viz.pipeline import detect, detector_for, explain
+    from scan_viz.render import figure_to_png, word_panels
+
+    if not args.text.strip():
+        raise ScanVizError("the sentence is empty: type a few words (--text)")
+    image = load_image(args.image)
+    model, head = _load(args)
+    detector = detector_for(model, args.detector)
+    regions = detect(detector, image)
+    alignment = explain(model, regions, args.text, head)
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ScanVizError(f"cannot create {out}: {exc.strerror or exc}") from None
+    _write_json(str(out / "alignment.json"), alignment.to_json())
+    from scan_viz.io import atomic_path
+
+    with atomic_path(out / "heatmaps.png") as tmp:
+        tmp.write_bytes(figure_to_png(word_panels(image, alignment)))
+    unknown = [w for w, u in zip(alignment.words, alignment.unknown) if u]
+    print(f"score {alignment.score:.4f} ({alignment.head}, {alignment.direction}); wrote {out / 'alignment.json'} "
+          f"and {out / 'heatmaps.png'}")
+    if unknown:
+        known = len(alignment.words) - 2 - len(unknown)
+        print(f"note: {len(unknown)} word(s) not in the model's vocabulary, read as <unk>: {', '.join(unknown)}"
+              + (" (no known word: the alignment carries little meaning)" if known == 0 else ""))
     return 0
 
 
@@ -158,13 +217,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npy (n_images, n_captions)")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("eval", help="R@1/5/10, medr, meanr, rsum on a precomputed split")
-    _add_model_args(p)
-    p.add_argument("--data", required=True, help="directory with {split}_ims.npy and {split}_caps.txt")
+    p = sub.add_parser("eval", help="R@1/5/10, medr, meanr, rsum on a precomputed split or a gallery")
+    _add_model_args(p, model_required=False)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="directory with {split}_ims.npy and {split}_caps.txt")
+    src.add_argument("--gallery", help="a gallery folder (adds pointing accuracy per word type)")
     p.add_argument("--split", default="test")
     p.add_argument("--fold5", action="store_true", help="COCO 1K: average over 5 folds of 1,000 images")
     p.add_argument("--json", help="write the metrics as JSON here")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("explain", help="one image + one sentence -> alignment.json and heatmaps.png")
+    _add_model_args(p, model_required=False)
+    p.add_argument("--image", required=True, help="PNG, JPEG, WebP, ... file")
+    p.add_argument("--text", required=True, help="the sentence")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--detector", help="detector folder (default: the one the model names)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("convert", help="official checkpoint + vocab -> the project's model directory")
     p.add_argument("--checkpoint", required=True)
@@ -181,16 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ScanVizError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    args = build_parser().parse_args(argv)
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -417,7 +417,7 @@ def load_regions(path: PathLike) -> RegionStore:
     raise ScanVizError(f"{path} is not a recognised region-feature format; pass {accepted}")
 
 
-def save_regions(store: RegionStore, path: PathLike) -> None:
+def save_regions(store: RegionStore, path: PathLike, feature_dtype: str = "float32") -> None:
     """Write ``store`` to the directory ``path`` so that :func:`load_saved_regions` memory-maps it back.
 
     Files: ``features.npy`` float32, ``boxes.npy`` and ``image_sizes.npy`` (when the store has boxes),
@@ -430,7 +430,8 @@ def save_regions(store: RegionStore, path: PathLike) -> None:
         raise ScanVizError(f"{path} exists and is not a saved region store; choose a new path or remove it")
 
     def write(tmp: Path) -> None:
-        np.save(tmp / "features.npy", store.features)
+        # float16 halves a bundled gallery; it is read back as float32 (SCAN computes in float32)
+        np.save(tmp / "features.npy", np.asarray(store.features).astype(feature_dtype, copy=False))
         np.save(tmp / "n_boxes.npy", store.n_boxes)
         if store.boxes is not None:
             np.save(tmp / "boxes.npy", store.boxes)
@@ -475,6 +476,8 @@ def load_saved_regions(path: PathLike) -> RegionStore:
         raise corrupt(f"{Path(exc.filename).name} is missing") from None
     except (ValueError, OSError, EOFError) as exc:
         raise corrupt(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    if arrays["features"].dtype == np.float16:
+        arrays["features"] = np.asarray(arrays["features"], dtype=np.float32)
     try:
         return RegionStore(ids=meta["ids"], features=arrays["features"], boxes=arrays.get("boxes"),
                            image_sizes=arrays.get("image_sizes"), n_boxes=arrays["n_boxes"])

@@ -130,12 +130,21 @@ class ScanModel:
 
     def align(self, features: np.ndarray, text: str, head: str | MatchingHead | None = None,
               boxes: np.ndarray | None = None, region_labels: list[str] | None = None,
-              image_size: tuple[int, int] | None = None, dtype: str = "float32") -> Alignment:
-        """One pair's attention, relevance and score. features: (n_regions, img_dim)."""
+              image_size: tuple[int, int] | None = None, dtype: str = "float32",
+              n_regions: int | None = None) -> Alignment:
+        """One pair's attention, relevance and score. features: (n_regions, img_dim).
+
+        ``n_regions``: how many of the rows are real regions (the rest is padding, e.g. from a TSV with fewer
+        boxes than the largest image); padded regions take no part in the attention and are dropped.
+        """
         matcher = head if isinstance(head, MatchingHead) else self.head(head)
         features = np.asarray(features)
         if features.ndim != 2:
             raise ScanVizError(f"one image's region features must be 2-D (n_regions, img_dim), got {features.shape}")
+        if n_regions is not None and n_regions < len(features):
+            features = features[:n_regions]
+            boxes = None if boxes is None else boxes[:n_regions]
+            region_labels = None if region_labels is None else region_labels[:n_regions]
         regions = self.encode_images(features[None], dtype)
         caps = self.encode_captions([text], dtype)
         with torch.no_grad():

@@ -303,3 +303,14 @@ def test_incomplete_saved_store(tmp_path, images, damage):
     damage(target)
     with pytest.raises(ScanVizError, match="incomplete or corrupt"):
         load_saved_regions(target)
+
+
+def test_saved_store_in_float16_reads_back_as_float32(tmp_path):
+    from scan_viz.data import RegionStore, load_saved_regions, save_regions
+
+    feats = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
+    save_regions(RegionStore(ids=["a", "b", "c"], features=feats), tmp_path / "s", feature_dtype="float16")
+    assert np.load(tmp_path / "s" / "features.npy").dtype == np.float16
+    back = load_saved_regions(tmp_path / "s")
+    assert back.features.dtype == np.float32
+    np.testing.assert_allclose(back.features, feats, atol=2e-3)

@@ -206,3 +206,16 @@ def test_load_model_errors(tmp_path):
         model.similarity(feats, ["a dog", "   "])
     with pytest.raises(ScanVizError, match="unknown head"):
         model.head("nope")
+
+
+def test_align_ignores_padding_regions(tmp_path):
+    _, _, _, ckpt, vocab, _, feats = _setup(tmp_path, seed=11)
+    model = load_model(ckpt, vocab)
+    padded = feats[0].copy()
+    padded[3:] = 123.0  # garbage rows past the 3 real regions
+    boxes = np.arange(20, dtype=np.float32).reshape(5, 4)
+    a = model.align(padded, "a red car", n_regions=3, boxes=boxes)
+    b = model.align(feats[0][:3], "a red car", boxes=boxes[:3])
+    assert a.attention.shape == b.attention.shape == (5, 3)
+    np.testing.assert_allclose(a.attention, b.attention, atol=1e-7)
+    assert a.score == pytest.approx(b.score, abs=1e-7) and a.boxes.shape == (3, 4)

@@ -1,0 +1,13 @@
+"""scan-viz's Streamlit app: ``streamlit run app.py`` (serves the bundled model and gallery by default).
+
+Set SCAN_VIZ_MODEL, SCAN_VIZ_GALLERY and SCAN_VIZ_DETECTOR to serve others; the pages live in scan_viz/app/.
+"""
+import streamlit as st
+
+from scan_viz.app import shell
+
+st.set_page_config(page_title="scan-viz: SCAN attention explorer", page_icon=":material/image_search:",
+                   layout="wide")
+page = st.navigation(shell.pages(), position="top")
+shell.before_page(page)
+page.run()

@@ -1,0 +1,281 @@
+"""What the app serves: a model, a gallery encoded by it, and (for uploads) its detector, named by ``Sources``.
+
+The sources come from the environment (``SCAN_VIZ_MODEL``, ``SCAN_VIZ_GALLERY``, ``SCAN_VIZ_DETECTOR``; default:
+the bundled model and gallery) or from the Model page, where a user names an official checkpoint, its vocabulary,
+region features with boxes and a folder of images. Loading checks that the pieces fit together and says what to
+change when they do not. No Streamlit here: :mod:`scan_viz.app.state` caches these calls per process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scan_viz.errors import ScanVizError
+from scan_viz.gallery import Gallery, load_gallery
+from scan_viz.model import PRETRAINED_DIR, ScanModel, load_model
+from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL, GalleryIndex
+
+ENV_MODEL = "SCAN_VIZ_MODEL"
+ENV_VOCAB = "SCAN_VIZ_VOCAB"
+ENV_GALLERY = "SCAN_VIZ_GALLERY"
+ENV_DETECTOR = "SCAN_VIZ_DETECTOR"
+#: Image files a user's images folder may hold; the file stem is the image id of its region features.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+METRICS_FILE = PRETRAINED_DIR / "metrics.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sources:
+    """Where the served model, gallery and detector come from (paths or bundled names, as typed).
+
+    Either ``gallery`` (a gallery folder) or ``regions`` + ``images`` (a user's region features, TSV or a folder
+    of ``.npz``, and the images they were extracted from) name the gallery. ``vocab`` is needed for an official
+    checkpoint file; ``detector`` overrides the detector the model's config names.
+    """
+
+    model: str = DEFAULT_MODEL
+    vocab: str | None = None
+    gallery: str | None = str(DEFAULT_GALLERY)
+    regions: str | None = None
+    images: str | None = None
+    detector: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Sources:
+        """The default sources: the environment's, else the bundled model and gallery."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        return cls(model=get(ENV_MODEL) or DEFAULT_MODEL, vocab=get(ENV_VOCAB),
+                   gallery=get(ENV_GALLERY) or str(DEFAULT_GALLERY), detector=get(ENV_DETECTOR))
+
+    @classmethod
+    def user_data(cls, checkpoint: str, vocab: str | None, regions: str, images: str,
+                  detector: str | None = None) -> Sources:
+        """A user's checkpoint with their own region features and images; blank fields are refused here."""
+        fields = {"checkpoint": checkpoint, "region features": regions, "images folder": images}
+        blank = [name for name, value in fields.items() if not (value or "").strip()]
+        if blank:
+            raise ScanVizError(f"give the {' and the '.join(blank)} path: all three are needed to explore your data")
+        return cls(model=checkpoint.strip(), vocab=(vocab or "").strip() or None, gallery=None,
+                   regions=regions.strip(), images=images.strip(), detector=(detector or "").strip() or None)
+
+    def key(self) -> tuple[str | None, ...]:
+        """Hashable, for caches."""
+        return dataclasses.astuple(self)
+
+    def model_label(self) -> str:
+        return Path(self.model).name if os.sep in self.model else self.model
+
+    def gallery_label(self) -> str:
+        if self.gallery is not None:
+            return Path(self.gallery).name
+        return f"{Path(self.images or '').name} ({Path(self.regions or '').name})"
+
+
+@dataclasses.dataclass
+class Bundle:
+    """A loaded model and its gallery, encoded once for retrieval."""
+
+    sources: Sources
+    model: ScanModel
+    gallery: Gallery
+    index: GalleryIndex
+
+    @property
+    def key(self) -> tuple[str | None, ...]:
+        return self.sources.key()
+
+    def has_captions(self) -> bool:
+        return len(self.gallery.captions) > 0
+
+    def has_boxes(self) -> bool:
+        return self.gallery.regions.boxes is not None
+
+
+def bundled_models() -> list[str]:
+    """Names of the SCAN models under ``pretrained/`` (folders with a config.json)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
+
+
+def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | None = None) -> Gallery:
+    """A gallery (no captions) from a user's region features with boxes and the folder of their images.
+
+    regions: a bottom-up-attention TSV (or a folder of them), or a folder of ``.npz`` files, as read by
+    :func:`scan_viz.data.load_regions`; every feature row's image id must be the file stem of an image in
+    ``images``. Region features without boxes (official ``*_ims.npy``) cannot be drawn and are refused.
+    """
+    from scan_viz.data import load_regions
+
+    store = load_regions(regions)
+    if not store.has_boxes():
+        raise ScanVizError(f"{regions} holds region features without boxes, which cannot be drawn: give the "
+                           "bottom-up-attention TSV or .npz files, which keep each region's box")
+    folder = Path(images)
+    if not folder.is_dir():
+        raise ScanVizError(f"images folder {folder} {'is a file' if folder.exists() else 'does not exist'}: "
+                           "give the folder that holds the images the features were extracted from")
+    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    missing = [image_id for image_id in store.ids if image_id not in files]
+    if missing:
+        raise ScanVizError(f"{len(missing)} of the {len(store)} images of the region features have no image file in "
+                           f"{folder} (e.g. id {missing[0]!r}; found {len(files)} images): name each image by its "
+                           "feature id, e.g. {id}.jpg")
+    records = []
+    for row, image_id in enumerate(store.ids):
+        if store.image_sizes is not None:
+            width, height = (int(v) for v in store.image_sizes[row])
+        else:
+            from PIL import Image
+
+            with Image.open(files[image_id]) as im:
+                width, height = im.size
+        records.append({"id": image_id, "file": files[image_id].name, "width": width, "height": height,
+                        "captions": []})
+    return Gallery(folder, name or folder.name, records, store, None)
+
+
+def load_bundle(sources: Sources) -> Bundle:
+    """Load the model and the gallery the sources name, check that they fit, encode the gallery."""
+    model = load_model(sources.model, vocab=sources.vocab)
+    if sources.gallery is not None:
+        gallery = load_gallery(sources.gallery)
+    elif sources.regions is not None and sources.images is not None:
+        gallery = gallery_from_user_data(sources.regions, sources.images)
+    else:
+        raise ScanVizError("no gallery: give a gallery folder, or region features and their images folder")
+    if len(gallery) == 0:
+        raise ScanVizError(f"the gallery {gallery.name} holds no images")
+    if gallery.regions.img_dim != model.config.img_dim:
+        raise ScanVizError(f"the gallery's region features are {gallery.regions.img_dim}-d but the model takes "
+                           f"{model.config.img_dim}-d: give the features of the extractor the model was trained on")
+    return Bundle(sources, model, gallery, GalleryIndex.build(model, gallery))
+
+
+def load_detector_for(model: ScanModel, sources: Sources):
+    """The detector for uploads: the sources' one, else the one the model's config names."""
+    from scan_viz.pipeline import detector_for
+
+    return detector_for(model, sources.detector)
+
+
+def detector_name(model: ScanModel, sources: Sources) -> str | None:
+    """The detector uploads would use, as a label (None when the model names none)."""
+    if sources.detector:
+        return sources.detector
+    name = model.config.extra.get("detector")
+    return str(name) if name else None
+
+
+def n_parameters(model: ScanModel) -> int:
+    return int(sum(p.numel() for enc in (model.image_encoder, model.text_encoder) for p in enc.parameters()))
+
+
+def bundled_metrics(model_name: str) -> dict[str, Any] | None:
+    """The bundled model's entry of ``pretrained/metrics.json`` (retrieval and pointing on the gallery), if any."""
+    try:
+        report = json.loads(METRICS_FILE.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    entry = report.get(model_name) if isinstance(report, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    extra = {k: report[k] for k in ("detector", "machine", "wall_minutes") if k in report}
+    return {**entry, "_build": extra}
+
+
+MODEL_CARD_SECTIONS: dict[str, tuple[str, ...]] = {
+    "Encoders": ("img_dim", "embed_size", "word_dim", "num_layers", "bi_gru", "precomp_enc_type", "no_imgnorm",
+                 "no_txtnorm", "vocab_size"),
+    "Cross attention": ("cross_attn", "agg_func", "lambda_softmax", "lambda_lse", "raw_feature_norm"),
+    "Training": ("data_name", "num_epochs", "batch_size", "learning_rate", "lr_update", "margin", "max_violation",
+                 "grad_clip"),
+}
+
+
+def model_card(bundle: Bundle) -> dict[str, dict[str, Any]]:
+    """The model card's tables: config fields by section, the data it was trained on and what it serves."""
+    config = bundle.model.config
+    card = {title: {name: getattr(config, name) for name in names} for title, names in MODEL_CARD_SECTIONS.items()}
+    card["Encoders"]["parameters"] = f"{n_parameters(bundle.model):,}"
+    extra = {k: v for k, v in config.extra.items() if isinstance(v, (str, int, float, bool))}
+    card["Training"].update(extra)
+    gallery = bundle.gallery
+    card["Served"] = {
+        "model": bundle.sources.model,
+        "gallery": gallery.name,
+        "gallery images": len(gallery),
+        "gallery captions": len(gallery.captions),
+        "regions per image": gallery.regions.n_regions,
+        "region boxes": "yes" if bundle.has_boxes() else "no (cannot draw)",
+        "detector for uploads": detector_name(bundle.model, bundle.sources) or "none",
+    }
+    return card
+
+
+def evaluate_bundle(bundle: Bundle, head: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The gallery's retrieval metrics and pointing accuracy, plus what the failure list needs.
+
+    Adds to :func:`scan_viz.metrics.evaluate`'s result: ``t2i_ranks`` (n_captions,) 0-based rank of each
+    caption's image, ``t2i_top`` (n_captions,) the top image of each caption, ``i2t_ranks`` (n_images,) rank
+    of each image's best own caption, ``i2t_best_own`` (n_images,) that caption, ``i2t_top`` (n_images,) the
+    top caption of each image; and, for a
+    gallery with grounded caption words, pointing accuracy (``scan_viz.pipeline.pointing_on_gallery``).
+    """
+    from scan_viz.metrics import evaluate, i2t_ranks, t2i_ranks
+    from scan_viz.pipeline import pointing_on_gallery
+
+    gallery, model = bundle.gallery, bundle.model
+    if not gallery.captions:
+        raise ScanVizError(f"the gallery {gallery.name} has no captions, so retrieval cannot be evaluated: "
+                           "serve a gallery with captions (the bundled one) on the Model page")
+    if len(set(gallery.caption_image.tolist())) != len(gallery):
+        raise ScanVizError(f"some images of the gallery {gallery.name} have no caption, so image-to-text ranks are "
+                           "undefined: give every image at least one caption")
+    sims = model.similarity(gallery.regions.features, gallery.captions, head=head, progress=progress)
+    result = evaluate(sims, gallery.caption_image)
+    result["t2i_ranks"] = t2i_ranks(sims, gallery.caption_image)
+    result["t2i_top"] = sims.argmax(axis=0)
+    result["i2t_ranks"] = i2t_ranks(sims, gallery.caption_image)
+    result["i2t_top"] = sims.argmax(axis=1)
+    best_own = []
+    for n, image_id in enumerate(gallery.ids):
+        own = gallery.caption_indices_of(image_id)
+        best_own.append(int(own[np.argmax(sims[n, own])]))
+    result["i2t_best_own"] = np.array(best_own, dtype=np.int64)
+    if gallery.regions.boxes is not None and any(gallery.caption_words):
+        result.update(pointing_on_gallery(model, gallery, head))
+    return result
+
+
+def ground_truth_images(gallery: Gallery, text: str) -> set[str]:
+    """Ids of the gallery images one of whose captions is ``text`` (case and spacing ignored)."""
+    wanted = " ".join(text.lower().split())
+    return {gallery.ids[int(gallery.caption_image[c])] for c, caption in enumerate(gallery.captions)
+            if " ".join(caption.lower().split()) == wanted}
+
+
+def search_gallery(gallery: Gallery, words: str, limit: int | None = None) -> list[str]:
+    """Ids of images with a caption (or id) containing every word of ``words``; all ids for a blank search."""
+    terms = words.lower().split()
+    if not terms:
+        return list(gallery.ids[:limit] if limit else gallery.ids)
+    hits = []
+    for image_id, record in zip(gallery.ids, gallery.records):
+        haystack = " ".join([image_id.lower()] + [c["text"].lower() for c in record["captions"]])
+        if all(t in haystack for t in terms):
+            hits.append(image_id)
+            if limit and len(hits) >= limit:
+                break
+    return hits

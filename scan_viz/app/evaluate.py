@@ -1,0 +1,172 @@
+"""Evaluate: R@1/5/10 both ways and pointing accuracy on the gallery, and the queries the model gets wrong.
+
+A page script. Scoring every image against every caption takes a while on a CPU, so it runs on request with
+a progress bar; the result is kept per (model, gallery, head settings) for every user of the process.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import streamlit as st
+
+from scan_viz.app import state
+from scan_viz.app.bundle import Bundle, evaluate_bundle
+from scan_viz.app.params import HeadSettings
+from scan_viz.app.shell import open_in_explore
+from scan_viz.app.views import recall_rows
+from scan_viz.errors import ScanVizError
+
+FAIL_K_KEY, FAIL_DIR_KEY, FAIL_PAGE_KEY = "ev_k", "ev_dir", "ev_page"
+#: What the page showed, for tests: the number of failures listed for the chosen K and direction.
+FAILURES_MARKER = "evaluate_failures"
+PER_PAGE = 15
+POINTING_COLOURS = {"model": "#1f77b4", "random region": "#bbbbbb", "largest region": "#ff9f4a"}
+
+
+def run_evaluation(bundle: Bundle, settings: HeadSettings) -> dict | None:
+    """Score the gallery with a progress bar; None (after a one-line error) when it cannot be evaluated."""
+    n_pairs = len(bundle.gallery) * len(bundle.gallery.captions)
+    bar = st.progress(0.0, text=f"Scoring {n_pairs:,} image-caption pairs\u2026")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(1, total)), text=f"Scoring image-caption pairs: {done:,} of {total:,}")
+
+    try:
+        result = evaluate_bundle(bundle, settings.build(bundle.model), progress)
+    except ScanVizError as exc:
+        bar.empty()
+        st.error(str(exc))
+        return None
+    bar.empty()
+    return result
+
+
+def show_metrics(result: dict) -> None:
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.dataframe(recall_rows(result), hide_index=True, width="stretch")
+    with right:
+        columns = st.columns(2)
+        columns[0].metric("rsum", f"{result['rsum']:.1f}", help="Sum of the six recalls (R@1/5/10 both ways)")
+        if "pointing_accuracy" in result and not math.isnan(result["pointing_accuracy"]):
+            base = result["baselines"]
+            columns[1].metric("Pointing accuracy", f"{result['pointing_accuracy']:.1f}%",
+                              help=f"random region {base['random']['overall']:.1f}%, "
+                                   f"largest region {base['largest']['overall']:.1f}%")
+    st.caption(f"{result['n_images']} images, {result['n_captions']} captions. Pointing: a grounded word is a hit "
+               "when its most attended region overlaps one of its ground-truth boxes with IoU \u2265 0.5.")
+
+
+def show_pointing(result: dict) -> None:
+    if not result.get("pointing"):
+        st.info("This gallery's captions carry no grounded words, so pointing accuracy cannot be measured.")
+        return
+    import plotly.graph_objects as go
+
+    base = result["baselines"]
+    types = list(result["pointing"])
+    rows = [{"word type": t, "pointing accuracy %": round(result["pointing"][t], 1), "words": result["counts"][t],
+             "random region %": round(base["random"][t], 1), "largest region %": round(base["largest"][t], 1)}
+            for t in types]
+    figure = go.Figure([go.Bar(name=name, x=types, y=[values[t] for t in types], marker_color=POINTING_COLOURS[name])
+                        for name, values in (("model", result["pointing"]), ("random region", base["random"]),
+                                             ("largest region", base["largest"]))])
+    figure.update_layout(barmode="group", height=320, yaxis_title="% of words", margin={"t": 30, "b": 30},
+                         title={"text": "Pointing accuracy per word type", "x": 0.0, "font": {"size": 14}})
+    st.plotly_chart(figure, width="stretch")
+    st.dataframe(rows, hide_index=True)
+
+
+def failure_rows(result: dict, direction: str, k: int) -> list[int]:
+    """Queries whose ground truth ranks at K or worse (0-based rank >= k), worst first."""
+    ranks = np.asarray(result[f"{direction}_ranks"])
+    failing = np.flatnonzero(ranks >= k)
+    return [int(i) for i in failing[np.argsort(-ranks[failing], kind="stable")]]
+
+
+def show_failures(result: dict, bundle: Bundle, settings: HeadSettings) -> None:
+    gallery = bundle.gallery
+    left, right = st.columns([1, 1], gap="large")
+    st.session_state.setdefault(FAIL_DIR_KEY, "t2i")
+    with left:
+        direction = st.segmented_control("Queries", ["t2i", "i2t"], key=FAIL_DIR_KEY, required=True,
+                                         persist_state="session",
+                                         format_func=lambda d: {"t2i": "captions \u2192 images",
+                                                                "i2t": "images \u2192 captions"}[d])
+    with right:
+        st.session_state.setdefault(FAIL_K_KEY, 10)
+        k = int(st.slider("Failure: ground truth not in the top K", 1, 50, key=FAIL_K_KEY, persist_state="session"))
+    rows = failure_rows(result, direction, k)
+    st.session_state[FAILURES_MARKER] = len(rows)
+    n_queries = len(result[f"{direction}_ranks"])
+    st.caption(f"{len(rows)} of {n_queries} queries fail at K = {k}, worst first. \u201cTruth\u201d opens the "
+               "ground-truth pair in Explore, \u201cTop 1\u201d the pair the model preferred.")
+    if not rows:
+        st.success("No failures at this K.")
+        return
+    n_pages = max(1, math.ceil(len(rows) / PER_PAGE))
+    page = 1
+    if n_pages > 1:
+        page = int(st.number_input(f"Page (of {n_pages})", 1, n_pages, key=FAIL_PAGE_KEY))
+    header = st.columns([0.7, 4, 1.6, 4, 1, 1])
+    for column, title in zip(header, ("rank", "query", "ground truth", "model's top 1")):
+        column.markdown(f"**{title}**")
+    for q in rows[(page - 1) * PER_PAGE: page * PER_PAGE]:
+        row = st.columns([0.7, 4, 1.6, 4, 1, 1], vertical_alignment="center")
+        rank = int(result[f"{direction}_ranks"][q]) + 1
+        row[0].markdown(f"{rank}")
+        if direction == "t2i":
+            caption = gallery.captions[q]
+            truth_id = gallery.ids[int(gallery.caption_image[q])]
+            top_id = gallery.ids[int(result["t2i_top"][q])]
+            row[1].markdown(caption)
+            row[2].markdown(f"`{truth_id}`")
+            row[3].markdown(f"`{top_id}`")
+            truth_pair, top_pair = (truth_id, caption), (top_id, caption)
+        else:
+            image_id = gallery.ids[q]
+            own = gallery.captions[int(result["i2t_best_own"][q])]
+            top = gallery.captions[int(result["i2t_top"][q])]
+            row[1].markdown(f"`{image_id}`")
+            row[2].markdown(own)
+            row[3].markdown(top)
+            truth_pair, top_pair = (image_id, own), (image_id, top)
+        if row[4].button("Truth", key=f"ev_truth_{direction}_{q}", help="Open the ground-truth pair in Explore"):
+            open_in_explore(*truth_pair, settings, bundle)
+        if row[5].button("Top 1", key=f"ev_top_{direction}_{q}", help="Open the model's top pair in Explore"):
+            open_in_explore(*top_pair, settings, bundle)
+
+
+def render() -> None:
+    """The Evaluate page."""
+    served = state.page_start("Evaluate")
+    if served is None:
+        return
+    bundle, settings = served
+    gallery = bundle.gallery
+    st.caption(f"{gallery.name}: {len(gallery)} images, {len(gallery.captions)} captions; head: "
+               f"{settings.describe()}.")
+    store = state.evaluation_store()
+    key = (bundle.key, settings.key())
+    if key not in store:
+        if not gallery.captions:
+            st.info("This gallery has no captions, so there is nothing to evaluate.")
+            return
+        st.write("Scores every gallery image against every caption with the current head settings, then ranks.")
+        if not st.button("Evaluate on the gallery", type="primary", icon=":material/play_arrow:"):
+            return
+        result = run_evaluation(bundle, settings)
+        if result is None:
+            return
+        state.keep_evaluation(key, result)
+    result = store[key]
+    show_metrics(result)
+    st.subheader("Failures")
+    show_failures(result, bundle, settings)
+    st.subheader("Pointing per word type")
+    show_pointing(result)
+
+
+if __name__ == "__main__":
+    render()

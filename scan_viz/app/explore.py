@@ -1,0 +1,404 @@
+"""Explore: one image and one sentence, the words' attention over the regions, and what each part contributes.
+
+A page script (``streamlit run app.py`` runs it as ``__main__``); importable for its helpers. The URL carries
+``?image=ID&q=SENTENCE`` (plus ``word``, ``dir``, ``k``, ``head`` when set): opening such a link shows that
+pair's word panels with no click.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import streamlit as st
+
+from scan_viz.app import state
+from scan_viz.app.bundle import Bundle, detector_name, ground_truth_images, search_gallery
+from scan_viz.app.params import (DEFAULT_K, K_MAX, MAX_QUERY_CHARS, ExploreParams, HeadSettings, explore_query,
+                                 link_changed, normalise_query, parse_explore_query, selectable_heads)
+from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_TYPES
+from scan_viz.app.views import bar_figure, content_words, region_rows, relevance_rows, word_label
+from scan_viz.errors import ScanVizError
+from scan_viz.types import Alignment, Regions
+
+SOURCE_KEY, IMAGE_KEY, UPLOAD_KEY = "ex_source", "ex_image", "ex_upload"
+Q_KEY, WORD_KEY, K_KEY = "q", "ex_word", "ex_k"
+SEARCH_KEY, THUMB_PAGE_KEY, TAB_KEY, EXAMPLES_KEY = "ex_search", "ex_thumb_page", "ex_tab", "ex_examples"
+LINK_KEY, NOTES_KEY, LINK_WORD_KEY = "_ex_link", "_ex_link_notes", "_ex_link_word"
+#: What the page drew, for tests and the browser check: the words that got a panel.
+PANELS_MARKER = "explore_panels"
+GALLERY, UPLOAD = "Gallery", "Upload"
+PANEL_COLUMNS = 4
+THUMB_COLUMNS, THUMB_ROWS = 6, 2
+TABS = ("Word panels", "Interactive", "Image \u2192 text", "Relevance", "Ablation")
+
+
+@dataclasses.dataclass
+class Picked:
+    """The image being explored: its pixels, its regions and a cache key (``gallery:ID`` or ``upload:SHA``)."""
+
+    key: str
+    image: np.ndarray
+    regions: Regions
+    image_id: str | None  # gallery id; None for an upload
+    title: str
+
+
+# ----------------------------------------------------------------------------- deep link
+
+
+def apply_deep_link(bundle: Bundle) -> None:
+    """Copy a link's pair and view into the session, once per new link (a pasted URL, a jump from a page)."""
+    query = st.query_params.to_dict()
+    if not link_changed(query, st.session_state.get(LINK_KEY)):
+        return
+    params, notes = parse_explore_query(query)
+    if params.image is not None:
+        st.session_state[IMAGE_KEY] = params.image
+        st.session_state[SOURCE_KEY] = GALLERY
+    if params.q is not None:
+        st.session_state[Q_KEY] = params.q
+    st.session_state[LINK_WORD_KEY] = params.word
+    st.session_state.pop(WORD_KEY, None)
+    if params.k is not None:
+        st.session_state[K_KEY] = params.k
+    state.ensure_controls(bundle)
+    if params.dir is not None:
+        st.session_state[state.DIR_KEY] = params.dir
+    if params.head is not None:
+        from scan_viz.heads import head_names
+
+        heads = selectable_heads(head_names())
+        if params.head in heads:
+            st.session_state[state.HEAD_KEY] = params.head
+        else:
+            notes.append(f"the link's head {params.head!r} is not one of {', '.join(heads)}: ignored")
+    st.session_state[NOTES_KEY] = notes
+    st.session_state[LINK_KEY] = normalise_query(query)
+
+
+def write_deep_link(bundle: Bundle, settings: HeadSettings, picked: Picked | None, word: str | None) -> None:
+    """Put the current pair and view into the URL (only what differs from the defaults besides image and q)."""
+    defaults = state.model_settings(bundle)
+    k = st.session_state.get(K_KEY, DEFAULT_K)
+    params = ExploreParams(
+        image=picked.image_id if picked is not None else None,
+        q=st.session_state.get(Q_KEY, "").strip() or None,
+        word=word,
+        dir=settings.direction if settings.direction != defaults.direction else None,
+        k=k if k != DEFAULT_K else None,
+        head=settings.head if settings.head != defaults.head else None)
+    wanted = explore_query(params)
+    if wanted != normalise_query(st.query_params.to_dict()):
+        st.query_params.from_dict(wanted)
+    st.session_state[LINK_KEY] = wanted
+
+
+def forget_pair() -> None:
+    """Drop the explored image (and the link that named it): another gallery is being served."""
+    for key in (IMAGE_KEY, UPLOAD_KEY, LINK_KEY, WORD_KEY, LINK_WORD_KEY):
+        st.session_state.pop(key, None)
+
+
+# ----------------------------------------------------------------------------- choosing the image
+
+
+def _pick(image_id: str) -> None:
+    st.session_state[IMAGE_KEY] = image_id
+    st.session_state[SOURCE_KEY] = GALLERY
+
+
+def gallery_picker(bundle: Bundle) -> None:
+    """Thumbnails of the gallery, searchable by caption words; a click picks the image."""
+    gallery = bundle.gallery
+    current = st.session_state.get(IMAGE_KEY)
+    with st.expander("Gallery images" + (f" \u2014 showing {current}" if current else ""),
+                     expanded=current is None, icon=":material/photo_library:"):
+        search = st.text_input("Find images by caption words", key=SEARCH_KEY, placeholder="e.g. red car",
+                               persist_state="session",
+                               help="Images with a caption (or id) that contains every word typed.")
+        ids = search_gallery(gallery, search)
+        per_page = THUMB_COLUMNS * THUMB_ROWS
+        n_pages = max(1, math.ceil(len(ids) / per_page))
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        with right:
+            page = 1
+            if n_pages > 1:
+                page = int(st.number_input(f"Page (of {n_pages})", 1, n_pages, key=THUMB_PAGE_KEY,
+                                           persist_state="session"))
+        with left:
+            st.caption(f"{len(ids)} of {len(gallery)} images" + (f" match \u201c{search.strip()}\u201d"
+                                                                  if search.strip() else ""))
+        if not ids:
+            st.info("No caption contains all of these words.")
+            return
+        shown = ids[(page - 1) * per_page: page * per_page]
+        for start in range(0, len(shown), THUMB_COLUMNS):
+            columns = st.columns(THUMB_COLUMNS)
+            for column, image_id in zip(columns, shown[start:start + THUMB_COLUMNS]):
+                with column:
+                    st.image(state.thumbnail(bundle.key, image_id), width="stretch")
+                    captions = gallery.captions_of(image_id)
+                    st.button(image_id, key=f"pick_{image_id}", on_click=_pick, args=(image_id,), width="stretch",
+                              type="primary" if image_id == current else "secondary",
+                              help=captions[0] if captions else None)
+
+
+def picked_gallery_image(bundle: Bundle) -> Picked | None:
+    """The chosen gallery image, or None (after an error for an id the gallery lacks)."""
+    from scan_viz.pipeline import gallery_regions
+
+    image_id = st.session_state.get(IMAGE_KEY)
+    if not image_id:
+        return None
+    try:
+        regions = gallery_regions(bundle.gallery, image_id)
+    except ScanVizError as exc:
+        st.error(str(exc))
+        st.session_state[IMAGE_KEY] = None
+        return None
+    if regions.boxes is None:
+        st.error("this gallery's region features carry no boxes, so attention cannot be drawn on the image: "
+                 "load features with boxes (bottom-up-attention TSV or .npz) on the Model page")
+        return None
+    image = state.gallery_image(bundle.key, image_id)
+    return Picked(f"gallery:{image_id}", image, regions, image_id, image_id)
+
+
+def picked_upload(bundle: Bundle) -> Picked | None:
+    """The uploaded image with the detector's regions, or None (after a one-line error)."""
+    uploaded = st.file_uploader(f"Upload an image (PNG, JPEG or WebP, up to {MAX_UPLOAD_MB} MB)",
+                                type=list(UPLOAD_TYPES), key="ex_uploader", max_upload_size=MAX_UPLOAD_MB)
+    if uploaded is not None:
+        st.session_state[UPLOAD_KEY] = (uploaded.name, uploaded.getvalue())
+    stored = st.session_state.get(UPLOAD_KEY)
+    if stored is None:
+        st.info("Upload a photo; the detector finds its regions, then SCAN aligns your sentence with them.")
+        return None
+    name, data = stored
+    return load_upload(bundle, name, data)
+
+
+def load_upload(bundle: Bundle, name: str, data: bytes) -> Picked | None:
+    """Decode and detect an upload; a bad file or a model without a detector is a one-line error."""
+    key = state.content_key(data)
+    if detector_name(bundle.model, bundle.sources) is None:
+        st.error("this model names no detector, so an upload cannot be turned into regions: give a detector folder "
+                 "on the Model page, or explore the gallery's images")
+        return None
+    try:
+        image = state.decoded_upload(key, data, name)
+        with st.spinner("Detecting regions\u2026"):
+            regions = state.detected_regions(bundle.key, key, image)
+    except ScanVizError as exc:
+        st.error(str(exc))
+        st.session_state[UPLOAD_KEY] = None  # shown once; the uploader still holds the file to replace
+        return None
+    if len(regions) == 0:
+        st.error(f"the detector found no regions in {name}: try another image")
+        return None
+    return Picked(f"upload:{key}", image, regions, None, name)
+
+
+# ----------------------------------------------------------------------------- the views
+
+
+def show_panels(picked: Picked, alignment: Alignment, bundle: Bundle, settings: HeadSettings) -> None:
+    """The SCAN paper's view: one panel per word, lit where it attends, strongest region outlined."""
+    panels = state.panels(bundle.key, picked.key, alignment.text, settings.key(), picked.image, alignment)
+    st.session_state[PANELS_MARKER] = [p.word for p in panels]
+    if alignment.direction == "t2i":
+        st.caption("Each word's attention over the regions (bright = attended); yellow: its strongest region "
+                   "and weight; R = relevance of the word to its attended image vector.")
+    else:
+        st.caption("i2t attends from regions to words: each panel shows, per region, the weight it gives to that "
+                   "word (a column of the region\u2192word attention).")
+    with st.container(key="word_panels"):
+        for start in range(0, len(panels), PANEL_COLUMNS):
+            columns = st.columns(PANEL_COLUMNS)
+            for column, panel in zip(columns, panels[start:start + PANEL_COLUMNS]):
+                column.image(panel.image, caption=panel.caption, width="stretch")
+    st.caption(f"{len(panels)} word panels")
+    downloads(picked, alignment)
+
+
+def downloads(picked: Picked, alignment: Alignment) -> None:
+    """The panel grid as PNG and SVG (the paper's matplotlib figure, drawn on click), the alignment as JSON."""
+    from scan_viz.render import figure_to_png, figure_to_svg, word_panels
+
+    stem = (picked.image_id or "upload").replace("/", "_")
+    image = picked.image
+    row = st.container(horizontal=True, gap="small")
+    row.download_button("Panels (PNG)", lambda: figure_to_png(word_panels(image, alignment)),
+                        file_name=f"{stem}-panels.png", mime="image/png", icon=":material/download:",
+                        on_click="ignore")
+    row.download_button("Panels (SVG)", lambda: figure_to_svg(word_panels(image, alignment)),
+                        file_name=f"{stem}-panels.svg", mime="image/svg+xml", icon=":material/download:",
+                        on_click="ignore")
+    row.download_button("Alignment (JSON)", json.dumps(alignment.to_json(), indent=1),
+                        file_name=f"{stem}-alignment.json", mime="application/json", icon=":material/download:",
+                        on_click="ignore")
+
+
+def resolve_word(alignment: Alignment) -> int:
+    """The word the interactive view shows: a link's ``word``, else the user's pick, else the first word."""
+    words = content_words(alignment)
+    wanted = st.session_state.pop(LINK_WORD_KEY, None)
+    if wanted is not None:
+        match = [i for i in words if alignment.words[i] == wanted]
+        if match:
+            st.session_state[WORD_KEY] = match[0]
+        else:
+            st.warning(f"the link's word {wanted!r} is not in the sentence: showing the first word")
+    if st.session_state.get(WORD_KEY) not in words:
+        st.session_state[WORD_KEY] = words[0]
+    return int(st.session_state[WORD_KEY])
+
+
+def show_interactive(picked: Picked, alignment: Alignment) -> None:
+    from scan_viz.render import plotly_alignment
+
+    choice = st.pills("Word", content_words(alignment), key=WORD_KEY, required=True, persist_state="session",
+                      wrap=True, format_func=lambda i: word_label(alignment, i, numbered=True))
+    st.caption("Hover a region for its weight for every word; box opacity = the chosen word's attention.")
+    st.plotly_chart(plotly_alignment(picked.image, alignment, word=int(choice)), width="content",
+                    config={"displaylogo": False})
+
+
+def show_i2t(picked: Picked, alignment: Alignment, bundle: Bundle, settings: HeadSettings) -> None:
+    n_regions = len(picked.regions)
+    st.session_state[K_KEY] = int(min(max(st.session_state.get(K_KEY, DEFAULT_K), 1), min(K_MAX, n_regions)))
+    k = st.slider("Regions shown", 1, max(2, min(K_MAX, n_regions)), key=K_KEY, persist_state="session",
+                  help="The regions with the highest relevance (i2t) or the most attention received (t2i).")
+    st.caption("For each region: its crop, and the sentence shaded by that region's attention over the words.")
+    png = state.region_words_png(bundle.key, picked.key, alignment.text, settings.key(), int(k), picked.image,
+                                 alignment)
+    st.image(png, width="content")
+    if alignment.direction == "i2t":
+        st.dataframe(region_rows(alignment, int(k)), hide_index=True)
+
+
+def show_relevance(alignment: Alignment) -> None:
+    rows = relevance_rows(alignment)
+    if alignment.direction == "t2i":
+        st.plotly_chart(bar_figure([f"{r['#']}: {r['word']}" for r in rows], [r["R (relevance)"] for r in rows],
+                                   "R(word, attended image vector)", "relevance R"), width="stretch")
+    else:
+        top = region_rows(alignment, 12)
+        st.plotly_chart(bar_figure([r["region"] for r in top], [r["R (relevance)"] for r in top],
+                                   "R(region, attended sentence vector), top 12 regions", "relevance R"),
+                        width="stretch")
+    st.dataframe(rows, hide_index=True)
+
+
+def show_ablation(picked: Picked, alignment: Alignment, bundle: Bundle, settings: HeadSettings) -> None:
+    result = state.ablation(bundle.key, picked.key, alignment.text, settings.key(), picked.regions)
+    words = result["words"]
+    st.caption(f"Score {result['score']:.4f}. Each bar: the score after removing one word (left) or one region "
+               "(right), minus the full score. A large drop marks what the match relies on.")
+    if words:
+        token, delta = min(words, key=lambda wd: wd[1])
+        if delta < 0:
+            st.markdown(f"The match relies most on **{token}**: removing it lowers the score by {-delta:.4f}.")
+        else:
+            st.markdown("Removing any single word raises the score: no word supports this match.")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(bar_figure([f"{i + 1}: {t}" for i, (t, _) in enumerate(words)], [d for _, d in words],
+                                   "remove a word", "\u0394 score", signed=True), width="stretch")
+    regions = sorted(result["regions"], key=lambda rd: -abs(rd[1]))[:12]
+    labels = alignment.region_labels or []
+    with right:
+        st.plotly_chart(bar_figure([f"{r}: {labels[r] if r < len(labels) else 'region'}" for r, _ in regions],
+                                   [d for _, d in regions], "remove a region (12 largest changes)", "\u0394 score",
+                                   signed=True), width="stretch")
+
+
+def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle) -> None:
+    """Score, unknown words and, for a gallery caption, whether the pair is a ground-truth match."""
+    words = content_words(alignment)
+    unknown = [alignment.words[i] for i in words if alignment.unknown[i]]
+    columns = st.columns([1, 1, 3])
+    columns[0].metric("Score", f"{alignment.score:.4f}", help=f"{alignment.head} {alignment.direction} pair score")
+    columns[1].metric("Words / regions", f"{len(words)} / {len(picked.regions)}")
+    if picked.image_id is not None and bundle.has_captions():
+        truth = picked.image_id in ground_truth_images(bundle.gallery, alignment.text)
+        if truth:
+            columns[2].success("This sentence is one of the image's own captions.", icon=":material/check:")
+    if unknown and len(unknown) == len(words):
+        st.warning(f"None of the words is in the model's vocabulary ({', '.join(unknown)}): each reads as <unk>, "
+                   "so the alignment says nothing about this sentence.", icon=":material/warning:")
+    elif unknown:
+        st.info(f"{len(unknown)} word(s) not in the vocabulary, read as <unk>: {', '.join(unknown)}")
+
+
+def sentence_box(bundle: Bundle, picked: Picked | None):
+    """The sentence field and the picked image's captions as one-click examples; returns the text column."""
+    image_column, text_column = st.columns([1, 2], gap="large")
+    with text_column:
+        st.text_input("Sentence", key=Q_KEY, placeholder="describe the image, e.g. a red car on the road",
+                      max_chars=MAX_QUERY_CHARS, persist_state="session")
+        captions = bundle.gallery.captions_of(picked.image_id) if picked and picked.image_id else []
+        if captions:
+            st.pills("This image's captions (click one to use it)", captions, key=EXAMPLES_KEY,
+                     on_change=state.use_choice, args=(EXAMPLES_KEY, Q_KEY), wrap=True)
+    with image_column:
+        if picked is not None:
+            st.image(picked.image, caption=picked.title, width="stretch")
+    return text_column
+
+
+def show_views(picked: Picked, alignment: Alignment, bundle: Bundle, settings: HeadSettings) -> None:
+    """The five views of one alignment, as tabs that compute only when opened."""
+    tabs = st.tabs(list(TABS), key=TAB_KEY, on_change="rerun")
+    views = (lambda: show_panels(picked, alignment, bundle, settings),
+             lambda: show_interactive(picked, alignment),
+             lambda: show_i2t(picked, alignment, bundle, settings),
+             lambda: show_relevance(alignment),
+             lambda: show_ablation(picked, alignment, bundle, settings))
+    for tab, view in zip(tabs, views):
+        with tab:
+            if tab.open:
+                state.shown(view)
+
+
+def render() -> None:
+    """The Explore page."""
+    served = state.page_start("Explore")
+    if served is None:
+        return
+    bundle, settings = served
+    for note in st.session_state.pop(NOTES_KEY, []):
+        st.warning(note)
+    st.session_state.pop(PANELS_MARKER, None)
+    st.session_state.setdefault(SOURCE_KEY, GALLERY)
+    st.segmented_control("Image", [GALLERY, UPLOAD], key=SOURCE_KEY, required=True, persist_state="session",
+                         label_visibility="collapsed")
+    if st.session_state[SOURCE_KEY] == GALLERY:
+        gallery_picker(bundle)
+        picked = picked_gallery_image(bundle)
+    else:
+        picked = picked_upload(bundle)
+    text_column = sentence_box(bundle, picked)
+    text = st.session_state.get(Q_KEY, "").strip()
+    alignment = None
+    if picked is None:
+        st.info("Pick a gallery image above, or upload one.")
+    elif not text:
+        st.info("Type a sentence, or click one of the image's captions.")
+    else:
+        alignment = state.shown(lambda: state.alignment(bundle.key, picked.key, text, settings.key(),
+                                                        picked.regions))
+    word = None
+    if alignment is not None:
+        word_index = resolve_word(alignment)
+        word = alignment.words[word_index] if word_index != content_words(alignment)[0] else None
+        with text_column:
+            show_summary(alignment, picked, bundle)
+        show_views(picked, alignment, bundle, settings)
+    write_deep_link(bundle, settings, picked, word)
+
+
+if __name__ == "__main__":
+    render()

@@ -1,0 +1,301 @@
+"""What the pages share: the served bundle (loaded once per process), cached results, the head controls.
+
+Models, galleries and detectors are ``st.cache_resource`` (one copy per process, shared by every user); results
+that depend on a user's input are ``st.cache_data`` keyed by that input; what one user picked lives in
+``st.session_state``. Every user error is a :class:`~scan_viz.errors.ScanVizError` and is shown with
+``st.error(str(exc))``.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import streamlit as st
+
+from scan_viz.app.bundle import Bundle, Sources, load_bundle, load_detector_for
+from scan_viz.app.params import LAMBDA_RANGE, HeadSettings, selectable_heads
+from scan_viz.app.views import WordPanel, word_panels
+from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
+from scan_viz.errors import ScanVizError
+from scan_viz.types import Alignment, Regions
+
+T = TypeVar("T")
+
+SOURCES_KEY = "sources"
+#: Widget keys of the head controls (sidebar); Explore's deep link writes ``dir`` and ``head`` into them.
+HEAD_KEY, DIR_KEY, AGG_KEY = "ctl_head", "ctl_dir", "ctl_agg"
+LAMBDA_SOFTMAX_KEY, LAMBDA_LSE_KEY, NORM_KEY = "ctl_lambda_softmax", "ctl_lambda_lse", "ctl_norm"
+_CONTROLS_FOR = "_controls_for"
+DIRECTION_LABELS = {"t2i": "text \u2192 image", "i2t": "image \u2192 text"}
+AGG_LABELS = {"LogSumExp": "LogSumExp (LSE)", "Mean": "Mean", "Max": "Max", "Sum": "Sum"}
+
+
+# ----------------------------------------------------------------------------- the served bundle
+
+
+def active_sources() -> Sources:
+    """The sources this user picked on the Model page, else the environment's (default: bundled)."""
+    return st.session_state.get(SOURCES_KEY) or Sources.from_env()
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def bundle_by_key(key: tuple) -> Bundle:
+    return load_bundle(Sources(*key))
+
+
+@st.cache_resource(show_spinner=False)
+def _loaded() -> set[tuple]:
+    """Keys of the bundles this process has loaded, to show a status box only for the first load."""
+    return set()
+
+
+def load_sources(sources: Sources) -> Bundle:
+    """The bundle of ``sources``, loaded once per process; the first load shows its steps. Raises ScanVizError."""
+    key = sources.key()
+    if key in _loaded():
+        return bundle_by_key(key)
+    with st.status(f"Loading {sources.model_label()} and the gallery {sources.gallery_label()}\u2026") as status:
+        try:
+            bundle = bundle_by_key(key)
+        except ScanVizError:
+            status.update(label="Loading failed", state="error")
+            raise
+        status.update(label=f"Loaded {sources.model_label()}: {len(bundle.gallery)} gallery images, "
+                            f"{len(bundle.gallery.captions)} captions", state="complete")
+    _loaded().add(key)
+    return bundle
+
+
+def current_bundle(quiet: bool = False) -> Bundle | None:
+    """The served bundle, or None after showing why it could not be loaded (one line, no traceback).
+
+    ``quiet``: show nothing (the frame around the page has shown the error already).
+    """
+    sources = active_sources()
+    try:
+        return load_sources(sources)
+    except ScanVizError as exc:
+        if quiet:
+            return None
+        st.error(str(exc))
+        if SOURCES_KEY in st.session_state:
+            st.info("Choose another model on the **Model** page.")
+        else:
+            st.info("Build the bundled model (`python -m scan_viz.train.bundle`), set SCAN_VIZ_MODEL and "
+                    "SCAN_VIZ_GALLERY, or load your own checkpoint on the **Model** page.")
+        return None
+
+
+@st.cache_resource(show_spinner="Loading the detector\u2026", max_entries=4)
+def _detector(key: tuple):
+    bundle = bundle_by_key(key)
+    return load_detector_for(bundle.model, bundle.sources)
+
+
+def detector(bundle: Bundle):
+    """The bundle's detector (for uploads), loaded once per process. Raises ScanVizError."""
+    return _detector(bundle.key)
+
+
+# ----------------------------------------------------------------------------- cached results
+
+
+def content_key(data: bytes) -> str:
+    """A short stable name for uploaded bytes (cache keys, session state)."""
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+# Entry limits keep the caches' memory bounded: a decoded upload may be 25 megapixels (75 MB), a set of word
+# panels a few MB.
+@st.cache_data(show_spinner=False, max_entries=4)
+def decoded_upload(key: str, _data: bytes, name: str) -> np.ndarray:
+    """(H, W, 3) uint8 of uploaded bytes; ScanVizError for anything that is not a usable image."""
+    from scan_viz.app.uploads import read_upload
+
+    return read_upload(_data, name)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def detected_regions(bundle_key: tuple, image_key: str, _image: np.ndarray) -> Regions:
+    """The detector's regions of an uploaded image."""
+    from scan_viz.pipeline import detect
+
+    return detect(_detector(bundle_key), _image)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def alignment(bundle_key: tuple, image_key: str, text: str, settings: tuple, _regions: Regions) -> Alignment:
+    """The alignment of ``text`` with an image's regions under the head ``settings`` (HeadSettings.key())."""
+    from scan_viz.pipeline import explain
+
+    bundle = bundle_by_key(bundle_key)
+    return explain(bundle.model, _regions, text, HeadSettings(*settings).build(bundle.model))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def panels(bundle_key: tuple, image_key: str, text: str, settings: tuple, _image: np.ndarray,
+           _alignment: Alignment) -> list[WordPanel]:
+    """The on-screen word panels of one alignment."""
+    return word_panels(_image, _alignment)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def ablation(bundle_key: tuple, image_key: str, text: str, settings: tuple, _regions: Regions) -> dict[str, Any]:
+    """Score change when each word, or each region, is removed."""
+    from scan_viz.pipeline import ablate
+
+    bundle = bundle_by_key(bundle_key)
+    return ablate(bundle.model, _regions, text, HeadSettings(*settings).build(bundle.model))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def region_words_png(bundle_key: tuple, image_key: str, text: str, settings: tuple, top: int,
+                     _image: np.ndarray, _alignment: Alignment) -> bytes:
+    """PNG bytes of the image-to-text view (each of the ``top`` regions' attention over the words)."""
+    from scan_viz.render import figure_to_png, region_word_figure
+
+    return figure_to_png(region_word_figure(_image, _alignment, top=top), dpi=100)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def top_images(bundle_key: tuple, text: str, k: int, settings: tuple) -> list[tuple[str, float]]:
+    """Text -> the top-k gallery images (id, score), best first."""
+    bundle = bundle_by_key(bundle_key)
+    return bundle.index.search_images(text, k, HeadSettings(*settings).build(bundle.model))
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def top_captions(bundle_key: tuple, image_id: str, k: int, settings: tuple) -> list[tuple[int, float]]:
+    """Gallery image -> the top-k gallery captions (caption index, score), best first."""
+    bundle = bundle_by_key(bundle_key)
+    return bundle.index.search_captions(image_id, k, HeadSettings(*settings).build(bundle.model))
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def thumbnail(bundle_key: tuple, image_id: str) -> np.ndarray:
+    """A gallery image shrunk for the pickers (an array; Streamlit encodes it)."""
+    from scan_viz.app.views import shrink
+
+    return shrink(bundle_by_key(bundle_key).gallery.load_image(image_id))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def gallery_image(bundle_key: tuple, image_id: str) -> np.ndarray:
+    return bundle_by_key(bundle_key).gallery.load_image(image_id)
+
+
+#: Evaluations kept per process (each holds a few arrays of one int per caption).
+MAX_EVALUATIONS = 32
+
+
+@st.cache_resource(show_spinner=False)
+def evaluation_store() -> dict[tuple, dict[str, Any]]:
+    """Evaluations by (bundle, head settings): computed with a progress bar on request, kept for every user.
+
+    Streamlit's result caches replay what a cached function drew, not a progress bar updated from inside
+    it, so evaluations are kept here by hand; see :func:`keep_evaluation`.
+    """
+    return {}
+
+
+def keep_evaluation(key: tuple, result: dict[str, Any]) -> None:
+    store = evaluation_store()
+    store[key] = result
+    while len(store) > MAX_EVALUATIONS:
+        store.pop(next(iter(store)))
+
+
+# ----------------------------------------------------------------------------- head controls
+
+
+def _reset_controls(settings: HeadSettings) -> None:
+    st.session_state[HEAD_KEY] = settings.head
+    st.session_state[DIR_KEY] = settings.direction
+    st.session_state[AGG_KEY] = settings.agg_func
+    st.session_state[LAMBDA_SOFTMAX_KEY] = float(settings.lambda_softmax)
+    st.session_state[LAMBDA_LSE_KEY] = float(settings.lambda_lse)
+    st.session_state[NORM_KEY] = settings.raw_feature_norm
+
+
+def model_settings(bundle: Bundle) -> HeadSettings:
+    """The model's own head settings (its config), what the controls start from."""
+    return HeadSettings.from_config(bundle.model.config)
+
+
+def ensure_controls(bundle: Bundle) -> None:
+    """Start the controls from the model's settings on first use and whenever the served model changes."""
+    if st.session_state.get(_CONTROLS_FOR) != bundle.key:
+        _reset_controls(model_settings(bundle))
+        st.session_state[_CONTROLS_FOR] = bundle.key
+
+
+def head_controls(bundle: Bundle) -> HeadSettings:
+    """Sidebar controls of the matching head; every page's results recompute when they change."""
+    from scan_viz.heads import head_names
+
+    ensure_controls(bundle)
+    heads = selectable_heads(head_names())
+    if st.session_state.get(HEAD_KEY) not in heads:
+        st.session_state[HEAD_KEY] = heads[0]
+    low, high = LAMBDA_RANGE
+    for key in (LAMBDA_SOFTMAX_KEY, LAMBDA_LSE_KEY):
+        st.session_state[key] = float(min(max(float(st.session_state[key]), low), high))
+    with st.sidebar:
+        st.subheader("Matching head")
+        st.selectbox("Head", heads, key=HEAD_KEY, persist_state="session",
+                     help="The matching head that scores and aligns the pair.")
+        st.segmented_control("Direction", list(DIRECTION_LABELS), key=DIR_KEY, persist_state="session",
+                             required=True, format_func=DIRECTION_LABELS.get,
+                             help="t2i: each word attends over the regions; i2t: each region attends over the words.")
+        st.selectbox("Aggregation", list(AGG_FUNCS), key=AGG_KEY, persist_state="session",
+                     format_func=lambda agg: AGG_LABELS.get(agg, agg),
+                     help="How the per-word (t2i) or per-region (i2t) relevances R become one score.")
+        st.slider("\u03bb_softmax (attention temperature)", low, high, step=0.5, key=LAMBDA_SOFTMAX_KEY,
+                  persist_state="session", help="Inverse temperature of the attention softmax (the paper's \u03bb1).")
+        st.slider("\u03bb_lse", low, high, step=0.5, key=LAMBDA_LSE_KEY, persist_state="session",
+                  disabled=st.session_state[AGG_KEY] != "LogSumExp",
+                  help="Sharpness of LogSumExp pooling (the paper's \u03bb2); used by LSE only.")
+        st.selectbox("Attention normalisation", list(RAW_FEATURE_NORMS), key=NORM_KEY, persist_state="session",
+                     help="How the raw region-word cosine similarities are normalised before the softmax.")
+        st.button("Reset to the model's settings", on_click=_reset_controls, args=(model_settings(bundle),),
+                  width="stretch")
+        st.caption(f"Serving **{bundle.sources.model_label()}** on **{bundle.gallery.name}** "
+                   f"({len(bundle.gallery)} images).")
+    return current_settings()
+
+
+def current_settings() -> HeadSettings:
+    """The head settings the controls hold now."""
+    return HeadSettings(head=st.session_state[HEAD_KEY], direction=st.session_state[DIR_KEY],
+                        agg_func=st.session_state[AGG_KEY],
+                        lambda_softmax=float(st.session_state[LAMBDA_SOFTMAX_KEY]),
+                        lambda_lse=float(st.session_state[LAMBDA_LSE_KEY]),
+                        raw_feature_norm=st.session_state[NORM_KEY])
+
+
+def page_start(title: str) -> tuple[Bundle, HeadSettings] | None:
+    """A page's title, then the served bundle and the head settings; None when no bundle could be loaded (the
+    frame above the page has said why)."""
+    st.title(title)
+    bundle = current_bundle(quiet=True)
+    return None if bundle is None else (bundle, current_settings())
+
+
+def use_choice(choice_key: str, target_key: str) -> None:
+    """Widget callback: copy a clicked chip (an example sentence) into a text field, then release the chip so
+    the same example can be clicked again."""
+    choice = st.session_state.get(choice_key)
+    if choice:
+        st.session_state[target_key] = choice
+    st.session_state[choice_key] = None
+
+
+def shown(action: Callable[[], T]) -> T | None:
+    """Run ``action``; a user error becomes a one-line ``st.error`` and None."""
+    try:
+        return action()
+    except ScanVizError as exc:
+        st.error(str(exc))
+        return None

@@ -1,0 +1,133 @@
+"""A gallery: images + captions + ground truth + precomputed regions, what the app and `eval --gallery` use.
+
+Layout of a gallery folder (``examples/gallery``)::
+
+    images/{id}.jpg        the image; its file stem is the image id used everywhere (deep links included)
+    gallery.json           {"format", "name", "images": [{"id", "file", "width", "height",
+                            "objects": [{"category", "box", "kind", "colour", ...}],
+                            "captions": [{"text", "words": [{"word", "type", "boxes"}]}]}]}
+    regions/               a scan_viz.data region store (features, boxes, labels via region_labels.json)
+
+Captions are numbered image by image (caption k of the flattened list belongs to ``caption_image[k]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scan_viz.data import RegionStore, load_saved_regions
+from scan_viz.errors import ScanVizError
+
+GALLERY_FORMAT = "scan-viz-gallery/1"
+GALLERY_FILE = "gallery.json"
+REGIONS_DIR = "regions"
+LABELS_FILE = "region_labels.json"
+REBUILD_HINT = "rebuild it with `python -m scan_viz.train.bundle` (see pretrained/README.md)"
+
+
+@dataclasses.dataclass
+class Gallery:
+    """An in-memory gallery; ``regions`` features are (n_images, n_regions, img_dim) float32."""
+
+    root: Path
+    name: str
+    records: list[dict[str, Any]]
+    regions: RegionStore
+    region_labels: list[list[str]] | None
+
+    def __post_init__(self) -> None:
+        self.ids = [r["id"] for r in self.records]
+        self._index = {image_id: i for i, image_id in enumerate(self.ids)}
+        self.captions = [c["text"] for r in self.records for c in r["captions"]]
+        self.caption_image = np.array([i for i, r in enumerate(self.records) for _ in r["captions"]], dtype=np.int64)
+        self.caption_words = [c.get("words") for r in self.records for c in r["captions"]]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def index_of(self, image_id: str) -> int:
+        if image_id not in self._index:
+            raise ScanVizError(f"no image {image_id!r} in the gallery {self.name}; pick one of its ids "
+                               f"(e.g. {self.ids[0]})")
+        return self._index[image_id]
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / self.records[self.index_of(image_id)]["file"]
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        """(H, W, 3) uint8 RGB."""
+        from scan_viz.images import load_image
+
+        return load_image(self.image_path(image_id))
+
+    def captions_of(self, image_id: str) -> list[str]:
+        return [c["text"] for c in self.records[self.index_of(image_id)]["captions"]]
+
+    def caption_indices_of(self, image_id: str) -> np.ndarray:
+        return np.flatnonzero(self.caption_image == self.index_of(image_id))
+
+    def regions_of(self, image_id: str) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+        """features (n_regions, img_dim), boxes (n_regions, 4), labels of one image."""
+        i = self.index_of(image_id)
+        labels = self.region_labels[i] if self.region_labels is not None else None
+        boxes = self.regions.boxes[i] if self.regions.boxes is not None else None
+        return np.asarray(self.regions.features[i]), boxes, labels
+
+    def ground_truth_boxes(self, image_id: str) -> list[dict[str, Any]]:
+        return self.records[self.index_of(image_id)].get("objects", [])
+
+
+def load_gallery(path: str | Path) -> Gallery:
+    """Read and check a gallery folder; anything missing or inconsistent is a ScanVizError naming it."""
+    root = Path(path)
+    if not (root / GALLERY_FILE).is_file():
+        raise ScanVizError(f"{root} is not a gallery (no {GALLERY_FILE}); {REBUILD_HINT}")
+    try:
+        meta = json.loads((root / GALLERY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScanVizError(f"{root / GALLERY_FILE} is unreadable ({exc}); {REBUILD_HINT}") from None
+    if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT or not isinstance(meta.get("images"), list):
+        raise ScanVizError(f"{root / GALLERY_FILE} is not a {GALLERY_FORMAT} file; {REBUILD_HINT}")
+    records = meta["images"]
+    for r in records:
+        if not isinstance(r, dict) or not {"id", "file", "captions"} <= set(r):
+            raise ScanVizError(f"{root / GALLERY_FILE}: an image record lacks id/file/captions; {REBUILD_HINT}")
+        if not (root / r["file"]).is_file():
+            raise ScanVizError(f"gallery image {r['file']} is missing; {REBUILD_HINT}")
+    regions = load_saved_regions(root / REGIONS_DIR)
+    if regions.ids != [r["id"] for r in records]:
+        raise ScanVizError(f"{root}: the region store's image ids do not match {GALLERY_FILE}; {REBUILD_HINT}")
+    labels = None
+    if (root / REGIONS_DIR / LABELS_FILE).is_file():
+        labels = json.loads((root / REGIONS_DIR / LABELS_FILE).read_text(encoding="utf-8"))
+    return Gallery(root, str(meta.get("name", root.name)), records, regions, labels)
+
+
+def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]], images: list[np.ndarray],
+                  regions: RegionStore, region_labels: list[list[str]] | None, jpeg_quality: int = 90,
+                  feature_dtype: str = "float16") -> None:
+    """Write a gallery atomically: JPEG images, gallery.json, the region store (features in ``feature_dtype``)."""
+    from PIL import Image
+
+    from scan_viz.data import save_regions
+    from scan_viz.io import write_dir_atomic
+
+    def write(tmp: Path) -> None:
+        (tmp / "images").mkdir()
+        out_records = []
+        for record, image in zip(records, images):
+            rel = f"images/{record['id']}.jpg"
+            Image.fromarray(image).save(tmp / rel, quality=jpeg_quality, optimize=True)
+            out_records.append({**record, "file": rel})
+        (tmp / GALLERY_FILE).write_text(json.dumps({"format": GALLERY_FORMAT, "name": name, "images": out_records},
+                                                   separators=(",", ":")), encoding="utf-8")
+        save_regions(regions, tmp / REGIONS_DIR, feature_dtype=feature_dtype)
+        if region_labels is not None:
+            (tmp / REGIONS_DIR / LABELS_FILE).write_text(json.dumps(region_labels, separators=(",", ":")),
+                                                         encoding="utf-8")
+
+    write_dir_atomic(Path(out_dir), write)

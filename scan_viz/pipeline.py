@@ -1,0 +1,197 @@
+"""The steps the app and the command line share: image -> regions -> alignment, retrieval, ablation, evaluation.
+
+Everything here takes plain data (arrays, a ScanModel, a Gallery) and returns plain data (Alignment,
+lists of (id, score), dicts), so `scan-viz explain`, `scan-viz eval --gallery` and the Streamlit pages are
+thin layers over the same calls.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from scan_viz.errors import ScanVizError
+from scan_viz.gallery import Gallery
+from scan_viz.heads import MatchingHead
+from scan_viz.metrics import evaluate
+from scan_viz.model import PRETRAINED_DIR, ScanModel
+from scan_viz.pointing import PointingItem, evaluate_pointing
+from scan_viz.types import Alignment, Regions
+
+DEFAULT_MODEL = "scan-emoji-t2i"
+DEFAULT_GALLERY = Path(__file__).resolve().parent.parent / "examples" / "gallery"
+
+
+def detector_for(model: ScanModel, detector_dir: str | Path | None = None):
+    """The detector whose region features this model was trained on (named in its config), loaded."""
+    from scan_viz.detect import load_detector
+
+    if detector_dir is None:
+        name = model.config.extra.get("detector")
+        if not name:
+            raise ScanVizError("this model names no detector (it was trained on precomputed features): "
+                               "give a detector folder whose region features fit the model")
+        detector_dir = PRETRAINED_DIR / str(name)
+    detector = load_detector(detector_dir)
+    img_dim = int(getattr(detector, "img_dim", model.config.img_dim))
+    if img_dim != model.config.img_dim:
+        raise ScanVizError(f"the detector gives {img_dim}-d region features but the model takes "
+                           f"{model.config.img_dim}-d: use the detector the model was trained with")
+    return detector
+
+
+def detect(detector, image: np.ndarray) -> Regions:
+    """One image (H, W, 3) uint8 -> its regions (features, boxes in the image's pixels, labels)."""
+    from scan_viz.detect import extract_regions
+
+    with torch.no_grad():
+        return extract_regions(detector, [image])[0]
+
+
+def explain(model: ScanModel, regions: Regions, text: str, head: str | MatchingHead | None = None) -> Alignment:
+    """The alignment of a sentence with an image's regions (the image's detector output)."""
+    return model.align(regions.features, text, head=head, boxes=regions.boxes, region_labels=regions.labels,
+                       image_size=regions.image_size)
+
+
+def gallery_regions(gallery: Gallery, image_id: str) -> Regions:
+    """One gallery image's real regions (padding rows of a varying-count store dropped)."""
+    features, boxes, labels = gallery.regions_of(image_id)
+    n = int(gallery.regions.n_boxes[gallery.index_of(image_id)])
+    features, boxes = features[:n], None if boxes is None else boxes[:n]
+    labels = None if labels is None else labels[:n]
+    record = gallery.records[gallery.index_of(image_id)]
+    size = (int(record["width"]), int(record["height"])) if "width" in record else None
+    return Regions(features, boxes, labels, size)
+
+
+@dataclasses.dataclass
+class GalleryIndex:
+    """A gallery encoded once by one model: region embeddings and caption embeddings, for fast retrieval."""
+
+    model: ScanModel
+    gallery: Gallery
+    regions: torch.Tensor  # (n_images, n_regions, d)
+    region_lengths: torch.Tensor | None  # (n_images,) real regions per image, None when all are real
+    caption_emb: torch.Tensor  # (n_captions, max_words, d)
+    caption_lengths: torch.Tensor  # (n_captions,)
+
+    @classmethod
+    def build(cls, model: ScanModel, gallery: Gallery) -> "GalleryIndex":
+        if gallery.regions.img_dim != model.config.img_dim:
+            raise ScanVizError(f"the gallery's regions are {gallery.regions.img_dim}-d but the model takes "
+                               f"{model.config.img_dim}-d features: pick a gallery made with the model's detector")
+        regions = model.encode_images(gallery.regions.features)
+        caps = model.encode_captions(gallery.captions)
+        return cls(model, gallery, regions, _region_lengths(gallery), caps.emb, caps.lengths)
+
+    def search_images(self, text: str, k: int = 10, head: str | MatchingHead | None = None) -> list[tuple[str, float]]:
+        """Text -> the top-k gallery images by score, best first."""
+        from scan_viz.engine import score_matrix
+
+        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        caps = self.model.encode_captions([text])
+        scores = score_matrix(matcher, self.regions, caps.emb, caps.lengths, self.region_lengths)[:, 0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(self.gallery.ids[i], float(scores[i])) for i in top]
+
+    def search_captions(self, image_id: str, k: int = 10, head: str | MatchingHead | None = None
+                        ) -> list[tuple[int, float]]:
+        """Gallery image -> the top-k gallery captions (index into gallery.captions, score), best first."""
+        from scan_viz.engine import score_matrix
+
+        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        i = self.gallery.index_of(image_id)
+        rl = None if self.region_lengths is None else self.region_lengths[i:i + 1]
+        scores = score_matrix(matcher, self.regions[i:i + 1], self.caption_emb, self.caption_lengths, rl)[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(c), float(scores[c])) for c in top]
+
+    def search_captions_for_regions(self, regions: Regions, k: int = 10, head: str | MatchingHead | None = None
+                                    ) -> list[tuple[int, float]]:
+        """An uploaded image's regions -> the top-k gallery captions."""
+        from scan_viz.engine import score_matrix
+
+        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        emb = self.model.encode_images(regions.features[None])
+        scores = score_matrix(matcher, emb, self.caption_emb, self.caption_lengths)[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return [(int(c), float(scores[c])) for c in top]
+
+
+def _region_lengths(gallery: Gallery) -> torch.Tensor | None:
+    n_boxes = np.asarray(gallery.regions.n_boxes)
+    return None if (n_boxes == gallery.regions.n_regions).all() else torch.from_numpy(n_boxes)
+
+
+def ablate(model: ScanModel, regions: Regions, text: str, head: str | MatchingHead | None = None) -> dict[str, Any]:
+    """Score change when each word, or each region, is removed (error analysis).
+
+    Words are removed from the token sequence (``<start>``/``<end>`` stay); regions from the region set.
+    Returns ``{"score", "words": [(token, delta)], "regions": [(index, delta)]}`` with delta = new - full.
+    """
+    from scan_viz.text import EncodedCaption
+
+    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    full = model.vocab.encode(text)
+    n_tok = len(full.tokens)
+    variants = [full] + [EncodedCaption(full.ids[:t + 1] + full.ids[t + 2:], full.tokens[:t] + full.tokens[t + 1:],
+                                        full.unknown[:t] + full.unknown[t + 1:]) for t in range(n_tok)]
+    caps = model.encode_captions(variants)
+    emb = model.encode_images(np.asarray(regions.features)[None])
+    with torch.no_grad():
+        word_scores = matcher.scores(emb, caps.emb, caps.lengths).scores[0].double().numpy()
+        n_reg = emb.shape[1]
+        keep = ~np.eye(n_reg, dtype=bool)
+        dropped = torch.stack([emb[0][torch.from_numpy(keep[r])] for r in range(n_reg)])  # (n_reg, n_reg-1, d)
+        region_scores = matcher.scores(dropped, caps.emb[:1], caps.lengths[:1]).scores[:, 0].double().numpy()
+    base = float(word_scores[0])
+    return {"score": base,
+            "words": [(full.tokens[t].text, float(word_scores[t + 1] - base)) for t in range(n_tok)],
+            "regions": [(r, float(region_scores[r] - base)) for r in range(n_reg)]}
+
+
+def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHead | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Retrieval metrics (the `eval` JSON) plus pointing accuracy per word type and its two baselines."""
+    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    sims = model.similarity(gallery.regions.features, gallery.captions, head=matcher, progress=progress,
+                            region_lengths=gallery.regions.n_boxes)
+    result = evaluate(sims, gallery.caption_image)
+    result.update(pointing_on_gallery(model, gallery, matcher))
+    result["head"] = matcher.name
+    return result
+
+
+def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) -> dict[str, Any]:
+    """Pointing accuracy of every grounded word of every caption with its own image."""
+    items = []
+    regions_emb = model.encode_images(gallery.regions.features)
+    for i, record in enumerate(gallery.records):
+        objects = record.get("objects", [])
+        caps = [c for c in record["captions"] if c.get("words")]
+        if not caps or gallery.regions.boxes is None:
+            continue
+        enc = model.encode_captions([c["text"] for c in caps])
+        rl = torch.as_tensor(gallery.regions.n_boxes[i:i + 1])
+        with torch.no_grad():
+            res = head.scores(regions_emb[i:i + 1], enc.emb, enc.lengths, rl, return_attention=True)
+        attention = res.attention[0].double().numpy()  # (n_caps, max_words, n_regions)
+        for c, caption in enumerate(caps):
+            tokens = [t.text for t in enc.encoded[c].tokens]
+            words = caption["words"]
+            if tokens != [w["word"] for w in words]:
+                raise ScanVizError(f"gallery caption {caption['text']!r} does not tokenise into its annotated words")
+            rows = [t + 1 for t, w in enumerate(words) if w.get("boxes")]  # +1: <start>
+            if not rows:
+                continue
+            items.append(PointingItem(
+                word_attention=attention[c, rows],
+                region_boxes=gallery.regions.boxes[i],
+                word_types=[words[r - 1]["type"] for r in rows],
+                gt_boxes=[np.array([objects[b]["box"] for b in words[r - 1]["boxes"]], dtype=np.float64)
+                          for r in rows]))
+    return evaluate_pointing(items)

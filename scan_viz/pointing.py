@@ -1,0 +1,81 @@
+"""Pointing accuracy: does a word's most-attended region lie on the thing the word names?
+
+A word is a hit when the region with the largest attention weight for it has IoU >= 0.5 with one of the
+word's ground-truth boxes. Two baselines come from the same regions: "random" (the expected hit rate of a
+uniformly random region, i.e. the fraction of regions that would hit) and "largest" (always the region with
+the largest box).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Iterable
+
+import numpy as np
+
+IOU_THRESHOLD = 0.5
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (n, 4) with every box in ``b`` (m, 4), x1, y1, x2, y2 -> (n, m)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+@dataclasses.dataclass
+class PointingItem:
+    """The grounded words of one (image, caption) pair.
+
+    word_attention: (n_words, n_regions), row w = word w's weights over regions (only the words listed here);
+    region_boxes: (n_regions, 4); word_types: one type name per word; gt_boxes: per word an (g, 4) array.
+    """
+
+    word_attention: np.ndarray
+    region_boxes: np.ndarray
+    word_types: list[str]
+    gt_boxes: list[np.ndarray]
+
+
+def evaluate_pointing(items: Iterable[PointingItem], threshold: float = IOU_THRESHOLD) -> dict:
+    """Pointing accuracy overall and per word type, with the random- and largest-region baselines.
+
+    Returns ``{"pointing_accuracy", "pointing": {type: acc}, "counts": {type: n}, "baselines":
+    {"random": {"overall", type...}, "largest": {...}}}`` with accuracies in percent.
+    """
+    hits: dict[str, list[float]] = defaultdict(list)
+    rand: dict[str, list[float]] = defaultdict(list)
+    large: dict[str, list[float]] = defaultdict(list)
+    for item in items:
+        regions = np.asarray(item.region_boxes, dtype=np.float64)
+        areas = np.clip(regions[:, 2:] - regions[:, :2], 0, None).prod(axis=1)
+        largest = int(np.argmax(areas))
+        top = np.asarray(item.word_attention).argmax(axis=1)
+        for w, (word_type, gt) in enumerate(zip(item.word_types, item.gt_boxes)):
+            gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+            if len(gt) == 0:
+                continue
+            region_hits = (box_iou(regions, gt) >= threshold).any(axis=1)  # (n_regions,)
+            hits[word_type].append(float(region_hits[top[w]]))
+            rand[word_type].append(float(region_hits.mean()))
+            large[word_type].append(float(region_hits[largest]))
+
+    def summary(values: dict[str, list[float]]) -> dict[str, float]:
+        every = [v for vs in values.values() for v in vs]
+        out = {t: 100.0 * float(np.mean(v)) for t, v in sorted(values.items())}
+        out["overall"] = 100.0 * float(np.mean(every)) if every else float("nan")
+        return out
+
+    ours = summary(hits)
+    return {
+        "pointing_accuracy": ours.pop("overall"),
+        "pointing": ours,
+        "counts": {t: len(v) for t, v in sorted(hits.items())},
+        "baselines": {"random": summary(rand), "largest": summary(large)},
+    }

@@ -1,0 +1,488 @@
+"""Pure drawing: an image array and an Alignment in, a figure (or an array) out; no model calls.
+
+The SCAN paper (Lee et al., ECCV 2018, Fig. 5/6) shows each word's attention as the image darkened
+everywhere except the regions the word attends to. ``word_panels`` draws that figure, ``region_word_figure``
+the image-to-text view (each region's attention over the words), ``plotly_alignment`` an interactive
+version for the app. Matplotlib figures are built on ``matplotlib.figure.Figure`` with the Agg canvas,
+never pyplot, so drawing holds no global state and is safe from the app's threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Rectangle
+from matplotlib.transforms import offset_copy
+
+from scan_viz.errors import ScanVizError
+from scan_viz.images import fit_within, image_to_png_bytes
+from scan_viz.text import END, PAD, START, UNK
+from scan_viz.types import Alignment
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+#: Brightness of unattended pixels in a word panel: dark enough to show where the word looks, light enough
+#: to see the rest of the scene.
+DIM_FLOOR = 0.15
+#: Outline of the strongest region; yellow reads on both the darkened and the bright parts of a panel.
+HIGHLIGHT = "#ffcc00"
+_HIGHLIGHT_RGB = (255, 204, 0)
+#: draw_boxes' colours (RGB), matplotlib's tab10.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+)
+_SPECIAL_WORDS = frozenset({START, END, PAD})
+
+
+# ----------------------------------------------------------------------------- checks shared by the views
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+        raise ScanVizError(f"expected an (H, W, 3) uint8 RGB image, got {array.dtype} {array.shape}: "
+                           "load it with scan_viz.images.load_image")
+    return array
+
+
+def _word_matrix(alignment: Alignment) -> np.ndarray:
+    """(n_words, n_regions) float64 attention, checked against the words and boxes."""
+    matrix = np.nan_to_num(np.asarray(alignment.word_attention(), dtype=np.float64))
+    if matrix.ndim != 2 or matrix.shape[0] != len(alignment.words):
+        raise ScanVizError(f"the alignment's {alignment.direction} attention has shape "
+                           f"{np.shape(alignment.attention)} for {len(alignment.words)} words: rebuild the alignment")
+    return matrix
+
+
+def _display_boxes(image: np.ndarray, alignment: Alignment) -> np.ndarray:
+    """(n_regions, 4) boxes in the pixels of ``image``, rescaled if it was resized from ``image_size``."""
+    if alignment.boxes is None:
+        raise ScanVizError("this alignment has no region boxes (precomputed features carry none): "
+                           "explain an image run through the detector to draw it")
+    boxes = np.asarray(alignment.boxes, dtype=np.float64).reshape(-1, 4)
+    n_regions = _word_matrix(alignment).shape[1]
+    if len(boxes) != n_regions:
+        raise ScanVizError(f"the alignment has {len(boxes)} boxes for {n_regions} regions: rebuild the alignment")
+    if alignment.image_size:
+        width, height = alignment.image_size
+        boxes = boxes * np.array([image.shape[1] / width, image.shape[0] / height] * 2)
+    return boxes
+
+
+def _region_label(alignment: Alignment, region: int) -> str:
+    labels = alignment.region_labels
+    return labels[region] if labels and region < len(labels) and labels[region] else f"region {region}"
+
+
+def _is_special(word: str) -> bool:
+    return word in _SPECIAL_WORDS
+
+
+def _chosen(indices: Sequence[int] | None, count: int, default: list[int], what: str) -> list[int]:
+    chosen = list(default if indices is None else indices)
+    bad = [i for i in chosen if not 0 <= int(i) < count]
+    if bad:
+        raise ScanVizError(f"{what} {bad} out of range: there are {count} {what}s (0 to {count - 1})")
+    if not chosen:
+        raise ScanVizError(f"no {what}s to draw: choose at least one")
+    return [int(i) for i in chosen]
+
+
+def _chosen_words(alignment: Alignment, words: Sequence[int] | None, show_specials: bool) -> list[int]:
+    """The user's words by default; ``<start>``/``<end>`` only when asked (they take part in SCAN's attention)."""
+    default = [i for i, w in enumerate(alignment.words) if show_specials or not _is_special(w)]
+    return _chosen(words, len(alignment.words), default, "word")
+
+
+def _word_name(alignment: Alignment, index: int) -> str:
+    word = alignment.words[index]
+    unknown = index < len(alignment.unknown) and alignment.unknown[index] and word != UNK
+    return f"{word} ({UNK})" if unknown else word
+
+
+def _word_title(alignment: Alignment, index: int) -> str:
+    """Panel title: the word (``<unk>`` marked) and its relevance R (t2i) or what the map is (i2t)."""
+    name = _word_name(alignment, index)
+    if alignment.direction == "t2i":
+        return f"{name}\nR = {float(np.asarray(alignment.relevance)[index]):.2f}"
+    # i2t's attention is each region's distribution over words, so a word's map is a column of it
+    return f"{name}\n(column of region\u2192word attention)"
+
+
+# ----------------------------------------------------------------------------- maps and shaded images
+
+
+def attention_map(boxes: np.ndarray, weights: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(height, width) float32 in [0, 1]: each pixel's summed weight over the boxes covering it, over the max.
+
+    boxes: (n, 4) x1, y1, x2, y2 pixels, clipped to the image; a box covers the pixels it touches.
+    weights: (n,) non-negative (negatives count as 0). size: (width, height). All zero if no weight lands.
+    Painted with a 2-D difference array and two cumulative sums, O(n + width * height).
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1:
+        raise ScanVizError(f"cannot paint an attention map of size {width}x{height}: give a positive (width, height)")
+    boxes = np.asarray(boxes, dtype=np.float64)
+    weights = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float64).reshape(-1)), 0.0, None)
+    if boxes.size == 0:
+        return np.zeros((height, width), np.float32)
+    if boxes.ndim != 2 or boxes.shape[1] != 4 or len(boxes) != len(weights):
+        raise ScanVizError(f"got boxes of shape {boxes.shape} and {len(weights)} weights: "
+                           "pass (n, 4) boxes and (n,) weights")
+    boxes = np.nan_to_num(boxes)
+    left = np.clip(np.floor(np.minimum(boxes[:, 0], boxes[:, 2])), 0, width).astype(np.int64)
+    right = np.clip(np.ceil(np.maximum(boxes[:, 0], boxes[:, 2])), 0, width).astype(np.int64)
+    top = np.clip(np.floor(np.minimum(boxes[:, 1], boxes[:, 3])), 0, height).astype(np.int64)
+    bottom = np.clip(np.ceil(np.maximum(boxes[:, 1], boxes[:, 3])), 0, height).astype(np.int64)
+    keep = (right > left) & (bottom > top) & (weights > 0)
+    left, right, top, bottom, weights = left[keep], right[keep], top[keep], bottom[keep], weights[keep]
+    diff = np.zeros((height + 1, width + 1), np.float64)
+    np.add.at(diff, (top, left), weights)
+    np.add.at(diff, (top, right), -weights)
+    np.add.at(diff, (bottom, left), -weights)
+    np.add.at(diff, (bottom, right), weights)
+    painted = diff.cumsum(axis=0).cumsum(axis=1)[:height, :width]
+    # the running sums leave ~1e-16 where boxes cancel out; those pixels are covered by nothing
+    painted[painted < 1e-9 * max(float(weights.sum()), 1e-300)] = 0.0
+    peak = float(painted.max()) if painted.size else 0.0
+    if peak <= 0:
+        return np.zeros((height, width), np.float32)
+    return np.clip(painted / peak, 0.0, 1.0).astype(np.float32)
+
+
+def panel_image(image: np.ndarray, weights: np.ndarray, boxes: np.ndarray, floor: float = DIM_FLOOR) -> np.ndarray:
+    """(H, W, 3) uint8: ``image`` lit by attention, ``image * (floor + (1 - floor) * map)``.
+
+    weights: (n_regions,) one word's attention; boxes: (n_regions, 4) in the image's pixels.
+    """
+    image = _check_image(image)
+    lit = attention_map(boxes, weights, (image.shape[1], image.shape[0]))
+    gain = floor + (1.0 - floor) * lit
+    return np.clip(np.rint(image * gain[:, :, None]), 0, 255).astype(np.uint8)
+
+
+def _new_figure(width_in: float, height_in: float, **kwargs: Any) -> Figure:
+    figure = Figure(figsize=(width_in, height_in), **kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def word_panels(image: np.ndarray, alignment: Alignment, words: list[int] | None = None, cols: int = 4,
+                show_specials: bool = False, labels: bool = True) -> Figure:
+    """The SCAN paper's figure: one panel per word, the image lit where that word attends.
+
+    image: (H, W, 3) uint8, the alignment's image (boxes are rescaled if it was resized). words: indices into
+    ``alignment.words``; by default every word but ``<start>``/``<end>`` (``show_specials`` adds them).
+    The strongest region of each word is outlined and, with ``labels``, tagged with its label and weight.
+    """
+    image = _check_image(image)
+    boxes = _display_boxes(image, alignment)
+    matrix = _word_matrix(alignment)
+    chosen = _chosen_words(alignment, words, show_specials)
+    cols = max(1, min(int(cols), len(chosen)))
+    rows = math.ceil(len(chosen) / cols)
+    height, width = image.shape[:2]
+    panel_w = 3.2
+    panel_h = panel_w * min(max(height / width, 0.2), 3.0) + 0.55  # room for a two-line title
+    figure = _new_figure(cols * panel_w, rows * panel_h, layout="constrained")
+    for slot, word in enumerate(chosen):
+        axes = figure.add_subplot(rows, cols, slot + 1)
+        weights = matrix[word]
+        axes.imshow(panel_image(image, weights, boxes), interpolation="nearest")
+        axes.set_title(_word_title(alignment, word), fontsize=9)
+        axes.set_axis_off()
+        if not np.any(weights > 0):
+            continue
+        top = int(np.argmax(weights))
+        x1, y1, x2, y2 = np.clip(boxes[top], 0, [width, height, width, height])
+        axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=HIGHLIGHT, linewidth=2))
+        if labels:
+            axes.text(x1 + 2, y1 + 2, f"{_region_label(alignment, top)} {weights[top]:.2f}", fontsize=7,
+                      va="top", ha="left", color="black", clip_on=True,
+                      bbox={"facecolor": HIGHLIGHT, "edgecolor": "none", "pad": 1.5, "alpha": 0.9})
+    return figure
+
+
+def _default_regions(alignment: Alignment, matrix: np.ndarray, top: int) -> list[int]:
+    """The regions worth showing: the most relevant (i2t), or those receiving the most attention (t2i)."""
+    if alignment.direction == "i2t" and np.size(alignment.relevance) == matrix.shape[1]:
+        strength = np.asarray(alignment.relevance, dtype=np.float64)
+    else:
+        strength = matrix.sum(axis=0)
+    return [int(k) for k in np.argsort(-strength, kind="stable")[: max(1, top)]]
+
+
+def region_word_figure(image: np.ndarray, alignment: Alignment, regions: list[int] | None = None, top: int = 8,
+                       show_specials: bool = False) -> Figure:
+    """The image-to-text view: per region, its crop beside the sentence shaded by its attention over the words.
+
+    image: (H, W, 3) uint8. regions: indices into the alignment's regions; by default the ``top`` regions by
+    relevance R (i2t) or by total attention received (t2i). Each word's shade is the region's weight on it
+    over the region's largest weight among the words shown; the weight is printed under the word.
+    """
+    image = _check_image(image)
+    boxes = _display_boxes(image, alignment)
+    matrix = _word_matrix(alignment)
+    chosen = _chosen(regions, matrix.shape[1], _default_regions(alignment, matrix, top), "region")
+    shown = _chosen_words(alignment, None, show_specials)
+    names = [_word_name(alignment, i) for i in shown]
+
+    # lay the sentence out once in points (same words for every region), then size the figure to fit it
+    dpi, font_size, gap = 100.0, 10.0, 8.0
+    crop_in, text_in, margin_in, title_in = 1.4, 6.4, 0.15, 0.3
+    figure = _new_figure(crop_in + text_in + 3 * margin_in, 1.0, dpi=dpi)
+    renderer = figure.canvas.get_renderer()
+    font = FontProperties(size=font_size)
+    line_pt = font_size * 2.9  # a word and its weight beneath
+    x, line, places = 0.0, 0, []
+    for name in names:
+        width_px, _, _ = renderer.get_text_width_height_descent(name, font, ismath=False)
+        width_pt = width_px * 72.0 / dpi + 4.0  # plus the shading box's padding
+        if x > 0 and x + width_pt > text_in * 72.0:
+            x, line = 0.0, line + 1
+        places.append((x, line, width_pt))
+        x += width_pt + gap
+    text_in = min(text_in, max(x_pt + w_pt for x_pt, _, w_pt in places) / 72.0 + 0.1)  # short sentences: narrow
+    row_in = max(crop_in, (line + 1) * line_pt / 72.0 + 0.2) + title_in
+    total_in = len(chosen) * row_in + margin_in
+    total_w = crop_in + text_in + 3 * margin_in
+    figure.set_size_inches(total_w, total_in)
+
+    colormap = colormaps["Oranges"]
+    height, width = image.shape[:2]
+    for row, region in enumerate(chosen):
+        bottom_in = total_in - margin_in - (row + 1) * row_in
+        crop_axes = figure.add_axes((margin_in / total_w, bottom_in / total_in,
+                                     crop_in / total_w, (row_in - title_in) / total_in))
+        x1, y1, x2, y2 = np.clip(np.rint(boxes[region]), 0, [width, height, width, height]).astype(int)
+        crop = image[y1:y2, x1:x2] if x2 > x1 and y2 > y1 else np.zeros((1, 1, 3), np.uint8)
+        crop_axes.imshow(crop, interpolation="nearest")
+        crop_axes.set_anchor("NW")  # crop and title flush with the top of the row, level with the words
+        crop_axes.set_axis_off()
+        title = f"{region}: {_region_label(alignment, region)}"
+        if alignment.direction == "i2t" and np.size(alignment.relevance) == matrix.shape[1]:
+            title += f"  R = {float(np.asarray(alignment.relevance)[region]):.2f}"
+        crop_axes.set_title(title, fontsize=9, loc="left")
+
+        text_axes = figure.add_axes(((2 * margin_in + crop_in) / total_w, bottom_in / total_in,
+                                     text_in / total_w, (row_in - title_in) / total_in))
+        text_axes.set_axis_off()
+        weights = matrix[shown, region]
+        peak = float(weights.max()) if weights.size and weights.max() > 0 else 1.0
+        for name, weight, (x_pt, line_no, width_pt) in zip(names, weights, places):
+            strength = max(float(weight), 0.0) / peak
+            # words sit at fixed offsets in points from the text axes' top-left corner, as laid out above
+            y_pt = -(line_no + 0.5) * line_pt
+            origin = text_axes.transAxes
+            place = offset_copy(origin, fig=figure, x=x_pt + width_pt / 2, y=y_pt, units="points")
+            text_axes.text(0, 1, name, transform=place, ha="center", va="center", fontsize=font_size,
+                           color="white" if strength > 0.6 else "black",
+                           bbox={"boxstyle": "round,pad=0.25", "facecolor": colormap(0.08 + 0.8 * strength),
+                                 "edgecolor": "none"})
+            below = offset_copy(origin, fig=figure, x=x_pt + width_pt / 2, y=y_pt - font_size * 1.3, units="points")
+            text_axes.text(0, 1, f"{weight:.2f}", transform=below, ha="center", va="center", fontsize=7,
+                           color="#555555")
+    return figure
+
+
+def relevance_bar(alignment: Alignment) -> Figure:
+    """Bar chart of the relevance R: per word for t2i (specials grey, ``<unk>`` words orange), per region for i2t."""
+    relevance = np.asarray(alignment.relevance, dtype=np.float64).reshape(-1)
+    if alignment.direction == "t2i":
+        if len(relevance) != len(alignment.words):
+            raise ScanVizError(f"{len(relevance)} relevance values for {len(alignment.words)} words: "
+                               "rebuild the alignment")
+        names = [_word_name(alignment, i) for i in range(len(relevance))]
+        colours = ["#aaaaaa" if _is_special(w) else "#ff7f0e" if i < len(alignment.unknown) and alignment.unknown[i]
+                   else "#1f77b4" for i, w in enumerate(alignment.words)]
+        what = "word"
+    else:
+        names = [f"{k}: {_region_label(alignment, k)}" for k in range(len(relevance))]
+        colours = ["#1f77b4"] * len(relevance)
+        what = "region"
+    figure = _new_figure(max(4.0, 0.45 * len(relevance) + 1.5), 3.2, layout="constrained")
+    axes = figure.add_subplot()
+    axes.bar(np.arange(len(relevance)), relevance, color=colours)
+    axes.set_xticks(np.arange(len(relevance)), names, rotation=45 if len(relevance) > 6 else 0, ha="right"
+                    if len(relevance) > 6 else "center", fontsize=8)
+    axes.axhline(0, color="black", linewidth=0.6)
+    axes.set_ylabel("relevance R")
+    axes.set_title(f"{alignment.head} {alignment.direction}: R per {what} (score {alignment.score:.3f})", fontsize=10)
+    return figure
+
+
+def ablation_bar(labels: Sequence[str], deltas: Sequence[float] | np.ndarray,
+                 title: str = "score change when removed") -> Figure:
+    """Horizontal bars of the score change per removed word or region (drops red, gains green)."""
+    values = np.asarray(deltas, dtype=np.float64).reshape(-1)
+    if len(labels) != len(values) or len(values) == 0:
+        raise ScanVizError(f"got {len(labels)} labels and {len(values)} score changes: pass one change per label")
+    figure = _new_figure(6.0, 0.3 * len(values) + 1.2, layout="constrained")
+    axes = figure.add_subplot()
+    positions = np.arange(len(values))
+    axes.barh(positions, values, color=np.where(values < 0, "#d62728", "#2ca02c"))
+    axes.set_yticks(positions, [str(label) for label in labels], fontsize=8)
+    axes.invert_yaxis()  # first label on top, in reading order
+    axes.axvline(0, color="black", linewidth=0.6)
+    axes.set_xlabel("\u0394 score")
+    axes.set_title(title, fontsize=10)
+    return figure
+
+
+# ----------------------------------------------------------------------------- interactive (plotly)
+
+
+def _region_style(strength: np.ndarray) -> dict[str, list]:
+    """Per-region fill, outline colour and width for one word's normalised weights (n_regions,) in [0, 1]."""
+    r, g, b = _HIGHLIGHT_RGB
+    return {
+        "fillcolor": [f"rgba({r},{g},{b},{0.03 + 0.55 * s:.3f})" for s in strength],
+        "line.color": [f"rgba({r},{g},{b},{0.25 + 0.75 * s:.3f})" for s in strength],
+        "line.width": [round(0.5 + 3.5 * float(s), 2) for s in strength],
+    }
+
+
+def plotly_alignment(image: np.ndarray, alignment: Alignment, word: int | None = None,
+                     show_specials: bool = False, max_side: int = 1024) -> go.Figure:
+    """Interactive alignment: the image with one hoverable box per region and a dropdown to pick the word.
+
+    Each region's hover text lists its weight for every word; the chosen word's attention (normalised by its
+    largest weight) sets each box's opacity and outline. The background is a PNG data URI downscaled to
+    ``max_side`` pixels, so a figure of 36 regions x 20 words stays small. Coordinates are ``image``'s pixels.
+    """
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        raise ScanVizError("the interactive view needs plotly: pip install plotly") from None
+    image = _check_image(image)
+    boxes = _display_boxes(image, alignment)
+    matrix = _word_matrix(alignment)
+    choices = _chosen_words(alignment, None, show_specials)
+    current = _chosen([word] if word is not None else None, len(alignment.words), choices[:1], "word")[0]
+    if current not in choices:
+        choices = sorted(choices + [current])
+    height, width = image.shape[:2]
+    peaks = matrix.max(axis=1, keepdims=True)
+    strength = np.divide(matrix, peaks, out=np.zeros_like(matrix), where=peaks > 0).clip(0, 1)
+
+    shown, scale = fit_within(image, max_side, max_side)
+    uri = "data:image/png;base64," + base64.b64encode(image_to_png_bytes(shown)).decode("ascii")
+    figure = go.Figure(go.Image(source=uri, x0=0.5 / scale, y0=0.5 / scale, dx=1 / scale, dy=1 / scale,
+                                hoverinfo="skip"))
+    escaped = [html.escape(w) for w in alignment.words]
+    style = _region_style(strength[current])
+    for region, (x1, y1, x2, y2) in enumerate(boxes):
+        parts = [f"{escaped[i]} {matrix[i, region]:.2f}" for i in range(len(escaped))]
+        lines = [" | ".join(parts[i:i + 6]) for i in range(0, len(parts), 6)]
+        label = html.escape(_region_label(alignment, region))
+        figure.add_trace(go.Scatter(
+            x=[x1, x2, x2, x1, x1], y=[y1, y1, y2, y2, y1], mode="lines", fill="toself",
+            fillcolor=style["fillcolor"][region],
+            line={"color": style["line.color"][region], "width": style["line.width"][region]},
+            hoveron="fills", hoverinfo="text", text=f"<b>{region}: {label}</b><br>" + "<br>".join(lines),
+            name=f"{region}: {label}", showlegend=False))
+
+    region_traces = list(range(1, len(boxes) + 1))
+    counts: dict[str, int] = {}
+    for i in choices:
+        counts[alignment.words[i]] = counts.get(alignment.words[i], 0) + 1
+
+    def title(i: int) -> str:
+        name = html.escape(_word_name(alignment, i))
+        if alignment.direction == "t2i":
+            return f"{name}: R = {float(np.asarray(alignment.relevance)[i]):.2f}"
+        return f"{name}: column of region\u2192word attention"
+
+    buttons = [
+        {"label": html.escape(alignment.words[i] if counts[alignment.words[i]] == 1 else f"{alignment.words[i]} ({i})"),
+         "method": "update", "args": [_region_style(strength[i]), {"title.text": title(i)}, region_traces]}
+        for i in choices
+    ]
+    figure.update_layout(
+        title={"text": title(current), "x": 0.5},
+        updatemenus=[{"type": "dropdown", "buttons": buttons, "active": choices.index(current),
+                      "x": 0.0, "xanchor": "left", "y": 1.0, "yanchor": "bottom", "showactive": True}],
+        xaxis={"range": [0, width], "visible": False, "constrain": "domain"},
+        yaxis={"range": [height, 0], "visible": False, "scaleanchor": "x", "constrain": "domain"},
+        margin={"l": 10, "r": 10, "t": 60, "b": 10}, hovermode="closest",
+        height=int(min(900, 80 + 720 * height / width)), width=720,
+    )
+    return figure
+
+
+# ----------------------------------------------------------------------------- export and quick overlays
+
+
+def _check_matplotlib(figure: Any) -> Figure:
+    if not isinstance(figure, Figure):
+        raise ScanVizError(f"cannot export a {type(figure).__name__} as an image here: static export takes a "
+                           "matplotlib figure (download the interactive view as HTML or JSON instead)")
+    return figure
+
+
+def figure_to_png(figure: Figure, dpi: int = 110) -> bytes:
+    """PNG file bytes of a matplotlib figure."""
+    buffer = io.BytesIO()
+    _check_matplotlib(figure).savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    return buffer.getvalue()
+
+
+def figure_to_svg(figure: Figure) -> bytes:
+    """SVG file bytes of a matplotlib figure."""
+    buffer = io.BytesIO()
+    _check_matplotlib(figure).savefig(buffer, format="svg", facecolor="white")
+    return buffer.getvalue()
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str] | None = None,
+               colours: Sequence[tuple[int, int, int]] | None = None, thickness: int = 2) -> np.ndarray:
+    """A copy of the (H, W, 3) uint8 RGB ``image`` with (n, 4) x1, y1, x2, y2 boxes and their labels drawn.
+
+    colours: RGB per box (cycled); matplotlib's tab10 by default.
+    """
+    canvas = _check_image(image).copy()
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) if np.size(boxes) else np.zeros((0, 4))
+    if labels is not None and len(labels) != len(boxes):
+        raise ScanVizError(f"got {len(labels)} labels for {len(boxes)} boxes: pass one label per box")
+    palette = list(colours) if colours else list(PALETTE)
+    height, width = canvas.shape[:2]
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, max(0.35, min(width, height) / 900)
+    for k, box in enumerate(np.nan_to_num(boxes)):
+        colour = tuple(int(c) for c in palette[k % len(palette)])
+        x1, y1, x2, y2 = np.clip(np.rint(box), -1, [width, height, width, height]).astype(int).tolist()
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness, lineType=cv2.LINE_AA)
+        if labels is None or not labels[k]:
+            continue
+        (text_w, text_h), base = cv2.getTextSize(str(labels[k]), font, scale, 1)
+        top = max(y1 - text_h - base - 2, 0)  # above the box, or inside it at the image's top edge
+        cv2.rectangle(canvas, (x1, top), (x1 + text_w + 4, top + text_h + base + 2), colour, cv2.FILLED)
+        ink = (0, 0, 0) if sum(colour) > 382 else (255, 255, 255)
+        cv2.putText(canvas, str(labels[k]), (x1 + 2, top + text_h + 1), font, scale, ink, 1, cv2.LINE_AA)
+    return canvas
+
+
+__all__ = [
+    "ablation_bar",
+    "attention_map",
+    "draw_boxes",
+    "figure_to_png",
+    "figure_to_svg",
+    "panel_image",
+    "plotly_alignment",
+    "region_word_figure",
+    "relevance_bar",
+    "word_panels",
+]

@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from scan_viz.pointing import PointingItem, box_iou, evaluate_pointing
+
+
+def test_box_iou_hand_cases():
+    a = np.array([[0, 0, 10, 10], [0, 0, 0, 0]])
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
+    iou = box_iou(a, b)
+    np.testing.assert_allclose(iou[0], [1.0, 50 / 150, 0.0])
+    np.testing.assert_allclose(iou[1], [0.0, 0.0, 0.0])  # a degenerate box never matches
+
+
+def test_hits_baselines_and_types():
+    regions = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [0, 0, 100, 100], [51, 50, 61, 60]], float)
+    attention = np.array([[0.7, 0.1, 0.1, 0.1],   # "dog" -> region 0: hit (gt is region 0's box)
+                          [0.1, 0.1, 0.8, 0.0],   # "red" -> region 2: miss (gt is region 1's box)
+                          [0.0, 0.5, 0.0, 0.5]])  # "cat" -> tie, argmax takes region 1: hit
+    gt = [np.array([[0, 0, 10, 10]]), np.array([[50, 50, 60, 60]]), np.array([[50, 50, 60, 60]])]
+    res = evaluate_pointing([PointingItem(attention, regions, ["object", "colour", "object"], gt)])
+    assert res["pointing"] == {"colour": 0.0, "object": 100.0}
+    assert res["pointing_accuracy"] == pytest.approx(200 / 3)
+    assert res["counts"] == {"colour": 1, "object": 2}
+    # random: dog -> 1 of 4 regions hits; red and cat -> regions 1 and 3 hit (IoU 0.82) -> 2/4
+    assert res["baselines"]["random"]["object"] == pytest.approx(100 * (0.25 + 0.5) / 2)
+    assert res["baselines"]["random"]["overall"] == pytest.approx(100 * (0.25 + 0.5 + 0.5) / 3)
+    # largest region (region 2) hits nothing
+    assert res["baselines"]["largest"]["overall"] == 0.0
+
+
+def test_words_without_boxes_are_skipped():
+    regions = np.array([[0, 0, 10, 10]], float)
+    res = evaluate_pointing([PointingItem(np.ones((2, 1)), regions, ["function", "object"],
+                                          [np.zeros((0, 4)), np.array([[0, 0, 10, 10]])])])
+    assert res["counts"] == {"object": 1} and res["pointing_accuracy"] == 100.0

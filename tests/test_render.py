@@ -1,0 +1,233 @@
+"""Tests for scan_viz.render: attention maps against a plain loop, and what each figure shows."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from scan_viz import render
+from scan_viz.errors import ScanVizError
+from scan_viz.render import attention_map, panel_image
+from scan_viz.types import Alignment
+
+WORDS = ["<start>", "a", "zebra", "on", "red", "grass", "<end>"]
+BOXES = np.array([[4, 4, 24, 20], [30, 10, 60, 40], [0, 30, 16, 48], [40, 0, 64, 8]], dtype=np.float32)
+LABELS = ["sky", "zebra", "grass", "tree"]
+SIZE = (64, 48)  # (width, height)
+
+
+def make_alignment(direction: str = "t2i", n_regions: int = 4, words: list[str] | None = None,
+                   boxes: np.ndarray | None = BOXES, seed: int = 0) -> Alignment:
+    """A hand-made alignment: word i attends mostly to region (i % n_regions)."""
+    words = list(words or WORDS)
+    rng = np.random.default_rng(seed)
+    t2i = rng.random((len(words), n_regions)) * 0.2
+    t2i[np.arange(len(words)), np.arange(len(words)) % n_regions] += 1.0
+    t2i /= t2i.sum(axis=1, keepdims=True)
+    attention = t2i if direction == "t2i" else (t2i / t2i.sum(axis=0)).T.copy()
+    n_relevance = len(words) if direction == "t2i" else n_regions
+    return Alignment(
+        text=" ".join(w for w in words if not w.startswith("<")), words=words,
+        spans=[None] * len(words), unknown=[w == "zebra" for w in words], attention=attention,
+        relevance=np.linspace(0.9, 0.1, n_relevance), score=0.42, head=f"scan_{direction}", direction=direction,
+        boxes=boxes, region_labels=LABELS[:n_regions] if n_regions <= len(LABELS) else None, image_size=SIZE)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    return np.full((SIZE[1], SIZE[0], 3), 128, np.uint8)
+
+
+def reference_map(boxes: np.ndarray, weights: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The plain per-box loop attention_map must match."""
+    width, height = size
+    painted = np.zeros((height, width))
+    for (x1, y1, x2, y2), weight in zip(boxes, weights):
+        painted[max(int(np.floor(y1)), 0):max(int(np.ceil(y2)), 0), max(int(np.floor(x1)), 0):max(int(np.ceil(x2)), 0)] += weight
+    return painted / painted.max() if painted.max() > 0 else painted
+
+
+# ----------------------------------------------------------------- attention_map and panel_image
+
+
+def test_attention_map_sums_overlaps_and_normalises():
+    boxes = np.array([[0, 0, 6, 6], [4, 4, 10, 10]], float)
+    lit = attention_map(boxes, np.array([1.0, 2.0]), (12, 10))
+    assert lit.shape == (10, 12) and lit.dtype == np.float32
+    assert lit[5, 5] == pytest.approx(1.0)  # overlap: (1 + 2) / 3
+    assert lit[1, 1] == pytest.approx(1 / 3) and lit[8, 8] == pytest.approx(2 / 3)
+    assert lit[0, 11] == 0 and lit[9, 0] == 0 and lit.min() >= 0 and lit.max() <= 1
+
+
+def test_attention_map_zero_weights_and_no_boxes():
+    assert not attention_map(BOXES, np.zeros(4), SIZE).any()
+    assert not attention_map(np.zeros((0, 4)), np.zeros(0), SIZE).any()
+
+
+def test_attention_map_clips_boxes_outside_the_image():
+    boxes = np.array([[-5, -5, 3, 3], [8, 8, 50, 50], [100, 100, 120, 130]], float)
+    lit = attention_map(boxes, np.array([1.0, 1.0, 5.0]), (10, 10))
+    assert lit[:3, :3].min() == 1 and lit[8:, 8:].min() == 1
+    assert lit[3:8, :].max() == 0  # the third box lies wholly outside and paints nothing
+
+
+def test_attention_map_matches_a_plain_loop():
+    rng = np.random.default_rng(3)
+    corners = rng.uniform(-10, 70, (20, 2, 2))
+    boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+    weights = rng.random(20)
+    np.testing.assert_allclose(attention_map(boxes, weights, SIZE), reference_map(boxes, weights, SIZE), atol=1e-6)
+
+
+def test_attention_map_rejects_mismatched_inputs():
+    with pytest.raises(ScanVizError, match="weights"):
+        attention_map(BOXES, np.ones(3), SIZE)
+
+
+def test_panel_image_is_bright_only_in_the_attended_box(image):
+    shaded = panel_image(image, np.array([0.0, 1.0, 0.0, 0.0]), BOXES)
+    x1, y1, x2, y2 = BOXES[1].astype(int)
+    assert (shaded[y1:y2, x1:x2] == 128).all()
+    outside = np.ones(shaded.shape[:2], bool)
+    outside[y1:y2, x1:x2] = False
+    assert shaded[outside].max() == round(128 * render.DIM_FLOOR)
+
+
+# ----------------------------------------------------------------- word panels
+
+
+def test_word_panels_one_axes_per_user_word(image):
+    alignment = make_alignment()
+    assert len(render.word_panels(image, alignment).axes) == 5  # <start>, <end> left out
+    assert len(render.word_panels(image, alignment, show_specials=True).axes) == 7
+    assert len(render.word_panels(image, alignment, words=[2, 4]).axes) == 2
+
+
+def test_word_panels_show_the_attended_box_brightest(image):
+    alignment = make_alignment()
+    figure = render.word_panels(image, alignment, words=[1, 2])
+    for axes, word in zip(figure.axes, [1, 2]):
+        top = int(np.argmax(alignment.attention[word]))
+        shown = np.asarray(axes.images[0].get_array())
+        np.testing.assert_array_equal(shown, panel_image(image, alignment.attention[word], BOXES))
+        x1, y1, x2, y2 = BOXES[top].astype(int)
+        inside, outside = shown[y1:y2, x1:x2].mean(), shown[SIZE[1] - 2:, SIZE[0] // 2 - 4:SIZE[0] // 2].mean()
+        assert inside > 2 * outside
+        outline = axes.patches[0]
+        assert outline.get_xy() == pytest.approx((x1, y1)) and outline.get_width() == pytest.approx(x2 - x1)
+        assert LABELS[top] in axes.texts[0].get_text()
+
+
+def test_word_panels_titles_mark_unknown_words_and_relevance(image):
+    figure = render.word_panels(image, make_alignment())
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles[1].startswith("zebra (<unk>)") and "R = " in titles[1]
+    assert titles[0].startswith("a\n")
+
+
+def test_word_panels_i2t_and_resized_image(image):
+    alignment = make_alignment("i2t")
+    figure = render.word_panels(image, alignment)
+    assert len(figure.axes) == 5 and all("region\u2192word" in axes.get_title() for axes in figure.axes)
+    half = image[::2, ::2].copy()  # displayed at half size: boxes follow
+    outline = render.word_panels(half, make_alignment(), words=[2]).axes[0].patches[0]
+    assert outline.get_xy() == pytest.approx(tuple(BOXES[2, :2] / 2))
+    assert render.figure_to_png(figure).startswith(b"\x89PNG")
+
+
+def test_word_panels_user_errors(image):
+    with pytest.raises(ScanVizError, match="no region boxes"):
+        render.word_panels(image, make_alignment(boxes=None))
+    with pytest.raises(ScanVizError, match="out of range"):
+        render.word_panels(image, make_alignment(), words=[99])
+    with pytest.raises(ScanVizError, match="uint8"):
+        render.word_panels(image.astype(np.float32), make_alignment())
+
+
+# ----------------------------------------------------------------- region view, bars, export
+
+
+def test_region_word_figure_crops_and_shaded_words(image):
+    alignment = make_alignment("i2t")
+    figure = render.region_word_figure(image, alignment, top=3)
+    assert len(figure.axes) == 6  # a crop and a sentence per region
+    assert figure.axes[0].get_title(loc="left").startswith("0: sky")  # the most relevant region first
+    words = [text.get_text() for text in figure.axes[1].texts]
+    assert "zebra (<unk>)" in words and "red" in words and "<start>" not in words
+    one = render.region_word_figure(image, make_alignment(), regions=[1])
+    assert len(one.axes) == 2 and one.axes[0].images[0].get_array().shape[:2] == (30, 30)
+    assert render.figure_to_png(one).startswith(b"\x89PNG")
+
+
+def test_relevance_and_ablation_bars():
+    t2i, i2t = make_alignment(), make_alignment("i2t")
+    assert len(render.relevance_bar(t2i).axes[0].patches) == len(WORDS)
+    assert len(render.relevance_bar(i2t).axes[0].patches) == len(BOXES)
+    assert len(render.ablation_bar(["a", "zebra"], [-0.1, 0.02]).axes[0].patches) == 2
+    with pytest.raises(ScanVizError, match="labels"):
+        render.ablation_bar(["a"], [0.1, 0.2])
+
+
+def test_png_and_svg_export():
+    figure = render.relevance_bar(make_alignment())
+    assert render.figure_to_png(figure, dpi=50).startswith(b"\x89PNG\r\n\x1a\n")
+    root = ET.fromstring(render.figure_to_svg(figure))
+    assert root.tag.endswith("svg")
+    with pytest.raises(ScanVizError, match="matplotlib"):
+        render.figure_to_png(object())  # type: ignore[arg-type]
+
+
+def test_draw_boxes_returns_a_new_array(image):
+    drawn = render.draw_boxes(image, BOXES, LABELS)
+    assert drawn.shape == image.shape and drawn.dtype == np.uint8
+    assert (image == 128).all()  # the input is untouched
+    assert tuple(drawn[30, 45 - 15]) != (128, 128, 128)  # left edge of box 1
+    with pytest.raises(ScanVizError):
+        render.draw_boxes(image, BOXES, LABELS[:2])
+
+
+# ----------------------------------------------------------------- plotly
+
+
+def test_plotly_alignment_regions_hover_and_dropdown(image):
+    alignment = make_alignment()
+    figure = render.plotly_alignment(image, alignment)
+    regions = [trace for trace in figure.data if trace.type == "scatter"]
+    assert figure.data[0].type == "image" and len(regions) == len(BOXES)
+    for trace in regions:
+        for word in WORDS:
+            assert word.replace("<", "&lt;").replace(">", "&gt;") + " " in trace.text
+    buttons = figure.layout.updatemenus[0].buttons
+    assert [button.label for button in buttons] == ["a", "zebra", "on", "red", "grass"]
+    # picking "zebra" (word 2, mostly on region 2) makes region 2's box the most opaque
+    fills = buttons[1].args[0]["fillcolor"]
+    opacities = [float(fill.rsplit(",", 1)[1].rstrip(")")) for fill in fills]
+    assert int(np.argmax(opacities)) == 2 and len(fills) == len(BOXES)
+    assert list(buttons[1].args[2]) == list(range(1, len(BOXES) + 1))
+    json.loads(figure.to_json())
+
+
+def test_plotly_alignment_i2t_chosen_word_and_size():
+    rng = np.random.default_rng(0)
+    words = ["<start>"] + [f"w{i}" for i in range(18)] + ["<end>"]
+    corners = rng.uniform(0, 64, (36, 2, 2))
+    boxes = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+    alignment = make_alignment("i2t", n_regions=36, words=words, boxes=boxes)
+    gradient = np.linspace(0, 255, SIZE[0] * SIZE[1] * 3).astype(np.uint8).reshape(SIZE[1], SIZE[0], 3)
+    figure = render.plotly_alignment(gradient, alignment, word=5)
+    assert len(figure.data) == 37 and len(figure.layout.updatemenus[0].buttons) == 18
+    assert figure.layout.updatemenus[0].active == 4 and "w4" in figure.layout.title.text
+    assert len(figure.to_json()) < 200_000
+    with pytest.raises(ScanVizError, match="out of range"):
+        render.plotly_alignment(gradient, alignment, word=40)
+
+
+def test_plotly_figure_cannot_go_through_matplotlib_export(image):
+    figure = render.plotly_alignment(image, make_alignment())
+    with pytest.raises(ScanVizError, match="interactive view"):
+        render.figure_to_svg(figure)
+    assert isinstance(render.word_panels(image, make_alignment(), words=[1]), Figure)
