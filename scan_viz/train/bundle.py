@@ -112,13 +112,15 @@ def train_scan(work: Path, precomp: Path, args: argparse.Namespace) -> dict[str,
     import sys
 
     runs = {d: work / f"scan-{d}" for d in MODEL_NAMES}
+    if args.scan_images:  # train on the first N extracted train images (the official layout, sliced)
+        precomp = _slice_precomp(precomp, args.scan_images, work / f"precomp-{args.scan_images}")
     procs = {}
     for direction, run in runs.items():
         if (run / "DONE").exists():
             continue
         s = SCAN_SETTINGS[direction]
         cmd = [sys.executable, "-m", "scan_viz.cli", "train", "--data", str(precomp), "--out", str(run),
-               "--embed-size", str(args.embed_size), "--word-dim", str(args.word_dim), "--bi-gru", "--max-violation",
+               "--embed-size", str(args.embed_size), "--word-dim", str(args.word_dim), "--bi-gru", *(["--max-violation"] if args.max_violation else []),
                "--cross-attn", direction, "--lambda-softmax", str(s["lambda_softmax"]),
                "--lambda-lse", str(s["lambda_lse"]), "--agg-func", s["agg_func"],
                "--num-epochs", str(args.scan_epochs), "--lr-update", str(args.scan_lr_update),
@@ -137,6 +139,19 @@ def train_scan(work: Path, precomp: Path, args: argparse.Namespace) -> dict[str,
         log.close()
         (runs[direction] / "DONE").write_text("ok\n")
     return runs
+
+
+def _slice_precomp(precomp: Path, n_images: int, out: Path) -> Path:
+    if (out / "test_ims.npy").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "train_ims.npy", np.load(precomp / "train_ims.npy", mmap_mode="r")[:n_images])
+    caps = (precomp / "train_caps.txt").read_text(encoding="utf-8").splitlines()[:5 * n_images]
+    (out / "train_caps.txt").write_text("\n".join(caps) + "\n", encoding="utf-8")
+    for split in ("dev", "test"):
+        for name in (f"{split}_ims.npy", f"{split}_caps.txt"):
+            shutil.copy2(precomp / name, out / name)
+    return out
 
 
 def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], args: argparse.Namespace) -> None:
@@ -217,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scan-lr", type=float, default=5e-4)
     ap.add_argument("--scan-lr-update", type=int, default=8)
     ap.add_argument("--scan-train-images", type=int, default=0, help="train SCAN on the first N train images (0: all)")
+    ap.add_argument("--scan-images", type=int, default=0, help="SCAN trains on the first N extracted train images")
+    # Hardest negatives from the first step collapsed every score to one value on this world (loss stuck at
+    # 2 x batch x margin); the sum over all negatives (VSE0) learns. CHAN likewise starts without them.
+    ap.add_argument("--max-violation", action="store_true", help="hardest negatives only (official; see above)")
     ap.add_argument("--max-dev-captions", type=int, default=1000, help="dev captions scored after each epoch")
     ap.add_argument("--embed-size", type=int, default=256)
     ap.add_argument("--word-dim", type=int, default=128)
