@@ -1,6 +1,8 @@
 """Tests for scan_viz.scenes: determinism, grounded word links, the sprite manifest, the world writer, the CLI."""
 from __future__ import annotations
 
+import sys
+
 import json
 import re
 from pathlib import Path
@@ -205,6 +207,10 @@ def test_write_world_layout_and_exact_test_pixels(tmp_path: Path) -> None:
 def test_write_world_in_worker_processes_matches_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_world(tmp_path / "serial", 0, 2, 2, seed=9, workers=1)
     monkeypatch.setattr(world_module, "PARALLEL_MIN_IMAGES", 1)
+    # spawned workers re-run the parent's __main__; after an AppTest in this process that is app.py (which
+    # loads the whole bundled gallery), so give the pool a clean one, as a real command line would
+    import types
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     write_world(tmp_path / "pool", 0, 2, 2, seed=9, workers=2)
     for name in ("dev_caps.txt", "test_caps.txt", "images/test/test_000001.png", "images/dev/dev_000000.png"):
         assert (tmp_path / "serial" / name).read_bytes() == (tmp_path / "pool" / name).read_bytes()
