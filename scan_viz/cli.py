@@ -133,6 +133,10 @@ def _eval_gallery(args: argparse.Namespace) -> int:
     model, head = _load(args)
     result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"))
     _print_metrics(result)
+    if "pointing_accuracy" not in result:
+        print("pointing accuracy: not measured (the gallery has no region boxes or no grounded caption words)")
+        _write_json(args.json, result)
+        return 0
     base = result["baselines"]
     print(f"pointing accuracy: {result['pointing_accuracy']:.1f}%  (random region "
           f"{base['random']['overall']:.1f}%, largest region {base['largest']['overall']:.1f}%)")

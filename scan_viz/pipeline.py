@@ -155,14 +155,42 @@ def ablate(model: ScanModel, regions: Regions, text: str, head: str | MatchingHe
 
 
 def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHead | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Retrieval metrics (the `eval` JSON) plus pointing accuracy per word type and its two baselines."""
+                     progress: Callable[[int, int], None] | None = None,
+                     details: bool = False) -> dict[str, Any]:
+    """Retrieval metrics (the `eval` JSON) plus pointing accuracy per word type and its two baselines.
+
+    The one evaluation path: ``scan-viz eval --gallery``, the app's Evaluate page and the bundle build call it.
+    Padded regions (``region_lengths`` of a varying-count store) take no part in any score.
+
+    ``details`` adds what a failure list needs, as arrays (not JSON): ``t2i_ranks`` (n_captions,) 0-based rank
+    of each caption's image, ``t2i_top`` (n_captions,) each caption's top image, ``i2t_ranks`` (n_images,) rank
+    of each image's best own caption, ``i2t_best_own`` (n_images,) that caption, ``i2t_top`` (n_images,) each
+    image's top caption, and ``sims`` (n_images, n_captions).
+    """
+    from scan_viz.metrics import i2t_ranks, t2i_ranks
+
+    if not gallery.captions:
+        raise ScanVizError(f"the gallery {gallery.name} has no captions, so retrieval cannot be evaluated: "
+                           "serve a gallery with captions (the bundled one)")
+    if len(set(gallery.caption_image.tolist())) != len(gallery):
+        raise ScanVizError(f"some images of the gallery {gallery.name} have no caption, so image-to-text ranks are "
+                           "undefined: give every image at least one caption")
     matcher = head if isinstance(head, MatchingHead) else model.head(head)
     sims = model.similarity(gallery.regions.features, gallery.captions, head=matcher, progress=progress,
                             region_lengths=gallery.regions.n_boxes)
     result = evaluate(sims, gallery.caption_image)
-    result.update(pointing_on_gallery(model, gallery, matcher))
+    if gallery.regions.boxes is not None and any(gallery.caption_words):
+        result.update(pointing_on_gallery(model, gallery, matcher))
     result["head"] = matcher.name
+    if details:
+        result["sims"] = sims
+        result["t2i_ranks"] = t2i_ranks(sims, gallery.caption_image)
+        result["t2i_top"] = sims.argmax(axis=0)
+        result["i2t_ranks"] = i2t_ranks(sims, gallery.caption_image)
+        result["i2t_top"] = sims.argmax(axis=1)
+        result["i2t_best_own"] = np.array([int(own[np.argmax(sims[n, own])]) for n, own in
+                                           enumerate(gallery.caption_indices_of(i) for i in gallery.ids)],
+                                          dtype=np.int64)
     return result
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery, load_gallery
@@ -222,41 +221,6 @@ def model_card(bundle: Bundle) -> dict[str, dict[str, Any]]:
         "detector for uploads": detector_name(bundle.model, bundle.sources) or "none",
     }
     return card
-
-
-def evaluate_bundle(bundle: Bundle, head: Any, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """The gallery's retrieval metrics and pointing accuracy, plus what the failure list needs.
-
-    Adds to :func:`scan_viz.metrics.evaluate`'s result: ``t2i_ranks`` (n_captions,) 0-based rank of each
-    caption's image, ``t2i_top`` (n_captions,) the top image of each caption, ``i2t_ranks`` (n_images,) rank
-    of each image's best own caption, ``i2t_best_own`` (n_images,) that caption, ``i2t_top`` (n_images,) the
-    top caption of each image; and, for a
-    gallery with grounded caption words, pointing accuracy (``scan_viz.pipeline.pointing_on_gallery``).
-    """
-    from scan_viz.metrics import evaluate, i2t_ranks, t2i_ranks
-    from scan_viz.pipeline import pointing_on_gallery
-
-    gallery, model = bundle.gallery, bundle.model
-    if not gallery.captions:
-        raise ScanVizError(f"the gallery {gallery.name} has no captions, so retrieval cannot be evaluated: "
-                           "serve a gallery with captions (the bundled one) on the Model page")
-    if len(set(gallery.caption_image.tolist())) != len(gallery):
-        raise ScanVizError(f"some images of the gallery {gallery.name} have no caption, so image-to-text ranks are "
-                           "undefined: give every image at least one caption")
-    sims = model.similarity(gallery.regions.features, gallery.captions, head=head, progress=progress)
-    result = evaluate(sims, gallery.caption_image)
-    result["t2i_ranks"] = t2i_ranks(sims, gallery.caption_image)
-    result["t2i_top"] = sims.argmax(axis=0)
-    result["i2t_ranks"] = i2t_ranks(sims, gallery.caption_image)
-    result["i2t_top"] = sims.argmax(axis=1)
-    best_own = []
-    for n, image_id in enumerate(gallery.ids):
-        own = gallery.caption_indices_of(image_id)
-        best_own.append(int(own[np.argmax(sims[n, own])]))
-    result["i2t_best_own"] = np.array(best_own, dtype=np.int64)
-    if gallery.regions.boxes is not None and any(gallery.caption_words):
-        result.update(pointing_on_gallery(model, gallery, head))
-    return result
 
 
 def ground_truth_images(gallery: Gallery, text: str) -> set[str]:

@@ -11,11 +11,12 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import state
-from scan_viz.app.bundle import Bundle, evaluate_bundle
+from scan_viz.app.bundle import Bundle
 from scan_viz.app.params import HeadSettings
 from scan_viz.app.shell import open_in_explore
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
+from scan_viz.pipeline import evaluate_gallery
 
 FAIL_K_KEY, FAIL_DIR_KEY, FAIL_PAGE_KEY = "ev_k", "ev_dir", "ev_page"
 #: What the page showed, for tests: the number of failures listed for the chosen K and direction.
@@ -33,7 +34,7 @@ def run_evaluation(bundle: Bundle, settings: HeadSettings) -> dict | None:
         bar.progress(min(1.0, done / max(1, total)), text=f"Scoring image-caption pairs: {done:,} of {total:,}")
 
     try:
-        result = evaluate_bundle(bundle, settings.build(bundle.model), progress)
+        result = evaluate_gallery(bundle.model, bundle.gallery, settings.build(bundle.model), progress, details=True)
     except ScanVizError as exc:
         bar.empty()
         st.error(str(exc))
