@@ -41,6 +41,9 @@ class ScanConfig:
     # loss and optimisation
     margin: float = 0.2
     max_violation: bool = False
+    # not an official field: with max_violation, the first N epochs use the sum over negatives (VSE-infinity's
+    # and CHAN's released recipes warm up this way; hardest negatives from a random start can collapse)
+    max_violation_warmup: int = 0
     learning_rate: float = 2e-4
     lr_update: int = 15
     num_epochs: int = 30
@@ -64,6 +67,8 @@ class ScanConfig:
         for name, allowed in checks:
             if getattr(self, name) not in allowed:
                 raise ScanVizError(f"config: {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if int(self.max_violation_warmup) < 0:
+            raise ScanVizError(f"config: max_violation_warmup must be 0 or more, got {self.max_violation_warmup!r}")
         for name in ("img_dim", "embed_size", "word_dim", "num_layers"):
             if int(getattr(self, name)) < 1:
                 raise ScanVizError(f"config: {name} must be a positive integer, got {getattr(self, name)!r}")

@@ -107,10 +107,14 @@ def load_gallery(path: str | Path) -> Gallery:
     return Gallery(root, str(meta.get("name", root.name)), records, regions, labels)
 
 
-def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]], images: list[np.ndarray],
+def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]], images: list[np.ndarray | bytes],
                   regions: RegionStore, region_labels: list[list[str]] | None, jpeg_quality: int = 90,
                   feature_dtype: str = "float16") -> None:
-    """Write a gallery atomically: JPEG images, gallery.json, the region store (features in ``feature_dtype``)."""
+    """Write a gallery atomically: JPEG images, gallery.json, the region store (features in ``feature_dtype``).
+
+    An image given as ``bytes`` is an encoded JPEG written as it is, so the regions extracted from exactly those
+    pixels stay the regions of the shipped file; an array is encoded at ``jpeg_quality``.
+    """
     from PIL import Image
 
     from scan_viz.data import save_regions
@@ -121,7 +125,10 @@ def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]],
         out_records = []
         for record, image in zip(records, images):
             rel = f"images/{record['id']}.jpg"
-            Image.fromarray(image).save(tmp / rel, quality=jpeg_quality, optimize=True)
+            if isinstance(image, bytes):
+                (tmp / rel).write_bytes(image)
+            else:
+                Image.fromarray(image).save(tmp / rel, quality=jpeg_quality, optimize=True)
             out_records.append({**record, "file": rel})
         (tmp / GALLERY_FILE).write_text(json.dumps({"format": GALLERY_FORMAT, "name": name, "images": out_records},
                                                    separators=(",", ":")), encoding="utf-8")

@@ -191,3 +191,34 @@ def test_lr_schedule_and_shuffle():
     assert sorted(first) == list(range(50)) and first == list(sampler)
     sampler.set_epoch(2)
     assert list(sampler) != first
+
+
+@pytest.mark.parametrize("cross_attn", ["t2i", "i2t"])
+def test_blocked_batch_scores_equal_one_block(cross_attn):
+    """Training scores a batch a few images at a time: same scores and gradients as one block (float64)."""
+    from scan_viz.heads import create_head
+    from scan_viz.train.loop import batch_scores
+
+    torch.manual_seed(0)
+    head = create_head(None, ScanConfig(img_dim=8, cross_attn=cross_attn))
+    regions = torch.nn.functional.normalize(torch.randn(10, 5, 16, dtype=torch.float64), dim=-1).requires_grad_()
+    words = torch.nn.functional.normalize(torch.randn(7, 6, 16, dtype=torch.float64), dim=-1)
+    lengths = torch.tensor([6, 3, 4, 6, 2, 5, 6])
+    words = (words * (torch.arange(6)[None, :, None] < lengths[:, None, None])).requires_grad_()
+    one = head.scores(regions, words, lengths).scores
+    g_one = torch.autograd.grad(one.square().sum(), (regions, words))
+    # 3 images per block (block_bytes from 3 images' intermediates), the last block holds one image
+    blocked = batch_scores(head, regions, words, lengths, block_bytes=3 * 5 * 7 * 6 * 8)
+    g_blocked = torch.autograd.grad(blocked.square().sum(), (regions, words))
+    assert blocked.shape == (10, 7)
+    torch.testing.assert_close(blocked, one, rtol=0, atol=1e-12)
+    for a, b in zip(g_blocked, g_one):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_max_violation_warmup(data, tmp_path):
+    """--max-violation-warmup 1: epoch 1 sums over negatives, later epochs take the hardest negative only."""
+    result = train(tiny_config(num_epochs=3, max_violation=True, max_violation_warmup=1), data, tmp_path, quiet())
+    assert [r["max_violation"] for r in result.history] == [False, True, True]
+    with pytest.raises(ScanVizError, match="max_violation_warmup"):
+        tiny_config(max_violation_warmup=-1)

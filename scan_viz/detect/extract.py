@@ -3,7 +3,8 @@
 The contract SCAN relies on (what bottom-up attention's ``generate_tsv.py`` gives it): exactly ``n_regions``
 regions per image (36 by default), boxes in the original image's pixels, features ``(n_regions, img_dim)``
 float32 where ``img_dim = representation_size + len(colours)``: the box-head representation (ReLU'd, like
-pool5 features) followed by the colour head's probabilities.
+pool5 features) followed by the colour head's probabilities, and, when the detector's config sets
+``box_geometry``, the box's normalised x1, y1, x2, y2, width, height and area (7 more dims).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from torchvision.ops import boxes as box_ops
 
 from scan_viz.data import RegionStore, load_saved_regions, save_regions
 from scan_viz.detect.data import prepare_image, read_annotations, read_image, to_model_input
-from scan_viz.detect.model import SceneDetector
+from scan_viz.detect.model import SceneDetector, box_geometry
 from scan_viz.errors import ScanVizError
 from scan_viz.io import atomic_path
 from scan_viz.types import Regions
@@ -113,8 +114,11 @@ def extract_regions(model: SceneDetector, images: Sequence[np.ndarray], n_region
                 scale = torch.tensor([width / small.shape[1], height / small.shape[0]] * 2)
                 boxes = (boxes * scale).clamp(min=0)
                 boxes = torch.minimum(boxes, torch.tensor([width, height, width, height], dtype=boxes.dtype))
+                features = region_features[i]
+                if config.box_geometry:
+                    features = torch.cat([features, box_geometry(boxes, float(width), float(height))], dim=1)
                 results.append(Regions(
-                    features=region_features[i].numpy().astype(np.float32, copy=True),
+                    features=features.numpy().astype(np.float32, copy=True),
                     boxes=boxes.numpy().astype(np.float32),
                     labels=[config.classes[j] for j in labels.tolist()],
                     image_size=(int(width), int(height)),

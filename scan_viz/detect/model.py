@@ -53,12 +53,24 @@ BACKBONES: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 
+#: What ``box_geometry`` appends to a region's feature, each a fraction of the image (so any image size works).
+GEOMETRY_FEATURES = ("x1", "y1", "x2", "y2", "width", "height", "area")
+
+
+def box_geometry(boxes: Tensor, width: float, height: float) -> Tensor:
+    """(n, 4) x1, y1, x2, y2 boxes in pixels of a ``width`` x ``height`` image -> (n, 7) :data:`GEOMETRY_FEATURES`."""
+    scaled = boxes / boxes.new_tensor([width, height, width, height])
+    w, h = scaled[:, 2] - scaled[:, 0], scaled[:, 3] - scaled[:, 1]
+    return torch.cat([scaled, w[:, None], h[:, None], (w * h)[:, None]], dim=1)
+
+
 @dataclasses.dataclass
 class DetectorConfig:
     """Everything needed to rebuild a detector; ``detector.json`` holds these fields (plus derived ones).
 
     classes: ``[BACKGROUND, *objects, *stuff]``, the class index is the list index. colours: ``[NO_COLOUR,
-    *world colours]``. The region feature a detector emits is ``(representation_size + len(colours),)``.
+    *world colours]``. The region feature a detector emits is ``(representation_size + len(colours),)``, plus
+    the box's geometry (:data:`GEOMETRY_FEATURES`) when ``box_geometry`` is set.
     """
 
     classes: list[str]
@@ -85,6 +97,9 @@ class DetectorConfig:
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
     colour_loss_weight: float = 1.0
+    # Our detector's choice, not bottom-up attention's (its features carry no geometry): append each region's
+    # normalised box to its feature so SCAN can tell sizes, places and counts apart. Off in old detector.json.
+    box_geometry: bool = False
 
     def __post_init__(self) -> None:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
@@ -100,8 +115,8 @@ class DetectorConfig:
 
     @property
     def img_dim(self) -> int:
-        """Dimension of one region feature: box-head representation + colour probabilities."""
-        return self.representation_size + len(self.colours)
+        """Dimension of one region feature: box-head representation + colour probabilities (+ box geometry)."""
+        return self.representation_size + len(self.colours) + (len(GEOMETRY_FEATURES) if self.box_geometry else 0)
 
     @property
     def stride(self) -> int:

@@ -48,6 +48,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     optim = p.add_argument_group("optimisation (official names)")
     optim.add_argument("--margin", type=float, default=d.margin)
     optim.add_argument("--max-violation", action="store_true", help="hardest negative only (VSE++; paper)")
+    optim.add_argument("--max-violation-warmup", type=int, default=d.max_violation_warmup, metavar="EPOCHS",
+                       help="with --max-violation: sum over all negatives for the first EPOCHS epochs (not official)")
     optim.add_argument("--learning-rate", type=float, default=d.learning_rate)
     optim.add_argument("--lr-update", type=int, default=d.lr_update, help="divide the lr by 10 every N epochs")
     optim.add_argument("--num-epochs", type=int, default=d.num_epochs)

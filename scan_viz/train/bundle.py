@@ -62,14 +62,26 @@ def build_world(work: Path, args: argparse.Namespace) -> Path:
 
 
 def build_detector(work: Path, world: Path, args: argparse.Namespace) -> Path:
+    """Train the detector (or copy ``--detector-from``), then set its ``box_geometry`` as asked."""
     from scan_viz.detect import default_config, train_detector
 
     out = work / "detector"
     if not (out / "detector.json").exists() or not (out / "DONE").exists():
-        _log("training the detector")
-        train_detector(world, out, config=default_config(representation_size=REPRESENTATION_SIZE),
-                       epochs=args.detector_epochs, batch_size=args.detector_batch, seed=args.seed,
-                       workers=args.workers, max_minutes=args.detector_minutes, log=_log)
+        if args.detector_from:
+            _log(f"reusing the trained detector in {args.detector_from}")
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ("detector.json", "detector.safetensors"):
+                shutil.copy2(Path(args.detector_from) / name, out / name)
+        else:
+            _log("training the detector")
+            train_detector(world, out, config=default_config(representation_size=REPRESENTATION_SIZE),
+                           epochs=args.detector_epochs, batch_size=args.detector_batch, seed=args.seed,
+                           workers=args.workers, max_minutes=args.detector_minutes, log=_log)
+        # geometry is read at extraction only: the weights are the same with or without it
+        meta = json.loads((out / "detector.json").read_text(encoding="utf-8"))
+        meta["box_geometry"] = bool(args.box_geometry)
+        meta["img_dim"] = meta["representation_size"] + len(meta["colours"]) + (7 if args.box_geometry else 0)
+        (out / "detector.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
         (out / "DONE").write_text("ok\n")
     return out
 
@@ -120,7 +132,8 @@ def train_scan(work: Path, precomp: Path, args: argparse.Namespace) -> dict[str,
             continue
         s = SCAN_SETTINGS[direction]
         cmd = [sys.executable, "-m", "scan_viz.cli", "train", "--data", str(precomp), "--out", str(run),
-               "--embed-size", str(args.embed_size), "--word-dim", str(args.word_dim), "--bi-gru", *(["--max-violation"] if args.max_violation else []),
+               "--embed-size", str(args.embed_size), "--word-dim", str(args.word_dim), "--bi-gru",
+               *(["--max-violation", "--max-violation-warmup", str(args.max_violation_warmup)] if args.max_violation else []),
                "--cross-attn", direction, "--lambda-softmax", str(s["lambda_softmax"]),
                "--lambda-lse", str(s["lambda_lse"]), "--agg-func", s["agg_func"],
                "--num-epochs", str(args.scan_epochs), "--lr-update", str(args.scan_lr_update),
@@ -178,12 +191,13 @@ def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], 
 
     records = json.loads((world / "test_annotations.json").read_text(encoding="utf-8"))
     records = records["images"] if isinstance(records, dict) else records
-    images = []
+    jpegs, images = [], []
     for record in records:
         rgb = load_image(world / record["file_name"])
         buf = io.BytesIO()
         Image.fromarray(rgb).save(buf, format="JPEG", quality=args.jpeg_quality, optimize=True)
-        images.append(load_image(buf.getvalue()))  # regions from the pixels the gallery shows
+        jpegs.append(buf.getvalue())  # shipped as these bytes: the regions are those of the file users see
+        images.append(load_image(jpegs[-1]))
     detector = load_detector(detector_dir)
     regions = []
     for start in range(0, len(images), 16):
@@ -193,14 +207,15 @@ def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], 
                         image_sizes=np.array([r.image_size for r in regions]))
     keep = ("id", "width", "height", "objects", "captions")
     write_gallery(REPO / "examples" / "gallery", "emoji world, test split", [{k: r[k] for k in keep} for r in records],
-                  images, store, [r.labels for r in regions], jpeg_quality=args.jpeg_quality)
-    # the same JPEG bytes are re-encoded by write_gallery at the same quality: check they decode identically
+                  jpegs, store, [r.labels for r in regions], jpeg_quality=args.jpeg_quality)
     from scan_viz.gallery import load_gallery
 
     gallery = load_gallery(REPO / "examples" / "gallery")
     drift = max(int(np.abs(gallery.load_image(i).astype(int) - images[k].astype(int)).max())
-                for k, i in enumerate(gallery.ids[:20]))
-    _log(f"gallery written ({len(gallery)} images); max pixel drift of re-encoding: {drift}")
+                for k, i in enumerate(gallery.ids))
+    if drift:
+        raise SystemExit(f"the shipped gallery images differ from the pixels the regions came from (drift {drift})")
+    _log(f"gallery written ({len(gallery)} images); its regions are those of the shipped JPEGs")
 
 
 def evaluate_all(work: Path, world: Path, detector_dir: Path, report: dict) -> None:
@@ -228,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--detector-epochs", type=int, default=3)
     ap.add_argument("--detector-batch", type=int, default=8)
     ap.add_argument("--detector-minutes", type=float, default=None, help="stop detector training after this long")
+    ap.add_argument("--detector-from", default=None,
+                    help="copy this trained detector folder (e.g. pretrained/detector-emoji) instead of training one")
+    ap.add_argument("--box-geometry", action=argparse.BooleanOptionalAction, default=True,
+                    help="append each region's normalised box (7 dims) to its feature (our detector's choice)")
     ap.add_argument("--scan-epochs", type=int, default=12)
     ap.add_argument("--scan-lr", type=float, default=5e-4)
     ap.add_argument("--scan-lr-update", type=int, default=8)
@@ -236,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     # Hardest negatives from the first step collapsed every score to one value on this world (loss stuck at
     # 2 x batch x margin); the sum over all negatives (VSE0) learns. CHAN likewise starts without them.
     ap.add_argument("--max-violation", action="store_true", help="hardest negatives only (official; see above)")
+    ap.add_argument("--max-violation-warmup", type=int, default=1, metavar="EPOCHS",
+                    help="with --max-violation: sum over negatives for the first EPOCHS epochs")
     ap.add_argument("--max-dev-captions", type=int, default=1000, help="dev captions scored after each epoch")
     ap.add_argument("--embed-size", type=int, default=256)
     ap.add_argument("--word-dim", type=int, default=128)
