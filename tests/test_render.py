@@ -154,12 +154,12 @@ def test_word_panels_user_errors(image):
 def test_region_word_figure_crops_and_shaded_words(image):
     alignment = make_alignment("i2t")
     figure = render.region_word_figure(image, alignment, top=3)
-    assert len(figure.axes) == 6  # a crop and a sentence per region
+    assert len(figure.axes) == 7  # a crop and a sentence per region, and the colour bar
     assert figure.axes[0].get_title(loc="left").startswith("0: sky")  # the most relevant region first
     words = [text.get_text() for text in figure.axes[1].texts]
     assert "zebra (<unk>)" in words and "red" in words and "<start>" not in words
     one = render.region_word_figure(image, make_alignment(), regions=[1])
-    assert len(one.axes) == 2 and one.axes[0].images[0].get_array().shape[:2] == (30, 30)
+    assert len(one.axes) == 3 and one.axes[0].images[0].get_array().shape[:2] == (30, 30)
     assert render.figure_to_png(one).startswith(b"\x89PNG")
 
 
@@ -196,7 +196,7 @@ def test_draw_boxes_returns_a_new_array(image):
 def test_plotly_alignment_regions_hover_and_dropdown(image):
     alignment = make_alignment()
     figure = render.plotly_alignment(image, alignment)
-    regions = [trace for trace in figure.data if trace.type == "scatter"]
+    regions = [trace for trace in figure.data if trace.type == "scatter" and trace.name != render.COLOUR_BAR]
     assert figure.data[0].type == "image" and len(regions) == len(BOXES)
     for trace in regions:
         for word in WORDS:
@@ -219,7 +219,7 @@ def test_plotly_alignment_i2t_chosen_word_and_size():
     alignment = make_alignment("i2t", n_regions=36, words=words, boxes=boxes)
     gradient = np.linspace(0, 255, SIZE[0] * SIZE[1] * 3).astype(np.uint8).reshape(SIZE[1], SIZE[0], 3)
     figure = render.plotly_alignment(gradient, alignment, word=5)
-    assert len(figure.data) == 37 and len(figure.layout.updatemenus[0].buttons) == 18
+    assert len(figure.data) == 38 and len(figure.layout.updatemenus[0].buttons) == 18  # image, 36 boxes, colour bar
     assert figure.layout.updatemenus[0].active == 4 and "w4" in figure.layout.title.text
     assert len(figure.to_json()) < 200_000
     with pytest.raises(ScanVizError, match="out of range"):
@@ -231,3 +231,121 @@ def test_plotly_figure_cannot_go_through_matplotlib_export(image):
     with pytest.raises(ScanVizError, match="interactive view"):
         render.figure_to_svg(figure)
     assert isinstance(render.word_panels(image, make_alignment(), words=[1]), Figure)
+
+
+# ----------------------------------------------------------------- flat attention and one colour scale
+
+N36 = 36
+GRID = np.array([[8 * (k % 6), 8 * (k // 6), 8 * (k % 6) + 8, 8 * (k // 6) + 8] for k in range(N36)], np.float32)
+
+
+def alignment_36(rows: dict[str, np.ndarray], direction: str = "t2i") -> Alignment:
+    """An alignment over 36 non-overlapping 8x8 boxes (a 6x6 grid on a 48x48 image), words given as t2i rows."""
+    words = ["<start>", *rows, "<end>"]
+    t2i = np.full((len(words), N36), 1 / N36)
+    for i, row in enumerate(rows.values(), 1):
+        t2i[i] = row
+    attention = t2i if direction == "t2i" else t2i.T.copy()
+    return Alignment(text=" ".join(rows), words=words, spans=[None] * len(words), unknown=[False] * len(words),
+                     attention=attention, relevance=np.linspace(0.5, 0.1, len(words) if direction == "t2i" else N36),
+                     score=0.3, head=f"scan_{direction}", direction=direction, boxes=GRID,
+                     region_labels=[f"r{k}" for k in range(N36)], image_size=(48, 48))
+
+
+def peaked(region: int, weight: float) -> np.ndarray:
+    """A distribution over 36 regions with ``weight`` on ``region`` and the rest spread evenly."""
+    row = np.full(N36, (1 - weight) / (N36 - 1))
+    row[region] = weight
+    return row
+
+
+def test_attention_peak_flat_rule_and_its_message():
+    uniform = render.attention_peak(np.full(N36, 1 / N36))
+    assert uniform.flat and uniform.describe() == "flat: no region stands out (max 0.03, uniform 0.028)"
+    # the issue's function words (0.06-0.08 of 36 regions) are flat; just over 3x uniform (3/36 = 0.0833) is not
+    for weight in (0.06, 0.08, 0.083):
+        assert render.attention_peak(peaked(7, weight)).flat
+    sharp = render.attention_peak(peaked(7, 0.084))
+    assert not sharp.flat and sharp.region == 7 and sharp.share == pytest.approx(0.084)
+    assert not render.attention_peak(peaked(3, 0.9)).flat
+    # judged by shares: an i2t column (region -> word weights, not summing to 1) scaled down is as flat as before
+    assert render.attention_peak(0.1 * peaked(7, 0.08)).flat and not render.attention_peak(0.1 * peaked(7, 0.5)).flat
+    # few regions: the bound is capped halfway between uniform and one region (2 regions: 0.75)
+    assert render.attention_peak(np.array([0.7, 0.3])).flat and not render.attention_peak(np.array([0.8, 0.2])).flat
+    assert not render.attention_peak(np.array([1.0])).flat
+    assert render.attention_peak(np.zeros(5)).flat and render.attention_peak(np.array([np.nan, 0.0])).flat
+
+
+def _yellow(pixels: np.ndarray) -> int:
+    """How many pixels are the outline's yellow (255, 204, 0), give or take anti-aliasing."""
+    r, g, b = (pixels[..., c].astype(int) for c in range(3))
+    return int(((r > 230) & (g > 180) & (g < 225) & (b < 40)).sum())
+
+
+def test_every_renderer_leaves_a_flat_word_unoutlined_and_says_so():
+    from scan_viz.app import views
+
+    image = np.full((48, 48, 3), 90, np.uint8)
+    alignment = alignment_36({"the": np.full(N36, 1 / N36), "of": peaked(5, 0.07), "dog": peaked(14, 0.6)})
+    note_the = render.attention_peak(alignment.attention[1]).describe()
+
+    figure = render.word_panels(image, alignment)  # what the PNG / SVG downloads and `scan-viz explain` draw
+    for axes, flat in zip(figure.axes, (True, True, False)):
+        assert (len(axes.patches) == 0) == flat and (len(axes.texts) == 0) == flat
+        assert ("flat: no region stands out" in axes.get_title()) == flat
+    assert note_the.replace(" (", "\n(") in figure.axes[0].get_title()
+    assert "r14 0.60" in figure.axes[2].texts[0].get_text()
+    assert b"flat: no region stands out" in render.figure_to_svg(figure)
+
+    panels = views.word_panels(image, alignment)  # the app's panels (OpenCV)
+    assert [p.flat for p in panels] == [True, True, False]
+    assert panels[0].caption.endswith(note_the) and "flat: no region stands out (max 0.07" in panels[1].caption
+    assert _yellow(panels[0].image) == 0 and _yellow(panels[1].image) == 0 and _yellow(panels[2].image) > 20
+    assert panels[2].caption.endswith("r14 0.60")
+
+    rows = views.relevance_rows(alignment)  # the Relevance tab's table
+    assert [r["strongest region"] for r in rows] == [note_the, "flat: no region stands out (max 0.07, uniform 0.028)",
+                                                     "14: r14"]
+
+    interactive = render.plotly_alignment(image, alignment)
+    titles = [button.args[1]["title.text"] for button in interactive.layout.updatemenus[0].buttons]
+    assert note_the in titles[0] and "flat: no region stands out" in titles[1] and "flat" not in titles[2]
+
+
+def test_interactive_view_shades_by_absolute_weight_with_a_colour_bar():
+    image = np.full((48, 48, 3), 90, np.uint8)
+    alignment = alignment_36({"the": np.full(N36, 1 / N36), "dog": peaked(14, 0.9)})
+    figure = render.plotly_alignment(image, alignment)
+    buttons = figure.layout.updatemenus[0].buttons
+
+    def opacities(button) -> np.ndarray:
+        return np.array([float(fill.rsplit(",", 1)[1].rstrip(")")) for fill in button.args[0]["fillcolor"]])
+
+    flat, dog = opacities(buttons[0]), opacities(buttons[1])
+    # a flat word leaves every box nearly clear (it used to paint all 36 at the strongest region's opacity)
+    assert flat.max() < 0.05 and flat.max() == pytest.approx(flat.min())
+    assert dog[14] == pytest.approx(0.01 + 0.59 * 0.9, abs=1e-3) and np.delete(dog, 14).max() < 0.05
+    bar = next(trace for trace in figure.data if trace.name == render.COLOUR_BAR)
+    assert bar.marker.showscale and (bar.marker.cmin, bar.marker.cmax) == (0.0, 1.0)
+    assert bar.marker.colorbar.title.text == "attention weight"
+
+
+def test_image_to_text_view_uses_one_colour_scale_for_the_figure():
+    image = np.full((48, 48, 3), 90, np.uint8)
+    # region 0 gives every word 0.05 (weak), region 1 gives "dog" 0.9: under per-row scaling both rows'
+    # strongest words came out equally dark
+    rows = {"the": np.full(N36, 1 / N36), "dog": peaked(1, 0.9)}
+    rows["the"][0], rows["dog"][0] = 0.05, 0.05
+    alignment = alignment_36(rows)
+    figure = render.region_word_figure(image, alignment, regions=[0, 1])
+    weak, strong = figure.axes[1], figure.axes[3]
+
+    def shade(axes, word: str) -> tuple[float, ...]:
+        text = next(t for t in axes.texts if t.get_text() == word)
+        return tuple(text.get_bbox_patch().get_facecolor())
+
+    assert shade(weak, "the") == shade(weak, "dog") == pytest.approx(tuple(render.SHADES(0.05)))
+    assert shade(strong, "dog") == pytest.approx(tuple(render.SHADES(0.9)))
+    assert sum(shade(weak, "dog")[:3]) > sum(shade(strong, "dog")[:3]) + 0.5  # the weak row stays pale
+    colour_bar = figure.axes[-1]
+    assert colour_bar.get_xlim() == (0.0, 1.0) and "one scale for every region" in colour_bar.get_xlabel()

@@ -8,6 +8,7 @@ change when they do not. No Streamlit here: :mod:`scan_viz.app.state` caches the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -177,6 +178,13 @@ def detector_name(model: ScanModel, sources: Sources) -> str | None:
     return str(name) if name else None
 
 
+def model_domain(model: ScanModel) -> str | None:
+    """What the model was trained on, as its config states it (``extra["domain"]``; the bundled models' say
+    generated emoji scenes), or None when the config does not say."""
+    domain = str(model.config.extra.get("domain") or "").strip()
+    return domain or None
+
+
 def n_parameters(model: ScanModel) -> int:
     return int(sum(p.numel() for enc in (model.image_encoder, model.text_encoder) for p in enc.parameters()))
 
@@ -230,16 +238,39 @@ def ground_truth_images(gallery: Gallery, text: str) -> set[str]:
             if " ".join(caption.lower().split()) == wanted}
 
 
+#: What the image pickers say when :func:`search_gallery` finds nothing.
+NO_MATCH = "No image matches: no caption holds all of these words (whole words). Clear the search to list every image."
+
+
 def search_gallery(gallery: Gallery, words: str, limit: int | None = None) -> list[str]:
-    """Ids of images with a caption (or id) containing every word of ``words``; all ids for a blank search."""
-    terms = words.lower().split()
+    """Ids of images with a caption holding every word of ``words`` as a whole word; all ids for a blank search.
+
+    Captions and the search are split into words as the model reads them (:func:`scan_viz.text.tokenize`), so
+    "ant" finds captions with the word "ant", not "elephant" or "giant". An image id, or a part of one with a
+    digit in it (``000042``), finds that image.
+    """
+    from scan_viz.text import tokenize
+
+    terms = {t.text for t in tokenize(words)}
     if not terms:
         return list(gallery.ids[:limit] if limit else gallery.ids)
+    wanted = words.strip().lower()
+    by_id = any(ch.isdigit() for ch in wanted)
+
+    def id_matches(image_id: str) -> bool:
+        return wanted == image_id.lower() or (by_id and wanted in image_id.lower())
+
     hits = []
     for image_id, record in zip(gallery.ids, gallery.records):
-        haystack = " ".join([image_id.lower()] + [c["text"].lower() for c in record["captions"]])
-        if all(t in haystack for t in terms):
+        if id_matches(image_id) or any(terms <= _caption_words(c["text"]) for c in record["captions"]):
             hits.append(image_id)
             if limit and len(hits) >= limit:
                 break
     return hits
+
+
+@functools.lru_cache(maxsize=65536)
+def _caption_words(caption: str) -> frozenset[str]:
+    from scan_viz.text import tokenize
+
+    return frozenset(t.text for t in tokenize(caption))

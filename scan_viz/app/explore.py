@@ -14,12 +14,13 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import state
-from scan_viz.app.bundle import Bundle, detector_name, ground_truth_images, search_gallery
+from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, ground_truth_images, model_domain, search_gallery
 from scan_viz.app.params import (DEFAULT_K, K_MAX, MAX_QUERY_CHARS, ExploreParams, HeadSettings, explore_query,
                                  link_changed, normalise_query, parse_explore_query, selectable_heads)
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_TYPES
 from scan_viz.app.views import bar_figure, content_words, region_rows, relevance_rows, word_label
 from scan_viz.errors import ScanVizError
+from scan_viz.render import FLAT_FACTOR
 from scan_viz.types import Alignment, Regions
 
 SOURCE_KEY, IMAGE_KEY, UPLOAD_KEY = "ex_source", "ex_image", "ex_upload"
@@ -32,6 +33,8 @@ GALLERY, UPLOAD = "Gallery", "Upload"
 PANEL_COLUMNS = 4
 THUMB_COLUMNS, THUMB_ROWS = 6, 2
 TABS = ("Word panels", "Interactive", "Image \u2192 text", "Relevance", "Ablation")
+#: How the pair's score line starts (tests read the score after it).
+SCORE_LABEL = "**Score**"
 
 
 @dataclasses.dataclass
@@ -117,7 +120,7 @@ def gallery_picker(bundle: Bundle) -> None:
                      expanded=current is None, icon=":material/photo_library:"):
         search = st.text_input("Find images by caption words", key=SEARCH_KEY, placeholder="e.g. red car",
                                persist_state="session",
-                               help="Images with a caption (or id) that contains every word typed.")
+                               help="Images with a caption holding every word typed (whole words), or that id.")
         ids = search_gallery(gallery, search)
         per_page = THUMB_COLUMNS * THUMB_ROWS
         n_pages = max(1, math.ceil(len(ids) / per_page))
@@ -131,7 +134,7 @@ def gallery_picker(bundle: Bundle) -> None:
             st.caption(f"{len(ids)} of {len(gallery)} images" + (f" match \u201c{search.strip()}\u201d"
                                                                   if search.strip() else ""))
         if not ids:
-            st.info("No caption contains all of these words.")
+            st.info(NO_MATCH)
             return
         shown = ids[(page - 1) * per_page: page * per_page]
         for start in range(0, len(shown), THUMB_COLUMNS):
@@ -198,6 +201,10 @@ def load_upload(bundle: Bundle, name: str, data: bytes) -> Picked | None:
     if len(regions) == 0:
         st.error(f"the detector found no regions in {name}: try another image")
         return None
+    domain = model_domain(bundle.model)
+    if domain:
+        st.warning(f"Out of domain: this model was trained only on {domain}. On any other picture (a photograph, "
+                   "a drawing) its attention and scores carry little meaning.", icon=":material/info:")
     return Picked(f"upload:{key}", image, regions, None, name)
 
 
@@ -210,10 +217,12 @@ def show_panels(picked: Picked, alignment: Alignment, bundle: Bundle, settings: 
     st.session_state[PANELS_MARKER] = [p.word for p in panels]
     if alignment.direction == "t2i":
         st.caption("Each word's attention over the regions (bright = attended); yellow: its strongest region "
-                   "and weight; R = relevance of the word to its attended image vector.")
+                   f"and weight, left out when the attention is flat (no region gets {FLAT_FACTOR:g} times its even "
+                   "share); R = relevance of the word to its attended image vector.")
     else:
         st.caption("i2t attends from regions to words: each panel shows, per region, the weight it gives to that "
-                   "word (a column of the region\u2192word attention).")
+                   "word (a column of the region\u2192word attention); yellow: the region giving it the largest "
+                   "share, left out when that column is flat.")
     with st.container(key="word_panels"):
         for start in range(0, len(panels), PANEL_COLUMNS):
             columns = st.columns(PANEL_COLUMNS)
@@ -261,7 +270,8 @@ def show_interactive(picked: Picked, alignment: Alignment) -> None:
 
     choice = st.pills("Word", content_words(alignment), key=WORD_KEY, required=True, persist_state="session",
                       wrap=True, format_func=lambda i: word_label(alignment, i, numbered=True))
-    st.caption("Hover a region for its weight for every word; box opacity = the chosen word's attention.")
+    st.caption("Hover a region for its weight for every word; box opacity = the chosen word's attention weight, "
+               "on one 0-1 scale for every word (the colour bar).")
     st.plotly_chart(plotly_alignment(picked.image, alignment, word=int(choice)), width="content",
                     config={"displaylogo": False})
 
@@ -271,7 +281,8 @@ def show_i2t(picked: Picked, alignment: Alignment, bundle: Bundle, settings: Hea
     st.session_state[K_KEY] = int(min(max(st.session_state.get(K_KEY, DEFAULT_K), 1), min(K_MAX, n_regions)))
     k = st.slider("Regions shown", 1, max(2, min(K_MAX, n_regions)), key=K_KEY, persist_state="session",
                   help="The regions with the highest relevance (i2t) or the most attention received (t2i).")
-    st.caption("For each region: its crop, and the sentence shaded by that region's attention over the words.")
+    st.caption("For each region: its crop, and the sentence shaded by the attention between that region and each "
+               "word, on one 0-1 scale for the whole figure (the colour bar).")
     png = state.region_words_png(bundle.key, picked.key, alignment.text, settings.key(), int(k), picked.image,
                                  alignment)
     st.image(png, width="content")
@@ -319,13 +330,15 @@ def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle) -> None:
     """Score, unknown words and, for a gallery caption, whether the pair is a ground-truth match."""
     words = content_words(alignment)
     unknown = [alignment.words[i] for i in words if alignment.unknown[i]]
-    columns = st.columns([1, 1, 3])
-    columns[0].metric("Score", f"{alignment.score:.4f}", help=f"{alignment.head} {alignment.direction} pair score")
-    columns[1].metric("Words / regions", f"{len(words)} / {len(picked.regions)}")
+    columns = st.columns([2, 3])
+    # plain Markdown, not st.metric: a metric cuts a long value short ("-0.25...") in a narrow column
+    columns[0].markdown(f"{SCORE_LABEL} {alignment.score:.4f}  \n{len(words)} words \u00b7 "
+                        f"{len(picked.regions)} regions",
+                        help=f"{alignment.head} {alignment.direction} pair score, to 4 decimals")
     if picked.image_id is not None and bundle.has_captions():
         truth = picked.image_id in ground_truth_images(bundle.gallery, alignment.text)
         if truth:
-            columns[2].success("This sentence is one of the image's own captions.", icon=":material/check:")
+            columns[1].success("This sentence is one of the image's own captions.", icon=":material/check:")
     if unknown and len(unknown) == len(words):
         st.warning(f"None of the words is in the model's vocabulary ({', '.join(unknown)}): each reads as <unk>, "
                    "so the alignment says nothing about this sentence.", icon=":material/warning:")
@@ -384,7 +397,8 @@ def render() -> None:
     text = st.session_state.get(Q_KEY, "").strip()
     alignment = None
     if picked is None:
-        st.info("Pick a gallery image above, or upload one.")
+        if st.session_state[SOURCE_KEY] == GALLERY:  # the upload side has said what it needs, or what went wrong
+            st.info("Pick a gallery image above, or upload one.")
     elif not text:
         st.info("Type a sentence, or click one of the image's captions.")
     else:

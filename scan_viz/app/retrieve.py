@@ -9,7 +9,7 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import state
-from scan_viz.app.bundle import Bundle, ground_truth_images, search_gallery
+from scan_viz.app.bundle import NO_MATCH, Bundle, ground_truth_images, search_gallery
 from scan_viz.app.params import DEFAULT_K, HeadSettings
 from scan_viz.app.shell import open_in_explore
 from scan_viz.errors import ScanVizError
@@ -64,7 +64,10 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     left, right = st.columns([1, 3], gap="large")
     with left:
         search = st.text_input("Find images by caption words", key=IMAGE_SEARCH_KEY, persist_state="session")
-        ids = search_gallery(gallery, search) or gallery.ids
+        ids = search_gallery(gallery, search)
+        if not ids:
+            st.info(NO_MATCH)
+            return
         if st.session_state.get(IMAGE_KEY) not in ids:
             st.session_state[IMAGE_KEY] = ids[0]
         image_id = st.selectbox("Gallery image", ids, key=IMAGE_KEY, persist_state="session")

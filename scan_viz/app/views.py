@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 
 from scan_viz.images import fit_within
-from scan_viz.render import HIGHLIGHT, draw_boxes, panel_image
+from scan_viz.render import HIGHLIGHT, attention_peak, draw_boxes, panel_image
 from scan_viz.text import END, START, UNK
 from scan_viz.types import Alignment
 
@@ -24,7 +24,8 @@ _HIGHLIGHT_RGB = tuple(int(HIGHLIGHT[i:i + 2], 16) for i in (1, 3, 5))
 
 @dataclasses.dataclass
 class WordPanel:
-    """One word's panel: the image lit where the word attends, its strongest region outlined."""
+    """One word's panel: the image lit where the word attends, its strongest region outlined unless the
+    attention is flat (then ``flat`` is True and the caption says so)."""
 
     word_index: int
     word: str
@@ -32,6 +33,7 @@ class WordPanel:
     image: np.ndarray  # (h, w, 3) uint8
     top_region: int
     top_weight: float
+    flat: bool
 
 
 def is_special(word: str) -> bool:
@@ -70,7 +72,8 @@ def word_panels(image: np.ndarray, alignment: Alignment, side: int = PANEL_SIDE)
 
     image: (H, W, 3) uint8, the image the alignment's boxes refer to. The caption of a t2i panel gives the
     word's relevance R(word, attended image vector); an i2t alignment's word map is its column of the
-    region-to-word attention.
+    region-to-word attention. A word whose attention is flat (:func:`scan_viz.render.attention_peak`) gets no
+    outline, and its caption says so in place of the strongest region.
     """
     shown, _ = fit_within(image, side, side)
     boxes = scaled_boxes(alignment, shown, image)
@@ -78,17 +81,19 @@ def word_panels(image: np.ndarray, alignment: Alignment, side: int = PANEL_SIDE)
     panels = []
     for i in content_words(alignment):
         weights = matrix[i]
-        top = int(np.argmax(weights))
+        peak = attention_peak(weights)
+        top = peak.region
         lit = panel_image(shown, weights, boxes)
-        if weights[top] > 0:
-            lit = draw_boxes(lit, boxes[top:top + 1], [f"{region_label(alignment, top)} {weights[top]:.2f}"],
-                             colours=[_HIGHLIGHT_RGB], thickness=2)
         where = f"{region_label(alignment, top)} {weights[top]:.2f}"
+        if peak.flat:
+            where = peak.describe()
+        else:
+            lit = draw_boxes(lit, boxes[top:top + 1], [where], colours=[_HIGHLIGHT_RGB], thickness=2)
         if alignment.direction == "t2i":
             caption = f"{word_label(alignment, i)} \u00b7 R = {float(alignment.relevance[i]):.2f} \u00b7 {where}"
         else:
             caption = f"{word_label(alignment, i)} \u00b7 {where}"
-        panels.append(WordPanel(i, alignment.words[i], caption, lit, top, float(weights[top])))
+        panels.append(WordPanel(i, alignment.words[i], caption, lit, top, float(weights[top]), peak.flat))
     return panels
 
 
@@ -98,16 +103,17 @@ def shrink(image: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
 
 
 def relevance_rows(alignment: Alignment) -> list[dict]:
-    """A table of the words: relevance R (t2i), strongest region and its weight, unknown flag."""
+    """A table of the words: relevance R (t2i), strongest region (or "flat") and its weight, unknown flag."""
     matrix = np.asarray(alignment.word_attention(), dtype=np.float64)
     rows = []
     for i in content_words(alignment):
-        top = int(np.argmax(matrix[i]))
+        peak = attention_peak(matrix[i])
         row = {"#": i, "word": alignment.words[i], "in vocabulary": not alignment.unknown[i]}
         if alignment.direction == "t2i":
             row["R (relevance)"] = round(float(alignment.relevance[i]), 4)
-        row["strongest region"] = f"{top}: {region_label(alignment, top)}"
-        row["weight"] = round(float(matrix[i, top]), 4)
+        row["strongest region"] = (peak.describe() if peak.flat
+                                   else f"{peak.region}: {region_label(alignment, peak.region)}")
+        row["weight"] = round(float(matrix[i, peak.region]), 4)
         rows.append(row)
     return rows
 

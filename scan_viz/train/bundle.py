@@ -28,6 +28,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 DETECTOR_NAME = "detector-emoji"
 MODEL_NAMES = {"t2i": "scan-emoji-t2i", "i2t": "scan-emoji-i2t"}
+#: What the bundled models know, written into their config (``extra["domain"]``): the app shows it on the model
+#: card and next to an uploaded picture, which is out of this domain.
+MODEL_DOMAIN = ("generated emoji scenes: 320x256 pictures of 58 kinds of emoji objects (animals, food, vehicles, "
+                "things) over sky, grass, water, sand, snow and road, described by template captions")
 # the bundled gallery must stay under 40 MB: 1,000 images x 36 regions x (192 + 12) float16 is 15 MB
 REPRESENTATION_SIZE = 192
 SCAN_SETTINGS = {
@@ -182,6 +186,7 @@ def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], 
     for direction, run in runs.items():
         model = load_model(run / "best")
         model.config.extra["detector"] = DETECTOR_NAME
+        model.config.extra["domain"] = MODEL_DOMAIN
         model.save(pretrained / MODEL_NAMES[direction])
 
     _log("building the gallery from the test split")
