@@ -204,10 +204,11 @@ def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) 
         if not caps or gallery.regions.boxes is None:
             continue
         enc = model.encode_captions([c["text"] for c in caps])
-        rl = torch.as_tensor(gallery.regions.n_boxes[i:i + 1])
+        n_real = int(gallery.regions.n_boxes[i])
+        # padding rows are left out here, not only masked: the baselines count every region they are given
         with torch.no_grad():
-            res = head.scores(regions_emb[i:i + 1], enc.emb, enc.lengths, rl, return_attention=True)
-        attention = res.attention[0].double().numpy()  # (n_caps, max_words, n_regions)
+            res = head.scores(regions_emb[i:i + 1, :n_real], enc.emb, enc.lengths, return_attention=True)
+        attention = res.attention[0].double().numpy()  # (n_caps, max_words, n_real)
         for c, caption in enumerate(caps):
             tokens = [t.text for t in enc.encoded[c].tokens]
             words = caption["words"]
@@ -218,7 +219,7 @@ def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) 
                 continue
             items.append(PointingItem(
                 word_attention=attention[c, rows],
-                region_boxes=gallery.regions.boxes[i],
+                region_boxes=gallery.regions.boxes[i, :n_real],
                 word_types=[words[r - 1]["type"] for r in rows],
                 gt_boxes=[np.array([objects[b]["box"] for b in words[r - 1]["boxes"]], dtype=np.float64)
                           for r in rows]))
