@@ -49,16 +49,35 @@ def write_dir_atomic(target: Path, write: Callable[[Path], None],
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
         write(tmp)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        _swap_in(tmp, target)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ScanVizError(f"cannot write {target}: {exc.strerror or exc}; {hint}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the folder ``new`` in place of ``target``; if that fails, ``target`` is left as it was.
+
+    A folder cannot be renamed over a non-empty one, so the old folder is first parked in a temporary folder
+    beside it and put back when the second rename fails.
+    """
+    if not target.exists():
+        os.replace(new, target)
+        return
+    parking = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    parked = parking / target.name
+    try:
+        os.replace(target, parked)
+    except OSError:
+        parking.rmdir()
+        raise
+    try:
+        os.replace(new, target)
+    except OSError:
+        os.replace(parked, target)  # should this fail too, the old folder stays in ``parking``, not deleted
+        parking.rmdir()
+        raise
+    shutil.rmtree(parking, ignore_errors=True)

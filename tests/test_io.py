@@ -1,0 +1,135 @@
+"""Atomic writes (scan_viz.io, scan_viz.train.state): a failure at any step leaves the old file or folder as it
+was and no temporary file or folder behind."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from scan_viz import io
+from scan_viz.errors import ScanVizError
+from scan_viz.train import state
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def fail_replace_at(monkeypatch, call: int) -> None:
+    """Make the ``call``-th os.replace (1-based) fail as a full disk would; the others run."""
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == call:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+@pytest.fixture
+def old_file(tmp_path) -> Path:
+    target = tmp_path / "model.json"
+    target.write_text("old", encoding="utf-8")
+    return target
+
+
+def test_atomic_path_replaces_the_file_on_success(old_file):
+    io.write_text_atomic(old_file, "new")
+    assert old_file.read_text(encoding="utf-8") == "new"
+    assert listing(old_file.parent) == ["model.json"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the writer crashed"), OSError(28, "No space left on device")])
+def test_atomic_path_failure_mid_write_keeps_the_old_file(old_file, error):
+    expected = ScanVizError if isinstance(error, OSError) else RuntimeError
+    with pytest.raises(expected) as info:
+        with io.atomic_path(old_file) as tmp:
+            tmp.write_text("half of the new", encoding="utf-8")
+            raise error
+    assert old_file.read_text(encoding="utf-8") == "old"
+    assert listing(old_file.parent) == ["model.json"]
+    if expected is ScanVizError:
+        assert "No space left on device" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_atomic_path_failed_rename_keeps_the_old_file(old_file, monkeypatch):
+    fail_replace_at(monkeypatch, 1)
+    with pytest.raises(ScanVizError, match="cannot write .*model.json"):
+        io.write_text_atomic(old_file, "new")
+    assert old_file.read_text(encoding="utf-8") == "old"
+    assert listing(old_file.parent) == ["model.json"]
+
+
+@pytest.fixture
+def old_dir(tmp_path) -> Path:
+    target = tmp_path / "gallery"
+    target.mkdir()
+    (target / "a.txt").write_text("old a", encoding="utf-8")
+    return target
+
+
+def write_new(folder: Path) -> None:
+    (folder / "b.txt").write_text("new b", encoding="utf-8")
+
+
+def test_write_dir_atomic_swaps_the_folder_on_success(old_dir):
+    io.write_dir_atomic(old_dir, write_new)
+    assert listing(old_dir) == ["b.txt"] and listing(old_dir.parent) == ["gallery"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the writer crashed"), OSError(28, "No space left on device")])
+def test_write_dir_atomic_failure_mid_write_keeps_the_old_folder(old_dir, error):
+    def write(folder: Path) -> None:
+        write_new(folder)
+        raise error
+
+    with pytest.raises(ScanVizError if isinstance(error, OSError) else RuntimeError):
+        io.write_dir_atomic(old_dir, write)
+    assert listing(old_dir) == ["a.txt"] and (old_dir / "a.txt").read_text(encoding="utf-8") == "old a"
+    assert listing(old_dir.parent) == ["gallery"]
+
+
+@pytest.mark.parametrize("call", [1, 2], ids=["parking the old folder", "moving the new one in"])
+def test_write_dir_atomic_failed_swap_keeps_the_old_folder(old_dir, monkeypatch, call):
+    fail_replace_at(monkeypatch, call)
+    with pytest.raises(ScanVizError, match="No space left on device"):
+        io.write_dir_atomic(old_dir, write_new)
+    assert listing(old_dir) == ["a.txt"] and (old_dir / "a.txt").read_text(encoding="utf-8") == "old a"
+    assert listing(old_dir.parent) == ["gallery"]
+
+
+def test_run_state_failure_mid_save_keeps_the_last_good_state(tmp_path, monkeypatch):
+    path = tmp_path / state.LAST_STATE
+    state.save_last(path, {"epoch": 3, "weights": torch.arange(4.0)})
+    real_save = torch.save
+
+    def crash_half_way(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 half a zip")  # what a killed or full-disk write leaves
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash_half_way)
+    with pytest.raises(ScanVizError, match="run folder"):
+        state.save_last(path, {"epoch": 4, "weights": torch.zeros(4)})
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed = state.load_last(path)
+    assert resumed["epoch"] == 3 and torch.equal(resumed["weights"], torch.arange(4.0))
+    assert listing(tmp_path) == [state.LAST_STATE]
+
+
+def test_run_folder_text_and_dir_writes_keep_the_old_on_failure(tmp_path, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    state.write_text_atomic(log, '{"epoch": 1}\n')
+    best = tmp_path / "best"
+    state.write_dir_atomic(best, lambda folder: (folder / "config.json").write_text("{}", encoding="utf-8"))
+    fail_replace_at(monkeypatch, 1)
+    with pytest.raises(ScanVizError, match="run folder"):
+        state.write_text_atomic(log, '{"epoch": 2}\n')
+    fail_replace_at(monkeypatch, 2)
+    with pytest.raises(ScanVizError, match="run folder"):
+        state.write_dir_atomic(best, lambda folder: (folder / "model.safetensors").write_bytes(b"x"))
+    assert log.read_text(encoding="utf-8") == '{"epoch": 1}\n'
+    assert listing(best) == ["config.json"] and listing(tmp_path) == ["best", "log.jsonl"]
