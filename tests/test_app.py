@@ -6,19 +6,24 @@ The deep-link parsing rules are tested without Streamlit.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from app_fixture import app_fixture, png_bytes
 from streamlit.testing.v1 import AppTest
 
-from scan_viz.app import explore, state
+from scan_viz.app import evaluate, explore, state, views
+from scan_viz.app.bundle import NO_MATCH, search_gallery
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
                                  parse_explore_query)
 from scan_viz.errors import ScanVizError
+from scan_viz.types import Alignment
 
 torch.set_num_threads(1)
 
@@ -56,8 +61,33 @@ def open_link(at: AppTest, **params: str) -> AppTest:
     return at.run()
 
 
-def score(at: AppTest) -> float:
-    return float(next(m.value for m in at.metric if m.label == "Score"))
+def score(at: AppTest) -> str:
+    """The pair's score as the page shows it (4 decimals)."""
+    line = next(m.value for m in at.markdown if m.value.startswith(explore.SCORE_LABEL))
+    return line[len(explore.SCORE_LABEL):].split()[0]
+
+
+@functools.lru_cache(maxsize=1)
+def library(model_dir: Path, gallery_dir: Path):
+    """The fixture's model and gallery, loaded by the library (what the app's numbers must equal)."""
+    from scan_viz.gallery import load_gallery
+    from scan_viz.model import load_model
+
+    return load_model(model_dir), load_gallery(gallery_dir)
+
+
+def library_alignment(bundle, image_id: str, text: str, **settings) -> Alignment:
+    """The library's alignment of a gallery pair under the model's head settings with ``settings`` changed."""
+    from scan_viz.pipeline import explain, gallery_regions
+
+    model, gallery = library(bundle.model, bundle.gallery)
+    head = dataclasses.replace(HeadSettings.from_config(model.config), **settings).build(model)
+    return explain(model, gallery_regions(gallery, image_id), text, head)
+
+
+def chart_specs(at: AppTest) -> list[dict]:
+    """The plotly figures on screen, as the JSON the browser gets."""
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -127,8 +157,13 @@ def test_deep_link_shows_one_panel_per_word_with_no_click(app, bundle):
     assert not at.error
     words = sentence.split()
     assert at.session_state[explore.PANELS_MARKER] == words
-    assert len(panel_images(at)) == len(words)
-    assert any(c.startswith(f"{words[0]} \u00b7 R = ") for c in panel_images(at))
+    # each panel's caption (word, R, strongest region or the flat note) is the library's for this pair
+    _, gallery = library(bundle.model, bundle.gallery)
+    alignment = library_alignment(bundle, image_id, sentence)
+    expected = [p.caption for p in views.word_panels(gallery.load_image(image_id), alignment)]
+    assert panel_images(at) == expected and len(expected) == len(words)
+    assert expected[0].startswith(f"{words[0]} \u00b7 R = {alignment.relevance[1]:.2f} \u00b7 ")
+    assert score(at) == f"{alignment.score:.4f}"
     assert at.query_params["image"] == image_id and at.query_params["q"] == sentence
     assert {"Panels (PNG)", "Panels (SVG)", "Alignment (JSON)"} <= {b.label for b in at.download_button}
 
@@ -162,33 +197,103 @@ def test_picking_an_image_and_a_caption_writes_the_link(app, bundle):
 
 
 def test_controls_recompute_the_score(app, bundle):
+    """Every control change shows the library's score for the new settings, to the 4 decimals shown."""
     image_id = bundle.image_ids[0]
-    at = open_link(app, image=image_id, q=bundle.captions[image_id][0])
-    base = score(at)
+    sentence = bundle.captions[image_id][0]
+    at = open_link(app, image=image_id, q=sentence)
+    base = library_alignment(bundle, image_id, sentence).score
+    assert score(at) == f"{base:.4f}"
     at.segmented_control(key=state.DIR_KEY).set_value("i2t").run()
     no_exception(at)
-    flipped = score(at)
-    assert flipped != pytest.approx(base, abs=1e-6)
+    flipped = library_alignment(bundle, image_id, sentence, direction="i2t").score
+    assert score(at) == f"{flipped:.4f}" != f"{base:.4f}"
     assert at.query_params["dir"] == "i2t"
     at.selectbox(key=state.AGG_KEY).set_value("Mean").run()
-    assert score(at) != pytest.approx(flipped, abs=1e-6)
+    mean = library_alignment(bundle, image_id, sentence, direction="i2t", agg_func="Mean").score
+    assert score(at) == f"{mean:.4f}" != f"{flipped:.4f}"
     at.slider(key=state.LAMBDA_SOFTMAX_KEY).set_value(2.0).run()
     no_exception(at)
+    softer = library_alignment(bundle, image_id, sentence, direction="i2t", agg_func="Mean", lambda_softmax=2.0)
+    assert score(at) == f"{softer.score:.4f}" != f"{mean:.4f}"
     reset = next(b for b in at.sidebar.button if b.label.startswith("Reset"))
     reset.click().run()
-    assert score(at) == pytest.approx(base, abs=1e-6)
+    assert score(at) == f"{base:.4f}"
 
 
-@pytest.mark.parametrize("tab", ["Interactive", "Image \u2192 text", "Relevance", "Ablation"])
-def test_every_explore_view_renders(app, bundle, tab):
-    image_id = bundle.image_ids[4]
-    at = open_link(app, image=image_id, q=bundle.captions[image_id][0])
+def test_the_score_is_shown_in_full_as_text(app, bundle):
+    """The score is plain text, not an st.metric that cut "-0.2512" to "-0.25..." in a narrow column."""
+    image_id = bundle.image_ids[0]
+    sentence = "zyzzyva quux"
+    at = open_link(app, image=image_id, q=sentence)
+    assert not at.metric
+    expected = library_alignment(bundle, image_id, sentence).score
+    assert score(at) == f"{expected:.4f}" and len(score(at)) >= 6
+
+
+def open_tab(app, bundle, tab: str, image_index: int = 4, **link: str) -> tuple[AppTest, str, str]:
+    image_id = bundle.image_ids[image_index]
+    sentence = bundle.captions[image_id][0]
+    at = open_link(app, image=image_id, q=sentence, **link)
     at.session_state[explore.TAB_KEY] = tab
     at.run()
     no_exception(at)
     assert not at.error
-    if tab == "Ablation":
-        assert any("relies most on" in m.value or "raises the score" in m.value for m in at.markdown)
+    return at, image_id, sentence
+
+
+def test_interactive_tab_shows_the_library_figure(app, bundle):
+    from scan_viz.render import COLOUR_BAR, plotly_alignment
+
+    at, image_id, sentence = open_tab(app, bundle, "Interactive")
+    _, gallery = library(bundle.model, bundle.gallery)
+    alignment = library_alignment(bundle, image_id, sentence)
+    expected = plotly_alignment(gallery.load_image(image_id), alignment, word=1).to_plotly_json()
+    [shown] = chart_specs(at)
+    assert shown["layout"]["title"]["text"] == expected["layout"]["title"]["text"]
+    boxes = [t for t in shown["data"] if t["type"] == "scatter" and t.get("name") != COLOUR_BAR]
+    assert len(boxes) == len(alignment.boxes)
+    # opacity follows the first word's absolute attention weights (not rescaled to its largest one)
+    assert [t["fillcolor"] for t in boxes] == [t["fillcolor"] for t in expected["data"][1:1 + len(boxes)]]
+    assert [b["label"] for b in shown["layout"]["updatemenus"][0]["buttons"]] == sentence.split()
+    assert any(t.get("name") == COLOUR_BAR for t in shown["data"])
+
+
+def test_image_to_text_tab_shows_the_regions_figure_and_table(app, bundle):
+    at, image_id, sentence = open_tab(app, bundle, "Image \u2192 text", dir="i2t", k="5")
+    alignment = library_alignment(bundle, image_id, sentence, direction="i2t")
+    shown = at.dataframe[0].value
+    pd.testing.assert_frame_equal(shown, pd.DataFrame(views.region_rows(alignment, 5)), check_dtype=False)
+    assert len(shown) == 5
+    assert sum(im.proto.imgs[0].url.endswith(".png") for im in at.image) == 1  # the figure (thumbnails: JPEG)
+
+
+def test_relevance_tab_shows_the_library_values(app, bundle):
+    at, image_id, sentence = open_tab(app, bundle, "Relevance")
+    alignment = library_alignment(bundle, image_id, sentence)
+    rows = views.relevance_rows(alignment)
+    pd.testing.assert_frame_equal(at.dataframe[0].value, pd.DataFrame(rows), check_dtype=False)
+    [chart] = chart_specs(at)
+    assert chart["data"][0]["x"] == pytest.approx([float(r) for r in alignment.relevance[1:-1]], abs=1e-4)
+    assert [r["word"] for r in rows] == sentence.split()
+
+
+def test_ablation_tab_shows_the_library_values(app, bundle):
+    from scan_viz.pipeline import ablate, gallery_regions
+
+    at, image_id, sentence = open_tab(app, bundle, "Ablation")
+    model, gallery = library(bundle.model, bundle.gallery)
+    result = ablate(model, gallery_regions(gallery, image_id), sentence)
+    words, regions = chart_specs(at)
+    assert words["data"][0]["x"] == pytest.approx([d for _, d in result["words"]], abs=1e-6)
+    largest = sorted(result["regions"], key=lambda rd: -abs(rd[1]))[:12]
+    assert regions["data"][0]["x"] == pytest.approx([d for _, d in largest], abs=1e-6)
+    token, delta = min(result["words"], key=lambda wd: wd[1])
+    said = " ".join(m.value for m in at.markdown)
+    if delta < 0:
+        assert f"relies most on **{token}**: removing it lowers the score by {-delta:.4f}" in said
+    else:
+        assert "no word supports this match" in said
+    assert any(f"Score {result['score']:.4f}." in c.value for c in at.caption)
 
 
 def test_unknown_image_in_the_link_is_one_line_and_the_app_goes_on(app, bundle):
@@ -236,14 +341,79 @@ def test_upload_runs_the_detector_and_bad_bytes_are_one_line(app):
     at.file_uploader[0].set_value(("broken.png", b"\x89PNG\r\n\x1a\nnot really", "image/png")).run()
     no_exception(at)
     assert len(at.error) == 1 and "broken.png" in at.error[0].value and "\n" not in at.error[0].value
+    assert not at.info and not at.warning  # only the upload's error: no "Pick a gallery image above"
     at.file_uploader[0].set_value(("photo.png", png_bytes(), "image/png")).run()
     no_exception(at)
     assert not at.error
+    assert not any("Out of domain" in w.value for w in at.warning)  # the fixture model's config names no domain
     assert at.session_state[explore.PANELS_MARKER] == ["a", "red", "car", "on", "the", "road"]
     assert "image" not in at.query_params and at.query_params["q"] == "a red car on the road"
 
 
+def test_an_upload_is_marked_out_of_domain_with_the_model_cards_words(bundle, monkeypatch, tmp_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(bundle.model, model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config["extra"]["domain"] = "toy scenes of coloured shapes"
+    (model_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    for name, value in {**bundle.env(), "SCAN_VIZ_MODEL": str(model_dir)}.items():
+        monkeypatch.setenv(name, value)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at = open_link(at, image=bundle.image_ids[0], q="a red car")
+    assert not any("Out of domain" in w.value for w in at.warning)  # a gallery image is in the model's domain
+    at.segmented_control(key=explore.SOURCE_KEY).set_value(explore.UPLOAD).run()
+    at.file_uploader[0].set_value(("photo.png", png_bytes(), "image/png")).run()
+    no_exception(at)
+    [note] = [w.value for w in at.warning if "Out of domain" in w.value]
+    assert "trained only on toy scenes of coloured shapes" in note and "carry little meaning" in note
+    at.switch_page(PAGES["Model"]).run()
+    shown = " ".join(str(v) for table in at.table for v in table.value.to_numpy().ravel())
+    assert "toy scenes of coloured shapes" in shown  # the model card states it too
+
+
+def test_bundled_models_state_their_domain():
+    from scan_viz.app.bundle import model_domain
+    from scan_viz.model import load_model
+    from scan_viz.train.bundle import MODEL_DOMAIN
+
+    for name in ("scan-emoji-t2i", "scan-emoji-i2t"):
+        assert model_domain(load_model(name)) == MODEL_DOMAIN and "emoji" in MODEL_DOMAIN
+
+
 # ----------------------------------------------------------------------------- Retrieve, Evaluate, Model
+
+
+def test_search_gallery_matches_whole_words_of_one_caption():
+    from scan_viz.data import RegionStore
+    from scan_viz.gallery import Gallery
+
+    captions = {"test_000001": ["an elephant on the grass", "a giant red kite"],
+                "test_000002": ["an ant on the sand", "a blue car"],
+                "test_000003": ["Two ants and a red car."]}
+    records = [{"id": i, "file": f"{i}.jpg", "captions": [{"text": c} for c in cs]} for i, cs in captions.items()]
+    store = RegionStore(ids=list(captions), features=np.zeros((3, 1, 4), np.float32))
+    gallery = Gallery(Path("."), "words", records, store, None)
+    assert search_gallery(gallery, "ant") == ["test_000002"]  # not "elephant", "giant" or "ants"
+    assert search_gallery(gallery, "  ANT ") == ["test_000002"]
+    assert search_gallery(gallery, "red car") == ["test_000003"]  # both words in one caption
+    assert search_gallery(gallery, "blue sand") == []  # in two captions of one image: no
+    assert search_gallery(gallery, "car.") == ["test_000003"]  # tokenised like the model: "car" "."
+    assert search_gallery(gallery, "000002") == search_gallery(gallery, "test_000002") == ["test_000002"]
+    assert search_gallery(gallery, "") == list(captions)
+
+
+def test_retrieve_image_search_without_a_hit_says_so(app, bundle):
+    at = app.run()
+    at.switch_page(PAGES["Retrieve"]).run()
+    at.session_state["rt_tab"] = "Image \u2192 text"
+    at.run()
+    at.text_input(key="rt_image_search").input("zyzzyva").run()
+    no_exception(at)
+    assert [i.value for i in at.info] == [NO_MATCH]
+    assert not [s for s in at.selectbox if s.key == "rt_image"]
+    assert not [b for b in at.button if (b.key or "").startswith("rt_open_caption_")]
 
 
 def test_every_page_renders(app):
@@ -290,24 +460,84 @@ def test_retrieve_image_to_text_opens_the_pair_in_explore(app, bundle):
     assert at.title[0].value == "Explore" and at.query_params["image"] == image_id
 
 
-def test_evaluate_lists_failures_worst_first_and_opens_them(app, bundle):
+def library_evaluation(bundle) -> dict:
+    from scan_viz.pipeline import evaluate_gallery
+
+    model, gallery = library(bundle.model, bundle.gallery)
+    return evaluate_gallery(model, gallery, HeadSettings.from_config(model.config).build(model), details=True)
+
+
+def evaluated(app) -> AppTest:
     at = app.run()
     at.switch_page(PAGES["Evaluate"]).run()
     no_exception(at)
-    at.button[0].click().run()
-    no_exception(at)
-    assert any(m.label == "rsum" for m in at.metric)
+    start = [b for b in at.button if b.label == "Evaluate on the gallery"]
+    if start:  # not yet evaluated in this process (results are kept for every session)
+        start[0].click().run()
+        no_exception(at)
+    assert at.title[0].value == "Evaluate" and any(m.label == "rsum" for m in at.metric)
+    return at
+
+
+def failure_table(at: AppTest, direction: str) -> tuple[list[int], list[int]]:
+    """The failure list as shown: the query index behind each row's "Truth" button, and each row's rank."""
+    queries = [int(b.key.rsplit("_", 1)[1]) for b in at.button if (b.key or "").startswith(f"ev_truth_{direction}_")]
+    ranks = [int(m.value) for m in at.markdown if m.value.isdigit()]
+    return queries, ranks
+
+
+def test_evaluate_lists_failures_worst_first_with_the_library_ranks(app, bundle):
+    at = evaluated(app)
     at.slider(key="ev_k").set_value(1).run()
-    n_failures = at.session_state["evaluate_failures"]
-    assert n_failures > 0  # a random model ranks most captions' images below the top 1
-    truth = next(b for b in at.button if (b.key or "").startswith("ev_truth_t2i_"))
-    caption_index = int(truth.key.rsplit("_", 1)[1])
-    truth.click().run()
+    result = library_evaluation(bundle)
+    _, gallery = library(bundle.model, bundle.gallery)
+    for direction in ("t2i", "i2t"):
+        if direction == "i2t":
+            at.segmented_control(key="ev_dir").set_value("i2t").run()
+            no_exception(at)
+        ranks = np.asarray(result[f"{direction}_ranks"])
+        failing = [q for q in range(len(ranks)) if ranks[q] >= 1]  # K = 1: truth not ranked first
+        worst_first = sorted(failing, key=lambda q: (-ranks[q], q))
+        assert at.session_state["evaluate_failures"] == len(failing) > 0
+        queries, shown_ranks = failure_table(at, direction)
+        assert queries == worst_first[:evaluate.PER_PAGE]
+        assert shown_ranks == [int(ranks[q]) + 1 for q in queries]
+        assert shown_ranks == sorted(shown_ranks, reverse=True)
+        said = [m.value for m in at.markdown]
+        for q in queries:
+            if direction == "t2i":
+                assert gallery.captions[q] in said and f"`{gallery.ids[int(result['t2i_top'][q])]}`" in said
+            else:
+                assert gallery.captions[int(result["i2t_best_own"][q])] in said
+                assert gallery.captions[int(result["i2t_top"][q])] in said
+        assert any(f"{len(failing)} of {len(ranks)} queries fail at K = 1" in c.value for c in at.caption)
+    # a failure opens its ground-truth pair in Explore
+    at.segmented_control(key="ev_dir").set_value("t2i").run()
+    queries, _ = failure_table(at, "t2i")
+    at.button(key=f"ev_truth_t2i_{queries[0]}").click().run()
     no_exception(at)
     assert at.title[0].value == "Explore"
-    image_id = at.query_params["image"]
-    assert bundle.captions[image_id] and at.query_params["q"] in bundle.captions[image_id]
-    assert caption_index >= 0
+    assert at.query_params["q"] == gallery.captions[queries[0]]
+    assert at.query_params["image"] == gallery.ids[int(gallery.caption_image[queries[0]])]
+
+
+def test_evaluate_metrics_equal_the_library_and_the_cli(app, bundle, tmp_path):
+    from scan_viz.cli import main
+
+    at = evaluated(app)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--gallery", str(bundle.gallery), "--model", str(bundle.model), "--json", str(out)]) == 0
+    cli = json.loads(out.read_text(encoding="utf-8"))
+    result = library_evaluation(bundle)
+    for numbers in (cli, result):
+        pd.testing.assert_frame_equal(at.dataframe[0].value, pd.DataFrame(views.recall_rows(numbers)),
+                                      check_dtype=False)
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["rsum"] == f"{numbers['rsum']:.1f}"
+        assert metrics["Pointing accuracy"] == f"{numbers['pointing_accuracy']:.1f}%"
+    pointing = at.dataframe[1].value
+    assert pointing["pointing accuracy %"].tolist() == [round(v, 1) for v in cli["pointing"].values()]
+    assert pointing["words"].tolist() == list(cli["counts"].values())
 
 
 def test_model_page_refuses_bad_paths_with_one_line(app, tmp_path):
