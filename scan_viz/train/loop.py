@@ -48,8 +48,9 @@ LAST_CHECKPOINT = "checkpoint.pth.tar"
 BEST_MODEL_DIR = "best"
 VOCAB_FILE = "vocab.json"
 LOG_FILE = "log.jsonl"
-#: config fields a resumed run may change: more epochs continue the same schedule
-RESUMABLE_CHANGES = ("num_epochs",)
+#: config fields a resumed run may change: more (or fewer) epochs, and when the lr drops (the schedule of the
+#: epochs still to come; log.jsonl records each epoch's lr)
+RESUMABLE_CHANGES = ("num_epochs", "lr_update")
 #: above this share of unknown training words the vocabulary most likely belongs to another dataset
 UNKNOWN_WARNING = 0.2
 
