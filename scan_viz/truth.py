@@ -124,9 +124,9 @@ def _where(horizontal: str | None, vertical: str | None, claim: Mapping[str, Any
     """Where a group is, on the axes ``claim`` speaks about."""
     parts = []
     if "horizontal" in claim:
-        parts.append(f"on the {horizontal}" if horizontal else "in the middle, left to right")
+        parts.append(f"on the {horizontal}" if horizontal else "centred left to right")
     if "vertical" in claim:
-        parts.append(f"at the {vertical}" if vertical else "in the middle, top to bottom")
+        parts.append(f"at the {vertical}" if vertical else "centred top to bottom")
     return " and ".join(parts)
 
 

@@ -123,7 +123,7 @@ def test_reasons_say_what_the_caption_says_and_what_the_image_has():
     assert reasons["colour"] == ["colour: caption says blue birds, image has red birds"]
     assert reasons["size"] == ["size: caption says big dog, image has medium dog"]
     assert reasons["position"] == ["position: caption says the birds are on the left and at the top, image has them "
-                                   "in the middle, left to right and at the top"]
+                                   "centred left to right and at the top"]
     assert reasons["relation"] == ["relation: caption says the birds are above the dog, image has them to the left "
                                    "of it"]
     assert reasons["stuff"] == ["stuff: caption says the dog is on the grass, image has it on the sand"]

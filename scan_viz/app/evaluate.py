@@ -19,7 +19,7 @@ from scan_viz.app.shell import open_in_explore
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
 from scan_viz.pipeline import evaluate_gallery
-from scan_viz.truth import ATTRIBUTES
+from scan_viz.truth import ATTRIBUTES, Verdict
 
 FAIL_K_KEY, FAIL_DIR_KEY, FAIL_PAGE_KEY = "ev_k", "ev_dir", "ev_page"
 FAIL_TRUTH_KEY, FAIL_WRONG_KEY = "ev_any_true", "ev_wrong"
@@ -128,7 +128,7 @@ def failure_rows(result: dict, direction: str, k: int, truth_aware: bool = False
     return [int(i) for i in failing[np.argsort(-ranks[failing], kind="stable")]]
 
 
-def wrong_label(verdict) -> str:
+def wrong_label(verdict: Verdict) -> str:
     """What the top 1 gets wrong, for the failure list: ``count, size``, or ``also true``."""
     return ", ".join(verdict.attributes) if not verdict.holds else ALSO_TRUE
 
@@ -163,7 +163,7 @@ def show_failures(result: dict, bundle: Bundle, settings: HeadSettings) -> None:
     n_queries = len(ranks)
     st.caption(f"{len(rows)} of {n_queries} queries fail at K = {k}, worst first. \u201cTruth\u201d opens the "
                "ground-truth pair in Explore, \u201cTop 1\u201d the pair the model preferred"
-               + ("; \u201cwrong on\u201d is what the top 1 gets wrong (hover for why)." if has_truth else "."))
+               + ("; under it, what the top 1 gets wrong (hover for why)." if has_truth else "."))
     if not rows:
         st.success("No failures at this K.")
         return
@@ -171,17 +171,11 @@ def show_failures(result: dict, bundle: Bundle, settings: HeadSettings) -> None:
     page = 1
     if n_pages > 1:
         page = int(st.number_input(f"Page (of {n_pages})", 1, n_pages, key=FAIL_PAGE_KEY))
-    widths = [0.7, 4, 1.6, 4, 1.6, 1, 1] if has_truth else [0.7, 4, 1.6, 4, 1, 1]
-    header = st.columns(widths)
-    for column, title in zip(header, ("rank", "query", "ground truth", "model's top 1")
-                             + (("wrong on",) if has_truth else ())):
+    header = st.columns([0.7, 4, 1.6, 4, 1, 1])
+    for column, title in zip(header, ("rank", "query", "ground truth", "model's top 1")):
         column.markdown(f"**{title}**")
     for q in rows[(page - 1) * PER_PAGE: page * PER_PAGE]:
-        row = st.columns(widths, vertical_alignment="center")
-        if has_truth:
-            verdict = result[f"{direction}_top_verdict"][q]
-            row[4].markdown(wrong_label(verdict), help="\n\n".join(verdict.reasons) or None)
-            row = row[:4] + row[5:]
+        row = st.columns([0.7, 4, 1.6, 4, 1, 1], vertical_alignment="center")
         rank = int(ranks[q]) + 1
         row[0].markdown(f"{rank}")
         if direction == "t2i":
@@ -200,6 +194,9 @@ def show_failures(result: dict, bundle: Bundle, settings: HeadSettings) -> None:
             row[2].markdown(own)
             row[3].markdown(top)
             truth_pair, top_pair = (image_id, own), (image_id, top)
+        if has_truth:
+            verdict = result[f"{direction}_top_verdict"][q]
+            row[3].caption(f"wrong on: {wrong_label(verdict)}", help="\n\n".join(verdict.reasons) or None)
         if row[4].button("Truth", key=f"ev_truth_{direction}_{q}", help="Open the ground-truth pair in Explore"):
             open_in_explore(*truth_pair, settings, bundle)
         if row[5].button("Top 1", key=f"ev_top_{direction}_{q}", help="Open the model's top pair in Explore"):
