@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, model_required=False)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="directory with {split}_ims.npy and {split}_caps.txt")
-    src.add_argument("--gallery", help="a gallery folder (adds pointing accuracy per word type)")
+    src.add_argument("--gallery", help="a gallery folder (adds pointing accuracy per word type, and truth-aware "
+                     "recall when its captions carry claims)")
     p.add_argument("--split", default="test")
     p.add_argument("--fold5", action="store_true", help="COCO 1K: average over 5 folds of 1,000 images")
     p.add_argument("--json", help="write the metrics as JSON here")
