@@ -133,6 +133,7 @@ def _eval_gallery(args: argparse.Namespace) -> int:
     model, head = _load(args)
     result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"))
     _print_metrics(result)
+    _print_truth(result)
     if "pointing_accuracy" not in result:
         print("pointing accuracy: not measured (the gallery has no region boxes or no grounded caption words)")
         _write_json(args.json, result)
@@ -143,8 +144,31 @@ def _eval_gallery(args: argparse.Namespace) -> int:
     for word_type, acc in result["pointing"].items():
         print(f"  {word_type:<9} {acc:5.1f}%  n={result['counts'][word_type]:<6} random "
               f"{base['random'][word_type]:5.1f}%  largest {base['largest'][word_type]:5.1f}%")
+    for word, row in result.get("stuff_words", {}).items():
+        print(f"    stuff {word:<7} {row['accuracy']:5.1f}%  n={row['count']:<6} random {row['random']:5.1f}%  "
+              f"largest {row['largest']:5.1f}%")
     _write_json(args.json, result)
     return 0
+
+
+def _print_truth(result: dict) -> None:
+    """Truth-aware recall and what the wrongly top-ranked images get wrong (or why they are not measured)."""
+    if "truth" not in result:
+        print(f"truth-aware recall: not measured ({result.get('truth_note', 'no claims')})")
+        return
+    truth = result["truth"]
+    print(f"Truth-aware (a hit is any image / caption the caption is true of; a caption is true of "
+          f"{truth['images_per_caption']:.1f} images on average):")
+    for direction, label in (("i2t", "Image to text"), ("t2i", "Text to image")):
+        m = truth[direction]
+        print(f"  {label}: R@1 {m['r1']:.1f}  R@5 {m['r5']:.1f}  R@10 {m['r10']:.1f}  "
+              f"medr {m['medr']:.1f}  meanr {m['meanr']:.1f}")
+    mistakes = truth["t2i_mistakes"]
+    print(f"  rsum: {truth['rsum']:.1f}")
+    print(f"t2i top-1 mistakes (top image not true of the caption): {mistakes['n']} "
+          f"({mistakes['genuine']:.0f}% of the {mistakes['strict_failures']} strict R@1 failures); the top image "
+          "is wrong on: " + ", ".join(f"{a} {p:.0f}%" for a, p in
+                                      sorted(mistakes["attributes"].items(), key=lambda kv: -kv[1])))
 
 
 def _write_json(path: str | None, result: dict) -> None:
@@ -225,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, model_required=False)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="directory with {split}_ims.npy and {split}_caps.txt")
-    src.add_argument("--gallery", help="a gallery folder (adds pointing accuracy per word type)")
+    src.add_argument("--gallery", help="a gallery folder (adds pointing accuracy per word type, and truth-aware "
+                     "recall when its captions carry claims)")
     p.add_argument("--split", default="test")
     p.add_argument("--fold5", action="store_true", help="COCO 1K: average over 5 folds of 1,000 images")
     p.add_argument("--json", help="write the metrics as JSON here")

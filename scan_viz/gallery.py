@@ -5,14 +5,17 @@ Layout of a gallery folder (``examples/gallery``)::
     images/{id}.jpg        the image; its file stem is the image id used everywhere (deep links included)
     gallery.json           {"format", "name", "images": [{"id", "file", "width", "height",
                             "objects": [{"category", "box", "kind", "colour", ...}],
-                            "captions": [{"text", "words": [{"word", "type", "boxes"}]}]}]}
+                            "captions": [{"text", "words": [{"word", "type", "boxes"}], "claims": {...}}]}]}
     regions/               a scan_viz.data region store (features, boxes, labels via region_labels.json)
 
 Captions are numbered image by image (caption k of the flattened list belongs to ``caption_image[k]``).
+``claims`` (optional; :mod:`scan_viz.scenes.claims`) say what a generated caption claims, so the truth check
+(:mod:`scan_viz.truth`) can tell which other images it is true of; ``python -m scan_viz.truth annotate`` adds them.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ class Gallery:
         self.captions = [c["text"] for r in self.records for c in r["captions"]]
         self.caption_image = np.array([i for i, r in enumerate(self.records) for _ in r["captions"]], dtype=np.int64)
         self.caption_words = [c.get("words") for r in self.records for c in r["captions"]]
+        self.caption_claims = [c.get("claims") for r in self.records for c in r["captions"]]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -79,6 +83,27 @@ class Gallery:
 
     def ground_truth_boxes(self, image_id: str) -> list[dict[str, Any]]:
         return self.records[self.index_of(image_id)].get("objects", [])
+
+    @property
+    def has_claims(self) -> bool:
+        """Whether every caption carries claims (then the truth check applies to the whole gallery)."""
+        return bool(self.caption_claims) and all(c is not None for c in self.caption_claims)
+
+    @functools.cached_property
+    def scenes(self):
+        """Every image's :class:`scan_viz.truth.SceneFacts` (only for a gallery of the generated world)."""
+        from scan_viz.truth import SceneFacts
+
+        return [SceneFacts.from_record(r) for r in self.records]
+
+    @functools.cached_property
+    def truth(self) -> np.ndarray | None:
+        """(n_captions, n_images) bool: caption k is true of image i; None without claims. Computed once."""
+        if not self.has_claims:
+            return None
+        from scan_viz.truth import truth_matrix
+
+        return truth_matrix(self.caption_claims, self.scenes)
 
 
 def load_gallery(path: str | Path) -> Gallery:

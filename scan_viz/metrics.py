@@ -141,6 +141,53 @@ def evaluate(sims: np.ndarray, caption_image: np.ndarray | None = None) -> dict:
     return result
 
 
+def _check_truth(sims: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    truth = np.asarray(truth)
+    if truth.dtype != bool or truth.shape != sims.shape[::-1]:
+        raise ScanVizError(f"truth has shape {truth.shape} and dtype {truth.dtype}; expected a bool "
+                           f"(n_captions, n_images) = {sims.shape[::-1]} matrix, the transpose of the similarities")
+    if not truth.any(axis=1).all() or not truth.any(axis=0).all():
+        raise ScanVizError("some caption is true of no image (or some image of no caption), so its truth-aware "
+                           "rank is undefined; count each caption's own image as true")
+    return truth
+
+
+def t2i_truth_ranks(sims: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Rank of the best-scoring image each caption is true of (text-to-image, any true image is a hit).
+
+    ``sims`` ``(n_images, n_captions)``; ``truth`` ``(n_captions, n_images)`` bool, caption ``k`` true of image
+    ``i``. Returns ``(n_captions,)`` int64 0-based ranks, ties counted as in :func:`t2i_ranks`. With ``truth``
+    holding only the ground-truth pairs this is :func:`t2i_ranks`.
+    """
+    sims = _check_sims(sims)
+    truth = _check_truth(sims, truth)
+    best = np.where(truth.T, sims, -np.inf).max(axis=0)
+    return np.count_nonzero(sims > best[None, :], axis=0).astype(np.int64)
+
+
+def i2t_truth_ranks(sims: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Rank of the best-scoring caption true of each image (image-to-text, any true caption is a hit).
+
+    Shapes as in :func:`t2i_truth_ranks`; returns ``(n_images,)`` int64 0-based ranks.
+    """
+    sims = _check_sims(sims)
+    truth = _check_truth(sims, truth)
+    best = np.where(truth.T, sims, -np.inf).max(axis=1)
+    return np.count_nonzero(sims > best[:, None], axis=1).astype(np.int64)
+
+
+def evaluate_truth(sims: np.ndarray, truth: np.ndarray) -> dict:
+    """Truth-aware retrieval: like :func:`evaluate`, but a hit is any image (caption) the caption (image) is true of.
+
+    ``truth`` is ``(n_captions, n_images)`` bool. Returns ``{"i2t", "t2i", "rsum", "n_images", "n_captions"}``.
+    """
+    result: dict = {"i2t": recall_metrics(i2t_truth_ranks(sims, truth)),
+                    "t2i": recall_metrics(t2i_truth_ranks(sims, truth))}
+    result["rsum"] = rsum(result)
+    result["n_images"], result["n_captions"] = (int(n) for n in np.shape(sims))
+    return result
+
+
 def fold_slices(
     n_images: int, n_folds: int = 5, captions_per_image: int = CAPTIONS_PER_IMAGE
 ) -> list[tuple[slice, slice]]:

@@ -162,10 +162,16 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
     The one evaluation path: ``scan-viz eval --gallery``, the app's Evaluate page and the bundle build call it.
     Padded regions (``region_lengths`` of a varying-count store) take no part in any score.
 
+    When every caption carries claims (a gallery of the generated world), ``truth`` holds truth-aware retrieval
+    (a hit is any image the caption is true of, any caption true of the image; see :func:`truth_metrics`);
+    otherwise ``truth_note`` says why it is missing.
+
     ``details`` adds what a failure list needs, as arrays (not JSON): ``t2i_ranks`` (n_captions,) 0-based rank
     of each caption's image, ``t2i_top`` (n_captions,) each caption's top image, ``i2t_ranks`` (n_images,) rank
     of each image's best own caption, ``i2t_best_own`` (n_images,) that caption, ``i2t_top`` (n_images,) each
-    image's top caption, and ``sims`` (n_images, n_captions).
+    image's top caption, and ``sims`` (n_images, n_captions); with claims also ``t2i_truth_ranks``,
+    ``i2t_truth_ranks`` (the truth-aware ranks), ``t2i_top_verdict`` (n_captions,) and ``i2t_top_verdict``
+    (n_images,) (:class:`scan_viz.truth.Verdict` of each top pair) and ``truth_matrix`` (n_captions, n_images).
     """
     from scan_viz.metrics import i2t_ranks, t2i_ranks
 
@@ -182,6 +188,11 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
     if gallery.regions.boxes is not None and any(gallery.caption_words):
         result.update(pointing_on_gallery(model, gallery, matcher))
     result["head"] = matcher.name
+    truth = truth_metrics(gallery, sims)
+    if truth is None:
+        result["truth_note"] = NO_CLAIMS_NOTE
+    else:
+        result["truth"] = truth.pop("summary")
     if details:
         result["sims"] = sims
         result["t2i_ranks"] = t2i_ranks(sims, gallery.caption_image)
@@ -191,7 +202,49 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
         result["i2t_best_own"] = np.array([int(own[np.argmax(sims[n, own])]) for n, own in
                                            enumerate(gallery.caption_indices_of(i) for i in gallery.ids)],
                                           dtype=np.int64)
+        result.update(truth or {})
     return result
+
+
+NO_CLAIMS_NOTE = ("truth-aware recall needs each caption's claims, which this gallery lacks; a gallery of the "
+                  "generated world gets them with `python -m scan_viz.truth annotate --gallery DIR`")
+
+
+def truth_metrics(gallery: Gallery, sims: np.ndarray) -> dict[str, Any] | None:
+    """Truth-aware retrieval on a gallery with claims, and what the top-ranked wrong images get wrong.
+
+    ``sims`` is (n_images, n_captions). Returns None without claims, else ``{"summary": {"i2t", "t2i", "rsum",
+    "images_per_caption", "t2i_mistakes": {"n", "strict_failures", "genuine", "attributes": {attribute: %}}},
+    "truth_matrix", "t2i_truth_ranks", "i2t_truth_ranks", "t2i_top_verdict", "i2t_top_verdict"}``.
+    A t2i mistake is a caption whose top image it is not true of; ``attributes`` gives, per attribute, the
+    share of mistakes whose top image fails it (one image can fail several), ``genuine`` the share of strict
+    R@1 failures that are mistakes (the rest rank another image the caption is just as true of first).
+    """
+    from scan_viz.metrics import evaluate_truth, i2t_truth_ranks, t2i_ranks, t2i_truth_ranks
+    from scan_viz.truth import ATTRIBUTES, caption_holds
+
+    if gallery.truth is None:
+        return None
+    truth = gallery.truth.copy()
+    truth[np.arange(len(gallery.captions)), gallery.caption_image] = True  # a caption's own image always counts
+    summary = evaluate_truth(sims, truth)
+    summary["images_per_caption"] = float(truth.sum(axis=1).mean())
+    t2i_top, i2t_top = sims.argmax(axis=0), sims.argmax(axis=1)
+    t2i_verdicts = [caption_holds(claims, gallery.scenes[int(top)])
+                    for claims, top in zip(gallery.caption_claims, t2i_top)]
+    i2t_verdicts = [caption_holds(gallery.caption_claims[int(top)], scene) for scene, top in zip(gallery.scenes,
+                                                                                                  i2t_top)]
+    t2i_truth = t2i_truth_ranks(sims, truth)
+    mistakes = [t2i_verdicts[k] for k in np.flatnonzero(t2i_truth >= 1)]
+    strict_failures = int(np.count_nonzero(t2i_ranks(sims, gallery.caption_image) >= 1))
+    summary["t2i_mistakes"] = {
+        "n": len(mistakes), "strict_failures": strict_failures,
+        "genuine": 100.0 * len(mistakes) / strict_failures if strict_failures else 0.0,
+        "attributes": {a: 100.0 * sum(a in v.attributes for v in mistakes) / len(mistakes) if mistakes else 0.0
+                       for a in ATTRIBUTES}}
+    return {"summary": summary, "truth_matrix": truth, "t2i_truth_ranks": t2i_truth,
+            "i2t_truth_ranks": i2t_truth_ranks(sims, truth), "t2i_top_verdict": t2i_verdicts,
+            "i2t_top_verdict": i2t_verdicts}
 
 
 def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) -> dict[str, Any]:
@@ -221,6 +274,7 @@ def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) 
                 word_attention=attention[c, rows],
                 region_boxes=gallery.regions.boxes[i, :n_real],
                 word_types=[words[r - 1]["type"] for r in rows],
+                words=[words[r - 1]["word"] for r in rows],
                 gt_boxes=[np.array([objects[b]["box"] for b in words[r - 1]["boxes"]], dtype=np.float64)
                           for r in rows]))
     return evaluate_pointing(items)

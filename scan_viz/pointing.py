@@ -3,7 +3,7 @@
 A word is a hit when the region with the largest attention weight for it has IoU >= 0.5 with one of the
 word's ground-truth boxes. Two baselines come from the same regions: "random" (the expected hit rate of a
 uniformly random region, i.e. the fraction of regions that would hit) and "largest" (always the region with
-the largest box).
+the largest box). Stuff words are also reported one by one ("sky" and "grass" are different problems).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 IOU_THRESHOLD = 0.5
+PER_WORD_TYPES = ("stuff",)  # word types also reported per word
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -34,24 +35,28 @@ class PointingItem:
     """The grounded words of one (image, caption) pair.
 
     word_attention: (n_words, n_regions), row w = word w's weights over regions (only the words listed here);
-    region_boxes: (n_regions, 4); word_types: one type name per word; gt_boxes: per word an (g, 4) array.
+    region_boxes: (n_regions, 4); word_types: one type name per word; gt_boxes: per word an (g, 4) array;
+    words: the words themselves (optional; needed for the per-word report of ``PER_WORD_TYPES``).
     """
 
     word_attention: np.ndarray
     region_boxes: np.ndarray
     word_types: list[str]
     gt_boxes: list[np.ndarray]
+    words: list[str] | None = None
 
 
 def evaluate_pointing(items: Iterable[PointingItem], threshold: float = IOU_THRESHOLD) -> dict:
     """Pointing accuracy overall and per word type, with the random- and largest-region baselines.
 
     Returns ``{"pointing_accuracy", "pointing": {type: acc}, "counts": {type: n}, "baselines":
-    {"random": {"overall", type...}, "largest": {...}}}`` with accuracies in percent.
+    {"random": {"overall", type...}, "largest": {...}}, "stuff_words": {word: {"accuracy", "count", "random",
+    "largest"}}}`` with accuracies in percent (``stuff_words`` when items carry their words).
     """
     hits: dict[str, list[float]] = defaultdict(list)
     rand: dict[str, list[float]] = defaultdict(list)
     large: dict[str, list[float]] = defaultdict(list)
+    per_word: dict[str, dict[str, list[tuple[float, float, float]]]] = defaultdict(lambda: defaultdict(list))
     for item in items:
         regions = np.asarray(item.region_boxes, dtype=np.float64)
         areas = np.clip(regions[:, 2:] - regions[:, :2], 0, None).prod(axis=1)
@@ -65,6 +70,9 @@ def evaluate_pointing(items: Iterable[PointingItem], threshold: float = IOU_THRE
             hits[word_type].append(float(region_hits[top[w]]))
             rand[word_type].append(float(region_hits.mean()))
             large[word_type].append(float(region_hits[largest]))
+            if word_type in PER_WORD_TYPES and item.words is not None:
+                per_word[word_type][item.words[w]].append((hits[word_type][-1], rand[word_type][-1],
+                                                           large[word_type][-1]))
 
     def summary(values: dict[str, list[float]]) -> dict[str, float]:
         every = [v for vs in values.values() for v in vs]
@@ -73,9 +81,16 @@ def evaluate_pointing(items: Iterable[PointingItem], threshold: float = IOU_THRE
         return out
 
     ours = summary(hits)
-    return {
+    out = {
         "pointing_accuracy": ours.pop("overall"),
         "pointing": ours,
         "counts": {t: len(v) for t, v in sorted(hits.items())},
         "baselines": {"random": summary(rand), "largest": summary(large)},
     }
+    for word_type, words in sorted(per_word.items()):
+        out[f"{word_type}_words"] = {
+            word: {"accuracy": 100.0 * float(np.mean([v[0] for v in values])), "count": len(values),
+                   "random": 100.0 * float(np.mean([v[1] for v in values])),
+                   "largest": 100.0 * float(np.mean([v[2] for v in values]))}
+            for word, values in sorted(words.items())}
+    return out

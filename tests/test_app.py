@@ -535,7 +535,7 @@ def test_evaluate_metrics_equal_the_library_and_the_cli(app, bundle, tmp_path):
         metrics = {m.label: m.value for m in at.metric}
         assert metrics["rsum"] == f"{numbers['rsum']:.1f}"
         assert metrics["Pointing accuracy"] == f"{numbers['pointing_accuracy']:.1f}%"
-    pointing = at.dataframe[1].value
+    pointing = next(d.value for d in at.dataframe if "word type" in d.value.columns)
     assert pointing["pointing accuracy %"].tolist() == [round(v, 1) for v in cli["pointing"].values()]
     assert pointing["words"].tolist() == list(cli["counts"].values())
 

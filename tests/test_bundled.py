@@ -63,3 +63,11 @@ def test_metrics_file_matches_the_bundle():
     metrics = json.loads((PRETRAINED_DIR / "metrics.json").read_text())
     assert {"detector", "scan-emoji-t2i", "scan-emoji-i2t"} <= set(metrics)
     assert metrics["scan-emoji-t2i"]["n_images"] == len(load_gallery(DEFAULT_GALLERY))
+
+
+def test_bundled_gallery_captions_carry_claims_true_of_their_own_image(gallery):
+    # claims come from `python -m scan_viz.truth annotate --gallery examples/gallery` (or a world written with them)
+    assert gallery.has_claims
+    truth = gallery.truth
+    assert truth[np.arange(len(gallery.captions)), gallery.caption_image].all()
+    assert 1.5 < truth.sum(axis=1).mean() < 20  # captions are short: many fit several images, none fits all

@@ -10,11 +10,14 @@ from scan_viz.errors import ScanVizError
 from scan_viz.metrics import (
     evaluate,
     evaluate_fold5,
+    evaluate_truth,
     fold5_average,
     fold_slices,
     i2t_ranks,
+    i2t_truth_ranks,
     recall_metrics,
     t2i_ranks,
+    t2i_truth_ranks,
 )
 
 
@@ -167,8 +170,46 @@ def test_fold5_average_matches_per_fold_brute_force():
         lambda: t2i_ranks(np.zeros((2, 3)), np.array([0.0, 1.0, 1.0])),
         lambda: recall_metrics(np.array([])),
         lambda: fold5_average([]),
+        lambda: t2i_truth_ranks(np.zeros((2, 3)), np.ones((2, 3), bool)),  # truth not (n_captions, n_images)
+        lambda: i2t_truth_ranks(np.zeros((2, 3)), np.ones((3, 2))),  # not bool
+        lambda: t2i_truth_ranks(np.zeros((2, 3)), np.array([[1, 0], [0, 1], [0, 0]], bool)),  # caption 2: no image
     ],
 )
 def test_bad_inputs_raise_scan_viz_error(call):
     with pytest.raises(ScanVizError):
         call()
+
+
+def brute_truth_ranks(sims: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: walk the ranking best first until a candidate the pair is true of (t2i, i2t)."""
+    t2i = np.array([next(p for p, i in enumerate(np.argsort(sims[:, k])[::-1]) if truth[k, i])
+                    for k in range(sims.shape[1])])
+    i2t = np.array([next(p for p, k in enumerate(np.argsort(sims[i])[::-1]) if truth[k, i])
+                    for i in range(sims.shape[0])])
+    return t2i, i2t
+
+
+def test_truth_aware_ranks_match_a_plain_loop():
+    rng = np.random.default_rng(3)
+    caption_image = np.repeat(np.arange(40), 5)
+    sims = noisy_sims(rng, 40, caption_image)
+    truth = rng.random((200, 40)) < 0.08
+    truth[np.arange(200), caption_image] = True
+    t2i, i2t = brute_truth_ranks(sims, truth)
+    np.testing.assert_array_equal(t2i_truth_ranks(sims, truth), t2i)
+    np.testing.assert_array_equal(i2t_truth_ranks(sims, truth), i2t)
+    result = evaluate_truth(sims, truth)
+    assert_same_metrics(result, {"i2t": brute_metrics(i2t), "t2i": brute_metrics(t2i),
+                                 "rsum": sum(brute_metrics(i2t)[k] + brute_metrics(t2i)[k] for k in ("r1", "r5", "r10"))})
+    strict = evaluate(sims, caption_image)
+    assert result["rsum"] > strict["rsum"]  # more pairs count as hits
+
+
+def test_truth_of_the_ground_truth_pairs_only_is_strict_recall():
+    rng = np.random.default_rng(4)
+    caption_image = np.repeat(np.arange(30), 5)
+    sims = noisy_sims(rng, 30, caption_image)
+    truth = np.zeros((150, 30), bool)
+    truth[np.arange(150), caption_image] = True
+    np.testing.assert_array_equal(t2i_truth_ranks(sims, truth), t2i_ranks(sims, caption_image))
+    np.testing.assert_array_equal(i2t_truth_ranks(sims, truth), i2t_ranks(sims, caption_image))

@@ -34,3 +34,22 @@ def test_words_without_boxes_are_skipped():
     res = evaluate_pointing([PointingItem(np.ones((2, 1)), regions, ["function", "object"],
                                           [np.zeros((0, 4)), np.array([[0, 0, 10, 10]])])])
     assert res["counts"] == {"object": 1} and res["pointing_accuracy"] == 100.0
+
+
+def test_stuff_words_are_reported_one_by_one():
+    regions = np.array([[0, 0, 100, 40], [0, 40, 100, 100], [10, 10, 30, 30]], float)
+    sky, grass, bird = regions[0:1], regions[1:2], regions[2:3]
+    item = PointingItem(np.array([[0.1, 0.1, 0.8],    # "sky" -> the bird: miss
+                                  [0.1, 0.8, 0.1],    # "grass" -> grass: hit
+                                  [0.8, 0.1, 0.1],    # "sky" -> sky: hit
+                                  [0.1, 0.1, 0.8]]),  # "bird" -> bird: hit (an object, not in stuff_words)
+                        regions, ["stuff", "stuff", "stuff", "object"], [sky, grass, sky, bird],
+                        words=["sky", "grass", "sky", "bird"])
+    res = evaluate_pointing([item])
+    assert res["pointing"]["stuff"] == pytest.approx(200 / 3)
+    # largest region: grass (6,000 px) -> hits "grass" only; random: 1 of 3 regions hits each word
+    assert res["stuff_words"] == {
+        "grass": {"accuracy": 100.0, "count": 1, "random": pytest.approx(100 / 3), "largest": 100.0},
+        "sky": {"accuracy": 50.0, "count": 2, "random": pytest.approx(100 / 3), "largest": 0.0}}
+    assert "stuff_words" not in evaluate_pointing([PointingItem(item.word_attention, regions, item.word_types,
+                                                                item.gt_boxes)])

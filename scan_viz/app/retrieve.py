@@ -1,9 +1,13 @@
 """Retrieve: a sentence -> the gallery's top-K images, an image -> the gallery's top-K captions.
 
 A page script. Ground truth comes from the gallery: an image matches a query that is one of its captions.
+When the gallery's captions carry claims (the generated world), every result is also checked with the truth
+check (:mod:`scan_viz.truth`): a caption may be true of images other than its own, and a false one says why.
 Every result opens in Explore with that pair.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -13,11 +17,42 @@ from scan_viz.app.bundle import NO_MATCH, Bundle, ground_truth_images, search_ga
 from scan_viz.app.params import DEFAULT_K, HeadSettings
 from scan_viz.app.shell import open_in_explore
 from scan_viz.errors import ScanVizError
+from scan_viz.gallery import Gallery
+from scan_viz.truth import Verdict, caption_holds
 
 QUERY_KEY, K_KEY, IMAGE_KEY, TAB_KEY = "rt_q", "rt_k", "rt_image", "rt_tab"
 IMAGE_SEARCH_KEY, EXAMPLES_KEY = "rt_image_search", "rt_examples"
 RESULT_COLUMNS = 5
-TICK, CROSS = "\u2705", "\u274c"
+TICK, ALSO_TRUE, CROSS = "\u2705", "\u2611\ufe0f", "\u274c"
+LEGEND = (f"{TICK} own caption/image \u00b7 {ALSO_TRUE} also true: not its own, but every claim of the caption "
+          f"holds for the image \u00b7 {CROSS} false, with what is wrong")
+NO_CLAIMS = "This gallery's captions carry no claims, so only each caption's own image is ticked."
+
+
+def claims_of_text(gallery: Gallery, text: str) -> dict[str, Any] | None:
+    """The claims of the gallery caption ``text`` (case and spacing ignored), None if it is not one or has none.
+
+    A caption's claims follow from its words, so every gallery caption with this text claims the same.
+    """
+    wanted = " ".join(text.lower().split())
+    return next((claims for caption, claims in zip(gallery.captions, gallery.caption_claims)
+                 if claims is not None and " ".join(caption.lower().split()) == wanted), None)
+
+
+def judge(gallery: Gallery, claims: dict[str, Any] | None, image_index: int, own: bool) -> tuple[str, Verdict | None]:
+    """The mark of one (caption, image) result: own (tick), also true, false (cross, with its verdict), or no mark."""
+    if own:
+        return TICK, None
+    if claims is None:
+        return CROSS, None
+    verdict = caption_holds(claims, gallery.scenes[image_index])
+    return (ALSO_TRUE if verdict.holds else CROSS), verdict
+
+
+def show_reasons(verdict: Verdict | None) -> None:
+    """What a false result gets wrong, one line per failed claim (plain text: it quotes gallery data)."""
+    if verdict is not None and not verdict.holds:
+        st.text("\n".join(verdict.reasons))
 
 
 def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
@@ -37,21 +72,33 @@ def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
         st.error(str(exc))
         return
     truth = ground_truth_images(gallery, text)
+    claims = claims_of_text(gallery, text) if truth else None
+    marks = {image_id: judge(gallery, claims, gallery.index_of(image_id), image_id in truth)
+             for image_id, _ in results} if truth else {}
     if truth:
         found = [rank for rank, (image_id, _) in enumerate(results, 1) if image_id in truth]
-        st.caption(f"The sentence is a caption of {len(truth)} gallery image(s); "
-                   + (f"first found at rank {found[0]}." if found else f"none in the top {k}."))
+        line = (f"The sentence is a caption of {len(truth)} gallery image(s); "
+                + (f"first found at rank {found[0]}." if found else f"none in the top {k}."))
+        if claims is not None:
+            n_true = int(sum(mark != CROSS for mark, _ in marks.values()))
+            line += f" It is true of {n_true} of the top {len(results)}. {LEGEND}."
+        else:
+            line += " " + NO_CLAIMS
+        st.caption(line)
     else:
-        st.caption("Not a gallery caption, so there is no ground truth to tick.")
+        st.caption("Not a gallery caption: a typed sentence carries no claims and belongs to no image, so the "
+                   "results are neither ticked nor checked for truth.")
     st.session_state["retrieve_results"] = [image_id for image_id, _ in results]
+    st.session_state["retrieve_marks"] = [marks[image_id][0] if truth else "" for image_id, _ in results]
     for start in range(0, len(results), RESULT_COLUMNS):
         columns = st.columns(RESULT_COLUMNS)
         for column, (rank, (image_id, score)) in zip(columns, enumerate(results[start:start + RESULT_COLUMNS],
                                                                          start + 1)):
             with column.container(border=True):
-                mark = (TICK if image_id in truth else CROSS) if truth else ""
+                mark, verdict = marks.get(image_id, ("", None))
                 st.image(state.thumbnail(bundle.key, image_id), width="stretch")
                 st.markdown(f"**#{rank}** {mark} `{image_id}`  \nscore {score:.4f}")
+                show_reasons(verdict)
                 if st.button("Explore", key=f"rt_open_{image_id}", icon=":material/open_in_new:", width="stretch"):
                     open_in_explore(image_id, text, settings, bundle)
 
@@ -79,14 +126,25 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
             st.error(str(exc))
             return
         own = {int(c) for c in gallery.caption_indices_of(image_id)}
+        index = gallery.index_of(image_id)
+        marks = [judge(gallery, gallery.caption_claims[c], index, c in own) for c, _ in results]
         found = [rank for rank, (c, _) in enumerate(results, 1) if c in own]
-        st.caption(f"{len(own)} of the gallery's {len(gallery.captions)} captions belong to {image_id}; "
-                   + (f"first at rank {found[0]}." if found else f"none in the top {k}."))
-        for rank, (c, score) in enumerate(results, 1):
+        line = (f"{len(own)} of the gallery's {len(gallery.captions)} captions belong to {image_id}; "
+                + (f"first at rank {found[0]}." if found else f"none in the top {k}."))
+        if gallery.has_claims:
+            n_true = sum(mark != CROSS for mark, _ in marks)
+            line += f" {n_true} of the top {len(results)} are true of it. {LEGEND}."
+        else:
+            line += " " + NO_CLAIMS
+        st.caption(line)
+        st.session_state["retrieve_marks"] = [mark for mark, _ in marks]
+        for rank, ((c, score), (mark, verdict)) in enumerate(zip(results, marks), 1):
             row = st.columns([0.5, 0.4, 6, 1, 1.6], vertical_alignment="center")
             row[0].markdown(f"**#{rank}**")
-            row[1].markdown(TICK if c in own else CROSS)
-            row[2].markdown(gallery.captions[c])
+            row[1].markdown(mark)
+            with row[2]:
+                st.markdown(gallery.captions[c])
+                show_reasons(verdict)
             row[3].markdown(f"{score:.4f}")
             if row[4].button("Explore", key=f"rt_open_caption_{c}", icon=":material/open_in_new:"):
                 open_in_explore(image_id, gallery.captions[c], settings, bundle)

@@ -5,7 +5,9 @@ registered by name. A noun phrase always refers to a whole group ("two red ballo
 balloon group), so its count, size, colour and noun words all link to the group's boxes. Every caption
 leaves at least one object group unmentioned, and with four or more groups one group is a distractor that
 no caption mentions. Words are lowercase letters only, so whitespace splitting and NLTK's Treebank
-tokenizer agree.
+tokenizer agree. Which words are true of a scene is decided by the predicates of
+:mod:`scan_viz.scenes.meaning`, the ones the truth check uses; each caption carries its claims
+(:func:`scan_viz.scenes.claims.claims_for`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
-from scan_viz.scenes.sprites import SpriteCategory, load_manifest
+from scan_viz.scenes.claims import claims_for
+from scan_viz.scenes.meaning import (NUMBER_WORDS, RELATION_WORDS, SIZE_WORDS, Group, position_of, relations,
+                                     scene_groups, stuff_below)
 from scan_viz.scenes.stuff import STUFF
 from scan_viz.scenes.types import Caption, SceneObject, WordLink
 
@@ -22,12 +26,6 @@ T = TypeVar("T")
 Words = list[WordLink]
 
 CAPTIONS_PER_IMAGE = 5
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
-SIZE_WORDS = {"small": ("small", "little", "tiny"), "big": ("big", "large", "huge")}
-# A group sits in the left/right third or top/bottom third when all its box centres do.
-POSITION_THIRD = 1.0 / 3.0
-RELATION_MARGIN = 0.12  # fraction of the image the centres must be apart for left of / above
-NEAR_GAP = 0.06  # "near": every box is at most this far (fraction of the width) from a box of the other side
 VERBS: dict[tuple[str, str], tuple[str, ...]] = {
     ("animal", "ground"): ("standing", "sitting"),
     ("animal", "sky"): ("flying",),
@@ -38,23 +36,6 @@ VERBS: dict[tuple[str, str], tuple[str, ...]] = {
     ("object", "sky"): ("flying", "floating"),
     ("plant", "ground"): ("growing",),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-    """The objects of one group as captions see them; ``boxes`` are indices into the scene's objects."""
-
-    category: SpriteCategory
-    colour: str | None
-    size: str | None
-    boxes: tuple[int, ...]
-    coords: tuple[tuple[float, float, float, float], ...]
-    stuff: int
-
-    @property
-    def plural(self) -> bool:
-        """Whether the group is more than one object."""
-        return len(self.boxes) > 1
 
 
 @dataclasses.dataclass
@@ -124,27 +105,27 @@ def noun_phrase(ctx: Context, group: Group) -> Words:
     return function_words(article(body[0].word)) + body
 
 
-def stuff_phrase(ctx: Context, stuff: int) -> Words:
-    """``on the grass``, ``in the sky``: the noun links to the stuff region's box."""
+def stuff_phrase(ctx: Context, groups: Sequence[Group]) -> Words:
+    """``on the grass``, ``in the sky``, said of ``groups`` (which share their stuff region).
+
+    The noun links to the stuff region's box; its ``subjects`` are the groups' boxes.
+    """
+    stuff = groups[0].stuff
     preposition, noun = ctx.pick(STUFF[ctx.objects[stuff].category].phrases)
-    return function_words(preposition, "the") + [WordLink(noun, "stuff", (stuff,))]
+    return said_of(function_words(preposition, "the") + [WordLink(noun, "stuff", (stuff,))], groups)
+
+
+def said_of(words: Words, groups: Sequence[Group]) -> Words:
+    """``words`` with their stuff word marked as said of ``groups`` (all of which stand in that stuff)."""
+    assert all(g.stuff == w.boxes[0] for g in groups for w in words if w.type == "stuff")
+    subjects = tuple(i for g in groups for i in g.boxes)
+    return [dataclasses.replace(w, subjects=subjects) if w.type == "stuff" else w for w in words]
 
 
 def verb(ctx: Context, group: Group) -> Words:
     """``standing``, ``flying``, ... for the group's kind and place, or nothing."""
     verbs = VERBS.get((group.category.group, group.category.place), ())
     return function_words(ctx.pick(verbs)) if verbs else []
-
-
-def position_of(group: Group, width: int, height: int) -> tuple[str | None, str | None]:
-    """(``left``/``right``/None, ``top``/``bottom``/None) from where all the group's box centres lie."""
-    xs = [(b[0] + b[2]) / 2 for b in group.coords]
-    ys = [(b[1] + b[3]) / 2 for b in group.coords]
-    horizontal = ("left" if max(xs) < width * POSITION_THIRD
-                  else "right" if min(xs) > width * (1 - POSITION_THIRD) else None)
-    vertical = ("top" if max(ys) < height * POSITION_THIRD
-                else "bottom" if min(ys) > height * (1 - POSITION_THIRD) else None)
-    return horizontal, vertical
 
 
 def position_phrase(ctx: Context, group: Group) -> Words | None:
@@ -165,56 +146,13 @@ def position_phrase(ctx: Context, group: Group) -> Words | None:
     return words
 
 
-def _gap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    """Euclidean distance between two boxes (0 when they touch or overlap)."""
-    dx = max(b[0] - a[2], a[0] - b[2], 0.0)
-    dy = max(b[1] - a[3], a[1] - b[3], 0.0)
-    return float(np.hypot(dx, dy))
-
-
-def relations(a: Sequence[tuple[float, float, float, float]], b: Sequence[tuple[float, float, float, float]],
-              width: int, height: int) -> list[str]:
-    """Which of ``left``, ``right``, ``above``, ``below``, ``near`` hold for boxes ``a`` relative to boxes ``b``.
-
-    Left/right and above/below need every centre of ``a`` to be clearly past every centre of ``b``;
-    above/below also need ``a``'s boxes to end (nearly) before ``b``'s begin and the two sides to share
-    columns (every box of each side overlaps the other side's horizontal extent: a kite far off to the side
-    is not "over" the dog). Near needs every box of either side
-    to be close to some box of the other.
-    """
-    ax = [(x[0] + x[2]) / 2 for x in a]
-    bx = [(x[0] + x[2]) / 2 for x in b]
-    ay = [(x[1] + x[3]) / 2 for x in a]
-    by = [(x[1] + x[3]) / 2 for x in b]
-    dx, dy, slack = RELATION_MARGIN * width, RELATION_MARGIN * height, 0.03 * height
-    a_cols = (min(x[0] for x in a), max(x[2] for x in a))
-    b_cols = (min(x[0] for x in b), max(x[2] for x in b))
-    shared_columns = (all(x[0] < b_cols[1] and x[2] > b_cols[0] for x in a)
-                      and all(x[0] < a_cols[1] and x[2] > a_cols[0] for x in b))
-    out = []
-    if max(ax) < min(bx) - dx:
-        out.append("left")
-    if min(ax) > max(bx) + dx:
-        out.append("right")
-    if shared_columns and max(ay) < min(by) - dy and max(x[3] for x in a) <= min(x[1] for x in b) + slack:
-        out.append("above")
-    if shared_columns and min(ay) > max(by) + dy and min(x[1] for x in a) >= max(x[3] for x in b) - slack:
-        out.append("below")
-    near = NEAR_GAP * width
-    if all(min(_gap(p, q) for q in b) <= near for p in a) and all(min(_gap(q, p) for p in a) <= near for q in b):
-        out.append("near")
-    return out
-
-
 def relation_words(ctx: Context, relation: str, boxes: tuple[int, ...]) -> Words:
     """The words of one relation; the spatial word links to the boxes of both sides."""
     if relation in ("left", "right"):
         return function_words("to", "the") + [WordLink(relation, "relation", boxes)] + function_words("of")
-    if relation == "above":
-        return [WordLink(ctx.pick(("above", "over")), "relation", boxes)]
-    if relation == "below":
-        return [WordLink(ctx.pick(("below", "under", "beneath")), "relation", boxes)]
-    choice = ctx.pick(("next", "near", "beside"))
+    if relation in ("above", "below"):
+        return [WordLink(ctx.pick(RELATION_WORDS[relation]), "relation", boxes)]
+    choice = ctx.pick(RELATION_WORDS["near"])
     return [WordLink(choice, "relation", boxes)] + (function_words("to") if choice == "next" else [])
 
 
@@ -222,21 +160,6 @@ def related_pairs(ctx: Context) -> list[tuple[Group, Group, str]]:
     """Every (a, b, relation) that holds between two mentionable groups."""
     return [(a, b, rel) for a in ctx.groups for b in ctx.groups if a is not b
             for rel in relations(a.coords, b.coords, ctx.width, ctx.height)]
-
-
-def stuff_below(ctx: Context, group: Group) -> list[int]:
-    """Ground or water regions that a sky group is above (it overlaps them horizontally by half its width)."""
-    if group.category.place != "sky":
-        return []
-    x1 = min(b[0] for b in group.coords)
-    x2 = max(b[2] for b in group.coords)
-    bottom = max(b[3] for b in group.coords)
-    out = []
-    for i, obj in enumerate(ctx.objects):
-        if obj.kind == "stuff" and obj.category != "sky" and obj.box[1] >= bottom:
-            if min(x2, obj.box[2]) - max(x1, obj.box[0]) >= 0.5 * (x2 - x1):
-                out.append(i)
-    return out
 
 
 def there_be(group: Group) -> Words:
@@ -252,7 +175,7 @@ def describe(ctx: Context) -> Words | None:
     where = position_phrase(ctx, group) if ctx.chance(0.3) else None
     if where is not None:
         return words + where
-    return words + (verb(ctx, group) if ctx.chance(0.4) else []) + stuff_phrase(ctx, group.stuff)
+    return words + (verb(ctx, group) if ctx.chance(0.4) else []) + stuff_phrase(ctx, [group])
 
 
 @register_template("relation", 3.0)
@@ -263,7 +186,7 @@ def relation(ctx: Context) -> Words | None:
         return None
     a, b, rel = ctx.pick(pairs)
     words = noun_phrase(ctx, a) + relation_words(ctx, rel, a.boxes + b.boxes) + noun_phrase(ctx, b)
-    return words + (stuff_phrase(ctx, b.stuff) if ctx.chance(0.4) else [])
+    return words + (stuff_phrase(ctx, [b]) if ctx.chance(0.4) else [])
 
 
 @register_template("relation_clause", 1.5)
@@ -273,7 +196,7 @@ def relation_clause(ctx: Context) -> Words | None:
     if not pairs:
         return None
     a, b, rel = ctx.pick(pairs)
-    lead = stuff_phrase(ctx, a.stuff) if ctx.chance(0.3) else []
+    lead = stuff_phrase(ctx, [a]) if ctx.chance(0.3) else []
     return (lead + noun_phrase(ctx, a) + function_words(copula(a))
             + relation_words(ctx, rel, a.boxes + b.boxes) + noun_phrase(ctx, b))
 
@@ -286,7 +209,7 @@ def there_is(ctx: Context) -> Words | None:
     a, b = (ctx.groups[i] for i in ctx.rng.choice(len(ctx.groups), size=2, replace=False))
     words = there_be(a) + noun_phrase(ctx, a) + function_words("and") + noun_phrase(ctx, b)
     if a.stuff == b.stuff and ctx.chance(0.7):
-        words += stuff_phrase(ctx, a.stuff)
+        words += stuff_phrase(ctx, [a, b])
     return words
 
 
@@ -300,23 +223,24 @@ def photo_of(ctx: Context) -> Words | None:
     if others and ctx.chance(0.6):
         b = ctx.pick(others)
         words += noun_phrase(ctx, a) + function_words("and") + noun_phrase(ctx, b)
-        return words + (stuff_phrase(ctx, a.stuff) if a.stuff == b.stuff and ctx.chance(0.6) else [])
-    return words + noun_phrase(ctx, a) + (stuff_phrase(ctx, a.stuff) if ctx.chance(0.6) else [])
+        return words + (stuff_phrase(ctx, [a, b]) if a.stuff == b.stuff and ctx.chance(0.6) else [])
+    return words + noun_phrase(ctx, a) + (stuff_phrase(ctx, [a]) if ctx.chance(0.6) else [])
 
 
 @register_template("stuff_first", 1.5)
 def stuff_first(ctx: Context) -> Words | None:
     """``on the beach there are two dogs and a ball``, ``in the sky a kite is flying``."""
     a = ctx.pick(ctx.groups)
-    lead = stuff_phrase(ctx, a.stuff)
+    lead = stuff_phrase(ctx, [a])
     action = verb(ctx, a)
     if action and ctx.chance(0.4):
         return lead + noun_phrase(ctx, a) + function_words(copula(a)) + action
     same = [g for g in ctx.groups if g is not a and g.stuff == a.stuff]
-    words = lead + there_be(a) + noun_phrase(ctx, a)
+    words = there_be(a) + noun_phrase(ctx, a)
     if same and ctx.chance(0.5):
-        words += function_words("and") + noun_phrase(ctx, ctx.pick(same))
-    return words
+        b = ctx.pick(same)
+        return said_of(lead, [a, b]) + words + function_words("and") + noun_phrase(ctx, b)
+    return lead + words
 
 
 @register_template("position", 1.5)
@@ -334,13 +258,13 @@ def position(ctx: Context) -> Words | None:
 @register_template("above_stuff", 1.5)
 def above_stuff(ctx: Context) -> Words | None:
     """``two yellow balloons above the water``, ``a plane flying over the beach``."""
-    options = [(g, s) for g in ctx.groups for s in stuff_below(ctx, g)]
+    options = [(g, s) for g in ctx.groups for s in stuff_below(g, ctx.objects)]
     if not options:
         return None
     group, stuff = ctx.pick(options)
     noun = ctx.pick(STUFF[ctx.objects[stuff].category].nouns)
     words = noun_phrase(ctx, group) + (verb(ctx, group) if ctx.chance(0.4) else [])
-    return (words + [WordLink(ctx.pick(("above", "over")), "relation", group.boxes + (stuff,))]
+    return (words + [WordLink(ctx.pick(RELATION_WORDS["above"]), "relation", group.boxes + (stuff,))]
             + function_words("the") + [WordLink(noun, "stuff", (stuff,))])
 
 
@@ -356,22 +280,6 @@ def pair_relation(ctx: Context) -> Words | None:
         return None
     return (noun_phrase(ctx, a) + function_words("and") + noun_phrase(ctx, b)
             + relation_words(ctx, ctx.pick(found), a.boxes + b.boxes + c.boxes) + noun_phrase(ctx, c))
-
-
-def scene_groups(objects: list[SceneObject]) -> list[Group]:
-    """The object groups of a scene, in group order."""
-    manifest = load_manifest()
-    members: dict[int, list[int]] = {}
-    for i, obj in enumerate(objects):
-        if obj.kind == "object" and obj.group is not None:
-            members.setdefault(obj.group, []).append(i)
-    groups = []
-    for _, idx in sorted(members.items()):
-        first = objects[idx[0]]
-        assert first.stuff is not None, "every object stands in a stuff region"
-        groups.append(Group(manifest[first.category], first.colour, first.size, tuple(idx),
-                            tuple(objects[i].box for i in idx), first.stuff))
-    return groups
 
 
 def make_captions(rng: np.random.Generator, objects: list[SceneObject], width: int, height: int,
@@ -402,7 +310,7 @@ def make_captions(rng: np.random.Generator, objects: list[SceneObject], width: i
         if caption.text in seen and attempt < 150:
             continue
         seen.add(caption.text)
-        captions.append(caption)
+        captions.append(dataclasses.replace(caption, claims=claims_for(words, objects)))
     distinct = len(captions)
     while len(captions) < n:  # a scene with few, plain groups can run out of distinct captions
         captions.append(captions[len(captions) % distinct])

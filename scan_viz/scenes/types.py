@@ -19,11 +19,17 @@ OBJECT_KINDS = ("object", "stuff")
 
 @dataclasses.dataclass(frozen=True)
 class WordLink:
-    """One caption word as the tokenizer sees it, its role, and the indices of the scene boxes it refers to."""
+    """One caption word as the tokenizer sees it, its role, and the indices of the scene boxes it refers to.
+
+    ``subjects``, for the stuff word of a phrase like "on the grass": the boxes of the groups the phrase is
+    said of, as the grammar meant it. Not exported: a caption's claims carry it (and can re-derive it, see
+    :func:`scan_viz.scenes.claims.claims_for`).
+    """
 
     word: str
     type: str
     boxes: tuple[int, ...] = ()
+    subjects: tuple[int, ...] = dataclasses.field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict ``{"word", "type", "boxes"}``."""
@@ -32,10 +38,14 @@ class WordLink:
 
 @dataclasses.dataclass(frozen=True)
 class Caption:
-    """A caption: ``text`` is exactly ``" ".join(w.word for w in words)``."""
+    """A caption: ``text`` is exactly ``" ".join(w.word for w in words)``; ``claims`` what it says of a scene.
+
+    ``claims`` is the JSON-ready dict of :func:`scan_viz.scenes.claims.claims_for` (None until attached).
+    """
 
     text: str
     words: tuple[WordLink, ...]
+    claims: dict[str, Any] | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def from_words(cls, words: list[WordLink] | tuple[WordLink, ...]) -> Caption:
@@ -43,8 +53,11 @@ class Caption:
         return cls(" ".join(w.word for w in words), tuple(words))
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict ``{"text", "words": [...]}``."""
-        return {"text": self.text, "words": [w.to_json() for w in self.words]}
+        """JSON-ready dict ``{"text", "words": [...], "claims": {...}}`` (no ``claims`` when there are none)."""
+        out: dict[str, Any] = {"text": self.text, "words": [w.to_json() for w in self.words]}
+        if self.claims is not None:
+            out["claims"] = self.claims
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
