@@ -315,8 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-timeout", type=float, default=120, help="seconds a page may take to show its score")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server")
     args = parser.parse_args(argv)
-    # stop the server on a plain `kill` too (the default SIGTERM action would skip the `finally` below)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not CHROMIUM.is_file():
         print(f"error: {CHROMIUM} not found (apt-get install chromium, or set CHROMIUM)", file=sys.stderr)
         return 2
@@ -325,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     links = Links()
     log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench_load_{os.getpid()}.log"
     server = Server(args.port or free_port(), args.threads, log)
+
+    def stop(*_) -> None:  # a plain `kill` stops the server too; Chromium's driver exits with this process
+        server.stop()
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.wait()
         load = os.getloadavg()[0]
