@@ -262,6 +262,17 @@ def test_path_form_is_off_by_default_and_no_server_path_is_shown(app, bundle):
     assert served["model"] == bundle.model.name and served["detector for uploads"] == bundle.detector.name
 
 
+def test_sources_put_in_the_session_any_other_way_are_checked_too(app, bundle):
+    """The check sits where every page loads its bundle, not only behind the form: the model is the operator's own
+    and passes, the regions folder is a server path and is refused."""
+    app.session_state[state.SOURCES_KEY] = Sources.user_data(str(bundle.model), None, str(bundle.gallery / "regions"),
+                                                             str(bundle.gallery / "images"))
+    at = app.run()
+    no_exception(at)
+    assert len(at.error) == 1 and at.error[0].value.startswith("Region features: reading files on this server is off")
+    assert not at.get("metric") and str(bundle.root) not in page_text(at)
+
+
 def test_path_form_with_allowed_roots_refuses_traps_quickly(app, bundle, server_files, monkeypatch):
     root, outside = server_files
     monkeypatch.setenv(ENV_ALLOWED_ROOTS, str(root))
