@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
 from scan_viz.io import atomic_path
+from scan_viz.safe_paths import read_text, regular_file
 
 __all__ = [
     "CONFIG_FILE", "IMAGE_PREFIX", "TEXT_PREFIX", "VOCAB_FILE", "WEIGHTS_FILE", "OfficialCheckpoint",
@@ -184,8 +185,9 @@ def load_official_checkpoint(path: str | os.PathLike) -> OfficialCheckpoint:
     raw = {_text(key): value for key, value in raw.items()}
     missing = [key for key in ("model", "opt") if key not in raw]
     if missing:
-        raise ScanVizError(f"{source} has no {' or '.join(repr(m) for m in missing)} entry (it has: "
-                           f"{', '.join(map(str, list(raw)[:8]))}); it is not a checkpoint saved by SCAN's train.py")
+        # the keys it does have are not quoted: no message repeats what a file holds
+        raise ScanVizError(f"{source} has no {' or '.join(repr(m) for m in missing)} entry ({len(raw)} other "
+                           "entries); it is not a checkpoint saved by SCAN's train.py")
     model = raw["model"]
     if not (isinstance(model, (list, tuple)) and len(model) == 2 and all(isinstance(s, Mapping) for s in model)):
         raise ScanVizError(f"{source}: 'model' should be a list of two state dicts [image encoder, text encoder], "
@@ -217,6 +219,7 @@ def _restricted_torch_load(path: Path) -> Any:
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise ScanVizError(f"checkpoint {path} {what}: pass the model_best.pth.tar file written by SCAN's train.py")
+    regular_file(path, "checkpoint")
     try:
         with open(path, "rb"):
             pass
@@ -410,13 +413,13 @@ def convert_official(checkpoint_path: str | os.PathLike, vocab_path: str | os.Pa
 
 def _vocab_size(path: Path) -> int:
     """Words in an official vocabulary JSON: ``len(word2idx)``, as the official ``len(vocab)``, else ``idx``."""
+    if not path.exists():
+        raise ScanVizError(f"cannot read vocabulary {path}: it does not exist")
     try:
-        vocab = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScanVizError(f"cannot read vocabulary {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScanVizError(f"vocabulary {path} is not valid JSON ({exc}); pass the *_vocab.json file of the "
-                           "dataset the model was trained on") from None
+        vocab = json.loads(read_text(path, "vocabulary"))
+    except json.JSONDecodeError as exc:
+        raise ScanVizError(f"vocabulary {path} is not valid JSON ({exc.msg} at line {exc.lineno}); pass the "
+                           "*_vocab.json file of the dataset the model was trained on") from None
     if isinstance(vocab, dict) and isinstance(vocab.get("word2idx"), dict):
         return len(vocab["word2idx"])
     if isinstance(vocab, dict) and isinstance(vocab.get("idx"), int) and not isinstance(vocab["idx"], bool):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from scan_viz.errors import ScanVizError
+from scan_viz.safe_paths import MAX_CONFIG_BYTES, read_text
 
 RAW_FEATURE_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm")
 AGG_FUNCS = ("LogSumExp", "Mean", "Max", "Sum")
@@ -124,9 +125,9 @@ class ScanConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ScanConfig":
         try:
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ScanVizError(f"cannot read model config {path}: {exc}") from exc
+            values = json.loads(read_text(path, "model config", max_bytes=MAX_CONFIG_BYTES))
+        except json.JSONDecodeError as exc:
+            raise ScanVizError(f"cannot read model config {path}: {exc}") from None
         if not isinstance(values, dict):
             raise ScanVizError(f"model config {path} is not a JSON object")
         return cls.from_dict(values)

@@ -9,6 +9,10 @@ Formats:
 
 Images with fewer regions than the largest one are padded with zero features and zero boxes; ``n_boxes`` says
 how many regions of each image are real. numpy only, so data handling never needs torch.
+
+Every file is checked to be a regular file before it is opened (a named pipe or a device is refused, never read),
+and no error message quotes what a file holds, only where (file, line, row) and what was expected: these loaders
+also read files that a visitor of the app named.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import numpy as np
 
 from scan_viz.errors import ScanVizError
 from scan_viz.io import write_dir_atomic
+from scan_viz.safe_paths import GB, read_text, regular_file
 
 CAPTIONS_PER_IMAGE = 5
 TSV_COLUMNS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
@@ -33,6 +38,8 @@ NPZ_KEYS = ("x", "bbox", "num_bbox", "image_h", "image_w")
 SAVED_FORMAT = "scan_viz.regions"
 SAVED_VERSION = 1
 # generate_tsv.py writes one file per GPU, named `{outfile}.{gpu_id}`, next to the optional merged `{outfile}`.
+#: Bytes one .npz may decompress to (36 regions x 2048 float32 features are 0.3 MB): a zip bomb is refused unread.
+MAX_NPZ_BYTES = 1 * GB
 _TSV_NAME = re.compile(r".*\.tsv(\.\d+)?$")
 
 PathLike = str | os.PathLike
@@ -88,7 +95,8 @@ class RegionStore:
         self._index = {}
         for i, image_id in enumerate(self.ids):
             if self._index.setdefault(image_id, i) != i:
-                raise ScanVizError(f"image id {image_id!r} appears twice; image ids must be unique")
+                raise ScanVizError(f"rows {self._index[image_id]} and {i} have the same image id; image ids must be "
+                                   "unique")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -254,8 +262,7 @@ def _stack_images(images: list[_ImageRegions]) -> RegionStore:
         im = images.pop()
         if im.image_id in seen:
             raise ScanVizError(
-                f"{im.where}: image id {im.image_id!r} was already read at {seen[im.image_id]}; remove the duplicate "
-                "file or row"
+                f"{im.where}: its image id was already read at {seen[im.image_id]}; remove the duplicate file or row"
             )
         seen[im.image_id] = im.where
         n = im.features.shape[0]
@@ -275,8 +282,8 @@ def _parse_int(text: bytes | str, what: str, where: str) -> int:
     except ValueError:
         value = float("nan")
     if not np.isfinite(value) or value != int(value) or value < 0:
-        raise ScanVizError(f"{where}: {what} is {text!r}, not a non-negative integer; the file is not a valid "
-                           "generate_tsv.py TSV")
+        raise ScanVizError(f"{where}: {what} is not a non-negative integer; the file is not a valid bottom-up-attention "
+                           "region file")
     return int(value)
 
 
@@ -347,12 +354,17 @@ def load_bottomup_tsv(path_or_paths: PathLike | Sequence[PathLike]) -> RegionSto
 
 def _read_npz(path: Path) -> _ImageRegions:
     where = str(path)
+    regular_file(path, "region file")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [key for key in NPZ_KEYS if key not in npz.files]
             if missing:
                 raise ScanVizError(f"{where}: missing key(s) {', '.join(missing)}; expected {', '.join(NPZ_KEYS)} as "
                                    "written by bottom-up-attention.pytorch")
+            # the sizes the zip declares bound what reading can allocate (zipfile stops at the declared size)
+            if sum(info.file_size for info in npz.zip.infolist()) > MAX_NPZ_BYTES:
+                raise ScanVizError(f"{where}: decompresses to more than {MAX_NPZ_BYTES >> 30} GB; one image's regions "
+                                   "are a few MB, so this is not a bottom-up-attention.pytorch file")
             x, bbox = np.asarray(npz["x"]), np.asarray(npz["bbox"])
             num_boxes = _parse_int(str(np.asarray(npz["num_bbox"]).reshape(-1)[0]), "num_bbox", where)
             height = _parse_int(str(np.asarray(npz["image_h"]).reshape(-1)[0]), "image_h", where)
@@ -360,7 +372,9 @@ def _read_npz(path: Path) -> _ImageRegions:
     except ScanVizError:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, IndexError) as exc:
-        raise ScanVizError(f"{where}: not a readable .npz file ({exc}); re-run the extractor for this image") from None
+        # numpy's messages can quote the file's first bytes; name only the kind of failure
+        raise ScanVizError(f"{where}: not a readable .npz file ({type(exc).__name__}); re-run the extractor for this "
+                           "image") from None
     if x.ndim != 2 or num_boxes not in x.shape:
         raise ScanVizError(f"{where}: x has shape {x.shape}, which does not match num_bbox={num_boxes}; expected "
                            "(num_bbox, img_dim) features")
@@ -459,8 +473,9 @@ def load_saved_regions(path: PathLike) -> RegionStore:
 
     if not path.is_dir():
         raise ScanVizError(f"{path} not found; pass a folder written by save_regions()")
+    name = "ids.json"
     try:
-        meta = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        meta = json.loads(read_text(path / name, "region-store header"))
         if not isinstance(meta, dict) or meta.get("format") != SAVED_FORMAT or not isinstance(meta.get("ids"), list):
             raise corrupt("ids.json is not a scan_viz region-store header")
         if meta.get("version") != SAVED_VERSION:
@@ -468,14 +483,18 @@ def load_saved_regions(path: PathLike) -> RegionStore:
                                f"version {SAVED_VERSION}, so rebuild it with save_regions()")
         names = ["features", "n_boxes"] + ["boxes"] * bool(meta.get("has_boxes")) + \
             ["image_sizes"] * bool(meta.get("has_image_sizes"))
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r" if name == "features" else None,
-                                allow_pickle=False) for name in names}
+        arrays = {}
+        for array in names:
+            name = f"{array}.npy"
+            if not (path / name).exists():
+                raise corrupt(f"{name} is missing")
+            regular_file(path / name, "region-store array")
+            arrays[array] = np.load(path / name, mmap_mode="r" if array == "features" else None, allow_pickle=False)
     except ScanVizError:
         raise
-    except FileNotFoundError as exc:
-        raise corrupt(f"{Path(exc.filename).name} is missing") from None
     except (ValueError, OSError, EOFError) as exc:
-        raise corrupt(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        # numpy's messages can quote the file's first bytes; name only the file and the kind of failure
+        raise corrupt(f"{name} cannot be read ({type(exc).__name__})") from None
     if arrays["features"].dtype == np.float16:
         arrays["features"] = np.asarray(arrays["features"], dtype=np.float32)
     try:

@@ -17,19 +17,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from scan_viz.data import RegionStore, load_saved_regions
 from scan_viz.errors import ScanVizError
+from scan_viz.safe_paths import MB, read_text
 
 GALLERY_FORMAT = "scan-viz-gallery/1"
 GALLERY_FILE = "gallery.json"
 REGIONS_DIR = "regions"
 LABELS_FILE = "region_labels.json"
 REBUILD_HINT = "rebuild it with `python -m scan_viz.train.bundle` (see pretrained/README.md)"
+#: gallery.json of the bundled 1,000 images is 3.5 MB.
+MAX_RECORDS_BYTES = 256 * MB
 
 
 @dataclasses.dataclass
@@ -111,25 +114,35 @@ def load_gallery(path: str | Path) -> Gallery:
     root = Path(path)
     if not (root / GALLERY_FILE).is_file():
         raise ScanVizError(f"{root} is not a gallery (no {GALLERY_FILE}); {REBUILD_HINT}")
-    try:
-        meta = json.loads((root / GALLERY_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScanVizError(f"{root / GALLERY_FILE} is unreadable ({exc}); {REBUILD_HINT}") from None
+    meta = _read_json(root / GALLERY_FILE)
     if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT or not isinstance(meta.get("images"), list):
         raise ScanVizError(f"{root / GALLERY_FILE} is not a {GALLERY_FORMAT} file; {REBUILD_HINT}")
     records = meta["images"]
-    for r in records:
+    for n, r in enumerate(records, start=1):
         if not isinstance(r, dict) or not {"id", "file", "captions"} <= set(r):
             raise ScanVizError(f"{root / GALLERY_FILE}: an image record lacks id/file/captions; {REBUILD_HINT}")
-        if not (root / r["file"]).is_file():
-            raise ScanVizError(f"gallery image {r['file']} is missing; {REBUILD_HINT}")
+        # an image file must lie inside the gallery folder, whoever wrote gallery.json; records are not quoted
+        file = PurePosixPath(str(r["file"]))
+        if file.is_absolute() or ".." in file.parts or not (root / file).is_file():
+            raise ScanVizError(f"{root / GALLERY_FILE}: the image of record {n} is missing or outside the gallery "
+                               f"folder; {REBUILD_HINT}")
     regions = load_saved_regions(root / REGIONS_DIR)
     if regions.ids != [r["id"] for r in records]:
         raise ScanVizError(f"{root}: the region store's image ids do not match {GALLERY_FILE}; {REBUILD_HINT}")
     labels = None
     if (root / REGIONS_DIR / LABELS_FILE).is_file():
-        labels = json.loads((root / REGIONS_DIR / LABELS_FILE).read_text(encoding="utf-8"))
+        labels = _read_json(root / REGIONS_DIR / LABELS_FILE)
+        if not (isinstance(labels, list) and len(labels) == len(records)):
+            raise ScanVizError(f"{root / REGIONS_DIR / LABELS_FILE} does not hold one list of region labels per "
+                               f"image; {REBUILD_HINT}")
     return Gallery(root, str(meta.get("name", root.name)), records, regions, labels)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_text(path, "gallery file", max_bytes=MAX_RECORDS_BYTES))
+    except json.JSONDecodeError as exc:
+        raise ScanVizError(f"{path} is unreadable ({exc}); {REBUILD_HINT}") from None
 
 
 def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]], images: list[np.ndarray | bytes],

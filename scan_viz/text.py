@@ -20,6 +20,7 @@ import numpy as np
 from nltk.tokenize import NLTKWordTokenizer
 
 from scan_viz.errors import ScanVizError
+from scan_viz.safe_paths import read_text
 
 PAD = "<pad>"
 START = "<start>"
@@ -163,7 +164,7 @@ def _table_problem(word2idx: Mapping[str, int]) -> str | None:
     seen: dict[int, str] = {}
     for word, index in word2idx.items():
         if index in seen:
-            return f"index {index} is used by both {seen[index]!r} and {word!r}"
+            return f"index {index} is used by two words"
         seen[index] = word
     if max(seen) != len(seen) - 1:
         return f"indices must run from 0 to {len(seen) - 1} without gaps (the largest is {max(seen)})"
@@ -220,21 +221,18 @@ class Vocabulary:
         """
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ScanVizError(f"vocabulary file {path} does not exist: check the path") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ScanVizError(f"cannot read vocabulary file {path} ({error}): check the path") from None
+            data = json.loads(read_text(path, "vocabulary file"))
         except json.JSONDecodeError as error:
             raise _vocab_error(path, f"invalid JSON at line {error.lineno} ({error.msg})") from None
         if not isinstance(data, dict) or not isinstance(data.get("word2idx"), dict):
             raise _vocab_error(path, 'it has no "word2idx" object')
 
         word2idx: dict[str, int] = {}
-        for word, value in data["word2idx"].items():
+        for n, (word, value) in enumerate(data["word2idx"].items(), start=1):
             index = _as_index(value)
             if index is None:
-                raise _vocab_error(path, f"word {word!r} has index {value!r}, not a non-negative integer")
+                # no message quotes the file's words: the file may be anything a visitor pointed at
+                raise _vocab_error(path, f"entry {n} of word2idx has an index that is not a non-negative integer")
             word2idx[word] = index
         problem = _table_problem(word2idx)
         if problem is not None:
@@ -247,18 +245,17 @@ class Vocabulary:
         if idx2word is not None:
             if not isinstance(idx2word, dict):
                 raise _vocab_error(path, '"idx2word" is not an object')
-            for key, word in idx2word.items():
+            for n, (key, word) in enumerate(idx2word.items(), start=1):
                 index = _as_index(key)
                 if index is None:
-                    raise _vocab_error(path, f"idx2word key {key!r} is not a non-negative integer")
+                    raise _vocab_error(path, f"key {n} of idx2word is not a non-negative integer")
                 if vocab.idx2word.get(index) != word:
-                    raise _vocab_error(path, f"idx2word[{key!r}] is {word!r} but word2idx gives "
-                                             f"{vocab.idx2word.get(index)!r}")
+                    raise _vocab_error(path, f"idx2word and word2idx disagree on the word of index {index}")
             if len(idx2word) != len(vocab):
                 raise _vocab_error(path, f"idx2word has {len(idx2word)} entries, word2idx {len(vocab)}")
         size = data.get("idx")
         if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size != len(vocab)):
-            raise _vocab_error(path, f'"idx" is {size!r} but the vocabulary has {len(vocab)} words')
+            raise _vocab_error(path, f'"idx" is not {len(vocab)}, the number of words in word2idx')
         return vocab
 
     def save(self, path: str | Path) -> None:

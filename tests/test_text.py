@@ -242,11 +242,11 @@ def with_entry(word: str, index: object) -> dict[str, object]:
         (json.dumps({"word2idx": {**OFFICIAL_WORDS, "<end>": 9, "zzz": 2}}), "<end> has index 9"),
         (json.dumps({"word2idx": with_entry("zzz", "nine")}), "not a non-negative integer"),
         (json.dumps({"word2idx": with_entry("zzz", 1.5)}), "not a non-negative integer"),
-        (json.dumps({"word2idx": with_entry("zzz", 4)}), "index 4 is used by both"),
+        (json.dumps({"word2idx": with_entry("zzz", 4)}), "index 4 is used by two words"),
         (json.dumps({"word2idx": with_entry("zzz", 12)}), "without gaps"),
-        (json.dumps({"word2idx": OFFICIAL_WORDS, "idx2word": {"0": "<pad>", "4": "dog"}}), "idx2word['4']"),
-        (json.dumps({"word2idx": OFFICIAL_WORDS, "idx2word": {"x": "dog"}}), "idx2word key 'x'"),
-        (json.dumps({"word2idx": OFFICIAL_WORDS, "idx": 100}), '"idx" is 100'),
+        (json.dumps({"word2idx": OFFICIAL_WORDS, "idx2word": {"0": "<pad>", "4": "dog"}}), "disagree on the word of index 4"),
+        (json.dumps({"word2idx": OFFICIAL_WORDS, "idx2word": {"x": "dog"}}), "key 1 of idx2word"),
+        (json.dumps({"word2idx": OFFICIAL_WORDS, "idx": 100}), '"idx" is not 9'),
     ],
 )
 def test_load_rejects_broken_files(tmp_path: Path, content: str, message: str) -> None:
@@ -256,6 +256,7 @@ def test_load_rejects_broken_files(tmp_path: Path, content: str, message: str) -
         Vocabulary.load(path)
     text = str(error.value)
     assert message in text and str(path) in text and "\n" not in text
+    assert "zzz" not in text and "dog" not in text  # the file's words are never quoted
 
 
 def test_load_missing_file(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """What the app serves: a model, a gallery encoded by it, and (for uploads) its detector, named by ``Sources``.
 
 The sources come from the environment (``SCAN_VIZ_MODEL``, ``SCAN_VIZ_GALLERY``, ``SCAN_VIZ_DETECTOR``; default:
-the bundled model and gallery) or from the Model page, where a user names an official checkpoint, its vocabulary,
-region features with boxes and a folder of images. Loading checks that the pieces fit together and says what to
-change when they do not. No Streamlit here: :mod:`scan_viz.app.state` caches these calls per process.
+the bundled model and gallery): the operator's, always allowed. A visitor picks other sources on the Model page:
+a bundled model, files they upload (:mod:`scan_viz.app.user_files`), or, only where the operator lists folders in
+``SCAN_VIZ_ALLOWED_ROOTS``, paths inside those folders; :func:`check_visitor_sources` enforces that before anything
+is read. Loading checks that the pieces fit together and says what to change when they do not. No Streamlit here:
+:mod:`scan_viz.app.state` caches these calls per process.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery, load_gallery
 from scan_viz.model import PRETRAINED_DIR, ScanModel, load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL, GalleryIndex
+from scan_viz.safe_paths import ALLOWANCES, ENV_ALLOWED_ROOTS, AllowedRoots
 
 ENV_MODEL = "SCAN_VIZ_MODEL"
 ENV_VOCAB = "SCAN_VIZ_VOCAB"
@@ -36,7 +39,8 @@ class Sources:
 
     Either ``gallery`` (a gallery folder) or ``regions`` + ``images`` (a user's region features, TSV or a folder
     of ``.npz``, and the images they were extracted from) name the gallery. ``vocab`` is needed for an official
-    checkpoint file; ``detector`` overrides the detector the model's config names.
+    checkpoint file; ``detector`` overrides the detector the model's config names. ``label`` names the model on
+    screen instead of its file name (uploads).
     """
 
     model: str = DEFAULT_MODEL
@@ -45,6 +49,7 @@ class Sources:
     regions: str | None = None
     images: str | None = None
     detector: str | None = None
+    label: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Sources:
@@ -74,6 +79,9 @@ class Sources:
         return dataclasses.astuple(self)
 
     def model_label(self) -> str:
+        """The model's name for the screen: a label, a bundled name or a file name, never a folder path."""
+        if self.label:
+            return self.label
         return Path(self.model).name if os.sep in self.model else self.model
 
     def gallery_label(self) -> str:
@@ -127,11 +135,12 @@ def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | 
         raise ScanVizError(f"images folder {folder} {'is a file' if folder.exists() else 'does not exist'}: "
                            "give the folder that holds the images the features were extracted from")
     files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
-    missing = [image_id for image_id in store.ids if image_id not in files]
+    missing = [row for row, image_id in enumerate(store.ids, start=1) if image_id not in files]
     if missing:
+        # ids come from the region file: its position is named, never its content
         raise ScanVizError(f"{len(missing)} of the {len(store)} images of the region features have no image file in "
-                           f"{folder} (e.g. id {missing[0]!r}; found {len(files)} images): name each image by its "
-                           "feature id, e.g. {id}.jpg")
+                           f"{folder} (the first is feature row {missing[0]}): name each image by its feature id, "
+                           "e.g. {id}.jpg")
     records = []
     for row, image_id in enumerate(store.ids):
         if store.image_sizes is not None:
@@ -164,18 +173,56 @@ def load_bundle(sources: Sources) -> Bundle:
 
 
 def load_detector_for(model: ScanModel, sources: Sources):
-    """The detector for uploads: the sources' one, else the one the model's config names."""
+    """The detector for uploads: the sources' one, else the one the model's config names.
+
+    A visitor's model may name only a bundled detector: its config is the visitor's text, not a path to trust.
+    """
     from scan_viz.pipeline import detector_for
 
+    if sources.detector is None and not operator_model(sources):
+        name = str(model.config.extra.get("detector") or "")
+        if name and (Path(name).name != name or not (PRETRAINED_DIR / name).is_dir()):
+            raise ScanVizError("your model's config names a detector that is not one of the bundled ones: give a "
+                               "detector folder on the Model page, or explore only the gallery images")
     return detector_for(model, sources.detector)
 
 
+#: What a visitor may name, per field of Sources: the kind of input of scan_viz.safe_paths.ALLOWANCES.
+VISITOR_INPUTS = {"model": "checkpoint", "vocab": "vocab", "gallery": "gallery", "regions": "regions",
+                  "images": "images", "detector": "detector"}
+PATHS_OFF = (f"reading files on this server is off: upload your files instead (the operator can allow folders with "
+             f"{ENV_ALLOWED_ROOTS})")
+
+
+def operator_model(sources: Sources) -> bool:
+    """Whether the sources' model is the operator's: the environment's or a bundled one."""
+    return sources.model == Sources.from_env().model or sources.model in bundled_models()
+
+
+def check_visitor_sources(sources: Sources, roots: AllowedRoots | None, uploads: AllowedRoots | None = None) -> None:
+    """Refuse sources that name server paths the operator did not allow; ScanVizError, and nothing is opened.
+
+    The operator's sources (the environment's and the bundled models) are always allowed. Any other path must
+    lie inside ``uploads`` (this visitor's own uploaded files) or ``roots`` (``SCAN_VIZ_ALLOWED_ROOTS``; None:
+    server paths are off), and pass :meth:`AllowedRoots.check` for its kind of input.
+    """
+    operator = Sources.from_env()
+    for name, kind in VISITOR_INPUTS.items():
+        value = getattr(sources, name)
+        if value is None or value == getattr(operator, name) or (name == "model" and value in bundled_models()):
+            continue
+        if uploads is not None and uploads.contains(value):
+            uploads.check(value, kind)
+        elif roots is None:
+            raise ScanVizError(f"{ALLOWANCES[kind].label}: {PATHS_OFF}")
+        else:
+            roots.check(value, kind)
+
+
 def detector_name(model: ScanModel, sources: Sources) -> str | None:
-    """The detector uploads would use, as a label (None when the model names none)."""
-    if sources.detector:
-        return sources.detector
-    name = model.config.extra.get("detector")
-    return str(name) if name else None
+    """The detector uploads would use, as a label: a folder's name, never its path (None when there is none)."""
+    name = sources.detector or model.config.extra.get("detector")
+    return Path(str(name)).name if name else None
 
 
 def model_domain(model: ScanModel) -> str | None:
@@ -217,10 +264,12 @@ def model_card(bundle: Bundle) -> dict[str, dict[str, Any]]:
     card = {title: {name: getattr(config, name) for name in names} for title, names in MODEL_CARD_SECTIONS.items()}
     card["Encoders"]["parameters"] = f"{n_parameters(bundle.model):,}"
     extra = {k: v for k, v in config.extra.items() if isinstance(v, (str, int, float, bool))}
+    # a config may hold paths of the machine it was trained on (a detector folder): show names only
+    extra = {k: Path(v).name if isinstance(v, str) and os.sep in v else v for k, v in extra.items()}
     card["Training"].update(extra)
     gallery = bundle.gallery
     card["Served"] = {
-        "model": bundle.sources.model,
+        "model": bundle.sources.model_label(),
         "gallery": gallery.name,
         "gallery images": len(gallery),
         "gallery captions": len(gallery.captions),

@@ -1,24 +1,29 @@
 """Model: the served model's card, and switching to another bundled model or to a user's checkpoint and data.
 
-A page script. A user's data is an official SCAN checkpoint (or a scan-viz model folder), its vocabulary,
-region features with boxes (bottom-up-attention TSV or a folder of ``.npz``) and the folder of the images
-they were extracted from, all given as paths on the machine that runs the app.
+A page script. A user's data is an official SCAN checkpoint (or a scan-viz model's files), its vocabulary,
+region features with boxes (bottom-up-attention TSV or ``.npz`` files) and the images they were extracted from.
+Visitors upload them through the browser; paths on the machine that runs the app are offered only where the
+operator lists the folders visitors may use in ``SCAN_VIZ_ALLOWED_ROOTS`` (:mod:`scan_viz.safe_paths`).
 """
 from __future__ import annotations
 
 import math
+import os
 
 import streamlit as st
 
-from scan_viz.app import state
+from scan_viz.app import state, user_files
 from scan_viz.app.bundle import Bundle, Sources, bundled_metrics, bundled_models, model_card
 from scan_viz.app.explore import forget_pair
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
-from scan_viz.pipeline import DEFAULT_GALLERY
+from scan_viz.safe_paths import ENV_ALLOWED_ROOTS, AllowedRoots
 
 KIND_KEY = "md_kind"
-BUNDLED, USER = "A bundled model", "Your checkpoint and data"
+BUNDLED, UPLOAD, SERVER = "A bundled model", "Upload your own", "Files on this server"
+PATHS_OFF_HELP = (f"Reading files on this server is off. The operator turns it on by starting the app with "
+                  f"`{ENV_ALLOWED_ROOTS}=/data/models{os.pathsep}/data/features` (the folders visitors may name). "
+                  "Meanwhile, choose **Upload your own**.")
 FIELDS = {  # widget key: (label, help)
     "md_checkpoint": ("Checkpoint", ("An official model_best.pth.tar, or a scan-viz model folder (config.json, "
                                      "model.safetensors, vocab.json).")),
@@ -33,6 +38,8 @@ FIELDS = {  # widget key: (label, help)
 }
 #: A successful switch's message, shown after the rerun that applies it.
 OUTCOME_KEY = "_md_outcome"
+#: Bumped after a successful upload, which gives the upload form fresh (empty) uploaders and frees the bytes.
+UPLOAD_ROUND_KEY = "_md_upload_round"
 
 
 def show_card(bundle: Bundle) -> None:
@@ -68,16 +75,31 @@ def show_card(bundle: Bundle) -> None:
         st.caption("Measure this model on the **Evaluate** page.")
 
 
-def switch_to(sources: Sources) -> None:
-    """Load ``sources`` and serve them to this user; any problem is one line and the old model stays."""
+def switch_to(sources: Sources, uploads: state.UploadFolder | None = None) -> None:
+    """Load ``sources`` and serve them to this user; any problem is one line and the old model stays.
+
+    ``uploads``: the folder holding the sources' uploaded files. On success it replaces this session's previous
+    upload folder (removed), on failure it is removed itself.
+    """
+    previous = st.session_state.get(state.UPLOADS_KEY)
+    if uploads is not None:
+        uploads.sources_key = sources.key()
+        st.session_state[state.UPLOADS_KEY] = uploads
     try:
         bundle = state.load_sources(sources)
-    except ScanVizError as exc:
-        st.error(str(exc))
+    except (ScanVizError, OSError) as exc:
+        if uploads is not None:
+            uploads.discard()
+            st.session_state[state.UPLOADS_KEY] = previous
+        if isinstance(exc, ScanVizError):
+            st.error(str(exc))
+        else:  # a path the operating system refuses (permissions): still the user's
+            st.error(f"cannot read the files: {exc.strerror or type(exc).__name__}")
         return
-    except OSError as exc:  # a path the operating system refuses (permissions, a device): still the user's
-        st.error(f"cannot read the files: {exc.strerror or exc}")
-        return
+    if previous is not None:  # serving something else now: the earlier upload goes
+        previous.discard()
+    if uploads is None:
+        st.session_state.pop(state.UPLOADS_KEY, None)
     st.session_state[state.SOURCES_KEY] = sources
     forget_pair()
     st.session_state[OUTCOME_KEY] = (f"Now serving {sources.model_label()} on {bundle.gallery.name} "
@@ -85,38 +107,101 @@ def switch_to(sources: Sources) -> None:
     st.rerun()
 
 
+def bundled_form(roots: AllowedRoots | None) -> None:
+    """A bundled model, on the default gallery or (where the operator allows server paths) another folder."""
+    names = bundled_models()
+    if not names:
+        st.info("No bundled model yet: build them with `python -m scan_viz.train.bundle`, or upload your own.")
+        return
+    operator = Sources.from_env()
+    with st.form("md_bundled"):
+        name = st.selectbox("Model", names, key="md_bundled_name")
+        gallery = detector = ""
+        if roots is not None:  # server paths: typed by the visitor, never prefilled with the server's own
+            gallery = st.text_input("Gallery folder on this server (optional)", key="md_gallery",
+                                    help="Leave empty for the gallery served by default.")
+            detector = st.text_input("Detector folder on this server (optional)", key="md_detector_bundled",
+                                     help="Leave empty for the detector the model's config names.")
+        if st.form_submit_button("Load", type="primary"):
+            switch_to(Sources(model=name, gallery=gallery.strip() or operator.gallery,
+                              detector=detector.strip() or operator.detector))
+
+
+def upload_form() -> None:
+    """The visitor's own checkpoint, vocabulary, region files and images, uploaded (size-limited)."""
+    round_ = st.session_state.get(UPLOAD_ROUND_KEY, 0)
+    with st.form(f"md_upload_{round_}"):
+        checkpoint = st.file_uploader(
+            "Checkpoint", type=list(user_files.CHECKPOINT_TYPES), accept_multiple_files=True,
+            max_upload_size=user_files.MAX_CHECKPOINT_MB, key=f"md_up_checkpoint_{round_}",
+            help="An official model_best.pth.tar (read with torch's weights-only loader), or a scan-viz model's "
+                 "config.json + model.safetensors (+ vocab.json).")
+        vocab = st.file_uploader("Vocabulary JSON", type=["json"], max_upload_size=user_files.MAX_VOCAB_MB,
+                                 key=f"md_up_vocab_{round_}",
+                                 help="The *_precomp_vocab.json the checkpoint was trained with.")
+        regions = st.file_uploader(
+            f"Region features with boxes (up to {user_files.MAX_REGIONS_MB} MB)", type=list(user_files.REGION_TYPES),
+            accept_multiple_files=True, max_upload_size=user_files.MAX_REGIONS_MB, key=f"md_up_regions_{round_}",
+            help="bottom-up-attention .tsv files, or one .npz per image from bottom-up-attention.pytorch.")
+        images = st.file_uploader(
+            f"Images (up to {user_files.MAX_IMAGES}, {user_files.MAX_IMAGE_MB} MB each)",
+            type=list(user_files.IMAGE_TYPES), accept_multiple_files=True, max_upload_size=user_files.MAX_IMAGE_MB,
+            key=f"md_up_images_{round_}", help="The images the features were extracted from, named by image id.")
+        submitted = st.form_submit_button("Load", type="primary")
+    if not submitted:
+        return
+
+    def uploads(files) -> list[user_files.Upload]:
+        return [user_files.Upload(f.name, f.getvalue()) for f in files or []]
+
+    folder = state.UploadFolder()
+    try:
+        sources = user_files.stage_upload(folder.path, uploads(checkpoint), (uploads([vocab]) or [None])[0],
+                                          uploads(regions), uploads(images))
+    except (ScanVizError, OSError) as exc:
+        folder.discard()
+        st.error(str(exc) if isinstance(exc, ScanVizError) else "cannot store the upload: try again later")
+        return
+    st.session_state[UPLOAD_ROUND_KEY] = round_ + 1
+    switch_to(sources, uploads=folder)
+
+
+def server_form(roots: AllowedRoots | None) -> None:
+    """Paths on the server, only inside the operator's allowed folders; off (with how to turn it on) otherwise."""
+    if roots is None:
+        st.info(PATHS_OFF_HELP)
+        return
+    st.caption(f"Paths inside the folders this server shares ({ENV_ALLOWED_ROOTS}); files are checked before "
+               "they are read.")
+    with st.form("md_user"):
+        values = {key: st.text_input(label, key=key, help=help) for key, (label, help) in FIELDS.items()}
+        submitted = st.form_submit_button("Load", type="primary")
+    if submitted:
+        try:
+            sources = Sources.user_data(values["md_checkpoint"], values["md_vocab"], values["md_regions"],
+                                        values["md_images"], values["md_detector"])
+        except ScanVizError as exc:
+            st.error(str(exc))
+        else:
+            switch_to(sources)
+
+
 def switch_form() -> None:
     st.subheader("Switch model")
-    kind = st.segmented_control("Serve", [BUNDLED, USER], key=KIND_KEY, required=True, default=BUNDLED,
+    roots = AllowedRoots.from_env()
+    kind = st.segmented_control("Serve", [BUNDLED, UPLOAD, SERVER], key=KIND_KEY, required=True, default=BUNDLED,
                                 persist_state="session")
     if kind == BUNDLED:
-        names = bundled_models()
-        if not names:
-            st.info("No bundled model yet: build them with `python -m scan_viz.train.bundle`, or load your own.")
-            return
-        with st.form("md_bundled"):
-            name = st.selectbox("Model", names, key="md_bundled_name")
-            served = state.active_sources()
-            gallery = st.text_input("Gallery folder", value=served.gallery or str(DEFAULT_GALLERY))
-            detector = st.text_input("Detector folder (optional)", value=served.detector or "",
-                                     help="Leave empty for the detector the model's config names.")
-            if st.form_submit_button("Load", type="primary"):
-                switch_to(Sources(model=name, gallery=gallery.strip() or str(DEFAULT_GALLERY),
-                                  detector=detector.strip() or None))
+        bundled_form(roots)
+    elif kind == UPLOAD:
+        upload_form()
     else:
-        with st.form("md_user"):
-            values = {key: st.text_input(label, key=key, help=help) for key, (label, help) in FIELDS.items()}
-            submitted = st.form_submit_button("Load", type="primary")
-        if submitted:
-            try:
-                sources = Sources.user_data(values["md_checkpoint"], values["md_vocab"], values["md_regions"],
-                                            values["md_images"], values["md_detector"])
-            except ScanVizError as exc:
-                st.error(str(exc))
-            else:
-                switch_to(sources)
+        server_form(roots)
     if state.SOURCES_KEY in st.session_state and st.button("Back to the default model"):
         del st.session_state[state.SOURCES_KEY]
+        uploads = st.session_state.pop(state.UPLOADS_KEY, None)
+        if uploads is not None:
+            uploads.discard()
         forget_pair()
         st.session_state[OUTCOME_KEY] = "Back to the default model."
         st.rerun()

@@ -8,22 +8,29 @@ that depend on a user's input are ``st.cache_data`` keyed by that input; what on
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import streamlit as st
 
-from scan_viz.app.bundle import Bundle, Sources, load_bundle, load_detector_for
+from scan_viz.app.bundle import Bundle, Sources, check_visitor_sources, load_bundle, load_detector_for
 from scan_viz.app.params import LAMBDA_RANGE, HeadSettings, selectable_heads
 from scan_viz.app.views import WordPanel, word_panels
 from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
 from scan_viz.errors import ScanVizError
+from scan_viz.safe_paths import AllowedRoots
 from scan_viz.types import Alignment, Regions
 
 T = TypeVar("T")
 
 SOURCES_KEY = "sources"
+#: This session's UploadFolder, and the sources key last checked against the allowed folders.
+UPLOADS_KEY, _CHECKED_KEY = "_uploads", "_checked_sources"
 #: Widget keys of the head controls (sidebar); Explore's deep link writes ``dir`` and ``head`` into them.
 HEAD_KEY, DIR_KEY, AGG_KEY = "ctl_head", "ctl_dir", "ctl_agg"
 LAMBDA_SOFTMAX_KEY, LAMBDA_LSE_KEY, NORM_KEY = "ctl_lambda_softmax", "ctl_lambda_lse", "ctl_norm"
@@ -51,9 +58,41 @@ def _loaded() -> set[tuple]:
     return set()
 
 
+class UploadFolder:
+    """A private folder (mode 0700) for one session's uploaded model and data.
+
+    Removed by :meth:`discard`, or when the session's state is dropped (the session ended) or the process exits.
+    """
+
+    def __init__(self) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="scan-viz-upload-"))
+        self.sources_key: tuple | None = None
+        self._remove = weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+    def discard(self) -> None:
+        """Remove the folder, and the bundle loaded from it from the process's cache."""
+        self._remove()
+        if self.sources_key is not None:
+            bundle_by_key.clear(self.sources_key)
+            _loaded().discard(self.sources_key)
+
+
+def upload_roots() -> AllowedRoots | None:
+    """This session's upload folder as the one root its uploaded sources may use, or None."""
+    folder = st.session_state.get(UPLOADS_KEY)
+    return AllowedRoots.of(folder.path) if folder is not None else None
+
+
 def load_sources(sources: Sources) -> Bundle:
-    """The bundle of ``sources``, loaded once per process; the first load shows its steps. Raises ScanVizError."""
+    """The bundle of ``sources``, loaded once per process; the first load shows its steps. Raises ScanVizError.
+
+    Sources other than the operator's are first checked against the allowed folders and this session's uploads
+    (:func:`~scan_viz.app.bundle.check_visitor_sources`), once per session and sources.
+    """
     key = sources.key()
+    if st.session_state.get(_CHECKED_KEY) != key:
+        check_visitor_sources(sources, AllowedRoots.from_env(), upload_roots())
+        st.session_state[_CHECKED_KEY] = key
     if key in _loaded():
         return bundle_by_key(key)
     with st.status(f"Loading {sources.model_label()} and the gallery {sources.gallery_label()}\u2026") as status:

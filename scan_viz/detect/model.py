@@ -34,6 +34,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from scan_viz.errors import ScanVizError
+from scan_viz.safe_paths import MAX_CONFIG_BYTES, read_text
 from scan_viz.io import atomic_path
 
 FORMAT = "scan_viz.detector"
@@ -382,8 +383,8 @@ def read_config(directory: str | Path) -> DetectorConfig:
         raise ScanVizError(f"{path} not found; pass a detector folder written by train_detector "
                            "(python -m scan_viz.detect train)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_text(path, "detector config", max_bytes=MAX_CONFIG_BYTES))
+    except ValueError as exc:
         raise ScanVizError(f"cannot read {path} ({exc}); retrain the detector or restore the file") from None
     return DetectorConfig.from_json(data, str(path))
 
