@@ -13,6 +13,7 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import Bundle, Sources, bundled_metrics, bundled_models, model_card
 from scan_viz.app.explore import forget_pair
+from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
 from scan_viz.pipeline import DEFAULT_GALLERY
@@ -37,7 +38,7 @@ OUTCOME_KEY = "_md_outcome"
 
 def show_card(bundle: Bundle) -> None:
     sources = bundle.sources
-    st.subheader(f"Serving {sources.model_label()}")
+    st.subheader(f"Serving {literal(sources.model_label())}")
     card = model_card(bundle)
     served = card.pop("Served")
     columns = st.columns(len(card))
@@ -73,14 +74,15 @@ def switch_to(sources: Sources) -> None:
     try:
         bundle = state.load_sources(sources)
     except ScanVizError as exc:
-        st.error(str(exc))
+        show_error(exc)
         return
     except OSError as exc:  # a path the operating system refuses (permissions, a device): still the user's
-        st.error(f"cannot read the files: {exc.strerror or exc}")
+        show_error(f"cannot read the files: {exc.strerror or exc}")
         return
     st.session_state[state.SOURCES_KEY] = sources
     forget_pair()
-    st.session_state[OUTCOME_KEY] = (f"Now serving {sources.model_label()} on {bundle.gallery.name} "
+    st.session_state[OUTCOME_KEY] = (f"Now serving {literal(sources.model_label())} on "
+                                    f"{literal(bundle.gallery.name)} "
                                     f"({len(bundle.gallery)} images).")
     st.rerun()
 
@@ -112,7 +114,7 @@ def switch_form() -> None:
                 sources = Sources.user_data(values["md_checkpoint"], values["md_vocab"], values["md_regions"],
                                             values["md_images"], values["md_detector"])
             except ScanVizError as exc:
-                st.error(str(exc))
+                show_error(exc)
             else:
                 switch_to(sources)
     if state.SOURCES_KEY in st.session_state and st.button("Back to the default model"):

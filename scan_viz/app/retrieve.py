@@ -11,6 +11,7 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, Bundle, ground_truth_images, search_gallery
 from scan_viz.app.params import DEFAULT_K, HeadSettings
+from scan_viz.app.safe_text import show_error
 from scan_viz.app.shell import open_in_explore
 from scan_viz.errors import ScanVizError
 
@@ -22,7 +23,7 @@ TICK, CROSS = "\u2705", "\u274c"
 
 def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     gallery = bundle.gallery
-    text = st.text_input("Sentence", key=QUERY_KEY, placeholder="e.g. a red car on the road", max_chars=500,
+    text = st.text_input("Sentence", key=QUERY_KEY, placeholder="e.g. a red car on the road",
                          persist_state="session").strip()
     examples = [gallery.captions[int(c)] for c in np.unique(gallery.caption_image, return_index=True)[1][:4]]
     if examples:
@@ -34,7 +35,7 @@ def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     try:
         results = state.top_images(bundle.key, text, k, settings.key())
     except ScanVizError as exc:
-        st.error(str(exc))
+        show_error(exc)
         return
     truth = ground_truth_images(gallery, text)
     if truth:
@@ -76,7 +77,7 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
         try:
             results = state.top_captions(bundle.key, image_id, k, settings.key())
         except ScanVizError as exc:
-            st.error(str(exc))
+            show_error(exc)
             return
         own = {int(c) for c in gallery.caption_indices_of(image_id)}
         found = [rank for rank, (c, _) in enumerate(results, 1) if c in own]
