@@ -292,7 +292,7 @@ def test_ablation_tab_shows_the_library_values(app, bundle):
     token, delta = min(result["words"], key=lambda wd: wd[1])
     said = " ".join(m.value for m in at.markdown)
     if delta < 0:
-        assert f"relies most on **{token}**: removing it lowers the score by {-delta:.4f}" in said
+        assert f"relies most on `{token}`: removing it lowers the score by {-delta:.4f}" in said
     else:
         assert "no word supports this match" in said
     assert any(f"Score {result['score']:.4f}." in c.value for c in at.caption)
@@ -369,7 +369,7 @@ def test_an_upload_is_marked_out_of_domain_with_the_model_cards_words(bundle, mo
     at.file_uploader[0].set_value(("photo.png", png_bytes(), "image/png")).run()
     no_exception(at)
     [note] = [w.value for w in at.warning if "Out of domain" in w.value]
-    assert "trained only on toy scenes of coloured shapes" in note and "carry little meaning" in note
+    assert "trained only on `toy scenes of coloured shapes`" in note and "carry little meaning" in note
     at.switch_page(PAGES["Model"]).run()
     shown = " ".join(str(v) for table in at.table for v in table.value.to_numpy().ravel())
     assert "toy scenes of coloured shapes" in shown  # the model card states it too

@@ -210,7 +210,7 @@ def test_a_link_sets_every_head_setting_and_is_written_back(app, bundle):
     model = load_model(bundle.model)
     expected = explain(model, gallery_regions(load_gallery(bundle.gallery), image_id), sentence,
                        wanted.build(model)).score
-    assert score(at) == float(f"{expected:.4f}")
+    assert score(at) == f"{expected:.4f}"
     assert dict(at.query_params) == link  # the app writes back exactly the state it shows
     # a reload (a new session on the same URL) shows the same
     again = open_link(AppTest.from_file(APP, default_timeout=TIMEOUT), **link)
@@ -316,7 +316,7 @@ def test_app_download_and_cli_give_the_same_result(app, bundle, downloads, tmp_p
     assert record["image"] == {"gallery": "app test gallery", "id": image_id}
     assert record["head_params"]["agg_func"] == "Max" and record["head_params"]["lambda_softmax"] == 4.5
     assert cli["score"] == pytest.approx(record["score"], abs=1e-6)
-    assert score(at) == float(f"{record['score']:.4f}") and printed.startswith(f"score {record['score']:.4f} ")
+    assert score(at) == f"{record['score']:.4f}" and printed.startswith(f"score {record['score']:.4f} ")
 
 
 def test_an_uploads_download_names_the_file(app, downloads):

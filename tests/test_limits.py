@@ -72,7 +72,7 @@ def run_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "scan_viz.cli", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=120)
+                          cwd=REPO, timeout=300)
     return done, time.perf_counter() - start
 
 
