@@ -6,8 +6,10 @@ import streamlit as st
 
 from scan_viz.app import shell
 
-st.set_page_config(page_title="scan-viz: SCAN attention explorer", page_icon=":material/image_search:",
-                   layout="wide")
+# a local icon: Streamlit fetches a ":material/...:" page icon from fonts.gstatic.com, and the app makes no
+# request off its own server
+st.set_page_config(page_title="scan-viz: SCAN attention explorer", page_icon=str(shell.FAVICON), layout="wide")
 page = st.navigation(shell.pages(), position="top")
 shell.before_page(page)
 page.run()
+shell.after_page(page)

@@ -11,6 +11,7 @@ import numpy as np
 
 from scan_viz.config import AGG_FUNCS, CROSS_ATTNS, RAW_FEATURE_NORMS
 from scan_viz.errors import ScanVizError, run_command
+from scan_viz.limits import MAX_WORDS
 
 
 def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -31,7 +32,6 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
 
 def _load(args: argparse.Namespace):
     from scan_viz.model import load_model
-
     from scan_viz.pipeline import DEFAULT_MODEL
 
     model = load_model(args.model or DEFAULT_MODEL, args.vocab)
@@ -181,22 +181,36 @@ def _write_json(path: str | None, result: dict) -> None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from scan_viz.images import load_image
-    from scan_viz.pipeline import detect, detector_for, explain
+    from scan_viz.limits import check_device, check_sentence
+
+    # every check that needs no model comes first, cheapest first (an image's size is read from its header,
+    # the sentence's length before NLTK loads), so a bad input is answered before torch loads
+    image = load_image(args.image) if args.image else None
+    check_sentence(args.text)
+    check_device(args.device)
+    from scan_viz.pipeline import (DEFAULT_GALLERY, DEFAULT_MODEL, alignment_json, detect, detector_for, explain,
+                                   gallery_regions)
     from scan_viz.render import figure_to_png, word_panels
 
-    if not args.text.strip():
-        raise ScanVizError("the sentence is empty: type a few words (--text)")
-    image = load_image(args.image)
     model, head = _load(args)
-    detector = detector_for(model, args.detector)
-    regions = detect(detector, image)
-    alignment = explain(model, regions, args.text, head)
+    if image is None:
+        from scan_viz.gallery import load_gallery
+
+        gallery = load_gallery(args.gallery or DEFAULT_GALLERY)
+        regions = gallery_regions(gallery, args.gallery_image)  # its stored regions, as the app uses them
+        image = gallery.load_image(args.gallery_image)
+        source = {"gallery": gallery.name, "id": args.gallery_image}
+    else:
+        regions = detect(detector_for(model, args.detector), image)
+        source = {"file": Path(args.image).name}
+    alignment = explain(model, regions, args.text, head, dtype=args.dtype, device=args.device)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ScanVizError(f"cannot create {out}: {exc.strerror or exc}") from None
-    _write_json(str(out / "alignment.json"), alignment.to_json())
+    model_name = args.model or DEFAULT_MODEL
+    _write_json(str(out / "alignment.json"), alignment_json(alignment, head, Path(model_name).name, source))
     from scan_viz.io import atomic_path
 
     with atomic_path(out / "heatmaps.png") as tmp:
@@ -258,8 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="one image + one sentence -> alignment.json and heatmaps.png")
     _add_model_args(p, model_required=False)
-    p.add_argument("--image", required=True, help="PNG, JPEG, WebP, ... file")
-    p.add_argument("--text", required=True, help="the sentence")
+    image = p.add_mutually_exclusive_group(required=True)
+    image.add_argument("--image", help="PNG, JPEG, WebP, ... file (its regions come from the detector)")
+    image.add_argument("--gallery-image", metavar="ID",
+                       help="a gallery image's id: its stored regions, as the app uses them (same score)")
+    p.add_argument("--gallery", help="the gallery of --gallery-image (default: the bundled one)")
+    p.add_argument("--text", required=True, help=f"the sentence (at most {MAX_WORDS} words)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--detector", help="detector folder (default: the one the model names)")
     p.set_defaults(func=cmd_explain)
@@ -278,9 +296,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checked(args: argparse.Namespace) -> int:
+    """Refuse unusable attention settings before any file or model is read, then run the command."""
+    from scan_viz.config import HEAD_PARAM_NUMBERS, check_head_param
+
+    for name in HEAD_PARAM_NUMBERS:
+        if getattr(args, name, None) is not None:
+            check_head_param(name, getattr(args, name))
+    return args.func(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(args.func, args)
+    return run_command(_checked, args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -32,6 +32,10 @@ class MatchingHead(abc.ABC):
     @abc.abstractmethod
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         """Peak intermediate memory one pair costs in :meth:`scores`, for sizing blocks."""
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings that determine the head's scores, by their config names (for exports)."""
+        return {}
 
 
 _HEADS: dict[str, Callable[[ScanConfig], MatchingHead]] = {}
@@ -69,6 +73,9 @@ class ScanHead(MatchingHead):
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False):
         return scan_attention(regions, words, word_lengths, self.params, region_lengths, return_attention)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.params)
 
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         # sims, attention and two temporaries of the same (n_words x n_regions) shape are alive at once

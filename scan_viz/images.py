@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from scan_viz.errors import ScanVizError
+from scan_viz.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 
 #: Pillow's names of the formats load_image accepts (its JPEG opener also reads camera MPO files).
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -126,7 +127,7 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_image(source: ImageSource, max_pixels: int = 40_000_000, max_side: int = 12_000) -> np.ndarray:
+def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
     """Decode an uploaded or local image into an upright (H, W, 3) uint8 RGB array.
 
     source: a path, the file's bytes, or a binary file object (such as Streamlit's upload). The declared

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -12,22 +13,28 @@ from typing import Callable, Iterator
 from scan_viz.errors import ScanVizError
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _partial_name(target: Path, what: str) -> Path:
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.{what}")
 
 
 @contextlib.contextmanager
 def atomic_path(target: Path, hint: str = "check the free space and permissions of the folder") -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success it is renamed onto ``target``, else removed."""
+    """Yield a temporary path next to ``target``; on success it is renamed onto ``target``, else removed.
+
+    The file's final mode is that of any new file (0o666 less the umask), learnt by creating the temporary name
+    once and removing it before the writer runs: reading the umask means setting it, which would race with
+    other threads creating files (the app serves every session from one process).
+    """
     target = Path(target)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
+    tmp = _partial_name(target, "partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)
+        tmp.unlink()  # writers may link or rename onto the name, so it is handed over absent
         yield tmp
-        # some writers create owner-only files; a model or data file should read like any other
-        os.chmod(tmp, 0o666 & ~_umask())
+        # some writers replace the file with an owner-only one; a model or data file should read like any other
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     except OSError as exc:
         raise ScanVizError(f"cannot write {target}: {exc.strerror or exc}; {hint}") from None
@@ -42,12 +49,15 @@ def write_text_atomic(target: Path, text: str) -> None:
 
 def write_dir_atomic(target: Path, write: Callable[[Path], None],
                      hint: str = "check the free space and permissions of the folder") -> None:
-    """Fill a fresh temporary folder with ``write(folder)``, then swap it in place of ``target``."""
+    """Fill a fresh temporary folder with ``write(folder)``, then swap it in place of ``target``.
+
+    The folder is made with ``os.mkdir(..., 0o777)``, so it gets the mode of any new folder (less the umask).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    tmp = _partial_name(target, "partial-dir")
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
+        os.mkdir(tmp, 0o777)
         write(tmp)
         _swap_in(tmp, target)
     except OSError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -13,6 +14,7 @@ from scan_viz.encoders import build_encoders
 from scan_viz.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import MatchingHead, create_head
+from scan_viz.limits import check_device
 from scan_viz.text import EncodedCaption, Vocabulary, pad_ids
 from scan_viz.types import Alignment
 
@@ -49,19 +51,31 @@ class ScanModel:
             raise ScanVizError(f"the weights do not fit the model config: {str(exc).splitlines()[0]}") from exc
         self.image_encoder.eval()
         self.text_encoder.eval()
+        # the app shares one model between all its sessions, so encoding never casts these: other dtypes and
+        # devices get their own copy, made on first use
+        self._encoders = {("float32", "cpu"): (self.image_encoder, self.text_encoder)}
+        self._encoders_lock = threading.Lock()
 
     # ----------------------------------------------------------------- encoding
     def head(self, name: str | None = None, **overrides) -> MatchingHead:
         """A head by name; keyword overrides (e.g. lambda_softmax=4) change the config's hyperparameters."""
         return create_head(name, self.config.replace(**overrides) if overrides else self.config)
 
-    def _cast(self, dtype: str, device: str) -> None:
+    def encoders(self, dtype: str = "float32", device: str = "cpu") -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(image encoder, text encoder) in ``dtype`` on ``device``, never changing the model's own float32 CPU
+        encoders: another dtype or device gets a copy, made once and kept."""
         if dtype not in DTYPES:
             raise ScanVizError(f"dtype must be float32 or float64, got {dtype!r}")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ScanVizError("--device cuda was asked for but no CUDA GPU is available")
-        self.image_encoder.to(device=device, dtype=DTYPES[dtype])
-        self.text_encoder.to(device=device, dtype=DTYPES[dtype])
+        key = (dtype, check_device(device))
+        with self._encoders_lock:
+            if key not in self._encoders:
+                # rebuilt from the config and loaded, not deep-copied: weight-norm modules cannot be deep-copied
+                copies = build_encoders(self.config)
+                for copied, own in zip(copies, (self.image_encoder, self.text_encoder)):
+                    copied.load_state_dict(own.state_dict())
+                    copied.to(device=device, dtype=DTYPES[dtype]).eval()
+                self._encoders[key] = copies
+            return self._encoders[key]
 
     def encode_images(self, features: np.ndarray | torch.Tensor, dtype: str = "float32", device: str = "cpu",
                       batch_size: int = 512) -> torch.Tensor:
@@ -71,13 +85,13 @@ class ScanModel:
         if features.ndim != 3 or features.shape[2] != self.config.img_dim:
             raise ScanVizError(f"region features must have shape (n_images, n_regions, {self.config.img_dim}), "
                                f"got {tuple(features.shape)}")
-        self._cast(dtype, device)
+        image_encoder, _ = self.encoders(dtype, device)
         out = []
         with torch.no_grad():
             for start in range(0, features.shape[0], batch_size):
                 chunk = features[start:start + batch_size]
                 chunk = chunk if torch.is_tensor(chunk) else torch.from_numpy(np.array(chunk, dtype=np.float32))
-                out.append(self.image_encoder(chunk.to(device=device, dtype=DTYPES[dtype])))
+                out.append(image_encoder(chunk.to(device=device, dtype=DTYPES[dtype])))
         if not out:
             return torch.zeros((0, features.shape[1], self.config.embed_size), dtype=DTYPES[dtype], device=device)
         return torch.cat(out)
@@ -89,13 +103,13 @@ class ScanModel:
             captions = [captions]
         encoded = [c if isinstance(c, EncodedCaption) else self.vocab.encode(c) for c in captions]
         ids, lengths = pad_ids([e.ids for e in encoded])
-        self._cast(dtype, device)
+        _, text_encoder = self.encoders(dtype, device)
         ids_t, len_t = torch.from_numpy(ids), torch.from_numpy(lengths)
         emb = torch.zeros((len(encoded), ids.shape[1], self.config.embed_size), dtype=DTYPES[dtype], device=device)
         with torch.no_grad():
             for start in range(0, len(encoded), batch_size):
                 sl = slice(start, start + batch_size)
-                emb[sl] = self.text_encoder(ids_t[sl].to(device), len_t[sl])
+                emb[sl] = text_encoder(ids_t[sl].to(device), len_t[sl])
         return EncodedCaptions(emb, len_t.to(device), encoded)
 
     # ------------------------------------------------------------------ scoring
@@ -131,11 +145,12 @@ class ScanModel:
     def align(self, features: np.ndarray, text: str, head: str | MatchingHead | None = None,
               boxes: np.ndarray | None = None, region_labels: list[str] | None = None,
               image_size: tuple[int, int] | None = None, dtype: str = "float32",
-              n_regions: int | None = None) -> Alignment:
+              n_regions: int | None = None, device: str = "cpu") -> Alignment:
         """One pair's attention, relevance and score. features: (n_regions, img_dim).
 
         ``n_regions``: how many of the rows are real regions (the rest is padding, e.g. from a TSV with fewer
         boxes than the largest image); padded regions take no part in the attention and are dropped.
+        ``dtype``, ``device``: where the encoders and the attention run (the arrays returned are on the CPU).
         """
         matcher = head if isinstance(head, MatchingHead) else self.head(head)
         features = np.asarray(features)
@@ -145,13 +160,13 @@ class ScanModel:
             features = features[:n_regions]
             boxes = None if boxes is None else boxes[:n_regions]
             region_labels = None if region_labels is None else region_labels[:n_regions]
-        regions = self.encode_images(features[None], dtype)
-        caps = self.encode_captions([text], dtype)
+        regions = self.encode_images(features[None], dtype, device)
+        caps = self.encode_captions([text], dtype, device)
         with torch.no_grad():
             res = matcher.scores(regions, caps.emb, caps.lengths, return_attention=True)
         n = int(caps.lengths[0])
-        attn = res.attention[0, 0, :n].double().numpy()  # (n_words, n_regions)
-        rel = res.relevance[0, 0].double().numpy()
+        attn = res.attention[0, 0, :n].double().cpu().numpy()  # (n_words, n_regions)
+        rel = res.relevance[0, 0].double().cpu().numpy()
         if matcher.direction == "t2i":
             rel = rel[:n]
         else:

@@ -16,6 +16,7 @@ import torch
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery
 from scan_viz.heads import MatchingHead
+from scan_viz.limits import check_sentence
 from scan_viz.metrics import evaluate
 from scan_viz.model import PRETRAINED_DIR, ScanModel
 from scan_viz.pointing import PointingItem, evaluate_pointing
@@ -51,10 +52,26 @@ def detect(detector, image: np.ndarray) -> Regions:
         return extract_regions(detector, [image])[0]
 
 
-def explain(model: ScanModel, regions: Regions, text: str, head: str | MatchingHead | None = None) -> Alignment:
-    """The alignment of a sentence with an image's regions (the image's detector output)."""
+def explain(model: ScanModel, regions: Regions, text: str, head: str | MatchingHead | None = None,
+            dtype: str = "float32", device: str = "cpu") -> Alignment:
+    """The alignment of a sentence with an image's regions (a detector's output, or a gallery image's stored
+    regions). A sentence over :mod:`scan_viz.limits`' caps is refused before any work."""
+    check_sentence(text)
     return model.align(regions.features, text, head=head, boxes=regions.boxes, region_labels=regions.labels,
-                       image_size=regions.image_size)
+                       image_size=regions.image_size, dtype=dtype, device=device)
+
+
+def alignment_json(alignment: Alignment, head: MatchingHead, model: str, image: dict[str, str]) -> dict[str, Any]:
+    """The alignment.json of ``scan-viz explain`` and of the app's download: what reproduces the result, then
+    the alignment itself (:meth:`Alignment.to_json`).
+
+    model: a bundled model's name or the checkpoint's file name; image: ``{"gallery": name, "id": id}`` for a
+    gallery image (its stored regions), ``{"file": name}`` for an image run through the detector.
+    """
+    from scan_viz import __version__
+
+    return {"scan_viz_version": __version__, "model": model, "image": dict(image),
+            "head_params": {"head": head.name, **head.hyperparameters()}, **alignment.to_json()}
 
 
 def gallery_regions(gallery: Gallery, image_id: str) -> Regions:
@@ -92,6 +109,7 @@ class GalleryIndex:
         """Text -> the top-k gallery images by score, best first."""
         from scan_viz.engine import score_matrix
 
+        check_sentence(text)
         matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
         caps = self.model.encode_captions([text])
         scores = score_matrix(matcher, self.regions, caps.emb, caps.lengths, self.region_lengths)[:, 0]
@@ -135,6 +153,7 @@ def ablate(model: ScanModel, regions: Regions, text: str, head: str | MatchingHe
     """
     from scan_viz.text import EncodedCaption
 
+    check_sentence(text)
     matcher = head if isinstance(head, MatchingHead) else model.head(head)
     full = model.vocab.encode(text)
     n_tok = len(full.tokens)

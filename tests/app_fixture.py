@@ -20,6 +20,11 @@ import numpy as np
 import torch
 
 N_IMAGES = 12
+#: What a visitor might put in a link or a file name to make the app render a link, fetch a remote image or run
+#: a script (issue 7); the app and browser tests check each shows as plain text.
+INJECTION_PAYLOADS = ("[Session expired - log in again](https://evil.example/login)",
+                      "![t](https://evil.example/track.png)", "<script>alert(1)</script>",
+                      "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))")
 DETECTOR_REPRESENTATION = 32  # region features: 32 + 12 colour probabilities = 44-d
 
 

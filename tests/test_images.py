@@ -191,7 +191,7 @@ def test_decompression_bomb_is_rejected_fast_without_allocating(tmp_path):
     elapsed = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert "the limit is 40 megapixels" in message and "resize" in message
+    assert "the limit is 25 megapixels" in message and "resize" in message
     assert elapsed < 1.0 and peak < 20_000_000
 
 

@@ -1,8 +1,11 @@
 """Atomic writes (scan_viz.io, scan_viz.train.state): a failure at any step leaves the old file or folder as it
-was and no temporary file or folder behind."""
+was and no temporary file or folder behind; files and folders get the mode of any new one without touching the
+process umask (the app serves every session from threads of one process, so setting the umask to read it could
+make another thread's file world-writable)."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,43 @@ def test_run_folder_text_and_dir_writes_keep_the_old_on_failure(tmp_path, monkey
         state.write_dir_atomic(best, lambda folder: (folder / "model.safetensors").write_bytes(b"x"))
     assert log.read_text(encoding="utf-8") == '{"epoch": 1}\n'
     assert listing(best) == ["config.json"] and listing(tmp_path) == ["best", "log.jsonl"]
+
+
+# ----------------------------------------------------------------------------- modes, without the umask
+
+
+@pytest.fixture
+def umask_027(monkeypatch):
+    """Run with umask 027, and fail any call that changes the umask from inside scan_viz.io."""
+    previous = os.umask(0o027)
+
+    def refuse(mask: int) -> int:
+        raise AssertionError(f"scan_viz.io called os.umask({mask:#o})")
+
+    monkeypatch.setattr(io.os, "umask", refuse)
+    yield
+    monkeypatch.undo()
+    os.umask(previous)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_files_get_the_mode_of_a_new_file(tmp_path, umask_027):
+    io.write_text_atomic(tmp_path / "a.json", "{}\n")
+    assert mode(tmp_path / "a.json") == 0o640 and (tmp_path / "a.json").read_text() == "{}\n"
+    with io.atomic_path(tmp_path / "b.bin") as tmp:
+        assert not tmp.exists()  # handed over absent: writers may link or rename onto it
+        tmp.write_bytes(b"x")
+        os.chmod(tmp, 0o600)  # a writer that makes owner-only files
+    assert mode(tmp_path / "b.bin") == 0o640
+    assert listing(tmp_path) == ["a.json", "b.bin"]  # no partial files left
+
+
+def test_folders_get_the_mode_of_a_new_folder(tmp_path, umask_027):
+    io.write_dir_atomic(tmp_path / "model", lambda d: (d / "config.json").write_text("{}"))
+    assert mode(tmp_path / "model") == 0o750
+    io.write_dir_atomic(tmp_path / "model", lambda d: (d / "other.json").write_text("{}"))  # replaces
+    assert listing(tmp_path / "model") == ["other.json"]
+    assert mode(tmp_path / "model") == 0o750 and listing(tmp_path) == ["model"]

@@ -219,3 +219,25 @@ def test_align_ignores_padding_regions(tmp_path):
     assert a.attention.shape == b.attention.shape == (5, 3)
     np.testing.assert_allclose(a.attention, b.attention, atol=1e-7)
     assert a.score == pytest.approx(b.score, abs=1e-7) and a.boxes.shape == (3, 4)
+
+
+def test_encoding_in_float64_never_changes_the_shared_model(tmp_path):
+    """The app serves one cached model to every session: a float64 request must not cast it (it used to)."""
+    _, _, _, ckpt, vocab_path, _, feats = _setup(tmp_path, precomp_enc_type="weight_norm")
+    model = load_model(ckpt, vocab_path)
+    before = {name: p.detach().clone() for enc in (model.image_encoder, model.text_encoder)
+              for name, p in enc.state_dict().items()}
+    in_float32 = model.similarity(feats, CAPTIONS[:3])
+    in_float64 = model.similarity(feats, CAPTIONS[:3], dtype="float64")
+    assert in_float64.dtype == np.float64
+    after = {name: p for enc in (model.image_encoder, model.text_encoder) for name, p in enc.state_dict().items()}
+    assert all(p.dtype == torch.float32 for p in after.values())
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    np.testing.assert_allclose(in_float64, in_float32, atol=1e-5)
+    np.testing.assert_array_equal(model.similarity(feats, CAPTIONS[:3]), in_float32)  # float32 path as before
+    assert model.encoders("float64")[0] is model.encoders("float64")[0]  # the copy is made once
+    with pytest.raises(ScanVizError, match="dtype must be float32 or float64"):
+        model.encoders("float16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ScanVizError, match="no CUDA GPU is available"):
+            model.encoders("float32", "cuda")

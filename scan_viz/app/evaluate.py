@@ -15,6 +15,7 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import Bundle
 from scan_viz.app.params import HeadSettings
+from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.shell import open_in_explore
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
@@ -42,7 +43,7 @@ def run_evaluation(bundle: Bundle, settings: HeadSettings) -> dict | None:
         result = evaluate_gallery(bundle.model, bundle.gallery, settings.build(bundle.model), progress, details=True)
     except ScanVizError as exc:
         bar.empty()
-        st.error(str(exc))
+        show_error(exc)
         return None
     bar.empty()
     return result
@@ -210,7 +211,7 @@ def render() -> None:
         return
     bundle, settings = served
     gallery = bundle.gallery
-    st.caption(f"{gallery.name}: {len(gallery)} images, {len(gallery.captions)} captions; head: "
+    st.caption(f"{literal(gallery.name)}: {len(gallery)} images, {len(gallery.captions)} captions; head: "
                f"{settings.describe()}.")
     store = state.evaluation_store()
     key = (bundle.key, settings.key())

@@ -1,8 +1,8 @@
 """Explore: one image and one sentence, the words' attention over the regions, and what each part contributes.
 
 A page script (``streamlit run app.py`` runs it as ``__main__``); importable for its helpers. The URL carries
-``?image=ID&q=SENTENCE`` (plus ``word``, ``dir``, ``k``, ``head`` when set): opening such a link shows that
-pair's word panels with no click.
+``?image=ID&q=SENTENCE``, the view (``word``, ``k``), the served model and the head settings (the keys are listed
+in :mod:`scan_viz.app.params`): opening such a link shows that pair's word panels with no click.
 """
 from __future__ import annotations
 
@@ -15,18 +15,19 @@ import streamlit as st
 
 from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, ground_truth_images, model_domain, search_gallery
-from scan_viz.app.params import (DEFAULT_K, K_MAX, MAX_QUERY_CHARS, ExploreParams, HeadSettings, explore_query,
-                                 link_changed, normalise_query, parse_explore_query, selectable_heads)
+from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
+from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_TYPES
 from scan_viz.app.views import bar_figure, content_words, region_rows, relevance_rows, word_label
 from scan_viz.errors import ScanVizError
+from scan_viz.limits import check_sentence
 from scan_viz.render import FLAT_FACTOR
 from scan_viz.types import Alignment, Regions
 
 SOURCE_KEY, IMAGE_KEY, UPLOAD_KEY = "ex_source", "ex_image", "ex_upload"
 Q_KEY, WORD_KEY, K_KEY = "q", "ex_word", "ex_k"
 SEARCH_KEY, THUMB_PAGE_KEY, TAB_KEY, EXAMPLES_KEY = "ex_search", "ex_thumb_page", "ex_tab", "ex_examples"
-LINK_KEY, NOTES_KEY, LINK_WORD_KEY = "_ex_link", "_ex_link_notes", "_ex_link_word"
+LINK_WORD_KEY = "_ex_link_word"
 #: What the page drew, for tests and the browser check: the words that got a panel.
 PANELS_MARKER = "explore_panels"
 GALLERY, UPLOAD = "Gallery", "Upload"
@@ -51,12 +52,8 @@ class Picked:
 # ----------------------------------------------------------------------------- deep link
 
 
-def apply_deep_link(bundle: Bundle) -> None:
-    """Copy a link's pair and view into the session, once per new link (a pasted URL, a jump from a page)."""
-    query = st.query_params.to_dict()
-    if not link_changed(query, st.session_state.get(LINK_KEY)):
-        return
-    params, notes = parse_explore_query(query)
+def apply_deep_link(params: ExploreParams) -> None:
+    """Copy a new link's pair and view into the session (the frame has applied its model and head settings)."""
     if params.image is not None:
         st.session_state[IMAGE_KEY] = params.image
         st.session_state[SOURCE_KEY] = GALLERY
@@ -64,43 +61,20 @@ def apply_deep_link(bundle: Bundle) -> None:
         st.session_state[Q_KEY] = params.q
     st.session_state[LINK_WORD_KEY] = params.word
     st.session_state.pop(WORD_KEY, None)
-    if params.k is not None:
-        st.session_state[K_KEY] = params.k
-    state.ensure_controls(bundle)
-    if params.dir is not None:
-        st.session_state[state.DIR_KEY] = params.dir
-    if params.head is not None:
-        from scan_viz.heads import head_names
-
-        heads = selectable_heads(head_names())
-        if params.head in heads:
-            st.session_state[state.HEAD_KEY] = params.head
-        else:
-            notes.append(f"the link's head {params.head!r} is not one of {', '.join(heads)}: ignored")
-    st.session_state[NOTES_KEY] = notes
-    st.session_state[LINK_KEY] = normalise_query(query)
+    st.session_state[K_KEY] = params.k if params.k is not None else DEFAULT_K
 
 
-def write_deep_link(bundle: Bundle, settings: HeadSettings, picked: Picked | None, word: str | None) -> None:
-    """Put the current pair and view into the URL (only what differs from the defaults besides image and q)."""
-    defaults = state.model_settings(bundle)
+def write_deep_link(bundle: Bundle, settings: HeadSettings, picked: Picked | None, sentence: str | None,
+                    word: str | None) -> None:
+    """Put the current pair and view into the URL (image and sentence, then what differs from the defaults)."""
     k = st.session_state.get(K_KEY, DEFAULT_K)
-    params = ExploreParams(
-        image=picked.image_id if picked is not None else None,
-        q=st.session_state.get(Q_KEY, "").strip() or None,
-        word=word,
-        dir=settings.direction if settings.direction != defaults.direction else None,
-        k=k if k != DEFAULT_K else None,
-        head=settings.head if settings.head != defaults.head else None)
-    wanted = explore_query(params)
-    if wanted != normalise_query(st.query_params.to_dict()):
-        st.query_params.from_dict(wanted)
-    st.session_state[LINK_KEY] = wanted
+    state.write_link({"image": picked.image_id if picked is not None else None, "q": sentence, "word": word,
+                      "k": k if k != DEFAULT_K else None, **state.link_fields(bundle, settings)})
 
 
 def forget_pair() -> None:
-    """Drop the explored image (and the link that named it): another gallery is being served."""
-    for key in (IMAGE_KEY, UPLOAD_KEY, LINK_KEY, WORD_KEY, LINK_WORD_KEY):
+    """Drop the explored image: another gallery is being served."""
+    for key in (IMAGE_KEY, UPLOAD_KEY, WORD_KEY, LINK_WORD_KEY):
         st.session_state.pop(key, None)
 
 
@@ -116,7 +90,7 @@ def gallery_picker(bundle: Bundle) -> None:
     """Thumbnails of the gallery, searchable by caption words; a click picks the image."""
     gallery = bundle.gallery
     current = st.session_state.get(IMAGE_KEY)
-    with st.expander("Gallery images" + (f" \u2014 showing {current}" if current else ""),
+    with st.expander("Gallery images" + (f" \u2014 showing {literal(current)}" if current else ""),
                      expanded=current is None, icon=":material/photo_library:"):
         search = st.text_input("Find images by caption words", key=SEARCH_KEY, placeholder="e.g. red car",
                                persist_state="session",
@@ -131,7 +105,7 @@ def gallery_picker(bundle: Bundle) -> None:
                 page = int(st.number_input(f"Page (of {n_pages})", 1, n_pages, key=THUMB_PAGE_KEY,
                                            persist_state="session"))
         with left:
-            st.caption(f"{len(ids)} of {len(gallery)} images" + (f" match \u201c{search.strip()}\u201d"
+            st.caption(f"{len(ids)} of {len(gallery)} images" + (f" match {literal(search.strip())}"
                                                                   if search.strip() else ""))
         if not ids:
             st.info(NO_MATCH)
@@ -158,7 +132,7 @@ def picked_gallery_image(bundle: Bundle) -> Picked | None:
     try:
         regions = gallery_regions(bundle.gallery, image_id)
     except ScanVizError as exc:
-        st.error(str(exc))
+        show_error(exc)
         st.session_state[IMAGE_KEY] = None
         return None
     if regions.boxes is None:
@@ -195,16 +169,16 @@ def load_upload(bundle: Bundle, name: str, data: bytes) -> Picked | None:
         with st.spinner("Detecting regions\u2026"):
             regions = state.detected_regions(bundle.key, key, image)
     except ScanVizError as exc:
-        st.error(str(exc))
+        show_error(exc)
         st.session_state[UPLOAD_KEY] = None  # shown once; the uploader still holds the file to replace
         return None
     if len(regions) == 0:
-        st.error(f"the detector found no regions in {name}: try another image")
+        show_error(f"the detector found no regions in {name}: try another image")
         return None
     domain = model_domain(bundle.model)
     if domain:
-        st.warning(f"Out of domain: this model was trained only on {domain}. On any other picture (a photograph, "
-                   "a drawing) its attention and scores carry little meaning.", icon=":material/info:")
+        st.warning(f"Out of domain: this model was trained only on {literal(domain)}. On any other picture (a "
+                   "photograph, a drawing) its attention and scores carry little meaning.", icon=":material/info:")
     return Picked(f"upload:{key}", image, regions, None, name)
 
 
@@ -227,13 +201,15 @@ def show_panels(picked: Picked, alignment: Alignment, bundle: Bundle, settings: 
         for start in range(0, len(panels), PANEL_COLUMNS):
             columns = st.columns(PANEL_COLUMNS)
             for column, panel in zip(columns, panels[start:start + PANEL_COLUMNS]):
-                column.image(panel.image, caption=panel.caption, width="stretch")
+                column.image(panel.image, caption=literal(panel.caption), width="stretch")
     st.caption(f"{len(panels)} word panels")
-    downloads(picked, alignment)
+    downloads(picked, alignment, bundle, settings)
 
 
-def downloads(picked: Picked, alignment: Alignment) -> None:
-    """The panel grid as PNG and SVG (the paper's matplotlib figure, drawn on click), the alignment as JSON."""
+def downloads(picked: Picked, alignment: Alignment, bundle: Bundle, settings: HeadSettings) -> None:
+    """The panel grid as PNG and SVG (the paper's matplotlib figure, drawn on click), the alignment as JSON
+    (``scan-viz explain``'s schema: the image, the model, the head and its parameters, the version)."""
+    from scan_viz.pipeline import alignment_json
     from scan_viz.render import figure_to_png, figure_to_svg, word_panels
 
     stem = (picked.image_id or "upload").replace("/", "_")
@@ -245,7 +221,10 @@ def downloads(picked: Picked, alignment: Alignment) -> None:
     row.download_button("Panels (SVG)", lambda: figure_to_svg(word_panels(image, alignment)),
                         file_name=f"{stem}-panels.svg", mime="image/svg+xml", icon=":material/download:",
                         on_click="ignore")
-    row.download_button("Alignment (JSON)", json.dumps(alignment.to_json(), indent=1),
+    source = ({"gallery": bundle.gallery.name, "id": picked.image_id} if picked.image_id is not None
+              else {"file": picked.title})
+    record = alignment_json(alignment, settings.build(bundle.model), bundle.sources.model_label(), source)
+    row.download_button("Alignment (JSON)", json.dumps(record, indent=1),
                         file_name=f"{stem}-alignment.json", mime="application/json", icon=":material/download:",
                         on_click="ignore")
 
@@ -259,7 +238,7 @@ def resolve_word(alignment: Alignment) -> int:
         if match:
             st.session_state[WORD_KEY] = match[0]
         else:
-            st.warning(f"the link's word {wanted!r} is not in the sentence: showing the first word")
+            st.warning(f"the link's word {literal(wanted)} is not in the sentence: showing the first word")
     if st.session_state.get(WORD_KEY) not in words:
         st.session_state[WORD_KEY] = words[0]
     return int(st.session_state[WORD_KEY])
@@ -269,7 +248,7 @@ def show_interactive(picked: Picked, alignment: Alignment) -> None:
     from scan_viz.render import plotly_alignment
 
     choice = st.pills("Word", content_words(alignment), key=WORD_KEY, required=True, persist_state="session",
-                      wrap=True, format_func=lambda i: word_label(alignment, i, numbered=True))
+                      wrap=True, format_func=lambda i: literal(word_label(alignment, i, numbered=True)))
     st.caption("Hover a region for its weight for every word; box opacity = the chosen word's attention weight, "
                "on one 0-1 scale for every word (the colour bar).")
     st.plotly_chart(plotly_alignment(picked.image, alignment, word=int(choice)), width="content",
@@ -311,7 +290,7 @@ def show_ablation(picked: Picked, alignment: Alignment, bundle: Bundle, settings
     if words:
         token, delta = min(words, key=lambda wd: wd[1])
         if delta < 0:
-            st.markdown(f"The match relies most on **{token}**: removing it lowers the score by {-delta:.4f}.")
+            st.markdown(f"The match relies most on {literal(token)}: removing it lowers the score by {-delta:.4f}.")
         else:
             st.markdown("Removing any single word raises the score: no word supports this match.")
     left, right = st.columns(2)
@@ -340,10 +319,10 @@ def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle) -> None:
         if truth:
             columns[1].success("This sentence is one of the image's own captions.", icon=":material/check:")
     if unknown and len(unknown) == len(words):
-        st.warning(f"None of the words is in the model's vocabulary ({', '.join(unknown)}): each reads as <unk>, "
-                   "so the alignment says nothing about this sentence.", icon=":material/warning:")
+        st.warning(f"None of the words is in the model's vocabulary ({', '.join(map(literal, unknown))}): each "
+                   "reads as `<unk>`, so the alignment says nothing about this sentence.", icon=":material/warning:")
     elif unknown:
-        st.info(f"{len(unknown)} word(s) not in the vocabulary, read as <unk>: {', '.join(unknown)}")
+        st.info(f"{len(unknown)} word(s) not in the vocabulary, read as `<unk>`: {', '.join(map(literal, unknown))}")
 
 
 def sentence_box(bundle: Bundle, picked: Picked | None):
@@ -351,14 +330,14 @@ def sentence_box(bundle: Bundle, picked: Picked | None):
     image_column, text_column = st.columns([1, 2], gap="large")
     with text_column:
         st.text_input("Sentence", key=Q_KEY, placeholder="describe the image, e.g. a red car on the road",
-                      max_chars=MAX_QUERY_CHARS, persist_state="session")
+                      persist_state="session")
         captions = bundle.gallery.captions_of(picked.image_id) if picked and picked.image_id else []
         if captions:
             st.pills("This image's captions (click one to use it)", captions, key=EXAMPLES_KEY,
                      on_change=state.use_choice, args=(EXAMPLES_KEY, Q_KEY), wrap=True)
     with image_column:
         if picked is not None:
-            st.image(picked.image, caption=picked.title, width="stretch")
+            st.image(picked.image, caption=literal(picked.title), width="stretch")
     return text_column
 
 
@@ -382,8 +361,6 @@ def render() -> None:
     if served is None:
         return
     bundle, settings = served
-    for note in st.session_state.pop(NOTES_KEY, []):
-        st.warning(note)
     st.session_state.pop(PANELS_MARKER, None)
     st.session_state.setdefault(SOURCE_KEY, GALLERY)
     st.segmented_control("Image", [GALLERY, UPLOAD], key=SOURCE_KEY, required=True, persist_state="session",
@@ -395,14 +372,17 @@ def render() -> None:
         picked = picked_upload(bundle)
     text_column = sentence_box(bundle, picked)
     text = st.session_state.get(Q_KEY, "").strip()
-    alignment = None
+    sentence = alignment = None
+    if text:
+        with text_column:
+            sentence = state.shown(lambda: check_sentence(text))
     if picked is None:
         if st.session_state[SOURCE_KEY] == GALLERY:  # the upload side has said what it needs, or what went wrong
             st.info("Pick a gallery image above, or upload one.")
     elif not text:
         st.info("Type a sentence, or click one of the image's captions.")
-    else:
-        alignment = state.shown(lambda: state.alignment(bundle.key, picked.key, text, settings.key(),
+    elif sentence is not None:
+        alignment = state.shown(lambda: state.alignment(bundle.key, picked.key, sentence, settings.key(),
                                                         picked.regions))
     word = None
     if alignment is not None:
@@ -411,7 +391,7 @@ def render() -> None:
         with text_column:
             show_summary(alignment, picked, bundle)
         show_views(picked, alignment, bundle, settings)
-    write_deep_link(bundle, settings, picked, word)
+    write_deep_link(bundle, settings, picked, sentence, word)
 
 
 if __name__ == "__main__":

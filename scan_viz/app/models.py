@@ -15,6 +15,7 @@ import streamlit as st
 from scan_viz.app import state, user_files
 from scan_viz.app.bundle import Bundle, Sources, bundled_metrics, bundled_models, model_card
 from scan_viz.app.explore import forget_pair
+from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import ENV_ALLOWED_ROOTS, AllowedRoots
@@ -44,7 +45,7 @@ UPLOAD_ROUND_KEY = "_md_upload_round"
 
 def show_card(bundle: Bundle) -> None:
     sources = bundle.sources
-    st.subheader(f"Serving {sources.model_label()}")
+    st.subheader(f"Serving {literal(sources.model_label())}")
     card = model_card(bundle)
     served = card.pop("Served")
     columns = st.columns(len(card))
@@ -92,9 +93,9 @@ def switch_to(sources: Sources, uploads: state.UploadFolder | None = None) -> No
             uploads.discard()
             st.session_state[state.UPLOADS_KEY] = previous
         if isinstance(exc, ScanVizError):
-            st.error(str(exc))
+            show_error(exc)
         else:  # a path the operating system refuses (permissions): still the user's
-            st.error(f"cannot read the files: {exc.strerror or type(exc).__name__}")
+            show_error(f"cannot read the files: {exc.strerror or type(exc).__name__}")
         return
     if previous is not None:  # serving something else now: the earlier upload goes
         previous.discard()
@@ -102,7 +103,8 @@ def switch_to(sources: Sources, uploads: state.UploadFolder | None = None) -> No
         st.session_state.pop(state.UPLOADS_KEY, None)
     st.session_state[state.SOURCES_KEY] = sources
     forget_pair()
-    st.session_state[OUTCOME_KEY] = (f"Now serving {sources.model_label()} on {bundle.gallery.name} "
+    st.session_state[OUTCOME_KEY] = (f"Now serving {literal(sources.model_label())} on "
+                                    f"{literal(bundle.gallery.name)} "
                                     f"({len(bundle.gallery)} images).")
     st.rerun()
 
@@ -160,7 +162,7 @@ def upload_form() -> None:
                                           uploads(regions), uploads(images))
     except (ScanVizError, OSError) as exc:
         folder.discard()
-        st.error(str(exc) if isinstance(exc, ScanVizError) else "cannot store the upload: try again later")
+        show_error(exc if isinstance(exc, ScanVizError) else "cannot store the upload: try again later")
         return
     st.session_state[UPLOAD_ROUND_KEY] = round_ + 1
     switch_to(sources, uploads=folder)
@@ -181,7 +183,7 @@ def server_form(roots: AllowedRoots | None) -> None:
             sources = Sources.user_data(values["md_checkpoint"], values["md_vocab"], values["md_regions"],
                                         values["md_images"], values["md_detector"])
         except ScanVizError as exc:
-            st.error(str(exc))
+            show_error(exc)
         else:
             switch_to(sources)
 

@@ -1,45 +1,74 @@
 """Deep links and matching-head settings as plain data: parsed from and written to URL query parameters.
 
-Explore's URL carries ``?image=ID&q=SENTENCE`` plus ``word``, ``dir``, ``k`` and ``head`` when they are set,
-so a link reopens the same pair with the same view. Nothing here imports Streamlit, so the parsing rules are
-tested on their own.
+A link carries the whole view, so it reopens the same result after a reload or on another machine:
+
+=========  ==============================================================================================
+key        value
+=========  ==============================================================================================
+``image``  gallery image id (Explore)
+``q``      the sentence (Explore); at most :data:`scan_viz.limits.MAX_WORDS` words
+``word``   the word the Interactive view shows, as the tokenizer writes it (Explore)
+``k``      retrieval depth / regions in the image-to-text view, :data:`K_MIN`..:data:`K_MAX` (Explore)
+``model``  a bundled model's name (never a path: a link cannot name a file on the server)
+``head``   matching head by name
+``dir``    ``t2i`` or ``i2t`` (the paper's ``cross_attn``)
+``agg``    ``LogSumExp``, ``Mean``, ``Max`` or ``Sum`` (``agg_func``)
+``lsm``    ``lambda_softmax``, the attention's inverse temperature (the paper's lambda_1)
+``lse``    ``lambda_lse``, LogSumExp's sharpness (the paper's lambda_2)
+``norm``   ``raw_feature_norm``
+=========  ==============================================================================================
+
+``image`` and ``q`` are written whenever set, ``model`` whenever a bundled model is served, the rest only when
+they differ from the default (the model's own settings, K = 10, the first word). Values are checked by the
+same rules as the app's controls and the command line (:mod:`scan_viz.limits`); a value that cannot be used is
+dropped with a one-line note. Nothing here imports Streamlit, so the rules are tested on their own.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scan_viz.config import AGG_FUNCS, CROSS_ATTNS, RAW_FEATURE_NORMS
+from scan_viz.config import AGG_FUNCS, check_head_param
+from scan_viz.errors import ScanVizError
+from scan_viz.limits import check_sentence
 
-#: Longest sentence a link may carry; longer ones are cut (a sentence, not a document).
-MAX_QUERY_CHARS = 500
 MAX_ID_CHARS = 200
 #: Range of K (retrieval depth, regions in the i2t view).
 K_MIN, K_MAX = 1, 100
 DEFAULT_K = 10
-LAMBDA_RANGE = (0.5, 30.0)
 #: The order of the keys in a written URL, so links read the same way every time.
-QUERY_KEYS = ("image", "q", "word", "dir", "k", "head")
+QUERY_KEYS = ("image", "q", "word", "k", "model", "head", "dir", "agg", "lsm", "lse", "norm")
+#: Link key -> the HeadSettings field it sets.
+HEAD_KEYS = {"head": "head", "dir": "direction", "agg": "agg_func", "lsm": "lambda_softmax",
+             "lse": "lambda_lse", "norm": "raw_feature_norm"}
+#: A bundled model's name: a folder name under pretrained/, no path separators.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 QueryValue = str | Sequence[str]
 
 
 @dataclasses.dataclass(frozen=True)
 class ExploreParams:
-    """What an Explore deep link names; None = not given.
-
-    image: gallery image id (its file stem); q: the sentence; word: a word of the sentence, as the
-    tokenizer writes it (lowercase); dir: ``t2i`` or ``i2t``; k: retrieval depth / regions in the i2t view;
-    head: a matching head's name.
-    """
+    """What a link names (None = not given); the fields are the URL keys of the module's table."""
 
     image: str | None = None
     q: str | None = None
     word: str | None = None
-    dir: str | None = None
     k: int | None = None
+    model: str | None = None
     head: str | None = None
+    dir: str | None = None
+    agg: str | None = None
+    lsm: float | None = None
+    lse: float | None = None
+    norm: str | None = None
+
+    def settings(self, defaults: HeadSettings) -> HeadSettings:
+        """The link's head settings: what it names over ``defaults`` (the served model's own settings)."""
+        given = {field: getattr(self, key) for key, field in HEAD_KEYS.items() if getattr(self, key) is not None}
+        return dataclasses.replace(defaults, **given)
 
 
 def _last(value: QueryValue | None) -> str | None:
@@ -55,7 +84,7 @@ def _last(value: QueryValue | None) -> str | None:
 
 
 def normalise_query(query: Mapping[str, QueryValue]) -> dict[str, str]:
-    """The Explore keys of a query, one string each, blanks dropped, in :data:`QUERY_KEYS` order."""
+    """The link keys of a query, one string each, blanks dropped, in :data:`QUERY_KEYS` order."""
     out = {}
     for key in QUERY_KEYS:
         value = _last(query.get(key))
@@ -64,32 +93,40 @@ def normalise_query(query: Mapping[str, QueryValue]) -> dict[str, str]:
     return out
 
 
+def _head_value(key: str, text: str) -> Any:
+    """A head setting from its link text; ScanVizError (the controls' and the CLI's message) when unusable."""
+    field = HEAD_KEYS[key]
+    if field == "agg_func":  # written as the paper spells it; read in any case
+        text = next((agg for agg in AGG_FUNCS if agg.lower() == text.strip().lower()), text)
+    elif field in ("direction", "raw_feature_norm"):
+        text = text.strip().lower()
+    config_name = "cross_attn" if field == "direction" else field
+    return check_head_param(config_name, text)
+
+
 def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams, list[str]]:
-    """Read an Explore deep link; values that cannot be used are dropped, each with a one-line note why."""
+    """Read a link; values that cannot be used are dropped, each with a one-line note why.
+
+    Notes quote the link's values as they were typed: show them as literal text, never as Markdown.
+    """
     values = normalise_query(query)
     notes: list[str] = []
+    found: dict[str, Any] = {}
     image = values.get("image")
     if image is not None:
         image = image.strip()
         if len(image) > MAX_ID_CHARS:
             notes.append(f"the link's image id is longer than {MAX_ID_CHARS} characters: ignored")
-            image = None
-    q = values.get("q")
-    if q is not None:
-        q = " ".join(q.split())
-        if len(q) > MAX_QUERY_CHARS:
-            notes.append(f"the link's sentence was cut to {MAX_QUERY_CHARS} characters")
-            q = q[:MAX_QUERY_CHARS]
-    word = values.get("word")
-    if word is not None:
-        word = word.strip().lower()[:MAX_ID_CHARS]
-    direction = values.get("dir")
-    if direction is not None:
-        direction = direction.strip().lower()
-        if direction not in CROSS_ATTNS:
-            notes.append(f"the link's dir={values['dir']!r} is not one of {', '.join(CROSS_ATTNS)}: ignored")
-            direction = None
-    k = None
+        else:
+            found["image"] = image
+    if "q" in values:
+        q = " ".join(values["q"].split())
+        try:
+            found["q"] = check_sentence(q)
+        except ScanVizError as exc:
+            notes.append(f"the link's sentence is not used: {exc}")
+    if "word" in values:
+        found["word"] = values["word"].strip().lower()[:MAX_ID_CHARS]
     if "k" in values:
         try:
             k = int(values["k"])
@@ -98,21 +135,43 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
         else:
             if not K_MIN <= k <= K_MAX:
                 notes.append(f"the link's k={k} is outside {K_MIN}..{K_MAX}: clipped")
-                k = min(max(k, K_MIN), K_MAX)
-    head = values.get("head")
-    if head is not None:
-        head = head.strip()[:MAX_ID_CHARS]
-    return ExploreParams(image=image, q=q, word=word, dir=direction, k=k, head=head), notes
+            found["k"] = min(max(k, K_MIN), K_MAX)
+    if "model" in values:
+        model = values["model"].strip()
+        if _MODEL_NAME.fullmatch(model) and len(model) <= MAX_ID_CHARS:
+            found["model"] = model
+        else:
+            notes.append(f"the link's model={values['model']!r} is not a bundled model's name: ignored")
+    if "head" in values:
+        found["head"] = values["head"].strip()[:MAX_ID_CHARS]
+    for key in ("dir", "agg", "lsm", "lse", "norm"):
+        if key in values:
+            try:
+                found[key] = _head_value(key, values[key])
+            except ScanVizError as exc:
+                notes.append(f"the link's {key}={values[key]!r} is not used: {exc}")
+    return ExploreParams(**found), notes
+
+
+def _link_text(value: Any) -> str:
+    # 12 significant digits: a slider's 2.3000000000000003 reads 2.3, a typed value keeps its digits
+    return format(value, ".12g") if isinstance(value, float) else str(value)
 
 
 def explore_query(params: ExploreParams) -> dict[str, str]:
-    """The query parameters of an Explore link, only the keys that are set, in :data:`QUERY_KEYS` order."""
+    """The query parameters of a link, only the keys that are set, in :data:`QUERY_KEYS` order."""
     out = {}
     for key in QUERY_KEYS:
         value = getattr(params, key)
         if value is not None and str(value) != "":
-            out[key] = str(value)
+            out[key] = _link_text(value)
     return out
+
+
+def settings_fields(settings: HeadSettings, defaults: HeadSettings) -> dict[str, Any]:
+    """The link keys (ExploreParams fields) of the head settings that differ from ``defaults``."""
+    return {key: getattr(settings, field) for key, field in HEAD_KEYS.items()
+            if getattr(settings, field) != getattr(defaults, field)}
 
 
 def link_changed(query: Mapping[str, QueryValue], last_written: Mapping[str, str] | None) -> bool:
@@ -137,15 +196,8 @@ class HeadSettings:
     raw_feature_norm: str = "clipped_l2norm"
 
     def __post_init__(self) -> None:
-        from scan_viz.errors import ScanVizError
-
-        if self.direction not in CROSS_ATTNS:
-            raise ScanVizError(f"direction must be one of {', '.join(CROSS_ATTNS)}, got {self.direction!r}")
-        if self.agg_func not in AGG_FUNCS:
-            raise ScanVizError(f"aggregation must be one of {', '.join(AGG_FUNCS)}, got {self.agg_func!r}")
-        if self.raw_feature_norm not in RAW_FEATURE_NORMS:
-            raise ScanVizError(f"attention normalisation must be one of {', '.join(RAW_FEATURE_NORMS)}, "
-                               f"got {self.raw_feature_norm!r}")
+        for name, value in self.overrides().items():
+            check_head_param(name, value)
 
     @classmethod
     def from_config(cls, config: Any, head: str = "scan") -> HeadSettings:

@@ -15,6 +15,7 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, Bundle, ground_truth_images, search_gallery
 from scan_viz.app.params import DEFAULT_K, HeadSettings
+from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.shell import open_in_explore
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery
@@ -57,7 +58,7 @@ def show_reasons(verdict: Verdict | None) -> None:
 
 def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     gallery = bundle.gallery
-    text = st.text_input("Sentence", key=QUERY_KEY, placeholder="e.g. a red car on the road", max_chars=500,
+    text = st.text_input("Sentence", key=QUERY_KEY, placeholder="e.g. a red car on the road",
                          persist_state="session").strip()
     examples = [gallery.captions[int(c)] for c in np.unique(gallery.caption_image, return_index=True)[1][:4]]
     if examples:
@@ -69,7 +70,7 @@ def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     try:
         results = state.top_images(bundle.key, text, k, settings.key())
     except ScanVizError as exc:
-        st.error(str(exc))
+        show_error(exc)
         return
     truth = ground_truth_images(gallery, text)
     claims = claims_of_text(gallery, text) if truth else None
@@ -97,7 +98,7 @@ def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
             with column.container(border=True):
                 mark, verdict = marks.get(image_id, ("", None))
                 st.image(state.thumbnail(bundle.key, image_id), width="stretch")
-                st.markdown(f"**#{rank}** {mark} `{image_id}`  \nscore {score:.4f}")
+                st.markdown(f"**#{rank}** {mark} {literal(image_id)}  \nscore {score:.4f}")
                 show_reasons(verdict)
                 if st.button("Explore", key=f"rt_open_{image_id}", icon=":material/open_in_new:", width="stretch"):
                     open_in_explore(image_id, text, settings, bundle)
@@ -123,13 +124,13 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
         try:
             results = state.top_captions(bundle.key, image_id, k, settings.key())
         except ScanVizError as exc:
-            st.error(str(exc))
+            show_error(exc)
             return
         own = {int(c) for c in gallery.caption_indices_of(image_id)}
         index = gallery.index_of(image_id)
         marks = [judge(gallery, gallery.caption_claims[c], index, c in own) for c, _ in results]
         found = [rank for rank, (c, _) in enumerate(results, 1) if c in own]
-        line = (f"{len(own)} of the gallery's {len(gallery.captions)} captions belong to {image_id}; "
+        line = (f"{len(own)} of the gallery's {len(gallery.captions)} captions belong to {literal(image_id)}; "
                 + (f"first at rank {found[0]}." if found else f"none in the top {k}."))
         if gallery.has_claims:
             n_true = sum(mark != CROSS for mark, _ in marks)
@@ -143,7 +144,7 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
             row[0].markdown(f"**#{rank}**")
             row[1].markdown(mark)
             with row[2]:
-                st.markdown(gallery.captions[c])
+                st.text(gallery.captions[c])
                 show_reasons(verdict)
             row[3].markdown(f"{score:.4f}")
             if row[4].button("Explore", key=f"rt_open_caption_{c}", icon=":material/open_in_new:"):

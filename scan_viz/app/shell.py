@@ -7,10 +7,13 @@ import streamlit as st
 
 from scan_viz.app import state
 from scan_viz.app.bundle import Bundle
-from scan_viz.app.params import ExploreParams, HeadSettings, explore_query
+from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
+                                 parse_explore_query)
 
 HERE = Path(__file__).resolve().parent
 EXPLORE = HERE / "explore.py"
+#: The page icon: a region outlined as the word panels outline the strongest one.
+FAVICON = HERE.parent / "assets" / "favicon.png"
 
 
 def pages() -> list:
@@ -25,25 +28,43 @@ def pages() -> list:
 
 
 def before_page(page) -> None:
-    """Load the served bundle (errors shown once, here), apply Explore's deep link, draw the head controls.
+    """Apply a new link (model, head settings and, on Explore, the pair), load the served bundle (errors shown
+    once, here) and draw the head controls.
 
-    The deep link is read before the controls are drawn because it sets two of them (``dir``, ``head``), and
-    Streamlit refuses to change a widget's value once the widget exists in a run.
+    The link is read before the controls are drawn because it sets them, and Streamlit refuses to change a
+    widget's value once the widget exists in a run. A reload is a new session, so it re-applies the URL.
     """
+    query = st.query_params.to_dict()
+    params = None
+    if link_changed(query, st.session_state.get(state.LINK_KEY)):
+        params, notes = parse_explore_query(query)
+        if params.model is not None:
+            state.apply_link_model(params.model, notes)
+        st.session_state[state.LINK_KEY] = normalise_query(query)
     bundle = state.current_bundle()
-    if bundle is None:
-        return
-    if page.title == "Explore":
-        from scan_viz.app.explore import apply_deep_link
+    if params is not None:
+        if bundle is not None:
+            state.apply_link_settings(bundle, params, notes)
+            if page.title == "Explore":
+                from scan_viz.app.explore import apply_deep_link
 
-        apply_deep_link(bundle)
-    state.head_controls(bundle)
+                apply_deep_link(params)
+        st.session_state[state.NOTES_KEY] = notes
+    if bundle is not None:
+        state.head_controls(bundle)
+
+
+def after_page(page) -> None:
+    """Write the served model and the head settings into the URL of a page that does not write its own link
+    (Explore writes the pair too), so a reload or a shared link restores them."""
+    if page.title == "Explore":
+        return
+    bundle = state.current_bundle(quiet=True)
+    if bundle is not None:
+        state.write_link(state.link_fields(bundle, state.current_settings()))
 
 
 def open_in_explore(image_id: str, text: str, settings: HeadSettings, bundle: Bundle) -> None:
-    """Jump to Explore showing this pair (its deep link, with the head settings that differ from the model's)."""
-    defaults = state.model_settings(bundle)
-    params = ExploreParams(image=image_id, q=text,
-                           dir=settings.direction if settings.direction != defaults.direction else None,
-                           head=settings.head if settings.head != defaults.head else None)
+    """Jump to Explore showing this pair with the served model and these head settings (its link)."""
+    params = ExploreParams(image=image_id, q=text, **state.link_fields(bundle, settings))
     st.switch_page(EXPLORE, query_params=explore_query(params))

@@ -3,10 +3,11 @@
 Models, galleries and detectors are ``st.cache_resource`` (one copy per process, shared by every user); results
 that depend on a user's input are ``st.cache_data`` keyed by that input; what one user picked lives in
 ``st.session_state``. Every user error is a :class:`~scan_viz.errors.ScanVizError` and is shown with
-``st.error(str(exc))``.
+:func:`~scan_viz.app.safe_text.show_error` (its message may quote a visitor's text).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import tempfile
@@ -19,10 +20,13 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app.bundle import Bundle, Sources, check_visitor_sources, load_bundle, load_detector_for
-from scan_viz.app.params import LAMBDA_RANGE, HeadSettings, selectable_heads
+from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, selectable_heads,
+                                 settings_fields)
+from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.views import WordPanel, word_panels
 from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
 from scan_viz.errors import ScanVizError
+from scan_viz.limits import LAMBDA_RANGE
 from scan_viz.safe_paths import AllowedRoots
 from scan_viz.types import Alignment, Regions
 
@@ -35,6 +39,8 @@ UPLOADS_KEY, _CHECKED_KEY = "_uploads", "_checked_sources"
 HEAD_KEY, DIR_KEY, AGG_KEY = "ctl_head", "ctl_dir", "ctl_agg"
 LAMBDA_SOFTMAX_KEY, LAMBDA_LSE_KEY, NORM_KEY = "ctl_lambda_softmax", "ctl_lambda_lse", "ctl_norm"
 _CONTROLS_FOR = "_controls_for"
+#: The link this session last wrote or applied (a URL that differs is a new link), and the notes on a new link.
+LINK_KEY, NOTES_KEY = "_link", "_link_notes"
 DIRECTION_LABELS = {"t2i": "text \u2192 image", "i2t": "image \u2192 text"}
 AGG_LABELS = {"LogSumExp": "LogSumExp (LSE)", "Mean": "Mean", "Max": "Max", "Sum": "Sum"}
 
@@ -95,13 +101,14 @@ def load_sources(sources: Sources) -> Bundle:
         st.session_state[_CHECKED_KEY] = key
     if key in _loaded():
         return bundle_by_key(key)
-    with st.status(f"Loading {sources.model_label()} and the gallery {sources.gallery_label()}\u2026") as status:
+    with st.status(f"Loading {literal(sources.model_label())} and the gallery "
+                   f"{literal(sources.gallery_label())}\u2026") as status:
         try:
             bundle = bundle_by_key(key)
         except ScanVizError:
             status.update(label="Loading failed", state="error")
             raise
-        status.update(label=f"Loaded {sources.model_label()}: {len(bundle.gallery)} gallery images, "
+        status.update(label=f"Loaded {literal(sources.model_label())}: {len(bundle.gallery)} gallery images, "
                             f"{len(bundle.gallery.captions)} captions", state="complete")
     _loaded().add(key)
     return bundle
@@ -118,7 +125,7 @@ def current_bundle(quiet: bool = False) -> Bundle | None:
     except ScanVizError as exc:
         if quiet:
             return None
-        st.error(str(exc))
+        show_error(exc)
         if SOURCES_KEY in st.session_state:
             st.info("Choose another model on the **Model** page.")
         else:
@@ -300,7 +307,7 @@ def head_controls(bundle: Bundle) -> HeadSettings:
                      help="How the raw region-word cosine similarities are normalised before the softmax.")
         st.button("Reset to the model's settings", on_click=_reset_controls, args=(model_settings(bundle),),
                   width="stretch")
-        st.caption(f"Serving **{bundle.sources.model_label()}** on **{bundle.gallery.name}** "
+        st.caption(f"Serving {literal(bundle.sources.model_label())} on {literal(bundle.gallery.name)} "
                    f"({len(bundle.gallery)} images).")
     return current_settings()
 
@@ -315,11 +322,74 @@ def current_settings() -> HeadSettings:
 
 
 def page_start(title: str) -> tuple[Bundle, HeadSettings] | None:
-    """A page's title, then the served bundle and the head settings; None when no bundle could be loaded (the
-    frame above the page has said why)."""
+    """A page's title and the notes on its link, then the served bundle and the head settings; None when no
+    bundle could be loaded (the frame above the page has said why)."""
     st.title(title)
+    show_link_notes()
     bundle = current_bundle(quiet=True)
     return None if bundle is None else (bundle, current_settings())
+
+
+# ----------------------------------------------------------------------------- links
+
+
+def link_fields(bundle: Bundle, settings: HeadSettings) -> dict[str, Any]:
+    """What every page's link carries (ExploreParams fields): the served model when it is a bundled one (a link
+    never names a server path) and the head settings that differ from the model's own."""
+    from scan_viz.app.bundle import bundled_models
+
+    model = bundle.sources.model if bundle.sources.model in bundled_models() else None
+    return {"model": model, **settings_fields(settings, model_settings(bundle))}
+
+
+def write_link(fields: dict[str, Any]) -> None:
+    """Put a page's state into the URL (ExploreParams fields; None = left out)."""
+    wanted = explore_query(ExploreParams(**fields))
+    if wanted != normalise_query(st.query_params.to_dict()):
+        st.query_params.from_dict(wanted)
+    st.session_state[LINK_KEY] = wanted
+
+
+def apply_link_model(name: str, notes: list[str]) -> None:
+    """Serve the bundled model a link names (with the served gallery); a name that is not bundled, or a model
+    that does not fit the gallery, is a note and the served model stays."""
+    from scan_viz.app.bundle import bundled_models
+
+    names = bundled_models()
+    if name not in names:
+        notes.append(f"the link's model {name!r} is not a bundled model ({', '.join(names) or 'none'}): ignored")
+        return
+    active, default = active_sources(), Sources.from_env()
+    if active.model == name:
+        return
+    wanted = default if default.model == name else Sources(model=name, gallery=active.gallery or default.gallery)
+    try:
+        load_sources(wanted)
+    except ScanVizError as exc:
+        notes.append(f"the link's model {name!r} cannot serve this gallery ({exc}): ignored")
+        return
+    if wanted == default:
+        st.session_state.pop(SOURCES_KEY, None)
+    else:
+        st.session_state[SOURCES_KEY] = wanted
+
+
+def apply_link_settings(bundle: Bundle, params: ExploreParams, notes: list[str]) -> None:
+    """Set the head controls to a link's settings; what the link leaves out is the model's own setting."""
+    from scan_viz.heads import head_names
+
+    ensure_controls(bundle)
+    heads = selectable_heads(head_names())
+    if params.head is not None and params.head not in heads:
+        notes.append(f"the link's head {params.head!r} is not one of {', '.join(heads)}: ignored")
+        params = dataclasses.replace(params, head=None)
+    _reset_controls(params.settings(model_settings(bundle)))
+
+
+def show_link_notes() -> None:
+    """What could not be used of a new link, one warning each (the link's values shown literally)."""
+    for note in st.session_state.pop(NOTES_KEY, []):
+        st.warning(literal(note))
 
 
 def use_choice(choice_key: str, target_key: str) -> None:
@@ -336,5 +406,5 @@ def shown(action: Callable[[], T]) -> T | None:
     try:
         return action()
     except ScanVizError as exc:
-        st.error(str(exc))
+        show_error(exc)
         return None

@@ -12,8 +12,6 @@ from scan_viz.images import load_image
 #: What the uploader offers (PNG, JPEG, WebP); the decoder itself sniffs the bytes, never trusts the name.
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp")
 MAX_UPLOAD_MB = 20
-#: An upload is shown and detected at a few hundred pixels; 25 megapixels is a large phone photo.
-MAX_UPLOAD_PIXELS = 25_000_000
 
 
 def read_upload(data: bytes, name: str = "the uploaded file") -> np.ndarray:
@@ -26,4 +24,4 @@ def read_upload(data: bytes, name: str = "the uploaded file") -> np.ndarray:
                            "upload a smaller image")
     stream = io.BytesIO(data)
     stream.name = name  # load_image names the file in its messages
-    return load_image(stream, max_pixels=MAX_UPLOAD_PIXELS)
+    return load_image(stream)  # pixel limits: scan_viz.limits, checked from the header

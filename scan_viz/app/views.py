@@ -8,6 +8,7 @@ a matplotlib grid of a 640x480 photo takes over a second, and separate images re
 from __future__ import annotations
 
 import dataclasses
+import html
 
 import numpy as np
 
@@ -147,7 +148,9 @@ def bar_figure(labels: list[str], values: list[float], title: str, x_title: str,
     import plotly.graph_objects as go
 
     colours = [("#d62728" if v < 0 else "#2ca02c") if signed else "#1f77b4" for v in values]
-    figure = go.Figure(go.Bar(x=values, y=labels, orientation="h", marker_color=colours,
+    # labels may hold a visitor's words, and Plotly renders a subset of HTML (<a href>, <b>) in them
+    figure = go.Figure(go.Bar(x=values, y=[html.escape(label, quote=False) for label in labels], orientation="h",
+                              marker_color=colours,
                               hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
     figure.update_layout(title={"text": title, "x": 0.0, "font": {"size": 14}},
                          xaxis={"title": x_title, "tickformat": ".3~g"},

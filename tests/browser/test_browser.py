@@ -1,7 +1,8 @@
 """The app in a real browser: Playwright drives Debian's Chromium against a real ``streamlit run app.py``.
 
-Opens a deep link and sees one panel per word, uploads a PNG through the file input, and clicks a retrieval
-result through to Explore. Screenshots go to a temporary folder, and also to tests/browser/screenshots/ when
+Opens a deep link and sees one panel per word, uploads a PNG through the file input, clicks a retrieval
+result through to Explore, and opens links carrying Markdown/HTML payloads: they show as text, and no request
+leaves the server (no remote favicon, image or script). Screenshots go to a temporary folder, and also to tests/browser/screenshots/ when
 SAVE_SCREENSHOTS=1. Skipped (with the reason) where Chromium or Playwright is missing; CI installs both.
 """
 from __future__ import annotations
@@ -15,13 +16,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlparse
+from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from app_fixture import app_fixture, png_bytes
+from app_fixture import INJECTION_PAYLOADS, app_fixture, png_bytes
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -62,7 +63,7 @@ def wait_for_health(url: str, process: subprocess.Popen, timeout_s: float) -> No
 def server(tmp_path_factory):
     """A real ``streamlit run app.py`` serving the fixture bundle on a free port; stopped after the module."""
     bundle = app_fixture()
-    port = free_port()
+    port = int(os.environ.get("SCAN_VIZ_TEST_PORT") or free_port())
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     env = {**os.environ, **bundle.env(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -183,3 +184,35 @@ def test_retrieval_result_opens_in_explore(server, page, shots):
     wait_for_panels(page, len(sentence.split()))
     sync_api.expect(page.get_by_role("heading", name="Explore")).to_be_visible()
     shots(page, "retrieve-to-explore")
+
+
+NOTED_KEYS = ("k", "model", "head", "dir", "agg", "lsm", "lse", "norm")
+LOCAL = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")
+INJECTED = 'a[href*="evil.example"], a[href^="javascript:"], img[src*="evil.example"], img[src="x"]'
+
+
+@pytest.mark.parametrize("payload", INJECTION_PAYLOADS)
+def test_link_payloads_stay_text_and_nothing_leaves_the_server(server, page, payload):
+    requests, dialogs = [], []
+    page.on("request", lambda request: requests.append(request.url))
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    keys = {"image": payload, **{key: payload for key in NOTED_KEYS}}
+    page.goto(f"{server['url']}/?{urlencode(keys)}")
+    alerts = page.locator('[data-testid="stAlert"]')
+    page.wait_for_function("n => document.querySelectorAll('[data-testid=\"stAlert\"]').length >= n",
+                           arg=len(NOTED_KEYS) + 1)
+    wait_until_idle(page)
+    texts = alerts.all_inner_texts()
+    assert sum(payload in text for text in texts) == len(NOTED_KEYS) + 1, texts  # each key's note, the image's error
+    assert page.locator(INJECTED).count() == 0
+
+    image_id = server["bundle"].image_ids[0]
+    page.goto(f"{server['url']}/?{urlencode({'image': image_id, 'q': payload, 'word': payload})}")
+    page.wait_for_selector(PANEL_IMAGES)
+    wait_until_idle(page)
+    sync_api.expect(page.get_by_label("Sentence")).to_have_value(payload)
+    assert any(payload.lower() in text for text in alerts.all_inner_texts())
+    assert page.locator(INJECTED).count() == 0
+    assert page.locator("script", has_text="alert(1)").count() == 0 and dialogs == []
+    off_host = [url for url in requests if not url.startswith(LOCAL)]
+    assert off_host == [] and requests, off_host
