@@ -101,7 +101,7 @@ def test_retrieve_image_to_text_marks_each_caption(bundle, gallery, monkeypatch)
 def test_evaluate_shows_truth_aware_recall_breakdown_and_filters_failures(bundle, gallery, monkeypatch):
     at = _app(monkeypatch, bundle.env()).run()
     at.switch_page(EVALUATE).run()
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Evaluate on the gallery").click().run()
     no_exception(at)
     model = load_model(str(bundle.model))
     want = evaluate_gallery(model, gallery, details=True)
@@ -164,7 +164,7 @@ def test_a_gallery_without_claims_still_works_and_says_what_is_missing(bundle, g
     assert set(at.session_state["retrieve_marks"]) <= {TICK, CROSS}
     assert any("carry no claims" in c.value for c in at.caption)
     at.switch_page(EVALUATE).run()
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Evaluate on the gallery").click().run()
     no_exception(at)
     assert any("Truth-aware recall: not measured" in i.value for i in at.info)
     assert not any(m.label == "Truth-aware rsum" for m in at.metric)
