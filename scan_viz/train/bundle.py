@@ -211,8 +211,13 @@ def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], 
                         boxes=np.stack([r.boxes for r in regions]).astype(np.float32),
                         image_sizes=np.array([r.image_size for r in regions]))
     keep = ("id", "width", "height", "objects", "captions")
-    write_gallery(REPO / "examples" / "gallery", "emoji world, test split", [{k: r[k] for k in keep} for r in records],
-                  jpegs, store, [r.labels for r in regions], jpeg_quality=args.jpeg_quality)
+    records = [{k: r[k] for k in keep} for r in records]
+    if not all("claims" in c for r in records for c in r["captions"]):
+        from scan_viz.truth import annotate_records
+
+        annotate_records(records)  # a world generated before captions carried their claims
+    write_gallery(REPO / "examples" / "gallery", "emoji world, test split", records, jpegs, store,
+                  [r.labels for r in regions], jpeg_quality=args.jpeg_quality)
     from scan_viz.gallery import load_gallery
 
     gallery = load_gallery(REPO / "examples" / "gallery")
