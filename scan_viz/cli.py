@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from scan_viz.config import AGG_FUNCS, CROSS_ATTNS, RAW_FEATURE_NORMS
+from scan_viz.config import AGG_FUNCS, CROSS_ATTNS, RAW_FEATURE_NORMS, SCORING_DTYPES
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.limits import MAX_WORDS
 
@@ -25,7 +25,9 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
     p.add_argument("--lambda-softmax", type=float, help="override lambda_softmax")
     p.add_argument("--lambda-lse", type=float, help="override lambda_lse")
     p.add_argument("--raw-feature-norm", choices=RAW_FEATURE_NORMS, help="override raw_feature_norm")
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--dtype", choices=SCORING_DTYPES, default="float32",
+                   help="bfloat16: region-word products in bf16 (about 2x faster on CPUs with AMX/AVX512-BF16 and "
+                        "on GPUs), the rest in float32")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--memory-gb", type=float, default=2.0, help="memory budget for a block of pairs")
 
@@ -131,7 +133,7 @@ def _eval_gallery(args: argparse.Namespace) -> int:
 
     gallery = load_gallery(args.gallery)
     model, head = _load(args)
-    result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"))
+    result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"), dtype=args.dtype)
     _print_metrics(result)
     _print_truth(result)
     if "pointing_accuracy" not in result:
@@ -216,7 +218,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     with atomic_path(out / "heatmaps.png") as tmp:
         tmp.write_bytes(figure_to_png(word_panels(image, alignment)))
     unknown = [w for w, u in zip(alignment.words, alignment.unknown) if u]
-    print(f"score {alignment.score:.4f} ({alignment.head}, {alignment.direction}); wrote {out / 'alignment.json'} "
+    print(f"score {alignment.score:.4f} ({alignment.head}); wrote {out / 'alignment.json'} "
           f"and {out / 'heatmaps.png'}")
     if unknown:
         known = len(alignment.words) - 2 - len(unknown)

@@ -33,6 +33,8 @@ def check_head_param(name: str, value: Any) -> Any:
         return check_choice(name, value, HEAD_PARAM_CHOICES[name])
     raise ScanVizError(f"{name} is not an attention setting: use one of "
                        f"{', '.join([*HEAD_PARAM_CHOICES, *HEAD_PARAM_NUMBERS])}")
+#: ``--dtype`` / ``dtype=``: bfloat16 runs the heads' region-word products in bf16 and the rest in float32
+SCORING_DTYPES = ("float32", "float64", "bfloat16")
 
 
 @dataclasses.dataclass
@@ -55,6 +57,10 @@ class ScanConfig:
     lambda_softmax: float = 9.0
     agg_func: str = "LogSumExp"
     lambda_lse: float = 6.0
+    # not official fields: the matching head the model was trained with (scan_viz.heads; "scan" = SCAN in
+    # cross_attn's direction) and the settings of a non-SCAN head by their declared names (SCAN's are the fields above)
+    head: str = "scan"
+    head_params: dict = dataclasses.field(default_factory=dict)
     # loss and optimisation
     margin: float = 0.2
     max_violation: bool = False
@@ -125,6 +131,7 @@ class ScanConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.field_names()}
+        out["head_params"] = dict(self.head_params)
         out["extra"] = dict(self.extra)
         return out
 

@@ -175,7 +175,7 @@ def ablate(model: ScanModel, regions: Regions, text: str, head: str | MatchingHe
 
 def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHead | None = None,
                      progress: Callable[[int, int], None] | None = None,
-                     details: bool = False) -> dict[str, Any]:
+                     details: bool = False, dtype: str = "float32") -> dict[str, Any]:
     """Retrieval metrics (the `eval` JSON) plus pointing accuracy per word type and its two baselines.
 
     The one evaluation path: ``scan-viz eval --gallery``, the app's Evaluate page and the bundle build call it.
@@ -185,6 +185,7 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
     (a hit is any image the caption is true of, any caption true of the image; see :func:`truth_metrics`);
     otherwise ``truth_note`` says why it is missing.
 
+    ``dtype``: float32, float64 or bfloat16 (the head's region-word products in bf16, see ``ScanModel.similarity``).
     ``details`` adds what a failure list needs, as arrays (not JSON): ``t2i_ranks`` (n_captions,) 0-based rank
     of each caption's image, ``t2i_top`` (n_captions,) each caption's top image, ``i2t_ranks`` (n_images,) rank
     of each image's best own caption, ``i2t_best_own`` (n_images,) that caption, ``i2t_top`` (n_images,) each
@@ -201,8 +202,10 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
         raise ScanVizError(f"some images of the gallery {gallery.name} have no caption, so image-to-text ranks are "
                            "undefined: give every image at least one caption")
     matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    if dtype == "bfloat16":
+        matcher = matcher.with_product_dtype(dtype)
     sims = model.similarity(gallery.regions.features, gallery.captions, head=matcher, progress=progress,
-                            region_lengths=gallery.regions.n_boxes)
+                            region_lengths=gallery.regions.n_boxes, dtype=dtype)
     result = evaluate(sims, gallery.caption_image)
     if gallery.regions.boxes is not None and any(gallery.caption_words):
         result.update(pointing_on_gallery(model, gallery, matcher))

@@ -18,7 +18,7 @@ from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, ground_truth_im
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_TYPES
-from scan_viz.app.views import bar_figure, content_words, region_rows, relevance_rows, word_label
+from scan_viz.app.views import RELEVANCE, bar_figure, content_words, region_rows, relevance_rows, word_label
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
 from scan_viz.render import FLAT_FACTOR
@@ -189,14 +189,10 @@ def show_panels(picked: Picked, alignment: Alignment, bundle: Bundle, settings: 
     """The SCAN paper's view: one panel per word, lit where it attends, strongest region outlined."""
     panels = state.panels(bundle.key, picked.key, alignment.text, settings.key(), picked.image, alignment)
     st.session_state[PANELS_MARKER] = [p.word for p in panels]
-    if alignment.direction == "t2i":
-        st.caption("Each word's attention over the regions (bright = attended); yellow: its strongest region "
-                   f"and weight, left out when the attention is flat (no region gets {FLAT_FACTOR:g} times its even "
-                   "share); R = relevance of the word to its attended image vector.")
-    else:
-        st.caption("i2t attends from regions to words: each panel shows, per region, the weight it gives to that "
-                   "word (a column of the region\u2192word attention); yellow: the region giving it the largest "
-                   "share, left out when that column is flat.")
+    st.caption(f"Each word's panel: the {alignment.attention_label} (bright = high); yellow: its strongest region "
+               f"and weight, left out when the map is flat (no region gets {FLAT_FACTOR:g} times its even share)"
+               + (f"; {alignment.word_relevance_label} per word under the panel." if alignment.word_relevance
+                  is not None else "."))
     with st.container(key="word_panels"):
         for start in range(0, len(panels), PANEL_COLUMNS):
             columns = st.columns(PANEL_COLUMNS)
@@ -265,20 +261,21 @@ def show_i2t(picked: Picked, alignment: Alignment, bundle: Bundle, settings: Hea
     png = state.region_words_png(bundle.key, picked.key, alignment.text, settings.key(), int(k), picked.image,
                                  alignment)
     st.image(png, width="content")
-    if alignment.direction == "i2t":
+    if alignment.region_relevance is not None:
         st.dataframe(region_rows(alignment, int(k)), hide_index=True)
 
 
 def show_relevance(alignment: Alignment) -> None:
     rows = relevance_rows(alignment)
-    if alignment.direction == "t2i":
-        st.plotly_chart(bar_figure([f"{r['#']}: {r['word']}" for r in rows], [r["R (relevance)"] for r in rows],
-                                   "R(word, attended image vector)", "relevance R"), width="stretch")
-    else:
+    if alignment.word_relevance is not None:
+        label = alignment.word_relevance_label
+        st.plotly_chart(bar_figure([f"{r['#']}: {r['word']}" for r in rows], [r[RELEVANCE] for r in rows],
+                                   f"{label} per word", label), width="stretch")
+    if alignment.region_relevance is not None:
+        label = alignment.region_relevance_label
         top = region_rows(alignment, 12)
-        st.plotly_chart(bar_figure([r["region"] for r in top], [r["R (relevance)"] for r in top],
-                                   "R(region, attended sentence vector), top 12 regions", "relevance R"),
-                        width="stretch")
+        st.plotly_chart(bar_figure([r["region"] for r in top], [r[RELEVANCE] for r in top],
+                                   f"{label} per region, top 12 regions", label), width="stretch")
     st.dataframe(rows, hide_index=True)
 
 
@@ -313,7 +310,7 @@ def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle) -> None:
     # plain Markdown, not st.metric: a metric cuts a long value short ("-0.25...") in a narrow column
     columns[0].markdown(f"{SCORE_LABEL} {alignment.score:.4f}  \n{len(words)} words \u00b7 "
                         f"{len(picked.regions)} regions",
-                        help=f"{alignment.head} {alignment.direction} pair score, to 4 decimals")
+                        help=f"{alignment.head} pair score, to 4 decimals")
     if picked.image_id is not None and bundle.has_captions():
         truth = picked.image_id in ground_truth_images(bundle.gallery, alignment.text)
         if truth:

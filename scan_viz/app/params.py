@@ -212,8 +212,11 @@ class HeadSettings:
                 "lambda_lse": self.lambda_lse, "raw_feature_norm": self.raw_feature_norm}
 
     def build(self, model: Any):
-        """The head these settings describe, for ``model`` (a ScanModel)."""
-        return model.head(self.head, **self.overrides())
+        """The head these settings describe, for ``model`` (a ScanModel); settings it does not take are left out."""
+        from scan_viz.heads import head_spec
+
+        declared = {p.name for p in head_spec(self.head or model.config.head).params} | {"cross_attn"}
+        return model.head(self.head, **{k: v for k, v in self.overrides().items() if k in declared})
 
     def key(self) -> tuple:
         """Hashable and stable, for result caches."""
