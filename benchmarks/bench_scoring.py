@@ -4,6 +4,8 @@ Baseline ("official"): kuanghuei/SCAN's evaluation loop as restated in scan_viz.
 128 x 128 shards, one attention call per caption, attended vectors materialised.
 Reported: pairs/s, the speed-up over the baseline, and the engine's arithmetic rate as a fraction of
 this machine's measured fp32 matrix-multiply rate, counting 2 x n_regions x n_words x d FLOPs per pair.
+Also the engine with its region-word products in bfloat16 (``--dtype bfloat16``), against the fp32 engine in
+the same run (goal: >= 1.6x), and how far its scores move.
 
     python benchmarks/bench_scoring.py [--device cuda] [--images 512 --captions 2560]
 """
@@ -16,10 +18,9 @@ import time
 import numpy as np
 import torch
 
-from scan_viz.attention import AttentionParams
 from scan_viz.config import ScanConfig
 from scan_viz.engine import score_matrix
-from scan_viz.heads import ScanHead
+from scan_viz.heads import create_head
 from scan_viz.model import ScanModel
 from scan_viz.reference import shard_xattn
 from scan_viz.text import Vocabulary
@@ -78,7 +79,8 @@ def main() -> None:
     model = ScanModel(ScanConfig(vocab_size=len(vocab)), vocab)
     feats = rng.standard_normal((args.images, N_REGIONS, IMG_DIM), dtype=np.float32)
     caps = captions(args.captions, rng)
-    head = ScanHead(AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0))
+    head = create_head("scan_t2i", model.config, lambda_softmax=9.0, lambda_lse=6.0, agg_func="LogSumExp",
+                       raw_feature_norm="clipped_l2norm")
 
     rate = matmul_rate(dev)
     regions = model.encode_images(feats, device=dev)
@@ -104,6 +106,16 @@ def main() -> None:
     eng_pps = args.images * args.captions / t_eng
     err = float(np.abs(sims[:bi, :bc].astype(np.float64) - ref).max())
 
+    bf16_head = head.with_product_dtype("bfloat16")
+
+    def engine_bf16():
+        out = score_matrix(bf16_head, regions, enc.emb, enc.lengths)
+        _sync(dev)
+        return out
+    sims_bf16, t_bf16 = _timed(engine_bf16, reps=2)
+    bf16_pps = args.images * args.captions / t_bf16
+    err_bf16 = float(np.abs(sims_bf16.astype(np.float64) - sims).max())
+
     # end to end: raw features + sentences -> scores; the baseline adds the same encoders' time
     def e2e():
         out = model.similarity(feats, caps, device=dev, head=head)
@@ -120,12 +132,14 @@ def main() -> None:
     print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s")
     print(f"pairs: engine {args.images}x{args.captions}, baseline {bi}x{bc}; 36 regions, d=1024, "
           f"{mean_words:.1f} words/caption incl. <start>/<end>")
-    print(f"max |engine fp32 - official fp64| = {err:.2e}")
+    print(f"max |engine fp32 - official fp64| = {err:.2e}; max |engine bf16 products - engine fp32| = {err_bf16:.2e}")
     print("| what | pairs/s | vs official | fraction of matmul rate |")
     print("|---|---|---|---|")
     print(f"| official loop (fp64, 128x128 shards) | {ref_pps:,.0f} | 1.0x | {ref_pps * flops_per_pair / rate:.2f} |")
     print(f"| engine, scores from embeddings (fp32) | {eng_pps:,.0f} | {eng_pps / ref_pps:.1f}x | "
           f"{eng_pps * flops_per_pair / rate:.2f} |")
+    print(f"| engine, region-word products in bf16 | {bf16_pps:,.0f} | {bf16_pps / ref_pps:.1f}x "
+          f"({bf16_pps / eng_pps:.2f}x fp32 engine) | {bf16_pps * flops_per_pair / rate:.2f} |")
     print(f"| similarity() end to end (fp32) vs official end to end | {e2e_pps:,.0f} | "
           f"{e2e_pps / ref_e2e_pps:.1f}x | - |")
 

@@ -1,0 +1,133 @@
+"""Every matching head on one gallery, measured in one run: the README's head table.
+
+For each head: R@1/5/10 both ways and rsum (strict: only a caption's own image counts; truth-aware where the
+gallery carries claims), pointing accuracy per word type (the head's word x region matrix, argmax per word),
+scoring throughput over the full (images x captions) matrix from the encoded gallery (pairs/s, fp32, and with
+the region-word products in bf16), and the peak memory that scoring adds (measured in a fresh process per head,
+resident set size above what the loaded model and encoded gallery already hold). Baseline: SCAN t2i, same run.
+
+Each head runs on the model named for it (``--model HEAD=MODEL``); by default SCAN's heads on the bundled SCAN
+models, CHAN and CAAN on pretrained/chan-emoji and pretrained/caan-emoji when present, else on SCAN t2i's model
+(the head swapped onto encoders trained for SCAN, said so in the table).
+
+    python benchmarks/bench_heads.py [--gallery examples/gallery] [--heads scan_t2i,scan_i2t,chan,caan]
+                                     [--model chan=pretrained/chan-emoji] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = {"scan_t2i": "scan-emoji-t2i", "scan_i2t": "scan-emoji-i2t", "chan": "chan-emoji",
+                  "caan": "caan-emoji"}
+
+
+def model_for(head: str, chosen: dict[str, str]) -> str:
+    from scan_viz.model import PRETRAINED_DIR
+
+    if head in chosen:
+        return chosen[head]
+    name = DEFAULT_MODELS.get(head, "scan-emoji-t2i")
+    return name if (PRETRAINED_DIR / name).is_dir() else "scan-emoji-t2i"
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def throughput(head: str, model_name: str, gallery_dir: str, dtype: str, reps: int) -> tuple[float, float]:
+    """(pairs/s, peak MB added) of scoring the gallery's full matrix; run in a fresh process."""
+    import torch
+
+    from scan_viz.engine import score_matrix
+    from scan_viz.gallery import load_gallery
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import GalleryIndex
+
+    torch.set_num_threads(1)
+    model = load_model(model_name)
+    index = GalleryIndex.build(model, load_gallery(gallery_dir))
+    matcher = model.head(head, dtype=dtype if dtype == "bfloat16" else None)
+    before = _rss_bytes()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        sims = score_matrix(matcher, index.regions, index.caption_emb, index.caption_lengths, index.region_lengths)
+        best = min(best, time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return sims.size / best, max(peak - before, 0) / 2**20
+
+
+def _in_child(args: tuple) -> tuple[float, float]:
+    return throughput(*args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gallery", default=str(REPO / "examples" / "gallery"))
+    ap.add_argument("--heads", default="scan_t2i,scan_i2t,chan,caan")
+    ap.add_argument("--model", action="append", default=[], metavar="HEAD=MODEL")
+    ap.add_argument("--reps", type=int, default=1, help="timed repetitions of the full matrix (best is kept)")
+    ap.add_argument("--json", help="write every number here too")
+    args = ap.parse_args()
+
+    import torch
+
+    from scan_viz.gallery import load_gallery
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import evaluate_gallery
+
+    torch.set_num_threads(1)
+    chosen = dict(item.split("=", 1) for item in args.model)
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    gallery = load_gallery(args.gallery)
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for head in heads:
+        model_name = model_for(head, chosen)
+        model = load_model(model_name)
+        started = time.perf_counter()
+        result = evaluate_gallery(model, gallery, head)
+        eval_s = time.perf_counter() - started
+        with context.Pool(1) as pool:
+            pps, peak_mb = pool.apply(_in_child, ((head, model_name, args.gallery, "float32", args.reps),))
+        with context.Pool(1) as pool:
+            pps_bf16, _ = pool.apply(_in_child, ((head, model_name, args.gallery, "bfloat16", args.reps),))
+        trained = model.config.head if model.config.head != "scan" else f"scan_{model.config.cross_attn}"
+        rows.append({"head": head, "model": Path(model_name).name, "trained_head": trained,
+                     "i2t": result["i2t"], "t2i": result["t2i"], "rsum": result["rsum"],
+                     "truth_rsum": result.get("truth", {}).get("rsum"), "pointing": result.get("pointing", {}),
+                     "pointing_accuracy": result.get("pointing_accuracy"), "pairs_per_s": pps,
+                     "pairs_per_s_bf16": pps_bf16, "peak_mb": peak_mb, "eval_s": eval_s})
+        print(f"[{head}] done: rsum {result['rsum']:.1f}, {pps:,.0f} pairs/s", flush=True)
+
+    base = next((r for r in rows if r["head"] == "scan_t2i"), rows[0])
+    print(f"\nmachine: {platform.processor() or platform.machine()}, 1 thread; torch {torch.__version__}; gallery "
+          f"{gallery.name}: {len(gallery)} images, {len(gallery.captions)} captions")
+    word_types = sorted({t for r in rows for t in r["pointing"]})
+    print("| head | model (trained as) | i2t R@1 R@5 R@10 | t2i R@1 R@5 R@10 | rsum | truth-aware rsum | pointing "
+          + " ".join(word_types) + " | pairs/s fp32 (vs SCAN t2i) | pairs/s bf16 | peak MB |")
+    print("|---" * 9 + "|")
+    for r in rows:
+        recall = {d: " ".join(f"{r[d][k]:.1f}" for k in ("r1", "r5", "r10")) for d in ("i2t", "t2i")}
+        pointing = " ".join(f"{r['pointing'].get(t, float('nan')):.1f}" for t in word_types) or "-"
+        truth = "-" if r["truth_rsum"] is None else f"{r['truth_rsum']:.1f}"
+        print(f"| {r['head']} | {r['model']} ({r['trained_head']}) | {recall['i2t']} | {recall['t2i']} | {r['rsum']:.1f} | "
+              f"{truth} | {pointing} | {r['pairs_per_s']:,.0f} ({r['pairs_per_s'] / base['pairs_per_s']:.1f}x) | "
+              f"{r['pairs_per_s_bf16']:,.0f} ({r['pairs_per_s_bf16'] / r['pairs_per_s']:.2f}x) | "
+              f"{r['peak_mb']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=float) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
