@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -138,6 +138,39 @@ class GalleryIndex:
         scores = score_matrix(matcher, emb, self.caption_emb, self.caption_lengths)[0]
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(c), float(scores[c])) for c in top]
+
+
+@dataclasses.dataclass
+class HeadComparison:
+    """One head's verdict on one gallery image and sentence: its alignment (score included) and the 1-based rank
+    of that image among all gallery images for the sentence under the same head (1 = ranked first)."""
+
+    head: MatchingHead
+    alignment: Alignment
+    rank: int
+    n_images: int
+
+
+def compare_heads(index: GalleryIndex, image_id: str, text: str,
+                  heads: Sequence[str | MatchingHead]) -> list[HeadComparison]:
+    """The same gallery image and sentence under each head, in the order given (the app's Compare view).
+
+    Ties count in the image's favour: rank = 1 + the number of images scoring strictly higher.
+    """
+    from scan_viz.engine import score_matrix
+
+    if not heads:
+        raise ScanVizError("choose at least one head to compare")
+    regions = gallery_regions(index.gallery, image_id)
+    row = index.gallery.index_of(image_id)
+    caps = index.model.encode_captions([text])
+    out = []
+    for head in heads:
+        matcher = head if isinstance(head, MatchingHead) else index.model.head(head)
+        alignment = explain(index.model, regions, text, matcher)
+        scores = score_matrix(matcher, index.regions, caps.emb, caps.lengths, index.region_lengths)[:, 0]
+        out.append(HeadComparison(matcher, alignment, 1 + int(np.count_nonzero(scores > scores[row])), len(scores)))
+    return out
 
 
 def _region_lengths(gallery: Gallery) -> torch.Tensor | None:

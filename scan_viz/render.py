@@ -526,6 +526,35 @@ def plotly_alignment(image: np.ndarray, alignment: Alignment, word: int | None =
     return figure
 
 
+# ----------------------------------------------------------------------------- one picture per head (Compare)
+
+
+def overview_image(image: np.ndarray, alignment: Alignment) -> np.ndarray:
+    """(H, W, 3) uint8: the whole alignment in one picture, for any head (the app's Compare view).
+
+    The image is lit by the head's per-region relevance where it has one (CAAN's region weights, SCAN i2t's R,
+    negatives as 0), else by the attention the regions receive over the sentence's words; each word that
+    picks out a region (its map is not flat, :func:`attention_peak`) tags that region's box with the word, words
+    sharing a region in one tag. So CHAN shows one box per word, SCAN t2i each word's strongest region.
+    """
+    image = _check_image(image)
+    boxes = _display_boxes(image, alignment)
+    matrix = _word_matrix(alignment)
+    words = _chosen_words(alignment, None, show_specials=False)
+    if alignment.region_relevance is not None and np.size(alignment.region_relevance) == matrix.shape[1]:
+        light = np.asarray(alignment.region_relevance, dtype=np.float64)
+    else:
+        light = matrix[words].sum(axis=0)
+    lit = panel_image(image, light, boxes)
+    tags: dict[int, list[str]] = {}
+    for word in words:
+        peak = attention_peak(matrix[word])
+        if not peak.flat:
+            tags.setdefault(peak.region, []).append(alignment.words[word])
+    regions = sorted(tags)
+    return draw_boxes(lit, boxes[regions] if regions else np.zeros((0, 4)), [", ".join(tags[r]) for r in regions])
+
+
 # ----------------------------------------------------------------------------- export and quick overlays
 
 
@@ -586,6 +615,7 @@ __all__ = [
     "draw_boxes",
     "figure_to_png",
     "figure_to_svg",
+    "overview_image",
     "panel_image",
     "plotly_alignment",
     "region_caption",

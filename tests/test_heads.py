@@ -289,3 +289,58 @@ def test_every_head_through_the_registry_to_every_view(tmp_path, name):
     if al.region_relevance is not None:
         top = views.region_rows(al, 2)
         assert [r[views.RELEVANCE] for r in top] == pytest.approx(np.sort(al.region_relevance)[::-1][:2], abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_cli_flags_are_generated_from_the_declarations(tmp_path, capsys):
+    from scan_viz.cli import build_parser, main
+
+    score = build_parser()._subparsers._group_actions[0].choices["score"]
+    flags = {flag for action in score._actions for flag in action.option_strings}
+    for param in all_head_params():
+        assert set(param.flags) <= flags
+    _, _, _, ckpt, vocab, _, feats = _setup(tmp_path, seed=9)
+    np.save(tmp_path / "ims.npy", feats)
+    (tmp_path / "caps.txt").write_text("\n".join(CAPTIONS[:4]) + "\n")
+    base = ["score", "--model", str(ckpt), "--vocab", str(vocab), "--images", str(tmp_path / "ims.npy"),
+            "--captions", str(tmp_path / "caps.txt"), "--out", str(tmp_path / "s.npy")]
+    assert main(base + ["--head", "chan", "--beta", "0.2", "--dtype", "float64"]) == 0
+    model = load_model(ckpt, vocab)
+    expected = model.similarity(feats, CAPTIONS[:4], dtype="float64", head=model.head("chan", beta=0.2))
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), expected, rtol=0, atol=1e-12)
+    assert main(base + ["--head", "caan", "--dtype", "bfloat16"]) == 0
+    bf16 = np.load(tmp_path / "s.npy")
+    assert np.abs(bf16 - model.similarity(feats, CAPTIONS[:4], head="caan")).max() < 0.03
+    capsys.readouterr()
+    assert main(base + ["--head", "scan_t2i", "--beta", "0.2"]) == 2
+    assert "the scan_t2i head has no setting beta" in capsys.readouterr().err
+    assert main(base + ["--head", "chan", "--beta", "20"]) == 2
+    assert "beta must be a number from 0.01 to 10" in capsys.readouterr().err
+
+
+def test_overview_tags_one_box_per_word_for_chan_and_lights_caan_by_region_weight():
+    from scan_viz import render
+    from scan_viz.types import Alignment
+
+    boxes = np.array([[0, 0, 10, 10], [40, 0, 60, 10], [0, 44, 20, 60]], dtype=np.float32)
+    words = ["<start>", "dog", "ball", "cat", "<end>"]
+    hard = np.eye(3)[[0, 1, 1, 2, 0]]  # CHAN-like: dog -> 1, ball -> 1, cat -> 2
+    image = np.full((64, 64, 3), 200, np.uint8)
+    chan = Alignment(text="dog ball cat", words=words, spans=[None] * 5, unknown=[False] * 5, attention=hard,
+                     score=0.5, head="chan", word_relevance=np.full(5, 0.6), word_relevance_label="best-region cosine",
+                     boxes=boxes, image_size=(64, 64))
+    shown = render.overview_image(image, chan)
+    assert shown.shape == image.shape
+    untouched = render.panel_image(image, hard[1:4].sum(axis=0), boxes)
+    # region 0 gets no tag (only <start>/<end> pick it), regions 1 and 2 are outlined
+    assert np.array_equal(shown[0:11, 0:11], untouched[0:11, 0:11])
+    assert not np.array_equal(shown[0:11, 40:61], untouched[0:11, 40:61])
+    assert not np.array_equal(shown[44:61, 0:21], untouched[44:61, 0:21])
+    # a CAAN-like alignment is lit by its region weights, not its attention
+    caan = Alignment(text="dog ball cat", words=words, spans=[None] * 5, unknown=[False] * 5,
+                     attention=np.full((5, 3), 1 / 3), score=0.5, head="caan", region_relevance=np.array([1, 0, 0.]),
+                     region_relevance_label="region weight", boxes=boxes, image_size=(64, 64))
+    lit = render.overview_image(image, caan)
+    assert lit[5, 5].mean() > 190 and lit[50, 10].mean() < 40  # region 0 bright, region 2 dimmed to the floor

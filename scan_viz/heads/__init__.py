@@ -9,6 +9,9 @@ choices, help). The command line's flags, the app's controls and its link keys a
 declarations, and :func:`create_head` fills the values in from (highest first) the caller's overrides, the
 model's config, then the declared defaults. Adding a head is one module with a :class:`MatchingHead` subclass
 and a :func:`register_head` call, imported at the bottom of this file.
+
+Importing this package (and the heads' modules) does not import torch: the command line builds its flags from
+the declarations and checks a user's values before the slow import.
 """
 from __future__ import annotations
 
@@ -16,15 +19,13 @@ import abc
 import copy
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
-import torch
-
-from scan_viz.config import ScanConfig
+from scan_viz.config import SCORING_DTYPES, ScanConfig
 from scan_viz.errors import ScanVizError
 
-#: dtypes the region-word products may run in (``--dtype``); embeddings stay float32 for ``bfloat16``
-PRODUCT_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,8 @@ class HeadParam:
 
     name: the keyword (and config / URL name), the paper's where it has one; default: the paper's value;
     choices: the allowed strings of a categorical setting; low / high: the inclusive range of a number;
-    label: the short name a control shows (Greek letters welcome); help: one sentence for a user.
+    label: the short name a control shows (Greek letters welcome); help: one sentence for a user; key: the
+    short link (URL) key and extra CLI flag, when the name is long (``lsm`` for ``lambda_softmax``).
     """
 
     name: str
@@ -43,6 +45,16 @@ class HeadParam:
     choices: tuple[str, ...] | None = None
     low: float | None = None
     high: float | None = None
+    key: str = ""
+
+    @property
+    def url_key(self) -> str:
+        return self.key or self.name
+
+    @property
+    def flags(self) -> list[str]:
+        """``--lambda-softmax`` (and ``--lsm`` where a short key is declared)."""
+        return [self.flag] + ([f"--{self.key}"] if self.key and self.key != self.name else [])
 
     @property
     def is_number(self) -> bool:
@@ -124,9 +136,11 @@ class MatchingHead(abc.ABC):
     def with_product_dtype(self, dtype: str | torch.dtype | None) -> "MatchingHead":
         """A copy of this head whose region-word products run in ``dtype`` (``"bfloat16"``, ...)."""
         if isinstance(dtype, str):
-            if dtype not in PRODUCT_DTYPES:
-                raise ScanVizError(f"dtype must be one of {', '.join(PRODUCT_DTYPES)}, got {dtype!r}")
-            dtype = PRODUCT_DTYPES[dtype]
+            import torch
+
+            if dtype not in SCORING_DTYPES:
+                raise ScanVizError(f"dtype must be one of {', '.join(SCORING_DTYPES)}, got {dtype!r}")
+            dtype = getattr(torch, dtype)
         head = copy.copy(self)
         head.product_dtype = dtype
         return head
@@ -190,6 +204,11 @@ def all_head_params() -> list[HeadParam]:
     return list(out.values())
 
 
+def heads_declaring(setting: str) -> list[str]:
+    """The registered heads that take ``setting``."""
+    return [spec.name for spec in _HEADS.values() if any(p.name == setting for p in spec.params)]
+
+
 def head_settings(name: str, config: ScanConfig, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The values head ``name`` runs with: each override, else the config's value, else the declared default.
 
@@ -236,5 +255,5 @@ from scan_viz.heads import chan as _chan  # noqa: E402,F401
 from scan_viz.heads import caan as _caan  # noqa: E402,F401
 from scan_viz.heads.scan import ScanHead  # noqa: E402
 
-__all__ = ["HeadOutput", "HeadParam", "HeadSpec", "MatchingHead", "PRODUCT_DTYPES", "ScanHead", "all_head_params",
-           "create_head", "head_names", "head_settings", "head_spec", "register_head"]
+__all__ = ["HeadOutput", "HeadParam", "HeadSpec", "MatchingHead", "ScanHead", "all_head_params",
+           "create_head", "head_names", "head_settings", "heads_declaring", "head_spec", "register_head"]

@@ -38,10 +38,7 @@ Its alignment: ``attention`` = A_word laid out word x region (each word's distri
 """
 from __future__ import annotations
 
-import torch
-
 from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
-from scan_viz.similarity import EPS, masked_softmax, region_word_similarity
 
 
 class CaanHead(MatchingHead):
@@ -60,6 +57,10 @@ class CaanHead(MatchingHead):
     region_relevance_label = "region weight"
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False) -> HeadOutput:
+        import torch
+
+        from scan_viz.similarity import EPS, masked_softmax, region_word_similarity
+
         s = self.settings
         sim = region_word_similarity(regions, words, word_lengths, region_lengths, self.product_dtype)
         h = sim.sims  # (n_img, k, n_cap, L)

@@ -16,10 +16,7 @@ and ``word_relevance`` holds c_w.
 """
 from __future__ import annotations
 
-import torch
-
 from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
-from scan_viz.similarity import region_word_similarity
 
 CHAN_AGGS = ("LogSumExp", "Mean")
 
@@ -37,6 +34,10 @@ class ChanHead(MatchingHead):
     word_relevance_label = "best-region cosine"
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False) -> HeadOutput:
+        import torch
+
+        from scan_viz.similarity import region_word_similarity
+
         sim = region_word_similarity(regions, words, word_lengths, region_lengths, self.product_dtype)
         sims = sim.sims
         if sim.region_valid is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from scan_viz.attention import AttentionParams, scan_attention
 from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS, ScanConfig
 from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
 
@@ -23,16 +22,18 @@ class ScanHead(MatchingHead):
 
     params = (
         HeadParam("raw_feature_norm", "clipped_l2norm", "first normalisation of the cosines, over the query items",
-                  label="normalisation", choices=RAW_FEATURE_NORMS),
+                  label="normalisation", choices=RAW_FEATURE_NORMS, key="norm"),
         HeadParam("lambda_softmax", 9.0, "inverse temperature of the attention softmax (paper: 9 t2i, 4 i2t)",
-                  label="\u03bb_softmax", low=LAMBDA_LOW, high=LAMBDA_HIGH),
+                  label="\u03bb_softmax", low=LAMBDA_LOW, high=LAMBDA_HIGH, key="lsm"),
         HeadParam("agg_func", "LogSumExp", "how the relevances R are pooled into the pair's score",
-                  label="aggregation", choices=AGG_FUNCS),
+                  label="aggregation", choices=AGG_FUNCS, key="agg"),
         HeadParam("lambda_lse", 6.0, "LogSumExp's inverse temperature (paper: 6 t2i, 5 i2t)", label="\u03bb_lse",
-                  low=LAMBDA_LOW, high=LAMBDA_HIGH),
+                  low=LAMBDA_LOW, high=LAMBDA_HIGH, key="lse"),
     )
 
     def __init__(self, name, settings, product_dtype=None, cross_attn: str = "t2i") -> None:
+        from scan_viz.attention import AttentionParams
+
         super().__init__(name, settings, product_dtype)
         self.attention_params = AttentionParams(cross_attn, settings["raw_feature_norm"],
                                                 settings["lambda_softmax"], settings["agg_func"],
@@ -58,6 +59,8 @@ class ScanHead(MatchingHead):
         return dataclasses.asdict(self.attention_params)
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False) -> HeadOutput:
+        from scan_viz.attention import scan_attention
+
         res = scan_attention(regions, words, word_lengths, self.attention_params, region_lengths, return_attention,
                              self.product_dtype)
         if not return_attention:
