@@ -70,8 +70,10 @@ def alignment_json(alignment: Alignment, head: MatchingHead, model: str, image: 
     """
     from scan_viz import __version__
 
+    record = alignment.to_json()
+    record.pop("head_params")  # restated first, with the head's name
     return {"scan_viz_version": __version__, "model": model, "image": dict(image),
-            "head_params": {"head": head.name, **head.hyperparameters()}, **alignment.to_json()}
+            "head_params": {"head": head.name, **head.hyperparameters()}, **record}
 
 
 def gallery_regions(gallery: Gallery, image_id: str) -> Regions:

@@ -190,7 +190,7 @@ def test_settings_come_from_overrides_then_config_then_declaration():
 
 
 def test_bad_settings_are_one_line_errors():
-    with pytest.raises(ScanVizError, match=r"beta must be a number from 0.01 to 10, got 'x'"):
+    with pytest.raises(ScanVizError, match=r"beta must be a number from 0.01 to 1, got 'x'"):
         create_head("chan", CONFIG, beta="x")
     with pytest.raises(ScanVizError, match=r"chan_agg must be one of LogSumExp, Mean, got 'Max'"):
         create_head("chan", CONFIG, chan_agg="Max")
@@ -316,8 +316,8 @@ def test_cli_flags_are_generated_from_the_declarations(tmp_path, capsys):
     capsys.readouterr()
     assert main(base + ["--head", "scan_t2i", "--beta", "0.2"]) == 2
     assert "the scan_t2i head has no setting beta" in capsys.readouterr().err
-    assert main(base + ["--head", "chan", "--beta", "20"]) == 2
-    assert "beta must be a number from 0.01 to 10" in capsys.readouterr().err
+    assert main(base + ["--head", "chan", "--beta", "2"]) == 2
+    assert "beta must be a number from 0.01 to 1" in capsys.readouterr().err
 
 
 def test_overview_tags_one_box_per_word_for_chan_and_lights_caan_by_region_weight():

@@ -35,7 +35,9 @@ class HeadParam:
     name: the keyword (and config / URL name), the paper's where it has one; default: the paper's value;
     choices: the allowed strings of a categorical setting; low / high: the inclusive range of a number;
     label: the short name a control shows (Greek letters welcome); help: one sentence for a user; key: the
-    short link (URL) key and extra CLI flag, when the name is long (``lsm`` for ``lambda_softmax``).
+    short link (URL) key and extra CLI flag, when the name is long (``lsm`` for ``lambda_softmax``); step: a
+    slider's step; needs: (setting, value) under which this one matters (λ_lse only with LogSumExp), so a
+    control can be greyed out otherwise.
     """
 
     name: str
@@ -46,6 +48,8 @@ class HeadParam:
     low: float | None = None
     high: float | None = None
     key: str = ""
+    step: float = 0.5
+    needs: tuple[str, str] | None = None
 
     @property
     def url_key(self) -> str:

@@ -26,7 +26,8 @@ class ChanHead(MatchingHead):
 
     params = (
         HeadParam("beta", 0.1, "temperature of CHAN's LogSumExp over the words' best-region cosines "
-                  "(paper: 0.1; smaller approaches the best word, larger the sum)", label="\u03b2", low=0.01, high=10.0),
+                  "(paper: 0.1; smaller approaches the best word, larger the sum)", label="\u03b2", low=0.01, high=1.0,
+                  step=0.01, needs=("chan_agg", "LogSumExp")),
         HeadParam("chan_agg", "LogSumExp", "how the words' best-region cosines are pooled (paper: LogSumExp for GRU "
                   "models, Mean for BERT ones)", label="CHAN pooling", choices=CHAN_AGGS),
     )

@@ -10,10 +10,10 @@ import dataclasses
 
 from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS, ScanConfig
 from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.limits import LAMBDA_RANGE
 
-#: 0.5-50: below, the attention over normalised cosines (|x| <= 1) is near uniform and LogSumExp's log(n)/lambda
-#: term swamps the score; above, exp(lambda * x) nears float32's overflow. The paper uses 4-20.
-LAMBDA_LOW, LAMBDA_HIGH = 0.5, 50.0
+#: why 0.5-50: see scan_viz.limits (the paper uses 4-20)
+LAMBDA_LOW, LAMBDA_HIGH = LAMBDA_RANGE
 
 
 class ScanHead(MatchingHead):
@@ -28,7 +28,7 @@ class ScanHead(MatchingHead):
         HeadParam("agg_func", "LogSumExp", "how the relevances R are pooled into the pair's score",
                   label="aggregation", choices=AGG_FUNCS, key="agg"),
         HeadParam("lambda_lse", 6.0, "LogSumExp's inverse temperature (paper: 6 t2i, 5 i2t)", label="\u03bb_lse",
-                  low=LAMBDA_LOW, high=LAMBDA_HIGH, key="lse"),
+                  low=LAMBDA_LOW, high=LAMBDA_HIGH, key="lse", needs=("agg_func", "LogSumExp")),
     )
 
     def __init__(self, name, settings, product_dtype=None, cross_attn: str = "t2i") -> None:
