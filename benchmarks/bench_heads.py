@@ -11,7 +11,10 @@ models, CHAN and CAAN on pretrained/chan-emoji and pretrained/caan-emoji when pr
 (the head swapped onto encoders trained for SCAN, said so in the table).
 
     python benchmarks/bench_heads.py [--gallery examples/gallery] [--heads scan_t2i,scan_i2t,chan,caan]
-                                     [--model chan=pretrained/chan-emoji] [--json out.json]
+                                     [--model chan=pretrained/chan-emoji] [--images N] [--json out.json]
+
+``--images N`` measures on the gallery's first N images and their captions (a quick look; the README's table is
+the whole test split).
 """
 from __future__ import annotations
 
@@ -44,7 +47,25 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def throughput(head: str, model_name: str, gallery_dir: str, dtype: str, reps: int) -> tuple[float, float]:
+def first_images(gallery, n: int):
+    """The gallery's first ``n`` images with their captions (the whole gallery for 0 or n >= its size)."""
+    from scan_viz.data import RegionStore
+    from scan_viz.gallery import Gallery
+
+    if not n or n >= len(gallery):
+        return gallery
+    store = gallery.regions
+
+    def head_of(array):
+        return None if array is None else np.asarray(array)[:n]
+    regions = RegionStore(ids=store.ids[:n], features=np.asarray(store.features[:n]), boxes=head_of(store.boxes),
+                          image_sizes=head_of(store.image_sizes), n_boxes=head_of(store.n_boxes))
+    labels = None if gallery.region_labels is None else gallery.region_labels[:n]
+    return Gallery(gallery.root, gallery.name, gallery.records[:n], regions, labels)
+
+
+def throughput(head: str, model_name: str, gallery_dir: str, n_images: int, dtype: str,
+               reps: int) -> tuple[float, float]:
     """(pairs/s, peak MB added) of scoring the gallery's full matrix; run in a fresh process."""
     import torch
 
@@ -55,7 +76,7 @@ def throughput(head: str, model_name: str, gallery_dir: str, dtype: str, reps: i
 
     torch.set_num_threads(1)
     model = load_model(model_name)
-    index = GalleryIndex.build(model, load_gallery(gallery_dir))
+    index = GalleryIndex.build(model, first_images(load_gallery(gallery_dir), n_images))
     matcher = model.head(head, dtype=dtype if dtype == "bfloat16" else None)
     before = _rss_bytes()
     best = float("inf")
@@ -76,6 +97,7 @@ def main() -> None:
     ap.add_argument("--gallery", default=str(REPO / "examples" / "gallery"))
     ap.add_argument("--heads", default="scan_t2i,scan_i2t,chan,caan")
     ap.add_argument("--model", action="append", default=[], metavar="HEAD=MODEL")
+    ap.add_argument("--images", type=int, default=0, help="only the gallery's first N images (0: all)")
     ap.add_argument("--reps", type=int, default=1, help="timed repetitions of the full matrix (best is kept)")
     ap.add_argument("--json", help="write every number here too")
     args = ap.parse_args()
@@ -89,7 +111,7 @@ def main() -> None:
     torch.set_num_threads(1)
     chosen = dict(item.split("=", 1) for item in args.model)
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
-    gallery = load_gallery(args.gallery)
+    gallery = first_images(load_gallery(args.gallery), args.images)
     context = multiprocessing.get_context("spawn")
     rows = []
     for head in heads:
@@ -99,9 +121,9 @@ def main() -> None:
         result = evaluate_gallery(model, gallery, head)
         eval_s = time.perf_counter() - started
         with context.Pool(1) as pool:
-            pps, peak_mb = pool.apply(_in_child, ((head, model_name, args.gallery, "float32", args.reps),))
+            pps, peak_mb = pool.apply(_in_child, ((head, model_name, args.gallery, args.images, "float32", args.reps),))
         with context.Pool(1) as pool:
-            pps_bf16, _ = pool.apply(_in_child, ((head, model_name, args.gallery, "bfloat16", args.reps),))
+            pps_bf16, _ = pool.apply(_in_child, ((head, model_name, args.gallery, args.images, "bfloat16", args.reps),))
         trained = model.config.head if model.config.head != "scan" else f"scan_{model.config.cross_attn}"
         rows.append({"head": head, "model": Path(model_name).name, "trained_head": trained,
                      "i2t": result["i2t"], "t2i": result["t2i"], "rsum": result["rsum"],

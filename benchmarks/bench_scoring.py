@@ -7,7 +7,11 @@ this machine's measured fp32 matrix-multiply rate, counting 2 x n_regions x n_wo
 Also the engine with its region-word products in bfloat16 (``--dtype bfloat16``), against the fp32 engine in
 the same run (goal: >= 1.6x), and how far its scores move.
 
-    python benchmarks/bench_scoring.py [--device cuda] [--images 512 --captions 2560]
+With ``--gallery-images N`` (0: skip) it also scores the first N images of the bundled gallery (and their
+captions) with each head in fp32 and with bf16 products, and prints R@1/5/10 of both and the top-10 overlap
+(goal: recalls within 0.3 points, overlap >= 0.98).
+
+    python benchmarks/bench_scoring.py [--device cuda] [--images 512 --captions 2560] [--gallery-images 1000]
 """
 from __future__ import annotations
 
@@ -70,6 +74,8 @@ def main() -> None:
     ap.add_argument("--captions", type=int, default=1280)
     ap.add_argument("--baseline-images", type=int, default=128)
     ap.add_argument("--baseline-captions", type=int, default=128)
+    ap.add_argument("--gallery-images", type=int, default=1000, help="bundled gallery images for the bf16 check")
+    ap.add_argument("--gallery-heads", default="scan_t2i,chan,caan")
     args = ap.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -142,6 +148,43 @@ def main() -> None:
           f"({bf16_pps / eng_pps:.2f}x fp32 engine) | {bf16_pps * flops_per_pair / rate:.2f} |")
     print(f"| similarity() end to end (fp32) vs official end to end | {e2e_pps:,.0f} | "
           f"{e2e_pps / ref_e2e_pps:.1f}x | - |")
+    if args.gallery_images:
+        gallery_agreement(args.gallery_images, args.gallery_heads.split(","))
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean share of each row's top-k under ``a`` that is also in its top-k under ``b``."""
+    top_a = np.argsort(-a, axis=1, kind="stable")[:, :k]
+    top_b = np.argsort(-b, axis=1, kind="stable")[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top_a, top_b)]))
+
+
+def gallery_agreement(n_images: int, heads: list[str]) -> None:
+    """fp32 vs bf16 products on the bundled gallery's first ``n_images``: recalls and top-10 overlap per head."""
+    from scan_viz.gallery import load_gallery
+    from scan_viz.metrics import evaluate
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
+
+    model, gallery = load_model(DEFAULT_MODEL), load_gallery(DEFAULT_GALLERY)
+    n = min(n_images, len(gallery))
+    keep = np.flatnonzero(gallery.caption_image < n)
+    feats = np.asarray(gallery.regions.features[:n])
+    caps = [gallery.captions[i] for i in keep]
+    lengths = np.asarray(gallery.regions.n_boxes)[:n]
+    print(f"\nbundled gallery, first {n} images / {len(caps)} captions, model {DEFAULT_MODEL}: fp32 vs bf16 products")
+    print("| head | i2t R@1 R@5 R@10 fp32 -> bf16 | t2i R@1 R@5 R@10 fp32 -> bf16 | max recall change | "
+          "top-10 overlap t2i / i2t |")
+    print("|---|---|---|---|---|")
+    for head in heads:
+        full = model.similarity(feats, caps, head=head, region_lengths=lengths)
+        bf16 = model.similarity(feats, caps, head=head, region_lengths=lengths, dtype="bfloat16")
+        m32, m16 = evaluate(full, gallery.caption_image[keep]), evaluate(bf16, gallery.caption_image[keep])
+        cells = {d: " ".join(f"{m32[d][k]:.1f}" for k in ("r1", "r5", "r10")) + " -> " +
+                 " ".join(f"{m16[d][k]:.1f}" for k in ("r1", "r5", "r10")) for d in ("i2t", "t2i")}
+        change = max(abs(m32[d][k] - m16[d][k]) for d in ("i2t", "t2i") for k in ("r1", "r5", "r10"))
+        print(f"| {head} | {cells['i2t']} | {cells['t2i']} | {change:.2f} | "
+              f"{top_overlap(full.T, bf16.T):.3f} / {top_overlap(full, bf16):.3f} |")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run"]
 VIEWPORT = {"width": 1400, "height": 3000}  # Streamlit scrolls inside its own container: show it all
 SERVER_START_S = 90
-STEP_MS = 60_000  # one page action, first runs included (torch imports, the bundle loads)
+# one page action, first runs included (torch imports, the bundle loads); raise it on a loaded machine
+STEP_MS = int(os.environ.get("SCAN_VIZ_STEP_MS", "60000"))
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 PANEL_IMAGES = ".st-key-word_panels img"
 
