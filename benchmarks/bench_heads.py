@@ -3,7 +3,8 @@
 For each head: R@1/5/10 both ways and rsum (strict: only a caption's own image counts; truth-aware where the
 gallery carries claims), pointing accuracy per word type (the head's word x region matrix, argmax per word),
 scoring throughput over the full (images x captions) matrix from the encoded gallery (pairs/s, fp32, and with
-the region-word products in bf16), and the peak memory that scoring adds (measured in a fresh process per head,
+the region-word products in bf16; the heads' timings interleaved round by round in one process, best round
+kept, so a busy machine slows them alike), and the peak memory that scoring adds (a fresh process per head:
 resident set size above what the loaded model and encoded gallery already hold). Baseline: SCAN t2i, same run.
 
 Each head runs on the model named for it (``--model HEAD=MODEL``); by default SCAN's heads on the bundled SCAN
@@ -64,9 +65,8 @@ def first_images(gallery, n: int):
     return Gallery(gallery.root, gallery.name, gallery.records[:n], regions, labels)
 
 
-def throughput(head: str, model_name: str, gallery_dir: str, n_images: int, dtype: str,
-               reps: int) -> tuple[float, float]:
-    """(pairs/s, peak MB added) of scoring the gallery's full matrix; run in a fresh process."""
+def peak_memory(head: str, model_name: str, gallery_dir: str, n_images: int) -> float:
+    """Peak MB that scoring the gallery's full matrix adds; run in a fresh process."""
     import torch
 
     from scan_viz.engine import score_matrix
@@ -77,19 +77,29 @@ def throughput(head: str, model_name: str, gallery_dir: str, n_images: int, dtyp
     torch.set_num_threads(1)
     model = load_model(model_name)
     index = GalleryIndex.build(model, first_images(load_gallery(gallery_dir), n_images))
-    matcher = model.head(head, dtype=dtype if dtype == "bfloat16" else None)
+    matcher = model.head(head)
     before = _rss_bytes()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        sims = score_matrix(matcher, index.regions, index.caption_emb, index.caption_lengths, index.region_lengths)
-        best = min(best, time.perf_counter() - t)
+    score_matrix(matcher, index.regions, index.caption_emb, index.caption_lengths, index.region_lengths)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return sims.size / best, max(peak - before, 0) / 2**20
+    return max(peak - before, 0) / 2**20
 
 
-def _in_child(args: tuple) -> tuple[float, float]:
-    return throughput(*args)
+def _in_child(args: tuple) -> float:
+    return peak_memory(*args)
+
+
+def interleaved_throughput(runs: dict[tuple[str, str], tuple], reps: int) -> dict[tuple[str, str], float]:
+    """pairs/s of each (head, dtype): ``runs`` maps it to (head object, GalleryIndex); rounds alternate heads."""
+    from scan_viz.engine import score_matrix
+
+    best = {key: float("inf") for key in runs}
+    for _ in range(reps):
+        for key, (matcher, index) in runs.items():
+            t = time.perf_counter()
+            score_matrix(matcher, index.regions, index.caption_emb, index.caption_lengths, index.region_lengths)
+            best[key] = min(best[key], time.perf_counter() - t)
+    return {key: index.regions.shape[0] * index.caption_emb.shape[0] / best[key]
+            for key, (_, index) in runs.items()}
 
 
 def main() -> None:
@@ -98,7 +108,7 @@ def main() -> None:
     ap.add_argument("--heads", default="scan_t2i,scan_i2t,chan,caan")
     ap.add_argument("--model", action="append", default=[], metavar="HEAD=MODEL")
     ap.add_argument("--images", type=int, default=0, help="only the gallery's first N images (0: all)")
-    ap.add_argument("--reps", type=int, default=1, help="timed repetitions of the full matrix (best is kept)")
+    ap.add_argument("--reps", type=int, default=2, help="timed rounds over every head (best is kept)")
     ap.add_argument("--json", help="write every number here too")
     args = ap.parse_args()
 
@@ -106,14 +116,14 @@ def main() -> None:
 
     from scan_viz.gallery import load_gallery
     from scan_viz.model import load_model
-    from scan_viz.pipeline import evaluate_gallery
+    from scan_viz.pipeline import GalleryIndex, evaluate_gallery
 
     torch.set_num_threads(1)
     chosen = dict(item.split("=", 1) for item in args.model)
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     gallery = first_images(load_gallery(args.gallery), args.images)
     context = multiprocessing.get_context("spawn")
-    rows = []
+    rows, runs, indexes = [], {}, {}
     for head in heads:
         model_name = model_for(head, chosen)
         model = load_model(model_name)
@@ -121,16 +131,20 @@ def main() -> None:
         result = evaluate_gallery(model, gallery, head)
         eval_s = time.perf_counter() - started
         with context.Pool(1) as pool:
-            pps, peak_mb = pool.apply(_in_child, ((head, model_name, args.gallery, args.images, "float32", args.reps),))
-        with context.Pool(1) as pool:
-            pps_bf16, _ = pool.apply(_in_child, ((head, model_name, args.gallery, args.images, "bfloat16", args.reps),))
+            peak_mb = pool.apply(_in_child, ((head, model_name, args.gallery, args.images),))
+        if model_name not in indexes:
+            indexes[model_name] = GalleryIndex.build(model, gallery)
+        runs[(head, "float32")] = (model.head(head), indexes[model_name])
+        runs[(head, "bfloat16")] = (model.head(head, dtype="bfloat16"), indexes[model_name])
         trained = model.config.head if model.config.head != "scan" else f"scan_{model.config.cross_attn}"
         rows.append({"head": head, "model": Path(model_name).name, "trained_head": trained,
                      "i2t": result["i2t"], "t2i": result["t2i"], "rsum": result["rsum"],
                      "truth_rsum": result.get("truth", {}).get("rsum"), "pointing": result.get("pointing", {}),
-                     "pointing_accuracy": result.get("pointing_accuracy"), "pairs_per_s": pps,
-                     "pairs_per_s_bf16": pps_bf16, "peak_mb": peak_mb, "eval_s": eval_s})
-        print(f"[{head}] done: rsum {result['rsum']:.1f}, {pps:,.0f} pairs/s", flush=True)
+                     "pointing_accuracy": result.get("pointing_accuracy"), "peak_mb": peak_mb, "eval_s": eval_s})
+        print(f"[{head}] evaluated: rsum {result['rsum']:.1f}, peak {peak_mb:.0f} MB", flush=True)
+    speed = interleaved_throughput(runs, args.reps)
+    for r in rows:
+        r["pairs_per_s"], r["pairs_per_s_bf16"] = speed[(r["head"], "float32")], speed[(r["head"], "bfloat16")]
 
     base = next((r for r in rows if r["head"] == "scan_t2i"), rows[0])
     print(f"\nmachine: {platform.processor() or platform.machine()}, 1 thread; torch {torch.__version__}; gallery "

@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--baseline-images", type=int, default=128)
     ap.add_argument("--baseline-captions", type=int, default=128)
     ap.add_argument("--gallery-images", type=int, default=1000, help="bundled gallery images for the bf16 check")
-    ap.add_argument("--gallery-heads", default="scan_t2i,chan,caan")
+    ap.add_argument("--gallery-heads", default="scan_t2i,chan,caan", help="heads of the per-head and gallery rows")
     args = ap.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -148,8 +148,29 @@ def main() -> None:
           f"({bf16_pps / eng_pps:.2f}x fp32 engine) | {bf16_pps * flops_per_pair / rate:.2f} |")
     print(f"| similarity() end to end (fp32) vs official end to end | {e2e_pps:,.0f} | "
           f"{e2e_pps / ref_e2e_pps:.1f}x | - |")
+    per_head(model, regions, enc, dev, args.gallery_heads.split(","))
     if args.gallery_images:
         gallery_agreement(args.gallery_images, args.gallery_heads.split(","))
+
+
+def per_head(model: ScanModel, regions: torch.Tensor, enc, dev: str, heads: list[str], reps: int = 2) -> None:
+    """Engine pairs/s of each head, fp32 and bf16 products, timed round by round (best round kept)."""
+    runs = {(h, dt): create_head(h, model.config, dtype=dt if dt == "bfloat16" else None)
+            for h in heads for dt in ("float32", "bfloat16")}
+    best = {key: float("inf") for key in runs}
+    for _ in range(reps + 1):  # the first round warms up
+        for key, head in runs.items():
+            t = time.perf_counter()
+            score_matrix(head, regions, enc.emb, enc.lengths)
+            _sync(dev)
+            best[key] = min(best[key], time.perf_counter() - t)
+    pairs = regions.shape[0] * enc.emb.shape[0]
+    base = pairs / best[(heads[0], "float32")]
+    print(f"\nper head, d={regions.shape[2]}: | head | pairs/s fp32 (vs {heads[0]}) | pairs/s bf16 (vs fp32) |")
+    print("|---|---|---|")
+    for head in heads:
+        fp32, bf16 = pairs / best[(head, "float32")], pairs / best[(head, "bfloat16")]
+        print(f"| {head} | {fp32:,.0f} ({fp32 / base:.1f}x) | {bf16:,.0f} ({bf16 / fp32:.2f}x) |")
 
 
 def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
