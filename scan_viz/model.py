@@ -70,8 +70,8 @@ class ScanModel:
     def encoders(self, dtype: str = "float32", device: str = "cpu") -> tuple[torch.nn.Module, torch.nn.Module]:
         """(image encoder, text encoder) in ``dtype`` on ``device``, never changing the model's own float32 CPU
         encoders: another dtype or device gets a copy, made once and kept."""
-        if dtype not in DTYPES:
-            raise ScanVizError(f"dtype must be one of {', '.join(SCORING_DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES:  # the encoders' dtypes; bfloat16 is a scoring dtype (see _scoring_head)
+            raise ScanVizError(f"dtype must be float32 or float64, got {dtype!r}")
         key = (dtype, check_device(device))
         with self._encoders_lock:
             if key not in self._encoders:
