@@ -4,8 +4,14 @@ Baseline ("official"): kuanghuei/SCAN's evaluation loop as restated in scan_viz.
 128 x 128 shards, one attention call per caption, attended vectors materialised.
 Reported: pairs/s, the speed-up over the baseline, and the engine's arithmetic rate as a fraction of
 this machine's measured fp32 matrix-multiply rate, counting 2 x n_regions x n_words x d FLOPs per pair.
+Also the engine with its region-word products in bfloat16 (``--dtype bfloat16``), against the fp32 engine in
+the same run (goal: >= 1.6x), and how far its scores move.
 
-    python benchmarks/bench_scoring.py [--device cuda] [--images 512 --captions 2560]
+With ``--gallery-images N`` (0: skip) it also scores the first N images of the bundled gallery (and their
+captions) with each head in fp32 and with bf16 products, and prints R@1/5/10 of both and the top-10 overlap
+(goal: recalls within 0.3 points, overlap >= 0.98).
+
+    python benchmarks/bench_scoring.py [--device cuda] [--images 512 --captions 2560] [--gallery-images 1000]
 """
 from __future__ import annotations
 
@@ -16,10 +22,9 @@ import time
 import numpy as np
 import torch
 
-from scan_viz.attention import AttentionParams
 from scan_viz.config import ScanConfig
 from scan_viz.engine import score_matrix
-from scan_viz.heads import ScanHead
+from scan_viz.heads import create_head
 from scan_viz.model import ScanModel
 from scan_viz.reference import shard_xattn
 from scan_viz.text import Vocabulary
@@ -69,6 +74,8 @@ def main() -> None:
     ap.add_argument("--captions", type=int, default=1280)
     ap.add_argument("--baseline-images", type=int, default=128)
     ap.add_argument("--baseline-captions", type=int, default=128)
+    ap.add_argument("--gallery-images", type=int, default=1000, help="bundled gallery images for the bf16 check")
+    ap.add_argument("--gallery-heads", default="scan_t2i,chan,caan", help="heads of the per-head and gallery rows")
     args = ap.parse_args()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -78,7 +85,8 @@ def main() -> None:
     model = ScanModel(ScanConfig(vocab_size=len(vocab)), vocab)
     feats = rng.standard_normal((args.images, N_REGIONS, IMG_DIM), dtype=np.float32)
     caps = captions(args.captions, rng)
-    head = ScanHead(AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0))
+    head = create_head("scan_t2i", model.config, lambda_softmax=9.0, lambda_lse=6.0, agg_func="LogSumExp",
+                       raw_feature_norm="clipped_l2norm")
 
     rate = matmul_rate(dev)
     regions = model.encode_images(feats, device=dev)
@@ -104,6 +112,16 @@ def main() -> None:
     eng_pps = args.images * args.captions / t_eng
     err = float(np.abs(sims[:bi, :bc].astype(np.float64) - ref).max())
 
+    bf16_head = head.with_product_dtype("bfloat16")
+
+    def engine_bf16():
+        out = score_matrix(bf16_head, regions, enc.emb, enc.lengths)
+        _sync(dev)
+        return out
+    sims_bf16, t_bf16 = _timed(engine_bf16, reps=2)
+    bf16_pps = args.images * args.captions / t_bf16
+    err_bf16 = float(np.abs(sims_bf16.astype(np.float64) - sims).max())
+
     # end to end: raw features + sentences -> scores; the baseline adds the same encoders' time
     def e2e():
         out = model.similarity(feats, caps, device=dev, head=head)
@@ -120,14 +138,74 @@ def main() -> None:
     print(f"fp32 matmul rate: {rate / 1e9:.1f} GFLOP/s")
     print(f"pairs: engine {args.images}x{args.captions}, baseline {bi}x{bc}; 36 regions, d=1024, "
           f"{mean_words:.1f} words/caption incl. <start>/<end>")
-    print(f"max |engine fp32 - official fp64| = {err:.2e}")
+    print(f"max |engine fp32 - official fp64| = {err:.2e}; max |engine bf16 products - engine fp32| = {err_bf16:.2e}")
     print("| what | pairs/s | vs official | fraction of matmul rate |")
     print("|---|---|---|---|")
     print(f"| official loop (fp64, 128x128 shards) | {ref_pps:,.0f} | 1.0x | {ref_pps * flops_per_pair / rate:.2f} |")
     print(f"| engine, scores from embeddings (fp32) | {eng_pps:,.0f} | {eng_pps / ref_pps:.1f}x | "
           f"{eng_pps * flops_per_pair / rate:.2f} |")
+    print(f"| engine, region-word products in bf16 | {bf16_pps:,.0f} | {bf16_pps / ref_pps:.1f}x "
+          f"({bf16_pps / eng_pps:.2f}x fp32 engine) | {bf16_pps * flops_per_pair / rate:.2f} |")
     print(f"| similarity() end to end (fp32) vs official end to end | {e2e_pps:,.0f} | "
           f"{e2e_pps / ref_e2e_pps:.1f}x | - |")
+    per_head(model, regions, enc, dev, args.gallery_heads.split(","))
+    if args.gallery_images:
+        gallery_agreement(args.gallery_images, args.gallery_heads.split(","))
+
+
+def per_head(model: ScanModel, regions: torch.Tensor, enc, dev: str, heads: list[str], reps: int = 2) -> None:
+    """Engine pairs/s of each head, fp32 and bf16 products, timed round by round (best round kept)."""
+    runs = {(h, dt): create_head(h, model.config, dtype=dt if dt == "bfloat16" else None)
+            for h in heads for dt in ("float32", "bfloat16")}
+    best = {key: float("inf") for key in runs}
+    for _ in range(reps + 1):  # the first round warms up
+        for key, head in runs.items():
+            t = time.perf_counter()
+            score_matrix(head, regions, enc.emb, enc.lengths)
+            _sync(dev)
+            best[key] = min(best[key], time.perf_counter() - t)
+    pairs = regions.shape[0] * enc.emb.shape[0]
+    base = pairs / best[(heads[0], "float32")]
+    print(f"\nper head, d={regions.shape[2]}: | head | pairs/s fp32 (vs {heads[0]}) | pairs/s bf16 (vs fp32) |")
+    print("|---|---|---|")
+    for head in heads:
+        fp32, bf16 = pairs / best[(head, "float32")], pairs / best[(head, "bfloat16")]
+        print(f"| {head} | {fp32:,.0f} ({fp32 / base:.1f}x) | {bf16:,.0f} ({bf16 / fp32:.2f}x) |")
+
+
+def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean share of each row's top-k under ``a`` that is also in its top-k under ``b``."""
+    top_a = np.argsort(-a, axis=1, kind="stable")[:, :k]
+    top_b = np.argsort(-b, axis=1, kind="stable")[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(top_a, top_b)]))
+
+
+def gallery_agreement(n_images: int, heads: list[str]) -> None:
+    """fp32 vs bf16 products on the bundled gallery's first ``n_images``: recalls and top-10 overlap per head."""
+    from scan_viz.gallery import load_gallery
+    from scan_viz.metrics import evaluate
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
+
+    model, gallery = load_model(DEFAULT_MODEL), load_gallery(DEFAULT_GALLERY)
+    n = min(n_images, len(gallery))
+    keep = np.flatnonzero(gallery.caption_image < n)
+    feats = np.asarray(gallery.regions.features[:n])
+    caps = [gallery.captions[i] for i in keep]
+    lengths = np.asarray(gallery.regions.n_boxes)[:n]
+    print(f"\nbundled gallery, first {n} images / {len(caps)} captions, model {DEFAULT_MODEL}: fp32 vs bf16 products")
+    print("| head | i2t R@1 R@5 R@10 fp32 -> bf16 | t2i R@1 R@5 R@10 fp32 -> bf16 | max recall change | "
+          "top-10 overlap t2i / i2t |")
+    print("|---|---|---|---|---|")
+    for head in heads:
+        full = model.similarity(feats, caps, head=head, region_lengths=lengths)
+        bf16 = model.similarity(feats, caps, head=head, region_lengths=lengths, dtype="bfloat16")
+        m32, m16 = evaluate(full, gallery.caption_image[keep]), evaluate(bf16, gallery.caption_image[keep])
+        cells = {d: " ".join(f"{m32[d][k]:.1f}" for k in ("r1", "r5", "r10")) + " -> " +
+                 " ".join(f"{m16[d][k]:.1f}" for k in ("r1", "r5", "r10")) for d in ("i2t", "t2i")}
+        change = max(abs(m32[d][k] - m16[d][k]) for d in ("i2t", "t2i") for k in ("r1", "r5", "r10"))
+        print(f"| {head} | {cells['i2t']} | {cells['t2i']} | {change:.2f} | "
+              f"{top_overlap(full.T, bf16.T):.3f} / {top_overlap(full, bf16):.3f} |")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-8
+from scan_viz.similarity import EPS, length_mask, region_word_similarity
+
+__all__ = ["AttentionParams", "AttentionResult", "aggregate", "length_mask", "normalize_raw", "scan_attention"]
+
 LEAKY_SLOPE = 0.1  # "clipped" in the official code is LeakyReLU(0.1), not max(x, 0)
 
 
@@ -144,11 +147,6 @@ def _masked_norm(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return (sq if valid is None else torch.where(valid, sq, torch.ones_like(sq))).sqrt()
 
 
-def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """(n,) lengths -> (n, max_len) bool, True at real positions."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def scan_attention(
     regions: torch.Tensor,
     words: torch.Tensor,
@@ -156,29 +154,21 @@ def scan_attention(
     params: AttentionParams,
     region_lengths: torch.Tensor | None = None,
     return_attention: bool = False,
+    product_dtype: torch.dtype | None = None,
 ) -> AttentionResult:
     """Score every (image, caption) pair of a block with SCAN t2i or i2t.
 
     regions: (n_images, n_regions, d) region embeddings; words: (n_captions, max_words, d) word
     embeddings (positions past ``word_lengths`` are ignored); word_lengths: (n_captions,) int;
     region_lengths: optional (n_images,) int for images with fewer than n_regions real regions.
+    product_dtype: the dtype of the region-word product (:func:`~scan_viz.similarity.region_word_similarity`).
     Differentiable (used by training too).
     """
-    n_img, n_reg, dim = regions.shape
-    n_cap, n_words, _ = words.shape
-    word_valid = length_mask(word_lengths.to(words.device), n_words)  # (n_cap, L)
-    words = words * word_valid[:, :, None].to(words.dtype)
-    region_valid = None
-    if region_lengths is not None:
-        region_valid = length_mask(region_lengths.to(regions.device), n_reg)  # (n_img, k)
-        regions = regions * region_valid[:, :, None].to(regions.dtype)
-
-    # S[i, r, c, w] = v_{i,r} . u_{c,w}: ONE (n_img*k, d) x (d, n_cap*L) matrix product for the block.
-    # This layout keeps every later step a contiguous reduction or a plain bmm (no copies).
-    sims = (regions.reshape(n_img * n_reg, dim) @ words.reshape(n_cap * n_words, dim).T)
-    sims = sims.view(n_img, n_reg, n_cap, n_words)
-    wv = word_valid[None, None]  # (1, 1, n_cap, L)
-    rv = region_valid[:, :, None, None] if region_valid is not None else None  # (n_img, k, 1, 1)
+    similarity = region_word_similarity(regions, words, word_lengths, region_lengths, product_dtype)
+    sims, regions, words = similarity.sims, similarity.regions, similarity.words
+    word_valid, region_valid = similarity.word_valid, similarity.region_valid
+    n_img, n_reg, n_cap, n_words = sims.shape
+    wv, rv = similarity.pair_word_valid, similarity.pair_region_valid
 
     inplace = not torch.is_grad_enabled()
     bounded = params.raw_feature_norm in _BOUNDED_NORMS

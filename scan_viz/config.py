@@ -11,28 +11,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from scan_viz.errors import ScanVizError
-from scan_viz.limits import check_choice, check_lambda
+from scan_viz.limits import check_choice
 from scan_viz.safe_paths import MAX_CONFIG_BYTES, read_text
 
 RAW_FEATURE_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm")
 AGG_FUNCS = ("LogSumExp", "Mean", "Max", "Sum")
 CROSS_ATTNS = ("t2i", "i2t")
 PRECOMP_ENC_TYPES = ("basic", "weight_norm")
-#: The attention hyperparameters a user may change at inference time (CLI flags, the app's controls, links).
-HEAD_PARAM_CHOICES: dict[str, tuple[str, ...]] = {"cross_attn": CROSS_ATTNS, "agg_func": AGG_FUNCS,
-                                                  "raw_feature_norm": RAW_FEATURE_NORMS}
-HEAD_PARAM_NUMBERS = ("lambda_softmax", "lambda_lse")
-
-
-def check_head_param(name: str, value: Any) -> Any:
-    """One attention hyperparameter, checked (a number in range, or one of its choices) and returned as its
-    type; ScanVizError with a one-line message otherwise. The one check for the CLI, the app and its links."""
-    if name in HEAD_PARAM_NUMBERS:
-        return check_lambda(name, value)
-    if name in HEAD_PARAM_CHOICES:
-        return check_choice(name, value, HEAD_PARAM_CHOICES[name])
-    raise ScanVizError(f"{name} is not an attention setting: use one of "
-                       f"{', '.join([*HEAD_PARAM_CHOICES, *HEAD_PARAM_NUMBERS])}")
+#: ``--dtype`` / ``dtype=``: bfloat16 runs the heads' region-word products in bf16 and the rest in float32
+SCORING_DTYPES = ("float32", "float64", "bfloat16")
 
 
 @dataclasses.dataclass
@@ -55,6 +42,10 @@ class ScanConfig:
     lambda_softmax: float = 9.0
     agg_func: str = "LogSumExp"
     lambda_lse: float = 6.0
+    # not official fields: the matching head the model was trained with (scan_viz.heads; "scan" = SCAN in
+    # cross_attn's direction) and the settings of a non-SCAN head by their declared names (SCAN's are the fields above)
+    head: str = "scan"
+    head_params: dict = dataclasses.field(default_factory=dict)
     # loss and optimisation
     margin: float = 0.2
     max_violation: bool = False
@@ -75,9 +66,12 @@ class ScanConfig:
 
     def validate(self) -> None:
         """Raise ScanVizError when a field has a value the model cannot use."""
+        from scan_viz.heads import head_spec  # the settings are declared once, by the SCAN head
+
         try:
-            for name in (*HEAD_PARAM_CHOICES, *HEAD_PARAM_NUMBERS):
-                check_head_param(name, getattr(self, name))
+            for param in head_spec("scan").params:
+                param.parse(getattr(self, param.name))
+            check_choice("cross_attn", self.cross_attn, CROSS_ATTNS)
             check_choice("precomp_enc_type", self.precomp_enc_type, PRECOMP_ENC_TYPES)
         except ScanVizError as exc:
             raise ScanVizError(f"config: {exc}") from None
@@ -125,6 +119,7 @@ class ScanConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.field_names()}
+        out["head_params"] = dict(self.head_params)
         out["extra"] = dict(self.extra)
         return out
 

@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from scan_viz.config import ScanConfig
+from scan_viz.config import SCORING_DTYPES, ScanConfig
 from scan_viz.encoders import build_encoders
 from scan_viz.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.errors import ScanVizError
@@ -57,14 +57,20 @@ class ScanModel:
         self._encoders_lock = threading.Lock()
 
     # ----------------------------------------------------------------- encoding
-    def head(self, name: str | None = None, **overrides) -> MatchingHead:
-        """A head by name; keyword overrides (e.g. lambda_softmax=4) change the config's hyperparameters."""
-        return create_head(name, self.config.replace(**overrides) if overrides else self.config)
+    def head(self, name: str | None = None, dtype: str | None = None, **overrides) -> MatchingHead:
+        """A head by name (default: the one the model was trained with); keyword overrides are its settings
+        (e.g. lambda_softmax=4, beta=0.05), ``cross_attn`` sets the direction of ``scan``; ``dtype`` the dtype of
+        its region-word products."""
+        config = self.config
+        if overrides.get("cross_attn") is not None:
+            config = config.replace(cross_attn=overrides["cross_attn"])
+        overrides.pop("cross_attn", None)
+        return create_head(name, config, dtype=dtype, **overrides)
 
     def encoders(self, dtype: str = "float32", device: str = "cpu") -> tuple[torch.nn.Module, torch.nn.Module]:
         """(image encoder, text encoder) in ``dtype`` on ``device``, never changing the model's own float32 CPU
         encoders: another dtype or device gets a copy, made once and kept."""
-        if dtype not in DTYPES:
+        if dtype not in DTYPES:  # the encoders' dtypes; bfloat16 is a scoring dtype (see _scoring_head)
             raise ScanVizError(f"dtype must be float32 or float64, got {dtype!r}")
         key = (dtype, check_device(device))
         with self._encoders_lock:
@@ -121,9 +127,10 @@ class ScanModel:
         """Image-sentence scores (n_images, n_captions) from raw region features and sentences.
 
         Captions are encoded and scored in length-sorted chunks, so word embeddings for at most
-        ``caption_chunk`` captions, padded to their own longest, exist at a time.
+        ``caption_chunk`` captions, padded to their own longest, exist at a time. ``dtype="bfloat16"``: the
+        head's region-word products in bf16, the rest in float32 (scores come back as float32).
         """
-        matcher = head if isinstance(head, MatchingHead) else self.head(head)
+        matcher, dtype = _scoring_head(self, head, dtype)
         regions = self.encode_images(features, dtype, device)
         encoded = [self.vocab.encode(c) for c in captions]
         order = np.argsort([len(e.ids) for e in encoded], kind="stable")
@@ -152,7 +159,7 @@ class ScanModel:
         boxes than the largest image); padded regions take no part in the attention and are dropped.
         ``dtype``, ``device``: where the encoders and the attention run (the arrays returned are on the CPU).
         """
-        matcher = head if isinstance(head, MatchingHead) else self.head(head)
+        matcher, dtype = _scoring_head(self, head, dtype)
         features = np.asarray(features)
         if features.ndim != 2:
             raise ScanVizError(f"one image's region features must be 2-D (n_regions, img_dim), got {features.shape}")
@@ -165,20 +172,21 @@ class ScanModel:
         with torch.no_grad():
             res = matcher.scores(regions, caps.emb, caps.lengths, return_attention=True)
         n = int(caps.lengths[0])
-        attn = res.attention[0, 0, :n].double().cpu().numpy()  # (n_words, n_regions)
-        rel = res.relevance[0, 0].double().cpu().numpy()
-        if matcher.direction == "t2i":
-            rel = rel[:n]
-        else:
-            attn = attn.T
+
+        def pair(values: torch.Tensor | None, count: int | None = None) -> np.ndarray | None:
+            return None if values is None else values[0, 0, :count].double().cpu().numpy()
+
         enc = caps.encoded[0]
         return Alignment(
             text=text,
             words=["<start>"] + [t.text for t in enc.tokens] + ["<end>"],
             spans=[None] + [(t.start, t.end) for t in enc.tokens] + [None],
             unknown=[False] + list(enc.unknown) + [False],
-            attention=attn, relevance=rel, score=float(res.scores[0, 0]), head=matcher.name,
-            direction=matcher.direction, boxes=boxes, region_labels=region_labels, image_size=image_size)
+            attention=pair(res.attention, n), score=float(res.scores[0, 0]), head=matcher.name,
+            word_relevance=pair(res.word_relevance, n), region_relevance=pair(res.region_relevance),
+            attention_label=matcher.attention_label, word_relevance_label=matcher.word_relevance_label,
+            region_relevance_label=matcher.region_relevance_label, head_params=matcher.hyperparameters(),
+            boxes=boxes, region_labels=region_labels, image_size=image_size)
 
     # ------------------------------------------------------------------- saving
     def save(self, directory: str | Path) -> None:
@@ -189,6 +197,17 @@ class ScanModel:
         save_model_dir(directory, self.config, self.image_encoder.float().state_dict(),
                        self.text_encoder.float().state_dict())
         self.vocab.save(directory / "vocab.json")
+
+
+def _scoring_head(model: ScanModel, head: str | MatchingHead | None, dtype: str) -> tuple[MatchingHead, str]:
+    """The head to score with and the dtype the embeddings are computed in: for ``bfloat16`` the head's products
+    run in bf16 and the embeddings stay float32."""
+    if dtype not in SCORING_DTYPES:
+        raise ScanVizError(f"dtype must be one of {', '.join(SCORING_DTYPES)}, got {dtype!r}")
+    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    if dtype == "bfloat16":
+        return matcher.with_product_dtype(dtype), "float32"
+    return matcher, dtype
 
 
 def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None = None) -> ScanModel:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -70,8 +70,10 @@ def alignment_json(alignment: Alignment, head: MatchingHead, model: str, image: 
     """
     from scan_viz import __version__
 
+    record = alignment.to_json()
+    record.pop("head_params")  # restated first, with the head's name
     return {"scan_viz_version": __version__, "model": model, "image": dict(image),
-            "head_params": {"head": head.name, **head.hyperparameters()}, **alignment.to_json()}
+            "head_params": {"head": head.name, **head.hyperparameters()}, **record}
 
 
 def gallery_regions(gallery: Gallery, image_id: str) -> Regions:
@@ -140,6 +142,39 @@ class GalleryIndex:
         return [(int(c), float(scores[c])) for c in top]
 
 
+@dataclasses.dataclass
+class HeadComparison:
+    """One head's verdict on one gallery image and sentence: its alignment (score included) and the 1-based rank
+    of that image among all gallery images for the sentence under the same head (1 = ranked first)."""
+
+    head: MatchingHead
+    alignment: Alignment
+    rank: int
+    n_images: int
+
+
+def compare_heads(index: GalleryIndex, image_id: str, text: str,
+                  heads: Sequence[str | MatchingHead]) -> list[HeadComparison]:
+    """The same gallery image and sentence under each head, in the order given (the app's Compare view).
+
+    Ties count in the image's favour: rank = 1 + the number of images scoring strictly higher.
+    """
+    from scan_viz.engine import score_matrix
+
+    if not heads:
+        raise ScanVizError("choose at least one head to compare")
+    regions = gallery_regions(index.gallery, image_id)
+    row = index.gallery.index_of(image_id)
+    caps = index.model.encode_captions([text])
+    out = []
+    for head in heads:
+        matcher = head if isinstance(head, MatchingHead) else index.model.head(head)
+        alignment = explain(index.model, regions, text, matcher)
+        scores = score_matrix(matcher, index.regions, caps.emb, caps.lengths, index.region_lengths)[:, 0]
+        out.append(HeadComparison(matcher, alignment, 1 + int(np.count_nonzero(scores > scores[row])), len(scores)))
+    return out
+
+
 def _region_lengths(gallery: Gallery) -> torch.Tensor | None:
     n_boxes = np.asarray(gallery.regions.n_boxes)
     return None if (n_boxes == gallery.regions.n_regions).all() else torch.from_numpy(n_boxes)
@@ -175,7 +210,7 @@ def ablate(model: ScanModel, regions: Regions, text: str, head: str | MatchingHe
 
 def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHead | None = None,
                      progress: Callable[[int, int], None] | None = None,
-                     details: bool = False) -> dict[str, Any]:
+                     details: bool = False, dtype: str = "float32") -> dict[str, Any]:
     """Retrieval metrics (the `eval` JSON) plus pointing accuracy per word type and its two baselines.
 
     The one evaluation path: ``scan-viz eval --gallery``, the app's Evaluate page and the bundle build call it.
@@ -185,6 +220,7 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
     (a hit is any image the caption is true of, any caption true of the image; see :func:`truth_metrics`);
     otherwise ``truth_note`` says why it is missing.
 
+    ``dtype``: float32, float64 or bfloat16 (the head's region-word products in bf16, see ``ScanModel.similarity``).
     ``details`` adds what a failure list needs, as arrays (not JSON): ``t2i_ranks`` (n_captions,) 0-based rank
     of each caption's image, ``t2i_top`` (n_captions,) each caption's top image, ``i2t_ranks`` (n_images,) rank
     of each image's best own caption, ``i2t_best_own`` (n_images,) that caption, ``i2t_top`` (n_images,) each
@@ -201,8 +237,10 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
         raise ScanVizError(f"some images of the gallery {gallery.name} have no caption, so image-to-text ranks are "
                            "undefined: give every image at least one caption")
     matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    if dtype == "bfloat16":
+        matcher = matcher.with_product_dtype(dtype)
     sims = model.similarity(gallery.regions.features, gallery.captions, head=matcher, progress=progress,
-                            region_lengths=gallery.regions.n_boxes)
+                            region_lengths=gallery.regions.n_boxes, dtype=dtype)
     result = evaluate(sims, gallery.caption_image)
     if gallery.regions.boxes is not None and any(gallery.caption_words):
         result.update(pointing_on_gallery(model, gallery, matcher))

@@ -72,9 +72,9 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 def _word_matrix(alignment: Alignment) -> np.ndarray:
     """(n_words, n_regions) float64 attention, checked against the words and boxes."""
-    matrix = np.nan_to_num(np.asarray(alignment.word_attention(), dtype=np.float64))
+    matrix = np.nan_to_num(np.asarray(alignment.attention, dtype=np.float64))
     if matrix.ndim != 2 or matrix.shape[0] != len(alignment.words):
-        raise ScanVizError(f"the alignment's {alignment.direction} attention has shape "
+        raise ScanVizError(f"the alignment's attention has shape "
                            f"{np.shape(alignment.attention)} for {len(alignment.words)} words: rebuild the alignment")
     return matrix
 
@@ -125,13 +125,22 @@ def _word_name(alignment: Alignment, index: int) -> str:
     return f"{word} ({UNK})" if unknown else word
 
 
-def _word_title(alignment: Alignment, index: int) -> str:
-    """Panel title: the word (``<unk>`` marked) and its relevance R (t2i) or what the map is (i2t)."""
+def word_caption(alignment: Alignment, index: int, sep: str = "\n") -> str:
+    """A word (``<unk>`` marked) and what the head says about it: its relevance by the head's label
+    (``R = 0.52``), or, for a head without per-word relevance, what its word map is."""
     name = _word_name(alignment, index)
-    if alignment.direction == "t2i":
-        return f"{name}\nR = {float(np.asarray(alignment.relevance)[index]):.2f}"
-    # i2t's attention is each region's distribution over words, so a word's map is a column of it
-    return f"{name}\n(column of region\u2192word attention)"
+    if alignment.word_relevance is not None:
+        value = float(np.asarray(alignment.word_relevance)[index])
+        return f"{name}{sep}{alignment.word_relevance_label} = {value:.2f}"
+    return f"{name}{sep}({alignment.attention_label})"
+
+
+def region_caption(alignment: Alignment, region: int) -> str:
+    """``3: dog`` plus the head's per-region relevance where it has one (``R = 0.41``)."""
+    text = f"{region}: {_region_label(alignment, region)}"
+    if alignment.region_relevance is not None:
+        text += f"  {alignment.region_relevance_label} = {float(np.asarray(alignment.region_relevance)[region]):.2f}"
+    return text
 
 
 # ----------------------------------------------------------------------------- does a region stand out?
@@ -261,7 +270,7 @@ def word_panels(image: np.ndarray, alignment: Alignment, words: list[int] | None
         weights = matrix[word]
         axes.imshow(panel_image(image, weights, boxes), interpolation="nearest")
         peak = attention_peak(weights)
-        title = _word_title(alignment, word)
+        title = word_caption(alignment, word)
         if peak.flat:
             title += "\n" + peak.describe(sep="\n")
         axes.set_title(title, fontsize=9)
@@ -279,9 +288,9 @@ def word_panels(image: np.ndarray, alignment: Alignment, words: list[int] | None
 
 
 def _default_regions(alignment: Alignment, matrix: np.ndarray, top: int) -> list[int]:
-    """The regions worth showing: the most relevant (i2t), or those receiving the most attention (t2i)."""
-    if alignment.direction == "i2t" and np.size(alignment.relevance) == matrix.shape[1]:
-        strength = np.asarray(alignment.relevance, dtype=np.float64)
+    """The regions worth showing: by the head's per-region relevance, else by the attention they receive."""
+    if alignment.region_relevance is not None and np.size(alignment.region_relevance) == matrix.shape[1]:
+        strength = np.asarray(alignment.region_relevance, dtype=np.float64)
     else:
         strength = matrix.sum(axis=0)
     return [int(k) for k in np.argsort(-strength, kind="stable")[: max(1, top)]]
@@ -291,8 +300,8 @@ def region_word_figure(image: np.ndarray, alignment: Alignment, regions: list[in
                        show_specials: bool = False) -> Figure:
     """The image-to-text view: per region, its crop beside the sentence shaded by its attention over the words.
 
-    image: (H, W, 3) uint8. regions: indices into the alignment's regions; by default the ``top`` regions by
-    relevance R (i2t) or by total attention received (t2i). Each word's shade is the attention weight between
+    image: (H, W, 3) uint8. regions: indices into the alignment's regions; by default the ``top`` regions by the
+    head's per-region relevance (SCAN i2t's R, CAAN's weights), else by total attention received. Each word's shade is the attention weight between
     the region and the word on one fixed 0-1 scale for the whole figure (the colour bar at the bottom), so a weak
     region's words stay pale; the weight is printed under the word.
     """
@@ -336,10 +345,7 @@ def region_word_figure(image: np.ndarray, alignment: Alignment, regions: list[in
         crop_axes.imshow(crop, interpolation="nearest")
         crop_axes.set_anchor("NW")  # crop and title flush with the top of the row, level with the words
         crop_axes.set_axis_off()
-        title = f"{region}: {_region_label(alignment, region)}"
-        if alignment.direction == "i2t" and np.size(alignment.relevance) == matrix.shape[1]:
-            title += f"  R = {float(np.asarray(alignment.relevance)[region]):.2f}"
-        crop_axes.set_title(title, fontsize=9, loc="left")
+        crop_axes.set_title(region_caption(alignment, region), fontsize=9, loc="left")
 
         text_axes = figure.add_axes(((2 * margin_in + crop_in) / total_w, bottom_in / total_in,
                                      text_in / total_w, (row_in - title_in) / total_in))
@@ -361,34 +367,41 @@ def region_word_figure(image: np.ndarray, alignment: Alignment, regions: list[in
     bar_axes = figure.add_axes(((2 * margin_in + crop_in) / total_w, 0.42 / total_in,
                                 min(text_in, 4.0) / total_w, 0.14 / total_in))
     colorbar = figure.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormap), cax=bar_axes, orientation="horizontal")
-    colorbar.set_label("attention weight (one scale for every region)", fontsize=8)
+    colorbar.set_label(f"{alignment.attention_label} (one scale for every region)", fontsize=8)
     colorbar.ax.tick_params(labelsize=7)
     return figure
 
 
 def relevance_bar(alignment: Alignment) -> Figure:
-    """Bar chart of the relevance R: per word for t2i (specials grey, ``<unk>`` words orange), per region for i2t."""
-    relevance = np.asarray(alignment.relevance, dtype=np.float64).reshape(-1)
-    if alignment.direction == "t2i":
-        if len(relevance) != len(alignment.words):
-            raise ScanVizError(f"{len(relevance)} relevance values for {len(alignment.words)} words: "
+    """Bar charts of what the head scores per word and/or per region (SCAN's R, CHAN's best-region cosine,
+    CAAN's weights), one chart each, titled with the head's labels; specials grey, ``<unk>`` words orange."""
+    charts = []
+    if alignment.word_relevance is not None:
+        values = np.asarray(alignment.word_relevance, dtype=np.float64).reshape(-1)
+        if len(values) != len(alignment.words):
+            raise ScanVizError(f"{len(values)} relevance values for {len(alignment.words)} words: "
                                "rebuild the alignment")
-        names = [_word_name(alignment, i) for i in range(len(relevance))]
         colours = ["#aaaaaa" if _is_special(w) else "#ff7f0e" if i < len(alignment.unknown) and alignment.unknown[i]
                    else "#1f77b4" for i, w in enumerate(alignment.words)]
-        what = "word"
-    else:
-        names = [f"{k}: {_region_label(alignment, k)}" for k in range(len(relevance))]
-        colours = ["#1f77b4"] * len(relevance)
-        what = "region"
-    figure = _new_figure(max(4.0, 0.45 * len(relevance) + 1.5), 3.2, layout="constrained")
-    axes = figure.add_subplot()
-    axes.bar(np.arange(len(relevance)), relevance, color=colours)
-    axes.set_xticks(np.arange(len(relevance)), names, rotation=45 if len(relevance) > 6 else 0, ha="right"
-                    if len(relevance) > 6 else "center", fontsize=8)
-    axes.axhline(0, color="black", linewidth=0.6)
-    axes.set_ylabel("relevance R")
-    axes.set_title(f"{alignment.head} {alignment.direction}: R per {what} (score {alignment.score:.3f})", fontsize=10)
+        charts.append((values, [_word_name(alignment, i) for i in range(len(values))], colours,
+                       alignment.word_relevance_label, "word"))
+    if alignment.region_relevance is not None:
+        values = np.asarray(alignment.region_relevance, dtype=np.float64).reshape(-1)
+        charts.append((values, [f"{k}: {_region_label(alignment, k)}" for k in range(len(values))],
+                       ["#1f77b4"] * len(values), alignment.region_relevance_label, "region"))
+    if not charts:
+        raise ScanVizError(f"the {alignment.head} alignment has no per-word or per-region relevance to chart")
+    width = max(4.0, 0.45 * max(len(c[0]) for c in charts) + 1.5)
+    figure = _new_figure(width, 3.2 * len(charts), layout="constrained")
+    for slot, (values, names, colours, label, what) in enumerate(charts):
+        axes = figure.add_subplot(len(charts), 1, slot + 1)
+        axes.bar(np.arange(len(values)), values, color=colours)
+        many = len(values) > 6
+        axes.set_xticks(np.arange(len(values)), names, rotation=45 if many else 0, ha="right" if many else "center",
+                        fontsize=8)
+        axes.axhline(0, color="black", linewidth=0.6)
+        axes.set_ylabel(label)
+        axes.set_title(f"{alignment.head}: {label} per {what} (score {alignment.score:.3f})", fontsize=10)
     return figure
 
 
@@ -483,7 +496,7 @@ def plotly_alignment(image: np.ndarray, alignment: Alignment, word: int | None =
         x=[None], y=[None], mode="markers", hoverinfo="skip", showlegend=False, name=COLOUR_BAR,
         marker={"color": [0.0], "cmin": 0.0, "cmax": 1.0, "showscale": True,
                 "colorscale": [[0.0, _fill(0.0)], [1.0, _fill(1.0)]],
-                "colorbar": {"title": {"text": "attention weight", "side": "right"}, "thickness": 14,
+                "colorbar": {"title": {"text": html.escape(alignment.attention_label), "side": "right"}, "thickness": 14,
                              "len": 0.8, "tickvals": [0, 0.25, 0.5, 0.75, 1.0]}}))
 
     region_traces = list(range(1, len(boxes) + 1))
@@ -492,11 +505,7 @@ def plotly_alignment(image: np.ndarray, alignment: Alignment, word: int | None =
         counts[alignment.words[i]] = counts.get(alignment.words[i], 0) + 1
 
     def title(i: int) -> str:
-        name = html.escape(_word_name(alignment, i))
-        if alignment.direction == "t2i":
-            text = f"{name}: R = {float(np.asarray(alignment.relevance)[i]):.2f}"
-        else:
-            text = f"{name}: column of region\u2192word attention"
+        text = html.escape(word_caption(alignment, i, sep=": "))
         peak = attention_peak(matrix[i])
         return f"{text}<br><sub>{peak.describe()}</sub>" if peak.flat else text
 
@@ -515,6 +524,35 @@ def plotly_alignment(image: np.ndarray, alignment: Alignment, word: int | None =
         height=int(min(900, 90 + 640 * height / width)), width=740,
     )
     return figure
+
+
+# ----------------------------------------------------------------------------- one picture per head (Compare)
+
+
+def overview_image(image: np.ndarray, alignment: Alignment) -> np.ndarray:
+    """(H, W, 3) uint8: the whole alignment in one picture, for any head (the app's Compare view).
+
+    The image is lit by the head's per-region relevance where it has one (CAAN's region weights, SCAN i2t's R,
+    negatives as 0), else by the attention the regions receive over the sentence's words; each word that
+    picks out a region (its map is not flat, :func:`attention_peak`) tags that region's box with the word, words
+    sharing a region in one tag. So CHAN shows one box per word, SCAN t2i each word's strongest region.
+    """
+    image = _check_image(image)
+    boxes = _display_boxes(image, alignment)
+    matrix = _word_matrix(alignment)
+    words = _chosen_words(alignment, None, show_specials=False)
+    if alignment.region_relevance is not None and np.size(alignment.region_relevance) == matrix.shape[1]:
+        light = np.asarray(alignment.region_relevance, dtype=np.float64)
+    else:
+        light = matrix[words].sum(axis=0)
+    lit = panel_image(image, light, boxes)
+    tags: dict[int, list[str]] = {}
+    for word in words:
+        peak = attention_peak(matrix[word])
+        if not peak.flat:
+            tags.setdefault(peak.region, []).append(alignment.words[word])
+    regions = sorted(tags)
+    return draw_boxes(lit, boxes[regions] if regions else np.zeros((0, 4)), [", ".join(tags[r]) for r in regions])
 
 
 # ----------------------------------------------------------------------------- export and quick overlays
@@ -577,9 +615,12 @@ __all__ = [
     "draw_boxes",
     "figure_to_png",
     "figure_to_svg",
+    "overview_image",
     "panel_image",
     "plotly_alignment",
+    "region_caption",
     "region_word_figure",
     "relevance_bar",
+    "word_caption",
     "word_panels",
 ]

@@ -77,12 +77,14 @@ def library(model_dir: Path, gallery_dir: Path):
     return load_model(model_dir), load_gallery(gallery_dir)
 
 
-def library_alignment(bundle, image_id: str, text: str, **settings) -> Alignment:
-    """The library's alignment of a gallery pair under the model's head settings with ``settings`` changed."""
+def library_alignment(bundle, image_id: str, text: str, head: str | None = None, **settings) -> Alignment:
+    """The library's alignment of a gallery pair under ``head`` (default: the model's own) with the model's
+    settings, ``settings`` changed."""
+    from scan_viz.app.params import own_head
     from scan_viz.pipeline import explain, gallery_regions
 
     model, gallery = library(bundle.model, bundle.gallery)
-    head = dataclasses.replace(HeadSettings.from_config(model.config), **settings).build(model)
+    head = HeadSettings.for_head(head or own_head(model.config), model.config, settings).build(model)
     return explain(model, gallery_regions(gallery, image_id), text, head)
 
 
@@ -129,11 +131,14 @@ def test_head_settings_validate_and_build(bundle):
 
     model = load_model(bundle.model)
     settings = HeadSettings.from_config(model.config)
-    assert settings.direction == model.config.cross_attn
-    head = HeadSettings(direction="i2t", agg_func="Mean").build(model)
-    assert head.direction == "i2t" and head.params.agg_func == "Mean"
+    assert settings.head == f"scan_{model.config.cross_attn}"
+    assert settings.overrides()["lambda_softmax"] == model.config.lambda_softmax
+    head = HeadSettings.for_head("scan_i2t", model.config, {"agg_func": "Mean"}).build(model)
+    assert head.cross_attn == "i2t" and head.attention_params.agg_func == "Mean"
+    chan = HeadSettings.for_head("chan", model.config, {"beta": 0.2, "lambda_softmax": 3.0}).build(model)
+    assert chan.name == "chan" and chan.settings == {"beta": 0.2, "chan_agg": "LogSumExp"}  # SCAN's left out
     with pytest.raises(ScanVizError):
-        HeadSettings(agg_func="Median")
+        HeadSettings.for_head("scan_t2i", model.config, {"agg_func": "Median"})
 
 
 def test_read_upload_refuses_bad_bytes_with_one_line():
@@ -164,7 +169,7 @@ def test_deep_link_shows_one_panel_per_word_with_no_click(app, bundle):
     alignment = library_alignment(bundle, image_id, sentence)
     expected = [p.caption for p in views.word_panels(gallery.load_image(image_id), alignment)]
     assert panel_images(at) == expected and len(expected) == len(words)
-    assert expected[0].startswith(f"{words[0]} \u00b7 R = {alignment.relevance[1]:.2f} \u00b7 ")
+    assert expected[0].startswith(f"{words[0]} \u00b7 R = {alignment.word_relevance[1]:.2f} \u00b7 ")
     assert score(at) == f"{alignment.score:.4f}"
     assert at.query_params["image"] == image_id and at.query_params["q"] == sentence
     assert {"Panels (PNG)", "Panels (SVG)", "Alignment (JSON)"} <= {b.label for b in at.download_button}
@@ -176,8 +181,8 @@ def test_deep_link_sets_direction_word_and_k(app, bundle):
     word = sentence.split()[1]
     at = open_link(app, image=image_id, q=sentence, dir="i2t", word=word, k="5")
     no_exception(at)
-    assert at.session_state[state.DIR_KEY] == "i2t"
-    assert at.query_params == {"image": image_id, "q": sentence, "word": word, "dir": "i2t", "k": "5"}
+    assert at.session_state[state.HEAD_KEY] == "scan_i2t"  # an old link's dir names SCAN's direction
+    assert at.query_params == {"image": image_id, "q": sentence, "word": word, "k": "5", "head": "scan_i2t"}
     at.session_state[explore.TAB_KEY] = "Interactive"
     at.run()
     no_exception(at)
@@ -205,18 +210,27 @@ def test_controls_recompute_the_score(app, bundle):
     at = open_link(app, image=image_id, q=sentence)
     base = library_alignment(bundle, image_id, sentence).score
     assert score(at) == f"{base:.4f}"
-    at.segmented_control(key=state.DIR_KEY).set_value("i2t").run()
+    at.selectbox(key=state.HEAD_KEY).set_value("scan_i2t").run()
     no_exception(at)
-    flipped = library_alignment(bundle, image_id, sentence, direction="i2t").score
+    flipped = library_alignment(bundle, image_id, sentence, head="scan_i2t").score
     assert score(at) == f"{flipped:.4f}" != f"{base:.4f}"
-    assert at.query_params["dir"] == "i2t"
-    at.selectbox(key=state.AGG_KEY).set_value("Mean").run()
-    mean = library_alignment(bundle, image_id, sentence, direction="i2t", agg_func="Mean").score
+    assert at.query_params["head"] == "scan_i2t"
+    at.selectbox(key=state.setting_key("agg_func")).set_value("Mean").run()
+    mean = library_alignment(bundle, image_id, sentence, head="scan_i2t", agg_func="Mean").score
     assert score(at) == f"{mean:.4f}" != f"{flipped:.4f}"
-    at.slider(key=state.LAMBDA_SOFTMAX_KEY).set_value(2.0).run()
+    at.slider(key=state.setting_key("lambda_softmax")).set_value(2.0).run()
     no_exception(at)
-    softer = library_alignment(bundle, image_id, sentence, direction="i2t", agg_func="Mean", lambda_softmax=2.0)
+    softer = library_alignment(bundle, image_id, sentence, head="scan_i2t", agg_func="Mean", lambda_softmax=2.0)
     assert score(at) == f"{softer.score:.4f}" != f"{mean:.4f}"
+    assert at.query_params["agg"] == "Mean" and at.query_params["lsm"] == "2"
+    # the controls are the head's own: CHAN shows beta and its pooling, not SCAN's lambdas
+    at.selectbox(key=state.HEAD_KEY).set_value("chan").run()
+    no_exception(at)
+    labels = {w.label for w in [*at.sidebar.slider, *at.sidebar.selectbox]}
+    assert {"\u03b2", "CHAN pooling"} <= labels and "\u03bb_softmax" not in labels
+    at.slider(key=state.setting_key("beta")).set_value(0.3).run()
+    chan = library_alignment(bundle, image_id, sentence, head="chan", beta=0.3).score
+    assert score(at) == f"{chan:.4f}" and at.query_params["head"] == "chan" and at.query_params["beta"] == "0.3"
     reset = next(b for b in at.sidebar.button if b.label.startswith("Reset"))
     reset.click().run()
     assert score(at) == f"{base:.4f}"
@@ -261,8 +275,8 @@ def test_interactive_tab_shows_the_library_figure(app, bundle):
 
 
 def test_image_to_text_tab_shows_the_regions_figure_and_table(app, bundle):
-    at, image_id, sentence = open_tab(app, bundle, "Image \u2192 text", dir="i2t", k="5")
-    alignment = library_alignment(bundle, image_id, sentence, direction="i2t")
+    at, image_id, sentence = open_tab(app, bundle, "Image \u2192 text", head="scan_i2t", k="5")
+    alignment = library_alignment(bundle, image_id, sentence, head="scan_i2t")
     shown = at.dataframe[0].value
     pd.testing.assert_frame_equal(shown, pd.DataFrame(views.region_rows(alignment, 5)), check_dtype=False)
     assert len(shown) == 5
@@ -275,7 +289,7 @@ def test_relevance_tab_shows_the_library_values(app, bundle):
     rows = views.relevance_rows(alignment)
     pd.testing.assert_frame_equal(at.dataframe[0].value, pd.DataFrame(rows), check_dtype=False)
     [chart] = chart_specs(at)
-    assert chart["data"][0]["x"] == pytest.approx([float(r) for r in alignment.relevance[1:-1]], abs=1e-4)
+    assert chart["data"][0]["x"] == pytest.approx([float(r) for r in alignment.word_relevance[1:-1]], abs=1e-4)
     assert [r["word"] for r in rows] == sentence.split()
 
 
@@ -677,3 +691,41 @@ def test_model_card_shows_bundled_metrics_and_switches_bundled_models(bundle, mo
     no_exception(at)
     assert not at.error and any("Now serving `scan-emoji-i2t`" in s.value for s in at.success)
     assert at.subheader[0].value == "Serving `scan-emoji-i2t`"
+
+
+# ----------------------------------------------------------------------------- Compare
+
+
+def test_a_compare_link_shows_each_head_with_its_score_and_rank(app, bundle):
+    """?image=..&q=..&compare=scan_t2i,chan,caan opens the heads side by side, each with the library's score
+    and the image's rank among the gallery's for the sentence under that head."""
+    from scan_viz.pipeline import GalleryIndex, compare_heads
+
+    image_id = bundle.image_ids[1]
+    sentence = bundle.captions[image_id][0]
+    heads = ["scan_t2i", "chan", "caan"]
+    at = open_link(app, image=image_id, q=sentence, compare=",".join(heads))
+    no_exception(at)
+    assert not at.error and at.session_state[explore.COMPARE_MARKER] == heads
+    model, gallery = library(bundle.model, bundle.gallery)
+    expected = compare_heads(GalleryIndex.build(model, gallery), image_id, sentence,
+                             [HeadSettings.for_head(h, model.config).build(model) for h in heads])
+    lines = [m.value for m in at.markdown if "**rank**" in m.value]
+    assert lines == [f"{explore.SCORE_LABEL} {r.alignment.score:.4f} \u00b7 **rank** {r.rank} of {len(gallery)}"
+                     for r in expected]
+    assert len({line.split()[1] for line in lines}) == 3  # three heads, three scores
+    assert [s.value for s in at.main.subheader][-3:] == heads
+    # one picture per head, and each head's relevance chart: CAAN has word and region weights
+    titles = [spec["layout"]["title"]["text"] for spec in chart_specs(at)]
+    assert titles.count("R per word") == 1 and titles.count("best-region cosine per word") == 1
+    assert titles.count("word weight per word") == 1 and titles.count("region weight, top 8 regions") == 1
+    assert at.query_params["compare"] == ",".join(heads)
+    # the sidebar's head settings apply to that head's column; the others keep the model's own
+    at.selectbox(key=state.HEAD_KEY).set_value("chan").run()
+    at.slider(key=state.setting_key("beta")).set_value(0.5).run()
+    no_exception(at)
+    chan = library_alignment(bundle, image_id, sentence, head="chan", beta=0.5).score
+    lines = [m.value for m in at.markdown if "**rank**" in m.value]
+    assert lines[0] == f"{explore.SCORE_LABEL} {expected[0].alignment.score:.4f} \u00b7 **rank** {expected[0].rank} of " \
+                       f"{len(gallery)}"
+    assert lines[1].startswith(f"{explore.SCORE_LABEL} {chan:.4f} ")

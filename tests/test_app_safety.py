@@ -89,7 +89,8 @@ def test_every_link_key_echoes_its_value_literally(app, payload):
     assert len(at.error) == 1 and payload in at.error[0].value and at.error[0].value.startswith("`no image")
     assert any(literal(payload) in e.label for e in at.expander)
     assert_nothing_renders_as_a_link(at)
-    assert at.session_state[state.DIR_KEY] == "t2i" and at.session_state[state.LAMBDA_SOFTMAX_KEY] == 9.0
+    assert at.session_state[state.HEAD_KEY] == "scan_t2i"
+    assert at.session_state[state.setting_key("lambda_softmax")] == 9.0
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)
@@ -181,7 +182,8 @@ def test_unusable_lambdas_in_a_link_keep_the_models_settings(app, bundle, lsm, l
     notes = " ".join(w.value for w in at.warning)
     assert f"the link's lsm={lsm!r} is not used: lambda_softmax must be a number from 0.5 to 50" in notes
     assert f"the link's lse={lse!r} is not used: lambda_lse must be a number from 0.5 to 50" in notes
-    assert at.session_state[state.LAMBDA_SOFTMAX_KEY] == 9.0 and at.session_state[state.LAMBDA_LSE_KEY] == 6.0
+    assert at.session_state[state.setting_key("lambda_softmax")] == 9.0
+    assert at.session_state[state.setting_key("lambda_lse")] == 6.0
     assert score(at) == base and "lsm" not in at.query_params
 
 
@@ -196,32 +198,32 @@ def test_a_link_sets_every_head_setting_and_is_written_back(app, bundle):
     image_id = bundle.image_ids[2]
     sentence = bundle.captions[image_id][0]
     word = sentence.split()[1]
-    link = {"image": image_id, "q": sentence, "word": word, "k": "5", "dir": "i2t", "agg": "Mean", "lsm": "4.3",
-            "lse": "20", "norm": "l2norm"}
+    link = {"image": image_id, "q": sentence, "word": word, "k": "5", "head": "scan_i2t", "norm": "l2norm",
+            "lsm": "4.3", "agg": "Mean", "lse": "20"}
     at = open_link(app, **link)
     no_exception(at)
     assert not at.warning and not at.error
-    wanted = HeadSettings(direction="i2t", agg_func="Mean", lambda_softmax=4.3, lambda_lse=20.0,
-                          raw_feature_norm="l2norm")
-    assert (at.session_state[state.DIR_KEY], at.session_state[state.AGG_KEY],
-            at.session_state[state.LAMBDA_SOFTMAX_KEY], at.session_state[state.LAMBDA_LSE_KEY],
-            at.session_state[state.NORM_KEY], at.session_state[explore.K_KEY]) == ("i2t", "Mean", 4.3, 20.0,
-                                                                                  "l2norm", 5)
     model = load_model(bundle.model)
+    wanted = HeadSettings.for_head("scan_i2t", model.config, dict(agg_func="Mean", lambda_softmax=4.3,
+                                                                  lambda_lse=20.0, raw_feature_norm="l2norm"))
+    shown = tuple(at.session_state[state.setting_key(n)] for n in ("agg_func", "lambda_softmax", "lambda_lse",
+                                                                   "raw_feature_norm"))
+    assert (at.session_state[state.HEAD_KEY], *shown, at.session_state[explore.K_KEY]) == (
+        "scan_i2t", "Mean", 4.3, 20.0, "l2norm", 5)
     expected = explain(model, gallery_regions(load_gallery(bundle.gallery), image_id), sentence,
                        wanted.build(model)).score
     assert score(at) == f"{expected:.4f}"
     assert dict(at.query_params) == link  # the app writes back exactly the state it shows
     # a reload (a new session on the same URL) shows the same
     again = open_link(AppTest.from_file(APP, default_timeout=TIMEOUT), **link)
-    assert score(again) == score(at) and again.session_state[state.AGG_KEY] == "Mean"
+    assert score(again) == score(at) and again.session_state[state.setting_key("agg_func")] == "Mean"
 
 
 def test_changing_a_control_writes_it_into_the_link(app, bundle):
     image_id = bundle.image_ids[0]
     at = open_link(app, image=image_id, q=bundle.captions[image_id][0])
-    at.selectbox(key=state.NORM_KEY).set_value("softmax").run()
-    at.slider(key=state.LAMBDA_LSE_KEY).set_value(12.5).run()
+    at.selectbox(key=state.setting_key("raw_feature_norm")).set_value("softmax").run()
+    at.slider(key=state.setting_key("lambda_lse")).set_value(12.5).run()
     assert at.query_params["norm"] == "softmax" and at.query_params["lse"] == "12.5"
     at.switch_page(PAGES["Retrieve"]).run()  # every page carries the head settings
     no_exception(at)
@@ -265,10 +267,11 @@ def test_the_served_model_survives_a_reload(two_bundled_models, bundle):
     again = open_link(AppTest.from_file(APP, default_timeout=TIMEOUT), **explore_link)
     no_exception(again)
     assert any("`scan-emoji-i2t`" in c.value for c in again.sidebar.caption)
-    assert again.session_state[state.DIR_KEY] == "i2t" and again.session_state[state.LAMBDA_SOFTMAX_KEY] == 4.0
+    assert again.session_state[state.HEAD_KEY] == "scan_i2t"
+    assert again.session_state[state.setting_key("lambda_softmax")] == 4.0
     assert dict(again.query_params) == explore_link
     default = open_link(AppTest.from_file(APP, default_timeout=TIMEOUT), image=image_id, q=sentence)
-    assert default.session_state[state.DIR_KEY] == "t2i" and score(default) != score(again)
+    assert default.session_state[state.HEAD_KEY] == "scan_t2i" and score(default) != score(again)
     assert default.query_params["model"] == "scan-emoji-t2i"
 
 
@@ -311,7 +314,7 @@ def test_app_download_and_cli_give_the_same_result(app, bundle, downloads, tmp_p
                  "--raw-feature-norm", "l1norm"]) == 0
     printed = capsys.readouterr().out
     cli = json.loads((tmp_path / "alignment.json").read_text())
-    provenance = ("scan_viz_version", "model", "image", "head_params", "text", "tokens", "head", "direction")
+    provenance = ("scan_viz_version", "model", "image", "head_params", "text", "tokens", "head", "attention_label")
     assert {k: record[k] for k in provenance} == {k: cli[k] for k in provenance}
     assert record["image"] == {"gallery": "app test gallery", "id": image_id}
     assert record["head_params"]["agg_func"] == "Max" and record["head_params"]["lambda_softmax"] == 4.5

@@ -28,8 +28,10 @@ def test_explain_end_to_end(bundle, tmp_path, capsys):
     text = bundle.captions[bundle.image_ids[0]][0]
     assert _explain(bundle, image, text, tmp_path / "out") == 0
     al = json.loads((tmp_path / "out" / "alignment.json").read_text())
-    assert set(al) >= {"text", "tokens", "boxes", "attention", "relevance", "score", "head", "direction"}
-    assert al["text"] == text and al["direction"] == "t2i"
+    assert set(al) >= {"text", "tokens", "boxes", "attention", "word_relevance", "region_relevance", "score", "head",
+                       "head_params"}
+    assert al["text"] == text and al["head_params"]["cross_attn"] == "t2i" and al["region_relevance"] is None
+    assert al["word_relevance_label"] == "R" and len(al["word_relevance"]) == len(al["tokens"])
     words = [t["text"] for t in al["tokens"]]
     assert words[0] == "<start>" and words[-1] == "<end>" and words[1:-1] == text.lower().split()
     for t in al["tokens"][1:-1]:

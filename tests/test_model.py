@@ -177,14 +177,14 @@ def test_align_returns_the_pairs_attention(tmp_path):
         assert al.words == ["<start>", "a", "big", "cat", "'s", "car", "<end>"]
         assert CAPTIONS[2][al.spans[3][0]:al.spans[3][1]] == "cat"
         n_words, n_regions = len(al.words), feats.shape[1]
-        if cross_attn == "t2i":
-            assert al.attention.shape == (n_words, n_regions) and al.relevance.shape == (n_words,)
+        assert al.attention.shape == (n_words, n_regions)  # word x region whatever the direction
+        if cross_attn == "t2i":  # each word's distribution over regions, R per word
+            assert al.word_relevance.shape == (n_words,) and al.region_relevance is None
             np.testing.assert_allclose(al.attention.sum(axis=1), 1.0, atol=1e-9)
-        else:
-            assert al.attention.shape == (n_regions, n_words) and al.relevance.shape == (n_regions,)
-            np.testing.assert_allclose(al.attention.sum(axis=1), 1.0, atol=1e-9)
-        assert al.word_attention().shape == (n_words, n_regions)
-        json.dumps(al.to_json())
+        else:  # each region's distribution over words, R per region
+            assert al.region_relevance.shape == (n_regions,) and al.word_relevance is None
+            np.testing.assert_allclose(al.attention.sum(axis=0), 1.0, atol=1e-9)
+        assert json.loads(json.dumps(al.to_json()))["head_params"]["cross_attn"] == cross_attn
 
 
 def test_unknown_words_are_flagged(tmp_path):

@@ -5,35 +5,61 @@ import math
 
 import pytest
 
-from scan_viz.app.params import (QUERY_KEYS, ExploreParams, HeadSettings, explore_query, parse_explore_query,
+from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, parse_explore_query, query_keys,
                                  settings_fields)
+from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
+from scan_viz.heads import all_head_params
 from scan_viz.limits import MAX_WORDS
 
 FULL = {"image": "test_000042", "q": "a red car", "word": "car", "k": "7", "model": "scan-emoji-i2t",
-        "head": "scan", "dir": "i2t", "agg": "Mean", "lsm": "4.5", "lse": "20", "norm": "l2norm"}
+        "head": "scan_i2t", "compare": "scan_t2i,chan", "norm": "l2norm", "lsm": "4.5", "agg": "Mean", "lse": "20",
+        "beta": "0.05", "chan_agg": "Mean", "lambda_inter": "5", "lambda_intra": "6", "lambda_pool": "7"}
+CONFIG = ScanConfig(cross_attn="t2i", lambda_softmax=9.0, lambda_lse=6.0)
 
 
 def test_every_key_round_trips_in_order():
     params, notes = parse_explore_query(FULL)
     assert notes == []
-    assert params == ExploreParams(image="test_000042", q="a red car", word="car", k=7, model="scan-emoji-i2t",
-                                   head="scan", dir="i2t", agg="Mean", lsm=4.5, lse=20.0, norm="l2norm")
+    assert params == ExploreParams(
+        image="test_000042", q="a red car", word="car", k=7, model="scan-emoji-i2t", head="scan_i2t",
+        compare="scan_t2i,chan", settings=(("raw_feature_norm", "l2norm"), ("lambda_softmax", 4.5),
+                                           ("agg_func", "Mean"), ("lambda_lse", 20.0), ("beta", 0.05),
+                                           ("chan_agg", "Mean"), ("lambda_inter", 5.0), ("lambda_intra", 6.0),
+                                           ("lambda_pool", 7.0)))
     query = explore_query(params)
-    assert query == FULL and list(query) == list(QUERY_KEYS)
+    assert query == FULL and list(query) == list(query_keys())
+
+
+def test_link_keys_are_generated_from_the_head_declarations():
+    assert query_keys()[7:] == tuple(p.url_key for p in all_head_params())
+    assert {"lsm", "lse", "agg", "norm", "beta", "lambda_pool"} <= set(query_keys())
 
 
 def test_link_settings_override_the_models_own():
-    defaults = HeadSettings(direction="t2i", agg_func="LogSumExp", lambda_softmax=9.0, lambda_lse=6.0,
-                            raw_feature_norm="clipped_l2norm")
+    own = HeadSettings.from_config(CONFIG)
+    assert own == HeadSettings("scan_t2i", (("raw_feature_norm", "clipped_l2norm"), ("lambda_softmax", 9.0),
+                                            ("agg_func", "LogSumExp"), ("lambda_lse", 6.0)))
     params, _ = parse_explore_query({"agg": "max", "lsm": "4"})  # aggregation read in any case
-    assert params.settings(defaults) == HeadSettings(agg_func="Max", lambda_softmax=4.0)
-    assert parse_explore_query({})[0].settings(defaults) == defaults
-    changed = HeadSettings(direction="i2t", agg_func="Max", lambda_softmax=2.3000000000000003)
-    fields = settings_fields(changed, defaults)
-    assert fields == {"dir": "i2t", "agg": "Max", "lsm": 2.3000000000000003}
-    assert explore_query(ExploreParams(**fields)) == {"dir": "i2t", "agg": "Max", "lsm": "2.3"}
-    assert settings_fields(defaults, defaults) == {}
+    assert params.head_settings(own, CONFIG).overrides() == {"raw_feature_norm": "clipped_l2norm",
+                                                             "lambda_softmax": 4.0, "agg_func": "Max",
+                                                             "lambda_lse": 6.0}
+    assert parse_explore_query({})[0].head_settings(own, CONFIG) == own
+    changed = HeadSettings.for_head("scan_i2t", CONFIG, {"agg_func": "Max", "lambda_softmax": 2.3000000000000003})
+    fields = settings_fields(changed, own, CONFIG)
+    assert fields == {"head": "scan_i2t", "settings": (("lambda_softmax", 2.3000000000000003), ("agg_func", "Max"))}
+    assert explore_query(ExploreParams(**fields)) == {"head": "scan_i2t", "lsm": "2.3", "agg": "Max"}
+    assert settings_fields(own, own, CONFIG) == {"head": None, "settings": ()}
+    # a link's beta is CHAN's: it does not leak into SCAN's settings
+    params, _ = parse_explore_query({"head": "chan", "beta": "0.3"})
+    assert params.head_settings(own, CONFIG) == HeadSettings("chan", (("beta", 0.3), ("chan_agg", "LogSumExp")))
+    assert parse_explore_query({"dir": "i2t"})[0].head == "scan_i2t"  # links from before heads were named
+
+
+def test_compare_keeps_known_heads_and_notes_the_rest():
+    params, notes = parse_explore_query({"compare": "scan_t2i, chan,nope,chan"})
+    assert params.compared() == ["scan_t2i", "chan"]
+    assert len(notes) == 1 and "'nope'" in notes[0] and "left out" in notes[0]
 
 
 @pytest.mark.parametrize("key,value,why", [
@@ -44,11 +70,12 @@ def test_link_settings_override_the_models_own():
     ("lsm", "nine", "lambda_softmax must be a number"),
     ("agg", "Median", "agg_func must be one of LogSumExp, Mean, Max, Sum"),
     ("norm", "bogus", "raw_feature_norm must be one of"),
-    ("dir", "sideways", "cross_attn must be one of t2i, i2t"),
+    ("beta", "5", "beta must be a number from 0.01 to 1"),
+    ("chan_agg", "Max", "chan_agg must be one of LogSumExp, Mean"),
 ])
 def test_unusable_head_values_are_dropped_with_the_shared_message(key, value, why):
     params, notes = parse_explore_query({"image": "x", key: value})
-    assert getattr(params, key) is None and params.image == "x"
+    assert params.settings == () and params.image == "x"
     assert len(notes) == 1 and why in notes[0] and repr(value) in notes[0] and "\n" not in notes[0]
 
 
@@ -72,4 +99,4 @@ def test_long_sentences_are_refused_whole_with_the_limit():
 def test_head_settings_refuse_what_the_cli_refuses():
     for bad in ({"lambda_softmax": math.nan}, {"lambda_lse": -1.0}, {"lambda_softmax": 1e6}, {"agg_func": "Median"}):
         with pytest.raises(ScanVizError, match="must be"):
-            HeadSettings(**bad)
+            HeadSettings.for_head("scan_t2i", CONFIG, bad)

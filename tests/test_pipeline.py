@@ -15,7 +15,7 @@ from scan_viz.data import RegionStore
 from scan_viz.gallery import Gallery, load_gallery
 from scan_viz.metrics import evaluate
 from scan_viz.model import load_model
-from scan_viz.pipeline import GalleryIndex, ablate, evaluate_gallery, explain, gallery_regions
+from scan_viz.pipeline import GalleryIndex, ablate, compare_heads, evaluate_gallery, explain, gallery_regions
 from scan_viz.pointing import PointingItem, evaluate_pointing
 from scan_viz.text import tokenize
 from scan_viz.types import Regions
@@ -155,3 +155,26 @@ def test_ablation_in_the_other_direction_too(bundle, model, gallery):
         assert delta == pytest.approx(explain(model, regions, without, head).score - full, abs=1e-5)
     fewer = dataclasses.replace(regions, features=regions.features[1:], boxes=regions.boxes[1:])
     assert result["regions"][0][1] == pytest.approx(explain(model, fewer, text, head).score - full, abs=1e-5)
+
+
+def test_compare_heads_scores_and_ranks_each_head_on_the_gallery(model, padded):
+    """Each head's alignment is the one explain() gives, and its rank is the image's place in that head's own
+    retrieval of the sentence over the whole (padded) gallery."""
+    index = GalleryIndex.build(model, padded)
+    image_id = padded.ids[2]  # 7 real regions of 36
+    text = padded.captions[int(padded.caption_indices_of(image_id)[0])]
+    results = compare_heads(index, image_id, text, ["scan_t2i", "chan", "caan"])
+    assert [r.head.name for r in results] == ["scan_t2i", "chan", "caan"]
+    scores_by_head = []
+    for r in results:
+        direct = direct_scores(model, padded, [text]) if r.head.name == "scan_t2i" else np.concatenate([
+            model.similarity(padded.regions.features[i:i + 1, :n], [text], head=r.head)
+            for i, n in enumerate(REAL_REGIONS)])[:, 0:1]
+        column = direct[:, 0]
+        assert r.alignment.score == pytest.approx(float(column[2]), abs=1e-5)
+        assert r.alignment.attention.shape[1] == 7  # the image's real regions only
+        assert r.rank == 1 + int(np.sum(column > column[2])) and r.n_images == len(padded)
+        ranked = [image for image, _ in index.search_images(text, k=len(padded), head=r.head)]
+        assert ranked.index(image_id) + 1 == r.rank
+        scores_by_head.append(r.alignment.score)
+    assert len(set(np.round(scores_by_head, 6))) == 3  # three different heads, three different scores

@@ -28,12 +28,16 @@ def make_alignment(direction: str = "t2i", n_regions: int = 4, words: list[str] 
     t2i = rng.random((len(words), n_regions)) * 0.2
     t2i[np.arange(len(words)), np.arange(len(words)) % n_regions] += 1.0
     t2i /= t2i.sum(axis=1, keepdims=True)
-    attention = t2i if direction == "t2i" else (t2i / t2i.sum(axis=0)).T.copy()
-    n_relevance = len(words) if direction == "t2i" else n_regions
+    # word x region either way; i2t: each region's distribution over the words (columns sum to 1), R per region
+    attention = t2i if direction == "t2i" else t2i / t2i.sum(axis=0)
+    relevance = {f"{'word' if direction == 't2i' else 'region'}_relevance":
+                 np.linspace(0.9, 0.1, len(words) if direction == "t2i" else n_regions)}
+    labels = {f"{'word' if direction == 't2i' else 'region'}_relevance_label": "R"}
     return Alignment(
         text=" ".join(w for w in words if not w.startswith("<")), words=words,
         spans=[None] * len(words), unknown=[w == "zebra" for w in words], attention=attention,
-        relevance=np.linspace(0.9, 0.1, n_relevance), score=0.42, head=f"scan_{direction}", direction=direction,
+        score=0.42, head=f"scan_{direction}", **relevance, **labels,
+        attention_label="word\u2192region attention" if direction == "t2i" else "region\u2192word attention",
         boxes=boxes, region_labels=LABELS[:n_regions] if n_regions <= len(LABELS) else None, image_size=SIZE)
 
 
@@ -245,10 +249,11 @@ def alignment_36(rows: dict[str, np.ndarray], direction: str = "t2i") -> Alignme
     t2i = np.full((len(words), N36), 1 / N36)
     for i, row in enumerate(rows.values(), 1):
         t2i[i] = row
-    attention = t2i if direction == "t2i" else t2i.T.copy()
+    relevance = ({"word_relevance": np.linspace(0.5, 0.1, len(words)), "word_relevance_label": "R"}
+                 if direction == "t2i" else {"region_relevance": np.linspace(0.5, 0.1, N36),
+                                             "region_relevance_label": "R"})
     return Alignment(text=" ".join(rows), words=words, spans=[None] * len(words), unknown=[False] * len(words),
-                     attention=attention, relevance=np.linspace(0.5, 0.1, len(words) if direction == "t2i" else N36),
-                     score=0.3, head=f"scan_{direction}", direction=direction, boxes=GRID,
+                     attention=t2i, score=0.3, head=f"scan_{direction}", **relevance, boxes=GRID,
                      region_labels=[f"r{k}" for k in range(N36)], image_size=(48, 48))
 
 

@@ -18,18 +18,18 @@ from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, ground_truth_im
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_TYPES
-from scan_viz.app.views import bar_figure, content_words, region_rows, relevance_rows, word_label
+from scan_viz.app.views import RELEVANCE, bar_figure, content_words, region_rows, relevance_rows, word_label
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
 from scan_viz.render import FLAT_FACTOR
 from scan_viz.types import Alignment, Regions
 
 SOURCE_KEY, IMAGE_KEY, UPLOAD_KEY = "ex_source", "ex_image", "ex_upload"
-Q_KEY, WORD_KEY, K_KEY = "q", "ex_word", "ex_k"
+Q_KEY, WORD_KEY, K_KEY, COMPARE_KEY = "q", "ex_word", "ex_k", "ex_compare"
 SEARCH_KEY, THUMB_PAGE_KEY, TAB_KEY, EXAMPLES_KEY = "ex_search", "ex_thumb_page", "ex_tab", "ex_examples"
 LINK_WORD_KEY = "_ex_link_word"
-#: What the page drew, for tests and the browser check: the words that got a panel.
-PANELS_MARKER = "explore_panels"
+#: What the page drew, for tests and the browser check: the words that got a panel; the heads compared.
+PANELS_MARKER, COMPARE_MARKER = "explore_panels", "explore_compared"
 GALLERY, UPLOAD = "Gallery", "Upload"
 PANEL_COLUMNS = 4
 THUMB_COLUMNS, THUMB_ROWS = 6, 2
@@ -62,14 +62,16 @@ def apply_deep_link(params: ExploreParams) -> None:
     st.session_state[LINK_WORD_KEY] = params.word
     st.session_state.pop(WORD_KEY, None)
     st.session_state[K_KEY] = params.k if params.k is not None else DEFAULT_K
+    st.session_state[COMPARE_KEY] = params.compared()
 
 
 def write_deep_link(bundle: Bundle, settings: HeadSettings, picked: Picked | None, sentence: str | None,
                     word: str | None) -> None:
     """Put the current pair and view into the URL (image and sentence, then what differs from the defaults)."""
     k = st.session_state.get(K_KEY, DEFAULT_K)
+    compare = ",".join(st.session_state.get(COMPARE_KEY) or []) or None
     state.write_link({"image": picked.image_id if picked is not None else None, "q": sentence, "word": word,
-                      "k": k if k != DEFAULT_K else None, **state.link_fields(bundle, settings)})
+                      "k": k if k != DEFAULT_K else None, "compare": compare, **state.link_fields(bundle, settings)})
 
 
 def forget_pair() -> None:
@@ -189,14 +191,10 @@ def show_panels(picked: Picked, alignment: Alignment, bundle: Bundle, settings: 
     """The SCAN paper's view: one panel per word, lit where it attends, strongest region outlined."""
     panels = state.panels(bundle.key, picked.key, alignment.text, settings.key(), picked.image, alignment)
     st.session_state[PANELS_MARKER] = [p.word for p in panels]
-    if alignment.direction == "t2i":
-        st.caption("Each word's attention over the regions (bright = attended); yellow: its strongest region "
-                   f"and weight, left out when the attention is flat (no region gets {FLAT_FACTOR:g} times its even "
-                   "share); R = relevance of the word to its attended image vector.")
-    else:
-        st.caption("i2t attends from regions to words: each panel shows, per region, the weight it gives to that "
-                   "word (a column of the region\u2192word attention); yellow: the region giving it the largest "
-                   "share, left out when that column is flat.")
+    st.caption(f"Each word's panel: the {alignment.attention_label} (bright = high); yellow: its strongest region "
+               f"and weight, left out when the map is flat (no region gets {FLAT_FACTOR:g} times its even share)"
+               + (f"; {alignment.word_relevance_label} per word under the panel." if alignment.word_relevance
+                  is not None else "."))
     with st.container(key="word_panels"):
         for start in range(0, len(panels), PANEL_COLUMNS):
             columns = st.columns(PANEL_COLUMNS)
@@ -265,20 +263,21 @@ def show_i2t(picked: Picked, alignment: Alignment, bundle: Bundle, settings: Hea
     png = state.region_words_png(bundle.key, picked.key, alignment.text, settings.key(), int(k), picked.image,
                                  alignment)
     st.image(png, width="content")
-    if alignment.direction == "i2t":
+    if alignment.region_relevance is not None:
         st.dataframe(region_rows(alignment, int(k)), hide_index=True)
 
 
 def show_relevance(alignment: Alignment) -> None:
     rows = relevance_rows(alignment)
-    if alignment.direction == "t2i":
-        st.plotly_chart(bar_figure([f"{r['#']}: {r['word']}" for r in rows], [r["R (relevance)"] for r in rows],
-                                   "R(word, attended image vector)", "relevance R"), width="stretch")
-    else:
+    if alignment.word_relevance is not None:
+        label = alignment.word_relevance_label
+        st.plotly_chart(bar_figure([f"{r['#']}: {r['word']}" for r in rows], [r[RELEVANCE] for r in rows],
+                                   f"{label} per word", label), width="stretch")
+    if alignment.region_relevance is not None:
+        label = alignment.region_relevance_label
         top = region_rows(alignment, 12)
-        st.plotly_chart(bar_figure([r["region"] for r in top], [r["R (relevance)"] for r in top],
-                                   "R(region, attended sentence vector), top 12 regions", "relevance R"),
-                        width="stretch")
+        st.plotly_chart(bar_figure([r["region"] for r in top], [r[RELEVANCE] for r in top],
+                                   f"{label} per region, top 12 regions", label), width="stretch")
     st.dataframe(rows, hide_index=True)
 
 
@@ -313,7 +312,7 @@ def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle) -> None:
     # plain Markdown, not st.metric: a metric cuts a long value short ("-0.25...") in a narrow column
     columns[0].markdown(f"{SCORE_LABEL} {alignment.score:.4f}  \n{len(words)} words \u00b7 "
                         f"{len(picked.regions)} regions",
-                        help=f"{alignment.head} {alignment.direction} pair score, to 4 decimals")
+                        help=f"{alignment.head} pair score, to 4 decimals")
     if picked.image_id is not None and bundle.has_captions():
         truth = picked.image_id in ground_truth_images(bundle.gallery, alignment.text)
         if truth:
@@ -355,6 +354,58 @@ def show_views(picked: Picked, alignment: Alignment, bundle: Bundle, settings: H
                 state.shown(view)
 
 
+def compare_settings(bundle: Bundle, settings: HeadSettings, heads: list[str]) -> list[HeadSettings]:
+    """Each compared head's settings: the sidebar's for the head chosen there, the model's own for the others."""
+    return [settings if head == settings.head else HeadSettings.for_head(head, bundle.model.config) for head in heads]
+
+
+def show_compare(picked: Picked, sentence: str, bundle: Bundle, settings: HeadSettings) -> None:
+    """The same image and sentence under two or more heads side by side: each head's picture of its alignment,
+    its score and the rank of this image among the gallery's for the sentence."""
+    from scan_viz.app.params import selectable_heads
+    from scan_viz.heads import head_names
+    from scan_viz.render import overview_image
+
+    heads = st.multiselect("Compare heads", selectable_heads(head_names()), key=COMPARE_KEY,
+                           persist_state="session", placeholder="pick two or more heads",
+                           help="The same image and sentence under each head, side by side.")
+    if not heads:
+        return
+    if picked.image_id is None:
+        st.info("Compare ranks the image among the gallery's: pick a gallery image to compare heads.")
+        return
+    chosen = compare_settings(bundle, settings, heads)
+    results = state.shown(lambda: state.comparison(bundle.key, picked.image_id, sentence,
+                                                   tuple(s.key() for s in chosen)))
+    if results is None:
+        return
+    st.session_state[COMPARE_MARKER] = [r.head.name for r in results]
+    with st.container(key="compare"):
+        for column, result, chosen_settings in zip(st.columns(len(results)), results, chosen):
+            al = result.alignment
+            with column:
+                st.subheader(result.head.name)
+                st.caption(chosen_settings.describe())
+                st.markdown(f"{SCORE_LABEL} {al.score:.4f} \u00b7 **rank** {result.rank} of {result.n_images}",
+                            help="The image's rank among the gallery's images for this sentence under this head "
+                                 "(1 = the head's top image).")
+                st.image(overview_image(picked.image, al), width="stretch",
+                         caption="lit: " + (al.region_relevance_label if al.region_relevance is not None
+                                            else "attention received") + "; a box per word that picks a region")
+                words = content_words(al)
+                if al.word_relevance is not None:
+                    st.plotly_chart(bar_figure([f"{i}: {al.words[i]}" for i in words],
+                                               [float(al.word_relevance[i]) for i in words],
+                                               f"{al.word_relevance_label} per word", al.word_relevance_label),
+                                    width="stretch", key=f"cmp_words_{result.head.name}")
+                if al.region_relevance is not None:
+                    top = region_rows(al, 8)
+                    st.plotly_chart(bar_figure([r["region"] for r in top], [r[RELEVANCE] for r in top],
+                                               f"{al.region_relevance_label}, top 8 regions",
+                                               al.region_relevance_label),
+                                    width="stretch", key=f"cmp_regions_{result.head.name}")
+
+
 def render() -> None:
     """The Explore page."""
     served = state.page_start("Explore")
@@ -362,6 +413,7 @@ def render() -> None:
         return
     bundle, settings = served
     st.session_state.pop(PANELS_MARKER, None)
+    st.session_state.pop(COMPARE_MARKER, None)
     st.session_state.setdefault(SOURCE_KEY, GALLERY)
     st.segmented_control("Image", [GALLERY, UPLOAD], key=SOURCE_KEY, required=True, persist_state="session",
                          label_visibility="collapsed")
@@ -391,6 +443,7 @@ def render() -> None:
         with text_column:
             show_summary(alignment, picked, bundle)
         show_views(picked, alignment, bundle, settings)
+        show_compare(picked, sentence, bundle, settings)
     write_deep_link(bundle, settings, picked, sentence, word)
 
 

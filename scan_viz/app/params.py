@@ -10,17 +10,16 @@ key        value
 ``word``   the word the Interactive view shows, as the tokenizer writes it (Explore)
 ``k``      retrieval depth / regions in the image-to-text view, :data:`K_MIN`..:data:`K_MAX` (Explore)
 ``model``  a bundled model's name (never a path: a link cannot name a file on the server)
-``head``   matching head by name
-``dir``    ``t2i`` or ``i2t`` (the paper's ``cross_attn``)
-``agg``    ``LogSumExp``, ``Mean``, ``Max`` or ``Sum`` (``agg_func``)
-``lsm``    ``lambda_softmax``, the attention's inverse temperature (the paper's lambda_1)
-``lse``    ``lambda_lse``, LogSumExp's sharpness (the paper's lambda_2)
-``norm``   ``raw_feature_norm``
+``head``   matching head by name (``scan_t2i``, ``scan_i2t``, ``chan``, ``caan``, ...)
+``compare``  heads to show side by side in Explore's Compare view, comma-separated (``scan_t2i,chan``)
+...        each head's settings, under the link keys its declarations give (:mod:`scan_viz.heads`):
+           ``lsm`` (lambda_softmax), ``lse`` (lambda_lse), ``agg`` (agg_func), ``norm`` (raw_feature_norm),
+           ``beta``, ``chan_agg``, ``lambda_inter``, ...; ``dir=t2i|i2t`` is read as ``head=scan_t2i|scan_i2t``
 =========  ==============================================================================================
 
 ``image`` and ``q`` are written whenever set, ``model`` whenever a bundled model is served, the rest only when
 they differ from the default (the model's own settings, K = 10, the first word). Values are checked by the
-same rules as the app's controls and the command line (:mod:`scan_viz.limits`); a value that cannot be used is
+same rules as the app's controls and the command line (the heads' declarations); a value that cannot be used is
 dropped with a one-line note. Nothing here imports Streamlit, so the rules are tested on their own.
 """
 from __future__ import annotations
@@ -30,7 +29,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from scan_viz.config import AGG_FUNCS, check_head_param
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
 
@@ -38,20 +36,26 @@ MAX_ID_CHARS = 200
 #: Range of K (retrieval depth, regions in the i2t view).
 K_MIN, K_MAX = 1, 100
 DEFAULT_K = 10
-#: The order of the keys in a written URL, so links read the same way every time.
-QUERY_KEYS = ("image", "q", "word", "k", "model", "head", "dir", "agg", "lsm", "lse", "norm")
-#: Link key -> the HeadSettings field it sets.
-HEAD_KEYS = {"head": "head", "dir": "direction", "agg": "agg_func", "lsm": "lambda_softmax",
-             "lse": "lambda_lse", "norm": "raw_feature_norm"}
+#: The keys of the pair and the view, in the order a written URL has them; the head settings' keys follow.
+PAIR_KEYS = ("image", "q", "word", "k", "model", "head", "compare")
 #: A bundled model's name: a folder name under pretrained/, no path separators.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def query_keys() -> tuple[str, ...]:
+    """Every link key in written order: the pair's, then each declared head setting's (generated)."""
+    from scan_viz.heads import all_head_params
+
+    return PAIR_KEYS + tuple(p.url_key for p in all_head_params())
+
 
 QueryValue = str | Sequence[str]
 
 
 @dataclasses.dataclass(frozen=True)
 class ExploreParams:
-    """What a link names (None = not given); the fields are the URL keys of the module's table."""
+    """What a link names (None = not given): the pair and view keys, and ``settings``, the head settings it
+    gives as (declared name, value) pairs. ``compare``: head names, comma-separated."""
 
     image: str | None = None
     q: str | None = None
@@ -59,16 +63,15 @@ class ExploreParams:
     k: int | None = None
     model: str | None = None
     head: str | None = None
-    dir: str | None = None
-    agg: str | None = None
-    lsm: float | None = None
-    lse: float | None = None
-    norm: str | None = None
+    compare: str | None = None
+    settings: tuple[tuple[str, Any], ...] = ()
 
-    def settings(self, defaults: HeadSettings) -> HeadSettings:
-        """The link's head settings: what it names over ``defaults`` (the served model's own settings)."""
-        given = {field: getattr(self, key) for key, field in HEAD_KEYS.items() if getattr(self, key) is not None}
-        return dataclasses.replace(defaults, **given)
+    def head_settings(self, own: HeadSettings, config: Any) -> HeadSettings:
+        """The link's head (else ``own.head``, the model's) with the link's settings over the model's own."""
+        return HeadSettings.for_head(self.head or own.head, config, dict(self.settings))
+
+    def compared(self) -> list[str]:
+        return [h for h in (self.compare or "").split(",") if h]
 
 
 def _last(value: QueryValue | None) -> str | None:
@@ -84,24 +87,22 @@ def _last(value: QueryValue | None) -> str | None:
 
 
 def normalise_query(query: Mapping[str, QueryValue]) -> dict[str, str]:
-    """The link keys of a query, one string each, blanks dropped, in :data:`QUERY_KEYS` order."""
+    """The link keys of a query, one string each, blanks dropped, in :func:`query_keys` order (plus the old
+    ``dir``)."""
     out = {}
-    for key in QUERY_KEYS:
+    for key in (*query_keys(), "dir"):
         value = _last(query.get(key))
         if value is not None and value.strip():
             out[key] = value
     return out
 
 
-def _head_value(key: str, text: str) -> Any:
-    """A head setting from its link text; ScanVizError (the controls' and the CLI's message) when unusable."""
-    field = HEAD_KEYS[key]
-    if field == "agg_func":  # written as the paper spells it; read in any case
-        text = next((agg for agg in AGG_FUNCS if agg.lower() == text.strip().lower()), text)
-    elif field in ("direction", "raw_feature_norm"):
-        text = text.strip().lower()
-    config_name = "cross_attn" if field == "direction" else field
-    return check_head_param(config_name, text)
+def _setting_value(param: Any, text: str) -> Any:
+    """A head setting from its link text (a choice read in any case); ScanVizError, the controls' and the CLI's
+    message, when unusable."""
+    if param.choices is not None:
+        text = next((c for c in param.choices if c.lower() == text.strip().lower()), text)
+    return param.parse(text)
 
 
 def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams, list[str]]:
@@ -142,14 +143,36 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             found["model"] = model
         else:
             notes.append(f"the link's model={values['model']!r} is not a bundled model's name: ignored")
+    from scan_viz.heads import all_head_params, head_names
+
+    heads = selectable_heads(head_names())
     if "head" in values:
         found["head"] = values["head"].strip()[:MAX_ID_CHARS]
-    for key in ("dir", "agg", "lsm", "lse", "norm"):
-        if key in values:
+    if "dir" in values:  # links written before heads were named: dir=i2t is SCAN image-to-text
+        direction = values["dir"].strip().lower()
+        if direction not in ("t2i", "i2t"):
+            notes.append(f"the link's dir={values['dir']!r} is not one of t2i, i2t: ignored")
+        elif "head" not in values:
+            found["head"] = f"scan_{direction}"
+    if found.get("head") is not None and found["head"] not in heads:
+        notes.append(f"the link's head {found.pop('head')!r} is not one of {', '.join(heads)}: ignored")
+    if "compare" in values:
+        names = [n.strip() for n in values["compare"].split(",") if n.strip()]
+        unknown = [n for n in names if n not in heads]
+        if unknown:
+            notes.append(f"the link's compare names {', '.join(repr(n[:MAX_ID_CHARS]) for n in unknown)}, not "
+                         f"one of {', '.join(heads)}: left out")
+        known = list(dict.fromkeys(n for n in names if n in heads))
+        if known:
+            found["compare"] = ",".join(known)
+    settings = []
+    for param in all_head_params():
+        if param.url_key in values:
             try:
-                found[key] = _head_value(key, values[key])
+                settings.append((param.name, _setting_value(param, values[param.url_key])))
             except ScanVizError as exc:
-                notes.append(f"the link's {key}={values[key]!r} is not used: {exc}")
+                notes.append(f"the link's {param.url_key}={values[param.url_key]!r} is not used: {exc}")
+    found["settings"] = tuple(settings)
     return ExploreParams(**found), notes
 
 
@@ -159,19 +182,22 @@ def _link_text(value: Any) -> str:
 
 
 def explore_query(params: ExploreParams) -> dict[str, str]:
-    """The query parameters of a link, only the keys that are set, in :data:`QUERY_KEYS` order."""
-    out = {}
-    for key in QUERY_KEYS:
-        value = getattr(params, key)
-        if value is not None and str(value) != "":
-            out[key] = _link_text(value)
-    return out
+    """The query parameters of a link, only the keys that are set, in :func:`query_keys` order."""
+    from scan_viz.heads import all_head_params
+
+    values: dict[str, Any] = {key: getattr(params, key) for key in PAIR_KEYS}
+    given = dict(params.settings)
+    values.update({p.url_key: given.get(p.name) for p in all_head_params()})
+    return {key: _link_text(values[key]) for key in query_keys()
+            if values.get(key) is not None and str(values[key]) != ""}
 
 
-def settings_fields(settings: HeadSettings, defaults: HeadSettings) -> dict[str, Any]:
-    """The link keys (ExploreParams fields) of the head settings that differ from ``defaults``."""
-    return {key: getattr(settings, field) for key, field in HEAD_KEYS.items()
-            if getattr(settings, field) != getattr(defaults, field)}
+def settings_fields(settings: HeadSettings, own: HeadSettings, config: Any) -> dict[str, Any]:
+    """The ExploreParams fields of head settings: the head when it is not the model's own (``own.head``), and
+    each setting that differs from the model's own value for that head."""
+    mine = HeadSettings.for_head(settings.head, config).overrides()
+    changed = tuple((name, value) for name, value in settings.values if value != mine.get(name))
+    return {"head": settings.head if settings.head != own.head else None, "settings": changed}
 
 
 def link_changed(query: Mapping[str, QueryValue], last_written: Mapping[str, str] | None) -> bool:
@@ -186,30 +212,29 @@ def link_changed(query: Mapping[str, QueryValue], last_written: Mapping[str, str
 
 @dataclasses.dataclass(frozen=True)
 class HeadSettings:
-    """The matching head and SCAN's attention hyperparameters, under the paper's names."""
+    """A matching head by name and its settings, (declared name, value) pairs in declared order."""
 
-    head: str = "scan"
-    direction: str = "t2i"
-    agg_func: str = "LogSumExp"
-    lambda_softmax: float = 9.0
-    lambda_lse: float = 6.0
-    raw_feature_norm: str = "clipped_l2norm"
-
-    def __post_init__(self) -> None:
-        for name, value in self.overrides().items():
-            check_head_param(name, value)
+    head: str
+    values: tuple[tuple[str, Any], ...] = ()
 
     @classmethod
-    def from_config(cls, config: Any, head: str = "scan") -> HeadSettings:
-        """A model's own settings (its ScanConfig)."""
-        return cls(head=head, direction=config.cross_attn, agg_func=config.agg_func,
-                   lambda_softmax=float(config.lambda_softmax), lambda_lse=float(config.lambda_lse),
-                   raw_feature_norm=config.raw_feature_norm)
+    def for_head(cls, head: str, config: Any, given: Mapping[str, Any] | None = None) -> HeadSettings:
+        """``head`` with the settings it declares: ``given`` ones (others ignored), else the model's own
+        (``config``, a ScanConfig), else the declared defaults; ScanVizError for a bad value."""
+        from scan_viz.heads import head_settings, head_spec
+
+        declared = {p.name for p in head_spec(head).params}
+        values = head_settings(head, config, {k: v for k, v in (given or {}).items() if k in declared})
+        return cls(head, tuple(values.items()))
+
+    @classmethod
+    def from_config(cls, config: Any) -> HeadSettings:
+        """A model's own head and settings (its ScanConfig)."""
+        return cls.for_head(own_head(config), config)
 
     def overrides(self) -> dict[str, Any]:
-        """Keyword overrides for ``ScanModel.head``."""
-        return {"cross_attn": self.direction, "agg_func": self.agg_func, "lambda_softmax": self.lambda_softmax,
-                "lambda_lse": self.lambda_lse, "raw_feature_norm": self.raw_feature_norm}
+        """Keyword settings for ``ScanModel.head``."""
+        return dict(self.values)
 
     def build(self, model: Any):
         """The head these settings describe, for ``model`` (a ScanModel)."""
@@ -217,15 +242,22 @@ class HeadSettings:
 
     def key(self) -> tuple:
         """Hashable and stable, for result caches."""
-        return dataclasses.astuple(self)
+        return (self.head, self.values)
 
     def describe(self) -> str:
-        agg = self.agg_func + (f" (\u03bb_lse {self.lambda_lse:g})" if self.agg_func == "LogSumExp" else "")
-        return (f"{self.head} {self.direction}, {agg}, \u03bb_softmax {self.lambda_softmax:g}, "
-                f"{self.raw_feature_norm}")
+        from scan_viz.heads import head_spec
+
+        labels = {p.name: p.display for p in head_spec(self.head).params}
+        return f"{self.head} (" + ", ".join(f"{labels[n]} {v:g}" if isinstance(v, float) else f"{labels[n]} {v}"
+                                            for n, v in self.values) + ")"
+
+
+def own_head(config: Any) -> str:
+    """The head a model was trained with, by the name the app offers (``scan`` is spelled with its direction)."""
+    return f"scan_{config.cross_attn}" if config.head == "scan" else config.head
 
 
 def selectable_heads(names: Sequence[str]) -> list[str]:
-    """Heads offered in the app: ``scan_t2i``/``scan_i2t`` are ``scan`` with a fixed direction, so the
-    direction control covers them."""
-    return [n for n in names if n not in ("scan_t2i", "scan_i2t")]
+    """Heads offered in the app and in links: every registered one but ``scan``, which is ``scan_t2i`` or
+    ``scan_i2t`` by the model's direction."""
+    return [n for n in names if n != "scan"]

@@ -61,7 +61,7 @@ def after_page(page) -> None:
         return
     bundle = state.current_bundle(quiet=True)
     if bundle is not None:
-        state.write_link(state.link_fields(bundle, state.current_settings()))
+        state.write_link(state.link_fields(bundle, state.current_settings(bundle)))
 
 
 def open_in_explore(image_id: str, text: str, settings: HeadSettings, bundle: Bundle) -> None:

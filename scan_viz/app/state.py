@@ -20,13 +20,11 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app.bundle import Bundle, Sources, check_visitor_sources, load_bundle, load_detector_for
-from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, selectable_heads,
-                                 settings_fields)
+from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
+                                 selectable_heads, settings_fields)
 from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.views import WordPanel, word_panels
-from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
 from scan_viz.errors import ScanVizError
-from scan_viz.limits import LAMBDA_RANGE
 from scan_viz.safe_paths import AllowedRoots
 from scan_viz.types import Alignment, Regions
 
@@ -35,14 +33,11 @@ T = TypeVar("T")
 SOURCES_KEY = "sources"
 #: This session's UploadFolder, and the sources key last checked against the allowed folders.
 UPLOADS_KEY, _CHECKED_KEY = "_uploads", "_checked_sources"
-#: Widget keys of the head controls (sidebar); Explore's deep link writes ``dir`` and ``head`` into them.
-HEAD_KEY, DIR_KEY, AGG_KEY = "ctl_head", "ctl_dir", "ctl_agg"
-LAMBDA_SOFTMAX_KEY, LAMBDA_LSE_KEY, NORM_KEY = "ctl_lambda_softmax", "ctl_lambda_lse", "ctl_norm"
+#: Widget key of the head control (sidebar); each head setting's control is keyed by :func:`setting_key`.
+HEAD_KEY = "ctl_head"
 _CONTROLS_FOR = "_controls_for"
 #: The link this session last wrote or applied (a URL that differs is a new link), and the notes on a new link.
 LINK_KEY, NOTES_KEY = "_link", "_link_notes"
-DIRECTION_LABELS = {"t2i": "text \u2192 image", "i2t": "image \u2192 text"}
-AGG_LABELS = {"LogSumExp": "LogSumExp (LSE)", "Mean": "Mean", "Max": "Max", "Sum": "Sum"}
 
 
 # ----------------------------------------------------------------------------- the served bundle
@@ -219,6 +214,16 @@ def top_captions(bundle_key: tuple, image_id: str, k: int, settings: tuple) -> l
     return bundle.index.search_captions(image_id, k, HeadSettings(*settings).build(bundle.model))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def comparison(bundle_key: tuple, image_id: str, text: str, settings: tuple[tuple, ...]) -> list:
+    """The pair under each head (HeadSettings.key() each): alignment, score and the image's rank in the gallery
+    for the sentence (:func:`scan_viz.pipeline.compare_heads`)."""
+    from scan_viz.pipeline import compare_heads
+
+    bundle = bundle_by_key(bundle_key)
+    return compare_heads(bundle.index, image_id, text, [HeadSettings(*key).build(bundle.model) for key in settings])
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
 def thumbnail(bundle_key: tuple, image_id: str) -> np.ndarray:
     """A gallery image shrunk for the pickers (an array; Streamlit encodes it)."""
@@ -256,69 +261,74 @@ def keep_evaluation(key: tuple, result: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- head controls
 
 
+def setting_key(name: str) -> str:
+    """The widget key of a head setting's control (its declared name)."""
+    return f"ctl_{name}"
+
+
 def _reset_controls(settings: HeadSettings) -> None:
     st.session_state[HEAD_KEY] = settings.head
-    st.session_state[DIR_KEY] = settings.direction
-    st.session_state[AGG_KEY] = settings.agg_func
-    st.session_state[LAMBDA_SOFTMAX_KEY] = float(settings.lambda_softmax)
-    st.session_state[LAMBDA_LSE_KEY] = float(settings.lambda_lse)
-    st.session_state[NORM_KEY] = settings.raw_feature_norm
+    for name, value in settings.values:
+        st.session_state[setting_key(name)] = value
 
 
 def model_settings(bundle: Bundle) -> HeadSettings:
-    """The model's own head settings (its config), what the controls start from."""
+    """The model's own head and settings (its config), what the controls start from."""
     return HeadSettings.from_config(bundle.model.config)
 
 
 def ensure_controls(bundle: Bundle) -> None:
     """Start the controls from the model's settings on first use and whenever the served model changes."""
     if st.session_state.get(_CONTROLS_FOR) != bundle.key:
+        from scan_viz.heads import all_head_params
+
+        for param in all_head_params():  # another model's values must not leak into this one's heads
+            st.session_state.pop(setting_key(param.name), None)
         _reset_controls(model_settings(bundle))
         st.session_state[_CONTROLS_FOR] = bundle.key
 
 
 def head_controls(bundle: Bundle) -> HeadSettings:
-    """Sidebar controls of the matching head; every page's results recompute when they change."""
-    from scan_viz.heads import head_names
+    """Sidebar controls of the matching head, generated from its declared settings; every page's results
+    recompute when they change. A setting the user has not touched starts at the model's own value."""
+    from scan_viz.heads import head_names, head_spec
 
     ensure_controls(bundle)
     heads = selectable_heads(head_names())
     if st.session_state.get(HEAD_KEY) not in heads:
-        st.session_state[HEAD_KEY] = heads[0]
-    low, high = LAMBDA_RANGE
-    for key in (LAMBDA_SOFTMAX_KEY, LAMBDA_LSE_KEY):
-        st.session_state[key] = float(min(max(float(st.session_state[key]), low), high))
+        st.session_state[HEAD_KEY] = own_head(bundle.model.config)
     with st.sidebar:
         st.subheader("Matching head")
-        st.selectbox("Head", heads, key=HEAD_KEY, persist_state="session",
-                     help="The matching head that scores and aligns the pair.")
-        st.segmented_control("Direction", list(DIRECTION_LABELS), key=DIR_KEY, persist_state="session",
-                             required=True, format_func=DIRECTION_LABELS.get,
-                             help="t2i: each word attends over the regions; i2t: each region attends over the words.")
-        st.selectbox("Aggregation", list(AGG_FUNCS), key=AGG_KEY, persist_state="session",
-                     format_func=lambda agg: AGG_LABELS.get(agg, agg),
-                     help="How the per-word (t2i) or per-region (i2t) relevances R become one score.")
-        st.slider("\u03bb_softmax (attention temperature)", low, high, step=0.5, key=LAMBDA_SOFTMAX_KEY,
-                  persist_state="session", help="Inverse temperature of the attention softmax (the paper's \u03bb1).")
-        st.slider("\u03bb_lse", low, high, step=0.5, key=LAMBDA_LSE_KEY, persist_state="session",
-                  disabled=st.session_state[AGG_KEY] != "LogSumExp",
-                  help="Sharpness of LogSumExp pooling (the paper's \u03bb2); used by LSE only.")
-        st.selectbox("Attention normalisation", list(RAW_FEATURE_NORMS), key=NORM_KEY, persist_state="session",
-                     help="How the raw region-word cosine similarities are normalised before the softmax.")
+        head = st.selectbox("Head", heads, key=HEAD_KEY, persist_state="session",
+                            help="; ".join(f"{n}: {head_spec(n).help}" for n in heads) + ".")
+        own = HeadSettings.for_head(head, bundle.model.config).overrides()
+        for param in head_spec(head).params:  # all first: a control greyed out by another reads its value
+            st.session_state.setdefault(setting_key(param.name), own[param.name])
+        for param in head_spec(head).params:
+            key = setting_key(param.name)
+            disabled = param.needs is not None and st.session_state.get(setting_key(param.needs[0])) != param.needs[1]
+            if param.choices is not None:
+                st.selectbox(param.display, list(param.choices), key=key, persist_state="session", help=param.help,
+                             disabled=disabled)
+            else:
+                st.session_state[key] = float(min(max(float(st.session_state[key]), param.low), param.high))
+                st.slider(param.display, float(param.low), float(param.high), step=float(param.step), key=key,
+                          persist_state="session", help=param.help, disabled=disabled)
         st.button("Reset to the model's settings", on_click=_reset_controls, args=(model_settings(bundle),),
                   width="stretch")
         st.caption(f"Serving {literal(bundle.sources.model_label())} on {literal(bundle.gallery.name)} "
                    f"({len(bundle.gallery)} images).")
-    return current_settings()
+    return current_settings(bundle)
 
 
-def current_settings() -> HeadSettings:
-    """The head settings the controls hold now."""
-    return HeadSettings(head=st.session_state[HEAD_KEY], direction=st.session_state[DIR_KEY],
-                        agg_func=st.session_state[AGG_KEY],
-                        lambda_softmax=float(st.session_state[LAMBDA_SOFTMAX_KEY]),
-                        lambda_lse=float(st.session_state[LAMBDA_LSE_KEY]),
-                        raw_feature_norm=st.session_state[NORM_KEY])
+def current_settings(bundle: Bundle) -> HeadSettings:
+    """The head settings the controls hold now (a setting without a control yet: the model's own)."""
+    from scan_viz.heads import head_spec
+
+    head = st.session_state.get(HEAD_KEY) or own_head(bundle.model.config)
+    given = {p.name: st.session_state[setting_key(p.name)] for p in head_spec(head).params
+             if setting_key(p.name) in st.session_state}
+    return HeadSettings.for_head(head, bundle.model.config, given)
 
 
 def page_start(title: str) -> tuple[Bundle, HeadSettings] | None:
@@ -327,7 +337,7 @@ def page_start(title: str) -> tuple[Bundle, HeadSettings] | None:
     st.title(title)
     show_link_notes()
     bundle = current_bundle(quiet=True)
-    return None if bundle is None else (bundle, current_settings())
+    return None if bundle is None else (bundle, current_settings(bundle))
 
 
 # ----------------------------------------------------------------------------- links
@@ -339,7 +349,7 @@ def link_fields(bundle: Bundle, settings: HeadSettings) -> dict[str, Any]:
     from scan_viz.app.bundle import bundled_models
 
     model = bundle.sources.model if bundle.sources.model in bundled_models() else None
-    return {"model": model, **settings_fields(settings, model_settings(bundle))}
+    return {"model": model, **settings_fields(settings, model_settings(bundle), bundle.model.config)}
 
 
 def write_link(fields: dict[str, Any]) -> None:
@@ -375,15 +385,10 @@ def apply_link_model(name: str, notes: list[str]) -> None:
 
 
 def apply_link_settings(bundle: Bundle, params: ExploreParams, notes: list[str]) -> None:
-    """Set the head controls to a link's settings; what the link leaves out is the model's own setting."""
-    from scan_viz.heads import head_names
-
+    """Set the head controls to a link's head and settings; what the link leaves out is the model's own (the
+    link's head was checked when it was read)."""
     ensure_controls(bundle)
-    heads = selectable_heads(head_names())
-    if params.head is not None and params.head not in heads:
-        notes.append(f"the link's head {params.head!r} is not one of {', '.join(heads)}: ignored")
-        params = dataclasses.replace(params, head=None)
-    _reset_controls(params.settings(model_settings(bundle)))
+    _reset_controls(params.head_settings(model_settings(bundle), bundle.model.config))
 
 
 def show_link_notes() -> None:

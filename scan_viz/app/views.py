@@ -71,14 +71,13 @@ def scaled_boxes(alignment: Alignment, shown: np.ndarray, original: np.ndarray) 
 def word_panels(image: np.ndarray, alignment: Alignment, side: int = PANEL_SIDE) -> list[WordPanel]:
     """One panel per word of the sentence (the SCAN paper's figure), each at most ``side`` pixels a side.
 
-    image: (H, W, 3) uint8, the image the alignment's boxes refer to. The caption of a t2i panel gives the
-    word's relevance R(word, attended image vector); an i2t alignment's word map is its column of the
-    region-to-word attention. A word whose attention is flat (:func:`scan_viz.render.attention_peak`) gets no
+    image: (H, W, 3) uint8, the image the alignment's boxes refer to. The caption gives the word's relevance
+    under the head's label where the head has one (SCAN t2i's R, CHAN's best-region cosine, CAAN's weight). A word whose attention is flat (:func:`scan_viz.render.attention_peak`) gets no
     outline, and its caption says so in place of the strongest region.
     """
     shown, _ = fit_within(image, side, side)
     boxes = scaled_boxes(alignment, shown, image)
-    matrix = np.nan_to_num(np.asarray(alignment.word_attention(), dtype=np.float64))
+    matrix = np.nan_to_num(np.asarray(alignment.attention, dtype=np.float64))
     panels = []
     for i in content_words(alignment):
         weights = matrix[i]
@@ -90,10 +89,10 @@ def word_panels(image: np.ndarray, alignment: Alignment, side: int = PANEL_SIDE)
             where = peak.describe()
         else:
             lit = draw_boxes(lit, boxes[top:top + 1], [where], colours=[_HIGHLIGHT_RGB], thickness=2)
-        if alignment.direction == "t2i":
-            caption = f"{word_label(alignment, i)} \u00b7 R = {float(alignment.relevance[i]):.2f} \u00b7 {where}"
-        else:
-            caption = f"{word_label(alignment, i)} \u00b7 {where}"
+        caption = f"{word_label(alignment, i)} \u00b7 {where}"
+        if alignment.word_relevance is not None:
+            value = float(alignment.word_relevance[i])
+            caption = f"{word_label(alignment, i)} \u00b7 {alignment.word_relevance_label} = {value:.2f} \u00b7 {where}"
         panels.append(WordPanel(i, alignment.words[i], caption, lit, top, float(weights[top]), peak.flat))
     return panels
 
@@ -103,15 +102,20 @@ def shrink(image: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     return fit_within(image, side, side)[0]
 
 
+#: column of the word and region tables holding the head's relevance (its label is in the chart's title)
+RELEVANCE = "relevance"
+
+
 def relevance_rows(alignment: Alignment) -> list[dict]:
-    """A table of the words: relevance R (t2i), strongest region (or "flat") and its weight, unknown flag."""
-    matrix = np.asarray(alignment.word_attention(), dtype=np.float64)
+    """A table of the words: the head's per-word relevance (if any, under ``RELEVANCE``), strongest region (or
+    "flat") and its weight, unknown flag."""
+    matrix = np.asarray(alignment.attention, dtype=np.float64)
     rows = []
     for i in content_words(alignment):
         peak = attention_peak(matrix[i])
         row = {"#": i, "word": alignment.words[i], "in vocabulary": not alignment.unknown[i]}
-        if alignment.direction == "t2i":
-            row["R (relevance)"] = round(float(alignment.relevance[i]), 4)
+        if alignment.word_relevance is not None:
+            row[RELEVANCE] = round(float(alignment.word_relevance[i]), 4)
         row["strongest region"] = (peak.describe() if peak.flat
                                    else f"{peak.region}: {region_label(alignment, peak.region)}")
         row["weight"] = round(float(matrix[i, peak.region]), 4)
@@ -120,15 +124,16 @@ def relevance_rows(alignment: Alignment) -> list[dict]:
 
 
 def region_rows(alignment: Alignment, top: int) -> list[dict]:
-    """For i2t: the ``top`` regions by relevance R(region, attended sentence vector), with their top word."""
-    relevance = np.asarray(alignment.relevance, dtype=np.float64).reshape(-1)
-    matrix = np.asarray(alignment.word_attention(), dtype=np.float64)  # (n_words, n_regions)
+    """For a head with per-region relevance (SCAN i2t's R, CAAN's weights): the ``top`` regions by it, with the
+    word each attends to most."""
+    relevance = np.asarray(alignment.region_relevance, dtype=np.float64).reshape(-1)
+    matrix = np.asarray(alignment.attention, dtype=np.float64)  # (n_words, n_regions)
     words = content_words(alignment)
     rows = []
     for r in np.argsort(-relevance, kind="stable")[:top]:
         best = words[int(np.argmax(matrix[words, r]))] if words else 0
         rows.append({"region": f"{int(r)}: {region_label(alignment, int(r))}",
-                     "R (relevance)": round(float(relevance[r]), 4), "most attended word": alignment.words[best],
+                     RELEVANCE: round(float(relevance[r]), 4), "most attended word": alignment.words[best],
                      "weight": round(float(matrix[best, r]), 4)})
     return rows
 

@@ -39,6 +39,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     model.add_argument("--no-imgnorm", action="store_true")
     model.add_argument("--no-txtnorm", action="store_true")
     model.add_argument("--precomp-enc-type", choices=PRECOMP_ENC_TYPES, default=d.precomp_enc_type)
+    model.add_argument("--head", default=d.head,
+                       help="matching head to train (scan_viz.heads: scan, chan, caan, ...; scan = SCAN in "
+                            "--cross-attn's direction); its settings take their declared defaults")
     model.add_argument("--cross-attn", choices=CROSS_ATTNS, default=d.cross_attn)
     model.add_argument("--raw-feature-norm", choices=RAW_FEATURE_NORMS, default=d.raw_feature_norm)
     model.add_argument("--agg-func", choices=AGG_FUNCS, default=d.agg_func)

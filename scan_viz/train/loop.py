@@ -1,4 +1,5 @@
-"""SCAN's training loop, the official recipe: hinge triplet loss on the batch's score matrix, Adam, step decay.
+"""SCAN's training loop, the official recipe, for any matching head (``config.head``: SCAN, CHAN, CAAN-style):
+hinge triplet loss on the batch's score matrix, Adam, step decay.
 
 Per epoch: ``lr = learning_rate * 0.1 ** (epoch // lr_update)``; for each batch of (image, caption) pairs the
 encoders embed both sides, the matching head scores every image of the batch against every caption, and
@@ -97,6 +98,9 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
     options = options or TrainOptions()
     options.validate()
     _check_training_config(config)
+    head = create_head(None, config)  # an unknown head or setting is refused before any data is read
+    # the head's own settings travel with the model (SCAN's are config fields already)
+    config = config.replace(head_params={k: v for k, v in head.settings.items() if k not in config.field_names()})
     device = _device(options.device)
     log = options.log
     data_dir = _check_data_dir(data_dir)
@@ -132,7 +136,6 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
     # official: the text encoder's parameters, then the image encoder's fc (its only layer)
     params = list(text_encoder.parameters()) + list(image_encoder.parameters())
     optimizer = torch.optim.Adam(params, lr=config.learning_rate)
-    head = create_head(None, config)
 
     run = _Run()
     if saved is not None:
@@ -154,7 +157,7 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
     if run.epoch >= config.num_epochs:
         log(f"nothing to do: the run already has {run.epoch} of {config.num_epochs} epochs")
     else:
-        log(f"training {config.cross_attn} SCAN: {len(train_caps)} pairs, batch {config.batch_size}, "
+        log(f"training {head.describe()}: {len(train_caps)} pairs, batch {config.batch_size}, "
             f"{len(loader)} iterations per epoch, vocabulary {len(vocab)} words, device {device}")
     for epoch in range(run.epoch, config.num_epochs):
         started = time.perf_counter()

@@ -29,7 +29,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run"]
 VIEWPORT = {"width": 1400, "height": 3000}  # Streamlit scrolls inside its own container: show it all
 SERVER_START_S = 90
-STEP_MS = 60_000  # one page action, first runs included (torch imports, the bundle loads)
+# one page action, first runs included (torch imports, the bundle loads); raise it on a loaded machine
+STEP_MS = int(os.environ.get("SCAN_VIZ_STEP_MS", "60000"))
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
 PANEL_IMAGES = ".st-key-word_panels img"
 
@@ -113,6 +114,7 @@ def shots(tmp_path_factory):
     folder = tmp_path_factory.mktemp("screenshots")
 
     def save(page, name: str) -> Path:
+        """``page``: the page, or a locator to capture only that element."""
         path = folder / f"{name}.png"
         page.screenshot(path=str(path))
         if os.environ.get("SAVE_SCREENSHOTS") == "1":
@@ -184,6 +186,28 @@ def test_retrieval_result_opens_in_explore(server, page, shots):
     wait_for_panels(page, len(sentence.split()))
     sync_api.expect(page.get_by_role("heading", name="Explore")).to_be_visible()
     shots(page, "retrieve-to-explore")
+
+
+def test_compare_link_shows_the_heads_side_by_side(server, page, shots):
+    """?compare=scan_t2i,chan,caan: one column per head, each with its picture, score and rank (the README's
+    docs/app-compare.png is this test's screenshot, saved with SAVE_SCREENSHOTS=1)."""
+    bundle = server["bundle"]
+    image_id = bundle.image_ids[1]
+    sentence = bundle.captions[image_id][0]
+    heads = ["scan_t2i", "chan", "caan"]
+    page.goto(f"{server['url']}/?image={quote(image_id)}&q={quote(sentence)}&compare={','.join(heads)}")
+    wait_for_panels(page, len(sentence.split()))
+    compare = page.locator(".st-key-compare")
+    sync_api.expect(compare.locator('[data-testid="stHeading"]')).to_have_text(heads)
+    sync_api.expect(compare.get_by_text("rank", exact=False)).to_have_count(3)
+    pictures = compare.locator('[data-testid="stImage"] img')
+    sync_api.expect(pictures).to_have_count(3)
+    for i in range(3):
+        sync_api.expect(pictures.nth(i)).to_be_visible()
+    wait_until_idle(page)
+    assert page.locator('[data-testid="stAlert"]').filter(has_text="error").count() == 0
+    compare.scroll_into_view_if_needed()
+    shots(compare, "app-compare")
 
 
 NOTED_KEYS = ("k", "model", "head", "dir", "agg", "lsm", "lse", "norm")

@@ -1,0 +1,263 @@
+"""Matching heads: the part of a model that scores (regions, words) pairs, chosen by name.
+
+A head takes region embeddings (n_images, n_regions, d) and word embeddings (n_captions, max_words, d), the
+encoders' output, and returns a :class:`HeadOutput` for a block of pairs: the score matrix and, on request, a
+word x region matrix plus per-word and/or per-region relevance, which is what every view draws.
+
+A head declares its hyperparameters once, next to its math, as :class:`HeadParam` s (name, default, range or
+choices, help). The command line's flags, the app's controls and its link keys are generated from these
+declarations, and :func:`create_head` fills the values in from (highest first) the caller's overrides, the
+model's config, then the declared defaults. Adding a head is one module with a :class:`MatchingHead` subclass
+and a :func:`register_head` call, imported at the bottom of this file.
+
+Importing this package (and the heads' modules) does not import torch: the command line builds its flags from
+the declarations and checks a user's values before the slow import.
+"""
+from __future__ import annotations
+
+import abc
+import copy
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+from scan_viz.config import SCORING_DTYPES, ScanConfig
+from scan_viz.errors import ScanVizError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadParam:
+    """One hyperparameter of a head: everything a CLI flag, an app control or a link key needs.
+
+    name: the keyword (and config / URL name), the paper's where it has one; default: the paper's value;
+    choices: the allowed strings of a categorical setting; low / high: the inclusive range of a number;
+    label: the short name a control shows (Greek letters welcome); help: one sentence for a user; key: the
+    short link (URL) key and extra CLI flag, when the name is long (``lsm`` for ``lambda_softmax``); step: a
+    slider's step; needs: (setting, value) under which this one matters (λ_lse only with LogSumExp), so a
+    control can be greyed out otherwise.
+    """
+
+    name: str
+    default: float | str
+    help: str
+    label: str = ""
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    key: str = ""
+    step: float = 0.5
+    needs: tuple[str, str] | None = None
+
+    @property
+    def url_key(self) -> str:
+        return self.key or self.name
+
+    @property
+    def flags(self) -> list[str]:
+        """``--lambda-softmax`` (and ``--lsm`` where a short key is declared)."""
+        return [self.flag] + ([f"--{self.key}"] if self.key and self.key != self.name else [])
+
+    @property
+    def is_number(self) -> bool:
+        return self.choices is None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    def parse(self, value: Any) -> float | str:
+        """``value`` as this setting's type, checked; ScanVizError naming the setting and what it accepts."""
+        if self.choices is not None:
+            if value not in self.choices:
+                raise ScanVizError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+            return str(value)
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or not self.low <= number <= self.high:
+            raise ScanVizError(f"{self.name} must be a number from {self.low:g} to {self.high:g}, got {value!r}")
+        return number
+
+
+@dataclasses.dataclass
+class HeadOutput:
+    """What a head returns for a block of pairs.
+
+    scores: (n_images, n_captions). With ``return_attention``: attention (n_images, n_captions, max_words,
+    n_regions), a word x region matrix whatever the head (its meaning: the head's ``attention_label``);
+    word_relevance (n_images, n_captions, max_words) and region_relevance (n_images, n_captions, n_regions),
+    each None when the head has no such quantity.
+    """
+
+    scores: torch.Tensor
+    attention: torch.Tensor | None = None
+    word_relevance: torch.Tensor | None = None
+    region_relevance: torch.Tensor | None = None
+
+
+class MatchingHead(abc.ABC):
+    """Scores blocks of (image, caption) pairs from embeddings.
+
+    Subclasses set ``params`` (their declarations) and the labels that say what their outputs mean;
+    ``settings`` holds the values, one per declared name; ``product_dtype`` is the dtype of the region-word
+    products (None: the embeddings').
+    """
+
+    name: str
+    params: ClassVar[tuple[HeadParam, ...]] = ()
+    #: what attention[w, r] is, shown in titles and colour bars
+    attention_label: ClassVar[str] = "attention weight"
+    #: what word_relevance / region_relevance are ("" when the head fills none in)
+    word_relevance_label: ClassVar[str] = ""
+    region_relevance_label: ClassVar[str] = ""
+
+    def __init__(self, name: str, settings: Mapping[str, Any], product_dtype: torch.dtype | None = None) -> None:
+        self.name = name
+        self.settings = dict(settings)
+        self.product_dtype = product_dtype
+
+    @abc.abstractmethod
+    def scores(self, regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor,
+               region_lengths: torch.Tensor | None = None, return_attention: bool = False) -> HeadOutput:
+        """regions (n_images, n_regions, d), words (n_captions, max_words, d) -> HeadOutput. Differentiable."""
+
+    @abc.abstractmethod
+    def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
+        """Peak intermediate memory one pair costs in :meth:`scores`, for sizing blocks."""
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings that determine the head's scores, by their declared names (for exports)."""
+        return dict(self.settings)
+
+    def with_product_dtype(self, dtype: str | torch.dtype | None) -> "MatchingHead":
+        """A copy of this head whose region-word products run in ``dtype`` (``"bfloat16"``, ...)."""
+        if isinstance(dtype, str):
+            import torch
+
+            if dtype not in SCORING_DTYPES:
+                raise ScanVizError(f"dtype must be one of {', '.join(SCORING_DTYPES)}, got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        head = copy.copy(self)
+        head.product_dtype = dtype
+        return head
+
+    @property
+    def title(self) -> str:
+        """The head as a reader should see it named (its registered name by default)."""
+        return self.name
+
+    def describe(self) -> str:
+        """``chan (β 0.1, aggregation LogSumExp)``: the title and every setting, for captions and logs."""
+        values = ", ".join(f"{p.display} {self.settings[p.name]:g}" if p.is_number else
+                           f"{p.display} {self.settings[p.name]}" for p in self.params)
+        return f"{self.title} ({values})" if values else self.title
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """A registered head: how to build it and which settings it reads."""
+
+    name: str
+    factory: Callable[[str, ScanConfig, dict[str, Any]], MatchingHead]
+    params: tuple[HeadParam, ...]
+    help: str
+
+
+_HEADS: dict[str, HeadSpec] = {}
+
+
+def register_head(name: str, head_class: type[MatchingHead], help: str,
+                  factory: Callable[[str, ScanConfig, dict[str, Any]], MatchingHead] | None = None) -> None:
+    """Make ``head_class`` available as ``name``. ``factory(name, config, settings)`` defaults to
+    ``head_class(name, settings)``. A setting name shared with another head must have the same declaration,
+    because it becomes one CLI flag and one link key."""
+    known = {p.name: p for spec in _HEADS.values() for p in spec.params}
+    for param in head_class.params:
+        if param.name in known and known[param.name] != param:
+            raise ValueError(f"head {name}: setting {param.name} is declared differently by another head")
+        if param.name in ScanConfig.field_names() and param.name not in _SCAN_CONFIG_SETTINGS:
+            raise ValueError(f"head {name}: setting {param.name} clashes with a ScanConfig field")
+    _HEADS[name] = HeadSpec(name, factory or (lambda n, _config, settings: head_class(n, settings)),
+                            head_class.params, help)
+
+
+def head_names() -> list[str]:
+    return sorted(_HEADS)
+
+
+def head_spec(name: str) -> HeadSpec:
+    if name not in _HEADS:
+        raise ScanVizError(f"unknown head {name!r}: choose one of {', '.join(head_names())}")
+    return _HEADS[name]
+
+
+def all_head_params() -> list[HeadParam]:
+    """Every declared setting once, in registration order (what the CLI and the app generate controls from)."""
+    out: dict[str, HeadParam] = {}
+    for spec in _HEADS.values():
+        for param in spec.params:
+            out.setdefault(param.name, param)
+    return list(out.values())
+
+
+def heads_declaring(setting: str) -> list[str]:
+    """The registered heads that take ``setting``."""
+    return [spec.name for spec in _HEADS.values() if any(p.name == setting for p in spec.params)]
+
+
+def head_settings(name: str, config: ScanConfig, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The values head ``name`` runs with: each override, else the config's value, else the declared default.
+
+    The config's value: a ScanConfig field of that name (SCAN's settings, so an official checkpoint's own
+    lambdas are used), else ``config.head_params``. An override that ``name`` does not declare is an error.
+    """
+    spec = head_spec(name)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    declared = {p.name for p in spec.params}
+    foreign = sorted(set(overrides) - declared)
+    if foreign:
+        accepts = ", ".join(sorted(declared)) or "no settings"
+        raise ScanVizError(f"the {name} head has no setting {', '.join(foreign)} (it takes {accepts})")
+    values: dict[str, Any] = {}
+    for param in spec.params:
+        if param.name in overrides:
+            value = overrides[param.name]
+        elif param.name in _SCAN_CONFIG_SETTINGS:
+            value = getattr(config, param.name)
+        else:
+            value = config.head_params.get(param.name, param.default)
+        values[param.name] = param.parse(value)
+    return values
+
+
+def create_head(name: str | None, config: ScanConfig, dtype: str | torch.dtype | None = None,
+                **overrides: Any) -> MatchingHead:
+    """The head called ``name`` (default: the one the model was trained with, ``config.head``).
+
+    ``overrides``: settings by their declared names (None values are ignored); ``dtype``: the dtype of the
+    region-word products (``"bfloat16"`` runs them in bf16, the rest in float32).
+    """
+    spec = head_spec(name or config.head)
+    head = spec.factory(spec.name, config, head_settings(spec.name, config, overrides))
+    return head.with_product_dtype(dtype) if dtype is not None else head
+
+
+#: settings that are ScanConfig fields (SCAN's, under the official names); other heads' live in head_params
+_SCAN_CONFIG_SETTINGS = ("raw_feature_norm", "lambda_softmax", "agg_func", "lambda_lse")
+
+# registration: importing a head's module registers it
+from scan_viz.heads import scan as _scan  # noqa: E402,F401,I001  (first: its settings lead the generated lists)
+from scan_viz.heads import chan as _chan  # noqa: E402,F401
+from scan_viz.heads import caan as _caan  # noqa: E402,F401
+from scan_viz.heads.scan import ScanHead  # noqa: E402
+
+__all__ = ["HeadOutput", "HeadParam", "HeadSpec", "MatchingHead", "ScanHead", "all_head_params",
+           "create_head", "head_names", "head_settings", "heads_declaring", "head_spec", "register_head"]

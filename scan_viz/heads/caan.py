@@ -1,0 +1,109 @@
+"""A CAAN-style head: context-aware attention (after Zhang, Lei, Zhang, Li, CVPR 2020), reconstructed.
+
+No official code of CAAN exists, and its learned layers are not confirmed; this is a parameter-free
+reconstruction of the paper's idea on top of SCAN's encoders, hence "CAAN-style". For one pair, with region
+embeddings v_r (r over the image's real regions), word embeddings u_w (w over the caption's words, ``<start>``
+and ``<end>`` included), and the inverse temperatures ``lambda_inter``, ``lambda_intra``, ``lambda_pool``:
+
+1. Region-word cosines: ``H[r, w] = v_r . u_w``.
+2. Inter-modal attention (each item over the other modality) and the alignment strength it gives each item::
+
+       A_reg[r, w]  = softmax_w(lambda_inter * H[r, :])          which words region r aligns with
+       A_word[r, w] = softmax_r(lambda_inter * H[:, w])          which regions word w aligns with
+       m_r = sum_w A_reg[r, w] H[r, w]                           (a soft max over the words)
+       m_w = sum_r A_word[r, w] H[r, w]
+
+3. Intra-modal correlation from second-order attention: two regions are related when their alignment rows
+   over the words are alike (not when their features are), likewise two words by their columns::
+
+       N_reg[r, :] = H[r, :] / |H[r, :]|,   C_reg = N_reg N_reg^T             (k x k)
+       N_word[:, w] = H[:, w] / |H[:, w]|,  C_word = N_word^T N_word          (n x n)
+       c_r = sum_r' softmax_r'(lambda_intra * C_reg[r, :]) m_r'              context of region r
+       c_w = sum_w' softmax_w'(lambda_intra * C_word[w, :]) m_w'
+
+4. One weight per region and one per word, each from its own alignment plus its context::
+
+       alpha_r = softmax_r(lambda_pool * (m_r + c_r)),   beta_w = softmax_w(lambda_pool * (m_w + c_w))
+
+5. Pooled vectors and score: ``v* = sum_r alpha_r v_r``, ``u* = sum_w beta_w u_w``, ``S = cos(v*, u*)``.
+   Computed without building v* or u*: ``v* . u* = alpha^T H beta``, ``|v*|^2 = alpha^T (V V^T) alpha``,
+   ``|u*|^2 = beta^T (U U^T) beta``.
+
+Every softmax leaves padded regions and words out, and the |.| norms see zeros there, so padding changes
+nothing; every step is equivariant in the order of the regions (and of the words), so the score is not.
+It is trained with SCAN's hinge triplet loss (hardest negatives), like CAAN.
+
+Its alignment: ``attention`` = A_word laid out word x region (each word's distribution over regions),
+``word_relevance`` = beta, ``region_relevance`` = alpha.
+"""
+from __future__ import annotations
+
+from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
+
+
+class CaanHead(MatchingHead):
+    """Context-aware attention: one weight per region and per word, one pooled vector per side, cosine."""
+
+    params = (
+        HeadParam("lambda_inter", 10.0, "inverse temperature of the inter-modal attention (region over words, "
+                  "word over regions)", label="\u03bb_inter", low=0.5, high=50.0),
+        HeadParam("lambda_intra", 10.0, "inverse temperature of the intra-modal (second-order) correlation",
+                  label="\u03bb_intra", low=0.5, high=50.0),
+        HeadParam("lambda_pool", 10.0, "inverse temperature of the final region and word weights",
+                  label="\u03bb_pool", low=0.5, high=50.0),
+    )
+    attention_label = "word\u2192region attention (inter-modal)"
+    word_relevance_label = "word weight"
+    region_relevance_label = "region weight"
+
+    def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False) -> HeadOutput:
+        import torch
+
+        from scan_viz.similarity import EPS, masked_softmax, region_word_similarity
+
+        s = self.settings
+        sim = region_word_similarity(regions, words, word_lengths, region_lengths, self.product_dtype)
+        h = sim.sims  # (n_img, k, n_cap, L)
+        n_img, n_reg, n_cap, n_words = h.shape
+        wv, rv = sim.pair_word_valid, sim.pair_region_valid
+        word_valid = sim.word_valid  # (n_cap, L)
+        region_valid = sim.region_valid  # (n_img, k) or None
+
+        # 2. inter-modal attention and alignment strengths
+        a_reg = masked_softmax(s["lambda_inter"] * h, 3, wv)
+        m_reg = (a_reg * h).sum(dim=3).transpose(1, 2)  # (n_img, n_cap, k)
+        a_word = masked_softmax(s["lambda_inter"] * h, 1, rv)
+        m_word = (a_word * h).sum(dim=1)  # (n_img, n_cap, L)
+
+        # 3. intra-modal correlation of the alignment rows (regions) and columns (words)
+        n_r = h / (torch.linalg.vector_norm(h, dim=3, keepdim=True) + EPS)
+        c_reg = torch.einsum("ircl,ijcl->icrj", n_r, n_r)  # (n_img, n_cap, k, k)
+        reg_j = None if region_valid is None else region_valid[:, None, None, :]
+        ctx_reg = (masked_softmax(s["lambda_intra"] * c_reg, 3, reg_j) @ m_reg[..., None])[..., 0]
+        n_w = h / (torch.linalg.vector_norm(h, dim=1, keepdim=True) + EPS)
+        c_word = torch.einsum("ircl,ircm->iclm", n_w, n_w)  # (n_img, n_cap, L, L)
+        ctx_word = (masked_softmax(s["lambda_intra"] * c_word, 3, word_valid[None, :, None, :])
+                    @ m_word[..., None])[..., 0]
+
+        # 4. one weight per region, one per word
+        alpha = masked_softmax(s["lambda_pool"] * (m_reg + ctx_reg), 2,
+                               None if region_valid is None else region_valid[:, None, :])  # (n_img, n_cap, k)
+        beta = masked_softmax(s["lambda_pool"] * (m_word + ctx_word), 2, word_valid[None])  # (n_img, n_cap, L)
+
+        # 5. cosine of the pooled vectors, from H and the Gram matrices
+        dot = torch.einsum("icr,ircl,icl->ic", alpha, h, beta)
+        gram_v = sim.regions @ sim.regions.transpose(1, 2)  # (n_img, k, k)
+        v_sq = torch.einsum("icr,irj,icj->ic", alpha, gram_v, alpha)
+        gram_u = sim.words @ sim.words.transpose(1, 2)  # (n_cap, L, L)
+        u_sq = torch.einsum("icl,clm,icm->ic", beta, gram_u, beta)
+        scores = dot / (v_sq.clamp(min=0) * u_sq.clamp(min=0)).sqrt().clamp(min=EPS)
+        if not return_attention:
+            return HeadOutput(scores)
+        return HeadOutput(scores, a_word.permute(0, 2, 3, 1), word_relevance=beta, region_relevance=alpha)
+
+    def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
+        # H, the two inter-modal attentions and two normalised copies, plus the k x k and n x n correlations
+        return (6 * n_regions * n_words + 2 * n_regions * n_regions + 2 * n_words * n_words) * itemsize
+
+
+register_head("caan", CaanHead, "CAAN-style: context-aware region and word weights, cosine of the pooled vectors")
