@@ -109,3 +109,38 @@ def test_ivf_index_probing_every_list_equals_the_exact_index():
     assert (exact.search(queries, 10)[1] == brute).all()
     with pytest.raises(ScanVizError, match="flat, ivf or auto"):
         build_index(vectors, "lsh")
+
+
+def test_search_command_writes_json_and_rejects_bad_input(tmp_path, capsys):
+    import json
+
+    from scan_viz.cli import main
+    from scan_viz.gallery import load_gallery
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import GalleryIndex
+    from tests.app_fixture import app_fixture
+
+    fixture = app_fixture()
+    image_id = fixture.image_ids[2]
+    sentence = fixture.captions[image_id][0]
+    out = tmp_path / "hits.json"
+    base = ["search", "--gallery", str(fixture.gallery), "--model", str(fixture.model)]
+    assert main(base + ["--text", sentence, "-k", "3", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))
+    index = GalleryIndex.build(load_model(fixture.model), load_gallery(fixture.gallery))
+    expected = index.search_images(sentence, 3)
+    assert [r["id"] for r in rows] == [i for i, _ in expected]
+    assert [r["score"] for r in rows] == pytest.approx([s for _, s in expected], abs=1e-5)
+    assert all(r["stage1_rank"] is None for r in rows)  # the fixture model has no stage-1 head: exhaustive
+    assert main(base + ["--image", image_id, "-k", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["id"] for r in rows] == [c for c, _ in index.search_captions(image_id, 2)]
+    capsys.readouterr()
+    for bad, message in ((["--text", sentence, "--stage1-k", "5"], "--stage1-k 0"),
+                         (["--text", sentence, "-k", "0"], "at least 1"),
+                         (["--text", "  "], "empty"),
+                         (["--image", "no_such_image"], "neither an image id")):
+        assert main(base + bad + ["--json", str(tmp_path / "bad.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "bad.json").exists()

@@ -10,6 +10,7 @@ captions form one identity (Li et al., ICCV 2017).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -61,8 +62,11 @@ def init_as_centred_mean_pool(head: Stage1Head, img_in: torch.Tensor, cap_in: to
 def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 256, sigma: float = 0.04,
                  momentum: float = 0.5, epochs: int = 20, batch_size: int = 256, lr: float = 2e-3,
                  max_images: int | None = None, target_recall: float = 99.0, seed: int = 0,
-                 log=print) -> Stage1:
-    """Train the head with CMCE on ``data_dir``'s train split, measure its recall curve on the dev split."""
+                 cache: Path | None = None, log=print) -> Stage1:
+    """Train the head with CMCE on ``data_dir``'s train split; keep the epoch with the best dev recall curve.
+
+    ``cache``: a file for the pooled encoder outputs, so another run with other hyperparameters skips the encoders.
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train = load_precomp(data_dir, "train")
@@ -75,17 +79,33 @@ def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 25
     captions = [c for c, k in zip(train.captions, keep) if k]
     caption_image = torch.from_numpy(train.caption_image[keep])
     started = time.perf_counter()
-    img_in, cap_in = pooled_inputs(model, train.regions.features[:n_images], captions, log)
+    if cache is not None and Path(cache).is_file():
+        img_in, cap_in, dev_img, dev_cap = torch.load(cache, weights_only=True)
+    else:
+        img_in, cap_in = pooled_inputs(model, train.regions.features[:n_images], captions, log)
+        dev_img, dev_cap = pooled_inputs(model, dev.regions.features, dev.captions, log)
+        if cache is not None:
+            torch.save((img_in, cap_in, dev_img, dev_cap), cache)
     log(f"pooled {n_images} images and {len(captions)} captions in {time.perf_counter() - started:.0f} s")
 
     head = Stage1Head(model.config.embed_size, dim)
     init_as_centred_mean_pool(head, img_in, cap_in)
+
+    def dev_curve() -> dict[int, float]:
+        with torch.no_grad():
+            return recall_curve(head.image_vectors(dev_img).numpy(), head.caption_vectors(dev_cap).numpy(),
+                                dev.caption_image)
+
+    # model selection on dev: the epoch (0 = the pooling it starts from) with the best mean recall of the curve
+    best_curve, best_epoch = dev_curve(), 0
+    best_state = copy.deepcopy(head.state_dict())
+    log(f"epoch 0 (centred mean pooling): dev stage-1 R@100 {best_curve.get(100, float('nan')):.1f}")
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     with torch.no_grad():
         image_buffer = head.image_vectors(img_in)
         caption_buffer = torch.zeros_like(image_buffer)
         update_buffer(caption_buffer, caption_image, head.caption_vectors(cap_in), momentum=0.0)
-    # one caption of each image per epoch-step, so an identity is seen once per batch in each modality
+    # one caption of each image per step, so an identity is seen once per batch in each modality
     by_image = [np.flatnonzero(caption_image.numpy() == i) for i in range(n_images)]
     for epoch in range(epochs):
         order = rng.permutation(n_images)
@@ -102,15 +122,16 @@ def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 25
             update_buffer(image_buffer, ids, image_vecs, momentum)
             update_buffer(caption_buffer, ids, caption_vecs, momentum)
             total += float(loss.detach()) * len(ids)
-        log(f"epoch {epoch + 1}/{epochs}: CMCE loss {total / n_images:.4f}")
-
+        curve = dev_curve()
+        log(f"epoch {epoch + 1}/{epochs}: CMCE loss {total / n_images:.4f}, dev stage-1 R@100 "
+            f"{curve.get(100, float('nan')):.1f}")
+        if np.mean(list(curve.values())) > np.mean(list(best_curve.values())):
+            best_curve, best_epoch, best_state = curve, epoch + 1, copy.deepcopy(head.state_dict())
+    head.load_state_dict(best_state)
     head.eval()
-    dev_img, dev_cap = pooled_inputs(model, dev.regions.features, dev.captions, log)
-    with torch.no_grad():
-        curve = recall_curve(head.image_vectors(dev_img).numpy(), head.caption_vectors(dev_cap).numpy(),
-                             dev.caption_image)
-    log("stage-1 recall@K on dev (text -> image, %d images): " % len(dev.regions)
-        + ", ".join(f"R@{k} {r:.1f}" for k, r in curve.items()))
+    log(f"kept epoch {best_epoch}; stage-1 recall@K on dev (text -> image, {len(dev.regions)} images): "
+        + ", ".join(f"R@{k} {r:.1f}" for k, r in best_curve.items()))
+    curve = best_curve
     return Stage1(head, base_name, model_fingerprint(model), sigma, curve, choose_k(curve, target_recall))
 
 
@@ -127,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--max-images", type=int, help="train on the first N training images only")
+    p.add_argument("--cache", help="file for the pooled encoder outputs (reused when it exists)")
     p.add_argument("--target-recall", type=float, default=99.0,
                    help="default K = smallest K whose dev stage-1 recall reaches this percent")
     args = p.parse_args(argv)
@@ -134,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     def run(a: argparse.Namespace) -> int:
         model = load_model(a.model)
         stage1 = train_stage1(model, Path(a.model).name, Path(a.data), a.dim, a.sigma, a.momentum, a.epochs,
-                              a.batch_size, a.lr, a.max_images, a.target_recall)
+                              a.batch_size, a.lr, a.max_images, a.target_recall,
+                              cache=None if a.cache is None else Path(a.cache))
         stage1.save(a.out)
         print(json.dumps({"out": a.out, "default_k": stage1.default_k, "recall_curve": stage1.recall_curve}))
         return 0
