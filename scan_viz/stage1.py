@@ -114,6 +114,8 @@ class Stage1:
     recall_curve: dict[int, float]
     default_k: int
     path: Path | None = None
+    #: how it was trained (data, epochs, the epoch kept by dev recall, ...), for the model card
+    training: dict | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -144,7 +146,7 @@ class Stage1:
             config = {"format": STAGE1_FORMAT, "embed_size": self.head.image_proj.in_features // 2,
                       "dim": self.head.dim, "base_model": self.base_model, "base_fingerprint": self.base_fingerprint,
                       "sigma": self.sigma, "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
-                      "default_k": self.default_k}
+                      "default_k": self.default_k, "training": self.training}
             (tmp / STAGE1_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
         write_dir_atomic(Path(directory), write)
@@ -165,7 +167,8 @@ def load_stage1(directory: str | Path) -> Stage1:
                            "`python -m scan_viz.train.stage1`") from None
     head.eval()
     return Stage1(head, str(config["base_model"]), str(config["base_fingerprint"]), float(config["sigma"]),
-                  {int(k): float(v) for k, v in config["recall_curve"].items()}, int(config["default_k"]), directory)
+                  {int(k): float(v) for k, v in config["recall_curve"].items()}, int(config["default_k"]), directory,
+                  config.get("training"))
 
 
 def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:

@@ -77,3 +77,32 @@ def test_saved_head_round_trips_and_is_found_only_for_its_model(tmp_path):
     assert loaded.recall_curve == {1: 10.0, 5: 50.0}
     assert find_stage1(model, [tmp_path / "tiny-stage1"]).fingerprint == stage1.fingerprint
     assert find_stage1(tiny_model(seed=1), [tmp_path / "tiny-stage1"]) is None  # other weights: never used
+
+
+def test_trainer_keeps_the_best_dev_epoch_and_reports_its_curve(tmp_path):
+    from scan_viz.data import load_precomp
+    from scan_viz.errors import ScanVizError
+    from scan_viz.train.stage1 import pooled_inputs, train_stage1
+    from scan_viz.train.toy import make_precomp
+
+    torch.set_num_threads(1)
+    data = make_precomp(tmp_path / "toy", n_train=40, n_dev=14)
+    torch.manual_seed(0)
+    captions = (data / "train_caps.txt").read_text(encoding="utf-8").splitlines()
+    model = ScanModel(ScanConfig(img_dim=16, embed_size=32, word_dim=16), Vocabulary.build(captions, threshold=1))
+    logs: list[str] = []
+    stage1 = train_stage1(model, "toy", data, dim=32, epochs=3, batch_size=16, lr=1e-2, sigma=0.1,
+                          target_recall=50.0, log=logs.append)
+    dev = load_precomp(data, "dev")
+    img, cap = pooled_inputs(model, dev.regions.features, dev.captions, log=lambda _: None)
+    with torch.no_grad():
+        curve = recall_curve(stage1.head.image_vectors(img).numpy(), stage1.head.caption_vectors(cap).numpy(),
+                             dev.caption_image)
+    assert stage1.recall_curve == pytest.approx(curve)  # the shipped curve is the kept head's own
+    assert stage1.default_k == choose_k(curve, 50.0)
+    kept = stage1.training["kept_epoch"]
+    assert 0 <= kept <= 3 and sum(line.startswith("epoch") for line in logs) == 4  # epoch 0 = the start
+    assert stage1.base_fingerprint == model_fingerprint(model)
+    with pytest.raises(ScanVizError, match="16-d"):
+        wrong = ScanModel(ScanConfig(img_dim=8, embed_size=32, word_dim=16), Vocabulary.build(captions, threshold=1))
+        train_stage1(wrong, "toy", data, epochs=1, log=lambda _: None)

@@ -132,7 +132,11 @@ def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 25
     log(f"kept epoch {best_epoch}; stage-1 recall@K on dev (text -> image, {len(dev.regions)} images): "
         + ", ".join(f"R@{k} {r:.1f}" for k, r in best_curve.items()))
     curve = best_curve
-    return Stage1(head, base_name, model_fingerprint(model), sigma, curve, choose_k(curve, target_recall))
+    training = {"data": str(data_dir), "images": n_images, "epochs": epochs, "kept_epoch": best_epoch,
+                "lr": lr, "sigma": sigma, "momentum": momentum, "batch_size": batch_size,
+                "target_recall": target_recall, "note": "epoch 0 is the centred mean pooling CMCE training starts from"}
+    return Stage1(head, base_name, model_fingerprint(model), sigma, curve, choose_k(curve, target_recall),
+                  training=training)
 
 
 def main(argv: list[str] | None = None) -> int:
