@@ -24,6 +24,7 @@ import torch
 from scan_viz.engine import score_matrix
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import MatchingHead
+from scan_viz.limits import check_sentence
 from scan_viz.model import ScanModel
 from scan_viz.stage1 import Stage1
 
@@ -150,8 +151,7 @@ class TwoStageSearch:
     def search_text(self, text: str, k: int = 10, stage1_k: int | None = None,
                     head: str | MatchingHead | None = None) -> list[SearchHit]:
         """The top-k gallery images for a sentence, best first."""
-        if not text.strip():
-            raise ScanVizError("the sentence is empty: type a few words")
+        check_sentence(text)
         stage1_k = self._check_k(k, stage1_k)
         matcher = self._matcher(head)
         caps = self.model.encode_captions([text])
