@@ -117,6 +117,8 @@ def bench_size(model, stage1, base, captions, caption_image, n, args, work) -> d
             index.search(q[None], k)
             times.append(time.perf_counter() - t)
         result[f"stage1_{kind}_p50_ms"] = p50(times)
+        _, top = index.search(queries, k)
+        result[f"stage1_{kind}_recall_at_k"] = float(100 * np.mean([t in row for row, t in zip(top, caption_image)]))
     # two-stage: latency and final ranks
     two_times, two_ranks = [], []
     for text, truth in zip(captions, caption_image):
