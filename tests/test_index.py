@@ -77,6 +77,13 @@ def test_bad_images_are_reported_and_skipped_and_old_images_kept(fixture, tmp_pa
     after_ids, after, _ = gallery_arrays(out)
     assert after_ids == list(ids[:5])
     assert after[0, 0, 0] == 1234.0 and np.array_equal(after[1:3], before[1:3].astype(np.float32))
+    # what the app does with a gallery (SCAN_VIZ_GALLERY): encode it, search it; most images have no caption
+    from scan_viz.pipeline import GalleryIndex
+
+    index = GalleryIndex.build(model, load_gallery(out))
+    assert sorted(i for i, _ in index.search_images("a red car", 5)) == sorted(ids[:5])
+    expected = [i for i, _ in index.search_images("a red car", 5)]
+    assert [h.id for h in index.two_stage.search_text("a red car", 5)] == expected
 
 
 def test_empty_or_colliding_folders_are_user_errors(tmp_path):
