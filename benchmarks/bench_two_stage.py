@@ -6,10 +6,12 @@ regions), stored float16 in a memory-mapped .npy under ``--work``; only the stag
 live in RAM. The queries are the bundled test captions, whose true image is the original (copy 0).
 
 Per size: p50 text-query latency (query encoding included) of exhaustive search (region embeddings precomputed
-in RAM, the app's way) and of two-stage search (stage-1 FAISS search + encoding and SCAN re-scoring of the K
-candidates read from the memory map); stage-1 recall@K curve; final R@1/5/10 of both on the same queries;
+in RAM, the app's way) and of two-stage search (stage-1 FAISS search + SCAN re-scoring of the K
+candidates' region embeddings, float16 memory-mapped, as ``scan-viz index`` could store them);
+stage-1 recall@K curve; final R@1/5/10 of both on the same queries;
 RSS, disk per image. Exhaustive search is measured up to ``--exhaustive-max`` images (its memory and time grow
-linearly); above that its latency is extrapolated linearly from the largest measured size and marked so.
+linearly; it keeps every region embedding in RAM) on the first ``--exhaustive-queries`` queries; above that size
+it is not run.
 Indexing throughput (detector + encoders + stage-1 head, images/s) locally and with Ray on 2 local workers:
 ``--index-images N``.
 
@@ -66,14 +68,25 @@ def perturbed_features(base: np.ndarray, n: int, noise: float, work: Path, seed:
     return np.load(path, mmap_mode="r")
 
 
-def stage1_vectors(model, stage1, features: np.ndarray, work: Path, tag: str) -> np.ndarray:
-    path = work / f"vectors_{tag}_{stage1.fingerprint}.npy"
-    if path.is_file():
-        return np.load(path)
-    out = np.concatenate([stage1.image_vectors(model.encode_images(np.asarray(features[s:s + CHUNK], np.float32)))
-                          for s in range(0, len(features), CHUNK)])
-    np.save(path, out)
-    return out
+def embeddings(model, stage1, features: np.ndarray, work: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """Region embeddings (n, n_regions, d) float16 memmap on disk, and stage-1 vectors (n, dim) in RAM."""
+    regions_path = work / f"regions_{tag}_{stage1.base_fingerprint}.npy"
+    vectors_path = work / f"vectors_{tag}_{stage1.fingerprint}.npy"
+    if not (regions_path.is_file() and vectors_path.is_file()):
+        n, n_reg, _ = features.shape
+        tmp = regions_path.with_suffix(".partial.npy")
+        regions = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                            shape=(n, n_reg, model.config.embed_size))
+        vectors = np.zeros((n, stage1.head.dim), dtype=np.float32)
+        for s in range(0, n, CHUNK):
+            emb = model.encode_images(np.asarray(features[s:s + CHUNK], np.float32))
+            regions[s:s + CHUNK] = emb.numpy()
+            vectors[s:s + CHUNK] = stage1.image_vectors(emb)
+        regions.flush()
+        del regions
+        os.replace(tmp, regions_path)
+        np.save(vectors_path, vectors)
+    return np.load(regions_path, mmap_mode="r"), np.load(vectors_path)
 
 
 def p50(times: list[float]) -> float:
@@ -91,14 +104,15 @@ def recall_cell(m: dict[str, float]) -> str:
 def bench_size(model, stage1, base, captions, caption_image, n, args, work) -> dict:
     features = perturbed_features(base, n, args.noise, work)
     t0 = time.perf_counter()
-    vectors = stage1_vectors(model, stage1, features, work, f"{n}_{args.noise:g}")
+    regions_disk, vectors = embeddings(model, stage1, features, work, f"{n}_{args.noise:g}")
     encode_s = time.perf_counter() - t0
     head = model.head()
     k = args.stage1_k or stage1.default_k
-    result = {"images": n, "stage1_k": k, "disk_bytes_per_image": int(features[0].nbytes),
+    result = {"images": n, "stage1_k": k, "disk_bytes_per_image": int(features[0].nbytes + regions_disk[0].nbytes),
               "stage1_ram_bytes_per_image": int(vectors[0].nbytes)}
     t0 = time.perf_counter()
-    search = TwoStageSearch(model, [str(i) for i in range(n)], features, stage1, image_vectors=vectors)
+    search = TwoStageSearch(model, [str(i) for i in range(n)], features, stage1, regions=regions_disk,
+                            image_vectors=vectors)
     result["index_build_s"] = time.perf_counter() - t0
     result["index"] = type(search.image_index).__name__
     caps = model.encode_captions(captions)
@@ -131,8 +145,7 @@ def bench_size(model, stage1, base, captions, caption_image, n, args, work) -> d
     result["two_stage"] = recalls(np.array(two_ranks))
     # exhaustive: region embeddings precomputed in RAM, every image scored
     if n <= args.exhaustive_max:
-        regions = torch.cat([model.encode_images(np.asarray(features[s:s + CHUNK], np.float32))
-                             for s in range(0, n, CHUNK)])
+        regions = torch.from_numpy(np.asarray(regions_disk, dtype=np.float32))
         times, ranks = [], []
         for i, (text, truth) in enumerate(zip(captions, caption_image)):
             t = time.perf_counter()

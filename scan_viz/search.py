@@ -89,13 +89,13 @@ class TwoStageSearch:
     """Text -> images and image -> captions over one gallery, exhaustive or two-stage.
 
     features: (n_images, n_regions, img_dim) raw region features, any float dtype (a memory map is fine);
-    regions: optional precomputed region embeddings (n_images, n_regions, d) (else the needed rows are
-    encoded per query); n_boxes: (n_images,) real regions per image or None; image_vectors: optional
+    regions: optional precomputed region embeddings (n_images, n_regions, d), a tensor or an array (a float16
+    memory map keeps a large gallery on disk); without them the needed rows are encoded per query; n_boxes: (n_images,) real regions per image or None; image_vectors: optional
     precomputed stage-1 image vectors (n_images, dim); captions: the gallery's captions (image -> text).
     """
 
     def __init__(self, model: ScanModel, ids: Sequence[str], features: np.ndarray, stage1: Stage1 | None,
-                 n_boxes: np.ndarray | None = None, regions: torch.Tensor | None = None,
+                 n_boxes: np.ndarray | None = None, regions: torch.Tensor | np.ndarray | None = None,
                  image_vectors: np.ndarray | None = None, captions: Sequence[str] = (),
                  caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None, index_kind: str = "auto") -> None:
         if features.ndim != 3 or features.shape[2] != model.config.img_dim:
@@ -121,8 +121,10 @@ class TwoStageSearch:
 
     def _regions_of(self, rows: np.ndarray | slice) -> torch.Tensor:
         """Region embeddings of some gallery rows (precomputed, or encoded from their features now)."""
-        if self.regions is not None:
-            return self.regions[torch.as_tensor(rows)] if not isinstance(rows, slice) else self.regions[rows]
+        if torch.is_tensor(self.regions):
+            return self.regions[rows if isinstance(rows, slice) else torch.as_tensor(rows)]
+        if self.regions is not None:  # e.g. a float16 memory map: read only these rows
+            return torch.from_numpy(np.asarray(self.regions[rows], dtype=np.float32))
         return self.model.encode_images(np.asarray(self.features[rows], dtype=np.float32))
 
     def _image_vectors_in_chunks(self) -> np.ndarray:
@@ -167,7 +169,7 @@ class TwoStageSearch:
 
     def exhaustive_scores(self, words: torch.Tensor, lengths: torch.Tensor, matcher: MatchingHead) -> np.ndarray:
         """Scores of every gallery image with some captions: (n_images, n_captions), in image chunks."""
-        if self.regions is not None:
+        if torch.is_tensor(self.regions):
             return score_matrix(matcher, self.regions, words, lengths, self._region_lengths(slice(None)))
         parts = []
         for start in range(0, len(self.ids), ENCODE_CHUNK):

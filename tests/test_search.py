@@ -62,8 +62,13 @@ def test_exhaustive_and_full_stage1_give_the_exhaustive_ranking(setup):
     # precomputed region embeddings give the same answer as encoding the candidates per query
     regions = model.encode_images(features.astype(np.float32))
     with_regions = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=regions)
-    assert [h.id for h in with_regions.search_text(TEXT, k=7, stage1_k=10)] == \
-        [h.id for h in search.search_text(TEXT, k=7, stage1_k=10)]
+    expected_hits = search.search_text(TEXT, k=7, stage1_k=10)
+    assert [h.id for h in with_regions.search_text(TEXT, k=7, stage1_k=10)] == [h.id for h in expected_hits]
+    # ... and so do embeddings kept as an array on disk (a memory map in a large gallery)
+    on_disk = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=regions.numpy())
+    assert [(h.id, h.stage1_rank) for h in on_disk.search_text(TEXT, k=7, stage1_k=10)] == \
+        [(h.id, h.stage1_rank) for h in expected_hits]
+    assert [h.id for h in on_disk.search_text(TEXT, k=7, stage1_k=0)] == expected
 
 
 def test_image_query_reranks_captions_with_exhaustive_scores(setup):
