@@ -199,7 +199,11 @@ def index_images(images_dir: str | Path, out: str | Path, model: str = "scan-emo
     kept_ids = set(old.ids) if old is not None else set()
     work = _work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "spec.json").write_text(json.dumps({"model": model, "detector": detector}), encoding="utf-8")
+    spec_file, spec_text = work / "spec.json", json.dumps({"model": str(model), "detector": detector})
+    if spec_file.is_file() and spec_file.read_text(encoding="utf-8") != spec_text:
+        raise ScanVizError(f"{work} holds an interrupted run made with {spec_file.read_text(encoding='utf-8')}: "
+                           "resume it with the same --model/--detector, or delete that folder to start over")
+    spec_file.write_text(spec_text, encoding="utf-8")
     done = {str(i) for c in _read_chunks(work) for i in c["id"]}
     todo = [(p.stem, p) for p in files if p.stem not in kept_ids and p.stem not in done]
     total = len(todo)

@@ -93,6 +93,12 @@ def test_empty_or_colliding_folders_are_user_errors(tmp_path):
     (tmp_path / "a.png").write_bytes(b"x")
     with pytest.raises(ScanVizError, match="both be image id 'a'"):
         list_images(tmp_path)
+    (tmp_path / "a.png").unlink()
+    work = tmp_path / ".out.index-work"
+    work.mkdir()
+    (work / "spec.json").write_text('{"model": "other-model", "detector": null}', encoding="utf-8")
+    with pytest.raises(ScanVizError, match="interrupted run made with .*other-model"):
+        index_images(tmp_path, tmp_path / "out", "scan-emoji-t2i")  # its chunks came from another model
 
 
 def test_sigkill_leaves_the_old_gallery_and_resume_equals_an_uninterrupted_run(fixture, tmp_path):
