@@ -7,6 +7,7 @@ thin layers over the same calls.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -117,6 +118,13 @@ class GalleryIndex:
         scores = score_matrix(matcher, self.regions, caps.emb, caps.lengths, self.region_lengths)[:, 0]
         top = np.argsort(-scores, kind="stable")[:k]
         return [(self.gallery.ids[i], float(scores[i])) for i in top]
+
+    @functools.cached_property
+    def two_stage(self):
+        """Two-stage search (scan_viz.search) over these embeddings; stage 1 when a head fits the model."""
+        from scan_viz.search import gallery_search
+
+        return gallery_search(self.model, self.gallery, self.regions, (self.caption_emb, self.caption_lengths))
 
     def search_captions(self, image_id: str, k: int = 10, head: str | MatchingHead | None = None
                         ) -> list[tuple[int, float]]:

@@ -454,6 +454,7 @@ def test_retrieve_text_to_image_opens_the_pair_in_explore(app, bundle):
     assert sorted(results) == sorted(bundle.image_ids)  # K = every image, so the truth is listed
     marks = [m.value for m in at.markdown if m.value.startswith("**#")]
     assert sum("\u2705" in m for m in marks) == 1
+    assert all(m.endswith("exhaustive") for m in marks)  # the fixture model has no stage-1 head
     at.button(key=f"rt_open_{results[0]}").click().run()
     no_exception(at)
     assert at.title[0].value == "Explore"

@@ -56,6 +56,11 @@ def show_reasons(verdict: Verdict | None) -> None:
         st.text("\n".join(verdict.reasons))
 
 
+def found_by(stage1_rank: int | None) -> str:
+    """Which stage found a result: exhaustive scoring, or stage 1 at some rank then re-scored by the head."""
+    return "exhaustive" if stage1_rank is None else f"stage 1 #{stage1_rank} \u2192 re-ranked"
+
+
 def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     gallery = bundle.gallery
     text = st.text_input("Sentence", key=QUERY_KEY, placeholder="e.g. a red car on the road",
@@ -75,9 +80,9 @@ def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     truth = ground_truth_images(gallery, text)
     claims = claims_of_text(gallery, text) if truth else None
     marks = {image_id: judge(gallery, claims, gallery.index_of(image_id), image_id in truth)
-             for image_id, _ in results} if truth else {}
+             for image_id, _, _ in results} if truth else {}
     if truth:
-        found = [rank for rank, (image_id, _) in enumerate(results, 1) if image_id in truth]
+        found = [rank for rank, (image_id, _, _) in enumerate(results, 1) if image_id in truth]
         line = (f"The sentence is a caption of {len(truth)} gallery image(s); "
                 + (f"first found at rank {found[0]}." if found else f"none in the top {k}."))
         if claims is not None:
@@ -89,16 +94,16 @@ def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     else:
         st.caption("Not a gallery caption: a typed sentence carries no claims and belongs to no image, so the "
                    "results are neither ticked nor checked for truth.")
-    st.session_state["retrieve_results"] = [image_id for image_id, _ in results]
-    st.session_state["retrieve_marks"] = [marks[image_id][0] if truth else "" for image_id, _ in results]
+    st.session_state["retrieve_results"] = [image_id for image_id, _, _ in results]
+    st.session_state["retrieve_marks"] = [marks[image_id][0] if truth else "" for image_id, _, _ in results]
     for start in range(0, len(results), RESULT_COLUMNS):
         columns = st.columns(RESULT_COLUMNS)
-        for column, (rank, (image_id, score)) in zip(columns, enumerate(results[start:start + RESULT_COLUMNS],
-                                                                         start + 1)):
+        rows = enumerate(results[start:start + RESULT_COLUMNS], start + 1)
+        for column, (rank, (image_id, score, stage1_rank)) in zip(columns, rows):
             with column.container(border=True):
                 mark, verdict = marks.get(image_id, ("", None))
                 st.image(state.thumbnail(bundle.key, image_id), width="stretch")
-                st.markdown(f"**#{rank}** {mark} {literal(image_id)}  \nscore {score:.4f}")
+                st.markdown(f"**#{rank}** {mark} {literal(image_id)}  \nscore {score:.4f}  \n{found_by(stage1_rank)}")
                 show_reasons(verdict)
                 if st.button("Explore", key=f"rt_open_{image_id}", icon=":material/open_in_new:", width="stretch"):
                     open_in_explore(image_id, text, settings, bundle)

@@ -201,10 +201,14 @@ def region_words_png(bundle_key: tuple, image_key: str, text: str, settings: tup
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def top_images(bundle_key: tuple, text: str, k: int, settings: tuple) -> list[tuple[str, float]]:
-    """Text -> the top-k gallery images (id, score), best first."""
+def top_images(bundle_key: tuple, text: str, k: int, settings: tuple) -> list[tuple[str, float, int | None]]:
+    """Text -> the top-k gallery images (id, score, stage-1 rank or None when exhaustive), best first.
+
+    Two-stage when a stage-1 head fits the model (its K from the measured recall curve), else exhaustive.
+    """
     bundle = bundle_by_key(bundle_key)
-    return bundle.index.search_images(text, k, HeadSettings(*settings).build(bundle.model))
+    hits = bundle.index.two_stage.search_text(text, k, head=HeadSettings(*settings).build(bundle.model))
+    return [(hit.id, hit.score, hit.stage1_rank) for hit in hits]
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -1,0 +1,246 @@
+"""Two-stage retrieval at gallery sizes 1K .. 1M, against exhaustive search measured in the same run.
+
+Galleries beyond the bundled one (1,000 test images) are PERTURBED COPIES of its detector region features:
+copy j > 0 of image i is ``max(0, x + noise * std_d * N(0, 1))`` per feature dimension d (std over the bundled
+regions), stored float16 in a memory-mapped .npy under ``--work``; only the stage-1 vectors (and FAISS index)
+live in RAM. The queries are the bundled test captions, whose true image is the original (copy 0).
+
+Per size: p50 text-query latency (query encoding included) of exhaustive search (region embeddings precomputed
+in RAM, the app's way) and of two-stage search (stage-1 FAISS search + SCAN re-scoring of the K
+candidates' region embeddings, float16 memory-mapped, as ``scan-viz index`` could store them);
+stage-1 recall@K curve; final R@1/5/10 of both on the same queries;
+RSS, disk per image. Exhaustive search is measured up to ``--exhaustive-max`` images (its memory and time grow
+linearly; it keeps every region embedding in RAM) on the first ``--exhaustive-queries`` queries; above that size
+it is not run.
+Indexing throughput (detector + encoders + stage-1 head, images/s) locally and with Ray on 2 local workers:
+``--index-images N``.
+
+    python benchmarks/bench_two_stage.py --sizes 1000,10000,100000 --queries 200 --work /tmp/bench-two-stage
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scan_viz.engine import score_matrix
+from scan_viz.gallery import load_gallery
+from scan_viz.model import load_model
+from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
+from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index
+from scan_viz.stage1 import RECALL_KS, find_stage1
+
+CHUNK = 2048
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def perturbed_features(base: np.ndarray, n: int, noise: float, work: Path, seed: int = 0) -> np.ndarray:
+    """(n, n_regions, img_dim) float16 memmap: the originals, then perturbed copies (see the module doc)."""
+    path = work / f"features_{n}_{noise:g}.npy"
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    std = base.reshape(-1, base.shape[-1]).std(axis=0)
+    tmp = path.with_suffix(".partial.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + base.shape[1:])
+    rng = np.random.default_rng(seed)
+    n_base = len(base)
+    for start in range(0, n, n_base):
+        rows = min(n_base, n - start)
+        block = base[:rows]
+        if start:
+            block = np.maximum(0, block + noise * std * rng.standard_normal(block.shape, dtype=np.float32))
+        out[start:start + rows] = block
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def embeddings(model, stage1, features: np.ndarray, work: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """Region embeddings (n, n_regions, d) float16 memmap on disk, and stage-1 vectors (n, dim) in RAM."""
+    regions_path = work / f"regions_{tag}_{stage1.base_fingerprint}.npy"
+    vectors_path = work / f"vectors_{tag}_{stage1.fingerprint}.npy"
+    if not (regions_path.is_file() and vectors_path.is_file()):
+        n, n_reg, _ = features.shape
+        tmp = regions_path.with_suffix(".partial.npy")
+        regions = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                            shape=(n, n_reg, model.config.embed_size))
+        vectors = np.zeros((n, stage1.head.dim), dtype=np.float32)
+        for s in range(0, n, CHUNK):
+            emb = model.encode_images(np.asarray(features[s:s + CHUNK], np.float32))
+            regions[s:s + CHUNK] = emb.numpy()
+            vectors[s:s + CHUNK] = stage1.image_vectors(emb)
+        regions.flush()
+        del regions
+        os.replace(tmp, regions_path)
+        np.save(vectors_path, vectors)
+    return np.load(regions_path, mmap_mode="r"), np.load(vectors_path)
+
+
+def p50(times: list[float]) -> float:
+    return float(np.percentile(times, 50)) * 1000
+
+
+def recalls(ranks: np.ndarray) -> dict[str, float]:
+    return {f"r{k}": float(100 * (ranks < k).mean()) for k in (1, 5, 10)}
+
+
+def recall_cell(m: dict[str, float]) -> str:
+    return "/".join(f"{m[f'r{k}']:.1f}" for k in (1, 5, 10))
+
+
+def bench_size(model, stage1, base, captions, caption_image, n, args, work) -> dict:
+    features = perturbed_features(base, n, args.noise, work)
+    t0 = time.perf_counter()
+    regions_disk, vectors = embeddings(model, stage1, features, work, f"{n}_{args.noise:g}")
+    encode_s = time.perf_counter() - t0
+    head = model.head()
+    k = args.stage1_k or stage1.default_k
+    result = {"images": n, "stage1_k": k, "disk_bytes_per_image": int(features[0].nbytes + regions_disk[0].nbytes),
+              "stage1_ram_bytes_per_image": int(vectors[0].nbytes)}
+    t0 = time.perf_counter()
+    search = TwoStageSearch(model, [str(i) for i in range(n)], features, stage1, regions=regions_disk,
+                            image_vectors=vectors)
+    result["index_build_s"] = time.perf_counter() - t0
+    result["index"] = type(search.image_index).__name__
+    caps = model.encode_captions(captions)
+    queries = stage1.caption_vectors(caps.emb, caps.lengths)
+    # stage-1 recall@K over the queries (the true image is row caption_image, an original)
+    _, found = search.image_index.search(queries, max(RECALL_KS))
+    hit_rank = np.array([np.flatnonzero(row == t)[0] if (row == t).any() else 10**9
+                         for row, t in zip(found, caption_image)])
+    result["stage1_recall"] = {kk: float(100 * (hit_rank < kk).mean()) for kk in RECALL_KS if kk <= n}
+    # exact vs IVF search latency on the same vectors (where the switch belongs)
+    for kind in ("flat", "ivf"):
+        index = search.image_index if kind == ("flat" if n <= EXACT_MAX else "ivf") else build_index(vectors, kind)
+        times = []
+        for q in queries[:50]:
+            t = time.perf_counter()
+            index.search(q[None], k)
+            times.append(time.perf_counter() - t)
+        result[f"stage1_{kind}_p50_ms"] = p50(times)
+        _, top = index.search(queries, k)
+        result[f"stage1_{kind}_recall_at_k"] = float(100 * np.mean([t in row for row, t in zip(top, caption_image)]))
+    # two-stage: latency and final ranks
+    two_times, two_ranks = [], []
+    for text, truth in zip(captions, caption_image):
+        t = time.perf_counter()
+        hits = search.search_text(text, k=10, stage1_k=k, head=head)
+        two_times.append(time.perf_counter() - t)
+        ids = [int(h.id) for h in hits]
+        two_ranks.append(ids.index(truth) if truth in ids else 10**9)
+    result["two_stage_p50_ms"] = p50(two_times)
+    result["two_stage"] = recalls(np.array(two_ranks))
+    # exhaustive: region embeddings precomputed in RAM, every image scored
+    if n <= args.exhaustive_max:
+        regions = torch.from_numpy(np.asarray(regions_disk, dtype=np.float32))
+        times, ranks = [], []
+        for i, (text, truth) in enumerate(zip(captions, caption_image)):
+            t = time.perf_counter()
+            one = model.encode_captions([text])
+            scores = score_matrix(head, regions, one.emb, one.lengths)[:, 0]
+            np.argsort(-scores, kind="stable")[:10]
+            times.append(time.perf_counter() - t)
+            ranks.append(int((scores > scores[truth]).sum()))
+            if i + 1 >= args.exhaustive_queries:
+                break
+        result["exhaustive_p50_ms"] = p50(times)
+        result["exhaustive"] = recalls(np.array(ranks))
+        result["exhaustive_queries"] = len(ranks)
+        result["two_stage_on_same_queries"] = recalls(np.array(two_ranks[:len(ranks)]))
+        del regions
+    result["rss_gb"] = rss_gb()
+    result["stage1_encode_s"] = encode_s
+    return result
+
+
+def bench_indexing(n_images: int, model_name: str) -> dict:
+    """images/s of `scan-viz index` on copies of the bundled gallery's images, locally and on Ray (2 workers)."""
+    from scan_viz.index import index_images
+
+    gallery = load_gallery(DEFAULT_GALLERY)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        for image_id in gallery.ids[:n_images]:
+            shutil.copyfile(gallery.image_path(image_id), folder / f"{image_id}.jpg")
+        for label, ray in (("local", None), ("ray_2_workers", "auto")):
+            if ray:
+                import ray as ray_module
+
+                ray_module.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            t = time.perf_counter()
+            index_images(folder, Path(tmp) / f"gallery_{label}", model_name, ray=ray, workers=2, chunk=8)
+            out[f"{label}_images_per_s"] = n_images / (time.perf_counter() - t)
+            if ray:
+                ray_module.shutdown()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--queries", type=int, default=200, help="test captions used as queries (seeded sample)")
+    ap.add_argument("--exhaustive-queries", type=int, default=50)
+    ap.add_argument("--exhaustive-max", type=int, default=100_000)
+    ap.add_argument("--stage1-k", type=int, default=0, help="default: the stage-1 head's K")
+    ap.add_argument("--noise", type=float, default=0.5, help="perturbation, in per-dimension stds")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench-two-stage"))
+    ap.add_argument("--index-images", type=int, default=0, help="also measure indexing throughput on N images")
+    ap.add_argument("--json", help="write all results here")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model)
+    stage1 = find_stage1(model)
+    if stage1 is None:
+        raise SystemExit(f"no stage-1 head for {args.model}: train one with python -m scan_viz.train.stage1")
+    gallery = load_gallery(DEFAULT_GALLERY)
+    base = np.asarray(gallery.regions.features, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(len(gallery.captions), size=min(args.queries, len(gallery.captions)), replace=False))
+    captions = [gallery.captions[i] for i in pick]
+    caption_image = gallery.caption_image[pick]
+    print(f"machine: {platform.machine()} x{os.cpu_count()} threads; torch {torch.__version__} "
+          f"x{torch.get_num_threads()} threads; model {args.model}; stage-1 head {stage1.path.name} "
+          f"(default K {stage1.default_k}); {len(captions)} queries; noise {args.noise}")
+    results = {"sizes": []}
+    for n in [int(s) for s in args.sizes.split(",")]:
+        r = bench_size(model, stage1, base, captions, caption_image, n, args, work)
+        results["sizes"].append(r)
+        print(json.dumps(r), flush=True)
+    if args.index_images:
+        results["indexing"] = bench_indexing(args.index_images, args.model)
+        print(json.dumps(results["indexing"]), flush=True)
+    print("| images | index | stage-1 K | exhaustive p50 | two-stage p50 | speed-up | R@1/5/10 exhaustive | "
+          "R@1/5/10 two-stage (same queries) | stage-1 R@K | RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results["sizes"]:
+        ex = r.get("exhaustive_p50_ms")
+        two = r["two_stage_p50_ms"]
+        same = r.get("two_stage_on_same_queries", r["two_stage"])
+        cells = [f"{r['images']:,}", r["index"], str(r["stage1_k"]), f"{ex:.1f} ms" if ex else "not run",
+                 f"{two:.1f} ms", f"{ex / two:.1f}x" if ex else "-", recall_cell(r["exhaustive"]) if ex else "-",
+                 recall_cell(same), f"{r['stage1_recall'].get(r['stage1_k'], float('nan')):.1f}",
+                 f"{r['rss_gb']:.2f} GB"]
+        print("| " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

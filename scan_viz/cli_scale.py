@@ -1,0 +1,87 @@
+"""``scan-viz search`` and ``scan-viz index``: two-stage retrieval and gallery indexing on the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_search_parser(sub) -> None:
+    p = sub.add_parser("search", help="text -> gallery images or image -> gallery captions, two-stage")
+    p.add_argument("--gallery", required=True, help="a gallery folder (examples/gallery or one from `scan-viz index`)")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="the sentence (text -> images)")
+    query.add_argument("--image", help="a gallery image id or an image file (image -> captions)")
+    p.add_argument("-k", type=int, default=10, help="results to return")
+    p.add_argument("--stage1-k", type=int, default=None,
+                   help="candidates stage 1 passes to the head; 0 = exhaustive (default: the stage-1 head's K)")
+    p.add_argument("--head", help="matching head that re-ranks (default: SCAN in the model's direction)")
+    p.add_argument("--model", help="model directory or name under pretrained/ (default: the bundled model)")
+    p.add_argument("--detector", help="detector folder for an image file (default: the one the model names)")
+    p.add_argument("--json", required=True, help="write the results here: [{id, score, stage1_rank}]")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from scan_viz.errors import ScanVizError
+    from scan_viz.gallery import load_gallery
+    from scan_viz.io import write_text_atomic
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import DEFAULT_MODEL
+    from scan_viz.search import gallery_search
+
+    if args.k < 1:
+        raise ScanVizError(f"-k must be at least 1, got {args.k}")
+    gallery = load_gallery(args.gallery)
+    model = load_model(args.model or DEFAULT_MODEL)
+    search = gallery_search(model, gallery)
+    if args.text is not None:
+        hits = search.search_text(args.text, args.k, args.stage1_k, args.head)
+        rows = [h.to_json() for h in hits]
+    else:
+        if args.image in gallery.ids:
+            hits = search.search_image(args.image, args.k, args.stage1_k, args.head)
+        elif Path(args.image).is_file():
+            from scan_viz.images import load_image
+            from scan_viz.pipeline import detect, detector_for
+
+            regions = detect(detector_for(model, args.detector), load_image(args.image))
+            hits = search.search_regions(regions.features, args.k, args.stage1_k, args.head)
+        else:
+            raise ScanVizError(f"--image {args.image!r} is neither an image id of the gallery nor an image file")
+        rows = [{**h.to_json(), "caption": gallery.captions[h.id],
+                 "image_id": gallery.ids[int(gallery.caption_image[h.id])]} for h in hits]
+    write_text_atomic(Path(args.json), json.dumps(rows, indent=2) + "\n")
+    how = "exhaustive" if not hits or hits[0].stage1_rank is None else "two-stage"
+    print(f"wrote {args.json}: {len(rows)} results ({how})")
+    return 0
+
+
+def add_index_parser(sub) -> None:
+    p = sub.add_parser("index", help="a folder of images -> a gallery (regions + stage-1 index), resumable")
+    p.add_argument("--images", required=True, help="folder of image files; each file's stem is its image id")
+    p.add_argument("--out", required=True, help="gallery folder to create or extend")
+    p.add_argument("--captions", help="optional text file, one 'image_id<TAB>caption' per line")
+    p.add_argument("--model", default="scan-emoji-t2i", help="model whose detector and encoders to use")
+    p.add_argument("--detector", help="detector folder (default: the one the model names)")
+    p.add_argument("--ray", help="run detection and encoding on Ray Data: a cluster ADDRESS, or auto")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (with --ray)")
+    p.add_argument("--chunk", type=int, default=16, help="images per saved chunk (the unit of resuming)")
+    p.set_defaults(func=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    import sys
+
+    from scan_viz.errors import ScanVizError
+    from scan_viz.index import index_images, tqdm_progress
+
+    if args.chunk < 1 or args.workers < 1:
+        raise ScanVizError("--chunk and --workers must be at least 1")
+    result = index_images(args.images, args.out, args.model, args.captions, args.detector, args.ray, args.workers,
+                          args.chunk, progress=tqdm_progress("indexing"))
+    for failure in result.failed:
+        print(f"skipped {failure['file']}: {failure['error']}", file=sys.stderr)
+    print(f"wrote {result.gallery}: {result.added} images added, {result.kept} kept, {len(result.failed)} skipped "
+          f"(listed in {result.gallery / 'index_report.json'})")
+    return 0

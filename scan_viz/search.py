@@ -1,0 +1,260 @@
+"""Two-stage retrieval: stage 1 screens the gallery with one vector per item (FAISS), stage 2 re-ranks its top K
+with any matching head.
+
+    text --encoders--> words --stage-1 head--> vector --FAISS--> top K images --head--> top k, re-scored
+
+Stage 2 scores exactly what exhaustive search would for the same pairs (the same head on the same
+embeddings), so the two differ only where stage 1 missed an image: stage 1's recall@K caps the final recall,
+and K comes from the curve measured when the stage-1 head was trained. ``stage1_k=0`` is exhaustive search.
+
+Region features may be a float16 memory map (a large gallery stays on disk); stage 2 reads and encodes only
+the K candidates' rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from scan_viz.engine import score_matrix
+from scan_viz.errors import ScanVizError
+from scan_viz.heads import MatchingHead
+from scan_viz.limits import check_sentence
+from scan_viz.model import ScanModel
+from scan_viz.stage1 import Stage1
+
+#: Up to this many vectors stage 1 uses an exact inner-product index; above it an IVF index. An exact search
+#: scans every vector, so its time grows linearly; benchmarks/bench_two_stage.py measures both kinds at each
+#: gallery size (flat vs ivf p50) so this switch can be checked on the machine at hand.
+EXACT_MAX = 200_000
+#: IVF lists probed per query (of about 4 sqrt(n) lists); not tuned here: bench_two_stage.py reports the
+#: stage-1 recall that results
+IVF_NPROBE = 32
+ENCODE_CHUNK = 2048  # images per chunk when encoding region features for exhaustive search
+
+
+def build_index(vectors: np.ndarray, kind: str = "auto", seed: int = 0):
+    """A FAISS inner-product index over (n, dim) L2-normalised float32 vectors.
+
+    ``kind``: ``flat`` (exact), ``ivf`` (IndexIVFFlat, about 4 sqrt(n) lists, k-means on at most 64 vectors
+    per list, ``IVF_NPROBE`` probed) or ``auto`` (flat up to ``EXACT_MAX`` vectors, else ivf).
+    """
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    if kind == "auto":
+        kind = "flat" if n <= EXACT_MAX else "ivf"
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "ivf":
+        nlist = max(1, min(n // 39, int(4 * math.sqrt(n))))  # faiss wants >= 39 training points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = vectors[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))]
+        index.train(sample)
+        index.nprobe = min(nlist, IVF_NPROBE)
+    else:
+        raise ScanVizError(f"unknown stage-1 index kind {kind!r}: choose flat, ivf or auto")
+    index.add(vectors)
+    return index
+
+
+@dataclasses.dataclass
+class SearchHit:
+    """One result: ``id`` (image id, or caption number for image -> text), the stage-2 (or exhaustive) score,
+    and ``stage1_rank``: its 1-based rank in stage 1, None when the search was exhaustive."""
+
+    id: str | int
+    score: float
+    stage1_rank: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "stage1_rank": self.stage1_rank}
+
+
+def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int] | None) -> list[SearchHit]:
+    """Best k by score; ties keep the earlier (stage-1) order."""
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [SearchHit(ids[i], float(scores[i]), None if stage1_ranks is None else int(stage1_ranks[i]))
+            for i in order]
+
+
+class TwoStageSearch:
+    """Text -> images and image -> captions over one gallery, exhaustive or two-stage.
+
+    features: (n_images, n_regions, img_dim) raw region features, any float dtype (a memory map is fine);
+    regions: optional precomputed region embeddings (n_images, n_regions, d), a tensor or an array (a float16
+    memory map keeps a large gallery on disk); without them the needed rows are encoded per query; n_boxes: (n_images,) real regions per image or None; image_vectors: optional
+    precomputed stage-1 image vectors (n_images, dim); captions: the gallery's captions (image -> text).
+    """
+
+    def __init__(self, model: ScanModel, ids: Sequence[str], features: np.ndarray, stage1: Stage1 | None,
+                 n_boxes: np.ndarray | None = None, regions: torch.Tensor | np.ndarray | None = None,
+                 image_vectors: np.ndarray | None = None, captions: Sequence[str] = (),
+                 caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None, index_kind: str = "auto") -> None:
+        if features.ndim != 3 or features.shape[2] != model.config.img_dim:
+            raise ScanVizError(f"the gallery's regions are {features.shape[-1]}-d but the model takes "
+                               f"{model.config.img_dim}-d features: pick a gallery made with the model's detector")
+        self.model, self.stage1, self.ids, self.features = model, stage1, list(ids), features
+        n = len(self.ids)
+        self.n_boxes = None if n_boxes is None or (np.asarray(n_boxes) == features.shape[1]).all() \
+            else np.asarray(n_boxes, dtype=np.int64)
+        self.regions = regions
+        self.captions = list(captions)
+        self._caption_emb = caption_emb
+        self._caption_index = None
+        self.image_index = None
+        if stage1 is not None and n:
+            if image_vectors is None:
+                image_vectors = self._image_vectors_in_chunks()
+            self.image_index = build_index(image_vectors, index_kind)
+
+    # ---------------------------------------------------------------------------------------- helpers
+    def _region_lengths(self, rows: np.ndarray | slice) -> torch.Tensor | None:
+        return None if self.n_boxes is None else torch.from_numpy(self.n_boxes[rows])
+
+    def _regions_of(self, rows: np.ndarray | slice) -> torch.Tensor:
+        """Region embeddings of some gallery rows (precomputed, or encoded from their features now)."""
+        if torch.is_tensor(self.regions):
+            return self.regions[rows if isinstance(rows, slice) else torch.as_tensor(rows)]
+        if self.regions is not None:  # e.g. a float16 memory map: read only these rows
+            return torch.from_numpy(np.asarray(self.regions[rows], dtype=np.float32))
+        return self.model.encode_images(np.asarray(self.features[rows], dtype=np.float32))
+
+    def _image_vectors_in_chunks(self) -> np.ndarray:
+        out = []
+        for start in range(0, len(self.ids), ENCODE_CHUNK):
+            rows = slice(start, start + ENCODE_CHUNK)
+            out.append(self.stage1.image_vectors(self._regions_of(rows), self._region_lengths(rows)))
+        return np.concatenate(out)
+
+    def _matcher(self, head: str | MatchingHead | None) -> MatchingHead:
+        return head if isinstance(head, MatchingHead) else self.model.head(head)
+
+    def _check_k(self, k: int, stage1_k: int | None) -> int:
+        """The stage-1 K to use: 0 = exhaustive; None = the stage-1 head's default (exhaustive without one)."""
+        if k < 1:
+            raise ScanVizError(f"k must be at least 1, got {k}")
+        if stage1_k is None:
+            return 0 if self.stage1 is None else max(k, self.stage1.default_k)
+        if stage1_k < 0:
+            raise ScanVizError(f"--stage1-k must be 0 (exhaustive) or a positive number, got {stage1_k}")
+        if stage1_k > 0 and self.stage1 is None:
+            raise ScanVizError("this model has no stage-1 head trained on its encoders, so only exhaustive "
+                               "search works: pass --stage1-k 0, or train one with `python -m scan_viz.train.stage1`")
+        return stage1_k if stage1_k == 0 else max(k, stage1_k)
+
+    # ------------------------------------------------------------------------------------- text -> image
+    def search_text(self, text: str, k: int = 10, stage1_k: int | None = None,
+                    head: str | MatchingHead | None = None) -> list[SearchHit]:
+        """The top-k gallery images for a sentence, best first."""
+        check_sentence(text)
+        stage1_k = self._check_k(k, stage1_k)
+        matcher = self._matcher(head)
+        caps = self.model.encode_captions([text])
+        if stage1_k == 0:
+            return _rank(self.ids, self.exhaustive_scores(caps.emb, caps.lengths, matcher)[:, 0], k, None)
+        query = self.stage1.caption_vectors(caps.emb, caps.lengths)
+        _, found = self.image_index.search(query, stage1_k)
+        rows = found[0][found[0] >= 0]
+        scores = score_matrix(matcher, self._regions_of(rows), caps.emb, caps.lengths,
+                              self._region_lengths(rows))[:, 0]
+        return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
+
+    def exhaustive_scores(self, words: torch.Tensor, lengths: torch.Tensor, matcher: MatchingHead) -> np.ndarray:
+        """Scores of every gallery image with some captions: (n_images, n_captions), in image chunks."""
+        if torch.is_tensor(self.regions):
+            return score_matrix(matcher, self.regions, words, lengths, self._region_lengths(slice(None)))
+        parts = []
+        for start in range(0, len(self.ids), ENCODE_CHUNK):
+            rows = slice(start, start + ENCODE_CHUNK)
+            parts.append(score_matrix(matcher, self._regions_of(rows), words, lengths, self._region_lengths(rows)))
+        return np.concatenate(parts) if parts else np.zeros((0, words.shape[0]), dtype=np.float32)
+
+    # ------------------------------------------------------------------------------------ image -> text
+    def _captions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.captions:
+            raise ScanVizError("this gallery has no captions to rank: give the index command --captions")
+        if self._caption_emb is None:
+            caps = self.model.encode_captions(self.captions)
+            self._caption_emb = (caps.emb, caps.lengths)
+        return self._caption_emb
+
+    def search_regions(self, regions: np.ndarray, k: int = 10, stage1_k: int | None = None,
+                       head: str | MatchingHead | None = None) -> list[SearchHit]:
+        """One image's raw region features (n_regions, img_dim) -> the top-k gallery captions (id = caption number)."""
+        stage1_k = self._check_k(k, stage1_k)
+        matcher = self._matcher(head)
+        words, lengths = self._captions()
+        emb = self.model.encode_images(np.asarray(regions, dtype=np.float32)[None])
+        if stage1_k == 0:
+            scores = score_matrix(matcher, emb, words, lengths)[0]
+            return _rank(list(range(len(self.captions))), scores, k, None)
+        if self._caption_index is None:
+            self._caption_index = build_index(self.stage1.caption_vectors(words, lengths), "auto")
+        _, found = self._caption_index.search(self.stage1.image_vectors(emb), stage1_k)
+        cols = found[0][found[0] >= 0]
+        scores = score_matrix(matcher, emb, words[torch.from_numpy(cols)], lengths[torch.from_numpy(cols)])[0]
+        return _rank([int(c) for c in cols], scores, k, range(1, len(cols) + 1))
+
+    def search_image(self, image_id: str, k: int = 10, stage1_k: int | None = None,
+                     head: str | MatchingHead | None = None) -> list[SearchHit]:
+        """A gallery image (by id) -> the top-k gallery captions."""
+        if image_id not in self.ids:
+            raise ScanVizError(f"no image {image_id!r} in the gallery; give one of its ids (e.g. {self.ids[0]}) "
+                               "or an image file")
+        row = self.ids.index(image_id)
+        n = self.features.shape[1] if self.n_boxes is None else int(self.n_boxes[row])
+        return self.search_regions(np.asarray(self.features[row, :n], dtype=np.float32), k, stage1_k, head)
+
+
+# ------------------------------------------------------------------------------------ galleries on disk
+STAGE1_DIR = "stage1"
+VECTORS_FILE = "image_vectors.npy"
+META_FILE = "stage1.json"
+
+
+def save_image_vectors(gallery_dir: Path, stage1: Stage1, vectors: np.ndarray) -> None:
+    """Store a gallery's stage-1 image vectors, tagged with the head that made them."""
+    from scan_viz.io import write_dir_atomic
+
+    def write(tmp: Path) -> None:
+        np.save(tmp / VECTORS_FILE, np.ascontiguousarray(vectors, dtype=np.float32))
+        (tmp / META_FILE).write_text(json.dumps({"stage1": stage1.fingerprint, "n": int(len(vectors))}),
+                                     encoding="utf-8")
+
+    write_dir_atomic(Path(gallery_dir) / STAGE1_DIR, write)
+
+
+def load_image_vectors(gallery_dir: Path, stage1: Stage1, n_images: int) -> np.ndarray | None:
+    """The stored stage-1 vectors when they were made by this head for this many images, else None."""
+    folder = Path(gallery_dir) / STAGE1_DIR
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+        if meta.get("stage1") != stage1.fingerprint or meta.get("n") != n_images:
+            return None
+        vectors = np.load(folder / VECTORS_FILE, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return vectors if vectors.shape == (n_images, stage1.head.dim) else None
+
+
+def gallery_search(model: ScanModel, gallery, regions: torch.Tensor | None = None,
+                   caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> TwoStageSearch:
+    """Two-stage search over a loaded gallery with the stage-1 head trained on this model (if any).
+
+    Stage-1 vectors stored in the gallery (``scan-viz index``) are used when the same head made them;
+    otherwise they are computed here. ``regions``/``caption_emb``: embeddings the caller already has.
+    """
+    from scan_viz.stage1 import find_stage1
+
+    stage1 = find_stage1(model)
+    vectors = None if stage1 is None else load_image_vectors(gallery.root, stage1, len(gallery))
+    return TwoStageSearch(model, gallery.ids, gallery.regions.features, stage1, n_boxes=gallery.regions.n_boxes,
+                          regions=regions, image_vectors=vectors, captions=gallery.captions, caption_emb=caption_emb)

@@ -1,0 +1,216 @@
+"""Stage 1 of two-stage retrieval: one global vector per image and per caption, trained with CMCE.
+
+The identity-aware two-stage matcher (Li, Xiao, Li, Yang, Wang, ICCV 2017) screens the gallery with a cheap
+joint embedding before an expensive pairwise model re-ranks the survivors. Here the embedding sits on the
+SCAN model's own encoders: an image's region embeddings and a caption's word embeddings are pooled (masked
+mean and max, concatenated) and a small linear head per modality maps them to one L2-normalised vector. The
+encoders stay frozen, so a stage-1 head belongs to exactly one SCAN model (``base_fingerprint``).
+
+Its loss is the paper's Cross-Modal Cross-Entropy (CMCE): every identity (a training image and its captions)
+has a feature buffer per modality; an image vector is classified against the caption buffers and a caption
+vector against the image buffers, with a softmax over identities at temperature ``sigma``; the buffers are
+running averages of the identity's vectors, re-normalised after each update.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scan_viz.encoders import l2norm
+from scan_viz.errors import ScanVizError
+
+STAGE1_CONFIG = "stage1.json"
+STAGE1_WEIGHTS = "stage1.safetensors"
+STAGE1_FORMAT = "scan-viz-stage1/1"
+
+
+def model_fingerprint(model) -> str:
+    """sha256 (16 hex digits) of a ScanModel's encoder weights: which SCAN model a stage-1 head was trained on."""
+    digest = hashlib.sha256()
+    for encoder in (model.image_encoder, model.text_encoder):
+        for name, tensor in sorted(encoder.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def pool(emb: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Masked mean and max over the middle axis: (n, n_items, d) + (n,) real items -> (n, 2d)."""
+    n, n_items, _ = emb.shape
+    if lengths is None:
+        return torch.cat([emb.mean(dim=1), emb.amax(dim=1)], dim=1)
+    valid = (torch.arange(n_items, device=emb.device)[None, :] < lengths.to(emb.device)[:, None])[..., None]
+    mean = (emb * valid).sum(dim=1) / valid.sum(dim=1).clamp(min=1)
+    top = emb.masked_fill(~valid, float("-inf")).amax(dim=1)
+    return torch.cat([mean, torch.where(torch.isfinite(top), top, torch.zeros_like(top))], dim=1)
+
+
+class Stage1Head(nn.Module):
+    """Pooled region / word embeddings (n, 2 * embed_size) -> global vectors (n, dim), L2-normalised."""
+
+    def __init__(self, embed_size: int, dim: int) -> None:
+        super().__init__()
+        self.image_proj = nn.Linear(2 * embed_size, dim)
+        self.text_proj = nn.Linear(2 * embed_size, dim)
+
+    @property
+    def dim(self) -> int:
+        return int(self.image_proj.out_features)
+
+    def image_vectors(self, pooled: torch.Tensor) -> torch.Tensor:
+        return l2norm(self.image_proj(pooled))
+
+    def caption_vectors(self, pooled: torch.Tensor) -> torch.Tensor:
+        return l2norm(self.text_proj(pooled))
+
+
+# ------------------------------------------------------------------------------------------------ CMCE loss
+def cmce_loss(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, image_ids: torch.Tensor,
+              caption_ids: torch.Tensor, image_buffer: torch.Tensor, caption_buffer: torch.Tensor,
+              sigma: float) -> torch.Tensor:
+    """Cross-Modal Cross-Entropy: -log p(true identity) of each image vs the caption buffers, and vice versa.
+
+    image_vecs (b_i, D), caption_vecs (b_c, D), their identities (b_i,), (b_c,); buffers (n_identities, D)
+    carry no gradient. ``p(k | image v) = exp(S_k . v / sigma) / sum_j exp(S_j . v / sigma)`` with S the
+    caption buffer (and symmetrically for captions with the image buffer V). Returns the sum of both mean
+    cross-entropies.
+    """
+    image_logits = image_vecs @ caption_buffer.detach().T / sigma
+    caption_logits = caption_vecs @ image_buffer.detach().T / sigma
+    return F.cross_entropy(image_logits, image_ids) + F.cross_entropy(caption_logits, caption_ids)
+
+
+@torch.no_grad()
+def update_buffer(buffer: torch.Tensor, ids: torch.Tensor, vecs: torch.Tensor, momentum: float) -> None:
+    """In place: ``buffer[k] <- l2norm(momentum * buffer[k] + (1 - momentum) * mean of the batch's vectors of k)``."""
+    sums = torch.zeros_like(buffer).index_add_(0, ids, vecs.detach().to(buffer.dtype))
+    counts = torch.zeros(buffer.shape[0], dtype=buffer.dtype, device=buffer.device).index_add_(
+        0, ids, torch.ones_like(ids, dtype=buffer.dtype))
+    seen = counts > 0
+    mean = sums[seen] / counts[seen, None]
+    buffer[seen] = l2norm(momentum * buffer[seen] + (1 - momentum) * mean)
+
+
+# ------------------------------------------------------------------------------------------- saved heads
+@dataclasses.dataclass
+class Stage1:
+    """A trained stage-1 head plus what it needs at search time.
+
+    ``recall_curve``: {K: stage-1 recall@K (percent) of text -> image on the held-out split it was measured on};
+    ``default_k``: the smallest K of that curve reaching ``target_recall`` (what search uses by default).
+    """
+
+    head: Stage1Head
+    base_model: str
+    base_fingerprint: str
+    sigma: float
+    recall_curve: dict[int, float]
+    default_k: int
+    path: Path | None = None
+    #: how it was trained (data, epochs, the epoch kept by dev recall, ...), for the model card
+    training: dict | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the head's weights and its base model: which vectors it makes."""
+        digest = hashlib.sha256(self.base_fingerprint.encode())
+        for name, tensor in sorted(self.head.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    @torch.no_grad()
+    def image_vectors(self, regions: torch.Tensor, region_lengths: torch.Tensor | None = None) -> np.ndarray:
+        """Region embeddings (n_images, n_regions, d) -> (n_images, dim) float32."""
+        return self.head.image_vectors(pool(regions.float(), region_lengths)).numpy()
+
+    @torch.no_grad()
+    def caption_vectors(self, words: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        """Word embeddings (n_captions, max_words, d) + lengths -> (n_captions, dim) float32."""
+        return self.head.caption_vectors(pool(words.float(), lengths)).numpy()
+
+    def save(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from scan_viz.io import write_dir_atomic
+
+        def write(tmp: Path) -> None:
+            save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / STAGE1_WEIGHTS))
+            config = {"format": STAGE1_FORMAT, "embed_size": self.head.image_proj.in_features // 2,
+                      "dim": self.head.dim, "base_model": self.base_model, "base_fingerprint": self.base_fingerprint,
+                      "sigma": self.sigma, "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
+                      "default_k": self.default_k, "training": self.training}
+            (tmp / STAGE1_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+        write_dir_atomic(Path(directory), write)
+
+
+def load_stage1(directory: str | Path) -> Stage1:
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        config = json.loads((directory / STAGE1_CONFIG).read_text(encoding="utf-8"))
+        if config.get("format") != STAGE1_FORMAT:
+            raise ScanVizError(f"{directory / STAGE1_CONFIG} is not a {STAGE1_FORMAT} file")
+        head = Stage1Head(int(config["embed_size"]), int(config["dim"]))
+        head.load_state_dict(load_file(str(directory / STAGE1_WEIGHTS)))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ScanVizError(f"{directory} is not a readable stage-1 head ({exc}); retrain it with "
+                           "`python -m scan_viz.train.stage1`") from None
+    head.eval()
+    return Stage1(head, str(config["base_model"]), str(config["base_fingerprint"]), float(config["sigma"]),
+                  {int(k): float(v) for k, v in config["recall_curve"].items()}, int(config["default_k"]), directory,
+                  config.get("training"))
+
+
+def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:
+    """The stage-1 head trained on exactly this model's encoders (by fingerprint), or None.
+
+    Looked for in ``search_dirs`` (default: every folder under ``pretrained/``); a head trained on other
+    weights is never used, since its vectors would not match the encoders.
+    """
+    from scan_viz.model import PRETRAINED_DIR
+
+    if search_dirs is None:
+        search_dirs = sorted(p for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
+    candidates = [d for d in search_dirs if (d / STAGE1_CONFIG).is_file()]
+    if not candidates:
+        return None
+    fingerprint = model_fingerprint(model)
+    for directory in candidates:
+        try:
+            config = json.loads((directory / STAGE1_CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if config.get("base_fingerprint") == fingerprint:
+            return load_stage1(directory)
+    return None
+
+
+RECALL_KS = (1, 5, 10, 20, 50, 100, 200, 500)
+
+
+def recall_curve(image_vectors: np.ndarray, caption_vectors: np.ndarray, caption_image: np.ndarray,
+                 ks: tuple[int, ...] = RECALL_KS) -> dict[int, float]:
+    """Stage-1 text -> image recall@K (percent): how often a caption's image is among its K nearest images.
+
+    image_vectors (n_images, D), caption_vectors (n_captions, D), caption_image (n_captions,) image row of each.
+    """
+    sims = caption_vectors @ image_vectors.T
+    own = sims[np.arange(len(caption_image)), caption_image]
+    ranks = (sims > own[:, None]).sum(axis=1)  # 0-based rank of the caption's own image
+    return {k: float(100.0 * (ranks < k).mean()) for k in ks if k <= image_vectors.shape[0]}
+
+
+def choose_k(curve: dict[int, float], target: float) -> int:
+    """The smallest K of the curve whose recall reaches ``target`` percent (the largest K when none does)."""
+    reached = [k for k, r in sorted(curve.items()) if r >= target]
+    return reached[0] if reached else max(curve)

@@ -1,0 +1,151 @@
+"""Two-stage search: stage 2 re-scores exactly as exhaustive search does, and stage 1 decides only who is re-ranked."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scan_viz.errors import ScanVizError
+from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index
+from scan_viz.stage1 import Stage1, Stage1Head, model_fingerprint
+from tests.test_stage1 import tiny_model
+
+N_IMAGES, N_REGIONS = 40, 6
+TEXT = "a red car on the grass"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    model = tiny_model()
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(N_IMAGES, N_REGIONS, 16)).astype(np.float16)  # stored as a gallery stores them
+    n_boxes = np.full(N_IMAGES, N_REGIONS)
+    n_boxes[::3] = 4  # some images have padding rows
+    torch.manual_seed(1)
+    stage1 = Stage1(Stage1Head(32, 8), "tiny", model_fingerprint(model), 0.04, {5: 50.0}, 5)
+    exhaustive = model.similarity(features.astype(np.float32), [TEXT], region_lengths=n_boxes)[:, 0]
+    ids = [f"img{i:02d}" for i in range(N_IMAGES)]
+    return model, features, n_boxes, stage1, exhaustive, ids
+
+
+def test_stage2_scores_equal_exhaustive_scores_on_the_reranked_pairs(setup):
+    model, features, n_boxes, stage1, exhaustive, ids = setup
+    search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes)
+    hits = search.search_text(TEXT, k=5, stage1_k=12)
+    assert len(hits) == 5
+    for hit in hits:
+        assert hit.score == pytest.approx(float(exhaustive[ids.index(hit.id)]), abs=1e-5)
+    # stage 1 by hand: pooled embeddings through the head, inner products, the 12 best
+    regions = model.encode_images(features.astype(np.float32))
+    image_vecs = stage1.image_vectors(regions, torch.from_numpy(n_boxes))
+    caps = model.encode_captions([TEXT])
+    query = stage1.caption_vectors(caps.emb, caps.lengths)[0]
+    stage1_order = np.argsort(-(image_vecs @ query), kind="stable")[:12]
+    candidates = {ids[i]: rank for rank, i in enumerate(stage1_order, 1)}
+    expected = sorted(candidates, key=lambda image_id: -exhaustive[ids.index(image_id)])[:5]
+    assert [h.id for h in hits] == expected
+    assert [h.stage1_rank for h in hits] == [candidates[h.id] for h in hits]
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_exhaustive_and_full_stage1_give_the_exhaustive_ranking(setup):
+    model, features, n_boxes, stage1, exhaustive, ids = setup
+    expected = [ids[i] for i in np.argsort(-exhaustive, kind="stable")[:7]]
+    search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes)
+    exhaustive_hits = search.search_text(TEXT, k=7, stage1_k=0)
+    assert [h.id for h in exhaustive_hits] == expected
+    assert all(h.stage1_rank is None for h in exhaustive_hits)
+    everything = search.search_text(TEXT, k=7, stage1_k=N_IMAGES)
+    assert [h.id for h in everything] == expected
+    assert [h.score for h in everything] == pytest.approx([h.score for h in exhaustive_hits], abs=1e-5)
+    # precomputed region embeddings give the same answer as encoding the candidates per query
+    regions = model.encode_images(features.astype(np.float32))
+    with_regions = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=regions)
+    expected_hits = search.search_text(TEXT, k=7, stage1_k=10)
+    assert [h.id for h in with_regions.search_text(TEXT, k=7, stage1_k=10)] == [h.id for h in expected_hits]
+    # ... and so do embeddings kept as an array on disk (a memory map in a large gallery)
+    on_disk = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=regions.numpy())
+    assert [(h.id, h.stage1_rank) for h in on_disk.search_text(TEXT, k=7, stage1_k=10)] == \
+        [(h.id, h.stage1_rank) for h in expected_hits]
+    assert [h.id for h in on_disk.search_text(TEXT, k=7, stage1_k=0)] == expected
+
+
+def test_image_query_reranks_captions_with_exhaustive_scores(setup):
+    model, features, n_boxes, stage1, _, ids = setup
+    captions = ["a red car", "a dog on the grass", "a car", "the grass", "a red dog", "a dog"]
+    search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, captions=captions)
+    scores = model.similarity(features[3:4, :n_boxes[3]].astype(np.float32), captions)[0]
+    hits = search.search_image("img03", k=3, stage1_k=4)
+    for hit in hits:
+        assert hit.score == pytest.approx(float(scores[hit.id]), abs=1e-5)
+    assert [h.id for h in search.search_image("img03", k=3, stage1_k=0)] == list(np.argsort(-scores, kind="stable")[:3])
+
+
+def test_bad_requests_are_user_errors(setup):
+    model, features, n_boxes, stage1, _, ids = setup
+    search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes)
+    with pytest.raises(ScanVizError, match="empty"):
+        search.search_text("   ")
+    with pytest.raises(ScanVizError, match="at least 1"):
+        search.search_text(TEXT, k=0)
+    with pytest.raises(ScanVizError, match="no image 'nope'"):
+        search.search_image("nope")
+    without = TwoStageSearch(model, ids, features, None)
+    with pytest.raises(ScanVizError, match="--stage1-k 0"):
+        without.search_text(TEXT, stage1_k=5)
+    assert without.search_text(TEXT, k=3)[0].stage1_rank is None  # the default falls back to exhaustive
+    with pytest.raises(ScanVizError, match="takes 16-d"):
+        TwoStageSearch(model, ids, features[:, :, :8], stage1)
+
+
+def test_ivf_index_probing_every_list_equals_the_exact_index():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[:20] + 0.1
+    exact = build_index(vectors, "auto")
+    assert type(exact).__name__ == "IndexFlatIP" and 2000 <= EXACT_MAX
+    ivf = build_index(vectors, "ivf")
+    assert type(ivf).__name__ == "IndexIVFFlat"
+    ivf.nprobe = ivf.nlist
+    assert (ivf.search(queries, 10)[1] == exact.search(queries, 10)[1]).all()
+    brute = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]
+    assert (exact.search(queries, 10)[1] == brute).all()
+    with pytest.raises(ScanVizError, match="flat, ivf or auto"):
+        build_index(vectors, "lsh")
+
+
+def test_search_command_writes_json_and_rejects_bad_input(tmp_path, capsys):
+    import json
+
+    from scan_viz.cli import main
+    from scan_viz.gallery import load_gallery
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import GalleryIndex
+    from tests.app_fixture import app_fixture
+
+    fixture = app_fixture()
+    image_id = fixture.image_ids[2]
+    sentence = fixture.captions[image_id][0]
+    out = tmp_path / "hits.json"
+    base = ["search", "--gallery", str(fixture.gallery), "--model", str(fixture.model)]
+    assert main(base + ["--text", sentence, "-k", "3", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))
+    index = GalleryIndex.build(load_model(fixture.model), load_gallery(fixture.gallery))
+    expected = index.search_images(sentence, 3)
+    assert [r["id"] for r in rows] == [i for i, _ in expected]
+    assert [r["score"] for r in rows] == pytest.approx([s for _, s in expected], abs=1e-5)
+    assert all(r["stage1_rank"] is None for r in rows)  # the fixture model has no stage-1 head: exhaustive
+    assert main(base + ["--image", image_id, "-k", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["id"] for r in rows] == [c for c, _ in index.search_captions(image_id, 2)]
+    capsys.readouterr()
+    for bad, message in ((["--text", sentence, "--stage1-k", "5"], "--stage1-k 0"),
+                         (["--text", sentence, "-k", "0"], "at least 1"),
+                         (["--text", "  "], "empty"),
+                         (["--image", "no_such_image"], "neither an image id")):
+        assert main(base + bad + ["--json", str(tmp_path / "bad.json")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "bad.json").exists()
