@@ -197,7 +197,8 @@ def show_failures(result: dict, bundle: Bundle, settings: HeadSettings) -> None:
             truth_pair, top_pair = (image_id, own), (image_id, top)
         if has_truth:
             verdict = result[f"{direction}_top_verdict"][q]
-            row[3].caption(f"wrong on: {wrong_label(verdict)}", help="\n\n".join(verdict.reasons) or None)
+            row[3].caption(f"wrong on: {wrong_label(verdict)}",
+                           help="\n\n".join(literal(r) for r in verdict.reasons) or None)
         if row[4].button("Truth", key=f"ev_truth_{direction}_{q}", help="Open the ground-truth pair in Explore"):
             open_in_explore(*truth_pair, settings, bundle)
         if row[5].button("Top 1", key=f"ev_top_{direction}_{q}", help="Open the model's top pair in Explore"):
