@@ -42,9 +42,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--no-first-run"]
 #: The page shows the score rounded (4 decimals today): a page agrees with the library within this.
 SCORE_TOLERANCE = 2e-4
-#: HeadSettings fields and the URL keys they may be written under (only keys the app's links carry are used).
-HEAD_URL_KEYS = {"agg_func": ("agg", "agg_func"), "lambda_softmax": ("lambda_softmax", "ls"),
-                 "lambda_lse": ("lambda_lse", "lse"), "raw_feature_norm": ("norm", "raw_feature_norm")}
+#: Head settings the links vary, per HeadSettings field (the app writes each under its key in params.HEAD_KEYS).
+VARIANTS = {"agg_func": ("LogSumExp", "Mean", "Max"), "lambda_softmax": (9.0, 4.0, 15.0), "lambda_lse": (6.0, 3.0),
+            "raw_feature_norm": ("clipped_l2norm", "softmax", "l2norm")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Links:
 
     def __init__(self) -> None:
         from scan_viz.app.bundle import Sources
-        from scan_viz.app.params import QUERY_KEYS, HeadSettings
+        from scan_viz.app.params import HeadSettings
         from scan_viz.gallery import load_gallery
         from scan_viz.model import load_model
 
@@ -86,22 +86,12 @@ class Links:
         self.model = load_model(sources.model, vocab=sources.vocab)
         self.gallery = load_gallery(sources.gallery)
         self.defaults = HeadSettings.from_config(self.model.config)
-        self.url_keys = {field: next((k for k in keys if k in QUERY_KEYS), None)
-                         for field, keys in HEAD_URL_KEYS.items()}
-        self.query_keys = QUERY_KEYS
         self.label = f"{sources.model_label()} on {self.gallery.name}"
 
-    def variant(self, n: int) -> dict:
-        """Head settings of link ``n``: both directions, and every head parameter the links carry."""
-        changes: dict = {"direction": ("t2i", "i2t")[n % 2]}
-        options = {"agg_func": ("LogSumExp", "Mean", "Max"), "lambda_softmax": (9.0, 4.0, 15.0),
-                   "lambda_lse": (6.0, 3.0), "raw_feature_norm": ("clipped_l2norm", "softmax", "l2norm")}
-        for field, values in options.items():
-            if self.url_keys[field] is not None:
-                changes[field] = values[(n // 2) % len(values)]
-        return changes
-
     def make(self, n: int) -> Link:
+        """Link ``n``: its image, sentence, view and head settings all depend on ``n``; the query is what the app
+        itself writes for them (``params.explore_query``)."""
+        from scan_viz.app.params import ExploreParams, explore_query, settings_fields
         from scan_viz.pipeline import explain, gallery_regions
 
         gallery = self.gallery
@@ -109,19 +99,12 @@ class Links:
         own = gallery.captions_of(image_id)
         # half the links use one of the image's captions, half a caption of another image
         text = own[n % len(own)] if n % 4 < 2 else gallery.captions[(n * 101 + 7) % len(gallery.captions)]
-        settings = dataclasses.replace(self.defaults, **self.variant(n))
+        changes = {field: values[(n // 2 + i) % len(values)] for i, (field, values) in enumerate(VARIANTS.items())}
+        settings = dataclasses.replace(self.defaults, direction=("t2i", "i2t")[n % 2], **changes)
         expected = explain(self.model, gallery_regions(gallery, image_id), text, settings.build(self.model)).score
-        query = {"image": image_id, "q": text}
-        if settings.direction != self.defaults.direction:
-            query["dir"] = settings.direction
-        if "k" in self.query_keys:
-            query["k"] = str(3 + n % 8)
-        if "word" in self.query_keys and n % 3 == 0:
-            query["word"] = text.split()[-1].lower()
-        for field, key in self.url_keys.items():
-            if key is not None and getattr(settings, field) != getattr(self.defaults, field):
-                query[key] = str(getattr(settings, field))
-        return Link(query, float(expected))
+        params = ExploreParams(image=image_id, q=text, k=3 + n % 8, word=text.split()[-1].lower() if n % 3 == 0
+                               else None, **settings_fields(settings, self.defaults))
+        return Link(explore_query(params), float(expected))
 
     def distinct(self, count: int, start: int = 0) -> list[Link]:
         """``count`` links whose expected scores differ by more than the display tolerance (so a page showing
@@ -210,12 +193,12 @@ class Sessions:
             await context.route("**/*", self._route)
             page = await context.new_page()
             await page.goto(f"{self.url}/?{urlencode(link.query)}")
-            label = page.locator('[data-testid="stMetricLabel"]', has_text="Score")
-            score = page.locator('[data-testid="stMetric"]').filter(has=label).locator('[data-testid="stMetricValue"]')
+            # the summary line: "**Score** 0.1234" (Markdown) above the word and region counts
+            score = page.locator("p", has=page.locator("strong", has_text=re.compile(r"^Score$"))).first
             await score.wait_for(timeout=self.timeout_ms)
             seconds = time.perf_counter() - start
-            match = re.search(r"-?\d+(?:\.\d+)?", await score.inner_text())
-            return Outcome(seconds, float(match.group()) if match else None, link.expected)
+            match = re.search(r"Score\s+(-?\d+(?:\.\d+)?)", await score.inner_text())
+            return Outcome(seconds, float(match.group(1)) if match else None, link.expected)
         except Exception as exc:  # a page that never shows its score counts as wrong, with its time
             print(f"  failed: {link.query} ({type(exc).__name__})", file=sys.stderr)
             return Outcome(time.perf_counter() - start, None, link.expected)
