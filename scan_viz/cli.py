@@ -44,7 +44,11 @@ def _load(args: argparse.Namespace):
 
     model = load_model(args.model or DEFAULT_MODEL, args.vocab)
     overrides = {p.name: getattr(args, p.name) for p in all_head_params()}
-    return model, model.head(args.head, cross_attn=args.cross_attn, **overrides)
+    name = args.head
+    if name is None and model.config.head == "scan":
+        # the model's own head spelled with its direction, as the app and its links name it
+        name = f"scan_{args.cross_attn or model.config.cross_attn}"
+    return model, model.head(name, cross_attn=args.cross_attn, **overrides)
 
 
 def _progress(label: str):

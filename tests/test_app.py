@@ -99,10 +99,12 @@ def chart_specs(at: AppTest) -> list[dict]:
 def test_parse_explore_query_reads_every_key_and_drops_bad_values():
     params, notes = parse_explore_query({"image": " test_000001 ", "q": "a  red\tcar", "word": "Car", "dir": "I2T",
                                          "k": "7", "head": "scan"})
-    assert params == ExploreParams(image="test_000001", q="a red car", word="car", dir="i2t", k=7, head="scan")
+    # links written before heads were named: head=scan with dir=i2t is SCAN image-to-text
+    assert params == ExploreParams(image="test_000001", q="a red car", word="car", k=7, head="scan_i2t")
     assert notes == []
+    assert parse_explore_query({"head": "scan"}) == (ExploreParams(), [])  # the model's own direction
     params, notes = parse_explore_query({"dir": "sideways", "k": "ten", "q": ["first", "last"]})
-    assert params.dir is None and params.k is None and params.q == "last"
+    assert params.head is None and params.k is None and params.q == "last"
     assert len(notes) == 2 and all("\n" not in n for n in notes)
     params, notes = parse_explore_query({"k": "100000", "q": "x" * 2000})
     assert params.k == 100 and params.q is None and len(notes) == 2

@@ -155,6 +155,6 @@ def test_explain_json_carries_what_reproduces_it(tmp_path):
 
     assert record["scan_viz_version"] == scan_viz.__version__
     assert record["model"] == "model" and record["image"] == {"gallery": "app test gallery", "id": image_id}
-    assert record["head_params"] == {"head": "scan", "cross_attn": "t2i", "raw_feature_norm": "clipped_l2norm",
+    assert record["head_params"] == {"head": "scan_t2i", "cross_attn": "t2i", "raw_feature_norm": "clipped_l2norm",
                                      "lambda_softmax": 4.5, "agg_func": "Mean", "lambda_lse": 6.0}
-    assert done.stdout.startswith(f"score {record['score']:.4f} (scan, t2i)")
+    assert done.stdout.startswith(f"score {record['score']:.4f} (scan_t2i)")

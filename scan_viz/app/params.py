@@ -152,8 +152,10 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
         direction = values["dir"].strip().lower()
         if direction not in ("t2i", "i2t"):
             notes.append(f"the link's dir={values['dir']!r} is not one of t2i, i2t: ignored")
-        elif "head" not in values:
+        elif found.get("head") in (None, "scan"):
             found["head"] = f"scan_{direction}"
+    if found.get("head") == "scan":  # SCAN in the model's own direction: the default head
+        del found["head"]
     if found.get("head") is not None and found["head"] not in heads:
         notes.append(f"the link's head {found.pop('head')!r} is not one of {', '.join(heads)}: ignored")
     if "compare" in values:
