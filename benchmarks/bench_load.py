@@ -91,7 +91,7 @@ class Links:
     def make(self, n: int) -> Link:
         """Link ``n``: its image, sentence, view and head settings all depend on ``n``; the query is what the app
         itself writes for them (``params.explore_query``)."""
-        from scan_viz.app.params import ExploreParams, explore_query, settings_fields
+        from scan_viz.app.params import ExploreParams, HeadSettings, explore_query, settings_fields
         from scan_viz.pipeline import explain, gallery_regions
 
         gallery = self.gallery
@@ -100,10 +100,10 @@ class Links:
         # half the links use one of the image's captions, half a caption of another image
         text = own[n % len(own)] if n % 4 < 2 else gallery.captions[(n * 101 + 7) % len(gallery.captions)]
         changes = {field: values[(n // 2 + i) % len(values)] for i, (field, values) in enumerate(VARIANTS.items())}
-        settings = dataclasses.replace(self.defaults, direction=("t2i", "i2t")[n % 2], **changes)
+        settings = HeadSettings.for_head(("scan_t2i", "scan_i2t")[n % 2], self.model.config, changes)
         expected = explain(self.model, gallery_regions(gallery, image_id), text, settings.build(self.model)).score
         params = ExploreParams(image=image_id, q=text, k=3 + n % 8, word=text.split()[-1].lower() if n % 3 == 0
-                               else None, **settings_fields(settings, self.defaults))
+                               else None, **settings_fields(settings, self.defaults, self.model.config))
         return Link(explore_query(params), float(expected))
 
     def distinct(self, count: int, start: int = 0) -> list[Link]:
