@@ -188,6 +188,7 @@ class Sessions:
     async def open(self, link: Link) -> Outcome:
         """Open ``link`` in a new session; seconds until the score is on screen, and the score shown."""
         context = await self.browser.new_context(viewport={"width": 1400, "height": 1600})
+        context.set_default_timeout(self.timeout_ms)  # navigation included: the page load waits on the server too
         start = time.perf_counter()
         try:
             await context.route("**/*", self._route)
