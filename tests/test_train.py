@@ -222,3 +222,20 @@ def test_max_violation_warmup(data, tmp_path):
     assert [r["max_violation"] for r in result.history] == [False, True, True]
     with pytest.raises(ScanVizError, match="max_violation_warmup"):
         tiny_config(max_violation_warmup=-1)
+
+
+def test_init_from_starts_at_the_models_weights(run, data, tmp_path):
+    """A CHAN run started from the trained SCAN run begins where SCAN ended (its first dev rsum is SCAN's level,
+    far above a fresh start), uses SCAN's vocabulary, and refuses a model of other encoder sizes."""
+    _, scan_out = run
+    scan_model = load_model(scan_out / "best")
+    fresh = train(tiny_config(head="chan", num_epochs=1, learning_rate=1e-9), data, tmp_path / "fresh", quiet())
+    tuned = train(tiny_config(head="chan", num_epochs=1, learning_rate=1e-9), data, tmp_path / "tuned",
+                  quiet(init_from=str(scan_out / "best")))
+    tuned_model = load_model(tmp_path / "tuned" / "best")
+    assert tuned_model.vocab.word2idx == scan_model.vocab.word2idx
+    for name, value in scan_model.text_encoder.state_dict().items():
+        torch.testing.assert_close(tuned_model.text_encoder.state_dict()[name], value, atol=1e-6, rtol=0)
+    assert tuned.best_rsum > fresh.best_rsum + 100, (fresh.best_rsum, tuned.best_rsum)
+    with pytest.raises(ScanVizError, match="other encoder sizes.*embed_size 32 vs 48"):
+        train(tiny_config(embed_size=48), data, tmp_path / "bad", quiet(init_from=str(scan_out / "best")))

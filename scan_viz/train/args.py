@@ -64,6 +64,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="cpu", help="cpu or cuda")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    run.add_argument("--init-from", metavar="MODEL",
+                     help="start a new run from this model's encoder weights and vocabulary (a model directory or a "
+                          "bundled name), e.g. to train a CHAN or CAAN head on a trained SCAN model")
     run.add_argument("--log-every", type=int, default=10, help="iterations between progress lines")
     run.add_argument("--no-progress", action="store_true", help="no per-iteration output, epoch lines only")
 
@@ -84,6 +87,7 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(
         train_split=args.train_split, dev_split=args.dev_split, vocab=args.vocab,
         vocab_threshold=args.vocab_threshold, workers=args.workers, seed=args.seed, device=args.device,
-        max_dev_captions=args.max_dev_captions or None, resume=args.resume, log_every=args.log_every,
+        max_dev_captions=args.max_dev_captions or None, resume=args.resume, init_from=args.init_from,
+        log_every=args.log_every,
         progress=not args.no_progress,
     )

@@ -112,6 +112,9 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
                            "or choose another --out")
 
     train_split, dev_split = _load_splits(data_dir, options, config.img_dim)
+    init = _init_model(options, config) if options.init_from is not None and saved is None else None
+    if init is not None and options.vocab is None:
+        options = dataclasses.replace(options, vocab=init.vocab)
     vocab = _resolve_vocab(options, out, train_split, resuming=saved is not None)
     if config.vocab_size and config.vocab_size != len(vocab):
         raise ScanVizError(f"the vocabulary has {len(vocab)} words but config.vocab_size is {config.vocab_size}: "
@@ -138,6 +141,13 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
     optimizer = torch.optim.Adam(params, lr=config.learning_rate)
 
     run = _Run()
+    if init is not None:
+        if init.vocab.word2idx != vocab.word2idx:
+            raise ScanVizError(f"--vocab differs from the vocabulary of --init-from {options.init_from}: leave "
+                               "--vocab out to train with the model's own")
+        image_encoder.load_state_dict(init.image_encoder.state_dict())
+        text_encoder.load_state_dict(init.text_encoder.state_dict())
+        log(f"starting from the encoder weights of {options.init_from}")
     if saved is not None:
         image_encoder.load_state_dict(saved["image_state"])
         text_encoder.load_state_dict(saved["text_state"])
@@ -346,6 +356,23 @@ def _prepare_out_dir(out: Path) -> Path:
         raise ScanVizError(f"cannot write to the run folder {out} ({exc.strerror or exc}); choose a writable --out") \
             from None
     return out
+
+
+#: the config fields that shape the encoders' weights: an --init-from model must agree on all of them
+ENCODER_SHAPE_FIELDS = ("img_dim", "embed_size", "word_dim", "num_layers", "bi_gru", "precomp_enc_type")
+
+
+def _init_model(options: TrainOptions, config: ScanConfig):
+    """The model a new run starts from (``--init-from``), checked against the run's encoder sizes."""
+    from scan_viz.model import load_model
+
+    init = load_model(options.init_from)
+    differ = [f"{name} {getattr(init.config, name)} vs {getattr(config, name)}" for name in ENCODER_SHAPE_FIELDS
+              if getattr(init.config, name) != getattr(config, name)]
+    if differ:
+        raise ScanVizError(f"--init-from {options.init_from} has other encoder sizes than this run ("
+                           + ", ".join(differ) + "): pass the same sizes as that model")
+    return init
 
 
 def _resolve_vocab(options: TrainOptions, out: Path, train_split: PrecompSplit, resuming: bool) -> Vocabulary:

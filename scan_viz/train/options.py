@@ -18,6 +18,9 @@ class TrainOptions:
     ``vocab``: an official vocab JSON (path) or a Vocabulary; None builds one from the training captions
     (words seen at least ``vocab_threshold`` times, the official ``vocab.py`` rule) and saves it in the run dir.
     ``max_dev_captions``: the official code validates on the first 5,000 dev captions only; 0 or None keeps all.
+    ``init_from``: a model (directory, or a name under pretrained/) whose encoder weights a new run starts from
+    (fine-tuning, e.g. a CHAN or CAAN head on a trained SCAN model's encoders); the run then uses that model's
+    vocabulary, and the model's encoder sizes must equal the config's.
     ``progress``: per-iteration output (a tqdm bar on a terminal, plain lines every ``log_every`` iterations
     otherwise); epoch summaries are always logged through ``log``.
     """
@@ -31,6 +34,7 @@ class TrainOptions:
     device: str = "cpu"
     max_dev_captions: int | None = 5000
     resume: bool = False
+    init_from: str | Path | None = None
     log_every: int = 10
     progress: bool = True
     log: Callable[[str], None] = print
