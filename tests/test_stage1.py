@@ -68,13 +68,18 @@ def tiny_model(seed: int = 0) -> ScanModel:
     return ScanModel(ScanConfig(img_dim=16, embed_size=32, word_dim=16, bi_gru=True), vocab)
 
 
-def test_saved_head_round_trips_and_is_found_only_for_its_model(tmp_path):
+@pytest.mark.parametrize("hidden", [0, 24])
+def test_saved_head_round_trips_and_is_found_only_for_its_model(tmp_path, hidden):
     model = tiny_model()
-    stage1 = Stage1(Stage1Head(32, 8), "tiny", model_fingerprint(model), 0.04, {1: 10.0, 5: 50.0}, 5)
+    torch.manual_seed(hidden)
+    stage1 = Stage1(Stage1Head(32, 8, hidden), "tiny", model_fingerprint(model), 0.04, {1: 10.0, 5: 50.0}, 5)
     stage1.save(tmp_path / "tiny-stage1")
     loaded = load_stage1(tmp_path / "tiny-stage1")
     assert loaded.fingerprint == stage1.fingerprint and loaded.default_k == 5
-    assert loaded.recall_curve == {1: 10.0, 5: 50.0}
+    assert loaded.recall_curve == {1: 10.0, 5: 50.0} and loaded.head.hidden == hidden
+    pooled = torch.randn(3, 64)
+    torch.testing.assert_close(loaded.head.image_vectors(pooled), stage1.head.image_vectors(pooled))
+    torch.testing.assert_close(loaded.head.caption_vectors(pooled), stage1.head.caption_vectors(pooled))
     assert find_stage1(model, [tmp_path / "tiny-stage1"]).fingerprint == stage1.fingerprint
     assert find_stage1(tiny_model(seed=1), [tmp_path / "tiny-stage1"]) is None  # other weights: never used
 

@@ -59,8 +59,9 @@ def init_as_centred_mean_pool(head: Stage1Head, img_in: torch.Tensor, cap_in: to
         proj.bias.copy_(-(proj.weight @ inputs.mean(dim=0)))
 
 
-def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 256, sigma: float = 0.04,
-                 momentum: float = 0.5, epochs: int = 20, batch_size: int = 256, lr: float = 2e-3,
+def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 256, hidden: int = 1024,
+                 sigma: float = 0.04,
+                 momentum: float = 0.5, epochs: int = 20, batch_size: int = 256, lr: float = 1e-3,
                  max_images: int | None = None, target_recall: float = 99.0, seed: int = 0,
                  cache: Path | None = None, log=print) -> Stage1:
     """Train the head with CMCE on ``data_dir``'s train split; keep the epoch with the best dev recall curve.
@@ -88,8 +89,9 @@ def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 25
             torch.save((img_in, cap_in, dev_img, dev_cap), cache)
     log(f"pooled {n_images} images and {len(captions)} captions in {time.perf_counter() - started:.0f} s")
 
-    head = Stage1Head(model.config.embed_size, dim)
-    init_as_centred_mean_pool(head, img_in, cap_in)
+    head = Stage1Head(model.config.embed_size, dim, hidden)
+    if not hidden:  # the linear head starts from the pooling baseline; an MLP from its random initialisation
+        init_as_centred_mean_pool(head, img_in, cap_in)
 
     def dev_curve() -> dict[int, float]:
         with torch.no_grad():
@@ -99,7 +101,8 @@ def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 25
     # model selection on dev: the epoch (0 = the pooling it starts from) with the best mean recall of the curve
     best_curve, best_epoch = dev_curve(), 0
     best_state = copy.deepcopy(head.state_dict())
-    log(f"epoch 0 (centred mean pooling): dev stage-1 R@100 {best_curve.get(100, float('nan')):.1f}")
+    start = "random MLP" if hidden else "centred mean pooling"
+    log(f"epoch 0 ({start}): dev stage-1 R@100 {best_curve.get(100, float('nan')):.1f}")
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     with torch.no_grad():
         image_buffer = head.image_vectors(img_in)
@@ -132,9 +135,11 @@ def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 25
     log(f"kept epoch {best_epoch}; stage-1 recall@K on dev (text -> image, {len(dev.regions)} images): "
         + ", ".join(f"R@{k} {r:.1f}" for k, r in best_curve.items()))
     curve = best_curve
-    training = {"data": str(data_dir), "images": n_images, "epochs": epochs, "kept_epoch": best_epoch,
+    training = {"data": str(data_dir), "images": n_images, "hidden": hidden, "epochs": epochs,
+                "kept_epoch": best_epoch,
                 "lr": lr, "sigma": sigma, "momentum": momentum, "batch_size": batch_size,
-                "target_recall": target_recall, "note": "epoch 0 is the centred mean pooling CMCE training starts from"}
+                "target_recall": target_recall,
+                "note": "epoch 0 is the head CMCE training starts from (linear: centred mean pooling; MLP: random)"}
     return Stage1(head, base_name, model_fingerprint(model), sigma, curve, choose_k(curve, target_recall),
                   training=training)
 
@@ -146,11 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="precomputed layout with train_* and dev_* files")
     p.add_argument("--out", required=True, help="output folder (stage1.json + stage1.safetensors)")
     p.add_argument("--dim", type=int, default=256, help="size of the global vectors")
+    p.add_argument("--hidden", type=int, default=1024, help="width of the MLP's hidden layer (0: a linear head)")
     p.add_argument("--sigma", type=float, default=0.04, help="CMCE softmax temperature")
     p.add_argument("--momentum", type=float, default=0.5, help="buffer running-average momentum")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-images", type=int, help="train on the first N training images only")
     p.add_argument("--cache", help="file for the pooled encoder outputs (reused when it exists)")
     p.add_argument("--target-recall", type=float, default=99.0,
@@ -159,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(a: argparse.Namespace) -> int:
         model = load_model(a.model)
-        stage1 = train_stage1(model, Path(a.model).name, Path(a.data), a.dim, a.sigma, a.momentum, a.epochs,
-                              a.batch_size, a.lr, a.max_images, a.target_recall,
+        stage1 = train_stage1(model, Path(a.model).name, Path(a.data), a.dim, a.hidden, a.sigma, a.momentum,
+                              a.epochs, a.batch_size, a.lr, a.max_images, a.target_recall,
                               cache=None if a.cache is None else Path(a.cache))
         stage1.save(a.out)
         print(json.dumps({"out": a.out, "default_k": stage1.default_k, "recall_curve": stage1.recall_curve}))
