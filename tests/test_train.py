@@ -229,11 +229,14 @@ def test_init_from_starts_at_the_models_weights(run, data, tmp_path):
     far above a fresh start), uses SCAN's vocabulary, and refuses a model of other encoder sizes."""
     _, scan_out = run
     scan_model = load_model(scan_out / "best")
+    scan_model.config.extra["domain"] = "toy scenes"  # what the app shows visitors; a fine-tuned model keeps it
+    scan_model.save(tmp_path / "scan")
     fresh = train(tiny_config(head="chan", num_epochs=1, learning_rate=1e-9), data, tmp_path / "fresh", quiet())
     tuned = train(tiny_config(head="chan", num_epochs=1, learning_rate=1e-9), data, tmp_path / "tuned",
-                  quiet(init_from=str(scan_out / "best")))
+                  quiet(init_from=str(tmp_path / "scan")))
     tuned_model = load_model(tmp_path / "tuned" / "best")
     assert tuned_model.vocab.word2idx == scan_model.vocab.word2idx
+    assert tuned_model.config.extra == {"domain": "toy scenes"}
     for name, value in scan_model.text_encoder.state_dict().items():
         torch.testing.assert_close(tuned_model.text_encoder.state_dict()[name], value, atol=1e-6, rtol=0)
     assert tuned.best_rsum > fresh.best_rsum + 100, (fresh.best_rsum, tuned.best_rsum)

@@ -113,8 +113,11 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
 
     train_split, dev_split = _load_splits(data_dir, options, config.img_dim)
     init = _init_model(options, config) if options.init_from is not None and saved is None else None
-    if init is not None and options.vocab is None:
-        options = dataclasses.replace(options, vocab=init.vocab)
+    if init is not None:
+        # same encoders, same input features: the model's detector and domain note carry over
+        config = config.replace(extra={**init.config.extra, **config.extra})
+        if options.vocab is None:
+            options = dataclasses.replace(options, vocab=init.vocab)
     vocab = _resolve_vocab(options, out, train_split, resuming=saved is not None)
     if config.vocab_size and config.vocab_size != len(vocab):
         raise ScanVizError(f"the vocabulary has {len(vocab)} words but config.vocab_size is {config.vocab_size}: "
