@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scoring import WORDS, captions  # noqa: E402
@@ -23,6 +24,12 @@ from bench_scoring import WORDS, captions  # noqa: E402
 from scan_viz.config import ScanConfig  # noqa: E402
 from scan_viz.model import ScanModel  # noqa: E402
 from scan_viz.text import Vocabulary  # noqa: E402
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_gib() -> float:
@@ -48,12 +55,13 @@ def main() -> None:
         del feats
         caps = captions(args.captions, rng)
         before = peak_rss_gib()
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), cpu_seconds()
         sims = model.similarity(np.load(path, mmap_mode="r"), caps, dtype=args.dtype)
-        elapsed = time.perf_counter() - t
+        elapsed, cpu = time.perf_counter() - t, cpu_seconds() - cpu
     item = 8 if args.dtype == "float64" else 4
-    print(f"{args.images} images x {args.captions} captions ({args.dtype}): {elapsed:.0f} s, "
-          f"{sims.size / elapsed:,.0f} pairs/s")
+    print(f"{args.images} images x {args.captions} captions ({args.dtype}, {torch.get_num_threads()} threads): "
+          f"{elapsed:.0f} s wall, {sims.size / elapsed:,.0f} pairs/s; CPU time {cpu:.0f} s (on a busy machine the "
+          f"wall time of an idle one is at least CPU time / threads = {cpu / torch.get_num_threads():.0f} s)")
     print(f"peak RSS {peak_rss_gib():.2f} GiB (before scoring {before:.2f} GiB); parts: region embeddings "
           f"{args.images * 36 * 1024 * item / 1024**3:.2f} GiB, score matrix {sims.nbytes / 1024**3:.2f} GiB, "
           f"features read from a memory map")

@@ -69,24 +69,30 @@ def perturbed_features(base: np.ndarray, n: int, noise: float, work: Path, seed:
 
 
 def embeddings(model, stage1, features: np.ndarray, work: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """Region embeddings (n, n_regions, d) float16 memmap on disk, and stage-1 vectors (n, dim) in RAM."""
+    """Region embeddings (n, n_regions, d) float16 memmap on disk, and stage-1 vectors (n, dim) in RAM.
+
+    The stage-1 vectors are pooled from the stored float16 region embeddings (what a search re-reads), so a new
+    stage-1 head reuses the region file of the same SCAN model.
+    """
     regions_path = work / f"regions_{tag}_{stage1.base_fingerprint}.npy"
     vectors_path = work / f"vectors_{tag}_{stage1.fingerprint}.npy"
-    if not (regions_path.is_file() and vectors_path.is_file()):
+    if not regions_path.is_file():
         n, n_reg, _ = features.shape
         tmp = regions_path.with_suffix(".partial.npy")
         regions = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
                                             shape=(n, n_reg, model.config.embed_size))
-        vectors = np.zeros((n, stage1.head.dim), dtype=np.float32)
         for s in range(0, n, CHUNK):
-            emb = model.encode_images(np.asarray(features[s:s + CHUNK], np.float32))
-            regions[s:s + CHUNK] = emb.numpy()
-            vectors[s:s + CHUNK] = stage1.image_vectors(emb)
+            regions[s:s + CHUNK] = model.encode_images(np.asarray(features[s:s + CHUNK], np.float32)).numpy()
         regions.flush()
         del regions
         os.replace(tmp, regions_path)
+    regions = np.load(regions_path, mmap_mode="r")
+    if not vectors_path.is_file():
+        vectors = np.zeros((len(regions), stage1.head.dim), dtype=np.float32)
+        for s in range(0, len(regions), CHUNK):
+            vectors[s:s + CHUNK] = stage1.image_vectors(torch.from_numpy(np.array(regions[s:s + CHUNK], np.float32)))
         np.save(vectors_path, vectors)
-    return np.load(regions_path, mmap_mode="r"), np.load(vectors_path)
+    return regions, np.load(vectors_path)
 
 
 def p50(times: list[float]) -> float:
@@ -202,6 +208,9 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench-two-stage"))
     ap.add_argument("--index-images", type=int, default=0, help="also measure indexing throughput on N images")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--prepare", action="store_true",
+                    help="only write the sizes' feature, region and vector files into --work, then exit (a later run "
+                         "measures RSS without the generation's page cache)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -219,6 +228,12 @@ def main() -> None:
           f"x{torch.get_num_threads()} threads; model {args.model}; stage-1 head {stage1.path.name} "
           f"(default K {stage1.default_k}); {len(captions)} queries; noise {args.noise}")
     results = {"sizes": []}
+    if args.prepare:
+        for n in [int(s) for s in args.sizes.split(",")]:
+            t0 = time.perf_counter()
+            embeddings(model, stage1, perturbed_features(base, n, args.noise, work), work, f"{n}_{args.noise:g}")
+            print(f"prepared {n:,} images in {time.perf_counter() - t0:.0f} s", flush=True)
+        return
     for n in [int(s) for s in args.sizes.split(",")]:
         r = bench_size(model, stage1, base, captions, caption_image, n, args, work)
         results["sizes"].append(r)
