@@ -36,10 +36,15 @@ def model_fingerprint(model) -> str:
     """sha256 (16 hex digits) of a ScanModel's encoder weights: which SCAN model a stage-1 head was trained on."""
     digest = hashlib.sha256()
     for encoder in (model.image_encoder, model.text_encoder):
-        for name, tensor in sorted(encoder.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        update_digest(digest, encoder)
     return digest.hexdigest()[:16]
+
+
+def update_digest(digest, module: nn.Module) -> None:
+    """Feed a module's weights (names and float32 values, in name order) into a hashlib digest."""
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
 
 
 def pool(emb: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -136,9 +141,7 @@ class Stage1:
     def fingerprint(self) -> str:
         """sha256 (16 hex digits) of the head's weights and its base model: which vectors it makes."""
         digest = hashlib.sha256(self.base_fingerprint.encode())
-        for name, tensor in sorted(self.head.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().contiguous().numpy().tobytes())
+        update_digest(digest, self.head)
         return digest.hexdigest()[:16]
 
     @torch.no_grad()
@@ -168,6 +171,7 @@ class Stage1:
 
 
 def load_stage1(directory: str | Path) -> Stage1:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -177,7 +181,7 @@ def load_stage1(directory: str | Path) -> Stage1:
             raise ScanVizError(f"{directory / STAGE1_CONFIG} is not a {STAGE1_FORMAT} file")
         head = Stage1Head(int(config["embed_size"]), int(config["dim"]), int(config.get("hidden", 0)))
         head.load_state_dict(load_file(str(directory / STAGE1_WEIGHTS)))
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ScanVizError(f"{directory} is not a readable stage-1 head ({exc}); retrain it with "
                            "`python -m scan_viz.train.stage1`") from None
     head.eval()
@@ -192,21 +196,28 @@ def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:
     Looked for in ``search_dirs`` (default: every folder under ``pretrained/``); a head trained on other
     weights is never used, since its vectors would not match the encoders.
     """
+    directory = find_trained_for(model, STAGE1_CONFIG, search_dirs)
+    return None if directory is None else load_stage1(directory)
+
+
+def find_trained_for(model, config_name: str, search_dirs: list[Path] | None = None) -> Path | None:
+    """The first folder of ``search_dirs`` (default: every folder under ``pretrained/``) whose ``config_name``
+    JSON names this model's encoder fingerprint as its ``base_fingerprint``, or None."""
     from scan_viz.model import PRETRAINED_DIR
 
     if search_dirs is None:
         search_dirs = sorted(p for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
-    candidates = [d for d in search_dirs if (d / STAGE1_CONFIG).is_file()]
+    candidates = [d for d in search_dirs if (d / config_name).is_file()]
     if not candidates:
         return None
     fingerprint = model_fingerprint(model)
     for directory in candidates:
         try:
-            config = json.loads((directory / STAGE1_CONFIG).read_text(encoding="utf-8"))
+            config = json.loads((directory / config_name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if config.get("base_fingerprint") == fingerprint:
-            return load_stage1(directory)
+            return directory
     return None
 
 
