@@ -15,7 +15,7 @@ spatial attention's inverse temperature (a fixed setting, saved with the weights
 2. Word-level features: the attended visual vector and the word, each through its own linear layer, multiplied
    element-wise (m = ``dim`` features)::
 
-       a_w = W_v (sum_r alpha[w, r] v_r) + b_v  =  sum_r alpha[w, r] (W_v v_r) + b_v        (regions projected once)
+       a_w = W_v (sum_r alpha[w, r] v_r) + b_v  =  sum_r alpha[w, r] (W_v v_r) + b_v        (whichever is cheaper)
        h_w = (W_u u_w + b_u) * a_w
 
 3. Latent semantic attention over the words: one learned query ``q``::
@@ -97,9 +97,13 @@ class CoAttention(nn.Module):
         sim = region_word_similarity(regions, words, word_lengths, region_lengths, product_dtype)
         # 1. softmax over regions, laid out (n_img, n_cap, L, k) so step 2 is one batched matrix product
         alpha = masked_softmax(self.lambda_spatial * sim.sims, 1, sim.pair_region_valid).permute(0, 2, 3, 1)
-        # 2. project each region once (alpha sums to 1 over regions, so the bias can be added after attending)
-        projected = sim.regions @ self.region_proj.weight.T  # (n_img, k, m)
-        attended = alpha @ projected[:, None] + self.region_proj.bias  # (n_img, n_cap, L, m)
+        # 2. W_v (sum_r alpha v_r) = sum_r alpha (W_v v_r): projecting the k regions once costs k d m per image,
+        # projecting the attended vectors n_cap L d m; take the cheaper order (re-ranking scores one caption)
+        n_img, n_reg, n_cap, n_words = sim.sims.shape
+        if n_reg <= n_cap * n_words:
+            attended = alpha @ (sim.regions @ self.region_proj.weight.T)[:, None] + self.region_proj.bias
+        else:
+            attended = self.region_proj(alpha @ sim.regions[:, None])  # (n_img, n_cap, L, m)
         features = self.word_proj(sim.words)[None] * attended  # h: (n_img, n_cap, L, m)
         # 3. latent semantic attention over the real words
         beta = masked_softmax(torch.tanh(features) @ self.query, 2, sim.word_valid[None])  # (n_img, n_cap, L)
@@ -109,11 +113,11 @@ class CoAttention(nn.Module):
             return CoAttentionOutput(logits)
         return CoAttentionOutput(logits, alpha, beta)
 
-    @staticmethod
-    def bytes_per_pair(n_regions: int, n_words: int, dim: int, itemsize: int) -> int:
+    def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         """Peak intermediate memory of one pair in :meth:`forward`, for sizing blocks."""
-        # cosines, their softmax and its transposed copy (L x k); attended, h, tanh(h), beta * h (L x m)
-        return (3 * n_regions * n_words + 4 * n_words * dim) * itemsize
+        # cosines, their softmax and its transposed copy (L x k); attended (before and after projecting), h,
+        # tanh(h), beta * h (L x max(d, m))
+        return (3 * n_regions * n_words + 5 * n_words * max(self.dim, self.embed_size)) * itemsize
 
     @torch.no_grad()
     def init_from_stage1(self, stage1_head) -> None:

@@ -68,6 +68,9 @@ def test_scores_and_alignment_follow_the_equations_with_padding_masked():
             np.testing.assert_allclose(out.alpha[i, c, :n, :k].numpy(), alpha, atol=1e-12)
             np.testing.assert_allclose(out.beta[i, c, :n].numpy(), beta, atol=1e-12)
             assert float(out.alpha[i, c, :n, k:].abs().sum()) == 0 and float(out.beta[i, c, n:].abs().sum()) == 0
+            # one short caption alone takes the other order of step 2 (attend, then project): same score
+            alone = net(regions[i:i + 1], words[c:c + 1, :n], lengths[c:c + 1], region_lengths[i:i + 1]).logits
+            assert float(alone) == pytest.approx(logit, abs=1e-9)
 
 
 def test_padding_content_and_region_order_do_not_change_the_score():

@@ -30,7 +30,7 @@ class CoAttentionHead(MatchingHead):
         return HeadOutput(out.logits, out.alpha, word_relevance=out.beta)
 
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
-        return self.reranker.net.bytes_per_pair(n_regions, n_words, self.reranker.net.dim, itemsize)
+        return self.reranker.net.bytes_per_pair(n_regions, n_words, itemsize)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"lambda_spatial": self.reranker.net.lambda_spatial, "reranker": self.reranker.fingerprint}
