@@ -262,3 +262,32 @@ def test_trainer_keeps_the_best_dev_epoch_and_its_metrics_are_the_kept_weights(t
     pool_rows = hard_negative_pool(*stage1_vectors(stage1_head, t_regions, t_words, t_lengths),
                                    train.caption_image, 8)
     assert pool_rows.shape == (200, 8) and not (pool_rows == train.caption_image[:, None]).any()
+
+
+def test_gallery_measurement_matches_exhaustive_scan_and_the_head(tmp_path, monkeypatch):
+    from scan_viz.gallery import load_gallery
+    from scan_viz.metrics import t2i_ranks
+    from scan_viz.model import load_model
+    from scan_viz.train.coattention import measure_gallery, rerank_recall
+    from tests.app_fixture import N_IMAGES as FIXTURE_IMAGES
+    from tests.app_fixture import app_fixture
+
+    torch.set_num_threads(1)
+    fixture = app_fixture()
+    model = load_model(fixture.model)
+    save_reranker_for(model, tmp_path / "pretrained", monkeypatch)
+    head = model.head("coattention")
+    torch.manual_seed(0)
+    stage1 = Stage1Head(model.config.embed_size, 8)
+    result = measure_gallery(model, head, stage1, fixture.gallery, ks=(3, FIXTURE_IMAGES), log=lambda _: None)
+    gallery = load_gallery(fixture.gallery)
+    features = np.asarray(gallery.regions.features, dtype=np.float32)
+    scan = model.similarity(features, gallery.captions, region_lengths=gallery.regions.n_boxes)
+    assert result["exhaustive_scan"] == pytest.approx(rerank_recall(t2i_ranks(scan, gallery.caption_image)))
+    everything = result[f"top{FIXTURE_IMAGES}"]  # stage 1 passes every image on: re-ranking is exhaustive
+    assert everything["stage1_recall_at_k"] == 100.0
+    assert everything["scan_reranked"] == pytest.approx(result["exhaustive_scan"])
+    coattention = model.similarity(features, gallery.captions, head=head, region_lengths=gallery.regions.n_boxes)
+    assert everything["coattention_reranked"] == pytest.approx(
+        rerank_recall(t2i_ranks(coattention, gallery.caption_image)))
+    assert result["top3"]["stage1_recall_at_k"] < 100.0

@@ -28,12 +28,14 @@ import torch
 from scan_viz.coattention import TRAIN_COMMAND, CoAttention, CoAttentionReranker
 from scan_viz.data import load_precomp
 from scan_viz.errors import ScanVizError, run_command
+from scan_viz.heads import MatchingHead
 from scan_viz.metrics import recall_metrics
 from scan_viz.model import ScanModel, load_model
 from scan_viz.search import candidate_scores, rerank_ranks, stage1_candidates
 from scan_viz.stage1 import Stage1Head, find_stage1, model_fingerprint, pool
 
 ENCODE_BATCH = 1024
+TEST_KS = (20, 50, 100, 200)
 
 
 @torch.no_grad()
@@ -107,10 +109,50 @@ def rerank_recall(ranks: np.ndarray) -> dict[str, float]:
     return {k: v for k, v in recall_metrics(ranks).items() if k in ("r1", "r5", "r10")}
 
 
+@torch.no_grad()
+def measure_gallery(model: ScanModel, head: MatchingHead, stage1_head: Stage1Head, gallery_dir: Path,
+                    ks: tuple[int, ...] = TEST_KS, log=print) -> dict:
+    """Text -> image R@1/5/10 on a gallery: stage 1's top K re-ranked by SCAN and by ``head``, and exhaustive SCAN.
+
+    SCAN's re-ranking reads the exhaustive matrix at the candidates (stage 2 scores what exhaustive search scores,
+    tests/test_search.py); the head scores each caption's candidates as :class:`TwoStageSearch` does.
+    """
+    from scan_viz.engine import score_matrix
+    from scan_viz.gallery import load_gallery
+    from scan_viz.metrics import t2i_ranks
+
+    gallery = load_gallery(gallery_dir)
+    started = time.perf_counter()
+    regions, words, lengths = encode_split(model, np.asarray(gallery.regions.features, dtype=np.float32),
+                                           gallery.captions)
+    region_lengths = None if gallery.regions.n_boxes is None else torch.from_numpy(gallery.regions.n_boxes)
+    scan = score_matrix(model.head("scan"), regions, words, lengths, region_lengths)  # (n_images, n_captions)
+    image = gallery.caption_image
+    result = {"gallery": str(gallery_dir), "images": len(gallery), "captions": len(gallery.captions),
+              "exhaustive_scan": rerank_recall(t2i_ranks(scan, image))}
+    log(f"exhaustive SCAN on {gallery_dir} in {time.perf_counter() - started:.0f} s: {result['exhaustive_scan']}")
+    candidates = stage1_candidates(*stage1_vectors(stage1_head, regions, words, lengths), max(ks))
+    started = time.perf_counter()
+    reranked = candidate_scores(head, regions, words, lengths, candidates, region_lengths)
+    log(f"{head.name} re-ranked the top {max(ks)} of {len(image)} captions in {time.perf_counter() - started:.0f} s")
+    scan_at = scan.T[np.arange(len(image))[:, None], candidates]
+    for k in ks:  # the stage-1 order is kept, so each top K is a prefix of the largest
+        result[f"top{k}"] = {
+            "stage1_recall_at_k": float(100.0 * (candidates[:, :k] == image[:, None]).any(axis=1).mean()),
+            "scan_reranked": rerank_recall(rerank_ranks(candidates[:, :k], scan_at[:, :k], image)),
+            "coattention_reranked": rerank_recall(rerank_ranks(candidates[:, :k], reranked[:, :k], image))}
+        log(f"top {k}: {result[f'top{k}']}")
+    return result
+
+
 def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_spatial: float = 9.0, epochs: int = 4, batch_size: int = 128, lr: float = 1e-3,
                       negatives: int = 4, neg_pool: int = 100, rerank_k: int = 100, max_images: int | None = 5000,
-                      dev_captions: int = 1000, seed: int = 0, log=print) -> CoAttentionReranker:
-    """BCE on positives and stage-1 hard negatives; keep the epoch with the best dev re-ranking recall."""
+                      dev_captions: int = 1000, seed: int = 0, gallery: Path | None = None,
+                      log=print) -> CoAttentionReranker:
+    """BCE on positives and stage-1 hard negatives; keep the epoch with the best dev re-ranking recall.
+
+    ``gallery``: a gallery folder (the test split) to measure the kept re-ranker on (:func:`measure_gallery`).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train = load_precomp(data_dir, "train")
@@ -188,6 +230,8 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
                 "seconds": round(time.perf_counter() - started)}
     metrics = {"dev": {"captions": len(dev_rows), "images": len(dev.regions), "rerank_k": rerank_k,
                        "stage1_recall_at_k": stage1_recall, "scan_reranked": scan_dev, "coattention_reranked": best}}
+    if gallery is not None:
+        metrics["test"] = measure_gallery(model, head, stage1_head, gallery, log=log)
     return CoAttentionReranker(net, base_name, model_fingerprint(model), init, training, metrics)
 
 
@@ -207,13 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, default=5000, help="train on the first N training images")
     p.add_argument("--dev-captions", type=int, default=1000, help="dev captions for the metric")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gallery", help="after training, measure on this gallery (e.g. examples/gallery, the test split)")
     args = p.parse_args(argv)
 
     def run(a: argparse.Namespace) -> int:
         model = load_model(a.model)
         reranker = train_coattention(model, Path(a.model).name, Path(a.data), a.lambda_spatial, a.epochs,
                                      a.batch_size, a.lr, a.negatives, a.neg_pool, a.rerank_k, a.max_images,
-                                     a.dev_captions, a.seed)
+                                     a.dev_captions, a.seed, None if a.gallery is None else Path(a.gallery))
         reranker.training["command"] = " ".join([TRAIN_COMMAND] + [shlex.quote(x) for x in
                                                                     (argv if argv is not None else sys.argv[1:])])
         reranker.save(a.out)
