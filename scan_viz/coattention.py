@@ -28,11 +28,13 @@ spatial attention's inverse temperature (a fixed setting, saved with the weights
 Every softmax leaves padded regions and words out, so padding changes nothing; every step is equivariant in the
 order of the regions, so the score is not changed by permuting them.
 
-Initialisation from stage 1 (``init_from_stage1``): ``W_v, b_v`` and ``W_u, b_u`` are the stage-1 head's image
+Initialisation from stage 1 (``init_from_stage1``): ``W_v, b_v`` and ``W_u, b_u`` are a linear stage-1 head's image
 and text projections restricted to the columns that read the mean-pooled embedding (the max-pooled half has no
 per-item counterpart) with their biases; ``q = 0`` (uniform word weights) and ``o = 1 / sqrt(m)``, ``c = 0``. With
 uniform spatial attention the initial logit is then the inner product of the two stage-1 projections of the
 mean-pooled embeddings, scaled by ``1 / sqrt(m)``: training starts from the stage-1 similarity, as in the paper.
+An MLP stage-1 head has no per-item part; the trainer then starts from the linear head that stage-1 training
+starts from (centred mean pooling) and still mines its negatives with the MLP (see scan_viz/train/coattention.py).
 
 Its alignment: ``attention`` = alpha (word x region), ``word_relevance`` = beta.
 """
@@ -121,12 +123,18 @@ class CoAttention(nn.Module):
 
     @torch.no_grad()
     def init_from_stage1(self, stage1_head) -> None:
-        """Copy the stage-1 head's projections of the mean-pooled embedding (see the module docstring)."""
+        """Copy a linear stage-1 head's projections of the mean-pooled embedding (see the module docstring).
+
+        An MLP stage-1 head (``hidden`` > 0) maps only pooled vectors, through a non-linear layer: it has no
+        per-region or per-word part to copy, so it is refused here.
+        """
+        if stage1_head.hidden:
+            raise ScanVizError("only a linear stage-1 head (hidden 0) can initialise the co-attention re-ranker")
         d = self.embed_size
         for own, theirs in ((self.region_proj, stage1_head.image_proj), (self.word_proj, stage1_head.text_proj)):
             if theirs.in_features != 2 * d or theirs.out_features != self.dim:
                 raise ScanVizError(f"the stage-1 head maps {theirs.in_features} -> {theirs.out_features}, but this "
-                                   f"re-ranker needs {2 * d} -> {self.dim}: pass --dim {theirs.out_features}")
+                                   f"re-ranker needs {2 * d} -> {self.dim}: make it with dim {theirs.out_features}")
             own.weight.copy_(theirs.weight[:, :d])
             own.bias.copy_(theirs.bias)
 

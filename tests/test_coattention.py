@@ -110,8 +110,10 @@ def test_a_fresh_reranker_starts_from_the_stage1_similarity():
     image = stage1.image_proj(pool(regions, None))
     text = stage1.text_proj(pool(words, lengths))
     torch.testing.assert_close(logits, image @ text.T / math.sqrt(M), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ScanVizError, match="--dim 4"):
+    with pytest.raises(ScanVizError, match="dim 4"):
         CoAttention(D, M).init_from_stage1(Stage1Head(D, 4))
+    with pytest.raises(ScanVizError, match="only a linear stage-1 head"):
+        CoAttention(D, M).init_from_stage1(Stage1Head(D, M, hidden=32))
 
 
 def test_a_bce_step_lowers_the_loss_on_a_tiny_case():
@@ -251,7 +253,8 @@ def test_trainer_keeps_the_best_dev_epoch_and_its_metrics_are_the_kept_weights(t
     regions, words, lengths = encode_split(model, dev.regions.features, [dev.captions[i] for i in rows])
     train = load_precomp(data, "train")
     t_regions, t_words, t_lengths = encode_split(model, train.regions.features, train.captions)
-    stage1_head, _ = stage1_for(model, t_regions, t_words, t_lengths)
+    stage1_head, init_head, _ = stage1_for(model, t_regions, t_words, t_lengths)
+    assert init_head is stage1_head  # no stage-1 head for this model: centred mean pooling is both
     candidates = stage1_candidates(*stage1_vectors(stage1_head, regions, words, lengths), 6)
     from scan_viz.heads.coattention import CoAttentionHead
 

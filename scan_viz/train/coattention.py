@@ -49,18 +49,26 @@ def encode_split(model: ScanModel, features: np.ndarray, captions: list[str]
 
 
 def stage1_for(model: ScanModel, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor
-               ) -> tuple[Stage1Head, str]:
-    """The stage-1 head trained on this model, else centred mean pooling of ``regions`` / ``words`` (the start
-    of stage-1 training), and a sentence saying which."""
+               ) -> tuple[Stage1Head, Stage1Head, str]:
+    """Stage 1 for mining negatives and measuring, the linear head to initialise the re-ranker from, and a
+    sentence saying which they are.
+
+    The stage-1 head trained on this model when there is one, else centred mean pooling of ``regions`` /
+    ``words`` (the linear head stage-1 training starts from); an MLP stage-1 head has no per-item part to copy,
+    so the re-ranker then starts from centred mean pooling too.
+    """
     from scan_viz.train.stage1 import init_as_centred_mean_pool
 
+    centred = Stage1Head(model.config.embed_size, model.config.embed_size)
+    init_as_centred_mean_pool(centred, pool(regions, None), pool(words, lengths))
+    pooling = "centred mean pooling of the encoders' outputs (identity projections minus the training mean)"
     stage1 = find_stage1(model)
-    if stage1 is not None:
-        return stage1.head, f"stage-1 head {stage1.path.name if stage1.path else ''} ({stage1.fingerprint})".strip()
-    head = Stage1Head(model.config.embed_size, model.config.embed_size)
-    init_as_centred_mean_pool(head, pool(regions, None), pool(words, lengths))
-    return head, ("centred mean pooling of the encoders' outputs (no stage-1 head was trained on this model): "
-                  "identity projections, minus the training mean")
+    if stage1 is None:
+        return centred, centred, f"no stage-1 head was trained on this model: negatives and initialisation from {pooling}"
+    name = f"stage-1 head {stage1.path.name if stage1.path else ''} ({stage1.fingerprint})"
+    if stage1.head.hidden:
+        return stage1.head, centred, f"negatives from the MLP {name}; initialised from {pooling}"
+    return stage1.head, stage1.head, f"negatives from and initialised from the linear {name}"
 
 
 @torch.no_grad()
@@ -177,7 +185,7 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
     log(f"encoded {n_images} train images, {len(caption_image)} captions and the dev split in "
         f"{time.perf_counter() - started:.0f} s")
 
-    stage1_head, init = stage1_for(model, regions, words, lengths)
+    stage1_head, init_head, init = stage1_for(model, regions, words, lengths)
     log(f"stage 1: {init}")
     pool_rows = torch.from_numpy(hard_negative_pool(*stage1_vectors(stage1_head, regions, words, lengths),
                                                     caption_image, neg_pool))
@@ -188,8 +196,8 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
     log(f"dev ({len(dev_rows)} captions): stage-1 R@{rerank_k} {stage1_recall:.1f}; SCAN re-ranking its top "
         f"{rerank_k}: " + ", ".join(f"R@{k[1:]} {v:.1f}" for k, v in scan_dev.items()))
 
-    net = CoAttention(model.config.embed_size, stage1_head.dim, lambda_spatial)
-    net.init_from_stage1(stage1_head)
+    net = CoAttention(model.config.embed_size, init_head.dim, lambda_spatial)
+    net.init_from_stage1(init_head)
     from scan_viz.heads.coattention import CoAttentionHead
 
     head = CoAttentionHead("coattention", {}, CoAttentionReranker(net, base_name, model_fingerprint(model), init))
