@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from torch import nn
 
 from scan_viz.errors import ScanVizError
 from scan_viz.similarity import masked_softmax, region_word_similarity
-from scan_viz.stage1 import find_trained_for, update_digest
+from scan_viz.stage1 import find_trained_for, load_module_dir, save_module_dir, update_digest
 
 COATTENTION_CONFIG = "coattention.json"
 COATTENTION_WEIGHTS = "coattention.safetensors"
@@ -160,39 +159,21 @@ class CoAttentionReranker:
         return digest.hexdigest()[:16]
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        from scan_viz.io import write_dir_atomic
-
-        def write(tmp: Path) -> None:
-            save_file({k: v.detach().contiguous() for k, v in self.net.state_dict().items()},
-                      str(tmp / COATTENTION_WEIGHTS))
-            config = {"format": COATTENTION_FORMAT, "embed_size": self.net.embed_size, "dim": self.net.dim,
-                      "lambda_spatial": self.net.lambda_spatial, "base_model": self.base_model,
-                      "base_fingerprint": self.base_fingerprint, "init": self.init, "training": self.training,
-                      "metrics": self.metrics}
-            (tmp / COATTENTION_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-        write_dir_atomic(Path(directory), write)
+        config = {"format": COATTENTION_FORMAT, "embed_size": self.net.embed_size, "dim": self.net.dim,
+                  "lambda_spatial": self.net.lambda_spatial, "base_model": self.base_model,
+                  "base_fingerprint": self.base_fingerprint, "init": self.init, "training": self.training,
+                  "metrics": self.metrics}
+        save_module_dir(directory, self.net, COATTENTION_WEIGHTS, config, COATTENTION_CONFIG)
 
 
 def load_coattention(directory: str | Path) -> CoAttentionReranker:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    def build(c: dict) -> tuple[CoAttention, CoAttentionReranker]:
+        net = CoAttention(int(c["embed_size"]), int(c["dim"]), float(c["lambda_spatial"]))
+        return net, CoAttentionReranker(net, str(c["base_model"]), str(c["base_fingerprint"]), str(c.get("init", "")),
+                                        c.get("training"), c.get("metrics"), Path(directory))
 
-    directory = Path(directory)
-    try:
-        config = json.loads((directory / COATTENTION_CONFIG).read_text(encoding="utf-8"))
-        if config.get("format") != COATTENTION_FORMAT:
-            raise ValueError(f"not a {COATTENTION_FORMAT} file")
-        net = CoAttention(int(config["embed_size"]), int(config["dim"]), float(config["lambda_spatial"]))
-        net.load_state_dict(load_file(str(directory / COATTENTION_WEIGHTS)))
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ScanVizError(f"{directory} is not a readable co-attention re-ranker ({exc}); retrain it with "
-                           f"`{TRAIN_COMMAND}`") from None
-    net.eval()
-    return CoAttentionReranker(net, str(config["base_model"]), str(config["base_fingerprint"]),
-                               str(config.get("init", "")), config.get("training"), config.get("metrics"), directory)
+    return load_module_dir(directory, COATTENTION_CONFIG, COATTENTION_FORMAT, COATTENTION_WEIGHTS, build,
+                           "co-attention re-ranker", TRAIN_COMMAND)
 
 
 def find_coattention(model, search_dirs: list[Path] | None = None) -> CoAttentionReranker | None:

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -155,39 +156,57 @@ class Stage1:
         return self.head.caption_vectors(pool(words.float(), lengths)).numpy()
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        from scan_viz.io import write_dir_atomic
-
-        def write(tmp: Path) -> None:
-            save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / STAGE1_WEIGHTS))
-            config = {"format": STAGE1_FORMAT, "embed_size": self.head.embed_size, "hidden": self.head.hidden,
-                      "dim": self.head.dim, "base_model": self.base_model, "base_fingerprint": self.base_fingerprint,
-                      "sigma": self.sigma, "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
-                      "default_k": self.default_k, "training": self.training}
-            (tmp / STAGE1_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-        write_dir_atomic(Path(directory), write)
+        config = {"format": STAGE1_FORMAT, "embed_size": self.head.embed_size, "hidden": self.head.hidden,
+                  "dim": self.head.dim, "base_model": self.base_model, "base_fingerprint": self.base_fingerprint,
+                  "sigma": self.sigma, "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
+                  "default_k": self.default_k, "training": self.training}
+        save_module_dir(directory, self.head, STAGE1_WEIGHTS, config, STAGE1_CONFIG)
 
 
 def load_stage1(directory: str | Path) -> Stage1:
+    def build(c: dict) -> tuple[Stage1Head, Stage1]:
+        head = Stage1Head(int(c["embed_size"]), int(c["dim"]), int(c.get("hidden", 0)))
+        return head, Stage1(head, str(c["base_model"]), str(c["base_fingerprint"]), float(c["sigma"]),
+                            {int(k): float(v) for k, v in c["recall_curve"].items()}, int(c["default_k"]),
+                            Path(directory), c.get("training"))
+
+    return load_module_dir(directory, STAGE1_CONFIG, STAGE1_FORMAT, STAGE1_WEIGHTS, build, "stage-1 head",
+                           "python -m scan_viz.train.stage1")
+
+
+def save_module_dir(directory: str | Path, module: nn.Module, weights_name: str, config: dict,
+                    config_name: str) -> None:
+    """A trained module as a folder: its weights (safetensors) and its ``config`` (JSON), swapped in atomically."""
+    from safetensors.torch import save_file
+
+    from scan_viz.io import write_dir_atomic
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / weights_name))
+        (tmp / config_name).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    write_dir_atomic(Path(directory), write)
+
+
+def load_module_dir(directory: str | Path, config_name: str, fmt: str, weights_name: str,
+                    build: Callable[[dict], tuple[nn.Module, Any]], what: str, retrain: str) -> Any:
+    """Read a :func:`save_module_dir` folder. ``build(config)`` makes (the module, the object to return that holds
+    it); the module gets the weights and is put in eval mode. Anything unreadable (a missing file, another format,
+    missing keys, wrong shapes) is a ScanVizError naming ``what`` and the ``retrain`` command."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
     try:
-        config = json.loads((directory / STAGE1_CONFIG).read_text(encoding="utf-8"))
-        if config.get("format") != STAGE1_FORMAT:
-            raise ScanVizError(f"{directory / STAGE1_CONFIG} is not a {STAGE1_FORMAT} file")
-        head = Stage1Head(int(config["embed_size"]), int(config["dim"]), int(config.get("hidden", 0)))
-        head.load_state_dict(load_file(str(directory / STAGE1_WEIGHTS)))
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ScanVizError(f"{directory} is not a readable stage-1 head ({exc}); retrain it with "
-                           "`python -m scan_viz.train.stage1`") from None
-    head.eval()
-    return Stage1(head, str(config["base_model"]), str(config["base_fingerprint"]), float(config["sigma"]),
-                  {int(k): float(v) for k, v in config["recall_curve"].items()}, int(config["default_k"]), directory,
-                  config.get("training"))
+        config = json.loads((directory / config_name).read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or config.get("format") != fmt:
+            raise ValueError(f"{config_name} is not a {fmt} file")
+        module, result = build(config)
+        module.load_state_dict(load_file(str(directory / weights_name)))
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        raise ScanVizError(f"{directory} is not a readable {what} ({exc}); retrain it with `{retrain}`") from None
+    module.eval()
+    return result
 
 
 def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:

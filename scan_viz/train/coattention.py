@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from scan_viz.coattention import TRAIN_COMMAND, CoAttention, CoAttentionReranker
-from scan_viz.data import load_precomp
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.heads import MatchingHead
 from scan_viz.metrics import recall_metrics
 from scan_viz.model import ScanModel, load_model
 from scan_viz.search import candidate_scores, rerank_ranks, stage1_candidates
 from scan_viz.stage1 import Stage1Head, find_stage1, model_fingerprint, pool
+from scan_viz.train.stage1 import init_as_centred_mean_pool, load_train_dev
 
 ENCODE_BATCH = 1024
 TEST_KS = (20, 50, 100, 200)
@@ -57,8 +57,6 @@ def stage1_for(model: ScanModel, regions: torch.Tensor, words: torch.Tensor, len
     ``words`` (the linear head stage-1 training starts from); an MLP stage-1 head has no per-item part to copy,
     so the re-ranker then starts from centred mean pooling too.
     """
-    from scan_viz.train.stage1 import init_as_centred_mean_pool
-
     centred = Stage1Head(model.config.embed_size, model.config.embed_size)
     init_as_centred_mean_pool(centred, pool(regions, None), pool(words, lengths))
     pooling = "centred mean pooling of the encoders' outputs (identity projections minus the training mean)"
@@ -153,7 +151,8 @@ def measure_gallery(model: ScanModel, head: MatchingHead, stage1_head: Stage1Hea
     return result
 
 
-def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_spatial: float = 9.0, epochs: int = 4, batch_size: int = 128, lr: float = 1e-3,
+def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_spatial: float = 9.0,
+                      epochs: int = 4, batch_size: int = 128, lr: float = 1e-3,
                       negatives: int = 4, neg_pool: int = 100, rerank_k: int = 100, max_images: int | None = 5000,
                       dev_captions: int = 1000, seed: int = 0, gallery: Path | None = None,
                       log=print) -> CoAttentionReranker:
@@ -163,16 +162,10 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    train = load_precomp(data_dir, "train")
-    dev = load_precomp(data_dir, "dev")
-    if train.regions.img_dim != model.config.img_dim:
-        raise ScanVizError(f"{data_dir} holds {train.regions.img_dim}-d features but the model takes "
-                           f"{model.config.img_dim}-d: use features from the model's detector")
-    n_images = len(train.regions) if max_images is None else min(max_images, len(train.regions))
+    train, dev, n_images, keep = load_train_dev(model, data_dir, max_images)
     if neg_pool >= n_images or rerank_k > len(dev.regions):
         raise ScanVizError(f"--neg-pool must be below the {n_images} training images and --rerank-k at most the "
                            f"{len(dev.regions)} dev images")
-    keep = train.caption_image < n_images
     caption_image = train.caption_image[keep]
     started = time.perf_counter()
     regions, words, lengths = encode_split(model, train.regions.features[:n_images],
