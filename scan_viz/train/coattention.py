@@ -62,7 +62,7 @@ def stage1_for(model: ScanModel, regions: torch.Tensor, words: torch.Tensor, len
     pooling = "centred mean pooling of the encoders' outputs (identity projections minus the training mean)"
     stage1 = find_stage1(model)
     if stage1 is None:
-        return centred, centred, f"no stage-1 head was trained on this model: negatives and initialisation from {pooling}"
+        return centred, centred, f"none trained on this model: negatives and initialisation from {pooling}"
     name = f"stage-1 head {stage1.path.name if stage1.path else ''} ({stage1.fingerprint})"
     if stage1.head.hidden:
         return stage1.head, centred, f"negatives from the MLP {name}; initialised from {pooling}"
@@ -113,6 +113,10 @@ def bce_step(net: CoAttention, optimizer: torch.optim.Optimizer, regions: torch.
 def rerank_recall(ranks: np.ndarray) -> dict[str, float]:
     """R@1/5/10 (percent) from re-ranked 0-based ranks."""
     return {k: v for k, v in recall_metrics(ranks).items() if k in ("r1", "r5", "r10")}
+
+
+def _recall_text(recall: dict[str, float]) -> str:
+    return ", ".join(f"R@{k[1:]} {v:.1f}" for k, v in recall.items())
 
 
 @torch.no_grad()
@@ -187,7 +191,7 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
     scan_dev = rerank_recall(rerank_ranks(dev_candidates, candidate_scores(
         model.head("scan"), dev_regions, dev_words, dev_lengths, dev_candidates), dev_image))
     log(f"dev ({len(dev_rows)} captions): stage-1 R@{rerank_k} {stage1_recall:.1f}; SCAN re-ranking its top "
-        f"{rerank_k}: " + ", ".join(f"R@{k[1:]} {v:.1f}" for k, v in scan_dev.items()))
+        f"{rerank_k}: " + _recall_text(scan_dev))
 
     net = CoAttention(model.config.embed_size, init_head.dim, lambda_spatial)
     net.init_from_stage1(init_head)
@@ -202,7 +206,7 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
         return rerank_recall(rerank_ranks(dev_candidates, scores, dev_image))
 
     best, best_epoch, best_state = dev_recall(), 0, copy.deepcopy(net.state_dict())
-    log("epoch 0 (initialised from stage 1): dev re-ranking " + ", ".join(f"R@{k[1:]} {v:.1f}" for k, v in best.items()))
+    log("epoch 0 (initialised from stage 1): dev re-ranking " + _recall_text(best))
     history = [{"epoch": 0, "dev": best}]
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
@@ -220,7 +224,7 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
         recall = dev_recall()
         history.append({"epoch": epoch, "bce": total / n_caps, "dev": recall})
         log(f"epoch {epoch}/{epochs}: BCE {total / n_caps:.4f} ({time.perf_counter() - tick:.0f} s), dev re-ranking "
-            + ", ".join(f"R@{k[1:]} {v:.1f}" for k, v in recall.items()))
+            + _recall_text(recall))
         if sum(recall.values()) > sum(best.values()):
             best, best_epoch, best_state = recall, epoch, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
