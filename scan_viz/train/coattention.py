@@ -35,7 +35,7 @@ from scan_viz.stage1 import Stage1Head, find_stage1, model_fingerprint, pool
 from scan_viz.train.stage1 import init_as_centred_mean_pool, load_train_dev
 
 ENCODE_BATCH = 1024
-TEST_KS = (20, 50, 100, 200)
+TEST_KS = (20, 50, 100, 200, 500)
 
 
 @torch.no_grad()
