@@ -145,6 +145,19 @@ def test_a_bce_step_lowers_the_loss_on_a_tiny_case():
     assert loss() < 0.6 * before
 
 
+def test_output_calibration_keeps_the_order_and_sets_scale_and_prior():
+    from scan_viz.train.coattention import calibrate_output
+
+    net = random_net(seed=5)
+    regions, words, lengths = random_block(seed=5)
+    before = net(regions, words, lengths).logits
+    calibrate_output(net, before.flatten(), 0.2)
+    after = net(regions, words, lengths).logits
+    assert float(after.std()) == pytest.approx(1.0, abs=1e-9)
+    assert float(after.mean()) == pytest.approx(math.log(0.25), abs=1e-9)
+    torch.testing.assert_close(after, (before - before.mean()) / before.std() + math.log(0.25))
+
+
 def test_rerank_ranks_by_hand():
     candidates = np.array([[4, 2, 7], [1, 0, 3], [5, 6, 8]])
     scores = np.array([[0.1, 0.5, 0.3], [0.2, 0.2, 0.9], [1.0, 0.0, 0.5]])
