@@ -60,12 +60,13 @@ class ScanModel:
     def head(self, name: str | None = None, dtype: str | None = None, **overrides) -> MatchingHead:
         """A head by name (default: the one the model was trained with); keyword overrides are its settings
         (e.g. lambda_softmax=4, beta=0.05), ``cross_attn`` sets the direction of ``scan``; ``dtype`` the dtype of
-        its region-word products."""
+        its region-word products. ``coattention`` is the re-ranker trained on this model's encoders (found under
+        pretrained/ by their fingerprint)."""
         config = self.config
         if overrides.get("cross_attn") is not None:
             config = config.replace(cross_attn=overrides["cross_attn"])
         overrides.pop("cross_attn", None)
-        return create_head(name, config, dtype=dtype, **overrides)
+        return create_head(name, config, dtype=dtype, model=self, **overrides)
 
     def encoders(self, dtype: str = "float32", device: str = "cpu") -> tuple[torch.nn.Module, torch.nn.Module]:
         """(image encoder, text encoder) in ``dtype`` on ``device``, never changing the model's own float32 CPU

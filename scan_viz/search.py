@@ -214,6 +214,35 @@ class TwoStageSearch:
         return self.search_regions(np.asarray(self.features[row, :n], dtype=np.float32), k, stage1_k, head)
 
 
+# ------------------------------------------------------------------------ measuring a stage-2 re-ranking
+def stage1_candidates(image_vectors: np.ndarray, caption_vectors: np.ndarray, k: int) -> np.ndarray:
+    """Each caption's k best images by stage-1 inner product (the exact index): (n_captions, k) image rows."""
+    _, found = build_index(image_vectors, "flat").search(np.ascontiguousarray(caption_vectors, dtype=np.float32), k)
+    return found
+
+
+def candidate_scores(head: MatchingHead, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
+                     candidates: np.ndarray, region_lengths: torch.Tensor | None = None) -> np.ndarray:
+    """Stage 2 for many captions: each caption against its own candidates, as :meth:`TwoStageSearch.search_text`
+    scores one query. regions (n_images, n_regions, d); words (n_captions, max_words, d); candidates
+    (n_captions, K) image rows -> scores (n_captions, K)."""
+    out = np.zeros(candidates.shape, dtype=np.float32)
+    for c, rows in enumerate(candidates):
+        rows_t = torch.from_numpy(rows)
+        rl = None if region_lengths is None else region_lengths[rows_t]
+        out[c] = score_matrix(head, regions[rows_t], words[c:c + 1], lengths[c:c + 1], rl)[:, 0]
+    return out
+
+
+def rerank_ranks(candidates: np.ndarray, scores: np.ndarray, caption_image: np.ndarray) -> np.ndarray:
+    """0-based rank of each caption's image after re-ranking its candidates by ``scores`` (ties: stage-1 order
+    first), inf (a miss at every K) when stage 1 did not pass it on. candidates, scores (n_captions, K) -> float."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    reranked = np.take_along_axis(candidates, order, axis=1)
+    hit = reranked == np.asarray(caption_image)[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
+
+
 # ------------------------------------------------------------------------------------ galleries on disk
 STAGE1_DIR = "stage1"
 VECTORS_FILE = "image_vectors.npy"

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,10 +37,15 @@ def model_fingerprint(model) -> str:
     """sha256 (16 hex digits) of a ScanModel's encoder weights: which SCAN model a stage-1 head was trained on."""
     digest = hashlib.sha256()
     for encoder in (model.image_encoder, model.text_encoder):
-        for name, tensor in sorted(encoder.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        update_digest(digest, encoder)
     return digest.hexdigest()[:16]
+
+
+def update_digest(digest, module: nn.Module) -> None:
+    """Feed a module's weights (names and float32 values, in name order) into a hashlib digest."""
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
 
 
 def pool(emb: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -136,9 +142,7 @@ class Stage1:
     def fingerprint(self) -> str:
         """sha256 (16 hex digits) of the head's weights and its base model: which vectors it makes."""
         digest = hashlib.sha256(self.base_fingerprint.encode())
-        for name, tensor in sorted(self.head.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().contiguous().numpy().tobytes())
+        update_digest(digest, self.head)
         return digest.hexdigest()[:16]
 
     @torch.no_grad()
@@ -152,38 +156,57 @@ class Stage1:
         return self.head.caption_vectors(pool(words.float(), lengths)).numpy()
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        from scan_viz.io import write_dir_atomic
-
-        def write(tmp: Path) -> None:
-            save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(tmp / STAGE1_WEIGHTS))
-            config = {"format": STAGE1_FORMAT, "embed_size": self.head.embed_size, "hidden": self.head.hidden,
-                      "dim": self.head.dim, "base_model": self.base_model, "base_fingerprint": self.base_fingerprint,
-                      "sigma": self.sigma, "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
-                      "default_k": self.default_k, "training": self.training}
-            (tmp / STAGE1_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-        write_dir_atomic(Path(directory), write)
+        config = {"format": STAGE1_FORMAT, "embed_size": self.head.embed_size, "hidden": self.head.hidden,
+                  "dim": self.head.dim, "base_model": self.base_model, "base_fingerprint": self.base_fingerprint,
+                  "sigma": self.sigma, "recall_curve": {str(k): v for k, v in self.recall_curve.items()},
+                  "default_k": self.default_k, "training": self.training}
+        save_module_dir(directory, self.head, STAGE1_WEIGHTS, config, STAGE1_CONFIG)
 
 
 def load_stage1(directory: str | Path) -> Stage1:
+    def build(c: dict) -> tuple[Stage1Head, Stage1]:
+        head = Stage1Head(int(c["embed_size"]), int(c["dim"]), int(c.get("hidden", 0)))
+        return head, Stage1(head, str(c["base_model"]), str(c["base_fingerprint"]), float(c["sigma"]),
+                            {int(k): float(v) for k, v in c["recall_curve"].items()}, int(c["default_k"]),
+                            Path(directory), c.get("training"))
+
+    return load_module_dir(directory, STAGE1_CONFIG, STAGE1_FORMAT, STAGE1_WEIGHTS, build, "stage-1 head",
+                           "python -m scan_viz.train.stage1")
+
+
+def save_module_dir(directory: str | Path, module: nn.Module, weights_name: str, config: dict,
+                    config_name: str) -> None:
+    """A trained module as a folder: its weights (safetensors) and its ``config`` (JSON), swapped in atomically."""
+    from safetensors.torch import save_file
+
+    from scan_viz.io import write_dir_atomic
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / weights_name))
+        (tmp / config_name).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    write_dir_atomic(Path(directory), write)
+
+
+def load_module_dir(directory: str | Path, config_name: str, fmt: str, weights_name: str,
+                    build: Callable[[dict], tuple[nn.Module, Any]], what: str, retrain: str) -> Any:
+    """Read a :func:`save_module_dir` folder. ``build(config)`` makes (the module, the object to return that holds
+    it); the module gets the weights and is put in eval mode. Anything unreadable (a missing file, another format,
+    missing keys, wrong shapes) is a ScanVizError naming ``what`` and the ``retrain`` command."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     directory = Path(directory)
     try:
-        config = json.loads((directory / STAGE1_CONFIG).read_text(encoding="utf-8"))
-        if config.get("format") != STAGE1_FORMAT:
-            raise ScanVizError(f"{directory / STAGE1_CONFIG} is not a {STAGE1_FORMAT} file")
-        head = Stage1Head(int(config["embed_size"]), int(config["dim"]), int(config.get("hidden", 0)))
-        head.load_state_dict(load_file(str(directory / STAGE1_WEIGHTS)))
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ScanVizError(f"{directory} is not a readable stage-1 head ({exc}); retrain it with "
-                           "`python -m scan_viz.train.stage1`") from None
-    head.eval()
-    return Stage1(head, str(config["base_model"]), str(config["base_fingerprint"]), float(config["sigma"]),
-                  {int(k): float(v) for k, v in config["recall_curve"].items()}, int(config["default_k"]), directory,
-                  config.get("training"))
+        config = json.loads((directory / config_name).read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or config.get("format") != fmt:
+            raise ValueError(f"{config_name} is not a {fmt} file")
+        module, result = build(config)
+        module.load_state_dict(load_file(str(directory / weights_name)))
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        raise ScanVizError(f"{directory} is not a readable {what} ({exc}); retrain it with `{retrain}`") from None
+    module.eval()
+    return result
 
 
 def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:
@@ -192,21 +215,28 @@ def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:
     Looked for in ``search_dirs`` (default: every folder under ``pretrained/``); a head trained on other
     weights is never used, since its vectors would not match the encoders.
     """
+    directory = find_trained_for(model, STAGE1_CONFIG, search_dirs)
+    return None if directory is None else load_stage1(directory)
+
+
+def find_trained_for(model, config_name: str, search_dirs: list[Path] | None = None) -> Path | None:
+    """The first folder of ``search_dirs`` (default: every folder under ``pretrained/``) whose ``config_name``
+    JSON names this model's encoder fingerprint as its ``base_fingerprint``, or None."""
     from scan_viz.model import PRETRAINED_DIR
 
     if search_dirs is None:
         search_dirs = sorted(p for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
-    candidates = [d for d in search_dirs if (d / STAGE1_CONFIG).is_file()]
+    candidates = [d for d in search_dirs if (d / config_name).is_file()]
     if not candidates:
         return None
     fingerprint = model_fingerprint(model)
     for directory in candidates:
         try:
-            config = json.loads((directory / STAGE1_CONFIG).read_text(encoding="utf-8"))
+            config = json.loads((directory / config_name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
         if config.get("base_fingerprint") == fingerprint:
-            return load_stage1(directory)
+            return directory
     return None
 
 

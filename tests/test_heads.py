@@ -245,13 +245,17 @@ def test_a_new_head_is_one_class_and_one_registration():
 
 
 @pytest.mark.parametrize("name", head_names())
-def test_every_head_through_the_registry_to_every_view(tmp_path, name):
+def test_every_head_through_the_registry_to_every_view(tmp_path, monkeypatch, name):
     """name -> head -> scores -> Alignment -> every renderer: a new head is covered by registering it."""
     from scan_viz import render
     from scan_viz.app import views
 
     _, _, _, ckpt, vocab, _, feats = _setup(tmp_path, seed=8)
     model = load_model(ckpt, vocab)
+    if head_spec(name).from_model is not None:  # trained weights of its own: give this model (random) ones
+        from tests.test_coattention import save_reranker_for
+
+        save_reranker_for(model, tmp_path / "pretrained", monkeypatch)
     head = model.head(name)
     sims = model.similarity(feats, CAPTIONS, head=head)
     n_regions = feats.shape[1]

@@ -8,7 +8,9 @@ A head declares its hyperparameters once, next to its math, as :class:`HeadParam
 choices, help). The command line's flags, the app's controls and its link keys are generated from these
 declarations, and :func:`create_head` fills the values in from (highest first) the caller's overrides, the
 model's config, then the declared defaults. Adding a head is one module with a :class:`MatchingHead` subclass
-and a :func:`register_head` call, imported at the bottom of this file.
+and a :func:`register_head` call, imported at the bottom of this file. A head with trained weights of its own
+(the co-attention re-ranker) is built from the model (``from_model``), since its weights belong to the model's
+encoders.
 
 Importing this package (and the heads' modules) does not import torch: the command line builds its flags from
 the declarations and checks a user's values before the slow import.
@@ -163,21 +165,28 @@ class MatchingHead(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
-    """A registered head: how to build it and which settings it reads."""
+    """A registered head: how to build it and which settings it reads.
+
+    ``from_model(name, model, settings)``: set for a head with trained weights of its own, found for a ScanModel
+    (then ``factory`` is not used); such a head can only be made from a model.
+    """
 
     name: str
     factory: Callable[[str, ScanConfig, dict[str, Any]], MatchingHead]
     params: tuple[HeadParam, ...]
     help: str
+    from_model: Callable[[str, Any, dict[str, Any]], MatchingHead] | None = None
 
 
 _HEADS: dict[str, HeadSpec] = {}
 
 
 def register_head(name: str, head_class: type[MatchingHead], help: str,
-                  factory: Callable[[str, ScanConfig, dict[str, Any]], MatchingHead] | None = None) -> None:
+                  factory: Callable[[str, ScanConfig, dict[str, Any]], MatchingHead] | None = None,
+                  from_model: Callable[[str, Any, dict[str, Any]], MatchingHead] | None = None) -> None:
     """Make ``head_class`` available as ``name``. ``factory(name, config, settings)`` defaults to
-    ``head_class(name, settings)``. A setting name shared with another head must have the same declaration,
+    ``head_class(name, settings)``; ``from_model(name, model, settings)`` replaces it for a head whose trained
+    weights are found for the model. A setting name shared with another head must have the same declaration,
     because it becomes one CLI flag and one link key."""
     known = {p.name: p for spec in _HEADS.values() for p in spec.params}
     for param in head_class.params:
@@ -186,7 +195,7 @@ def register_head(name: str, head_class: type[MatchingHead], help: str,
         if param.name in ScanConfig.field_names() and param.name not in _SCAN_CONFIG_SETTINGS:
             raise ValueError(f"head {name}: setting {param.name} clashes with a ScanConfig field")
     _HEADS[name] = HeadSpec(name, factory or (lambda n, _config, settings: head_class(n, settings)),
-                            head_class.params, help)
+                            head_class.params, help, from_model)
 
 
 def head_names() -> list[str]:
@@ -239,14 +248,22 @@ def head_settings(name: str, config: ScanConfig, overrides: Mapping[str, Any] | 
 
 
 def create_head(name: str | None, config: ScanConfig, dtype: str | torch.dtype | None = None,
-                **overrides: Any) -> MatchingHead:
+                model: Any = None, **overrides: Any) -> MatchingHead:
     """The head called ``name`` (default: the one the model was trained with, ``config.head``).
 
     ``overrides``: settings by their declared names (None values are ignored); ``dtype``: the dtype of the
-    region-word products (``"bfloat16"`` runs them in bf16, the rest in float32).
+    region-word products (``"bfloat16"`` runs them in bf16, the rest in float32); ``model``: the ScanModel, which
+    a head with trained weights of its own needs (``ScanModel.head`` passes itself).
     """
     spec = head_spec(name or config.head)
-    head = spec.factory(spec.name, config, head_settings(spec.name, config, overrides))
+    settings = head_settings(spec.name, config, overrides)
+    if spec.from_model is None:
+        head = spec.factory(spec.name, config, settings)
+    elif model is None:
+        raise ScanVizError(f"the {spec.name} head has trained weights that belong to a model: "
+                           f"get it from a loaded model, model.head({spec.name!r})")
+    else:
+        head = spec.from_model(spec.name, model, settings)
     return head.with_product_dtype(dtype) if dtype is not None else head
 
 
@@ -257,6 +274,7 @@ _SCAN_CONFIG_SETTINGS = ("raw_feature_norm", "lambda_softmax", "agg_func", "lamb
 from scan_viz.heads import scan as _scan  # noqa: E402,F401,I001  (first: its settings lead the generated lists)
 from scan_viz.heads import chan as _chan  # noqa: E402,F401
 from scan_viz.heads import caan as _caan  # noqa: E402,F401
+from scan_viz.heads import coattention as _coattention  # noqa: E402,F401
 from scan_viz.heads.scan import ScanHead  # noqa: E402
 
 __all__ = ["HeadOutput", "HeadParam", "HeadSpec", "MatchingHead", "ScanHead", "all_head_params",

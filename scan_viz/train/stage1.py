@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scan_viz.data import load_precomp
+from scan_viz.data import PrecompSplit, load_precomp
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.model import ScanModel, load_model
 from scan_viz.stage1 import (Stage1, Stage1Head, choose_k, cmce_loss, model_fingerprint, pool, recall_curve,
@@ -42,6 +42,19 @@ def pooled_inputs(model: ScanModel, features: np.ndarray, captions: list[str],
         if (start // ENCODE_BATCH) % 20 == 19:
             log(f"encoded {start + ENCODE_BATCH}/{len(captions)} captions")
     return torch.cat(images), torch.cat(texts)
+
+
+def load_train_dev(model: ScanModel, data_dir: Path, max_images: int | None
+                   ) -> tuple[PrecompSplit, PrecompSplit, int, np.ndarray]:
+    """The train and dev splits, checked against the model's feature size; the number of training images used
+    (the first ``max_images``, default all) and which training captions belong to them (n_captions,) bool."""
+    train = load_precomp(data_dir, "train")
+    dev = load_precomp(data_dir, "dev")
+    if train.regions.img_dim != model.config.img_dim:
+        raise ScanVizError(f"{data_dir} holds {train.regions.img_dim}-d features but the model takes "
+                           f"{model.config.img_dim}-d: use features from the model's detector")
+    n_images = len(train.regions) if max_images is None else min(max_images, len(train.regions))
+    return train, dev, n_images, train.caption_image < n_images
 
 
 @torch.no_grad()
@@ -70,13 +83,7 @@ def train_stage1(model: ScanModel, base_name: str, data_dir: Path, dim: int = 25
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    train = load_precomp(data_dir, "train")
-    dev = load_precomp(data_dir, "dev")
-    if train.regions.img_dim != model.config.img_dim:
-        raise ScanVizError(f"{data_dir} holds {train.regions.img_dim}-d features but the model takes "
-                           f"{model.config.img_dim}-d: use features from the model's detector")
-    n_images = len(train.regions) if max_images is None else min(max_images, len(train.regions))
-    keep = train.caption_image < n_images
+    train, dev, n_images, keep = load_train_dev(model, data_dir, max_images)
     captions = [c for c, k in zip(train.captions, keep) if k]
     caption_image = torch.from_numpy(train.caption_image[keep])
     started = time.perf_counter()
