@@ -2,10 +2,11 @@
 
 For each head: R@1/5/10 both ways and rsum (strict: only a caption's own image counts; truth-aware where the
 gallery carries claims), pointing accuracy per word type (the head's word x region matrix, argmax per word),
-scoring throughput over the full (images x captions) matrix from the encoded gallery (pairs/s, fp32, and with
-the region-word products in bf16; the heads' timings interleaved round by round in one process, best round
-kept, so a busy machine slows them alike), and the peak memory that scoring adds (a fresh process per head:
-resident set size above what the loaded model and encoded gallery already hold). Baseline: SCAN t2i, same run.
+scoring throughput over the (images x captions) matrix of the first ``--speed-images`` images and their captions,
+from the encoded gallery (pairs/s, fp32, and with the region-word products in bf16; the heads' timings
+interleaved round by round in one process, best round kept, so a busy machine slows them alike), and the peak
+memory that evaluating the whole split adds (a fresh process per head: resident set size above what the loaded
+model and gallery already hold; encoding, the full score matrix, pointing). Baseline: SCAN t2i, same run.
 
 Each head runs on the model named for it (``--model HEAD=MODEL``); by default SCAN's heads on the bundled SCAN
 models, CHAN and CAAN on pretrained/chan-emoji and pretrained/caan-emoji when present, else on SCAN t2i's model
@@ -65,27 +66,26 @@ def first_images(gallery, n: int):
     return Gallery(gallery.root, gallery.name, gallery.records[:n], regions, labels)
 
 
-def peak_memory(head: str, model_name: str, gallery_dir: str, n_images: int) -> float:
-    """Peak MB that scoring the gallery's full matrix adds; run in a fresh process."""
+def evaluate_in_child(head: str, model_name: str, gallery_dir: str, n_images: int) -> tuple[dict, float]:
+    """``evaluate_gallery`` of the head in a fresh process, and the peak MB it added above the loaded model and
+    gallery (encoding, the full score matrix, pointing)."""
     import torch
 
-    from scan_viz.engine import score_matrix
     from scan_viz.gallery import load_gallery
     from scan_viz.model import load_model
-    from scan_viz.pipeline import GalleryIndex
+    from scan_viz.pipeline import evaluate_gallery
 
     torch.set_num_threads(1)
     model = load_model(model_name)
-    index = GalleryIndex.build(model, first_images(load_gallery(gallery_dir), n_images))
-    matcher = model.head(head)
+    gallery = first_images(load_gallery(gallery_dir), n_images)
     before = _rss_bytes()
-    score_matrix(matcher, index.regions, index.caption_emb, index.caption_lengths, index.region_lengths)
+    result = evaluate_gallery(model, gallery, head)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return max(peak - before, 0) / 2**20
+    return result, max(peak - before, 0) / 2**20
 
 
-def _in_child(args: tuple) -> float:
-    return peak_memory(*args)
+def _in_child(args: tuple) -> tuple[dict, float]:
+    return evaluate_in_child(*args)
 
 
 def interleaved_throughput(runs: dict[tuple[str, str], tuple], reps: int) -> dict[tuple[str, str], float]:
@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], metavar="HEAD=MODEL")
     ap.add_argument("--images", type=int, default=0, help="only the gallery's first N images (0: all)")
     ap.add_argument("--reps", type=int, default=2, help="timed rounds over every head (best is kept)")
+    ap.add_argument("--speed-images", type=int, default=200,
+                    help="throughput is timed on the first N images x their captions (0: the whole split)")
     ap.add_argument("--json", help="write every number here too")
     args = ap.parse_args()
 
@@ -116,24 +118,24 @@ def main() -> None:
 
     from scan_viz.gallery import load_gallery
     from scan_viz.model import load_model
-    from scan_viz.pipeline import GalleryIndex, evaluate_gallery
+    from scan_viz.pipeline import GalleryIndex
 
     torch.set_num_threads(1)
     chosen = dict(item.split("=", 1) for item in args.model)
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     gallery = first_images(load_gallery(args.gallery), args.images)
+    speed_gallery = first_images(gallery, args.speed_images)
     context = multiprocessing.get_context("spawn")
     rows, runs, indexes = [], {}, {}
     for head in heads:
         model_name = model_for(head, chosen)
         model = load_model(model_name)
         started = time.perf_counter()
-        result = evaluate_gallery(model, gallery, head)
-        eval_s = time.perf_counter() - started
         with context.Pool(1) as pool:
-            peak_mb = pool.apply(_in_child, ((head, model_name, args.gallery, args.images),))
+            result, peak_mb = pool.apply(_in_child, ((head, model_name, args.gallery, args.images),))
+        eval_s = time.perf_counter() - started
         if model_name not in indexes:
-            indexes[model_name] = GalleryIndex.build(model, gallery)
+            indexes[model_name] = GalleryIndex.build(model, speed_gallery)
         runs[(head, "float32")] = (model.head(head), indexes[model_name])
         runs[(head, "bfloat16")] = (model.head(head, dtype="bfloat16"), indexes[model_name])
         trained = model.config.head if model.config.head != "scan" else f"scan_{model.config.cross_attn}"
@@ -148,7 +150,8 @@ def main() -> None:
 
     base = next((r for r in rows if r["head"] == "scan_t2i"), rows[0])
     print(f"\nmachine: {platform.processor() or platform.machine()}, 1 thread; torch {torch.__version__}; gallery "
-          f"{gallery.name}: {len(gallery)} images, {len(gallery.captions)} captions")
+          f"{gallery.name}: {len(gallery)} images, {len(gallery.captions)} captions; throughput on the first "
+          f"{len(speed_gallery)} images x {len(speed_gallery.captions)} captions")
     word_types = sorted({t for r in rows for t in r["pointing"]})
     print("| head | model (trained as) | i2t R@1 R@5 R@10 | t2i R@1 R@5 R@10 | rsum | truth-aware rsum | pointing "
           + " ".join(word_types) + " | pairs/s fp32 (vs SCAN t2i) | pairs/s bf16 | peak MB |")
