@@ -657,7 +657,7 @@ def test_missing_bundled_model_is_one_line_on_every_page(bundle, monkeypatch, tm
     monkeypatch.setenv("SCAN_VIZ_GALLERY", str(bundle.gallery))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     no_exception(at)
-    assert len(at.error) == 1 and "no-model" in at.error[0].value
+    assert len(at.error) == 1 and "the server's model and gallery could not be loaded" in at.error[0].value
     for path in PAGES.values():
         at.switch_page(path).run()
         no_exception(at)

@@ -7,6 +7,7 @@ request leaves the server, no link to the payloads' site in the page) is in test
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import time
@@ -282,6 +283,32 @@ def test_a_link_never_loads_a_path(two_bundled_models, bundle):
         no_exception(at)
         assert len(at.warning) == 1 and repr(model) in at.warning[0].value and not at.error
         assert any("`scan-emoji-t2i`" in c.value for c in at.sidebar.caption)
+
+
+def page_text(at: AppTest) -> str:
+    """Everything the page shows as text: Markdown, alerts, captions, labels, plain text and code."""
+    return "\n".join(markdown_shown(at) + [e.value for e in at.text] + [e.value for e in at.code])
+
+
+@pytest.mark.parametrize("variable", ["SCAN_VIZ_MODEL", "SCAN_VIZ_GALLERY"])
+def test_a_broken_served_model_or_gallery_shows_no_server_path(bundle, monkeypatch, tmp_path, caplog, variable):
+    broken = tmp_path / "operator-only" / "broken"
+    broken.mkdir(parents=True)
+    for name in ("config.json", "gallery.json"):
+        (broken / name).write_text("{not json", encoding="utf-8")
+    for name, value in {**bundle.env(), variable: str(broken)}.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level(logging.ERROR, logger="scan_viz.app.bundle"):
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+        no_exception(at)
+        assert [e.value for e in at.error] == [literal("the server's model and gallery could not be loaded; the "
+                                                       "operator's log has the details")]
+        shown = page_text(at)
+        at.switch_page(PAGES["Model"]).run()
+        no_exception(at)
+        shown += page_text(at)
+    assert "operator-only" not in shown and str(tmp_path) not in shown
+    assert str(broken) in caplog.text and variable in caplog.text  # the operator's log says what and where
 
 
 # ----------------------------------------------------------------------------- one score everywhere

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ ENV_DETECTOR = "SCAN_VIZ_DETECTOR"
 #: Image files a user's images folder may hold; the file stem is the image id of its region features.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 METRICS_FILE = PRETRAINED_DIR / "metrics.json"
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,6 +178,7 @@ def load_detector_for(model: ScanModel, sources: Sources):
     """The detector for uploads: the sources' one, else the one the model's config names.
 
     A visitor's model may name only a bundled detector: its config is the visitor's text, not a path to trust.
+    When the operator's detector fails to load, the visitor gets :func:`operator_failure`'s line.
     """
     from scan_viz.pipeline import detector_for
 
@@ -184,7 +187,12 @@ def load_detector_for(model: ScanModel, sources: Sources):
         if name and (Path(name).name != name or not (PRETRAINED_DIR / name).is_dir()):
             raise ScanVizError("your model's config names a detector that is not one of the bundled ones: give a "
                                "detector folder on the Model page, or explore only the gallery images")
-    return detector_for(model, sources.detector)
+    try:
+        return detector_for(model, sources.detector)
+    except (ScanVizError, OSError) as exc:
+        if any(kind == "detector" for kind, _ in visitor_inputs(sources)):
+            raise  # the visitor's own detector folder: the reason is theirs to read
+        raise operator_failure("detector", exc) from None
 
 
 #: What a visitor may name, per field of Sources: the kind of input of scan_viz.safe_paths.ALLOWANCES.
@@ -199,6 +207,19 @@ def operator_model(sources: Sources) -> bool:
     return sources.model == Sources.from_env().model or sources.model in bundled_models()
 
 
+def visitor_inputs(sources: Sources) -> list[tuple[str, str]]:
+    """(kind of input, value) of each field of ``sources`` that names something other than the operator's
+    (the environment's sources, or a bundled model); the kinds are those of scan_viz.safe_paths.ALLOWANCES."""
+    operator = Sources.from_env()
+    named = []
+    for name, kind in VISITOR_INPUTS.items():
+        value = getattr(sources, name)
+        if value is None or value == getattr(operator, name) or (name == "model" and value in bundled_models()):
+            continue
+        named.append((kind, value))
+    return named
+
+
 def check_visitor_sources(sources: Sources, roots: AllowedRoots | None, uploads: AllowedRoots | None = None) -> None:
     """Refuse sources that name server paths the operator did not allow; ScanVizError, and nothing is opened.
 
@@ -206,17 +227,24 @@ def check_visitor_sources(sources: Sources, roots: AllowedRoots | None, uploads:
     lie inside ``uploads`` (this visitor's own uploaded files) or ``roots`` (``SCAN_VIZ_ALLOWED_ROOTS``; None:
     server paths are off), and pass :meth:`AllowedRoots.check` for its kind of input.
     """
-    operator = Sources.from_env()
-    for name, kind in VISITOR_INPUTS.items():
-        value = getattr(sources, name)
-        if value is None or value == getattr(operator, name) or (name == "model" and value in bundled_models()):
-            continue
+    for kind, value in visitor_inputs(sources):
         if uploads is not None and uploads.contains(value):
             uploads.check(value, kind)
         elif roots is None:
             raise ScanVizError(f"{ALLOWANCES[kind].label}: {PATHS_OFF}")
         else:
             roots.check(value, kind)
+
+
+def operator_failure(what: str, error: Exception) -> ScanVizError:
+    """What a visitor sees when the operator's own ``what`` (model and gallery, or detector) cannot be loaded.
+
+    The reason names the server's paths, which are the operator's business: it goes to the server's log (stderr)
+    and the visitor gets one generic line.
+    """
+    log.error("scan-viz: the server's %s could not be loaded (check %s, %s, %s): %s", what, ENV_MODEL, ENV_GALLERY,
+              ENV_DETECTOR, error)
+    return ScanVizError(f"the server's {what} could not be loaded; the operator's log has the details")
 
 
 def detector_name(model: ScanModel, sources: Sources) -> str | None:

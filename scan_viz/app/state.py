@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import numpy as np
 import streamlit as st
 
-from scan_viz.app.bundle import Bundle, Sources, check_visitor_sources, load_bundle, load_detector_for
+from scan_viz.app.bundle import (Bundle, Sources, check_visitor_sources, load_bundle, load_detector_for,
+                                 operator_failure, visitor_inputs)
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
                                  selectable_heads, settings_fields)
 from scan_viz.app.safe_text import literal, show_error
@@ -85,10 +86,12 @@ def upload_roots() -> AllowedRoots | None:
 
 
 def load_sources(sources: Sources) -> Bundle:
-    """The bundle of ``sources``, loaded once per process; the first load shows its steps. Raises ScanVizError.
+    """The bundle of ``sources``, loaded once per process; the first load shows its steps. Raises ScanVizError
+    (or OSError for a visitor's unreadable file).
 
     Sources other than the operator's are first checked against the allowed folders and this session's uploads
-    (:func:`~scan_viz.app.bundle.check_visitor_sources`), once per session and sources.
+    (:func:`~scan_viz.app.bundle.check_visitor_sources`), once per session and sources. When only the operator's
+    sources fail, the reason (server paths) goes to the log and the visitor gets one generic line.
     """
     key = sources.key()
     if st.session_state.get(_CHECKED_KEY) != key:
@@ -100,9 +103,11 @@ def load_sources(sources: Sources) -> Bundle:
                    f"{literal(sources.gallery_label())}\u2026") as status:
         try:
             bundle = bundle_by_key(key)
-        except ScanVizError:
+        except (ScanVizError, OSError) as exc:
             status.update(label="Loading failed", state="error")
-            raise
+            if visitor_inputs(sources):
+                raise  # the visitor's own files: the reason is theirs to read
+            raise operator_failure("model and gallery", exc) from None
         status.update(label=f"Loaded {literal(sources.model_label())}: {len(bundle.gallery)} gallery images, "
                             f"{len(bundle.gallery.captions)} captions", state="complete")
     _loaded().add(key)
