@@ -11,6 +11,8 @@ import logging
 import re
 import shutil
 import time
+import tomllib
+from pathlib import Path
 
 import pytest
 from app_fixture import INJECTION_PAYLOADS as PAYLOADS
@@ -19,7 +21,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 from test_app import APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link, panel_images, score  # noqa: F401
 
-from scan_viz.app import explore, state
+from scan_viz.app import explore, models, state, user_files
 from scan_viz.app.params import HeadSettings
 from scan_viz.app.safe_text import literal
 
@@ -169,6 +171,22 @@ def test_a_50_megapixel_upload_is_refused_fast(app):
     assert len(at.error) == 1
     assert "big.png: image is 8660x5774 = 50 megapixels; the limit is 25 megapixels" in at.error[0].value
     assert elapsed < BOUND_S, f"took {elapsed:.2f} s"
+
+
+def test_the_server_refuses_uploads_over_the_largest_cap_any_uploader_allows(app):
+    """An uploader's cap is checked by the browser only; the server refuses any body over server.maxUploadSize.
+    That must be the largest cap an uploader offers: larger lets a client skip the browser's check, smaller
+    refuses a file the page allows."""
+    config = tomllib.loads((Path(APP).parent / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    at = app.run()
+    at.segmented_control(key=explore.SOURCE_KEY).set_value(explore.UPLOAD).run()
+    caps = [uploader.proto.max_upload_size_mb for uploader in at.file_uploader]
+    at.switch_page(PAGES["Model"]).run()
+    at.segmented_control(key=models.KIND_KEY).set_value(models.UPLOAD).run()
+    caps += [uploader.proto.max_upload_size_mb for uploader in at.file_uploader]
+    no_exception(at)
+    assert len(caps) == 5 and min(caps) > 0  # the photo; checkpoint, vocabulary, regions, images
+    assert config["server"]["maxUploadSize"] == max(caps) == user_files.MAX_REGIONS_MB
 
 
 @pytest.mark.parametrize("lsm,lse", [("nan", "-1"), ("1e9", "inf"), ("0", "51")])

@@ -17,8 +17,8 @@ from scan_viz.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import MB
 
-#: Upload caps in MB. An official SCAN checkpoint is about 55 MB; the checkpoint cap is the largest, and
-#: .streamlit/config.toml's server.maxUploadSize must be at least that.
+#: Upload caps in MB. An official SCAN checkpoint is about 55 MB. One region file may take the whole regions cap,
+#: the largest of the app's caps: .streamlit/config.toml's server.maxUploadSize equals it.
 MAX_CHECKPOINT_MB = 128
 MAX_VOCAB_MB = 16
 MAX_REGIONS_MB = 256  # all region files together: about 600 images of 36 x 2048 float32 features as TSV
