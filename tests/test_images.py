@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile, features
 
 from scan_viz.errors import ScanVizError
-from scan_viz.images import fit_within, image_to_png_bytes, load_image
+from scan_viz.images import fit_within, image_to_jpeg_bytes, image_to_png_bytes, load_image
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -232,3 +232,21 @@ def test_image_to_png_bytes_round_trip():
     assert np.array_equal(load_image(data), image)
     with pytest.raises(ScanVizError):
         image_to_png_bytes(image.astype(np.float32))
+
+
+def test_image_to_jpeg_bytes_keeps_a_panel_close_at_half_the_bytes_of_quality_100():
+    from scan_viz.render import draw_boxes
+
+    y, x = np.mgrid[0:256, 0:320]
+    scene = np.stack([x * 255 // 319, y, (x + y) % 256], axis=-1).astype(np.uint8)  # 320 x 256, a gallery scene's size
+    panel = draw_boxes(scene, np.array([[40, 30, 200, 180]]), ["cat 0.61"], colours=[(255, 221, 0)])
+    data = image_to_jpeg_bytes(panel)
+    assert data.startswith(b"\xff\xd8\xff")
+    decoded = load_image(data)
+    assert decoded.shape == panel.shape
+    assert np.abs(decoded.astype(int) - panel.astype(int)).mean() < 1.5
+    assert len(data) < 0.5 * len(image_to_jpeg_bytes(panel, quality=100))  # st.image's quality for an array
+    with pytest.raises(ScanVizError):
+        image_to_jpeg_bytes(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ScanVizError):
+        image_to_jpeg_bytes(panel.astype(np.float32))

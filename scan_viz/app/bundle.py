@@ -308,11 +308,22 @@ def model_card(bundle: Bundle) -> dict[str, dict[str, Any]]:
     return card
 
 
+def _same_caption(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def ground_truth_images(gallery: Gallery, text: str) -> set[str]:
     """Ids of the gallery images one of whose captions is ``text`` (case and spacing ignored)."""
-    wanted = " ".join(text.lower().split())
+    wanted = _same_caption(text)
     return {gallery.ids[int(gallery.caption_image[c])] for c, caption in enumerate(gallery.captions)
-            if " ".join(caption.lower().split()) == wanted}
+            if _same_caption(caption) == wanted}
+
+
+def is_own_caption(gallery: Gallery, image_id: str, text: str) -> bool:
+    """Whether ``text`` is one of the image's own captions (case and spacing ignored), reading only that image's:
+    ``image_id in ground_truth_images(gallery, text)`` without a pass over every caption."""
+    wanted = _same_caption(text)
+    return any(_same_caption(caption) == wanted for caption in gallery.captions_of(image_id))
 
 
 #: What the image pickers say when :func:`search_gallery` finds nothing.

@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import state
-from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, ground_truth_images, model_domain, search_gallery
+from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, is_own_caption, model_domain, search_gallery
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_TYPES
@@ -92,8 +92,12 @@ def gallery_picker(bundle: Bundle) -> None:
     """Thumbnails of the gallery, searchable by caption words; a click picks the image."""
     gallery = bundle.gallery
     current = st.session_state.get(IMAGE_KEY)
+    # a stateful expander: its thumbnails are drawn (and fetched by the browser) only while it is open, and a
+    # deep link opens it closed. A new label (another image picked) is a new expander, closed again.
     with st.expander("Gallery images" + (f" \u2014 showing {literal(current)}" if current else ""),
-                     expanded=current is None, icon=":material/photo_library:"):
+                     expanded=current is None, icon=":material/photo_library:", on_change="rerun") as picker:
+        if not picker.open:
+            return
         search = st.text_input("Find images by caption words", key=SEARCH_KEY, placeholder="e.g. red car",
                                persist_state="session",
                                help="Images with a caption holding every word typed (whole words), or that id.")
@@ -199,7 +203,7 @@ def show_panels(picked: Picked, alignment: Alignment, bundle: Bundle, settings: 
         for start in range(0, len(panels), PANEL_COLUMNS):
             columns = st.columns(PANEL_COLUMNS)
             for column, panel in zip(columns, panels[start:start + PANEL_COLUMNS]):
-                column.image(panel.image, caption=literal(panel.caption), width="stretch")
+                column.image(panel.jpeg, caption=literal(panel.caption), width="stretch")
     st.caption(f"{len(panels)} word panels")
     downloads(picked, alignment, bundle, settings)
 
@@ -314,8 +318,7 @@ def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle) -> None:
                         f"{len(picked.regions)} regions",
                         help=f"{alignment.head} pair score, to 4 decimals")
     if picked.image_id is not None and bundle.has_captions():
-        truth = picked.image_id in ground_truth_images(bundle.gallery, alignment.text)
-        if truth:
+        if is_own_caption(bundle.gallery, picked.image_id, alignment.text):
             columns[1].success("This sentence is one of the image's own captions.", icon=":material/check:")
     if unknown and len(unknown) == len(words):
         st.warning(f"None of the words is in the model's vocabulary ({', '.join(map(literal, unknown))}): each "
@@ -336,7 +339,8 @@ def sentence_box(bundle: Bundle, picked: Picked | None):
                      on_change=state.use_choice, args=(EXAMPLES_KEY, Q_KEY), wrap=True)
     with image_column:
         if picked is not None:
-            st.image(picked.image, caption=literal(picked.title), width="stretch")
+            st.image(state.shown_image(bundle.key, picked.key, picked.image), caption=literal(picked.title),
+                     width="stretch")
     return text_column
 
 
@@ -418,8 +422,10 @@ def render() -> None:
     st.segmented_control("Image", [GALLERY, UPLOAD], key=SOURCE_KEY, required=True, persist_state="session",
                          label_visibility="collapsed")
     if st.session_state[SOURCE_KEY] == GALLERY:
-        gallery_picker(bundle)
-        picked = picked_gallery_image(bundle)
+        picker = st.container()
+        picked = picked_gallery_image(bundle)  # first: a link's unknown id is dropped, and the picker opens
+        with picker:
+            gallery_picker(bundle)
     else:
         picked = picked_upload(bundle)
     text_column = sentence_box(bundle, picked)

@@ -24,7 +24,7 @@ from scan_viz.app.bundle import (Bundle, Sources, check_visitor_sources, load_bu
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
                                  selectable_heads, settings_fields)
 from scan_viz.app.safe_text import literal, show_error
-from scan_viz.app.views import WordPanel, word_panels
+from scan_viz.app.views import word_panels
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import AllowedRoots
 from scan_viz.types import Alignment, Regions
@@ -154,7 +154,7 @@ def content_key(data: bytes) -> str:
 
 
 # Entry limits keep the caches' memory bounded: a decoded upload may be 25 megapixels (75 MB), a set of word
-# panels a few MB.
+# panels (JPEG) a few hundred KB.
 @st.cache_data(show_spinner=False, max_entries=4)
 def decoded_upload(key: str, _data: bytes, name: str) -> np.ndarray:
     """(H, W, 3) uint8 of uploaded bytes; ScanVizError for anything that is not a usable image."""
@@ -180,11 +180,22 @@ def alignment(bundle_key: tuple, image_key: str, text: str, settings: tuple, _re
     return explain(bundle.model, _regions, text, HeadSettings(*settings).build(bundle.model))
 
 
+@dataclasses.dataclass(frozen=True)
+class ShownPanel:
+    """A word panel as the page shows it: the word, its caption and the panel as JPEG bytes."""
+
+    word: str
+    caption: str
+    jpeg: bytes
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def panels(bundle_key: tuple, image_key: str, text: str, settings: tuple, _image: np.ndarray,
-           _alignment: Alignment) -> list[WordPanel]:
-    """The on-screen word panels of one alignment."""
-    return word_panels(_image, _alignment)
+           _alignment: Alignment) -> list[ShownPanel]:
+    """The on-screen word panels of one alignment, encoded once (not by st.image on every rerun)."""
+    from scan_viz.images import image_to_jpeg_bytes
+
+    return [ShownPanel(p.word, p.caption, image_to_jpeg_bytes(p.image)) for p in word_panels(_image, _alignment)]
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -234,11 +245,22 @@ def comparison(bundle_key: tuple, image_id: str, text: str, settings: tuple[tupl
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def thumbnail(bundle_key: tuple, image_id: str) -> np.ndarray:
-    """A gallery image shrunk for the pickers (an array; Streamlit encodes it)."""
+def thumbnail(bundle_key: tuple, image_id: str) -> bytes:
+    """A gallery image shrunk for the pickers, as JPEG bytes."""
     from scan_viz.app.views import shrink
+    from scan_viz.images import image_to_jpeg_bytes
 
-    return shrink(bundle_by_key(bundle_key).gallery.load_image(image_id))
+    return image_to_jpeg_bytes(shrink(bundle_by_key(bundle_key).gallery.load_image(image_id)))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def shown_image(bundle_key: tuple, image_key: str, _image: np.ndarray) -> bytes:
+    """The explored image (``image_key``: ``gallery:ID`` or ``upload:SHA``) fitted to the page, as JPEG bytes:
+    an upload may be 25 megapixels, which st.image would re-encode in full on every rerun."""
+    from scan_viz.app.views import SHOWN_SIDE
+    from scan_viz.images import fit_within, image_to_jpeg_bytes
+
+    return image_to_jpeg_bytes(fit_within(_image, SHOWN_SIDE, SHOWN_SIDE)[0])
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

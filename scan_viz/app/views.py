@@ -20,6 +20,8 @@ from scan_viz.types import Alignment
 #: Longest side of a word panel on screen, in pixels (the gallery's scenes are 320x256: shown 1:1).
 PANEL_SIDE = 400
 THUMB_SIDE = 224
+#: Longest side of the explored image as the page shows it (a third of the page's width).
+SHOWN_SIDE = 800
 _HIGHLIGHT_RGB = tuple(int(HIGHLIGHT[i:i + 2], 16) for i in (1, 3, 5))
 
 
