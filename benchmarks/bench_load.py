@@ -12,10 +12,16 @@ image, sentence and head settings, computed here with scan_viz (``pipeline.expla
    so entries keep being evicted and recomputed); server RSS after the warm-up pass vs after the soak (goal:
    within 10%).
 
+Each session's time is taken to its score on screen and to its whole word-panel view (every panel image decoded by
+the browser). CPU seconds (from /proc) are measured over each phase and divided by its sessions, for the server (all
+its threads) and for the browsers (Chromium's processes and Playwright's driver), which share the machine: what a
+page costs the server can be told from what it costs the browsers.
+
 Every request a page makes outside 127.0.0.1 is blocked and counted. Prints a markdown table; exits 1 when a
 page showed a wrong score or none.
 
     python benchmarks/bench_load.py [--port 8611] [--sessions 16] [--pool 24] [--soak 200] [--parallel 4]
+        [--soak-budget 900] [--page-timeout 300]
 """
 from __future__ import annotations
 
@@ -46,6 +52,15 @@ SCORE_TOLERANCE = 2e-4
 VARIANTS = {"agg_func": ("LogSumExp", "Mean", "Max"), "lambda_softmax": (9.0, 4.0, 15.0), "lambda_lse": (6.0, 3.0),
             "raw_feature_norm": ("clipped_l2norm", "softmax", "l2norm")}
 
+#: The full page: the "N word panels" caption under the panel grid, and N panel images decoded by the browser.
+FULL_PAGE = """() => {
+  const imgs = [...document.querySelectorAll('.st-key-word_panels img')];
+  const counts = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+    .map(e => e.innerText.trim().match(/^(\\d+) word panels$/)).filter(m => m);
+  return counts.length > 0 && imgs.length === Number(counts[0][1])
+    && imgs.every(i => i.complete && i.naturalWidth > 0);
+}"""
+
 
 @dataclasses.dataclass(frozen=True)
 class Link:
@@ -67,6 +82,45 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """CPU seconds a process has used so far, all its threads (utime + stime of /proc/<pid>/stat); ``reaped``:
+    plus its children that have exited and been waited for (cutime + cstime)."""
+    fields = _stat(pid)
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def browser_cpu_seconds(server_pid: int) -> float:
+    """CPU seconds of this process's descendants but the server: Playwright's driver and every Chromium process.
+
+    A closed session's renderer exits, and its time moves to the Chromium process that waits for it (cutime), so
+    summing the living processes with their reaped children counts every session's browser work.
+    """
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
+            except (OSError, IndexError, ValueError):
+                continue  # exited while listed
+    tree, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier and pid != server_pid} - tree
+        tree |= frontier
+    total = 0.0
+    for pid in tree:
+        try:
+            total += cpu_seconds(pid, reaped=True)
+        except OSError:
+            continue
+    return total
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -148,6 +202,10 @@ class Server:
     def rss_mb(self) -> float:
         return rss_mb(self.process.pid)
 
+    def cpu(self) -> tuple[float, float]:
+        """(server, browsers) CPU seconds so far."""
+        return cpu_seconds(self.process.pid), browser_cpu_seconds(self.process.pid)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -160,7 +218,11 @@ class Server:
 
 @dataclasses.dataclass
 class Outcome:
+    """One session: seconds until its score was on screen, until its whole word-panel view was (None when it
+    never was), and the score shown."""
+
     seconds: float
+    full_seconds: float | None
     shown: float | None
     expected: float
 
@@ -186,7 +248,8 @@ class Sessions:
             await route.abort()
 
     async def open(self, link: Link) -> Outcome:
-        """Open ``link`` in a new session; seconds until the score is on screen, and the score shown."""
+        """Open ``link`` in a new session; seconds until the score is on screen, until every word panel is, and
+        the score shown."""
         context = await self.browser.new_context(viewport={"width": 1400, "height": 1600})
         context.set_default_timeout(self.timeout_ms)  # navigation included: the page load waits on the server too
         start = time.perf_counter()
@@ -199,10 +262,12 @@ class Sessions:
             await score.wait_for(timeout=self.timeout_ms)
             seconds = time.perf_counter() - start
             match = re.search(r"Score\s+(-?\d+(?:\.\d+)?)", await score.inner_text())
-            return Outcome(seconds, float(match.group(1)) if match else None, link.expected)
+            shown = float(match.group(1)) if match else None
+            await page.wait_for_function(FULL_PAGE, timeout=self.timeout_ms)
+            return Outcome(seconds, time.perf_counter() - start, shown, link.expected)
         except Exception as exc:  # a page that never shows its score counts as wrong, with its time
             print(f"  failed: {link.query} ({type(exc).__name__})", file=sys.stderr)
-            return Outcome(time.perf_counter() - start, None, link.expected)
+            return Outcome(time.perf_counter() - start, None, None, link.expected)
         finally:
             await context.close()
 
@@ -231,27 +296,44 @@ async def run(args: argparse.Namespace, server: Server, links: Links) -> dict:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         sessions = Sessions(browser, server.url, args.page_timeout)
         results["rss_idle"] = server.rss_mb()
-        first = await sessions.open(links.make(10_000))
-        results["first"] = first
+
+        async def phase(name: str, work) -> list[Outcome]:
+            """Run ``work``; its server and browser CPU seconds go under cpu_<name>."""
+            before = server.cpu()
+            outcomes = await work
+            results[f"cpu_{name}"] = tuple(after - b for after, b in zip(server.cpu(), before))
+            return outcomes
+
+        results["first"] = (await phase("first", sessions.concurrent([links.make(10_000)])))[0]
         results["rss_before"] = server.rss_mb()
         burst = links.distinct(args.sessions)
         start = time.perf_counter()
-        results["burst"] = await sessions.concurrent(burst)
+        results["burst"] = await phase("burst", sessions.concurrent(burst))
         results["burst_wall"] = time.perf_counter() - start
         results["burst_links"] = burst
         results["rss_after_burst"] = server.rss_mb()
         pool = [links.make(20_000 + n) for n in range(args.pool)]
-        results["warm"] = await sessions.pool(pool, args.parallel)
+        results["warm"] = await phase("warm", sessions.pool(pool, args.parallel))
         results["rss_warm"] = server.rss_mb()
         soak_links = [pool[n % len(pool)] for n in range(args.soak)]
         start = time.perf_counter()
-        results["soak"] = await sessions.pool(soak_links, args.parallel, args.soak_budget)
+        results["soak"] = await phase("soak", sessions.pool(soak_links, args.parallel, args.soak_budget))
         results["soak_wall"] = time.perf_counter() - start
         await asyncio.sleep(2)  # let the server drop the closed sessions
         results["rss_soak"] = server.rss_mb()
         results["blocked"] = list(sessions.blocked)
         await browser.close()
     return results
+
+
+def spread(seconds: list[float | None], maximum: bool = True) -> str:
+    """p50 / p95 (/ max) of the sessions that got there, and how many did not."""
+    done = [s for s in seconds if s is not None]
+    if not done:
+        return "none"
+    values = [percentile(done, 50), percentile(done, 95)] + ([max(done)] if maximum else [])
+    text = " / ".join(f"{v:.2f} s" for v in values)
+    return text + (f" ({len(seconds) - len(done)} never)" if len(done) < len(seconds) else "")
 
 
 def report(args: argparse.Namespace, links: Links, results: dict, total_s: float) -> None:
@@ -271,12 +353,19 @@ def report(args: argparse.Namespace, links: Links, results: dict, total_s: float
     print(f"| first session (server loads the bundle) | {results['first'].seconds:.2f} s |")
     print(f"| {args.sessions} concurrent sessions, time to result p50 / p95 / max | {percentile(times, 50):.2f} s / "
           f"{percentile(times, 95):.2f} s / {max(times):.2f} s |")
+    print(f"| {args.sessions} concurrent sessions, time to every word panel p50 / p95 / max | "
+          f"{spread([o.full_seconds for o in burst])} |")
     print(f"| {args.sessions} concurrent sessions, wall time for all | {results['burst_wall']:.2f} s |")
     print(f"| {args.sessions} concurrent sessions showing their own correct score | "
           f"{sum(o.correct for o in burst)} / {len(burst)} |")
     print(f"| soak: {len(soak)} sessions over {args.pool} links, {args.parallel} at a time, time to result "
           f"p50 / p95 | {percentile(soak_times, 50):.2f} s / {percentile(soak_times, 95):.2f} s |")
+    print(f"| soak: time to every word panel p50 / p95 | {spread([o.full_seconds for o in soak], maximum=False)} |")
     print(f"| soak: wall time (budget {args.soak_budget:.0f} s) | {results['soak_wall']:.0f} s |")
+    for who, side in (("server", 0), ("browser (Chromium and Playwright)", 1)):
+        per_session = [results["cpu_" + part][side] / max(1, len(results[part])) for part in ("burst", "warm", "soak")]
+        print(f"| {who} CPU per session: first / {args.sessions} concurrent / warm-up pass / soak | "
+              f"{results['cpu_first'][side]:.2f} / {' / '.join(f'{c:.2f}' for c in per_session)} s |")
     print(f"| warm-up and soak sessions showing their own correct score | "
           f"{sum(o.correct for o in results['warm'] + soak)} / {len(results['warm']) + len(soak)} |")
     print(f"| server RSS: idle / after first session / after the {args.sessions} sessions | "
@@ -295,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", type=int, default=24, help="links of the warm-up pass, which the soak cycles")
     parser.add_argument("--soak", type=int, default=200)
     parser.add_argument("--parallel", type=int, default=4, help="soak sessions at a time")
-    parser.add_argument("--soak-budget", type=float, default=180, help="seconds after which no soak session starts")
-    parser.add_argument("--page-timeout", type=float, default=120, help="seconds a page may take to show its score")
+    parser.add_argument("--soak-budget", type=float, default=900, help="seconds after which no soak session starts")
+    parser.add_argument("--page-timeout", type=float, default=300, help="seconds a page may take to show its score")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the server")
     args = parser.parse_args(argv)
     if not CHROMIUM.is_file():
