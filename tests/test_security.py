@@ -391,6 +391,22 @@ def test_a_visitor_model_may_name_only_a_bundled_detector(bundle, tmp_path, monk
     assert load_detector_for(model, Sources.from_env()) is not None  # the operator's model: its own detector
 
 
+def test_a_broken_operator_detector_is_one_generic_line_and_a_log_entry(bundle, tmp_path, monkeypatch, caplog):
+    from scan_viz.model import load_model
+
+    broken = tmp_path / "operator-only" / "detector"
+    broken.mkdir(parents=True)
+    for name, value in {**bundle.env(), "SCAN_VIZ_DETECTOR": str(broken)}.items():
+        monkeypatch.setenv(name, value)
+    with caplog.at_level("ERROR", logger="scan_viz.app.bundle"), pytest.raises(ScanVizError) as refused:
+        load_detector_for(load_model(bundle.model), Sources.from_env())
+    assert str(refused.value) == "the server's detector could not be loaded; the operator's log has the details"
+    assert str(broken) in caplog.text
+    typed = Sources(model=str(bundle.model), gallery=str(bundle.gallery), detector=str(tmp_path / "theirs"))
+    with pytest.raises(ScanVizError, match="theirs"):  # a detector the visitor named: the reason is theirs
+        load_detector_for(load_model(bundle.model), typed)
+
+
 def test_upload_folder_is_private_and_removed_with_the_session():
     folder = state.UploadFolder()
     path = folder.path
