@@ -1,6 +1,8 @@
 """Screenshot the app on the bundled model and gallery, for the README.
 
     python tools/screenshot_app.py --out docs/app-explore.png [--link "?image=test_000002&q=..."]
+    python tools/screenshot_app.py --out docs/app-compare.png --element .st-key-compare \
+        --link "?image=test_000002&q=two+small+blue+birds+flying+above+the+sea&compare=scan_t2i,chan,caan"
 
 Starts ``streamlit run app.py`` on a free loopback port (the environment's SCAN_VIZ_* variables apply), opens the
 link in Debian's headless Chromium (Playwright, ``/usr/bin/chromium``), waits for the word panels and saves a
@@ -34,6 +36,7 @@ def main() -> int:
     ap.add_argument("--link", default="?image=test_000002&q=two+small+blue+birds+flying+above+the+sea")
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=1500)
+    ap.add_argument("--element", help="CSS selector: wait for it and save only that part of the page")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -55,8 +58,15 @@ def main() -> int:
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(f"{url}/{args.link}", timeout=120_000)
             page.get_by_text("word panels").first.wait_for(timeout=180_000)
+            target = page.locator(args.element).first if args.element else None
+            if target is not None:
+                target.wait_for(timeout=180_000)
+                target.scroll_into_view_if_needed()
             time.sleep(2)  # let the images paint
-            page.screenshot(path=args.out)
+            if target is not None:
+                target.screenshot(path=args.out)
+            else:
+                page.screenshot(path=args.out)
             browser.close()
     finally:
         server.terminate()
