@@ -85,6 +85,33 @@ def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int]
             for i in order]
 
 
+def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
+    """``array[rows]`` of a C-ordered memory map, read with ``os.pread`` from its file instead of through the map.
+
+    A query re-reads a few hundred scattered rows of a file of gigabytes; faulting them in through the map makes
+    the kernel read around each fault and keeps every page it read resident in this process (a 1M-image gallery
+    reached 9 GB of RSS after 50 queries). Plain reads leave the file in the page cache only, shared and
+    reclaimable, and the process holds just the rows it asked for.
+    """
+    import os
+
+    if not array.flags.c_contiguous or array.filename is None:
+        return np.asarray(array[rows])
+    index = np.arange(array.shape[0])[rows]
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+    out = np.empty((len(index),) + array.shape[1:], dtype=array.dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))  # flat bytes: row i is view[i * row_bytes:(i + 1) * row_bytes]
+    fd = os.open(array.filename, os.O_RDONLY)
+    try:
+        for i, row in enumerate(index.tolist()):
+            got = os.preadv(fd, [view[i * row_bytes:(i + 1) * row_bytes]], array.offset + row * row_bytes)
+            if got != row_bytes:
+                raise ScanVizError(f"{array.filename} is shorter than its header says: re-index the gallery")
+    finally:
+        os.close(fd)
+    return out
+
+
 class TwoStageSearch:
     """Text -> images and image -> captions over one gallery, exhaustive or two-stage.
 
@@ -123,7 +150,9 @@ class TwoStageSearch:
         """Region embeddings of some gallery rows (precomputed, or encoded from their features now)."""
         if torch.is_tensor(self.regions):
             return self.regions[rows if isinstance(rows, slice) else torch.as_tensor(rows)]
-        if self.regions is not None:  # e.g. a float16 memory map: read only these rows
+        if isinstance(self.regions, np.memmap):  # a float16 file on disk: read only these rows, unmapped
+            return torch.from_numpy(read_rows(self.regions, rows).astype(np.float32))
+        if self.regions is not None:
             return torch.from_numpy(np.asarray(self.regions[rows], dtype=np.float32))
         return self.model.encode_images(np.asarray(self.features[rows], dtype=np.float32))
 

@@ -149,3 +149,14 @@ def test_search_command_writes_json_and_rejects_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):
+    """Stage 2 reads its candidates' rows from a float16 file with pread: the same values as indexing the map."""
+    from scan_viz.search import read_rows
+
+    values = np.random.default_rng(0).standard_normal((40, 5, 6)).astype(np.float16)
+    np.save(tmp_path / "regions.npy", values)
+    mapped = np.load(tmp_path / "regions.npy", mmap_mode="r")
+    for rows in (np.array([7, 0, 39, 7]), slice(3, 11), slice(0, 40, 9), np.array([], dtype=np.int64)):
+        np.testing.assert_array_equal(read_rows(mapped, rows), values[rows])
