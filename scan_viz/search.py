@@ -117,7 +117,8 @@ class TwoStageSearch:
 
     features: (n_images, n_regions, img_dim) raw region features, any float dtype (a memory map is fine);
     regions: optional precomputed region embeddings (n_images, n_regions, d), a tensor or an array (a float16
-    memory map keeps a large gallery on disk); without them the needed rows are encoded per query; n_boxes: (n_images,) real regions per image or None; image_vectors: optional
+    memory map keeps a large gallery on disk, read row by row with :func:`read_rows`); without them the needed rows
+    are encoded per query; n_boxes: (n_images,) real regions per image or None; image_vectors: optional
     precomputed stage-1 image vectors (n_images, dim); captions: the gallery's captions (image -> text).
     """
 
