@@ -25,6 +25,8 @@ import os
 import platform
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ from scan_viz.engine import score_matrix
 from scan_viz.gallery import load_gallery
 from scan_viz.model import load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
-from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index
+from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index, read_rows
 from scan_viz.stage1 import RECALL_KS, find_stage1
 
 CHUNK = 2048
@@ -107,67 +109,103 @@ def recall_cell(m: dict[str, float]) -> str:
     return "/".join(f"{m[f'r{k}']:.1f}" for k in (1, 5, 10))
 
 
+def exhaustive_ranks(head, regions_disk: np.ndarray, words: torch.Tensor, lengths: torch.Tensor,
+                     caption_image: np.ndarray) -> np.ndarray:
+    """0-based rank of each caption's true image among ALL gallery images (an image scoring exactly as high
+    does not count against it), from every score, computed in image chunks batched over the captions: what
+    exhaustive search returns, measured for quality (its latency is timed per query elsewhere)."""
+    def scores_of(rows) -> np.ndarray:
+        return score_matrix(head, torch.from_numpy(read_rows(regions_disk, rows)).float(), words, lengths)
+
+    truth = scores_of(np.asarray(caption_image))[np.arange(len(caption_image)), np.arange(len(caption_image))]
+    above = np.zeros(len(caption_image), dtype=np.int64)
+    for s in range(0, len(regions_disk), CHUNK):
+        above += (scores_of(slice(s, s + CHUNK)) > truth[None]).sum(axis=0)
+    return above
+
+
 def bench_size(model, stage1, base, captions, caption_image, n, args, work) -> dict:
     features = perturbed_features(base, n, args.noise, work)
     t0 = time.perf_counter()
     regions_disk, vectors = embeddings(model, stage1, features, work, f"{n}_{args.noise:g}")
     encode_s = time.perf_counter() - t0
     head = model.head()
-    k = args.stage1_k or stage1.default_k
-    result = {"images": n, "stage1_k": k, "disk_bytes_per_image": int(features[0].nbytes + regions_disk[0].nbytes),
+    ks = [int(k) for k in args.stage1_k.split(",")] if args.stage1_k else \
+        [stage1.default_k, 2 * stage1.default_k, 4 * stage1.default_k]
+    result = {"images": n, "stage1_ks": ks, "queries": len(captions),
+              "disk_bytes_per_image": int(features[0].nbytes + regions_disk[0].nbytes),
               "stage1_ram_bytes_per_image": int(vectors[0].nbytes)}
     t0 = time.perf_counter()
     search = TwoStageSearch(model, [str(i) for i in range(n)], features, stage1, regions=regions_disk,
                             image_vectors=vectors)
     result["index_build_s"] = time.perf_counter() - t0
     result["index"] = type(search.image_index).__name__
+    del vectors  # as in `scan-viz search`: only the index keeps the stage-1 vectors
     caps = model.encode_captions(captions)
     queries = stage1.caption_vectors(caps.emb, caps.lengths)
     # stage-1 recall@K over the queries (the true image is row caption_image, an original)
-    _, found = search.image_index.search(queries, max(RECALL_KS))
+    _, found = search.image_index.search(queries, max(RECALL_KS + tuple(ks)))
     hit_rank = np.array([np.flatnonzero(row == t)[0] if (row == t).any() else 10**9
                          for row, t in zip(found, caption_image)])
-    result["stage1_recall"] = {kk: float(100 * (hit_rank < kk).mean()) for kk in RECALL_KS if kk <= n}
+    result["stage1_recall"] = {kk: float(100 * (hit_rank < kk).mean())
+                               for kk in sorted(set(RECALL_KS + tuple(ks))) if kk <= n or kk in ks}
+    # two-stage at each K: per-query latency (query encoding included) and the final ranks
+    two_ranks = {}
+    result["two_stage"] = {}
+    for k in ks:
+        for text in captions[:5]:  # warm-up
+            search.search_text(text, k=10, stage1_k=k, head=head)
+        times, ranks = [], []
+        for text, truth in zip(captions, caption_image):
+            t = time.perf_counter()
+            hits = search.search_text(text, k=10, stage1_k=k, head=head)
+            times.append(time.perf_counter() - t)
+            ids = [int(h.id) for h in hits]
+            ranks.append(ids.index(truth) if truth in ids else 10**9)
+        two_ranks[k] = np.array(ranks)
+        result["two_stage"][k] = {"p50_ms": p50(times), **recalls(two_ranks[k])}
+        print(f"  {n:,} images, K {k}: two-stage p50 {p50(times):.1f} ms, R@1/5/10 "
+              f"{recall_cell(result['two_stage'][k])}", flush=True)
+    result["rss_two_stage_gb"] = rss_gb()  # peak so far: encoders, stage-1 index, queries
     # exact vs IVF search latency on the same vectors (where the switch belongs)
+    vectors = np.load(work / f"vectors_{n}_{args.noise:g}_{stage1.fingerprint}.npy")
     for kind in ("flat", "ivf"):
         index = search.image_index if kind == ("flat" if n <= EXACT_MAX else "ivf") else build_index(vectors, kind)
         times = []
         for q in queries[:50]:
             t = time.perf_counter()
-            index.search(q[None], k)
+            index.search(q[None], ks[0])
             times.append(time.perf_counter() - t)
         result[f"stage1_{kind}_p50_ms"] = p50(times)
-        _, top = index.search(queries, k)
+        _, top = index.search(queries, ks[0])
         result[f"stage1_{kind}_recall_at_k"] = float(100 * np.mean([t in row for row, t in zip(top, caption_image)]))
-    # two-stage: latency and final ranks
-    two_times, two_ranks = [], []
-    for text, truth in zip(captions, caption_image):
-        t = time.perf_counter()
-        hits = search.search_text(text, k=10, stage1_k=k, head=head)
-        two_times.append(time.perf_counter() - t)
-        ids = [int(h.id) for h in hits]
-        two_ranks.append(ids.index(truth) if truth in ids else 10**9)
-    result["two_stage_p50_ms"] = p50(two_times)
-    result["two_stage"] = recalls(np.array(two_ranks))
-    # exhaustive: region embeddings precomputed in RAM, every image scored
-    if n <= args.exhaustive_max:
-        regions = torch.from_numpy(np.asarray(regions_disk, dtype=np.float32))
-        times, ranks = [], []
-        for i, (text, truth) in enumerate(zip(captions, caption_image)):
+        del index
+    del vectors
+    # exhaustive, per query: region embeddings in RAM (float32, the app's way) up to --exhaustive-max images;
+    # above it they stay on disk and each query streams them (--exhaustive-disk-queries queries)
+    in_ram = n <= args.exhaustive_max
+    n_timed = args.exhaustive_queries if in_ram else args.exhaustive_disk_queries
+    if n_timed:
+        regions = torch.from_numpy(np.asarray(regions_disk, dtype=np.float32)) if in_ram else regions_disk
+        timed = TwoStageSearch(model, search.ids, features, None, regions=regions)
+        times = []
+        for text in captions[:n_timed]:
             t = time.perf_counter()
-            one = model.encode_captions([text])
-            scores = score_matrix(head, regions, one.emb, one.lengths)[:, 0]
-            np.argsort(-scores, kind="stable")[:10]
+            timed.search_text(text, k=10, stage1_k=0, head=head)
             times.append(time.perf_counter() - t)
-            ranks.append(int((scores > scores[truth]).sum()))
-            if i + 1 >= args.exhaustive_queries:
-                break
         result["exhaustive_p50_ms"] = p50(times)
-        result["exhaustive"] = recalls(np.array(ranks))
-        result["exhaustive_queries"] = len(ranks)
-        result["two_stage_on_same_queries"] = recalls(np.array(two_ranks[:len(ranks)]))
-        del regions
-    result["rss_gb"] = rss_gb()
+        result["exhaustive_timed_queries"] = len(times)
+        result["exhaustive_regions"] = "RAM, float32" if in_ram else "disk, float16"
+        del regions, timed
+    if in_ram:  # the exhaustive ranks of every query, batched (more threads: a quality number, not a latency)
+        before = torch.get_num_threads()
+        torch.set_num_threads(args.batch_threads)
+        t0 = time.perf_counter()
+        result["exhaustive"] = recalls(exhaustive_ranks(head, regions_disk, caps.emb, caps.lengths,
+                                                        np.asarray(caption_image)))
+        result["exhaustive_ranks_s"] = time.perf_counter() - t0
+        torch.set_num_threads(before)
+    result["rss_peak_gb"] = rss_gb()
     result["stage1_encode_s"] = encode_s
     return result
 
@@ -196,13 +234,32 @@ def bench_indexing(n_images: int, model_name: str) -> dict:
     return out
 
 
+def _without(argv: list[str], flag: str) -> list[str]:
+    """argv without ``flag VALUE`` / ``flag=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(flag + "="):
+            out.append(a)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--queries", type=int, default=200, help="test captions used as queries (seeded sample)")
-    ap.add_argument("--exhaustive-queries", type=int, default=50)
-    ap.add_argument("--exhaustive-max", type=int, default=100_000)
-    ap.add_argument("--stage1-k", type=int, default=0, help="default: the stage-1 head's K")
+    ap.add_argument("--exhaustive-queries", type=int, default=50, help="queries timed one by one, exhaustively")
+    ap.add_argument("--exhaustive-max", type=int, default=100_000,
+                    help="largest gallery whose region embeddings exhaustive search holds in RAM; above it, "
+                         "--exhaustive-disk-queries queries stream them from disk and no exhaustive ranks are made")
+    ap.add_argument("--exhaustive-disk-queries", type=int, default=3)
+    ap.add_argument("--batch-threads", type=int, default=max(1, os.cpu_count() or 1),
+                    help="torch threads for the batched exhaustive ranks (not timed per query)")
+    ap.add_argument("--stage1-k", default="",
+                    help="comma-separated stage-1 K values to measure (default: the head's K, 2x and 4x it)")
     ap.add_argument("--noise", type=float, default=0.5, help="perturbation, in per-dimension stds")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench-two-stage"))
@@ -234,24 +291,38 @@ def main() -> None:
             embeddings(model, stage1, perturbed_features(base, n, args.noise, work), work, f"{n}_{args.noise:g}")
             print(f"prepared {n:,} images in {time.perf_counter() - t0:.0f} s", flush=True)
         return
-    for n in [int(s) for s in args.sizes.split(",")]:
-        r = bench_size(model, stage1, base, captions, caption_image, n, args, work)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for n in sizes:
+        if len(sizes) == 1:
+            r = bench_size(model, stage1, base, captions, caption_image, n, args, work)
+        else:  # each size in a fresh process, so its RSS is its own (ru_maxrss is a lifetime peak)
+            with tempfile.TemporaryDirectory() as tmp:
+                argv = [a for a in sys.argv[1:]]
+                argv = _without(_without(_without(argv, "--sizes"), "--json"), "--index-images")
+                subprocess.run([sys.executable, __file__, *argv, "--sizes", str(n), "--json", f"{tmp}/one.json"],
+                               check=True)
+                r = json.loads(Path(f"{tmp}/one.json").read_text(encoding="utf-8"))["sizes"][0]
+                r["stage1_ks"] = [int(k) for k in r["stage1_ks"]]
+                r["two_stage"] = {int(k): v for k, v in r["two_stage"].items()}
+                r["stage1_recall"] = {int(k): v for k, v in r["stage1_recall"].items()}
         results["sizes"].append(r)
         print(json.dumps(r), flush=True)
     if args.index_images:
         results["indexing"] = bench_indexing(args.index_images, args.model)
         print(json.dumps(results["indexing"]), flush=True)
-    print("| images | index | stage-1 K | exhaustive p50 | two-stage p50 | speed-up | R@1/5/10 exhaustive | "
-          "R@1/5/10 two-stage (same queries) | stage-1 R@K | RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| images | stage-1 index | exhaustive p50 | " + " | ".join(
+        f"two-stage K={k}: p50, R@1/5/10 (stage-1 recall@K)" for k in results["sizes"][0]["stage1_ks"])
+        + " | exhaustive R@1/5/10 | RSS two-stage / peak |")
+    print("|---" * (5 + len(results["sizes"][0]["stage1_ks"])) + "|")
     for r in results["sizes"]:
         ex = r.get("exhaustive_p50_ms")
-        two = r["two_stage_p50_ms"]
-        same = r.get("two_stage_on_same_queries", r["two_stage"])
-        cells = [f"{r['images']:,}", r["index"], str(r["stage1_k"]), f"{ex:.1f} ms" if ex else "not run",
-                 f"{two:.1f} ms", f"{ex / two:.1f}x" if ex else "-", recall_cell(r["exhaustive"]) if ex else "-",
-                 recall_cell(same), f"{r['stage1_recall'].get(r['stage1_k'], float('nan')):.1f}",
-                 f"{r['rss_gb']:.2f} GB"]
+        cells = [f"{r['images']:,}", r["index"], f"{ex:,.1f} ms" if ex else "not run"]
+        for k in r["stage1_ks"]:
+            two = r["two_stage"][k]
+            speed = f", {ex / two['p50_ms']:.1f}x" if ex else ""
+            cells.append(f"{two['p50_ms']:.1f} ms{speed}, {recall_cell(two)} ({r['stage1_recall'][k]:.1f})")
+        cells.append(recall_cell(r["exhaustive"]) if "exhaustive" in r else "not run")
+        cells.append(f"{r['rss_two_stage_gb']:.2f} / {r['rss_peak_gb']:.2f} GB")
         print("| " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -147,6 +147,28 @@ def _masked_norm(x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return (sq if valid is None else torch.where(valid, sq, torch.ones_like(sq))).sqrt()
 
 
+def attended_vectors_cheaper(n_regions: int, n_queries: int, dim: int) -> bool:
+    """Whether forming ``n_queries`` attended vectors per image (``n_queries * k * d`` multiply-adds) costs less
+    than the image's Gram matrix and its quadratic forms (``k * k * (d + n_queries)``)."""
+    return n_queries * dim < n_regions * (dim + n_queries)
+
+
+def _attended_sq(regions: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``|sum_r e_r v_r|^2`` for every (image, caption, word): regions (n_img, k, d), e (n_img, k, n_cap, L).
+
+    Two exact ways, taking the cheaper: through each image's Gram matrix (k x k x d per image, shared by all its
+    captions' words: a block of many captions) or by forming the attended vectors (n_cap x L x k x d per image:
+    a query of one caption against many images, as stage-2 re-ranking and per-query search score).
+    """
+    n_img, n_reg, n_cap, n_words = e.shape
+    weights = e.view(n_img, n_reg, n_cap * n_words)
+    if attended_vectors_cheaper(n_reg, n_cap * n_words, regions.shape[-1]):
+        attended = weights.transpose(1, 2) @ regions  # (n_img, n_cap * L, d), unnormalised
+        return attended.square().sum(dim=-1).view(n_img, n_cap, n_words)
+    gram = regions @ regions.transpose(1, 2)  # (n_img, k, k)
+    return ((gram @ weights).view_as(e) * e).sum(dim=1)
+
+
 def scan_attention(
     regions: torch.Tensor,
     words: torch.Tensor,
@@ -177,8 +199,7 @@ def scan_attention(
         logits = normalize_raw(sims, params.raw_feature_norm, dim=3, valid=wv, scale=params.lambda_softmax)
         e, z = _softmax_numerator(logits, 1, rv, bounded, inplace)  # e: (n_img, k, n_cap, L), z: (n_img, n_cap, L)
         dot = (e * sims).sum(dim=1) / z  # u_w . attended_w
-        gram = regions @ regions.transpose(1, 2)  # (n_img, k, k)
-        attended_sq = ((gram @ e.view(n_img, n_reg, n_cap * n_words)).view_as(e) * e).sum(dim=1) / z.square()
+        attended_sq = _attended_sq(regions, e) / z.square()
         query_norm = _masked_norm(words, word_valid)[None]  # |u_w|, (1, n_cap, L)
         rel = dot / (query_norm * attended_sq.clamp(min=0).sqrt()).clamp(min=EPS)
         valid = word_valid[None].expand(n_img, n_cap, n_words)

@@ -36,6 +36,7 @@ EXACT_MAX = 200_000
 #: stage-1 recall that results
 IVF_NPROBE = 32
 ENCODE_CHUNK = 2048  # images per chunk when encoding region features for exhaustive search
+STAGE2_CHUNK = 256  # candidates per stage-2 block of one query (see TwoStageSearch._candidate_scores)
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", seed: int = 0):
@@ -103,6 +104,15 @@ def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
     view = memoryview(out.reshape(-1).view(np.uint8))  # flat bytes: row i is view[i * row_bytes:(i + 1) * row_bytes]
     fd = os.open(array.filename, os.O_RDONLY)
     try:
+        if isinstance(rows, slice) and len(index) and (len(index) == 1 or rows.step in (None, 1)):
+            # consecutive rows (exhaustive search's chunks): one read, in pieces of at most 1 GiB
+            view_start, file_start, left = 0, array.offset + int(index[0]) * row_bytes, len(index) * row_bytes
+            while left:
+                got = os.preadv(fd, [view[view_start:view_start + min(left, 1 << 30)]], file_start)
+                if got <= 0:
+                    raise ScanVizError(f"{array.filename} is shorter than its header says: re-index the gallery")
+                view_start, file_start, left = view_start + got, file_start + got, left - got
+            return out
         for i, row in enumerate(index.tolist()):
             got = os.preadv(fd, [view[i * row_bytes:(i + 1) * row_bytes]], array.offset + row * row_bytes)
             if got != row_bytes:
@@ -152,7 +162,8 @@ class TwoStageSearch:
         if torch.is_tensor(self.regions):
             return self.regions[rows if isinstance(rows, slice) else torch.as_tensor(rows)]
         if isinstance(self.regions, np.memmap):  # a float16 file on disk: read only these rows, unmapped
-            return torch.from_numpy(read_rows(self.regions, rows).astype(np.float32))
+            # torch widens float16 several times faster than numpy's astype (measured: 1.7 vs 8-10 ms for 500 images)
+            return torch.from_numpy(read_rows(self.regions, rows)).float()
         if self.regions is not None:
             return torch.from_numpy(np.asarray(self.regions[rows], dtype=np.float32))
         return self.model.encode_images(np.asarray(self.features[rows], dtype=np.float32))
@@ -193,9 +204,17 @@ class TwoStageSearch:
         query = self.stage1.caption_vectors(caps.emb, caps.lengths)
         _, found = self.image_index.search(query, stage1_k)
         rows = found[0][found[0] >= 0]
-        scores = score_matrix(matcher, self._regions_of(rows), caps.emb, caps.lengths,
-                              self._region_lengths(rows))[:, 0]
+        scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
         return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
+
+    def _candidate_scores(self, matcher: MatchingHead, rows: np.ndarray, words: torch.Tensor,
+                          lengths: torch.Tensor) -> np.ndarray:
+        """Stage 2 for one caption: its scores with the gallery rows ``rows``, read, widened and scored
+        ``STAGE2_CHUNK`` rows at a time so each chunk's float32 embeddings and attention stay in the CPU's cache
+        (one 1,000-image block measured 2.3x slower per image than 500 images on a 32 MB L3 cache)."""
+        parts = [score_matrix(matcher, self._regions_of(chunk), words, lengths, self._region_lengths(chunk))[:, 0]
+                 for chunk in np.split(rows, range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK))]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
     def exhaustive_scores(self, words: torch.Tensor, lengths: torch.Tensor, matcher: MatchingHead) -> np.ndarray:
         """Scores of every gallery image with some captions: (n_images, n_captions), in image chunks."""

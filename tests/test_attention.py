@@ -121,3 +121,21 @@ def test_helpers_reject_unknown_names():
         aggregate(x, "Median", 1.0)
     with pytest.raises(ValueError):
         scan_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.tensor([2]), AttentionParams("x2y"))
+
+
+@pytest.mark.parametrize("norm,agg", list(itertools.product(RAW_FEATURE_NORMS, AGG_FUNCS)))
+def test_one_caption_against_many_images_matches_official(norm, agg):
+    """A query (one caption, many images) forms the attended vectors instead of each image's Gram matrix."""
+    from scan_viz.attention import attended_vectors_cheaper
+
+    regions, words, lengths = _embeddings(n_img=40, n_reg=12, n_cap=1, max_words=6, dim=32, seed=5)
+    assert attended_vectors_cheaper(12, 6, 32) and not attended_vectors_cheaper(7, 6 * 9, 16)
+    params = AttentionParams("t2i", norm, 9.0, agg, 6.0)
+    ours = scan_attention(regions, words, lengths, params).scores
+    ref = xattn_score(regions, words, lengths, "t2i", norm, 9.0, agg, 6.0)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+    # and the same pairs scored inside a block of many captions (the Gram path) agree to float64 rounding
+    more_regions, more_words, more_lengths = _embeddings(n_img=40, n_reg=12, n_cap=8, max_words=6, dim=32, seed=5)
+    block = scan_attention(regions, torch.cat([words, more_words[1:]]), torch.cat([lengths, more_lengths[1:]]),
+                           params).scores[:, :1]
+    torch.testing.assert_close(ours, block, rtol=0, atol=1e-12)

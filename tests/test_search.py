@@ -29,8 +29,11 @@ def setup():
     return model, features, n_boxes, stage1, exhaustive, ids
 
 
-def test_stage2_scores_equal_exhaustive_scores_on_the_reranked_pairs(setup):
+@pytest.mark.parametrize("chunk", [256, 5])
+def test_stage2_scores_equal_exhaustive_scores_on_the_reranked_pairs(setup, monkeypatch, chunk):
+    """... whether stage 2 scores its 12 candidates in one block or in blocks of 5 (STAGE2_CHUNK)."""
     model, features, n_boxes, stage1, exhaustive, ids = setup
+    monkeypatch.setattr("scan_viz.search.STAGE2_CHUNK", chunk)
     search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes)
     hits = search.search_text(TEXT, k=5, stage1_k=12)
     assert len(hits) == 5
@@ -158,5 +161,6 @@ def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):
     values = np.random.default_rng(0).standard_normal((40, 5, 6)).astype(np.float16)
     np.save(tmp_path / "regions.npy", values)
     mapped = np.load(tmp_path / "regions.npy", mmap_mode="r")
-    for rows in (np.array([7, 0, 39, 7]), slice(3, 11), slice(0, 40, 9), np.array([], dtype=np.int64)):
+    for rows in (np.array([7, 0, 39, 7]), slice(3, 11), slice(0, 40, 9), np.array([], dtype=np.int64), slice(36, 50),
+                 slice(39, 40), slice(5, 5), slice(None)):
         np.testing.assert_array_equal(read_rows(mapped, rows), values[rows])
