@@ -164,7 +164,8 @@ def _attended_sq(regions: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     weights = e.view(n_img, n_reg, n_cap * n_words)
     if attended_vectors_cheaper(n_reg, n_cap * n_words, regions.shape[-1]):
         attended = weights.transpose(1, 2) @ regions  # (n_img, n_cap * L, d), unnormalised
-        return attended.square().sum(dim=-1).view(n_img, n_cap, n_words)
+        # the norm reduces in one pass; square().sum() would write and re-read another tensor of attended's size
+        return torch.linalg.vector_norm(attended, dim=-1).square().view(n_img, n_cap, n_words)
     gram = regions @ regions.transpose(1, 2)  # (n_img, k, k)
     return ((gram @ weights).view_as(e) * e).sum(dim=1)
 
