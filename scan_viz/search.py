@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,6 +65,27 @@ def build_index(vectors: np.ndarray, kind: str = "auto", seed: int = 0):
         raise ScanVizError(f"unknown stage-1 index kind {kind!r}: choose flat, ivf or auto")
     index.add(vectors)
     return index
+
+
+_ONE_THREAD = threading.Lock()
+
+
+def search_one(index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` for one query vector (1, dim), on one OpenMP thread.
+
+    FAISS parallelises even a single query; next to torch's own OpenMP pool the threads contend, and one 100K-vector
+    exact search measured 10.6 ms p50 on 2 threads against 4.4-4.6 ms on one (benchmarks/bench_two_stage.py).
+    The thread count is FAISS's (not torch's), set for this call only.
+    """
+    import faiss
+
+    with _ONE_THREAD:
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            return index.search(query, k)
+        finally:
+            faiss.omp_set_num_threads(before)
 
 
 @dataclasses.dataclass
@@ -202,7 +224,7 @@ class TwoStageSearch:
         if stage1_k == 0:
             return _rank(self.ids, self.exhaustive_scores(caps.emb, caps.lengths, matcher)[:, 0], k, None)
         query = self.stage1.caption_vectors(caps.emb, caps.lengths)
-        _, found = self.image_index.search(query, stage1_k)
+        _, found = search_one(self.image_index, query, stage1_k)
         rows = found[0][found[0] >= 0]
         scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
         return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
@@ -247,7 +269,7 @@ class TwoStageSearch:
             return _rank(list(range(len(self.captions))), scores, k, None)
         if self._caption_index is None:
             self._caption_index = build_index(self.stage1.caption_vectors(words, lengths), "auto")
-        _, found = self._caption_index.search(self.stage1.image_vectors(emb), stage1_k)
+        _, found = search_one(self._caption_index, self.stage1.image_vectors(emb), stage1_k)
         cols = found[0][found[0] >= 0]
         scores = score_matrix(matcher, emb, words[torch.from_numpy(cols)], lengths[torch.from_numpy(cols)])[0]
         return _rank([int(c) for c in cols], scores, k, range(1, len(cols) + 1))
