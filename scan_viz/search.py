@@ -123,22 +123,22 @@ def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
     index = np.arange(array.shape[0])[rows]
     row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
     out = np.empty((len(index),) + array.shape[1:], dtype=array.dtype)
+    if not len(index):
+        return out
     view = memoryview(out.reshape(-1).view(np.uint8))  # flat bytes: row i is view[i * row_bytes:(i + 1) * row_bytes]
+    # one read per run of consecutive rows (an exhaustive chunk is one run; scattered candidates are runs of one),
+    # in pieces of at most 1 GiB
+    firsts = np.r_[0, np.flatnonzero(np.diff(index) != 1) + 1]
+    sizes = np.diff(np.r_[firsts, len(index)]) * row_bytes
     fd = os.open(array.filename, os.O_RDONLY)
     try:
-        if isinstance(rows, slice) and len(index) and (len(index) == 1 or rows.step in (None, 1)):
-            # consecutive rows (exhaustive search's chunks): one read, in pieces of at most 1 GiB
-            view_start, file_start, left = 0, array.offset + int(index[0]) * row_bytes, len(index) * row_bytes
+        for done, where, left in zip((firsts * row_bytes).tolist(),
+                                     (array.offset + index[firsts] * row_bytes).tolist(), sizes.tolist()):
             while left:
-                got = os.preadv(fd, [view[view_start:view_start + min(left, 1 << 30)]], file_start)
+                got = os.preadv(fd, [view[done:done + min(left, 1 << 30)]], where)
                 if got <= 0:
                     raise ScanVizError(f"{array.filename} is shorter than its header says: re-index the gallery")
-                view_start, file_start, left = view_start + got, file_start + got, left - got
-            return out
-        for i, row in enumerate(index.tolist()):
-            got = os.preadv(fd, [view[i * row_bytes:(i + 1) * row_bytes]], array.offset + row * row_bytes)
-            if got != row_bytes:
-                raise ScanVizError(f"{array.filename} is shorter than its header says: re-index the gallery")
+                done, where, left = done + got, where + got, left - got
     finally:
         os.close(fd)
     return out

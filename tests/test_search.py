@@ -162,5 +162,5 @@ def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):
     np.save(tmp_path / "regions.npy", values)
     mapped = np.load(tmp_path / "regions.npy", mmap_mode="r")
     for rows in (np.array([7, 0, 39, 7]), slice(3, 11), slice(0, 40, 9), np.array([], dtype=np.int64), slice(36, 50),
-                 slice(39, 40), slice(5, 5), slice(None)):
+                 slice(39, 40), slice(5, 5), slice(None), np.array([3, 4, 5, 9, 10, 11, 2])):
         np.testing.assert_array_equal(read_rows(mapped, rows), values[rows])
