@@ -123,9 +123,10 @@ def gallery_picker(bundle: Bundle) -> None:
                 with column:
                     st.image(state.thumbnail(bundle.key, image_id), width="stretch")
                     captions = gallery.captions_of(image_id)
-                    st.button(image_id, key=f"pick_{image_id}", on_click=_pick, args=(image_id,), width="stretch",
-                              type="primary" if image_id == current else "secondary",
-                              help=captions[0] if captions else None)
+                    # ids and captions are the gallery files' text: a label and its help render Markdown
+                    st.button(literal(image_id), key=f"pick_{image_id}", on_click=_pick, args=(image_id,),
+                              width="stretch", type="primary" if image_id == current else "secondary",
+                              help=literal(captions[0]) if captions else None)
 
 
 def picked_gallery_image(bundle: Bundle) -> Picked | None:
@@ -332,11 +333,11 @@ def sentence_box(bundle: Bundle, picked: Picked | None):
     image_column, text_column = st.columns([1, 2], gap="large")
     with text_column:
         st.text_input("Sentence", key=Q_KEY, placeholder="describe the image, e.g. a red car on the road",
-                      persist_state="session")
+                      persist_state="session", on_change=state.drop_bidi, args=(Q_KEY,))
         captions = bundle.gallery.captions_of(picked.image_id) if picked and picked.image_id else []
         if captions:
             st.pills("This image's captions (click one to use it)", captions, key=EXAMPLES_KEY,
-                     on_change=state.use_choice, args=(EXAMPLES_KEY, Q_KEY), wrap=True)
+                     on_change=state.use_choice, args=(EXAMPLES_KEY, Q_KEY), wrap=True, format_func=literal)
     with image_column:
         if picked is not None:
             st.image(state.shown_image(bundle.key, picked.key, picked.image), caption=literal(picked.title),

@@ -7,6 +7,7 @@ operator lists the folders visitors may use in ``SCAN_VIZ_ALLOWED_ROOTS`` (:mod:
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -41,6 +42,14 @@ FIELDS = {  # widget key: (label, help)
 OUTCOME_KEY = "_md_outcome"
 #: Bumped after a successful upload, which gives the upload form fresh (empty) uploaders and frees the bytes.
 UPLOAD_ROUND_KEY = "_md_upload_round"
+log = logging.getLogger(__name__)
+
+
+def card_table(values: dict, **kwargs) -> None:
+    """One section of the model card as a two-column table. ``st.table`` renders its cells and row labels as
+    Markdown, and a visitor's checkpoint or config.json writes them (``data_name``, the keys and values of
+    ``extra``): every one is shown literally."""
+    st.table({"value": {literal(k): literal(v) for k, v in values.items()}}, hide_header=True, **kwargs)
 
 
 def show_card(bundle: Bundle) -> None:
@@ -52,9 +61,9 @@ def show_card(bundle: Bundle) -> None:
     for column, (title, values) in zip(columns, card.items()):
         with column:
             st.markdown(f"**{title}**")
-            st.table({"value": {k: str(v) for k, v in values.items()}}, hide_header=True)
+            card_table(values)
     st.markdown("**Served**")
-    st.table({"value": {k: str(v) for k, v in served.items()}}, hide_header=True, width=760)
+    card_table(served, width=760)
     metrics = bundled_metrics(sources.model) if sources.model in bundled_models() else None
     if metrics:
         st.markdown("**Metrics on the bundled gallery** (from `pretrained/metrics.json`)")

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scan_viz.errors import ScanVizError
+from scan_viz.app.safe_text import BIDI_CONTROLS, without_bidi
 from scan_viz.limits import check_sentence
 
 MAX_ID_CHARS = 200
@@ -122,6 +124,9 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             found["image"] = image
     if "q" in values:
         q = " ".join(values["q"].split())
+        if any(c in BIDI_CONTROLS for c in q):  # they would reorder the sentence box; they are no words
+            q = " ".join(without_bidi(q).split())
+            notes.append("the link's sentence had Unicode direction controls: removed")
         try:
             found["q"] = check_sentence(q)
         except ScanVizError as exc:

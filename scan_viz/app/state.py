@@ -23,7 +23,7 @@ from scan_viz.app.bundle import (Bundle, Sources, check_visitor_sources, load_bu
                                  operator_failure, visitor_inputs)
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
                                  selectable_heads, settings_fields)
-from scan_viz.app.safe_text import literal, show_error
+from scan_viz.app.safe_text import literal, show_error, without_bidi
 from scan_viz.app.views import word_panels
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import AllowedRoots
@@ -433,8 +433,16 @@ def use_choice(choice_key: str, target_key: str) -> None:
     the same example can be clicked again."""
     choice = st.session_state.get(choice_key)
     if choice:
-        st.session_state[target_key] = choice
+        st.session_state[target_key] = without_bidi(choice)
     st.session_state[choice_key] = None
+
+
+def drop_bidi(key: str) -> None:
+    """Widget callback of a sentence field: remove Unicode direction controls, which would reorder what the
+    field (and every caption quoting the sentence) shows, and are no words to the model."""
+    text = st.session_state.get(key)
+    if isinstance(text, str) and text != without_bidi(text):
+        st.session_state[key] = without_bidi(text)
 
 
 def shown(action: Callable[[], T]) -> T | None:
