@@ -85,17 +85,19 @@ def upload_roots() -> AllowedRoots | None:
     return AllowedRoots.of(folder.path) if folder is not None else None
 
 
-def load_sources(sources: Sources) -> Bundle:
+def load_sources(sources: Sources, uploads: UploadFolder | None = None) -> Bundle:
     """The bundle of ``sources``, loaded once per process; the first load shows its steps. Raises ScanVizError
     (or OSError for a visitor's unreadable file).
 
     Sources other than the operator's are first checked against the allowed folders and this session's uploads
-    (:func:`~scan_viz.app.bundle.check_visitor_sources`), once per session and sources. When only the operator's
-    sources fail, the reason (server paths) goes to the log and the visitor gets one generic line.
+    (:func:`~scan_viz.app.bundle.check_visitor_sources`), once per session and sources; ``uploads``: a new
+    upload folder to check them against instead (it becomes the session's only once they load). When only the
+    operator's sources fail, the reason (server paths) goes to the log and the visitor gets one generic line.
     """
     key = sources.key()
     if st.session_state.get(_CHECKED_KEY) != key:
-        check_visitor_sources(sources, AllowedRoots.from_env(), upload_roots())
+        roots = AllowedRoots.of(uploads.path) if uploads is not None else upload_roots()
+        check_visitor_sources(sources, AllowedRoots.from_env(), roots)
         st.session_state[_CHECKED_KEY] = key
     if key in _loaded():
         return bundle_by_key(key)
@@ -103,9 +105,9 @@ def load_sources(sources: Sources) -> Bundle:
                    f"{literal(sources.gallery_label())}\u2026") as status:
         try:
             bundle = bundle_by_key(key)
-        except (ScanVizError, OSError) as exc:
-            status.update(label="Loading failed", state="error")
-            if visitor_inputs(sources):
+        except Exception as exc:
+            status.update(label="Loading failed", state="error")  # never left at "Loading..."
+            if not isinstance(exc, (ScanVizError, OSError)) or visitor_inputs(sources):
                 raise  # the visitor's own files: the reason is theirs to read
             raise operator_failure("model and gallery", exc) from None
         status.update(label=f"Loaded {literal(sources.model_label())}: {len(bundle.gallery)} gallery images, "
