@@ -52,7 +52,10 @@ def literal(value: object) -> str:
 
 
 def show_error(error: Exception | str) -> None:
-    """A user error (ScanVizError's message, which may quote a visitor's value) as one literal ``st.error`` line."""
+    """A user error (ScanVizError's message, which may quote a visitor's value) as one literal ``st.error`` line;
+    a file the visitor uploaded is named as they named it, never by its path on the server."""
     import streamlit as st
 
-    st.error(literal(error))
+    from scan_viz.app.user_files import as_uploaded
+
+    st.error(literal(as_uploaded(str(error))))

@@ -67,7 +67,9 @@ class UploadFolder:
     """
 
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="scan-viz-upload-"))
+        from scan_viz.app.user_files import UPLOAD_PREFIX
+
+        self.path = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX))
         self.sources_key: tuple | None = None
         self._remove = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
