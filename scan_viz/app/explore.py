@@ -17,7 +17,7 @@ from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, is_own_caption, model_domain, search_gallery
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, show_error
-from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_TYPES
+from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_FORMATS_TEXT, UPLOAD_TYPES
 from scan_viz.app.views import RELEVANCE, bar_figure, content_words, region_rows, relevance_rows, word_label
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
@@ -52,8 +52,9 @@ class Picked:
 # ----------------------------------------------------------------------------- deep link
 
 
-def apply_deep_link(params: ExploreParams) -> None:
-    """Copy a new link's pair and view into the session (the frame has applied its model and head settings)."""
+def apply_deep_link(params: ExploreParams, own_head: str) -> None:
+    """Copy a new link's pair and view into the session (the frame has applied its model and head settings);
+    ``own_head``: the served model's own head, what ``compare=scan`` names."""
     if params.image is not None:
         st.session_state[IMAGE_KEY] = params.image
         st.session_state[SOURCE_KEY] = GALLERY
@@ -62,7 +63,7 @@ def apply_deep_link(params: ExploreParams) -> None:
     st.session_state[LINK_WORD_KEY] = params.word
     st.session_state.pop(WORD_KEY, None)
     st.session_state[K_KEY] = params.k if params.k is not None else DEFAULT_K
-    st.session_state[COMPARE_KEY] = params.compared()
+    st.session_state[COMPARE_KEY] = params.compared(own_head)
 
 
 def write_deep_link(bundle: Bundle, settings: HeadSettings, picked: Picked | None, sentence: str | None,
@@ -152,7 +153,7 @@ def picked_gallery_image(bundle: Bundle) -> Picked | None:
 
 def picked_upload(bundle: Bundle) -> Picked | None:
     """The uploaded image with the detector's regions, or None (after a one-line error)."""
-    uploaded = st.file_uploader(f"Upload an image (PNG, JPEG or WebP, up to {MAX_UPLOAD_MB} MB)",
+    uploaded = st.file_uploader(f"Upload an image ({UPLOAD_FORMATS_TEXT}, up to {MAX_UPLOAD_MB} MB)",
                                 type=list(UPLOAD_TYPES), key="ex_uploader", max_upload_size=MAX_UPLOAD_MB)
     if uploaded is not None:
         st.session_state[UPLOAD_KEY] = (uploaded.name, uploaded.getvalue())

@@ -73,7 +73,7 @@ def before_page(page) -> None:
             if page.title == "Explore":
                 from scan_viz.app.explore import apply_deep_link
 
-                apply_deep_link(params)
+                apply_deep_link(params, own_head(bundle.model.config))
         st.session_state[state.NOTES_KEY] = notes
     if bundle is not None:
         state.head_controls(bundle)

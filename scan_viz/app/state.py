@@ -126,15 +126,15 @@ def current_bundle(quiet: bool = False) -> Bundle | None:
     sources = active_sources()
     try:
         return load_sources(sources)
-    except ScanVizError as exc:
+    except (ScanVizError, OSError) as exc:
         if quiet:
             return None
-        show_error(exc)
+        show_error(exc if isinstance(exc, ScanVizError) else f"cannot read the files: {exc.strerror or 'unreadable'}")
         if SOURCES_KEY in st.session_state:
             st.info("Choose another model on the **Model** page.")
-        else:
-            st.info("Build the bundled model (`python -m scan_viz.train.bundle`), set SCAN_VIZ_MODEL and "
-                    "SCAN_VIZ_GALLERY, or load your own checkpoint on the **Model** page.")
+        else:  # the operator's model: nothing the visitor can build or fix
+            st.info("The server's own model is not available right now: choose another one on the **Model** page "
+                    "(a bundled model or your own upload), or tell the operator of this server.")
         return None
 
 
