@@ -17,7 +17,8 @@ import pytest
 import torch
 from app_fixture import INJECTION_PAYLOADS
 from streamlit.testing.v1 import AppTest
-from test_app import APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link, panel_images, write_npz_regions  # noqa: F401
+from test_app import (APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link,  # noqa: F401 - fixtures
+                      panel_images, write_npz_regions)
 from test_app_safety import assert_nothing_renders_as_a_link, outside_code_spans, page_text
 
 from scan_viz.app import explore, models, state, uploads, user_files
@@ -321,6 +322,20 @@ def test_a_broken_operator_model_asks_for_another_not_for_a_build(bundle, monkey
                                           "the **Model** page (a bundled model or your own upload), or tell the "
                                           "operator of this server."]
     assert "scan_viz.train.bundle" not in page_text(at)
+
+
+def test_an_unforeseen_failure_of_the_operators_model_is_the_operators_line(app, monkeypatch, caplog, tmp_path):
+    def out_of_memory(sources):
+        raise MemoryError("while reading the server's gallery")
+
+    monkeypatch.setenv("SCAN_VIZ_MODEL", str(tmp_path / "model"))  # sources this process has not loaded yet
+    monkeypatch.setattr(state, "load_bundle", out_of_memory)
+    with caplog.at_level(logging.ERROR):
+        at = app.run()
+    no_exception(at)
+    assert [e.value for e in at.error] == [literal("the server's model and gallery could not be loaded; the "
+                                                   "operator's log has the details")]
+    assert "MemoryError" in caplog.text and "Traceback" in caplog.text
 
 
 def test_compare_takes_scan_as_head_does(app, bundle):

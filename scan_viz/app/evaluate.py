@@ -15,7 +15,7 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import Bundle
 from scan_viz.app.params import HeadSettings
-from scan_viz.app.safe_text import literal, show_error
+from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.shell import open_in_explore
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
@@ -109,7 +109,7 @@ def show_pointing(result: dict) -> None:
     st.dataframe(rows, hide_index=True)
     if result.get("stuff_words"):
         st.markdown("**Stuff words, one by one**")
-        st.dataframe([{"stuff word": w, "pointing accuracy %": round(r["accuracy"], 1), "words": r["count"],
+        st.dataframe([{"stuff word": plain(w), "pointing accuracy %": round(r["accuracy"], 1), "words": r["count"],
                        "random region %": round(r["random"], 1), "largest region %": round(r["largest"], 1)}
                       for w, r in result["stuff_words"].items()], hide_index=True)
 

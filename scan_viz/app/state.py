@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import shutil
 import tempfile
 import weakref
@@ -39,6 +40,7 @@ HEAD_KEY = "ctl_head"
 _CONTROLS_FOR = "_controls_for"
 #: The link this session last wrote or applied (a URL that differs is a new link), and the notes on a new link.
 LINK_KEY, NOTES_KEY = "_link", "_link_notes"
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- the served bundle
@@ -109,8 +111,10 @@ def load_sources(sources: Sources, uploads: UploadFolder | None = None) -> Bundl
             bundle = bundle_by_key(key)
         except Exception as exc:
             status.update(label="Loading failed", state="error")  # never left at "Loading..."
-            if not isinstance(exc, (ScanVizError, OSError)) or visitor_inputs(sources):
-                raise  # the visitor's own files: the reason is theirs to read
+            if visitor_inputs(sources):
+                raise  # the visitor's own files: the reason is theirs to read (an unforeseen one, the caller logs)
+            if not isinstance(exc, (ScanVizError, OSError)):
+                log.exception("scan-viz: the server's model and gallery failed to load unexpectedly")
             raise operator_failure("model and gallery", exc) from None
         status.update(label=f"Loaded {literal(sources.model_label())}: {len(bundle.gallery)} gallery images, "
                             f"{len(bundle.gallery.captions)} captions", state="complete")

@@ -29,7 +29,7 @@ CHECKPOINT_TYPES = ("tar", "pth", "pt", "safetensors", "json")
 REGION_TYPES = ("tsv", "npz")
 IMAGE_TYPES = tuple(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 MODEL_DIR, REGIONS_DIR, IMAGES_DIR = "model", "uploaded-regions", "uploaded-images"
-#: How an upload folder's name starts (a private temporary folder per session, :class:`scan_viz.app.state.UploadFolder`).
+#: How an upload folder's name starts (a private temporary folder per session: state.UploadFolder).
 UPLOAD_PREFIX = "scan-viz-upload-"
 #: A path inside an upload folder, anywhere in a message: the folder, then at most a subfolder and a file name.
 _UPLOADED_PATH = re.compile(rf"(?:/[^/\s'\"]+)*/{re.escape(UPLOAD_PREFIX)}[A-Za-z0-9_]+((?:/[A-Za-z0-9._-]+)*)")

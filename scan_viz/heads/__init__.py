@@ -86,7 +86,8 @@ class HeadParam:
         except (TypeError, ValueError):
             number = math.nan
         if not math.isfinite(number) or not self.low <= number <= self.high:
-            raise ScanVizError(f"{self.name} must be a number from {self.low:g} to {self.high:g}, got {reprlib.repr(value)}")
+            raise ScanVizError(f"{self.name} must be a number from {self.low:g} to {self.high:g}, "
+                               f"got {reprlib.repr(value)}")
         return number
 
 
