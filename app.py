@@ -10,6 +10,4 @@ from scan_viz.app import shell
 # request off its own server
 st.set_page_config(page_title="scan-viz: SCAN attention explorer", page_icon=str(shell.FAVICON), layout="wide")
 page = st.navigation(shell.pages(), position="top")
-shell.before_page(page)
-page.run()
-shell.after_page(page)
+shell.run_page(page)  # the frame around the page, and the last resort for an error nobody foresaw

@@ -22,6 +22,7 @@ from scan_viz.app import evaluate, explore, models, state, views
 from scan_viz.app.bundle import NO_MATCH, search_gallery
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
                                  parse_explore_query)
+from scan_viz.app.safe_text import literal
 from scan_viz.errors import ScanVizError
 from scan_viz.types import Alignment
 
@@ -525,10 +526,11 @@ def test_evaluate_lists_failures_worst_first_with_the_library_ranks(app, bundle)
         said = [m.value for m in at.markdown]
         for q in queries:
             if direction == "t2i":
-                assert gallery.captions[q] in said and f"`{gallery.ids[int(result['t2i_top'][q])]}`" in said
+                # the gallery file's captions and ids, each shown literally
+                assert literal(gallery.captions[q]) in said and literal(gallery.ids[int(result['t2i_top'][q])]) in said
             else:
-                assert gallery.captions[int(result["i2t_best_own"][q])] in said
-                assert gallery.captions[int(result["i2t_top"][q])] in said
+                assert literal(gallery.captions[int(result["i2t_best_own"][q])]) in said
+                assert literal(gallery.captions[int(result["i2t_top"][q])]) in said
         assert any(f"{len(failing)} of {len(ranks)} queries fail at K = 1" in c.value for c in at.caption)
     # a failure opens its ground-truth pair in Explore
     at.segmented_control(key="ev_dir").set_value("t2i").run()

@@ -15,7 +15,7 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import Bundle
 from scan_viz.app.params import HeadSettings
-from scan_viz.app.safe_text import literal, show_error
+from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.shell import open_in_explore
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
@@ -109,7 +109,7 @@ def show_pointing(result: dict) -> None:
     st.dataframe(rows, hide_index=True)
     if result.get("stuff_words"):
         st.markdown("**Stuff words, one by one**")
-        st.dataframe([{"stuff word": w, "pointing accuracy %": round(r["accuracy"], 1), "words": r["count"],
+        st.dataframe([{"stuff word": plain(w), "pointing accuracy %": round(r["accuracy"], 1), "words": r["count"],
                        "random region %": round(r["random"], 1), "largest region %": round(r["largest"], 1)}
                       for w, r in result["stuff_words"].items()], hide_index=True)
 
@@ -183,17 +183,17 @@ def show_failures(result: dict, bundle: Bundle, settings: HeadSettings) -> None:
             caption = gallery.captions[q]
             truth_id = gallery.ids[int(gallery.caption_image[q])]
             top_id = gallery.ids[int(result["t2i_top"][q])]
-            row[1].markdown(caption)
-            row[2].markdown(f"`{truth_id}`")
-            row[3].markdown(f"`{top_id}`")
+            row[1].markdown(literal(caption))  # the gallery file's text
+            row[2].markdown(literal(truth_id))
+            row[3].markdown(literal(top_id))
             truth_pair, top_pair = (truth_id, caption), (top_id, caption)
         else:
             image_id = gallery.ids[q]
             own = gallery.captions[int(result["i2t_best_own"][q])]
             top = gallery.captions[int(result["i2t_top"][q])]
-            row[1].markdown(f"`{image_id}`")
-            row[2].markdown(own)
-            row[3].markdown(top)
+            row[1].markdown(literal(image_id))
+            row[2].markdown(literal(own))
+            row[3].markdown(literal(top))
             truth_pair, top_pair = (image_id, own), (image_id, top)
         if has_truth:
             verdict = result[f"{direction}_top_verdict"][q]

@@ -17,7 +17,7 @@ from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, is_own_caption, model_domain, search_gallery
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, show_error
-from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_TYPES
+from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_FORMATS_TEXT, UPLOAD_TYPES
 from scan_viz.app.views import RELEVANCE, bar_figure, content_words, region_rows, relevance_rows, word_label
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
@@ -52,8 +52,9 @@ class Picked:
 # ----------------------------------------------------------------------------- deep link
 
 
-def apply_deep_link(params: ExploreParams) -> None:
-    """Copy a new link's pair and view into the session (the frame has applied its model and head settings)."""
+def apply_deep_link(params: ExploreParams, own_head: str) -> None:
+    """Copy a new link's pair and view into the session (the frame has applied its model and head settings);
+    ``own_head``: the served model's own head, what ``compare=scan`` names."""
     if params.image is not None:
         st.session_state[IMAGE_KEY] = params.image
         st.session_state[SOURCE_KEY] = GALLERY
@@ -62,7 +63,7 @@ def apply_deep_link(params: ExploreParams) -> None:
     st.session_state[LINK_WORD_KEY] = params.word
     st.session_state.pop(WORD_KEY, None)
     st.session_state[K_KEY] = params.k if params.k is not None else DEFAULT_K
-    st.session_state[COMPARE_KEY] = params.compared()
+    st.session_state[COMPARE_KEY] = params.compared(own_head)
 
 
 def write_deep_link(bundle: Bundle, settings: HeadSettings, picked: Picked | None, sentence: str | None,
@@ -123,9 +124,10 @@ def gallery_picker(bundle: Bundle) -> None:
                 with column:
                     st.image(state.thumbnail(bundle.key, image_id), width="stretch")
                     captions = gallery.captions_of(image_id)
-                    st.button(image_id, key=f"pick_{image_id}", on_click=_pick, args=(image_id,), width="stretch",
-                              type="primary" if image_id == current else "secondary",
-                              help=captions[0] if captions else None)
+                    # ids and captions are the gallery files' text: a label and its help render Markdown
+                    st.button(literal(image_id), key=f"pick_{image_id}", on_click=_pick, args=(image_id,),
+                              width="stretch", type="primary" if image_id == current else "secondary",
+                              help=literal(captions[0]) if captions else None)
 
 
 def picked_gallery_image(bundle: Bundle) -> Picked | None:
@@ -151,7 +153,7 @@ def picked_gallery_image(bundle: Bundle) -> Picked | None:
 
 def picked_upload(bundle: Bundle) -> Picked | None:
     """The uploaded image with the detector's regions, or None (after a one-line error)."""
-    uploaded = st.file_uploader(f"Upload an image (PNG, JPEG or WebP, up to {MAX_UPLOAD_MB} MB)",
+    uploaded = st.file_uploader(f"Upload an image ({UPLOAD_FORMATS_TEXT}, up to {MAX_UPLOAD_MB} MB)",
                                 type=list(UPLOAD_TYPES), key="ex_uploader", max_upload_size=MAX_UPLOAD_MB)
     if uploaded is not None:
         st.session_state[UPLOAD_KEY] = (uploaded.name, uploaded.getvalue())
@@ -332,11 +334,11 @@ def sentence_box(bundle: Bundle, picked: Picked | None):
     image_column, text_column = st.columns([1, 2], gap="large")
     with text_column:
         st.text_input("Sentence", key=Q_KEY, placeholder="describe the image, e.g. a red car on the road",
-                      persist_state="session")
+                      persist_state="session", on_change=state.drop_bidi, args=(Q_KEY,))
         captions = bundle.gallery.captions_of(picked.image_id) if picked and picked.image_id else []
         if captions:
             st.pills("This image's captions (click one to use it)", captions, key=EXAMPLES_KEY,
-                     on_change=state.use_choice, args=(EXAMPLES_KEY, Q_KEY), wrap=True)
+                     on_change=state.use_choice, args=(EXAMPLES_KEY, Q_KEY), wrap=True, format_func=literal)
     with image_column:
         if picked is not None:
             st.image(state.shown_image(bundle.key, picked.key, picked.image), caption=literal(picked.title),

@@ -7,6 +7,7 @@ operator lists the folders visitors may use in ``SCAN_VIZ_ALLOWED_ROOTS`` (:mod:
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -16,6 +17,7 @@ from scan_viz.app import state, user_files
 from scan_viz.app.bundle import Bundle, Sources, bundled_metrics, bundled_models, model_card
 from scan_viz.app.explore import forget_pair
 from scan_viz.app.safe_text import literal, show_error
+from scan_viz.app.shell import UNEXPECTED
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import ENV_ALLOWED_ROOTS, AllowedRoots
@@ -41,6 +43,14 @@ FIELDS = {  # widget key: (label, help)
 OUTCOME_KEY = "_md_outcome"
 #: Bumped after a successful upload, which gives the upload form fresh (empty) uploaders and frees the bytes.
 UPLOAD_ROUND_KEY = "_md_upload_round"
+log = logging.getLogger(__name__)
+
+
+def card_table(values: dict, **kwargs) -> None:
+    """One section of the model card as a two-column table. ``st.table`` renders its cells and row labels as
+    Markdown, and a visitor's checkpoint or config.json writes them (``data_name``, the keys and values of
+    ``extra``): every one is shown literally."""
+    st.table({"value": {literal(k): literal(v) for k, v in values.items()}}, hide_header=True, **kwargs)
 
 
 def show_card(bundle: Bundle) -> None:
@@ -52,9 +62,9 @@ def show_card(bundle: Bundle) -> None:
     for column, (title, values) in zip(columns, card.items()):
         with column:
             st.markdown(f"**{title}**")
-            st.table({"value": {k: str(v) for k, v in values.items()}}, hide_header=True)
+            card_table(values)
     st.markdown("**Served**")
-    st.table({"value": {k: str(v) for k, v in served.items()}}, hide_header=True, width=760)
+    card_table(served, width=760)
     metrics = bundled_metrics(sources.model) if sources.model in bundled_models() else None
     if metrics:
         st.markdown("**Metrics on the bundled gallery** (from `pretrained/metrics.json`)")
@@ -79,28 +89,34 @@ def show_card(bundle: Bundle) -> None:
 def switch_to(sources: Sources, uploads: state.UploadFolder | None = None) -> None:
     """Load ``sources`` and serve them to this user; any problem is one line and the old model stays.
 
-    ``uploads``: the folder holding the sources' uploaded files. On success it replaces this session's previous
-    upload folder (removed), on failure it is removed itself.
+    ``uploads``: the folder holding the sources' uploaded files. Only when they load does it replace this
+    session's previous upload folder (removed then); on failure it is removed itself and the previous upload
+    goes on serving. An unexpected error (a library bug, a file no reader foresaw) counts as a failure too: its
+    trace goes to the server's log.
     """
-    previous = st.session_state.get(state.UPLOADS_KEY)
     if uploads is not None:
         uploads.sources_key = sources.key()
-        st.session_state[state.UPLOADS_KEY] = uploads
     try:
-        bundle = state.load_sources(sources)
-    except (ScanVizError, OSError) as exc:
+        bundle = state.load_sources(sources, uploads=uploads)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the served model must stay
         if uploads is not None:
             uploads.discard()
-            st.session_state[state.UPLOADS_KEY] = previous
         if isinstance(exc, ScanVizError):
             show_error(exc)
-        else:  # a path the operating system refuses (permissions): still the user's
+        elif isinstance(exc, OSError):  # a path the operating system refuses (permissions): still the user's
             show_error(f"cannot read the files: {exc.strerror or type(exc).__name__}")
+        else:
+            log.exception("scan-viz: loading %s failed unexpectedly", sources.model_label())
+            show_error(f"these files could not be loaded ({UNEXPECTED}); check they are what the form asks for")
         return
+    previous = st.session_state.get(state.UPLOADS_KEY)
     if previous is not None:  # serving something else now: the earlier upload goes
         previous.discard()
     if uploads is None:
         st.session_state.pop(state.UPLOADS_KEY, None)
+    else:
+        st.session_state[state.UPLOADS_KEY] = uploads
+        st.session_state[UPLOAD_ROUND_KEY] = st.session_state.get(UPLOAD_ROUND_KEY, 0) + 1  # an empty form
     st.session_state[state.SOURCES_KEY] = sources
     forget_pair()
     st.session_state[OUTCOME_KEY] = (f"Now serving {literal(sources.model_label())} on "
@@ -153,18 +169,21 @@ def upload_form() -> None:
     if not submitted:
         return
 
+    def upload(file) -> user_files.Upload | None:
+        return None if file is None else user_files.Upload(file.name, file.getvalue())
+
     def uploads(files) -> list[user_files.Upload]:
-        return [user_files.Upload(f.name, f.getvalue()) for f in files or []]
+        return [upload(f) for f in files or []]
 
     folder = state.UploadFolder()
     try:
-        sources = user_files.stage_upload(folder.path, uploads(checkpoint), (uploads([vocab]) or [None])[0],
+        # no vocabulary file is None: a scan-viz model's files may hold their own vocab.json
+        sources = user_files.stage_upload(folder.path, uploads(checkpoint), upload(vocab),
                                           uploads(regions), uploads(images))
     except (ScanVizError, OSError) as exc:
         folder.discard()
         show_error(exc if isinstance(exc, ScanVizError) else "cannot store the upload: try again later")
         return
-    st.session_state[UPLOAD_ROUND_KEY] = round_ + 1
     switch_to(sources, uploads=folder)
 
 

@@ -11,7 +11,8 @@ key        value
 ``k``      retrieval depth / regions in the image-to-text view, :data:`K_MIN`..:data:`K_MAX` (Explore)
 ``model``  a bundled model's name (never a path: a link cannot name a file on the server)
 ``head``   matching head by name (``scan_t2i``, ``scan_i2t``, ``chan``, ``caan``, ...)
-``compare``  heads to show side by side in Explore's Compare view, comma-separated (``scan_t2i,chan``)
+``compare``  heads to show side by side in Explore's Compare view, comma-separated (``scan_t2i,chan``;
+           ``scan`` is SCAN in the model's own direction, or ``dir``'s, as for ``head``)
 ...        each head's settings, under the link keys its declarations give (:mod:`scan_viz.heads`):
            ``lsm`` (lambda_softmax), ``lse`` (lambda_lse), ``agg`` (agg_func), ``norm`` (raw_feature_norm),
            ``beta``, ``chan_agg``, ``lambda_inter``, ...; ``dir=t2i|i2t`` is read as ``head=scan_t2i|scan_i2t``
@@ -26,9 +27,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from scan_viz.app.safe_text import BIDI_CONTROLS, without_bidi
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
 
@@ -40,6 +43,14 @@ DEFAULT_K = 10
 PAIR_KEYS = ("image", "q", "word", "k", "model", "head", "compare")
 #: A bundled model's name: a folder name under pretrained/, no path separators.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: How a note quotes a link's value: clipped (a 4,000-digit ``k`` is quoted by its ends).
+_ECHO = reprlib.Repr()
+_ECHO.maxstring = _ECHO.maxother = 80
+
+
+def echo(value: str) -> str:
+    """A link's value as a note quotes it: in quotes, at most about 80 characters (``'1111...1111'``)."""
+    return _ECHO.repr(value)
 
 
 def query_keys() -> tuple[str, ...]:
@@ -70,8 +81,11 @@ class ExploreParams:
         """The link's head (else ``own.head``, the model's) with the link's settings over the model's own."""
         return HeadSettings.for_head(self.head or own.head, config, dict(self.settings))
 
-    def compared(self) -> list[str]:
-        return [h for h in (self.compare or "").split(",") if h]
+    def compared(self, own: str | None = None) -> list[str]:
+        """The heads to compare; ``scan`` (SCAN in the model's own direction, as ``head=scan`` reads) is ``own``,
+        the model's own head."""
+        names = [own if h == "scan" and own is not None else h for h in (self.compare or "").split(",") if h]
+        return list(dict.fromkeys(names))
 
 
 def _last(value: QueryValue | None) -> str | None:
@@ -122,6 +136,9 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             found["image"] = image
     if "q" in values:
         q = " ".join(values["q"].split())
+        if any(c in BIDI_CONTROLS for c in q):  # they would reorder the sentence box; they are no words
+            q = " ".join(without_bidi(q).split())
+            notes.append("the link's sentence had Unicode direction controls: removed")
         try:
             found["q"] = check_sentence(q)
         except ScanVizError as exc:
@@ -132,39 +149,44 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
         try:
             k = int(values["k"])
         except ValueError:
-            notes.append(f"the link's k={values['k']!r} is not a whole number: ignored")
+            notes.append(f"the link's k={echo(values['k'])} is not a whole number: ignored")
         else:
             if not K_MIN <= k <= K_MAX:
-                notes.append(f"the link's k={k} is outside {K_MIN}..{K_MAX}: clipped")
+                notes.append(f"the link's k={echo(values['k'].strip())} is outside {K_MIN}..{K_MAX}: clipped")
             found["k"] = min(max(k, K_MIN), K_MAX)
     if "model" in values:
         model = values["model"].strip()
         if _MODEL_NAME.fullmatch(model) and len(model) <= MAX_ID_CHARS:
             found["model"] = model
         else:
-            notes.append(f"the link's model={values['model']!r} is not a bundled model's name: ignored")
+            notes.append(f"the link's model={echo(values['model'])} is not a bundled model's name: ignored")
     from scan_viz.heads import all_head_params, head_names
 
     heads = selectable_heads(head_names())
     if "head" in values:
         found["head"] = values["head"].strip()[:MAX_ID_CHARS]
+    scan_head = "scan"  # what ``scan`` means in head and compare: the model's own direction, or dir's
     if "dir" in values:  # links written before heads were named: dir=i2t is SCAN image-to-text
         direction = values["dir"].strip().lower()
         if direction not in ("t2i", "i2t"):
-            notes.append(f"the link's dir={values['dir']!r} is not one of t2i, i2t: ignored")
-        elif found.get("head") in (None, "scan"):
-            found["head"] = f"scan_{direction}"
+            notes.append(f"the link's dir={echo(values['dir'])} is not one of t2i, i2t: ignored")
+        else:
+            scan_head = f"scan_{direction}"
+            if found.get("head") in (None, "scan"):
+                found["head"] = scan_head
     if found.get("head") == "scan":  # SCAN in the model's own direction: the default head
         del found["head"]
     if found.get("head") is not None and found["head"] not in heads:
-        notes.append(f"the link's head {found.pop('head')!r} is not one of {', '.join(heads)}: ignored")
+        notes.append(f"the link's head {echo(found.pop('head'))} is not one of {', '.join(heads)}: ignored")
     if "compare" in values:
-        names = [n.strip() for n in values["compare"].split(",") if n.strip()]
-        unknown = [n for n in names if n not in heads]
+        # the names head= takes: ``scan`` (the model's own direction, resolved by ExploreParams.compared) too
+        names = [scan_head if n.strip() == "scan" else n.strip() for n in values["compare"].split(",") if n.strip()]
+        accepted = [*heads, "scan"]
+        unknown = [n for n in names if n not in accepted]
         if unknown:
-            notes.append(f"the link's compare names {', '.join(repr(n[:MAX_ID_CHARS]) for n in unknown)}, not "
-                         f"one of {', '.join(heads)}: left out")
-        known = list(dict.fromkeys(n for n in names if n in heads))
+            notes.append(f"the link's compare names {', '.join(echo(n) for n in unknown[:5])}"
+                         f"{' and more' if len(unknown) > 5 else ''}, not one of {', '.join(heads)}: left out")
+        known = list(dict.fromkeys(n for n in names if n in accepted))
         if known:
             found["compare"] = ",".join(known)
     settings = []
@@ -173,7 +195,7 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             try:
                 settings.append((param.name, _setting_value(param, values[param.url_key])))
             except ScanVizError as exc:
-                notes.append(f"the link's {param.url_key}={values[param.url_key]!r} is not used: {exc}")
+                notes.append(f"the link's {param.url_key}={echo(values[param.url_key])} is not used: {exc}")
     found["settings"] = tuple(settings)
     return ExploreParams(**found), notes
 

@@ -15,7 +15,7 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, Bundle, ground_truth_images, search_gallery
 from scan_viz.app.params import DEFAULT_K, HeadSettings
-from scan_viz.app.safe_text import literal, show_error
+from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.shell import open_in_explore
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery
@@ -53,7 +53,7 @@ def judge(gallery: Gallery, claims: dict[str, Any] | None, image_index: int, own
 def show_reasons(verdict: Verdict | None) -> None:
     """What a false result gets wrong, one line per failed claim (plain text: it quotes gallery data)."""
     if verdict is not None and not verdict.holds:
-        st.text("\n".join(verdict.reasons))
+        st.text(plain("\n".join(verdict.reasons)))
 
 
 def found_by(stage1_rank: int | None) -> str:
@@ -64,11 +64,11 @@ def found_by(stage1_rank: int | None) -> str:
 def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     gallery = bundle.gallery
     text = st.text_input("Sentence", key=QUERY_KEY, placeholder="e.g. a red car on the road",
-                         persist_state="session").strip()
+                         persist_state="session", on_change=state.drop_bidi, args=(QUERY_KEY,)).strip()
     examples = [gallery.captions[int(c)] for c in np.unique(gallery.caption_image, return_index=True)[1][:4]]
     if examples:
         st.pills("Try a gallery caption", examples, key=EXAMPLES_KEY, on_change=state.use_choice,
-                 args=(EXAMPLES_KEY, QUERY_KEY), wrap=True)
+                 args=(EXAMPLES_KEY, QUERY_KEY), wrap=True, format_func=literal)
     if not text:
         st.info("Type a sentence to rank the gallery's images by how well they match it.")
         return
@@ -123,7 +123,7 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
             return
         if st.session_state.get(IMAGE_KEY) not in ids:
             st.session_state[IMAGE_KEY] = ids[0]
-        image_id = st.selectbox("Gallery image", ids, key=IMAGE_KEY, persist_state="session")
+        image_id = st.selectbox("Gallery image", ids, key=IMAGE_KEY, persist_state="session", format_func=plain)
         st.image(state.thumbnail(bundle.key, image_id), width="stretch")
     with right:
         try:
@@ -149,7 +149,7 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
             row[0].markdown(f"**#{rank}**")
             row[1].markdown(mark)
             with row[2]:
-                st.text(gallery.captions[c])
+                st.text(plain(gallery.captions[c]))
                 show_reasons(verdict)
             row[3].markdown(f"{score:.4f}")
             if row[4].button("Explore", key=f"rt_open_caption_{c}", icon=":material/open_in_new:"):

@@ -1,6 +1,7 @@
 """The frame around every page: the four pages, the served bundle, Explore's deep link, the head controls."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import streamlit as st
@@ -8,12 +9,17 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import Bundle
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
-                                 parse_explore_query)
+                                 own_head, parse_explore_query)
+from scan_viz.app.safe_text import show_error
+from scan_viz.errors import ScanVizError
 
 HERE = Path(__file__).resolve().parent
 EXPLORE = HERE / "explore.py"
 #: The page icon: a region outlined as the word panels outline the strongest one.
 FAVICON = HERE.parent / "assets" / "favicon.png"
+#: What a visitor is told of an error nobody foresaw (its trace is in the server's log).
+UNEXPECTED = "an unexpected error; the server's log has the details"
+log = logging.getLogger(__name__)
 
 
 def pages() -> list:
@@ -25,6 +31,25 @@ def pages() -> list:
         st.Page(HERE / "evaluate.py", title="Evaluate", icon=":material/analytics:", url_path="evaluate"),
         st.Page(HERE / "models.py", title="Model", icon=":material/model_training:", url_path="model"),
     ]
+
+
+def run_page(page) -> None:
+    """The frame, then the page: a user error that escapes a page is its one line, and any other error (a bug,
+    a file no reader foresaw) is logged with its trace while the visitor gets one line, never Streamlit's
+    exception box (a traceback, and buttons that link to outside sites).
+
+    Streamlit stops and reruns a script (``st.stop``, ``st.rerun``, ``st.switch_page``) by raising exceptions
+    derived from BaseException, not Exception: they pass through untouched.
+    """
+    try:
+        before_page(page)
+        page.run()
+        after_page(page)
+    except ScanVizError as exc:
+        show_error(exc)
+    except Exception:  # noqa: BLE001 - the last resort: nothing below may show a visitor a traceback
+        log.exception("scan-viz: unexpected error on the %s page", page.title)
+        show_error(f"this page stopped: {UNEXPECTED}. Reload the page, or choose another model on the Model page")
 
 
 def before_page(page) -> None:
@@ -48,7 +73,7 @@ def before_page(page) -> None:
             if page.title == "Explore":
                 from scan_viz.app.explore import apply_deep_link
 
-                apply_deep_link(params)
+                apply_deep_link(params, own_head(bundle.model.config))
         st.session_state[state.NOTES_KEY] = notes
     if bundle is not None:
         state.head_controls(bundle)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import shutil
 import tempfile
 import weakref
@@ -23,7 +24,7 @@ from scan_viz.app.bundle import (Bundle, Sources, check_visitor_sources, load_bu
                                  operator_failure, visitor_inputs)
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
                                  selectable_heads, settings_fields)
-from scan_viz.app.safe_text import literal, show_error
+from scan_viz.app.safe_text import literal, show_error, without_bidi
 from scan_viz.app.views import word_panels
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import AllowedRoots
@@ -39,6 +40,7 @@ HEAD_KEY = "ctl_head"
 _CONTROLS_FOR = "_controls_for"
 #: The link this session last wrote or applied (a URL that differs is a new link), and the notes on a new link.
 LINK_KEY, NOTES_KEY = "_link", "_link_notes"
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- the served bundle
@@ -67,7 +69,9 @@ class UploadFolder:
     """
 
     def __init__(self) -> None:
-        self.path = Path(tempfile.mkdtemp(prefix="scan-viz-upload-"))
+        from scan_viz.app.user_files import UPLOAD_PREFIX
+
+        self.path = Path(tempfile.mkdtemp(prefix=UPLOAD_PREFIX))
         self.sources_key: tuple | None = None
         self._remove = weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
@@ -85,17 +89,19 @@ def upload_roots() -> AllowedRoots | None:
     return AllowedRoots.of(folder.path) if folder is not None else None
 
 
-def load_sources(sources: Sources) -> Bundle:
+def load_sources(sources: Sources, uploads: UploadFolder | None = None) -> Bundle:
     """The bundle of ``sources``, loaded once per process; the first load shows its steps. Raises ScanVizError
     (or OSError for a visitor's unreadable file).
 
     Sources other than the operator's are first checked against the allowed folders and this session's uploads
-    (:func:`~scan_viz.app.bundle.check_visitor_sources`), once per session and sources. When only the operator's
-    sources fail, the reason (server paths) goes to the log and the visitor gets one generic line.
+    (:func:`~scan_viz.app.bundle.check_visitor_sources`), once per session and sources; ``uploads``: a new
+    upload folder to check them against instead (it becomes the session's only once they load). When only the
+    operator's sources fail, the reason (server paths) goes to the log and the visitor gets one generic line.
     """
     key = sources.key()
     if st.session_state.get(_CHECKED_KEY) != key:
-        check_visitor_sources(sources, AllowedRoots.from_env(), upload_roots())
+        roots = AllowedRoots.of(uploads.path) if uploads is not None else upload_roots()
+        check_visitor_sources(sources, AllowedRoots.from_env(), roots)
         st.session_state[_CHECKED_KEY] = key
     if key in _loaded():
         return bundle_by_key(key)
@@ -103,10 +109,12 @@ def load_sources(sources: Sources) -> Bundle:
                    f"{literal(sources.gallery_label())}\u2026") as status:
         try:
             bundle = bundle_by_key(key)
-        except (ScanVizError, OSError) as exc:
-            status.update(label="Loading failed", state="error")
+        except Exception as exc:
+            status.update(label="Loading failed", state="error")  # never left at "Loading..."
             if visitor_inputs(sources):
-                raise  # the visitor's own files: the reason is theirs to read
+                raise  # the visitor's own files: the reason is theirs to read (an unforeseen one, the caller logs)
+            if not isinstance(exc, (ScanVizError, OSError)):
+                log.exception("scan-viz: the server's model and gallery failed to load unexpectedly")
             raise operator_failure("model and gallery", exc) from None
         status.update(label=f"Loaded {literal(sources.model_label())}: {len(bundle.gallery)} gallery images, "
                             f"{len(bundle.gallery.captions)} captions", state="complete")
@@ -122,15 +130,15 @@ def current_bundle(quiet: bool = False) -> Bundle | None:
     sources = active_sources()
     try:
         return load_sources(sources)
-    except ScanVizError as exc:
+    except (ScanVizError, OSError) as exc:
         if quiet:
             return None
-        show_error(exc)
+        show_error(exc if isinstance(exc, ScanVizError) else f"cannot read the files: {exc.strerror or 'unreadable'}")
         if SOURCES_KEY in st.session_state:
             st.info("Choose another model on the **Model** page.")
-        else:
-            st.info("Build the bundled model (`python -m scan_viz.train.bundle`), set SCAN_VIZ_MODEL and "
-                    "SCAN_VIZ_GALLERY, or load your own checkpoint on the **Model** page.")
+        else:  # the operator's model: nothing the visitor can build or fix
+            st.info("The server's own model is not available right now: choose another one on the **Model** page "
+                    "(a bundled model or your own upload), or tell the operator of this server.")
         return None
 
 
@@ -433,8 +441,16 @@ def use_choice(choice_key: str, target_key: str) -> None:
     the same example can be clicked again."""
     choice = st.session_state.get(choice_key)
     if choice:
-        st.session_state[target_key] = choice
+        st.session_state[target_key] = without_bidi(choice)
     st.session_state[choice_key] = None
+
+
+def drop_bidi(key: str) -> None:
+    """Widget callback of a sentence field: remove Unicode direction controls, which would reorder what the
+    field (and every caption quoting the sentence) shows, and are no words to the model."""
+    text = st.session_state.get(key)
+    if isinstance(text, str) and text != without_bidi(text):
+        st.session_state[key] = without_bidi(text)
 
 
 def shown(action: Callable[[], T]) -> T | None:

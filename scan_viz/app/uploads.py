@@ -1,4 +1,5 @@
-"""An uploaded image, checked: only photo formats, bounded size, decoded upright or refused with one line."""
+"""An uploaded image, checked: only the photo formats the page names, bounded size, decoded upright or refused
+with one line."""
 from __future__ import annotations
 
 import io
@@ -9,8 +10,12 @@ import numpy as np
 from scan_viz.errors import ScanVizError
 from scan_viz.images import load_image
 
-#: What the uploader offers (PNG, JPEG, WebP); the decoder itself sniffs the bytes, never trusts the name.
-UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp")
+#: The formats Explore accepts (Pillow's name: how the page names it, its file name extensions). One table for
+#: what the page says, what the uploader offers and what the bytes must be: a GIF named .png is refused.
+UPLOAD_FORMATS = {"PNG": ("PNG", ("png",)), "JPEG": ("JPEG", ("jpg", "jpeg")), "WEBP": ("WebP", ("webp",))}
+UPLOAD_TYPES = tuple(ext for _, extensions in UPLOAD_FORMATS.values() for ext in extensions)
+_SHOWN = [shown for shown, _ in UPLOAD_FORMATS.values()]
+UPLOAD_FORMATS_TEXT = f"{', '.join(_SHOWN[:-1])} or {_SHOWN[-1]}"  # "PNG, JPEG or WebP"
 MAX_UPLOAD_MB = 20
 
 
@@ -18,10 +23,28 @@ def read_upload(data: bytes, name: str = "the uploaded file") -> np.ndarray:
     """Uploaded bytes -> upright (H, W, 3) uint8 RGB; raises ScanVizError naming the file and what to do."""
     suffix = PurePath(name).suffix.lower().lstrip(".")
     if suffix and suffix not in UPLOAD_TYPES:
-        raise ScanVizError(f"{name}: .{suffix} files are not accepted; upload a PNG, JPEG or WebP image")
+        raise ScanVizError(f"{name}: .{suffix} files are not accepted; upload a {UPLOAD_FORMATS_TEXT} image")
     if len(data) > MAX_UPLOAD_MB * 1024 * 1024:
         raise ScanVizError(f"{name} is {len(data) / 2**20:.1f} MB, over the {MAX_UPLOAD_MB} MB limit: "
                            "upload a smaller image")
+    _check_format(data, name)
     stream = io.BytesIO(data)
     stream.name = name  # load_image names the file in its messages
     return load_image(stream)  # pixel limits: scan_viz.limits, checked from the header
+
+
+def _check_format(data: bytes, name: str) -> None:
+    """Refuse bytes that are not one of :data:`UPLOAD_FORMATS`, whatever the name says (Pillow reads the header
+    only). The library's decoder takes more formats for local files; the page promises these."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        return  # load_image says the file is empty
+    try:
+        with Image.open(io.BytesIO(data), formats=list(UPLOAD_FORMATS)):
+            return
+    except UnidentifiedImageError:
+        pass
+    except Exception:  # noqa: BLE001 - a broken header of a known format: load_image says what is wrong
+        return
+    raise ScanVizError(f"{name} is not a {UPLOAD_FORMATS_TEXT} image: upload one of those")

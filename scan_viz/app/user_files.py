@@ -29,6 +29,13 @@ CHECKPOINT_TYPES = ("tar", "pth", "pt", "safetensors", "json")
 REGION_TYPES = ("tsv", "npz")
 IMAGE_TYPES = tuple(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
 MODEL_DIR, REGIONS_DIR, IMAGES_DIR = "model", "uploaded-regions", "uploaded-images"
+#: How an upload folder's name starts (a private temporary folder per session: state.UploadFolder).
+UPLOAD_PREFIX = "scan-viz-upload-"
+#: A path inside an upload folder, anywhere in a message: the folder, then at most a subfolder and a file name.
+_UPLOADED_PATH = re.compile(rf"(?:/[^/\s'\"]+)*/{re.escape(UPLOAD_PREFIX)}[A-Za-z0-9_]+((?:/[A-Za-z0-9._-]+)*)")
+#: What a message calls the upload folder and its parts (the folders and the renamed vocabulary file).
+_UPLOADED_AS = {"": "your upload", MODEL_DIR: "your model files", REGIONS_DIR: "your region files",
+                IMAGES_DIR: "your images", "vocab.json": "your vocabulary file"}
 #: Uploaded names become file names (and, for images and .npz files, image ids): a plain name, no path.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -39,6 +46,19 @@ class Upload:
 
     name: str
     data: bytes
+
+
+def as_uploaded(message: str) -> str:
+    """``message`` with every path inside an upload folder replaced by the name the visitor gave the file (or
+    "your upload", "your images", ...): a message never shows the server's temporary folders."""
+
+    def name(match: re.Match) -> str:
+        parts = [p for p in match.group(1).split("/") if p]
+        if len(parts) == 2 or (parts and parts[0] not in _UPLOADED_AS):
+            return parts[-1]  # uploaded files keep their names (checked by _check_names)
+        return _UPLOADED_AS[parts[0] if parts else ""]
+
+    return _UPLOADED_PATH.sub(name, message)
 
 
 def _check_names(files: Sequence[Upload], what: str, suffixes: Sequence[str]) -> None:

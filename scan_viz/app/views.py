@@ -12,6 +12,7 @@ import html
 
 import numpy as np
 
+from scan_viz.app.safe_text import plain
 from scan_viz.images import fit_within
 from scan_viz.render import HIGHLIGHT, attention_peak, draw_boxes, panel_image
 from scan_viz.text import END, START, UNK
@@ -115,11 +116,11 @@ def relevance_rows(alignment: Alignment) -> list[dict]:
     rows = []
     for i in content_words(alignment):
         peak = attention_peak(matrix[i])
-        row = {"#": i, "word": alignment.words[i], "in vocabulary": not alignment.unknown[i]}
+        row = {"#": i, "word": plain(alignment.words[i]), "in vocabulary": not alignment.unknown[i]}
         if alignment.word_relevance is not None:
             row[RELEVANCE] = round(float(alignment.word_relevance[i]), 4)
         row["strongest region"] = (peak.describe() if peak.flat
-                                   else f"{peak.region}: {region_label(alignment, peak.region)}")
+                                   else f"{peak.region}: {plain(region_label(alignment, peak.region))}")
         row["weight"] = round(float(matrix[i, peak.region]), 4)
         rows.append(row)
     return rows
@@ -134,8 +135,8 @@ def region_rows(alignment: Alignment, top: int) -> list[dict]:
     rows = []
     for r in np.argsort(-relevance, kind="stable")[:top]:
         best = words[int(np.argmax(matrix[words, r]))] if words else 0
-        rows.append({"region": f"{int(r)}: {region_label(alignment, int(r))}",
-                     RELEVANCE: round(float(relevance[r]), 4), "most attended word": alignment.words[best],
+        rows.append({"region": f"{int(r)}: {plain(region_label(alignment, int(r)))}",
+                     RELEVANCE: round(float(relevance[r]), 4), "most attended word": plain(alignment.words[best]),
                      "weight": round(float(matrix[best, r]), 4)})
     return rows
 
@@ -156,7 +157,7 @@ def bar_figure(labels: list[str], values: list[float], title: str, x_title: str,
 
     colours = [("#d62728" if v < 0 else "#2ca02c") if signed else "#1f77b4" for v in values]
     # labels may hold a visitor's words, and Plotly renders a subset of HTML (<a href>, <b>) in them
-    figure = go.Figure(go.Bar(x=values, y=[html.escape(label, quote=False) for label in labels], orientation="h",
+    figure = go.Figure(go.Bar(x=values, y=[html.escape(plain(label), quote=False) for label in labels], orientation="h",
                               marker_color=colours,
                               hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
     figure.update_layout(title={"text": title, "x": 0.0, "font": {"size": 14}},

@@ -21,6 +21,7 @@ import abc
 import copy
 import dataclasses
 import math
+import reprlib
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
 from scan_viz.config import SCORING_DTYPES, ScanConfig
@@ -78,14 +79,15 @@ class HeadParam:
         """``value`` as this setting's type, checked; ScanVizError naming the setting and what it accepts."""
         if self.choices is not None:
             if value not in self.choices:
-                raise ScanVizError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+                raise ScanVizError(f"{self.name} must be one of {', '.join(self.choices)}, got {reprlib.repr(value)}")
             return str(value)
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = math.nan
         if not math.isfinite(number) or not self.low <= number <= self.high:
-            raise ScanVizError(f"{self.name} must be a number from {self.low:g} to {self.high:g}, got {value!r}")
+            raise ScanVizError(f"{self.name} must be a number from {self.low:g} to {self.high:g}, "
+                               f"got {reprlib.repr(value)}")
         return number
 
 
