@@ -1,6 +1,7 @@
 """`scan-viz score | eval | convert`: same numbers as the library, one `error:` line and status 2 on bad input."""
 import json
 import os
+import stat
 import pickle
 import subprocess
 import sys
@@ -92,6 +93,30 @@ def test_eval_json_matches_library(tmp_path):
         assert got[direction] == pytest.approx(expected[direction])
     assert got["rsum"] == pytest.approx(expected["rsum"])
     assert (got["n_images"], got["n_captions"]) == (10, 50)
+
+
+def test_outputs_dash_is_stdout_with_messages_on_stderr(tmp_path, capsys, monkeypatch):
+    """``--json -`` / ``--out -``: the data alone on stdout (JSON, .npy bytes), every message on stderr."""
+    data = make_precomp(tmp_path / "d", n_train=5, n_dev=5, n_test=10)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", str(TOY_MODEL), "--data", str(data), "--split", "test", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n_images"] == 10 and "rsum" in err and not (tmp_path / "-").exists()
+    buffer = tmp_path / "stdout.bin"
+    with open(buffer, "w+b") as raw, open(raw.fileno(), "w", closefd=False) as text:
+        monkeypatch.setattr(sys, "stdout", text)
+        assert main(["score", "--model", str(TOY_MODEL), "--images", str(data / "test_ims.npy"), "--captions",
+                     str(data / "test_caps.txt"), "--out", "-"]) == 0
+    assert np.load(buffer).shape == (10, 50) and "10 images x 50 captions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["/dev/stdout", "/dev/null", "folder"])
+def test_outputs_that_are_not_regular_files_are_refused_before_any_work(tmp_path, capsys, target):
+    target = str(tmp_path) if target == "folder" else target
+    assert main(["eval", "--model", str(tmp_path / "no-such-model"), "--data", str(tmp_path), "--json",
+                 target]) == 2
+    assert _error_line(capsys).startswith("error: --json ")  # refused before the missing model is noticed
+    assert not stat.S_ISREG(os.lstat("/dev/stdout").st_mode)  # the device link was not replaced by a file
 
 
 def test_eval_fold5_averages_folds(tmp_path):
