@@ -177,3 +177,20 @@ def test_a_gallery_without_claims_still_works_and_says_what_is_missing(bundle, g
     at.slider(key="ev_k").set_value(1).run()
     no_exception(at)
     assert at.session_state["evaluate_failures"] > 0
+
+
+def test_truth_marks_are_drawn_by_a_plain_text_font():
+    """Every character of the marks and their legend has a glyph in DejaVu Sans (Debian's Chromium has no emoji
+    font, where the emoji marks for own and false were the same empty box)."""
+    import os
+
+    import matplotlib
+    from matplotlib import ft2font
+
+    from scan_viz.app.retrieve import LEGEND
+
+    font = ft2font.FT2Font(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
+    for text in (TICK, ALSO_TRUE, CROSS, LEGEND):
+        missing = {c for c in text if font.get_char_index(ord(c)) == 0}
+        assert not missing, (text, missing)
+    assert len({TICK, ALSO_TRUE, CROSS}) == 3
