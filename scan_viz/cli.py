@@ -14,6 +14,11 @@ from scan_viz.config import CROSS_ATTNS, SCORING_DTYPES
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.limits import MAX_WORDS
 
+#: ``--help``'s first paragraph (plain text: the module docstring is reStructuredText for the API docs).
+DESCRIPTION = ("See how SCAN-family image-text matching models line words up with image regions: score, evaluate, "
+               "explain, search and index galleries, convert official checkpoints, train. A user error prints one "
+               "'error:' line and exits with status 2.")
+
 
 def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     from scan_viz.heads import all_head_params, head_names, heads_declaring
@@ -52,14 +57,20 @@ def _load(args: argparse.Namespace):
     return model, model.head(name, cross_attn=args.cross_attn, **overrides)
 
 
-def _progress(label: str):
+def _progress(label: str, stream=None):
+    """A progress report on stderr: a percentage updated in place on a terminal, else a line every 10%."""
     last = [-1]
 
     def report(done: int, total: int) -> None:
+        out = stream or sys.stderr
         pct = int(100 * done / max(total, 1))
-        if pct != last[0] and sys.stderr.isatty():
+        if out.isatty():
+            if pct != last[0]:
+                last[0] = pct
+                print(f"\r{label}: {pct:3d}%", end="" if done < total else "\n", file=out, flush=True)
+        elif pct // 10 != last[0] // 10 or (done >= total and last[0] < 100):
             last[0] = pct
-            print(f"\r{label}: {pct:3d}%", end="" if done < total else "\n", file=sys.stderr, flush=True)
+            print(f"{label}: {pct}% ({done:,} of {total:,})", file=out, flush=True)
     return report
 
 
@@ -143,6 +154,8 @@ def _eval_gallery(args: argparse.Namespace) -> int:
 
     gallery = load_gallery(args.gallery)
     model, head = _load(args)
+    print(f"evaluating {head.name} on {gallery.name}: {len(gallery):,} images x {len(gallery.captions):,} captions, "
+          "then pointing accuracy and truth-aware recall", file=sys.stderr, flush=True)
     result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"), dtype=args.dtype)
     _print_metrics(result)
     _print_truth(result)
@@ -262,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scan-viz", description=__doc__)
+    parser = argparse.ArgumentParser(prog="scan-viz", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score every image against every caption")

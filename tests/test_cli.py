@@ -186,3 +186,38 @@ def test_real_process_exit_status_and_no_traceback(official, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_help_is_plain_text(capsys):
+    """No reStructuredText markup (``code``, :func:) in any command's --help."""
+    import re
+
+    for command in ([], ["score"], ["eval"], ["explain"], ["convert"], ["search"], ["index"], ["train"]):
+        with pytest.raises(SystemExit):
+            main(command + ["--help"])
+        text = capsys.readouterr().out
+        assert text.startswith("usage: scan-viz") and not re.search(r"``|:(func|class|data|mod|meth):", text), text
+
+
+def test_no_model_error_lists_only_models(capsys):
+    assert main(["explain", "--model", "no-such-model", "--gallery-image", "x", "--text", "a dog", "--out",
+                 "unused"]) == 2
+    line = _error_line(capsys)
+    listed = line.split("bundled models: ", 1)[1].rstrip(")").split(", ")
+    assert "scan-emoji-t2i" in listed and all((REPO / "pretrained" / name / "config.json").is_file()
+                                               for name in listed)
+
+
+def test_progress_reports_lines_when_stderr_is_not_a_terminal(tmp_path):
+    """Off a terminal (a log, a pipe) progress is a line every 10%, so a long `eval --gallery` shows it runs."""
+    import io
+
+    from scan_viz.cli import _progress
+
+    out = io.StringIO()
+    report = _progress("scoring", out)
+    for done in range(0, 1001, 50):
+        report(done, 1000)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "scoring: 0% (0 of 1,000)" and lines[-1] == "scoring: 100% (1,000 of 1,000)"
+    assert len(lines) == 11 and "\r" not in out.getvalue()
