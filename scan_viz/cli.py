@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -12,6 +13,11 @@ import numpy as np
 from scan_viz.config import CROSS_ATTNS, SCORING_DTYPES
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.limits import MAX_WORDS
+
+#: ``--help``'s first paragraph (plain text: the module docstring is reStructuredText for the API docs).
+DESCRIPTION = ("See how SCAN-family image-text matching models line words up with image regions: score, evaluate, "
+               "explain, search and index galleries, convert official checkpoints, train. A user error prints one "
+               "'error:' line and exits with status 2.")
 
 
 def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
@@ -51,14 +57,20 @@ def _load(args: argparse.Namespace):
     return model, model.head(name, cross_attn=args.cross_attn, **overrides)
 
 
-def _progress(label: str):
+def _progress(label: str, stream=None):
+    """A progress report on stderr: a percentage updated in place on a terminal, else a line every 10%."""
     last = [-1]
 
     def report(done: int, total: int) -> None:
+        out = stream or sys.stderr
         pct = int(100 * done / max(total, 1))
-        if pct != last[0] and sys.stderr.isatty():
+        if out.isatty():
+            if pct != last[0]:
+                last[0] = pct
+                print(f"\r{label}: {pct:3d}%", end="" if done < total else "\n", file=out, flush=True)
+        elif pct // 10 != last[0] // 10 or (done >= total and last[0] < 100):
             last[0] = pct
-            print(f"\r{label}: {pct:3d}%", end="" if done < total else "\n", file=sys.stderr, flush=True)
+            print(f"{label}: {pct}% ({done:,} of {total:,})", file=out, flush=True)
     return report
 
 
@@ -92,19 +104,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     model, head = _load(args)
     sims = model.similarity(feats, captions, dtype=args.dtype, device=args.device, head=head,
                             memory_budget=int(args.memory_gb * 1024**3), progress=_progress("scoring"))
-    _save_npy(args.out, sims)
+    _save_npy(args.out, sims, args.stdout)
     print(f"wrote {args.out}: {sims.shape[0]} images x {sims.shape[1]} captions ({head.name}, {args.dtype})")
     return 0
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
-    target = Path(path)
-    tmp = target.with_name(target.name + ".partial.npy")
-    try:
-        np.save(tmp, array)
-        tmp.replace(target)
-    except OSError as exc:
-        raise ScanVizError(f"cannot write {path}: {exc}") from exc
+def _save_npy(path: str, array: np.ndarray, stdout=None) -> None:
+    import io
+
+    from scan_viz.io import write_output
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    write_output(path, buffer.getvalue(), "--out", stdout)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -132,7 +144,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = run(slice(0, n_img), slice(0, len(split.captions)))
     result["head"] = head.name
     _print_metrics(result)
-    _write_json(args.json, result)
+    _write_json(args.json, result, args.stdout)
     return 0
 
 
@@ -142,12 +154,14 @@ def _eval_gallery(args: argparse.Namespace) -> int:
 
     gallery = load_gallery(args.gallery)
     model, head = _load(args)
+    print(f"evaluating {head.name} on {gallery.name}: {len(gallery):,} images x {len(gallery.captions):,} captions, "
+          "then pointing accuracy and truth-aware recall", file=sys.stderr, flush=True)
     result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"), dtype=args.dtype)
     _print_metrics(result)
     _print_truth(result)
     if "pointing_accuracy" not in result:
         print("pointing accuracy: not measured (the gallery has no region boxes or no grounded caption words)")
-        _write_json(args.json, result)
+        _write_json(args.json, result, args.stdout)
         return 0
     base = result["baselines"]
     print(f"pointing accuracy: {result['pointing_accuracy']:.1f}%  (random region "
@@ -158,7 +172,7 @@ def _eval_gallery(args: argparse.Namespace) -> int:
     for word, row in result.get("stuff_words", {}).items():
         print(f"    stuff {word:<7} {row['accuracy']:5.1f}%  n={row['count']:<6} random {row['random']:5.1f}%  "
               f"largest {row['largest']:5.1f}%")
-    _write_json(args.json, result)
+    _write_json(args.json, result, args.stdout)
     return 0
 
 
@@ -182,12 +196,13 @@ def _print_truth(result: dict) -> None:
                                       sorted(mistakes["attributes"].items(), key=lambda kv: -kv[1])))
 
 
-def _write_json(path: str | None, result: dict) -> None:
+def _write_json(path: str | None, result: dict, stdout=None) -> None:
+    """``result`` as JSON into ``path`` (``-``: ``stdout``); nothing when ``path`` is None."""
     if not path:
         return
-    from scan_viz.io import write_text_atomic
+    from scan_viz.io import write_output
 
-    write_text_atomic(Path(path), json.dumps(result, indent=2) + "\n")
+    write_output(path, json.dumps(result, indent=2) + "\n", "--json", stdout)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -260,15 +275,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scan-viz", description=__doc__)
+    parser = argparse.ArgumentParser(prog="scan-viz", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score every image against every caption")
     _add_model_args(p)
     p.add_argument("--images", required=True, help="(n_images, n_regions, img_dim) float32 .npy")
     p.add_argument("--captions", required=True, help="text file, one caption per line (UTF-8)")
-    p.add_argument("--out", required=True, help="output .npy (n_images, n_captions)")
-    p.set_defaults(func=cmd_score)
+    p.add_argument("--out", required=True, help="output .npy (n_images, n_captions); - for standard output")
+    p.set_defaults(func=cmd_score, output_files=("out",))
 
     p = sub.add_parser("eval", help="R@1/5/10, medr, meanr, rsum on a precomputed split or a gallery")
     _add_model_args(p, model_required=False)
@@ -278,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "recall when its captions carry claims)")
     p.add_argument("--split", default="test")
     p.add_argument("--fold5", action="store_true", help="COCO 1K: average over 5 folds of 1,000 images")
-    p.add_argument("--json", help="write the metrics as JSON here")
-    p.set_defaults(func=cmd_eval)
+    p.add_argument("--json", help="also write the metrics as JSON here (- for standard output)")
+    p.set_defaults(func=cmd_eval, output_files=("json",))
 
     p = sub.add_parser("explain", help="one image + one sentence -> alignment.json and heatmaps.png")
     _add_model_args(p, model_required=False)
@@ -316,10 +331,22 @@ def _checked(args: argparse.Namespace) -> int:
     """Refuse an unusable head setting before any file or model is read (or torch imported), then run."""
     from scan_viz.heads import all_head_params
 
+    from scan_viz.io import STDOUT, check_output
+
     for param in all_head_params():
         if getattr(args, param.name, None) is not None:
             param.parse(getattr(args, param.name))
-    return args.func(args)
+    names = getattr(args, "output_files", ())
+    outputs = [getattr(args, name) for name in names]
+    for name, path in zip(names, outputs):
+        if path is not None:
+            check_output(path, f"--{name}")  # before any work: a device, pipe or folder is refused at once
+    args.stdout = sys.stdout
+    if STDOUT not in outputs:
+        return args.func(args)
+    # the data alone goes to standard output; every message goes to standard error
+    with contextlib.redirect_stdout(sys.stderr):
+        return args.func(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,14 +18,15 @@ def add_search_parser(sub) -> None:
     p.add_argument("--head", help="matching head that re-ranks (default: SCAN in the model's direction)")
     p.add_argument("--model", help="model directory or name under pretrained/ (default: the bundled model)")
     p.add_argument("--detector", help="detector folder for an image file (default: the one the model names)")
-    p.add_argument("--json", required=True, help="write the results here: [{id, score, stage1_rank}]")
-    p.set_defaults(func=cmd_search)
+    p.add_argument("--json", help="also write the results as JSON here (- for standard output): [{id, score, "
+                                  "stage1_rank}, ...], image -> text adds caption and image_id")
+    p.set_defaults(func=cmd_search, output_files=("json",))
 
 
 def cmd_search(args: argparse.Namespace) -> int:
     from scan_viz.errors import ScanVizError
     from scan_viz.gallery import load_gallery
-    from scan_viz.io import write_text_atomic
+    from scan_viz.io import write_output
     from scan_viz.model import load_model
     from scan_viz.pipeline import DEFAULT_MODEL
     from scan_viz.search import gallery_search
@@ -51,10 +52,23 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise ScanVizError(f"--image {args.image!r} is neither an image id of the gallery nor an image file")
         rows = [{**h.to_json(), "caption": gallery.captions[h.id],
                  "image_id": gallery.ids[int(gallery.caption_image[h.id])]} for h in hits]
-    write_text_atomic(Path(args.json), json.dumps(rows, indent=2) + "\n")
     how = "exhaustive" if not hits or hits[0].stage1_rank is None else "two-stage"
-    print(f"wrote {args.json}: {len(rows)} results ({how})")
+    print(f"{len(rows)} results ({how}):")
+    _print_hits(rows, gallery, text_query=args.text is not None)
+    if args.json:
+        write_output(args.json, json.dumps(rows, indent=2) + "\n", "--json", args.stdout)
+        print(f"wrote {args.json}")
     return 0
+
+
+def _print_hits(rows: list[dict], gallery, text_query: bool) -> None:
+    """One line a result: rank, score, the image id (text -> images) or the caption and its image's id."""
+    for rank, row in enumerate(rows, 1):
+        where = "" if row.get("stage1_rank") is None else f"  (stage 1: #{row['stage1_rank']})"
+        if text_query:
+            print(f"{rank:>4}. {row['score']:8.4f}  {row['id']}{where}")
+        else:
+            print(f"{rank:>4}. {row['score']:8.4f}  {row['caption']}  [{row['image_id']}]{where}")
 
 
 def add_index_parser(sub) -> None:

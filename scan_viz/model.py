@@ -211,6 +211,14 @@ def _scoring_head(model: ScanModel, head: str | MatchingHead | None, dtype: str)
     return matcher, dtype
 
 
+def bundled_models() -> list[str]:
+    """Names of the matching models under ``pretrained/`` (folders with a config.json; the detector, stage-1
+    and co-attention folders beside them are parts of a model, not models)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
+
+
 def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None = None) -> ScanModel:
     """An official checkpoint file (``vocab`` required), a model directory, or a name under ``pretrained/``."""
     from scan_viz.checkpoint import load_model_dir, load_official_checkpoint
@@ -227,7 +235,7 @@ def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None =
         ckpt = load_official_checkpoint(path)
         config, image_state, text_state = ckpt.config, ckpt.image_state, ckpt.text_state
     else:
-        names = sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
+        names = bundled_models()
         hint = f" (bundled models: {', '.join(names)})" if names else ""
         raise ScanVizError(f"no model at {path_or_name}: give a checkpoint file, a model directory or a name{hint}")
     if not isinstance(vocab, Vocabulary):

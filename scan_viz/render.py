@@ -265,6 +265,7 @@ def word_panels(image: np.ndarray, alignment: Alignment, words: list[int] | None
     panel_w = 3.2
     panel_h = panel_w * min(max(height / width, 0.2), 3.0) + 0.85  # room for a title of up to four lines
     figure = _new_figure(cols * panel_w, rows * panel_h, layout="constrained")
+    tags = []
     for slot, word in enumerate(chosen):
         axes = figure.add_subplot(rows, cols, slot + 1)
         weights = matrix[word]
@@ -281,10 +282,30 @@ def word_panels(image: np.ndarray, alignment: Alignment, words: list[int] | None
         x1, y1, x2, y2 = np.clip(boxes[top], 0, [width, height, width, height])
         axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=HIGHLIGHT, linewidth=2))
         if labels:
-            axes.text(x1 + 2, y1 + 2, f"{_region_label(alignment, top)} {weights[top]:.2f}", fontsize=7,
-                      va="top", ha="left", color="black", clip_on=True,
-                      bbox={"facecolor": HIGHLIGHT, "edgecolor": "none", "pad": 1.5, "alpha": 0.9})
+            tag = axes.text(x1 + 2, y1 + 2, f"{_region_label(alignment, top)} {weights[top]:.2f}", fontsize=7,
+                            va="top", ha="left", color="black", clip_on=True,
+                            bbox={"facecolor": HIGHLIGHT, "edgecolor": "none", "pad": 1.5, "alpha": 0.9})
+            tags.append((axes, tag))
+    _keep_inside(figure, tags)
     return figure
+
+
+def _keep_inside(figure: Figure, tags: list[tuple[Any, Any]]) -> None:
+    """Move each box's tag left (and up) until it fits in its panel: a box at the image's right edge had its tag
+    cut off ("banana 0."). The tags' sizes are known only once the layout is drawn, hence one draw first."""
+    if not tags:
+        return
+    renderer = figure.canvas.get_renderer()
+    figure.draw_without_rendering()
+    for axes, tag in tags:
+        panel = axes.get_window_extent(renderer)
+        box = tag.get_bbox_patch().get_window_extent(renderer)  # the tag's background, text included
+        shift_x = min(0.0, panel.x1 - box.x1)  # display units: left until its right end is inside
+        shift_x = max(shift_x, panel.x0 - box.x0)  # but never past the left edge (a tag wider than the panel)
+        shift_y = max(0.0, panel.y0 - box.y0)  # display y grows upwards: a tag below the panel moves up
+        if shift_x or shift_y:
+            x, y = axes.transData.transform(tag.get_position())
+            tag.set_position(axes.transData.inverted().transform((x + shift_x, y + shift_y)))
 
 
 def _default_regions(alignment: Alignment, matrix: np.ndarray, top: int) -> list[int]:
@@ -600,9 +621,10 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str] | Non
             continue
         (text_w, text_h), base = cv2.getTextSize(str(labels[k]), font, scale, 1)
         top = max(y1 - text_h - base - 2, 0)  # above the box, or inside it at the image's top edge
-        cv2.rectangle(canvas, (x1, top), (x1 + text_w + 4, top + text_h + base + 2), colour, cv2.FILLED)
+        left = max(min(x1, width - text_w - 4), 0)  # moved left at the image's right edge, not cut off
+        cv2.rectangle(canvas, (left, top), (left + text_w + 4, top + text_h + base + 2), colour, cv2.FILLED)
         ink = (0, 0, 0) if sum(colour) > 382 else (255, 255, 255)
-        cv2.putText(canvas, str(labels[k]), (x1 + 2, top + text_h + 1), font, scale, ink, 1, cv2.LINE_AA)
+        cv2.putText(canvas, str(labels[k]), (left + 2, top + text_h + 1), font, scale, ink, 1, cv2.LINE_AA)
     return canvas
 
 

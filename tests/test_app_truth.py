@@ -13,6 +13,7 @@ from app_fixture import app_fixture
 from streamlit.testing.v1 import AppTest
 
 from scan_viz.app.bundle import ground_truth_images
+from scan_viz.app.evaluate import PER_PAGE
 from scan_viz.app.retrieve import ALSO_TRUE, CROSS, TICK
 from scan_viz.gallery import load_gallery
 from scan_viz.model import load_model
@@ -130,6 +131,12 @@ def test_evaluate_shows_truth_aware_recall_breakdown_and_filters_failures(bundle
                         if attribute == "also true" else attribute in caption_holds(
                             gallery.caption_claims[q], gallery.scenes[int(want["t2i_top"][q])]).attributes)]
         assert at.session_state["evaluate_failures"] == len(expected)
+        labels = [c.value for c in at.caption if c.value.startswith(("wrong on", "nothing wrong"))]
+        assert len(labels) == min(len(expected), PER_PAGE)  # one under each listed failure on the page
+        if attribute == "also true":  # a top 1 the caption is true of is not "wrong on" anything
+            assert all(label.startswith("nothing wrong") for label in labels)
+        else:
+            assert all(label.startswith("wrong on: ") and attribute in label for label in labels)
         counted += len(expected)
     assert counted > 0
     at.selectbox(key="ev_wrong").set_value("also true").run()
@@ -177,3 +184,29 @@ def test_a_gallery_without_claims_still_works_and_says_what_is_missing(bundle, g
     at.slider(key="ev_k").set_value(1).run()
     no_exception(at)
     assert at.session_state["evaluate_failures"] > 0
+
+
+def test_truth_marks_are_drawn_by_a_plain_text_font():
+    """Every character of the marks and their legend has a glyph in DejaVu Sans (Debian's Chromium has no emoji
+    font, where the emoji marks for own and false were the same empty box)."""
+    import os
+
+    import matplotlib
+    from matplotlib import ft2font
+
+    from scan_viz.app.retrieve import LEGEND
+
+    font = ft2font.FT2Font(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans.ttf"))
+    for text in (TICK, ALSO_TRUE, CROSS, LEGEND):
+        missing = {c for c in text if font.get_char_index(ord(c)) == 0}
+        assert not missing, (text, missing)
+    assert len({TICK, ALSO_TRUE, CROSS}) == 3
+
+
+def test_failure_label_never_says_a_true_top_1_is_wrong():
+    from scan_viz.app.evaluate import wrong_label
+    from scan_viz.truth import Failure, Verdict
+
+    assert wrong_label(Verdict()) == "nothing wrong: the caption is also true of it"
+    wrong = Verdict((Failure("count", "the caption says two butterflies, the image has one"),))
+    assert wrong_label(wrong) == "wrong on: count"

@@ -1,6 +1,7 @@
 """`scan-viz score | eval | convert`: same numbers as the library, one `error:` line and status 2 on bad input."""
 import json
 import os
+import stat
 import pickle
 import subprocess
 import sys
@@ -94,6 +95,30 @@ def test_eval_json_matches_library(tmp_path):
     assert (got["n_images"], got["n_captions"]) == (10, 50)
 
 
+def test_outputs_dash_is_stdout_with_messages_on_stderr(tmp_path, capsys, monkeypatch):
+    """``--json -`` / ``--out -``: the data alone on stdout (JSON, .npy bytes), every message on stderr."""
+    data = make_precomp(tmp_path / "d", n_train=5, n_dev=5, n_test=10)
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", str(TOY_MODEL), "--data", str(data), "--split", "test", "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["n_images"] == 10 and "rsum" in err and not (tmp_path / "-").exists()
+    buffer = tmp_path / "stdout.bin"
+    with open(buffer, "w+b") as raw, open(raw.fileno(), "w", closefd=False) as text:
+        monkeypatch.setattr(sys, "stdout", text)
+        assert main(["score", "--model", str(TOY_MODEL), "--images", str(data / "test_ims.npy"), "--captions",
+                     str(data / "test_caps.txt"), "--out", "-"]) == 0
+    assert np.load(buffer).shape == (10, 50) and "10 images x 50 captions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["/dev/stdout", "/dev/null", "folder"])
+def test_outputs_that_are_not_regular_files_are_refused_before_any_work(tmp_path, capsys, target):
+    target = str(tmp_path) if target == "folder" else target
+    assert main(["eval", "--model", str(tmp_path / "no-such-model"), "--data", str(tmp_path), "--json",
+                 target]) == 2
+    assert _error_line(capsys).startswith("error: --json ")  # refused before the missing model is noticed
+    assert not stat.S_ISREG(os.lstat("/dev/stdout").st_mode)  # the device link was not replaced by a file
+
+
 def test_eval_fold5_averages_folds(tmp_path):
     data = make_precomp(tmp_path / "d", n_train=5, n_dev=5, n_test=10)
     out = tmp_path / "m.json"
@@ -161,3 +186,38 @@ def test_real_process_exit_status_and_no_traceback(official, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_help_is_plain_text(capsys):
+    """No reStructuredText markup (``code``, :func:) in any command's --help."""
+    import re
+
+    for command in ([], ["score"], ["eval"], ["explain"], ["convert"], ["search"], ["index"], ["train"]):
+        with pytest.raises(SystemExit):
+            main(command + ["--help"])
+        text = capsys.readouterr().out
+        assert text.startswith("usage: scan-viz") and not re.search(r"``|:(func|class|data|mod|meth):", text), text
+
+
+def test_no_model_error_lists_only_models(capsys):
+    assert main(["explain", "--model", "no-such-model", "--gallery-image", "x", "--text", "a dog", "--out",
+                 "unused"]) == 2
+    line = _error_line(capsys)
+    listed = line.split("bundled models: ", 1)[1].rstrip(")").split(", ")
+    assert "scan-emoji-t2i" in listed and all((REPO / "pretrained" / name / "config.json").is_file()
+                                               for name in listed)
+
+
+def test_progress_reports_lines_when_stderr_is_not_a_terminal(tmp_path):
+    """Off a terminal (a log, a pipe) progress is a line every 10%, so a long `eval --gallery` shows it runs."""
+    import io
+
+    from scan_viz.cli import _progress
+
+    out = io.StringIO()
+    report = _progress("scoring", out)
+    for done in range(0, 1001, 50):
+        report(done, 1000)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "scoring: 0% (0 of 1,000)" and lines[-1] == "scoring: 100% (1,000 of 1,000)"
+    assert len(lines) == 11 and "\r" not in out.getvalue()

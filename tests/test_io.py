@@ -176,3 +176,37 @@ def test_folders_get_the_mode_of_a_new_folder(tmp_path, umask_027):
     io.write_dir_atomic(tmp_path / "model", lambda d: (d / "other.json").write_text("{}"))  # replaces
     assert listing(tmp_path / "model") == ["other.json"]
     assert mode(tmp_path / "model") == 0o750 and listing(tmp_path) == ["model"]
+
+
+# ----------------------------------------------------------------------------- output names a user gives
+
+
+def test_check_output_refuses_devices_pipes_folders_and_links_to_them(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "stdout-link"
+    link.symlink_to("/proc/self/fd/1")
+    for path, message in ((fifo, "not a regular file"), (tmp_path, "is a folder"), ("/dev/null", "device"),
+                          ("/dev/stdout", "device"), (link, "device")):
+        with pytest.raises(ScanVizError, match=message):
+            io.check_output(path, "--json")
+    io.check_output("-")  # standard output
+    io.check_output(tmp_path / "new.json")
+    (tmp_path / "old.json").write_text("{}")
+    io.check_output(tmp_path / "old.json")
+
+
+def test_atomic_write_through_a_link_keeps_the_link(tmp_path):
+    real = tmp_path / "results.json"
+    real.write_text("old")
+    link = tmp_path / "latest.json"
+    link.symlink_to(real)
+    io.write_text_atomic(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+
+
+def test_write_output_dash_is_standard_output(tmp_path, capsysbinary, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    io.write_output("-", b"\x93NUMPY bytes")
+    assert capsysbinary.readouterr().out == b"\x93NUMPY bytes"
+    assert not (tmp_path / "-").exists()

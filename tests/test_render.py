@@ -354,3 +354,34 @@ def test_image_to_text_view_uses_one_colour_scale_for_the_figure():
     assert sum(shade(weak, "dog")[:3]) > sum(shade(strong, "dog")[:3]) + 0.5  # the weak row stays pale
     colour_bar = figure.axes[-1]
     assert colour_bar.get_xlim() == (0.0, 1.0) and "one scale for every region" in colour_bar.get_xlabel()
+
+
+@pytest.mark.parametrize("corner", [(52, 40, 64, 48), (0, 40, 10, 48), (56, 0, 64, 6)])
+def test_word_panels_tag_stays_inside_its_panel_at_the_image_edges(image, corner):
+    """The strongest region's tag ("label weight") is moved inside the panel, not cut off at the right or
+    bottom edge ("banana 0.")."""
+    boxes = BOXES.copy()
+    boxes[1] = corner  # "zebra" (word 2) attends mostly to region 2 % 4 = 2; "a" (word 1) to region 1
+    alignment = make_alignment(boxes=boxes)
+    alignment.region_labels[1] = "a long region label"
+    figure = render.word_panels(image, alignment, words=[1])
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    axes = figure.axes[0]
+    (tag,) = axes.texts
+    panel, box = axes.get_window_extent(renderer), tag.get_bbox_patch().get_window_extent(renderer)
+    assert tag.get_text().startswith("a long region label ")
+    assert panel.x0 - 0.5 <= box.x0 and box.x1 <= panel.x1 + 0.5 and panel.y0 - 0.5 <= box.y0, (panel, box)
+
+
+def test_draw_boxes_label_at_the_right_edge_is_moved_inside():
+    import cv2
+
+    canvas = np.full((200, 300, 3), 128, np.uint8)
+    label = "a long region label"
+    drawn = render.draw_boxes(canvas, np.array([[260, 60, 300, 120]]), [label], colours=[(255, 0, 0)])
+    scale = max(0.35, 200 / 900)
+    (text_w, text_h), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    red = (drawn[..., 0] > 200) & (drawn[..., 1] < 80) & (drawn[..., 2] < 80)
+    label_row = red[60 - text_h - base - 1]  # the label background's first row, above the box
+    assert label_row.sum() >= text_w + 4 and label_row[-1]  # all of it drawn, ending at the right edge

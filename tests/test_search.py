@@ -1,6 +1,10 @@
 """Two-stage search: stage 2 re-scores exactly as exhaustive search does, and stage 1 decides only who is re-ranked."""
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -152,6 +156,43 @@ def test_search_command_writes_json_and_rejects_bad_input(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_search_command_prints_a_readable_table_and_json_to_stdout(tmp_path):
+    """Without --json the results are printed one a line; ``--json -`` puts the JSON alone on stdout, the
+    messages on stderr; a device path is refused before any work and stays what it was."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.app_fixture import app_fixture
+
+    fixture = app_fixture()
+    image_id = fixture.image_ids[2]
+    sentence = fixture.captions[image_id][0]
+    base = [sys.executable, "-m", "scan_viz.cli", "search", "--gallery", str(fixture.gallery), "--model",
+            str(fixture.model)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = lambda *extra: subprocess.run(base + list(extra), capture_output=True, text=True, timeout=120,
+                                        cwd=tmp_path, env=env)
+    table = run("--text", sentence, "-k", "3")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.strip().splitlines()
+    assert lines[0] == "3 results (exhaustive):" and len(lines) == 4
+    assert lines[1].split()[0] == "1." and lines[1].split()[2] in fixture.image_ids
+    as_json = run("--text", sentence, "-k", "3", "--json", "-")
+    rows = json.loads(as_json.stdout)
+    assert [r["id"] for r in rows] == [line.split()[2] for line in lines[1:]]
+    assert "3 results" in as_json.stderr and not (tmp_path / "-").exists()
+    captions = run("--image", image_id, "-k", "2")
+    assert captions.returncode == 0 and f"[{captions.stdout.splitlines()[1].rsplit('[', 1)[1]}" .endswith("]")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target in ("/dev/stdout", str(fifo), str(tmp_path)):
+        refused = run("--text", sentence, "--json", target)
+        assert refused.returncode == 2 and refused.stderr.startswith("error: --json ")
+        assert "Traceback" not in refused.stderr and refused.stdout == ""
+    assert not stat.S_ISREG(os.lstat("/dev/stdout").st_mode)  # the device link was not replaced by a file
 
 
 def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):

@@ -21,7 +21,7 @@ from typing import Any
 
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery, load_gallery
-from scan_viz.model import PRETRAINED_DIR, ScanModel, load_model
+from scan_viz.model import PRETRAINED_DIR, ScanModel, bundled_models, load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL, GalleryIndex
 from scan_viz.safe_paths import ALLOWANCES, ENV_ALLOWED_ROOTS, AllowedRoots
 
@@ -110,13 +110,6 @@ class Bundle:
 
     def has_boxes(self) -> bool:
         return self.gallery.regions.boxes is not None
-
-
-def bundled_models() -> list[str]:
-    """Names of the SCAN models under ``pretrained/`` (folders with a config.json)."""
-    if not PRETRAINED_DIR.is_dir():
-        return []
-    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
 
 
 def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | None = None) -> Gallery:

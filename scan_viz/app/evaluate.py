@@ -130,8 +130,10 @@ def failure_rows(result: dict, direction: str, k: int, truth_aware: bool = False
 
 
 def wrong_label(verdict: Verdict) -> str:
-    """What the top 1 gets wrong, for the failure list: ``count, size``, or ``also true``."""
-    return ", ".join(verdict.attributes) if not verdict.holds else ALSO_TRUE
+    """What the top 1 gets wrong, for the failure list: ``wrong on: count, size``, or that it is also true."""
+    if verdict.holds:
+        return "nothing wrong: the caption is also true of it"
+    return "wrong on: " + ", ".join(verdict.attributes)
 
 
 def show_failures(result: dict, bundle: Bundle, settings: HeadSettings) -> None:
@@ -197,7 +199,7 @@ def show_failures(result: dict, bundle: Bundle, settings: HeadSettings) -> None:
             truth_pair, top_pair = (image_id, own), (image_id, top)
         if has_truth:
             verdict = result[f"{direction}_top_verdict"][q]
-            row[3].caption(f"wrong on: {wrong_label(verdict)}",
+            row[3].caption(wrong_label(verdict),
                            help="\n\n".join(literal(r) for r in verdict.reasons) or None)
         if row[4].button("Truth", key=f"ev_truth_{direction}_{q}", help="Open the ground-truth pair in Explore"):
             open_in_explore(*truth_pair, settings, bundle)

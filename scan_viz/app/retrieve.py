@@ -24,9 +24,11 @@ from scan_viz.truth import Verdict, caption_holds
 QUERY_KEY, K_KEY, IMAGE_KEY, TAB_KEY = "rt_q", "rt_k", "rt_image", "rt_tab"
 IMAGE_SEARCH_KEY, EXAMPLES_KEY = "rt_image_search", "rt_examples"
 RESULT_COLUMNS = 5
-TICK, ALSO_TRUE, CROSS = "\u2705", "\u2611\ufe0f", "\u274c"
-LEGEND = (f"{TICK} own caption/image \u00b7 {ALSO_TRUE} also true: not its own, but every claim of the caption "
-          f"holds for the image \u00b7 {CROSS} false, with what is wrong")
+#: Truth marks as coloured badges of text with a check or cross mark that DejaVu Sans has (Debian's Chromium has no
+#: emoji font: the emoji marks were one empty box for own and false alike).
+TICK, ALSO_TRUE, CROSS = ":green-badge[\u2713 own]", ":blue-badge[\u2713 true]", ":red-badge[\u2717 false]"
+LEGEND = (f"{TICK} caption/image \u00b7 {ALSO_TRUE}: also true, not its own, but every claim of the caption holds "
+          f"for the image \u00b7 {CROSS}, with what is wrong")
 NO_CLAIMS = "This gallery's captions carry no claims, so only each caption's own image is ticked."
 
 
