@@ -691,6 +691,8 @@ def test_model_card_shows_bundled_metrics_and_switches_bundled_models(bundle, mo
     assert "rsum 212.5" in " ".join(c.value for c in at.caption) and "mAP@0.5 0.610" in " ".join(
         c.value for c in at.caption)
     assert at.dataframe[0].value["R@1"].tolist() == [12.5, 10.0]
+    # the served model is preselected (was the first name: scan-emoji-i2t sorts before it)
+    assert at.selectbox(key="md_bundled_name").value == "scan-emoji-t2i"
     at.selectbox(key="md_bundled_name").set_value("scan-emoji-i2t")
     at.form_submit_button[0].click().run()
     no_exception(at)

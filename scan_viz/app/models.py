@@ -133,7 +133,8 @@ def bundled_form(roots: AllowedRoots | None) -> None:
         return
     operator = Sources.from_env()
     with st.form("md_bundled"):
-        name = st.selectbox("Model", names, key="md_bundled_name")
+        served = state.active_sources().model  # preselected: switching starts from what is served
+        name = st.selectbox("Model", names, key="md_bundled_name", index=names.index(served) if served in names else 0)
         gallery = detector = ""
         if roots is not None:  # server paths: typed by the visitor, never prefilled with the server's own
             gallery = st.text_input("Gallery folder on this server (optional)", key="md_gallery",
