@@ -18,7 +18,7 @@ import torch
 from app_fixture import app_fixture, png_bytes
 from streamlit.testing.v1 import AppTest
 
-from scan_viz.app import evaluate, explore, models, state, views
+from scan_viz.app import evaluate, explore, models, retrieve, state, views
 from scan_viz.app.bundle import NO_MATCH, search_gallery
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
                                  parse_explore_query)
@@ -456,7 +456,7 @@ def test_retrieve_text_to_image_opens_the_pair_in_explore(app, bundle):
     results = at.session_state["retrieve_results"]
     assert sorted(results) == sorted(bundle.image_ids)  # K = every image, so the truth is listed
     marks = [m.value for m in at.markdown if m.value.startswith("**#")]
-    assert sum("\u2705" in m for m in marks) == 1
+    assert sum(retrieve.TICK in m for m in marks) == 1
     assert all(m.endswith("exhaustive") for m in marks)  # the fixture model has no stage-1 head
     at.button(key=f"rt_open_{results[0]}").click().run()
     no_exception(at)
