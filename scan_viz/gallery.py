@@ -87,6 +87,15 @@ class Gallery:
     def ground_truth_boxes(self, image_id: str) -> list[dict[str, Any]]:
         return self.records[self.index_of(image_id)].get("objects", [])
 
+    def claims_of(self, text: str) -> dict[str, Any] | None:
+        """The claims of the gallery caption ``text`` (case and spacing ignored), None if it is not one or has none.
+
+        A caption's claims follow from its words, so every gallery caption with this text claims the same.
+        """
+        wanted = " ".join(text.lower().split())
+        return next((claims for caption, claims in zip(self.captions, self.caption_claims)
+                     if claims is not None and " ".join(caption.lower().split()) == wanted), None)
+
     @property
     def has_claims(self) -> bool:
         """Whether every caption carries claims (then the truth check applies to the whole gallery)."""

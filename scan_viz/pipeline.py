@@ -108,14 +108,18 @@ class GalleryIndex:
         caps = model.encode_captions(gallery.captions)
         return cls(model, gallery, regions, _region_lengths(gallery), caps.emb, caps.lengths)
 
-    def search_images(self, text: str, k: int = 10, head: str | MatchingHead | None = None) -> list[tuple[str, float]]:
-        """Text -> the top-k gallery images by score, best first."""
+    def image_scores(self, text: str, head: str | MatchingHead | None = None) -> np.ndarray:
+        """(n_images,) every gallery image's score for the sentence ``text`` under ``head``."""
         from scan_viz.engine import score_matrix
 
         check_sentence(text)
         matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
         caps = self.model.encode_captions([text])
-        scores = score_matrix(matcher, self.regions, caps.emb, caps.lengths, self.region_lengths)[:, 0]
+        return score_matrix(matcher, self.regions, caps.emb, caps.lengths, self.region_lengths)[:, 0]
+
+    def search_images(self, text: str, k: int = 10, head: str | MatchingHead | None = None) -> list[tuple[str, float]]:
+        """Text -> the top-k gallery images by score, best first."""
+        scores = self.image_scores(text, head)
         top = np.argsort(-scores, kind="stable")[:k]
         return [(self.gallery.ids[i], float(scores[i])) for i in top]
 
@@ -167,20 +171,23 @@ def compare_heads(index: GalleryIndex, image_id: str, text: str,
 
     Ties count in the image's favour: rank = 1 + the number of images scoring strictly higher.
     """
-    from scan_viz.engine import score_matrix
-
     if not heads:
         raise ScanVizError("choose at least one head to compare")
     regions = gallery_regions(index.gallery, image_id)
     row = index.gallery.index_of(image_id)
-    caps = index.model.encode_captions([text])
     out = []
     for head in heads:
         matcher = head if isinstance(head, MatchingHead) else index.model.head(head)
         alignment = explain(index.model, regions, text, matcher)
-        scores = score_matrix(matcher, index.regions, caps.emb, caps.lengths, index.region_lengths)[:, 0]
-        out.append(HeadComparison(matcher, alignment, 1 + int(np.count_nonzero(scores > scores[row])), len(scores)))
+        scores = index.image_scores(text, matcher)
+        out.append(HeadComparison(matcher, alignment, gallery_rank(scores, scores[row]), len(scores)))
     return out
+
+
+def gallery_rank(scores: np.ndarray, score: float) -> int:
+    """The rank a pair scoring ``score`` takes among the gallery's ``scores`` (n_images,) for the same sentence:
+    1 + the number of images scoring strictly higher (ties count in the pair's favour)."""
+    return 1 + int(np.count_nonzero(np.asarray(scores) > score))
 
 
 def _region_lengths(gallery: Gallery) -> torch.Tensor | None:

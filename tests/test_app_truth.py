@@ -210,3 +210,33 @@ def test_failure_label_never_says_a_true_top_1_is_wrong():
     assert wrong_label(Verdict()) == "nothing wrong: the caption is also true of it"
     wrong = Verdict((Failure("count", "the caption says two butterflies, the image has one"),))
     assert wrong_label(wrong) == "wrong on: count"
+
+
+def test_explore_shows_the_rank_and_the_truth_verdict_for_any_gallery_caption(bundle, gallery, monkeypatch):
+    """A pair opened from Retrieve or Evaluate keeps its verdict in Explore: own caption, another image's caption
+    true of this one, or false with what is wrong; the score comes with the image's rank for the sentence."""
+    from scan_viz.app import explore
+    from scan_viz.pipeline import GalleryIndex, gallery_rank
+
+    model = load_model(str(bundle.model))
+    index = GalleryIndex.build(model, gallery)
+    caption = next(k for k in range(len(gallery.captions)) if gallery.truth[k].sum() > 1
+                   and len(ground_truth_images(gallery, gallery.captions[k])) == 1)
+    own = int(gallery.caption_image[caption])
+    also_true = next(i for i in np.flatnonzero(gallery.truth[caption]) if i != own)
+    false = int(np.flatnonzero(~gallery.truth[caption])[0])
+    for image, expected in ((own, "own"), (int(also_true), "true"), (false, "false")):
+        at = _app(monkeypatch, bundle.env())
+        at.query_params["image"] = gallery.ids[image]
+        at.query_params["q"] = gallery.captions[caption]
+        at.run()
+        no_exception(at)
+        assert at.session_state[explore.VERDICT_MARKER] == expected
+        scores = index.image_scores(gallery.captions[caption])
+        rank = gallery_rank(scores, scores[image])
+        assert at.session_state[explore.RANK_MARKER] == rank
+        assert any(f"rank {rank:,} of the gallery's {len(gallery):,} images" in m.value for m in at.markdown)
+        if expected == "false":
+            verdict = caption_holds(gallery.caption_claims[caption], gallery.scenes[image])
+            assert any("false of this one" in w.value for w in at.warning)
+            assert "\n".join(verdict.reasons) in [t.value for t in at.text]

@@ -16,7 +16,7 @@ import streamlit as st
 from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, is_own_caption, model_domain, search_gallery
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
-from scan_viz.app.safe_text import literal, show_error
+from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_FORMATS_TEXT, UPLOAD_TYPES
 from scan_viz.app.views import RELEVANCE, bar_figure, content_words, region_rows, relevance_rows, word_label
 from scan_viz.errors import ScanVizError
@@ -30,6 +30,8 @@ SEARCH_KEY, THUMB_PAGE_KEY, TAB_KEY, EXAMPLES_KEY = "ex_search", "ex_thumb_page"
 LINK_WORD_KEY = "_ex_link_word"
 #: What the page drew, for tests and the browser check: the words that got a panel; the heads compared.
 PANELS_MARKER, COMPARE_MARKER = "explore_panels", "explore_compared"
+#: The pair's rank among the gallery's images for the sentence, and the truth verdict shown (for tests).
+RANK_MARKER, VERDICT_MARKER = "explore_rank", "explore_verdict"
 GALLERY, UPLOAD = "Gallery", "Upload"
 PANEL_COLUMNS = 4
 THUMB_COLUMNS, THUMB_ROWS = 6, 2
@@ -310,18 +312,66 @@ def show_ablation(picked: Picked, alignment: Alignment, bundle: Bundle, settings
                                    signed=True), width="stretch")
 
 
-def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle) -> None:
-    """Score, unknown words and, for a gallery caption, whether the pair is a ground-truth match."""
+def gallery_rank_line(alignment: Alignment, picked: Picked, bundle: Bundle, settings: HeadSettings) -> str:
+    """The score's scale: the rank this image takes among the gallery's images for the sentence (an upload: the
+    rank it would take), or "" when the gallery is empty or scoring it failed (its error is shown)."""
+    from scan_viz.pipeline import gallery_rank
+
+    if not len(bundle.gallery):
+        return ""
+    scores = state.shown(lambda: state.sentence_scores(bundle.key, alignment.text, settings.key()))
+    if scores is None:
+        return ""
+    if picked.image_id is not None:
+        rank = gallery_rank(scores, scores[bundle.gallery.index_of(picked.image_id)])
+        line = f"rank {rank:,} of the gallery's {len(scores):,} images for this sentence"
+    else:
+        rank = gallery_rank(scores, alignment.score)
+        line = f"would rank {rank:,} among the gallery's {len(scores):,} images for this sentence"
+    st.session_state[RANK_MARKER] = rank
+    return line
+
+
+def show_verdict(alignment: Alignment, picked: Picked, bundle: Bundle, column) -> None:
+    """For a gallery image: whether the sentence is its own caption, else, when the sentence is a gallery caption
+    with claims, whether it is true of this image and what is wrong (the truth check, as Retrieve shows it)."""
+    from scan_viz.truth import caption_holds
+
+    gallery = bundle.gallery
+    if picked.image_id is None or not bundle.has_captions():
+        return
+    if is_own_caption(gallery, picked.image_id, alignment.text):
+        st.session_state[VERDICT_MARKER] = "own"
+        column.success("This sentence is one of the image's own captions.", icon=":material/check:")
+        return
+    claims = gallery.claims_of(alignment.text)
+    if claims is None:
+        return
+    verdict = caption_holds(claims, gallery.scenes[gallery.index_of(picked.image_id)])
+    st.session_state[VERDICT_MARKER] = "true" if verdict.holds else "false"
+    if verdict.holds:
+        column.info("Another image's caption, and true of this one too: every claim it makes holds here.",
+                    icon=":material/check:")
+    else:
+        column.warning(f"Another image's caption, false of this one (wrong on: {', '.join(verdict.attributes)}):",
+                       icon=":material/close:")
+        column.text("\n".join(plain(reason) for reason in verdict.reasons))
+
+
+def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle, settings: HeadSettings) -> None:
+    """Score and its rank in the gallery, unknown words and, for a gallery caption, whether the pair is a
+    ground-truth match or the caption is true of the image."""
     words = content_words(alignment)
     unknown = [alignment.words[i] for i in words if alignment.unknown[i]]
     columns = st.columns([2, 3])
+    rank = gallery_rank_line(alignment, picked, bundle, settings)
     # plain Markdown, not st.metric: a metric cuts a long value short ("-0.25...") in a narrow column
-    columns[0].markdown(f"{SCORE_LABEL} {alignment.score:.4f}  \n{len(words)} words \u00b7 "
-                        f"{len(picked.regions)} regions",
-                        help=f"{alignment.head} pair score, to 4 decimals")
-    if picked.image_id is not None and bundle.has_captions():
-        if is_own_caption(bundle.gallery, picked.image_id, alignment.text):
-            columns[1].success("This sentence is one of the image's own captions.", icon=":material/check:")
+    columns[0].markdown(f"{SCORE_LABEL} {alignment.score:.4f}  \n" + (f"{rank}  \n" if rank else "")
+                        + f"{len(words)} words \u00b7 {len(picked.regions)} regions",
+                        help=f"{alignment.head} pair score, to 4 decimals. A score means little alone: the rank "
+                             "says how it compares with the gallery's images for the same sentence (1 = the "
+                             "head's top image; ties count in the image's favour).")
+    show_verdict(alignment, picked, bundle, columns[1])
     if unknown and len(unknown) == len(words):
         st.warning(f"None of the words is in the model's vocabulary ({', '.join(map(literal, unknown))}): each "
                    "reads as `<unk>`, so the alignment says nothing about this sentence.", icon=":material/warning:")
@@ -418,8 +468,8 @@ def render() -> None:
     if served is None:
         return
     bundle, settings = served
-    st.session_state.pop(PANELS_MARKER, None)
-    st.session_state.pop(COMPARE_MARKER, None)
+    for marker in (PANELS_MARKER, COMPARE_MARKER, RANK_MARKER, VERDICT_MARKER):
+        st.session_state.pop(marker, None)
     st.session_state.setdefault(SOURCE_KEY, GALLERY)
     st.segmented_control("Image", [GALLERY, UPLOAD], key=SOURCE_KEY, required=True, persist_state="session",
                          label_visibility="collapsed")
@@ -449,7 +499,7 @@ def render() -> None:
         word_index = resolve_word(alignment)
         word = alignment.words[word_index] if word_index != content_words(alignment)[0] else None
         with text_column:
-            show_summary(alignment, picked, bundle)
+            show_summary(alignment, picked, bundle, settings)
         show_views(picked, alignment, bundle, settings)
         show_compare(picked, sentence, bundle, settings)
     write_deep_link(bundle, settings, picked, sentence, word)

@@ -32,16 +32,6 @@ LEGEND = (f"{TICK} caption/image \u00b7 {ALSO_TRUE}: also true, not its own, but
 NO_CLAIMS = "This gallery's captions carry no claims, so only each caption's own image is ticked."
 
 
-def claims_of_text(gallery: Gallery, text: str) -> dict[str, Any] | None:
-    """The claims of the gallery caption ``text`` (case and spacing ignored), None if it is not one or has none.
-
-    A caption's claims follow from its words, so every gallery caption with this text claims the same.
-    """
-    wanted = " ".join(text.lower().split())
-    return next((claims for caption, claims in zip(gallery.captions, gallery.caption_claims)
-                 if claims is not None and " ".join(caption.lower().split()) == wanted), None)
-
-
 def judge(gallery: Gallery, claims: dict[str, Any] | None, image_index: int, own: bool) -> tuple[str, Verdict | None]:
     """The mark of one (caption, image) result: own (tick), also true, false (cross, with its verdict), or no mark."""
     if own:
@@ -80,7 +70,7 @@ def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
         show_error(exc)
         return
     truth = ground_truth_images(gallery, text)
-    claims = claims_of_text(gallery, text) if truth else None
+    claims = gallery.claims_of(text) if truth else None
     marks = {image_id: judge(gallery, claims, gallery.index_of(image_id), image_id in truth)
              for image_id, _, _ in results} if truth else {}
     if truth:
