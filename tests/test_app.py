@@ -213,6 +213,7 @@ def test_controls_recompute_the_score(app, bundle):
     at = open_link(app, image=image_id, q=sentence)
     base = library_alignment(bundle, image_id, sentence).score
     assert score(at) == f"{base:.4f}"
+    assert not [i for i in at.sidebar.info if "were trained for" in i.value]  # scan_t2i: the model's own head
     at.selectbox(key=state.HEAD_KEY).set_value("scan_i2t").run()
     no_exception(at)
     flipped = library_alignment(bundle, image_id, sentence, head="scan_i2t").score
@@ -229,6 +230,8 @@ def test_controls_recompute_the_score(app, bundle):
     # the controls are the head's own: CHAN shows beta and its pooling, not SCAN's lambdas
     at.selectbox(key=state.HEAD_KEY).set_value("chan").run()
     no_exception(at)
+    # another head than the one the encoders were trained for is said so, beside the control
+    assert [i.value for i in at.sidebar.info if "were trained for scan_t2i, not chan" in i.value]
     labels = {w.label for w in [*at.sidebar.slider, *at.sidebar.selectbox]}
     assert {"\u03b2", "CHAN pooling"} <= labels and "\u03bb_softmax" not in labels
     at.slider(key=state.setting_key("beta")).set_value(0.3).run()

@@ -347,6 +347,11 @@ def head_controls(bundle: Bundle) -> HeadSettings:
         st.subheader("Matching head")
         head = st.selectbox("Head", heads, key=HEAD_KEY, persist_state="session",
                             help="; ".join(f"{n}: {head_spec(n).help}" for n in heads) + ".")
+        trained = own_head(bundle.model.config)
+        if head != trained:
+            st.info(f"This model's encoders were trained for {trained}, not {head}: the scores and maps show what "
+                    f"{head} computes on embeddings trained for another head, not what a model trained for it "
+                    "would do.", icon=":material/info:")
         own = HeadSettings.for_head(head, bundle.model.config).overrides()
         for param in head_spec(head).params:  # all first: a control greyed out by another reads its value
             st.session_state.setdefault(setting_key(param.name), own[param.name])
