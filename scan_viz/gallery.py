@@ -24,7 +24,8 @@ import numpy as np
 
 from scan_viz.data import RegionStore, load_saved_regions
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_paths import MB, read_text
+from scan_viz.safe_files import read_json
+from scan_viz.safe_paths import MB
 
 GALLERY_FORMAT = "scan-viz-gallery/1"
 GALLERY_FILE = "gallery.json"
@@ -140,9 +141,9 @@ def load_gallery(path: str | Path) -> Gallery:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(read_text(path, "gallery file", max_bytes=MAX_RECORDS_BYTES))
-    except json.JSONDecodeError as exc:
-        raise ScanVizError(f"{path} is unreadable ({exc}); {REBUILD_HINT}") from None
+        return read_json(path, "gallery file", max_bytes=MAX_RECORDS_BYTES)
+    except ScanVizError as exc:
+        raise ScanVizError(f"{exc}; {REBUILD_HINT}") from None
 
 
 def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]], images: list[np.ndarray | bytes],

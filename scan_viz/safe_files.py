@@ -243,8 +243,8 @@ def check_zip(path: PathLike, what: str, max_bytes: int, budget: LoadBudget | No
     except ScanVizError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise ScanVizError(f"{what} {name} is not a readable zip archive ({type(exc).__name__}): give the right "
-                           "file") from None
+        raise ScanVizError(f"{what} {name} is not a zip archive or it is damaged ({type(exc).__name__}): give the "
+                           "right file") from None
     if len(members) > max_members:
         raise ScanVizError(f"{what} {name} is a zip archive of {len(members):,} files; the limit is "
                            f"{max_members:,}: give the right file")
@@ -307,12 +307,12 @@ def check_safetensors(path: PathLike, what: str, max_bytes: int = MAX_LOAD_BYTES
             if len(prefix) < 8:
                 raise damaged("shorter than its 8-byte header length")
             header_len = int.from_bytes(prefix, "little")
+            if 8 + header_len > size:
+                raise damaged("its header runs past the end of the file")
             if header_len > MAX_SAFETENSORS_HEADER_BYTES:
                 raise ScanVizError(f"{what} {name} has a {_mb(header_len)} header; the limit is "
                                    f"{_mb(MAX_SAFETENSORS_HEADER_BYTES)} (a model's lists a few hundred tensors in "
                                    "a few KB): give the right file")
-            if 8 + header_len > size:
-                raise damaged("its header runs past the end of the file")
             header = f.read(header_len)
     except OSError as exc:
         raise ScanVizError(f"cannot read {what} {name} ({exc.strerror or type(exc).__name__})") from None

@@ -334,13 +334,17 @@ def save_image_vectors(gallery_dir: Path, stage1: Stage1, vectors: np.ndarray) -
 
 def load_image_vectors(gallery_dir: Path, stage1: Stage1, n_images: int) -> np.ndarray | None:
     """The stored stage-1 vectors when they were made by this head for this many images, else None."""
+    from scan_viz.safe_files import load_npy, read_json
+
     folder = Path(gallery_dir) / STAGE1_DIR
-    try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        if meta.get("stage1") != stage1.fingerprint or meta.get("n") != n_images:
+    if not (folder / META_FILE).is_file():
+        return None
+    try:  # stale or damaged vectors are computed again, whatever is wrong with them
+        meta = read_json(folder / META_FILE, "stage-1 header")
+        if not isinstance(meta, dict) or meta.get("stage1") != stage1.fingerprint or meta.get("n") != n_images:
             return None
-        vectors = np.load(folder / VECTORS_FILE, allow_pickle=False)
-    except (OSError, ValueError):
+        vectors = load_npy(folder / VECTORS_FILE, "stage-1 vectors", kinds="f")
+    except ScanVizError:
         return None
     return vectors if vectors.shape == (n_images, stage1.head.dim) else None
 

@@ -20,7 +20,7 @@ import numpy as np
 from nltk.tokenize import NLTKWordTokenizer
 
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_paths import read_text
+from scan_viz.safe_files import read_json
 
 PAD = "<pad>"
 START = "<start>"
@@ -220,10 +220,7 @@ class Vocabulary:
         naming the file and the problem.
         """
         path = Path(path)
-        try:
-            data = json.loads(read_text(path, "vocabulary file"))
-        except json.JSONDecodeError as error:
-            raise _vocab_error(path, f"invalid JSON at line {error.lineno} ({error.msg})") from None
+        data = read_json(path, "vocabulary file")
         if not isinstance(data, dict) or not isinstance(data.get("word2idx"), dict):
             raise _vocab_error(path, 'it has no "word2idx" object')
 
