@@ -102,7 +102,14 @@ class SearchHit:
 
 
 def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int] | None) -> list[SearchHit]:
-    """Best k by score; ties keep the earlier (stage-1) order."""
+    """Best k by score; ties keep the earlier (stage-1) order.
+
+    A NaN or infinite score is refused rather than ranked or written (``"score": NaN`` is not JSON): it comes from
+    NaN or infinite region features, which a memory-mapped gallery is not scanned for when it loads.
+    """
+    if not np.isfinite(scores).all():
+        raise ScanVizError("the gallery's region features hold NaN or infinite values, so its scores are "
+                           "meaningless: rebuild the gallery from its images (scan-viz index)")
     order = np.argsort(-scores, kind="stable")[:k]
     return [SearchHit(ids[i], float(scores[i]), None if stage1_ranks is None else int(stage1_ranks[i]))
             for i in order]
