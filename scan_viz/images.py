@@ -167,7 +167,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side
             # Pillow's own limit is a second guard for callers who raise ours above it
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                image = Image.open(stream, formats=tuple(formats))
+                image = Image.open(stream, formats=FORMATS)  # a narrower ``formats`` is checked below, by name
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
                 size = _declared_size_despite_bomb(stream)
                 if size is not None:

@@ -190,12 +190,12 @@ def check_npy(stream: BinaryIO, available: int, what: str, name: str, max_bytes:
     if dtype.hasobject or dtype.kind not in kinds:
         raise ScanVizError(f"{what} {name} holds {dtype} values; expected numbers: give the right file")
     n_bytes = math.prod(shape) * dtype.itemsize
-    if n_bytes > max_bytes:
-        raise ScanVizError(f"{what} {name} declares an array of shape {shape} ({_mb(n_bytes)}), over the "
-                           f"{_mb(max_bytes)} limit for such a file: give the right file")
     if n_bytes > available - header:
         raise ScanVizError(f"{what} {name} declares {_mb(n_bytes)} of data but holds {_mb(max(available - header, 0))}:"
                            " it is truncated or damaged, write it again")
+    if n_bytes > max_bytes:
+        raise ScanVizError(f"{what} {name} declares an array of shape {shape} ({_mb(n_bytes)}), over the "
+                           f"{_mb(max_bytes)} limit for such a file: give the right file")
     return shape, dtype, n_bytes
 
 
@@ -207,6 +207,7 @@ def load_npy(path: PathLike, what: str, *, mmap: bool = False, max_bytes: int = 
     size = regular_file(path, what)
     try:
         with open(path, "rb") as f:
+            # a memory map holds no more than the file: only what the file holds bounds it
             _, _, n_bytes = check_npy(f, size, what, name, max_bytes if not mmap else size, kinds)
     except OSError as exc:
         raise ScanVizError(f"cannot read {what} {name} ({exc.strerror or type(exc).__name__})") from None

@@ -101,6 +101,10 @@ class SearchHit:
         return {"id": self.id, "score": self.score, "stage1_rank": self.stage1_rank}
 
 
+NON_FINITE_MESSAGE = ("the gallery's region features hold NaN or infinite values, so its scores are meaningless: "
+                      "rebuild the gallery from its images (scan-viz index)")
+
+
 def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int] | None) -> list[SearchHit]:
     """Best k by score; ties keep the earlier (stage-1) order.
 
@@ -108,8 +112,7 @@ def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int]
     NaN or infinite region features, which a memory-mapped gallery is not scanned for when it loads.
     """
     if not np.isfinite(scores).all():
-        raise ScanVizError("the gallery's region features hold NaN or infinite values, so its scores are "
-                           "meaningless: rebuild the gallery from its images (scan-viz index)")
+        raise ScanVizError(NON_FINITE_MESSAGE)
     order = np.argsort(-scores, kind="stable")[:k]
     return [SearchHit(ids[i], float(scores[i]), None if stage1_ranks is None else int(stage1_ranks[i]))
             for i in order]
@@ -180,6 +183,8 @@ class TwoStageSearch:
         if stage1 is not None and n:
             if image_vectors is None:
                 image_vectors = self._image_vectors_in_chunks()
+            if not np.isfinite(image_vectors).all():  # FAISS would silently never return those images
+                raise ScanVizError(NON_FINITE_MESSAGE)
             self.image_index = build_index(image_vectors, index_kind)
 
     # ---------------------------------------------------------------------------------------- helpers
