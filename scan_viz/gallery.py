@@ -24,7 +24,7 @@ import numpy as np
 
 from scan_viz.data import RegionStore, load_saved_regions
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_files import read_json
+from scan_viz.safe_files import LoadBudget, read_json
 from scan_viz.safe_paths import MB
 
 GALLERY_FORMAT = "scan-viz-gallery/1"
@@ -110,8 +110,10 @@ class Gallery:
         return truth_matrix(self.caption_claims, self.scenes)
 
 
-def load_gallery(path: str | Path) -> Gallery:
-    """Read and check a gallery folder; anything missing or inconsistent is a ScanVizError naming it."""
+def load_gallery(path: str | Path, budget: LoadBudget | None = None) -> Gallery:
+    """Read and check a gallery folder; anything missing or inconsistent is a ScanVizError naming it.
+
+    Region arrays read into memory are charged to ``budget`` (:class:`~scan_viz.safe_files.LoadBudget`)."""
     root = Path(path)
     if not (root / GALLERY_FILE).is_file():
         raise ScanVizError(f"{root} is not a gallery (no {GALLERY_FILE}); {REBUILD_HINT}")
@@ -127,7 +129,7 @@ def load_gallery(path: str | Path) -> Gallery:
         if file.is_absolute() or ".." in file.parts or not (root / file).is_file():
             raise ScanVizError(f"{root / GALLERY_FILE}: the image of record {n} is missing or outside the gallery "
                                f"folder; {REBUILD_HINT}")
-    regions = load_saved_regions(root / REGIONS_DIR)
+    regions = load_saved_regions(root / REGIONS_DIR, budget)
     if regions.ids != [r["id"] for r in records]:
         raise ScanVizError(f"{root}: the region store's image ids do not match {GALLERY_FILE}; {REBUILD_HINT}")
     labels = None

@@ -26,7 +26,7 @@ FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: What a file's name promises: bytes of another format under one of these names are refused, so a page that
 #: accepts "PNG, JPEG or WebP" never decodes a GIF, TIFF or BMP named ``.png``.
 SUFFIX_FORMATS: dict[str, tuple[str, ...]] = {
-    ".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",), ".gif": ("GIF",),
+    ".png": ("PNG",), ".jpg": ("JPEG",), ".jpeg": ("JPEG",), ".webp": ("WEBP",), ".gif": ("GIF",),
     ".bmp": ("BMP",), ".tif": ("TIFF",), ".tiff": ("TIFF",),
 }
 _READABLE = "is not a readable image (PNG, JPEG, WebP, GIF, BMP, TIFF)"
@@ -138,13 +138,14 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
 
 def _check_format(found: str | None, name: str, formats: tuple[str, ...]) -> None:
     """ScanVizError when Pillow read ``found`` bytes but ``formats`` or the file's name promise another format."""
-    promised = SUFFIX_FORMATS.get(os.path.splitext(name)[1].lower())
-    if found not in formats or (promised is not None and found not in promised):
-        shown = "JPEG" if found == "MPO" else found
-        if promised is not None:
-            raise ScanVizError(f"{name} is named {os.path.splitext(name)[1].lower()} but holds a {shown} image: save "
-                               "it in the format its name says, or rename it")
-        raise ScanVizError(f"{name} is a {shown} image; accepted here: {', '.join(sorted(set(formats) - {'MPO'}))}")
+    family = "JPEG" if found == "MPO" else found  # Pillow's JPEG opener names camera MPO files MPO
+    suffix = os.path.splitext(name)[1].lower()
+    promised = SUFFIX_FORMATS.get(suffix)
+    if promised is not None and family not in promised:
+        raise ScanVizError(f"{name} is named {suffix} but holds a {family} image: save it in the format its name "
+                           "says, or rename it")
+    if family not in formats:
+        raise ScanVizError(f"{name} is a {family} image; accepted here: {', '.join(sorted(formats))}")
 
 
 def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int = MAX_IMAGE_SIDE,
