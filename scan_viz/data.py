@@ -511,7 +511,9 @@ def load_saved_regions(path: PathLike, budget: LoadBudget | None = None) -> Regi
         raise ScanVizError(f"{path} not found; pass a folder written by save_regions()")
     budget = budget_or_default(budget)
     try:
-        meta = read_json(path / "ids.json", "region-store header")
+        meta = read_json(path / "ids.json", "region-store header", budget=budget)
+    except OverBudget:
+        raise
     except ScanVizError as exc:  # the reader's own refusal (depth, size, syntax), inside the store's
         raise corrupt(str(exc)) from None
     if not isinstance(meta, dict) or meta.get("format") != SAVED_FORMAT or not isinstance(meta.get("ids"), list):

@@ -15,7 +15,7 @@ from scan_viz.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import MatchingHead, create_head
 from scan_viz.limits import check_device
-from scan_viz.safe_files import LoadBudget
+from scan_viz.safe_files import LoadBudget, budget_or_default
 from scan_viz.text import EncodedCaption, Vocabulary, pad_ids
 from scan_viz.types import Alignment
 
@@ -220,6 +220,7 @@ def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None =
     :class:`~scan_viz.safe_files.LoadBudget`)."""
     from scan_viz.checkpoint import load_model_dir, load_official_checkpoint
 
+    budget = budget_or_default(budget)  # one budget for the weights and the vocabulary
     path = Path(path_or_name)
     if not path.exists() and (PRETRAINED_DIR / str(path_or_name)).is_dir():
         path = PRETRAINED_DIR / str(path_or_name)
@@ -236,5 +237,5 @@ def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None =
         hint = f" (bundled models: {', '.join(names)})" if names else ""
         raise ScanVizError(f"no model at {path_or_name}: give a checkpoint file, a model directory or a name{hint}")
     if not isinstance(vocab, Vocabulary):
-        vocab = Vocabulary.load(vocab)
+        vocab = Vocabulary.load(vocab, budget)
     return ScanModel(config, vocab, image_state, text_state)

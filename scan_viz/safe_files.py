@@ -33,7 +33,9 @@ so a set of files that are each within their caps still cannot add up past it. T
 - :data:`MAX_SAFETENSORS_HEADER_BYTES` (1 MiB) and :data:`MAX_TENSORS` (4,096): a scan-viz model's header lists
   about 20 tensors in 2 KB, a detector's a few hundred.
 - :data:`MAX_JSON_DEPTH` (64): a gallery record nests about 8 deep; :data:`MAX_JSON_DIGITS` (100): floats are
-  written with at most 17 significant digits, integers (ids, indices, sizes) with at most 20.
+  written with at most 17 significant digits, integers (ids, indices, sizes) with at most 20. What parsing makes
+  (about 80 bytes of Python objects per value) is estimated from the text and charged to the budget, so a few MB
+  of ``[{},{},...]`` cannot become gigabytes of dicts.
 
 No message quotes a file's content; files are named by their base name (the name the user gave an upload).
 """
@@ -66,6 +68,7 @@ MAX_SAFETENSORS_HEADER_BYTES = 1 * MB
 MAX_TENSORS = 4_096
 MAX_JSON_DEPTH = 64
 MAX_JSON_DIGITS = 100
+JSON_BYTES_PER_VALUE = 80
 
 PathLike = str | os.PathLike
 
@@ -122,10 +125,15 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _SCAN_CHUNK = 1 << 20
 
 
-def check_json_text(data: bytes, what: str, name: str) -> None:
-    """ScanVizError when JSON ``data`` nests deeper than :data:`MAX_JSON_DEPTH` or has a number of more than
-    :data:`MAX_JSON_DIGITS` digits; a linear scan outside strings (in C and numpy, a million brackets at a time),
-    so nothing is parsed yet."""
+def check_json_text(data: bytes, what: str, name: str) -> int:
+    """The bytes parsing JSON ``data`` may take as Python objects, once it nests at most :data:`MAX_JSON_DEPTH`
+    deep and has no number of more than :data:`MAX_JSON_DIGITS` digits; ScanVizError otherwise.
+
+    A linear scan outside strings (in C and numpy, a million brackets at a time), so nothing is parsed yet. The
+    estimate is the text plus :data:`JSON_BYTES_PER_VALUE` for every value and key (one per comma, colon and
+    opening bracket): measured with tracemalloc it is 1.0-7x the parse's peak (1.6x for the bundled gallery,
+    2x for a file of empty objects, the densest way to make Python objects from JSON text).
+    """
     outside = _JSON_STRING.sub(b'""', data)
     brackets = outside.translate(None, _NOT_BRACKETS)
     depth = peak = 0
@@ -141,12 +149,15 @@ def check_json_text(data: bytes, what: str, name: str) -> None:
         digits = len(_DIGITS.match(outside, long.start()).group())
         raise ScanVizError(f"{what} {name} holds a number of {digits:,} digits; the limit is {MAX_JSON_DIGITS}: it is "
                            "not a file scan-viz wrote, give the right file")
+    values = 1 + sum(outside.count(c) for c in (b",", b":", b"[", b"{"))
+    return len(data) + JSON_BYTES_PER_VALUE * values
 
 
-def parse_json(data: bytes | str, what: str, name: str) -> Any:
-    """JSON ``data`` parsed after :func:`check_json_text`; every failure is a one-line ScanVizError."""
+def parse_json(data: bytes | str, what: str, name: str, budget: LoadBudget | None = None) -> Any:
+    """JSON ``data`` parsed after :func:`check_json_text`, what it may take charged to ``budget``; every failure
+    is a one-line ScanVizError."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    check_json_text(raw, what, name)
+    budget_or_default(budget).charge(check_json_text(raw, what, name), f"{what} {name}")
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -156,9 +167,10 @@ def parse_json(data: bytes | str, what: str, name: str) -> Any:
         raise ScanVizError(f"{what} {name} is not usable JSON ({type(exc).__name__}): give the right file") from None
 
 
-def read_json(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """The JSON value of a regular file of at most ``max_bytes``, depth and numbers checked before parsing."""
-    return parse_json(read_text(path, what, max_bytes), what, shown(path))
+def read_json(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES, budget: LoadBudget | None = None) -> Any:
+    """The JSON value of a regular file of at most ``max_bytes``, depth, numbers and the objects it makes checked
+    before parsing (:func:`parse_json`)."""
+    return parse_json(read_text(path, what, max_bytes), what, shown(path), budget)
 
 
 # -------------------------------------------------------------------------------------------------------- .npy

@@ -305,3 +305,38 @@ def test_other_formats_named_as_png_jpeg_or_webp_are_refused(tmp_path, fmt, name
     assert load_image(data.getvalue()).shape == (8, 8, 3)  # unnamed bytes of an accepted format still load
     with pytest.raises(ScanVizError, match=f"is a {fmt} image; accepted here: JPEG, PNG, WEBP"):
         load_image(data.getvalue(), formats=("PNG", "JPEG", "WEBP"))
+
+
+def test_json_breadth_is_charged_before_parsing(tmp_path):
+    """3 MB of empty objects would be 75 MB of dicts: the estimate is charged before json.loads runs."""
+    from scan_viz.safe_files import OverBudget, read_json
+
+    path = tmp_path / "gallery.json"
+    path.write_bytes(b"[" + b",".join([b"{}"] * 1_000_000) + b"]")
+    with pytest.raises(OverBudget, match="gallery.json would take 155 MB in memory"):
+        read_json(path, "gallery file", budget=LoadBudget(100 << 20))
+    assert len(read_json(path, "gallery file")) == 1_000_000  # the default budget admits it
+
+
+# ------------------------------------------------------------------------------------ real data still loads
+def test_caps_admit_an_official_size_checkpoint(tmp_path):
+    """An official COCO checkpoint's shapes (11,755 words x 300, bi-GRU of 1024, fc 2048 -> 1024): about 55 MB."""
+    opt = official_opt(vocab_size=11_755, word_dim=300, embed_size=1024, img_dim=2048)
+    image, text = random_states(opt)
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 1, "model": [image, text], "best_rsum": 0.0, "opt": argparse.Namespace(**opt),
+                "Eiters": 1}, path)
+    assert 40 << 20 < path.stat().st_size < 80 << 20
+    budget = LoadBudget()
+    checkpoint = load_official_checkpoint(path, budget)
+    assert checkpoint.text_state["embed.weight"].shape == (11_755, 300)
+    assert path.stat().st_size * 0.99 < budget.used < path.stat().st_size
+
+
+def test_caps_admit_bottom_up_attention_features_of_1000_images():
+    """36 x 2048 float32 regions of 1,000 images, and adaptive 10-100 boxes padded to 100, fit the caps."""
+    from scan_viz.safe_files import MAX_FEATURE_DIM, MAX_LOAD_BYTES, MAX_NPZ_BYTES, MAX_REGIONS_PER_IMAGE
+
+    assert 100 <= MAX_REGIONS_PER_IMAGE and 2048 <= MAX_FEATURE_DIM
+    assert 1_000 * 100 * (2048 + 4) * 4 < MAX_LOAD_BYTES
+    assert 100 * (2048 + 4) * 8 < MAX_NPZ_BYTES  # one image's .npz, even in float64
