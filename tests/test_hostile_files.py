@@ -340,3 +340,17 @@ def test_caps_admit_bottom_up_attention_features_of_1000_images():
     assert 100 <= MAX_REGIONS_PER_IMAGE and 2048 <= MAX_FEATURE_DIM
     assert 1_000 * 100 * (2048 + 4) * 4 < MAX_LOAD_BYTES
     assert 100 * (2048 + 4) * 8 < MAX_NPZ_BYTES  # one image's .npz, even in float64
+
+
+@pytest.mark.parametrize("command", ["score", "index"])
+def test_captions_that_are_a_device_are_refused(tmp_path, capsys, command):
+    if command == "score":
+        np.save(tmp_path / "ims.npy", np.zeros((1, 2, 12), np.float32))
+        argv = ["score", "--model", str(MODEL), "--images", str(tmp_path / "ims.npy"), "--captions", "/dev/zero",
+                "--out", str(tmp_path / "s.npy")]
+    else:
+        (tmp_path / "images").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+        argv = ["index", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "g"), "--captions", "/dev/zero"]
+    assert main(argv) == 2
+    assert "captions /dev/zero is not a regular file" in one_line(capsys.readouterr().err.strip())
