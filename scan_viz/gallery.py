@@ -147,8 +147,8 @@ def _read_json(path: Path, budget: LoadBudget | None) -> Any:
         return read_json(path, "gallery file", max_bytes=MAX_RECORDS_BYTES, budget=budget)
     except OverBudget:
         raise
-    except ScanVizError as exc:
-        raise ScanVizError(f"{exc}; {REBUILD_HINT}") from None
+    except ScanVizError as exc:  # a gallery is named by its folder, as the other messages here do
+        raise ScanVizError(f"{exc} (in {path.parent}); {REBUILD_HINT}") from None
 
 
 def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]], images: list[np.ndarray | bytes],

@@ -34,7 +34,7 @@ so a set of files that are each within their caps still cannot add up past it. T
   about 20 tensors in 2 KB, a detector's a few hundred.
 - :data:`MAX_JSON_DEPTH` (64): a gallery record nests about 8 deep; :data:`MAX_JSON_DIGITS` (100): floats are
   written with at most 17 significant digits, integers (ids, indices, sizes) with at most 20. What parsing makes
-  (about 80 bytes of Python objects per value) is estimated from the text and charged to the budget, so a few MB
+  (at most about 96 bytes of Python objects per value) is estimated from the text and charged to the budget, so a few MB
   of ``[{},{},...]`` cannot become gigabytes of dicts.
 
 No message quotes a file's content; files are named by their base name (the name the user gave an upload).
@@ -52,7 +52,7 @@ from typing import Any, BinaryIO, Iterable
 import numpy as np
 
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_paths import MB, MAX_JSON_BYTES, read_text, regular_file
+from scan_viz.safe_paths import MB, MAX_JSON_BYTES, read_bytes, regular_file
 
 GiB = 1 << 30
 MAX_LOAD_BYTES = 1 * GiB
@@ -68,7 +68,7 @@ MAX_SAFETENSORS_HEADER_BYTES = 1 * MB
 MAX_TENSORS = 4_096
 MAX_JSON_DEPTH = 64
 MAX_JSON_DIGITS = 100
-JSON_BYTES_PER_VALUE = 80
+JSON_BYTES_PER_VALUE = 96
 
 PathLike = str | os.PathLike
 
@@ -102,8 +102,8 @@ class LoadBudget:
         """Count ``n_bytes`` (about to be allocated for ``what``), or ScanVizError when the budget would be passed."""
         if self.used + n_bytes > self.max_bytes:
             raise OverBudget(f"{what} would take {_mb(n_bytes)} in memory, and this load may take "
-                               f"{_mb(self.max_bytes)} in all ({_mb(self.used)} already used): give fewer or smaller "
-                               "files")
+                             f"{_mb(self.max_bytes)} in all ({_mb(self.used)} already used): give fewer or smaller "
+                             "files")
         self.used += n_bytes
 
     def __repr__(self) -> str:
@@ -131,8 +131,8 @@ def check_json_text(data: bytes, what: str, name: str) -> int:
 
     A linear scan outside strings (in C and numpy, a million brackets at a time), so nothing is parsed yet. The
     estimate is the text plus :data:`JSON_BYTES_PER_VALUE` for every value and key (one per comma, colon and
-    opening bracket): measured with tracemalloc it is 1.0-7x the parse's peak (1.6x for the bundled gallery,
-    2x for a file of empty objects, the densest way to make Python objects from JSON text).
+    opening bracket): measured with tracemalloc it is 1.2-9x the parse's peak (1.2x for a 30,000-word vocabulary,
+    1.9x for nested empty lists, 2.1x for the bundled gallery, 2.6x for empty objects).
     """
     outside = _JSON_STRING.sub(b'""', data)
     brackets = outside.translate(None, _NOT_BRACKETS)
@@ -154,12 +154,17 @@ def check_json_text(data: bytes, what: str, name: str) -> int:
 
 
 def parse_json(data: bytes | str, what: str, name: str, budget: LoadBudget | None = None) -> Any:
-    """JSON ``data`` parsed after :func:`check_json_text`, what it may take charged to ``budget``; every failure
-    is a one-line ScanVizError."""
+    """JSON ``data`` (UTF-8) parsed after :func:`check_json_text`, what it may take charged to ``budget``; every
+    failure is a one-line ScanVizError."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
     budget_or_default(budget).charge(check_json_text(raw, what, name), f"{what} {name}")
     try:
-        return json.loads(raw)
+        # UTF-8 only: json.loads would guess UTF-16/32 from bytes, which the scan above does not read
+        text = data if isinstance(data, str) else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ScanVizError(f"{what} {name} is not UTF-8 text: give the JSON file itself") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ScanVizError(f"{what} {name} is not valid JSON ({exc.msg} at line {exc.lineno}): give the right "
                            "file") from None
@@ -170,7 +175,7 @@ def parse_json(data: bytes | str, what: str, name: str, budget: LoadBudget | Non
 def read_json(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES, budget: LoadBudget | None = None) -> Any:
     """The JSON value of a regular file of at most ``max_bytes``, depth, numbers and the objects it makes checked
     before parsing (:func:`parse_json`)."""
-    return parse_json(read_text(path, what, max_bytes), what, shown(path), budget)
+    return parse_json(read_bytes(path, what, max_bytes), what, shown(path), budget)
 
 
 # -------------------------------------------------------------------------------------------------------- .npy
