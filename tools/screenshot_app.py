@@ -37,6 +37,8 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=1400)
     ap.add_argument("--height", type=int, default=1500)
     ap.add_argument("--element", help="CSS selector: wait for it and save only that part of the page")
+    ap.add_argument("--wait-text", default="word panels",
+                    help="text that shows the page has drawn its results (Retrieve: 'score')")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -57,7 +59,7 @@ def main() -> int:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             page.goto(f"{url}/{args.link}", timeout=120_000)
-            page.get_by_text("word panels").first.wait_for(timeout=180_000)
+            page.get_by_text(args.wait_text).first.wait_for(timeout=180_000)
             target = page.locator(args.element).first if args.element else None
             if target is not None:
                 target.wait_for(timeout=180_000)

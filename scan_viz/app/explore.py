@@ -369,15 +369,15 @@ def show_summary(alignment: Alignment, picked: Picked, bundle: Bundle, settings:
     ground-truth match or the caption is true of the image."""
     words = content_words(alignment)
     unknown = [alignment.words[i] for i in words if alignment.unknown[i]]
-    columns = st.columns([2, 3])
     rank = gallery_rank_line(alignment, picked, bundle, settings)
-    # plain Markdown, not st.metric: a metric cuts a long value short ("-0.25...") in a narrow column
-    columns[0].markdown(f"{SCORE_LABEL} {alignment.score:.4f}  \n" + (f"{rank}  \n" if rank else "")
-                        + f"{len(words)} words \u00b7 {len(picked.regions)} regions",
-                        help=f"{alignment.head} pair score, to 4 decimals. A score means little alone: the rank "
-                             "says how it compares with the gallery's images for the same sentence (1 = the "
-                             "head's top image; ties count in the image's favour).")
-    show_verdict(alignment, picked, bundle, columns[1])
+    # plain Markdown, not st.metric: a metric cuts a long value short ("-0.25..."); one full-width line, since a
+    # column of the text's width broke the rank over four lines at 1,024 px
+    st.markdown(f"{SCORE_LABEL} {alignment.score:.4f} \u00b7 " + (f"{rank}  \n" if rank else "")
+                + f"{len(words)} words \u00b7 {len(picked.regions)} regions",
+                help=f"{alignment.head} pair score, to 4 decimals. A score means little alone: the rank says how it "
+                     "compares with the gallery's images for the same sentence (1 = the head's top image; ties count "
+                     "in the image's favour).")
+    show_verdict(alignment, picked, bundle, st.container())
     if unknown and len(unknown) == len(words):
         st.warning(f"None of the words is in the model's vocabulary ({', '.join(map(literal, unknown))}): each "
                    "reads as `<unk>`, so the alignment says nothing about this sentence.", icon=":material/warning:")

@@ -23,7 +23,8 @@ from scan_viz.truth import Verdict, caption_holds
 
 QUERY_KEY, K_KEY, IMAGE_KEY, TAB_KEY = "rt_q", "rt_k", "rt_image", "rt_tab"
 IMAGE_SEARCH_KEY, EXAMPLES_KEY = "rt_image_search", "rt_examples"
-RESULT_COLUMNS = 5
+#: Result cards per row: 3 keep ids, scores and the Explore button on their lines at 1,024 px (5 broke them)
+RESULT_COLUMNS = 3
 #: Truth marks as coloured badges of text with a check or cross mark that DejaVu Sans has (Debian's Chromium has no
 #: emoji font: the emoji marks were one empty box for own and false alike).
 TICK, ALSO_TRUE, CROSS = ":green-badge[\u2713 own]", ":blue-badge[\u2713 true]", ":red-badge[\u2717 false]"
@@ -132,7 +133,7 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
     if not gallery.captions:
         st.info("This gallery has no captions to rank.")
         return
-    left, right = st.columns([1, 3], gap="large")
+    left, right = st.columns([2, 5], gap="medium")  # the id list wide enough for an id at 1,024 px
     with left:
         search = st.text_input("Find images by caption words", key=IMAGE_SEARCH_KEY, persist_state="session")
         ids = search_gallery(gallery, search)
@@ -163,14 +164,14 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
         st.caption(line)
         st.session_state["retrieve_marks"] = [mark for mark, _ in marks]
         for rank, ((c, score), (mark, verdict)) in enumerate(zip(results, marks), 1):
-            row = st.columns([0.5, 0.4, 6, 1, 1.6], vertical_alignment="center")
-            row[0].markdown(f"**#{rank}**")
-            row[1].markdown(mark)
-            with row[2]:
+            # two columns, the rank, mark and score on one line above the caption: five narrow columns broke
+            # "#1" and the score over two lines and shrank the button to its icon at 1,024 px
+            text, action = st.columns([3, 1.5], vertical_alignment="center")
+            with text:
+                st.markdown(f"**#{rank}** {mark} \u00b7 score {score:.4f}")
                 st.text(plain(gallery.captions[c]))
                 show_reasons(verdict)
-            row[3].markdown(f"{score:.4f}")
-            if row[4].button("Explore", key=f"rt_open_caption_{c}", icon=":material/open_in_new:"):
+            if action.button("Explore", key=f"rt_open_caption_{c}", icon=":material/open_in_new:", width="stretch"):
                 open_in_explore(image_id, gallery.captions[c], settings, bundle)
 
 
