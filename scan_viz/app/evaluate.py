@@ -86,7 +86,7 @@ def show_truth(result: dict) -> None:
                 "rank an image the caption is just as true of first). What the top image gets wrong:")
     rows = [{"attribute": a, "% of mistakes": round(p, 1)} for a, p in
             sorted(mistakes["attributes"].items(), key=lambda kv: -kv[1])]
-    st.dataframe(rows, hide_index=True)
+    st.dataframe(rows, hide_index=True, height="content")
 
 
 def show_pointing(result: dict) -> None:
@@ -106,12 +106,12 @@ def show_pointing(result: dict) -> None:
     figure.update_layout(barmode="group", height=320, yaxis_title="% of words", margin={"t": 30, "b": 30},
                          title={"text": "Pointing accuracy per word type", "x": 0.0, "font": {"size": 14}})
     st.plotly_chart(figure, width="stretch")
-    st.dataframe(rows, hide_index=True)
+    st.dataframe(rows, hide_index=True, height="content")
     if result.get("stuff_words"):
         st.markdown("**Stuff words, one by one**")
         st.dataframe([{"stuff word": plain(w), "pointing accuracy %": round(r["accuracy"], 1), "words": r["count"],
                        "random region %": round(r["random"], 1), "largest region %": round(r["largest"], 1)}
-                      for w, r in result["stuff_words"].items()], hide_index=True)
+                      for w, r in result["stuff_words"].items()], hide_index=True, height="content")
 
 
 def failure_rows(result: dict, direction: str, k: int, truth_aware: bool = False, wrong: str = ANY) -> list[int]:

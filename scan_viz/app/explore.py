@@ -278,7 +278,7 @@ def show_i2t(picked: Picked, alignment: Alignment, bundle: Bundle, settings: Hea
                                  alignment)
     st.image(png, width="content")
     if alignment.region_relevance is not None:
-        st.dataframe(region_rows(alignment, int(k)), hide_index=True)
+        st.dataframe(region_rows(alignment, int(k)), hide_index=True, height="content")
 
 
 def show_relevance(alignment: Alignment) -> None:
@@ -292,7 +292,7 @@ def show_relevance(alignment: Alignment) -> None:
         top = region_rows(alignment, 12)
         st.plotly_chart(bar_figure([r["region"] for r in top], [r[RELEVANCE] for r in top],
                                    f"{label} per region, top 12 regions", label), width="stretch")
-    st.dataframe(rows, hide_index=True)
+    st.dataframe(rows, hide_index=True, height="content")
 
 
 def show_ablation(picked: Picked, alignment: Alignment, bundle: Bundle, settings: HeadSettings) -> None:
