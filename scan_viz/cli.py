@@ -314,10 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_convert)
 
-    from scan_viz.cli_scale import add_index_parser, add_search_parser
+    from scan_viz.cli_scale import add_gallery_parser, add_index_parser, add_search_parser
 
     add_search_parser(sub)
     add_index_parser(sub)
+    add_gallery_parser(sub)
 
     from scan_viz.train.args import add_train_args
 
