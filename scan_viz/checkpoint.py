@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -31,7 +30,9 @@ from safetensors.torch import load_file, save_file
 from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
 from scan_viz.io import atomic_path
-from scan_viz.safe_paths import read_text, regular_file
+from scan_viz.safe_files import (MAX_CHECKPOINT_BYTES, LoadBudget, budget_or_default, check_safetensors, check_zip,
+                                  read_json, shown)
+from scan_viz.safe_paths import regular_file
 
 __all__ = [
     "CONFIG_FILE", "IMAGE_PREFIX", "TEXT_PREFIX", "VOCAB_FILE", "WEIGHTS_FILE", "OfficialCheckpoint",
@@ -170,15 +171,16 @@ def _text(value: Any) -> Any:
 # official checkpoints
 
 
-def load_official_checkpoint(path: str | os.PathLike) -> OfficialCheckpoint:
+def load_official_checkpoint(path: str | os.PathLike, budget: LoadBudget | None = None) -> OfficialCheckpoint:
     """Read an official SCAN ``model_best.pth.tar`` (Python 2 legacy or Python 3 zip format) on the CPU.
 
     Raises ScanVizError for anything that is not such a checkpoint, including pickles that would call or build
-    anything other than tensors and ``argparse.Namespace``; nothing in the file is ever executed.
+    anything other than tensors and ``argparse.Namespace``; nothing in the file is ever executed. What the file
+    expands to is checked (a zip's declared sizes) and charged to ``budget`` before torch reads it.
     """
     path = Path(path)
-    raw = _restricted_torch_load(path)
-    source = f"checkpoint {path}"
+    raw = _restricted_torch_load(path, budget)
+    source = f"checkpoint {shown(path)}"
     if not isinstance(raw, Mapping):
         raise ScanVizError(f"{source} holds a {type(raw).__name__}, not the dict the official train.py saves; "
                            "pass a model_best.pth.tar or checkpoint.pth.tar from SCAN")
@@ -214,17 +216,42 @@ def load_official_checkpoint(path: str | os.PathLike) -> OfficialCheckpoint:
     )
 
 
-def _restricted_torch_load(path: Path) -> Any:
-    """``torch.load`` with the weights-only unpickler; every failure becomes a ScanVizError."""
-    if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise ScanVizError(f"checkpoint {path} {what}: pass the model_best.pth.tar file written by SCAN's train.py")
-    regular_file(path, "checkpoint")
+#: torch's two layouts: a zip archive (PyTorch >= 1.6) or a pickle stream (the legacy layout, protocol 2 opcode
+#: first); the pre-0.1.10 tar layout is refused by torch's weights-only loader itself.
+_ZIP_MAGIC, _PICKLE_PROTO, _TAR_MAGIC = b"PK\x03\x04", 0x80, b"ustar"
+
+
+def _restricted_torch_load(path: Path, budget: LoadBudget | None = None) -> Any:
+    """``torch.load`` with the weights-only unpickler; every failure becomes a ScanVizError.
+
+    Before torch reads anything: the file is a regular file, its first bytes are one of torch's layouts, and a
+    zip's members are few and declare at most :data:`~scan_viz.safe_files.MAX_CHECKPOINT_BYTES` in all (torch
+    allocates each record's declared size). A legacy file's tensors are stored raw, so it expands to its size.
+    """
+    name = shown(path)
+    if path.is_dir():
+        raise ScanVizError(f"checkpoint {name} is a directory: pass the model_best.pth.tar file written by SCAN's "
+                           "train.py")
+    if not os.path.lexists(path):
+        raise ScanVizError(f"checkpoint {name} does not exist: pass the model_best.pth.tar file written by SCAN's "
+                           "train.py")
+    size = regular_file(path, "checkpoint")
     try:
-        with open(path, "rb"):
-            pass
+        with open(path, "rb") as f:
+            head = f.read(512)
     except OSError as exc:
-        raise ScanVizError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+        raise ScanVizError(f"cannot read checkpoint {name}: {exc.strerror or exc}") from None
+    budget = budget_or_default(budget)
+    if head.startswith(_ZIP_MAGIC):
+        check_zip(path, "checkpoint", MAX_CHECKPOINT_BYTES, budget)
+    elif head[:1] == bytes([_PICKLE_PROTO]):
+        budget.charge(size, f"checkpoint {name}")
+    elif head[257:262] != _TAR_MAGIC:
+        what = "it is empty" if not head else ("it is all zero bytes" if not head.strip(b"\0") else
+                                               "it starts with neither a zip archive nor a pickle")
+        # torch would answer with a paragraph about its legacy format: one line instead
+        raise ScanVizError(f"cannot load {name}: it is not a PyTorch checkpoint or it is damaged ({what}); pass "
+                           "the model_best.pth.tar written by SCAN's train.py")
     try:
         with warnings.catch_warnings():
             # torch warns that pickle arguments are ignored with weights_only, but its restricted unpickler
@@ -240,17 +267,17 @@ def _restricted_torch_load(path: Path) -> Any:
         for pattern in _UNSAFE_PICKLE_PATTERNS:
             match = pattern.search(message)
             if match:
-                name = match.group(1).strip("<>'\".,")
-                if "." not in name:  # torch strips "builtins." from the names it reports
-                    name = f"builtins.{name}"
-                raise ScanVizError(f"refusing to load {path}: it contains a pickled object of type {name} that "
+                kind = match.group(1).strip("<>'\".,")
+                if "." not in kind:  # torch strips "builtins." from the names it reports
+                    kind = f"builtins.{kind}"
+                raise ScanVizError(f"refusing to load {name}: it contains a pickled object of type {kind} that "
                                    "could run code; only SCAN checkpoints (tensors + argparse.Namespace) are "
                                    "accepted") from None
         if "Unsupported operand 84" in message:  # BINSTRING: the weights-only unpickler lacks it
-            raise ScanVizError(f"cannot load {path}: it holds a Python 2 string of 256 bytes or more (a long "
+            raise ScanVizError(f"cannot load {name}: it holds a Python 2 string of 256 bytes or more (a long "
                                "path in opt?), which torch's safe loader cannot read; re-save the checkpoint "
                                "with shorter option values") from None
-        raise ScanVizError(f"cannot load {path}: it is not a PyTorch checkpoint or it is damaged "
+        raise ScanVizError(f"cannot load {name}: it is not a PyTorch checkpoint or it is damaged "
                            f"({_reason(exc)}); pass the model_best.pth.tar written by SCAN's train.py") from None
 
 
@@ -357,8 +384,11 @@ def save_model_dir(directory: str | os.PathLike, config: ScanConfig, image_state
     return directory
 
 
-def load_model_dir(directory: str | os.PathLike) -> tuple[ScanConfig, StateDict, StateDict]:
-    """Read a model directory written by ``save_model_dir``: (config, image_state, text_state), float32 on CPU."""
+def load_model_dir(directory: str | os.PathLike, budget: LoadBudget | None = None
+                   ) -> tuple[ScanConfig, StateDict, StateDict]:
+    """Read a model directory written by ``save_model_dir``: (config, image_state, text_state), float32 on CPU.
+
+    The safetensors header (length, tensor count, declared sizes) is checked and charged to ``budget`` first."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ScanVizError(f"model directory {directory} does not exist; create one with save_model_dir or by "
@@ -369,6 +399,7 @@ def load_model_dir(directory: str | os.PathLike) -> tuple[ScanConfig, StateDict,
             raise ScanVizError(f"model directory {directory} has no {needed.name}; it is not a complete scan-viz "
                                "model (re-create it with save_model_dir or by converting an official checkpoint)")
     config = ScanConfig.load(config_path)
+    check_safetensors(weights_path, "model weights", budget=budget)
     try:
         tensors = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -415,11 +446,7 @@ def _vocab_size(path: Path) -> int:
     """Words in an official vocabulary JSON: ``len(word2idx)``, as the official ``len(vocab)``, else ``idx``."""
     if not path.exists():
         raise ScanVizError(f"cannot read vocabulary {path}: it does not exist")
-    try:
-        vocab = json.loads(read_text(path, "vocabulary"))
-    except json.JSONDecodeError as exc:
-        raise ScanVizError(f"vocabulary {path} is not valid JSON ({exc.msg} at line {exc.lineno}); pass the "
-                           "*_vocab.json file of the dataset the model was trained on") from None
+    vocab = read_json(path, "vocabulary")
     if isinstance(vocab, dict) and isinstance(vocab.get("word2idx"), dict):
         return len(vocab["word2idx"])
     if isinstance(vocab, dict) and isinstance(vocab.get("idx"), int) and not isinstance(vocab["idx"], bool):

@@ -75,11 +75,10 @@ def _progress(label: str, stream=None):
 
 
 def read_features(path: str) -> np.ndarray:
-    """A (n_images, n_regions, img_dim) float array from .npy, memory-mapped."""
-    try:
-        feats = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ScanVizError(f"cannot read region features {path}: {exc}") from exc
+    """A (n_images, n_regions, img_dim) float array from .npy, memory-mapped once its header was checked."""
+    from scan_viz.safe_files import load_npy
+
+    feats = load_npy(path, "region features", mmap=True, kinds="f")
     if feats.ndim != 3 or feats.dtype.kind != "f":
         raise ScanVizError(f"{path}: expected a float array (n_images, n_regions, img_dim), "
                            f"got {feats.dtype} {feats.shape}")
@@ -88,6 +87,9 @@ def read_features(path: str) -> np.ndarray:
 
 def read_captions(path: str) -> list[str]:
     """One caption per line (UTF-8); an empty line is an error naming its number."""
+    from scan_viz.safe_paths import MAX_JSON_BYTES, regular_file
+
+    regular_file(path, "captions", MAX_JSON_BYTES)  # a FIFO or /dev/zero is refused, not read forever
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 
@@ -42,7 +43,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         if args.image in gallery.ids:
             hits = search.search_image(args.image, args.k, args.stage1_k, args.head)
-        elif Path(args.image).is_file():
+        elif os.path.lexists(args.image):  # load_image refuses a folder, a FIFO or a device as such
             from scan_viz.images import load_image
             from scan_viz.pipeline import detect, detector_for
 

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_choice
-from scan_viz.safe_paths import MAX_CONFIG_BYTES, read_text
+from scan_viz.safe_files import read_json
+from scan_viz.safe_paths import MAX_CONFIG_BYTES
 
 RAW_FEATURE_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm")
 AGG_FUNCS = ("LogSumExp", "Mean", "Max", "Sum")
@@ -132,10 +133,7 @@ class ScanConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ScanConfig":
-        try:
-            values = json.loads(read_text(path, "model config", max_bytes=MAX_CONFIG_BYTES))
-        except json.JSONDecodeError as exc:
-            raise ScanVizError(f"cannot read model config {path}: {exc}") from None
+        values = read_json(path, "model config", max_bytes=MAX_CONFIG_BYTES)
         if not isinstance(values, dict):
             raise ScanVizError(f"model config {path} is not a JSON object")
         return cls.from_dict(values)

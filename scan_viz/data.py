@@ -21,7 +21,6 @@ import binascii
 import json
 import os
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -30,7 +29,9 @@ import numpy as np
 
 from scan_viz.errors import ScanVizError
 from scan_viz.io import write_dir_atomic
-from scan_viz.safe_paths import GB, read_text, regular_file
+from scan_viz.safe_files import (MAX_FEATURE_DIM, MAX_NPZ_BYTES, MAX_REGIONS_PER_IMAGE, MAX_TSV_LINE_BYTES,
+                                  LoadBudget, OverBudget, budget_or_default, load_npy, read_json, read_npz, shown)
+from scan_viz.safe_paths import regular_file
 
 CAPTIONS_PER_IMAGE = 5
 TSV_COLUMNS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
@@ -38,8 +39,6 @@ NPZ_KEYS = ("x", "bbox", "num_bbox", "image_h", "image_w")
 SAVED_FORMAT = "scan_viz.regions"
 SAVED_VERSION = 1
 # generate_tsv.py writes one file per GPU, named `{outfile}.{gpu_id}`, next to the optional merged `{outfile}`.
-#: Bytes one .npz may decompress to (36 regions x 2048 float32 features are 0.3 MB): a zip bomb is refused unread.
-MAX_NPZ_BYTES = 1 * GB
 _TSV_NAME = re.compile(r".*\.tsv(\.\d+)?$")
 
 PathLike = str | os.PathLike
@@ -179,10 +178,7 @@ def load_precomp(data_dir: PathLike, split: str, max_captions: int | None = None
         if not path.is_file():
             raise ScanVizError(f"{path} not found; point data_dir at the folder holding {split}_ims.npy and "
                                f"{split}_caps.txt (e.g. data/f30k_precomp)")
-    try:
-        ims = np.load(ims_path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ScanVizError(f"{ims_path} is not a readable .npy file ({exc}); re-download or re-create it") from None
+    ims = load_npy(ims_path, "region features", mmap=True, kinds="f")
     if ims.ndim != 3 or ims.dtype != np.float32:
         raise ScanVizError(
             f"{ims_path} holds {ims.dtype} {ims.shape}; expected float32 (n_images, n_regions, img_dim), "
@@ -233,8 +229,13 @@ class _ImageRegions:
     where: str
 
 
-def _stack_images(images: list[_ImageRegions]) -> RegionStore:
-    """Pad images to the largest region count and stack them into one store; empties ``images`` as it goes."""
+def _stack_images(images: list[_ImageRegions], budget: LoadBudget | None = None) -> RegionStore:
+    """Pad images to the largest region count and stack them into one store; empties ``images`` as it goes.
+
+    The readers cap each image at :data:`~scan_viz.safe_files.MAX_REGIONS_PER_IMAGE` regions, so the padded
+    size is at most images x that cap; what padding adds to the images already held is charged to ``budget``
+    before the arrays are allocated.
+    """
     if not images:
         raise ScanVizError("no images found in the region files; check that the extractor finished writing them")
     dims = {im.features.shape[1] for im in images if im.features.shape[0] > 0}
@@ -249,6 +250,10 @@ def _stack_images(images: list[_ImageRegions]) -> RegionStore:
     img_dim = dims.pop()
     n_images = len(images)
     n_regions = max(im.features.shape[0] for im in images)
+    held = sum(im.features.nbytes + im.boxes.nbytes for im in images)
+    padded = n_images * n_regions * (img_dim + 4) * 4
+    budget_or_default(budget).charge(max(0, padded - held),
+                                     f"padding {n_images:,} images to {n_regions} regions of {img_dim} features")
     # np.zeros pages are committed only when written, and each image's arrays are dropped once copied, so peak
     # memory stays near one copy of the features.
     features = np.zeros((n_images, n_regions, img_dim), dtype=np.float32)
@@ -302,15 +307,40 @@ def _decode_float32(text: bytes, what: str, where: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float32)
 
 
-def _read_tsv(path: Path) -> Iterable[_ImageRegions]:
+def _checked_counts(num_boxes: int, img_dim: int, where: str) -> None:
+    """ScanVizError when one image declares more regions or feature dimensions than the caps allow."""
+    if num_boxes > MAX_REGIONS_PER_IMAGE:
+        raise ScanVizError(f"{where}: {num_boxes:,} boxes in one image; the limit is {MAX_REGIONS_PER_IMAGE} "
+                           "(bottom-up-attention keeps 10-100): give features from a region detector")
+    if img_dim > MAX_FEATURE_DIM:
+        raise ScanVizError(f"{where}: features of {img_dim:,} dimensions; the limit is {MAX_FEATURE_DIM:,} "
+                           "(bottom-up-attention's are 2048): give features from a region detector")
+
+
+def _finite(features: np.ndarray, where: str) -> None:
+    if not np.isfinite(features).all():
+        raise ScanVizError(f"{where}: the features hold NaN or infinite values; re-run the feature extractor")
+
+
+def _read_tsv(path: Path, budget: LoadBudget) -> Iterable[_ImageRegions]:
     # The rows are plain tab-separated text with no quoting (ids, integers, base64), so they are split directly
     # instead of through the csv module, whose field size limit is far below a features column and is global.
+    # Each row is read with a length limit (one image at the caps), so a file without line breaks is never one
+    # giant line, and num_boxes is checked before the base64 columns are decoded.
+    regular_file(path, "region file")
+    name = shown(path)
     with path.open("rb") as f:
-        for line_no, line in enumerate(f, start=1):
+        line_no = 0
+        while line := f.readline(MAX_TSV_LINE_BYTES + 1):
+            line_no += 1
+            where = f"{name}:{line_no}"
             line = line.rstrip(b"\r\n")
+            if len(line) > MAX_TSV_LINE_BYTES:
+                raise ScanVizError(f"{where}: the row is over {MAX_TSV_LINE_BYTES >> 20} MB, more than one image of "
+                                   f"{MAX_REGIONS_PER_IMAGE} boxes x {MAX_FEATURE_DIM} features needs; give "
+                                   "features from a region detector")
             if not line.strip():
                 continue
-            where = f"{path}:{line_no}"
             cols = line.split(b"\t")
             if len(cols) != len(TSV_COLUMNS):
                 raise ScanVizError(
@@ -321,8 +351,10 @@ def _read_tsv(path: Path) -> Iterable[_ImageRegions]:
             width = _parse_int(cols[1], "image_w", where)
             height = _parse_int(cols[2], "image_h", where)
             num_boxes = _parse_int(cols[3], "num_boxes", where)
+            _checked_counts(num_boxes, 0, where)
             boxes = _decode_float32(cols[4], "boxes", where)
             features = _decode_float32(cols[5], "features", where)
+            budget.charge(boxes.nbytes + features.nbytes, f"{where}: the regions")
             if boxes.size != num_boxes * 4:
                 raise ScanVizError(f"{where}: boxes hold {boxes.size} floats but num_boxes={num_boxes} needs "
                                    f"{num_boxes * 4}; the file is truncated or corrupt, re-run the extractor")
@@ -330,51 +362,49 @@ def _read_tsv(path: Path) -> Iterable[_ImageRegions]:
                 raise ScanVizError(f"{where}: features hold {features.size} floats, not a whole row per box for "
                                    f"num_boxes={num_boxes}; the file is truncated or corrupt, re-run the extractor")
             img_dim = features.size // num_boxes if num_boxes else 0
+            _checked_counts(num_boxes, img_dim, where)
+            _finite(features, where)
             yield _ImageRegions(image_id, width, height, boxes.reshape(num_boxes, 4),
                                 features.reshape(num_boxes, img_dim), where)
 
 
-def load_bottomup_tsv(path_or_paths: PathLike | Sequence[PathLike]) -> RegionStore:
+def load_bottomup_tsv(path_or_paths: PathLike | Sequence[PathLike], budget: LoadBudget | None = None) -> RegionStore:
     """Load one or several bottom-up-attention TSV files (``generate_tsv.py``, one file per GPU) into one store.
 
     Columns: ``image_id, image_w, image_h, num_boxes, boxes, features``, no header; ``boxes`` is base64 float32
     ``(num_boxes, 4)`` as x1, y1, x2, y2 pixels and ``features`` base64 float32 ``(num_boxes, img_dim)``, with
-    ``img_dim`` inferred from the byte count. Images keep file order, files the order given.
+    ``img_dim`` inferred from the byte count. Images keep file order, files the order given. What the files
+    expand to is charged to ``budget`` (default: a fresh :class:`~scan_viz.safe_files.LoadBudget`).
     """
     paths = [Path(path_or_paths)] if isinstance(path_or_paths, (str, os.PathLike)) else [Path(p) for p in path_or_paths]
     if not paths:
         raise ScanVizError("no TSV files given; pass the .tsv file(s) written by generate_tsv.py")
+    budget = budget_or_default(budget)
     images: list[_ImageRegions] = []
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise ScanVizError(f"{path} not found; pass the .tsv file(s) written by generate_tsv.py")
-        images.extend(_read_tsv(path))
-    return _stack_images(images)
+        images.extend(_read_tsv(path, budget))
+    return _stack_images(images, budget)
 
 
-def _read_npz(path: Path) -> _ImageRegions:
-    where = str(path)
-    regular_file(path, "region file")
+def _read_npz(path: Path, budget: LoadBudget) -> _ImageRegions:
+    where = shown(path)
+    # member count, declared sizes (at most one image at the caps) and each array's header are checked first
+    arrays = read_npz(path, "region file", NPZ_KEYS, MAX_NPZ_BYTES, budget)
+    missing = [key for key in NPZ_KEYS if key not in arrays]
+    if missing:
+        raise ScanVizError(f"{where}: missing key(s) {', '.join(missing)}; expected {', '.join(NPZ_KEYS)} as "
+                           "written by bottom-up-attention.pytorch")
+    x, bbox = arrays["x"], arrays["bbox"]
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [key for key in NPZ_KEYS if key not in npz.files]
-            if missing:
-                raise ScanVizError(f"{where}: missing key(s) {', '.join(missing)}; expected {', '.join(NPZ_KEYS)} as "
-                                   "written by bottom-up-attention.pytorch")
-            # the sizes the zip declares bound what reading can allocate (zipfile stops at the declared size)
-            if sum(info.file_size for info in npz.zip.infolist()) > MAX_NPZ_BYTES:
-                raise ScanVizError(f"{where}: decompresses to more than {MAX_NPZ_BYTES >> 30} GB; one image's regions "
-                                   "are a few MB, so this is not a bottom-up-attention.pytorch file")
-            x, bbox = np.asarray(npz["x"]), np.asarray(npz["bbox"])
-            num_boxes = _parse_int(str(np.asarray(npz["num_bbox"]).reshape(-1)[0]), "num_bbox", where)
-            height = _parse_int(str(np.asarray(npz["image_h"]).reshape(-1)[0]), "image_h", where)
-            width = _parse_int(str(np.asarray(npz["image_w"]).reshape(-1)[0]), "image_w", where)
-    except ScanVizError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, IndexError) as exc:
-        # numpy's messages can quote the file's first bytes; name only the kind of failure
-        raise ScanVizError(f"{where}: not a readable .npz file ({type(exc).__name__}); re-run the extractor for this "
+        num_boxes = _parse_int(str(arrays["num_bbox"].reshape(-1)[0]), "num_bbox", where)
+        height = _parse_int(str(arrays["image_h"].reshape(-1)[0]), "image_h", where)
+        width = _parse_int(str(arrays["image_w"].reshape(-1)[0]), "image_w", where)
+    except IndexError:
+        raise ScanVizError(f"{where}: num_bbox, image_h or image_w is empty; re-run the extractor for this "
                            "image") from None
+    _checked_counts(num_boxes, 0, where)
     if x.ndim != 2 or num_boxes not in x.shape:
         raise ScanVizError(f"{where}: x has shape {x.shape}, which does not match num_bbox={num_boxes}; expected "
                            "(num_bbox, img_dim) features")
@@ -382,10 +412,13 @@ def _read_npz(path: Path) -> _ImageRegions:
         x = x.T  # some extractor versions save the features as (img_dim, num_bbox)
     if bbox.shape != (num_boxes, 4):
         raise ScanVizError(f"{where}: bbox has shape {bbox.shape}; expected ({num_boxes}, 4) for num_bbox={num_boxes}")
-    return _ImageRegions(path.stem, width, height, bbox.astype(np.float32), x.astype(np.float32), where)
+    _checked_counts(num_boxes, x.shape[1], where)
+    features = np.asarray(x, dtype=np.float32)
+    _finite(features, where)
+    return _ImageRegions(path.stem, width, height, np.asarray(bbox, dtype=np.float32), features, where)
 
 
-def load_npz_dir(directory: PathLike) -> RegionStore:
+def load_npz_dir(directory: PathLike, budget: LoadBudget | None = None) -> RegionStore:
     """Load a directory of per-image ``.npz`` files (bottom-up-attention.pytorch); image id = file stem.
 
     Keys: ``x`` features ``(num_bbox, img_dim)`` (or transposed), ``bbox`` ``(num_bbox, 4)``, ``num_bbox``,
@@ -397,35 +430,37 @@ def load_npz_dir(directory: PathLike) -> RegionStore:
     paths = sorted(directory.glob("*.npz"), key=lambda p: p.stem)
     if not paths:
         raise ScanVizError(f"{directory} holds no .npz files; pass the extractor's output folder")
-    return _stack_images([_read_npz(path) for path in paths])
+    budget = budget_or_default(budget)
+    return _stack_images([_read_npz(path, budget) for path in paths], budget)
 
 
 def _is_saved_store(path: Path) -> bool:
     return (path / "ids.json").is_file()
 
 
-def load_regions(path: PathLike) -> RegionStore:
+def load_regions(path: PathLike, budget: LoadBudget | None = None) -> RegionStore:
     """Load region features from any supported format, chosen from ``path``.
 
     A ``.tsv`` file (or ``.tsv.N`` per-GPU part), a directory of such files, a directory of ``.npz`` files, or a
-    store written by :func:`save_regions`.
+    store written by :func:`save_regions`. What the files expand to in memory is charged to ``budget`` (default:
+    a fresh :class:`~scan_viz.safe_files.LoadBudget` of :data:`~scan_viz.safe_files.MAX_LOAD_BYTES`).
     """
     path = Path(path)
     accepted = ("a bottom-up-attention .tsv file or a folder of them, a folder of bottom-up-attention.pytorch .npz "
                 "files, or a folder written by save_regions")
     if path.is_file() and _TSV_NAME.match(path.name):
-        return load_bottomup_tsv(path)
+        return load_bottomup_tsv(path, budget)
     if path.is_dir():
         if _is_saved_store(path):
-            return load_saved_regions(path)
+            return load_saved_regions(path, budget)
         tsvs = sorted(p for p in path.iterdir() if p.is_file() and _TSV_NAME.match(p.name))
         has_npz = any(path.glob("*.npz"))
         if tsvs and has_npz:
             raise ScanVizError(f"{path} holds both .tsv and .npz files; move one set to its own folder")
         if tsvs:
-            return load_bottomup_tsv(tsvs)
+            return load_bottomup_tsv(tsvs, budget)
         if has_npz:
-            return load_npz_dir(path)
+            return load_npz_dir(path, budget)
     if not path.exists():
         raise ScanVizError(f"{path} not found; pass {accepted}")
     raise ScanVizError(f"{path} is not a recognised region-feature format; pass {accepted}")
@@ -463,8 +498,9 @@ def save_regions(store: RegionStore, path: PathLike, feature_dtype: str = "float
     write_dir_atomic(path, write)
 
 
-def load_saved_regions(path: PathLike) -> RegionStore:
-    """Load a store written by :func:`save_regions`; ``features`` comes back as a read-only memory map."""
+def load_saved_regions(path: PathLike, budget: LoadBudget | None = None) -> RegionStore:
+    """Load a store written by :func:`save_regions`; ``features`` comes back as a read-only memory map (float16
+    features are read into memory as float32). Arrays read into memory are charged to ``budget``."""
     path = Path(path)
 
     def corrupt(why: str) -> ScanVizError:
@@ -473,29 +509,35 @@ def load_saved_regions(path: PathLike) -> RegionStore:
 
     if not path.is_dir():
         raise ScanVizError(f"{path} not found; pass a folder written by save_regions()")
-    name = "ids.json"
+    budget = budget_or_default(budget)
     try:
-        meta = json.loads(read_text(path / name, "region-store header"))
-        if not isinstance(meta, dict) or meta.get("format") != SAVED_FORMAT or not isinstance(meta.get("ids"), list):
-            raise corrupt("ids.json is not a scan_viz region-store header")
-        if meta.get("version") != SAVED_VERSION:
-            raise ScanVizError(f"{path} was saved in region-store version {meta.get('version')}; this scan_viz reads "
-                               f"version {SAVED_VERSION}, so rebuild it with save_regions()")
-        names = ["features", "n_boxes"] + ["boxes"] * bool(meta.get("has_boxes")) + \
-            ["image_sizes"] * bool(meta.get("has_image_sizes"))
-        arrays = {}
-        for array in names:
-            name = f"{array}.npy"
-            if not (path / name).exists():
-                raise corrupt(f"{name} is missing")
-            regular_file(path / name, "region-store array")
-            arrays[array] = np.load(path / name, mmap_mode="r" if array == "features" else None, allow_pickle=False)
-    except ScanVizError:
+        meta = read_json(path / "ids.json", "region-store header", budget=budget)
+    except OverBudget:
         raise
-    except (ValueError, OSError, EOFError) as exc:
-        # numpy's messages can quote the file's first bytes; name only the file and the kind of failure
-        raise corrupt(f"{name} cannot be read ({type(exc).__name__})") from None
+    except ScanVizError as exc:  # the reader's own refusal (depth, size, syntax), inside the store's
+        raise corrupt(str(exc)) from None
+    if not isinstance(meta, dict) or meta.get("format") != SAVED_FORMAT or not isinstance(meta.get("ids"), list):
+        raise corrupt("ids.json is not a scan_viz region-store header")
+    if meta.get("version") != SAVED_VERSION:
+        raise ScanVizError(f"{path} was saved in another region-store version; this scan_viz reads version "
+                           f"{SAVED_VERSION}, so rebuild it with save_regions()")
+    names = ["features", "n_boxes"] + ["boxes"] * bool(meta.get("has_boxes")) + \
+        ["image_sizes"] * bool(meta.get("has_image_sizes"))
+    arrays = {}
+    for array in names:
+        name = f"{array}.npy"
+        if not (path / name).exists():
+            raise corrupt(f"{name} is missing")
+        try:
+            arrays[array] = load_npy(path / name, "region-store array", mmap=array == "features", budget=budget)
+        except OverBudget:
+            raise
+        except ScanVizError as exc:
+            raise corrupt(str(exc)) from None
+    if arrays["features"].ndim != 3 or len(meta["ids"]) != arrays["features"].shape[0]:
+        raise corrupt(f"ids.json lists {len(meta['ids']):,} images for features of shape {arrays['features'].shape}")
     if arrays["features"].dtype == np.float16:
+        budget.charge(arrays["features"].size * 4, f"{shown(path)}: features as float32")
         arrays["features"] = np.asarray(arrays["features"], dtype=np.float32)
     try:
         return RegionStore(ids=meta["ids"], features=arrays["features"], boxes=arrays.get("boxes"),

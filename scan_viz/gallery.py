@@ -28,7 +28,8 @@ import numpy as np
 
 from scan_viz.data import RegionStore, load_saved_regions
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_paths import MB, read_text
+from scan_viz.safe_files import LoadBudget, OverBudget, budget_or_default, read_json
+from scan_viz.safe_paths import MB
 
 GALLERY_FORMAT = "scan-viz-gallery"
 #: The version write_gallery writes, and every version load_gallery reads.
@@ -160,12 +161,15 @@ def format_version(meta: Any, where: Path) -> int:
     return version
 
 
-def load_gallery(path: str | Path) -> Gallery:
-    """Read and check a gallery folder; anything missing or inconsistent is a ScanVizError naming it."""
+def load_gallery(path: str | Path, budget: LoadBudget | None = None) -> Gallery:
+    """Read and check a gallery folder; anything missing or inconsistent is a ScanVizError naming it.
+
+    Region arrays read into memory are charged to ``budget`` (:class:`~scan_viz.safe_files.LoadBudget`)."""
     root = Path(path)
+    budget = budget_or_default(budget)  # one budget for every file of the gallery
     if not (root / GALLERY_FILE).is_file():
         raise ScanVizError(f"{root} is not a gallery (no {GALLERY_FILE}); {REBUILD_HINT}")
-    meta = _read_json(root / GALLERY_FILE)
+    meta = _read_json(root / GALLERY_FILE, budget)
     version = format_version(meta, root / GALLERY_FILE)
     records = meta["images"]
     # version 1 needs every image's file; from version 2 a gallery may have no pictures at all
@@ -186,23 +190,25 @@ def load_gallery(path: str | Path) -> Gallery:
         if file.is_absolute() or ".." in file.parts or not (root / file).is_file():
             raise ScanVizError(f"{root / GALLERY_FILE}: the image of record {n} is missing or outside the gallery "
                                f"folder; {REBUILD_HINT}")
-    regions = load_saved_regions(root / REGIONS_DIR)
+    regions = load_saved_regions(root / REGIONS_DIR, budget)
     if regions.ids != [str(r["id"]) for r in records]:
         raise ScanVizError(f"{root}: the region store's image ids do not match {GALLERY_FILE}; {REBUILD_HINT}")
     labels = None
     if (root / REGIONS_DIR / LABELS_FILE).is_file():
-        labels = _read_json(root / REGIONS_DIR / LABELS_FILE)
+        labels = _read_json(root / REGIONS_DIR / LABELS_FILE, budget)
         if not (isinstance(labels, list) and len(labels) == len(records)):
             raise ScanVizError(f"{root / REGIONS_DIR / LABELS_FILE} does not hold one list of region labels per "
                                f"image; {REBUILD_HINT}")
     return Gallery(root, str(meta.get("name", root.name)), records, regions, labels)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, budget: LoadBudget | None) -> Any:
     try:
-        return json.loads(read_text(path, "gallery file", max_bytes=MAX_RECORDS_BYTES))
-    except json.JSONDecodeError as exc:
-        raise ScanVizError(f"{path} is unreadable ({exc}); {REBUILD_HINT}") from None
+        return read_json(path, "gallery file", max_bytes=MAX_RECORDS_BYTES, budget=budget)
+    except OverBudget:
+        raise
+    except ScanVizError as exc:  # a gallery is named by its folder, as the other messages here do
+        raise ScanVizError(f"{exc} (in {path.parent}); {REBUILD_HINT}") from None
 
 
 def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]],

@@ -9,6 +9,7 @@ plugins (EPS, for one, runs Ghostscript).
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -18,9 +19,16 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
+from scan_viz.safe_paths import regular_file
 
 #: Pillow's names of the formats load_image accepts (its JPEG opener also reads camera MPO files).
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+#: What a file's name promises: bytes of another format under one of these names are refused, so a page that
+#: accepts "PNG, JPEG or WebP" never decodes a GIF, TIFF or BMP named ``.png``.
+SUFFIX_FORMATS: dict[str, tuple[str, ...]] = {
+    ".png": ("PNG",), ".jpg": ("JPEG",), ".jpeg": ("JPEG",), ".webp": ("WEBP",), ".gif": ("GIF",),
+    ".bmp": ("BMP",), ".tif": ("TIFF",), ".tiff": ("TIFF",),
+}
 _READABLE = "is not a readable image (PNG, JPEG, WebP, GIF, BMP, TIFF)"
 
 ImageSource = str | Path | bytes | BinaryIO
@@ -38,9 +46,10 @@ def _open_stream(source: ImageSource) -> tuple[BinaryIO, str, bool]:
         return io.BytesIO(bytes(source)), "the image data", True
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
+        if path.is_dir() or not os.path.lexists(path):
             what = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise ScanVizError(f"{path} {what}: check the image path")
+        regular_file(path, "image")  # a FIFO or a device is refused as such, never opened
         try:
             return open(path, "rb"), str(path), True
         except OSError as err:
@@ -127,7 +136,20 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
-def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int = MAX_IMAGE_SIDE) -> np.ndarray:
+def _check_format(found: str | None, name: str, formats: tuple[str, ...]) -> None:
+    """ScanVizError when Pillow read ``found`` bytes but ``formats`` or the file's name promise another format."""
+    family = "JPEG" if found == "MPO" else found  # Pillow's JPEG opener names camera MPO files MPO
+    suffix = os.path.splitext(name)[1].lower()
+    promised = SUFFIX_FORMATS.get(suffix)
+    if promised is not None and family not in promised:
+        raise ScanVizError(f"{name} is named {suffix} but holds a {family} image: save it in the format its name "
+                           "says, or rename it")
+    if family not in formats:
+        raise ScanVizError(f"{name} is a {family} image; accepted here: {', '.join(sorted(formats))}")
+
+
+def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int = MAX_IMAGE_SIDE,
+               formats: tuple[str, ...] = FORMATS) -> np.ndarray:
     """Decode an uploaded or local image into an upright (H, W, 3) uint8 RGB array.
 
     source: a path, the file's bytes, or a binary file object (such as Streamlit's upload). The declared
@@ -135,6 +157,8 @@ def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side
     transparent (composited onto white), CMYK and 16-bit images are converted; EXIF orientation is
     applied, so the array's size is the displayed (rotated) size; of an animation, the first frame.
     Truncated files raise (this relies on Pillow's default ``ImageFile.LOAD_TRUNCATED_IMAGES = False``).
+    ``formats``: Pillow's names of the formats accepted (the app passes PNG, JPEG and WEBP); a file whose name
+    says one format (``.png``) must hold that format (:data:`SUFFIX_FORMATS`).
     """
     stream, name, owned = _open_stream(source)
     try:
@@ -144,17 +168,24 @@ def load_image(source: ImageSource, max_pixels: int = MAX_IMAGE_PIXELS, max_side
             # Pillow's own limit is a second guard for callers who raise ours above it
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             try:
-                image = Image.open(stream, formats=FORMATS)
+                image = Image.open(stream, formats=FORMATS)  # a narrower ``formats`` is checked below, by name
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
                 size = _declared_size_despite_bomb(stream)
                 if size is not None:
                     _check_size(*size, name, max_pixels, max_side)
-                raise ScanVizError(f"{name}: image is too large to decode safely ({_one_line(err)}): resize it first") from None
+                # the size was not readable without decoding (WebP): Pillow refused it for being over its own limit;
+                # when that is above ours (the default), the image is over ours too, and the answer quotes ours
+                if Image.MAX_IMAGE_PIXELS is not None and max_pixels <= Image.MAX_IMAGE_PIXELS:
+                    raise ScanVizError(f"{name}: image is over the limit of {max_pixels / 1e6:.3g} megapixels: "
+                                       "resize it first") from None
+                raise ScanVizError(f"{name}: image is too large to decode safely ({_one_line(err)}): resize it "
+                                   "first") from None
             except UnidentifiedImageError:
                 raise ScanVizError(f"{name} {_READABLE}: its bytes match none of these formats") from None
             except Exception as err:  # noqa: BLE001 - untrusted bytes: any decoder failure is the file's fault
                 raise ScanVizError(f"{name} {_READABLE}: {_one_line(err)}") from None
             with image:
+                _check_format(image.format, name, formats)
                 _check_size(image.width, image.height, name, max_pixels, max_side)
                 try:
                     image.seek(0)  # the first frame of an animation

@@ -49,6 +49,9 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_captions_file(path: Path) -> dict[str, list[str]]:
     """``image_id<TAB>caption`` per line (UTF-8; blank lines skipped) -> {image_id: [captions]}."""
+    from scan_viz.safe_paths import MAX_JSON_BYTES, regular_file
+
+    regular_file(path, "captions", MAX_JSON_BYTES)  # a FIFO or /dev/zero is refused, not read forever
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:

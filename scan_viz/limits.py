@@ -15,6 +15,9 @@ checks, so a value is refused with the same one-line message wherever it comes f
   from its header before any pixel is decoded (:func:`scan_viz.images.load_image`): the detector looks at a
   few hundred pixels, and a 25-megapixel decode is already 75 MB.
 
+What a *file* may expand to once read (zip members, array headers, JSON depth, regions per image, one load's
+total) is bounded by the readers of :mod:`scan_viz.safe_files`, where those caps and their reasons are listed.
+
 Nothing heavy is imported at module level: the command line checks its arguments before it loads torch, so
 a bad value is answered in about a second.
 """

@@ -15,6 +15,7 @@ from scan_viz.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import MatchingHead, create_head
 from scan_viz.limits import check_device
+from scan_viz.safe_files import LoadBudget, budget_or_default
 from scan_viz.text import EncodedCaption, Vocabulary, pad_ids
 from scan_viz.types import Alignment
 
@@ -219,25 +220,30 @@ def bundled_models() -> list[str]:
     return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
 
 
-def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None = None) -> ScanModel:
-    """An official checkpoint file (``vocab`` required), a model directory, or a name under ``pretrained/``."""
+def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None = None,
+               budget: LoadBudget | None = None) -> ScanModel:
+    """An official checkpoint file (``vocab`` required), a model directory, or a name under ``pretrained/``.
+
+    What the weights expand to is checked before they are read and charged to ``budget`` (default: a fresh
+    :class:`~scan_viz.safe_files.LoadBudget`)."""
     from scan_viz.checkpoint import load_model_dir, load_official_checkpoint
 
+    budget = budget_or_default(budget)  # one budget for the weights and the vocabulary
     path = Path(path_or_name)
     if not path.exists() and (PRETRAINED_DIR / str(path_or_name)).is_dir():
         path = PRETRAINED_DIR / str(path_or_name)
     if path.is_dir():
-        config, image_state, text_state = load_model_dir(path)
+        config, image_state, text_state = load_model_dir(path, budget)
         vocab = vocab if vocab is not None else path / "vocab.json"
     elif path.is_file():
         if vocab is None:
             raise ScanVizError(f"{path} is an official checkpoint: pass its vocabulary JSON too (--vocab)")
-        ckpt = load_official_checkpoint(path)
+        ckpt = load_official_checkpoint(path, budget)
         config, image_state, text_state = ckpt.config, ckpt.image_state, ckpt.text_state
     else:
         names = bundled_models()
         hint = f" (bundled models: {', '.join(names)})" if names else ""
         raise ScanVizError(f"no model at {path_or_name}: give a checkpoint file, a model directory or a name{hint}")
     if not isinstance(vocab, Vocabulary):
-        vocab = Vocabulary.load(vocab)
+        vocab = Vocabulary.load(vocab, budget)
     return ScanModel(config, vocab, image_state, text_state)

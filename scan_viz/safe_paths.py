@@ -65,8 +65,8 @@ def regular_file(path: PathLike, what: str, max_bytes: int | None = None) -> int
     return int(info.st_size)
 
 
-def read_text(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> str:
-    """The UTF-8 text of a regular file of at most ``max_bytes``, checked before it is opened."""
+def read_bytes(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, checked before it is opened."""
     regular_file(path, what, max_bytes)
     try:
         with open(path, "rb") as f:
@@ -77,6 +77,12 @@ def read_text(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> str
     if len(data) > max_bytes:
         raise ScanVizError(f"{what} {path} is over the {_mb(max_bytes)} limit for such a file: check that it is "
                            "the right file")
+    return data
+
+
+def read_text(path: PathLike, what: str, max_bytes: int = MAX_JSON_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes``, checked before it is opened."""
+    data = read_bytes(path, what, max_bytes)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -101,8 +101,18 @@ class SearchHit:
         return {"id": self.id, "score": self.score, "stage1_rank": self.stage1_rank}
 
 
+NON_FINITE_MESSAGE = ("the gallery's region features hold NaN or infinite values, so its scores are meaningless: "
+                      "rebuild the gallery from its images (scan-viz index)")
+
+
 def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int] | None) -> list[SearchHit]:
-    """Best k by score; ties keep the earlier (stage-1) order."""
+    """Best k by score; ties keep the earlier (stage-1) order.
+
+    A NaN or infinite score is refused rather than ranked or written (``"score": NaN`` is not JSON): it comes from
+    NaN or infinite region features, which a memory-mapped gallery is not scanned for when it loads.
+    """
+    if not np.isfinite(scores).all():
+        raise ScanVizError(NON_FINITE_MESSAGE)
     order = np.argsort(-scores, kind="stable")[:k]
     return [SearchHit(ids[i], float(scores[i]), None if stage1_ranks is None else int(stage1_ranks[i]))
             for i in order]
@@ -173,6 +183,8 @@ class TwoStageSearch:
         if stage1 is not None and n:
             if image_vectors is None:
                 image_vectors = self._image_vectors_in_chunks()
+            if not np.isfinite(image_vectors).all():  # FAISS would silently never return those images
+                raise ScanVizError(NON_FINITE_MESSAGE)
             self.image_index = build_index(image_vectors, index_kind)
 
     # ---------------------------------------------------------------------------------------- helpers
@@ -334,13 +346,17 @@ def save_image_vectors(gallery_dir: Path, stage1: Stage1, vectors: np.ndarray) -
 
 def load_image_vectors(gallery_dir: Path, stage1: Stage1, n_images: int) -> np.ndarray | None:
     """The stored stage-1 vectors when they were made by this head for this many images, else None."""
+    from scan_viz.safe_files import load_npy, read_json
+
     folder = Path(gallery_dir) / STAGE1_DIR
-    try:
-        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
-        if meta.get("stage1") != stage1.fingerprint or meta.get("n") != n_images:
+    if not (folder / META_FILE).is_file():
+        return None
+    try:  # stale or damaged vectors are computed again, whatever is wrong with them
+        meta = read_json(folder / META_FILE, "stage-1 header")
+        if not isinstance(meta, dict) or meta.get("stage1") != stage1.fingerprint or meta.get("n") != n_images:
             return None
-        vectors = np.load(folder / VECTORS_FILE, allow_pickle=False)
-    except (OSError, ValueError):
+        vectors = load_npy(folder / VECTORS_FILE, "stage-1 vectors", kinds="f")
+    except ScanVizError:
         return None
     return vectors if vectors.shape == (n_images, stage1.head.dim) else None
 

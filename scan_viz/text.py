@@ -20,7 +20,7 @@ import numpy as np
 from nltk.tokenize import NLTKWordTokenizer
 
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_paths import read_text
+from scan_viz.safe_files import LoadBudget, read_json
 
 PAD = "<pad>"
 START = "<start>"
@@ -213,17 +213,14 @@ class Vocabulary:
         return cls.from_words(kept)
 
     @classmethod
-    def load(cls, path: str | Path) -> Vocabulary:
+    def load(cls, path: str | Path, budget: LoadBudget | None = None) -> Vocabulary:
         """Read an official vocab JSON (``{"word2idx": ..., "idx2word": {"0": "<pad>", ...}, "idx": N}``).
 
         A file with only ``word2idx`` is accepted too. Anything malformed raises :class:`ScanVizError`
         naming the file and the problem.
         """
         path = Path(path)
-        try:
-            data = json.loads(read_text(path, "vocabulary file"))
-        except json.JSONDecodeError as error:
-            raise _vocab_error(path, f"invalid JSON at line {error.lineno} ({error.msg})") from None
+        data = read_json(path, "vocabulary file", budget=budget)
         if not isinstance(data, dict) or not isinstance(data.get("word2idx"), dict):
             raise _vocab_error(path, 'it has no "word2idx" object')
 

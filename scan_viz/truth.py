@@ -282,11 +282,13 @@ def annotate_file(path: str | Path) -> dict[str, Any]:
     from scan_viz.io import write_text_atomic
 
     target = Path(path)
+    from scan_viz.gallery import MAX_RECORDS_BYTES
+    from scan_viz.safe_files import read_json
+
     try:
-        data = json.loads(target.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ScanVizError(f"cannot read {target} ({exc}); give a gallery.json or a world's annotations file") \
-            from None
+        data = read_json(target, "annotations file", max_bytes=MAX_RECORDS_BYTES)
+    except ScanVizError as exc:
+        raise ScanVizError(f"{exc}; give a gallery.json or a world's annotations file") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ScanVizError(f"{target} has no image records; give a gallery.json or a world's annotations file")
     records = data["images"]

@@ -240,3 +240,27 @@ def test_explore_shows_the_rank_and_the_truth_verdict_for_any_gallery_caption(bu
             verdict = caption_holds(gallery.caption_claims[caption], gallery.scenes[image])
             assert any("false of this one" in w.value for w in at.warning)
             assert "\n".join(verdict.reasons) in [t.value for t in at.text]
+
+
+def test_retrieve_keeps_its_query_in_the_link(bundle, gallery, monkeypatch):
+    """A Retrieve link reopens the same view: search=image&image=..&k=.. opens image -> text on that image with
+    K results; typing a sentence writes q (and k) into the URL. dir stays SCAN's direction (the head)."""
+    from scan_viz.app import retrieve
+
+    image_id = gallery.ids[3]
+    at = _app(monkeypatch, bundle.env()).run()
+    at.switch_page(RETRIEVE)
+    at.query_params.update({"search": "image", "image": image_id, "k": "4"})
+    at.run()
+    no_exception(at)
+    assert at.session_state[retrieve.TAB_KEY] == retrieve.TABS["image"]
+    assert at.selectbox(key=retrieve.IMAGE_KEY).value == image_id and at.slider(key=retrieve.K_KEY).value == 4
+    assert len(at.session_state["retrieve_marks"]) == 4
+    assert at.query_params["search"] == "image" and at.query_params["image"] == image_id
+    at = _app(monkeypatch, bundle.env()).run()
+    at.switch_page(RETRIEVE).run()
+    at.text_input(key=retrieve.QUERY_KEY).input(gallery.captions[0]).run()
+    at.slider(key=retrieve.K_KEY).set_value(7).run()
+    no_exception(at)
+    assert at.query_params["q"] == gallery.captions[0] and at.query_params["k"] == "7"
+    assert "search" not in at.query_params

@@ -178,7 +178,7 @@ def test_tsv_errors_name_file_and_line(tmp_path, images, edit, message):
     corrupt_line(path, 1, edit)
     with pytest.raises(ScanVizError, match=message) as info:
         load_bottomup_tsv(path)
-    assert f"{path}:2" in str(info.value)
+    assert f"{path.name}:2" in str(info.value)  # the name the user gave, never the folder
 
 
 def test_tsv_duplicate_ids_across_files(tmp_path, images):

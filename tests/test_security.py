@@ -207,7 +207,7 @@ def test_loader_messages_never_quote_the_file(tmp_path):
     assert "already read at" in refusal(lambda: load_bottomup_tsv(tmp_path / "b.tsv"))
     (tmp_path / "npz").mkdir()
     (tmp_path / "npz" / "x.npz").write_text(SECRET * 10)
-    assert "not a readable .npz file" in refusal(lambda: load_npz_dir(tmp_path / "npz"))
+    assert "x.npz is not a zip archive or it is damaged" in refusal(lambda: load_npz_dir(tmp_path / "npz"))
     (tmp_path / "vocab.json").write_text(json.dumps({"word2idx": {"<pad>": 0, "<start>": 1, "<end>": 2,
                                                                   "<unk>": 3, SECRET: "x"}}))
     assert "entry 5 of word2idx" in refusal(lambda: Vocabulary.load(tmp_path / "vocab.json"))
@@ -224,7 +224,7 @@ def test_npz_that_would_decompress_past_the_cap_is_refused(tmp_path, monkeypatch
                         num_bbox=36, image_h=10, image_w=10)
     assert (tmp_path / "a.npz").stat().st_size < 100_000  # zeros compress: only the declared size tells
     monkeypatch.setattr(data, "MAX_NPZ_BYTES", 100_000)
-    assert "decompresses to more than" in refusal(lambda: data.load_npz_dir(tmp_path))
+    assert "a.npz decompresses to 296,152 bytes, over the 100,000 bytes limit" in refusal(lambda: data.load_npz_dir(tmp_path))
 
 
 # ----------------------------------------------------------------------------- the Model page

@@ -201,7 +201,7 @@ def test_annotate_refuses_captions_that_are_not_the_generators(tmp_path, capsys)
 
 def test_annotate_on_a_missing_or_foreign_file_exits_2(tmp_path, capsys):
     assert main(["annotate", "--gallery", str(tmp_path)]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "does not exist" in capsys.readouterr().err
     (tmp_path / "x.json").write_text("[1, 2]")
     assert main(["annotate", "--annotations", str(tmp_path / "x.json")]) == 2
     assert "no image records" in capsys.readouterr().err

@@ -13,6 +13,8 @@ key        value
 ``head``   matching head by name (``scan_t2i``, ``scan_i2t``, ``chan``, ``caan``, ...)
 ``compare``  heads to show side by side in Explore's Compare view, comma-separated (``scan_t2i,chan``;
            ``scan`` is SCAN in the model's own direction, or ``dir``'s, as for ``head``)
+``search`` Retrieve's direction: ``text`` (a sentence ranks the images, with ``q``) or ``image`` (a gallery
+           image, ``image``, ranks the captions); ``k`` is then the number of results
 ...        each head's settings, under the link keys its declarations give (:mod:`scan_viz.heads`):
            ``lsm`` (lambda_softmax), ``lse`` (lambda_lse), ``agg`` (agg_func), ``norm`` (raw_feature_norm),
            ``beta``, ``chan_agg``, ``lambda_inter``, ...; ``dir=t2i|i2t`` is read as ``head=scan_t2i|scan_i2t``
@@ -40,7 +42,9 @@ MAX_ID_CHARS = 200
 K_MIN, K_MAX = 1, 100
 DEFAULT_K = 10
 #: The keys of the pair and the view, in the order a written URL has them; the head settings' keys follow.
-PAIR_KEYS = ("image", "q", "word", "k", "model", "head", "compare")
+PAIR_KEYS = ("image", "q", "word", "k", "search", "model", "head", "compare")
+#: Retrieve's directions, as ``search=`` names them.
+SEARCH_DIRECTIONS = ("text", "image")
 #: A bundled model's name: a folder name under pretrained/, no path separators.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: How a note quotes a link's value: clipped (a 4,000-digit ``k`` is quoted by its ends).
@@ -72,6 +76,7 @@ class ExploreParams:
     q: str | None = None
     word: str | None = None
     k: int | None = None
+    search: str | None = None
     model: str | None = None
     head: str | None = None
     compare: str | None = None
@@ -154,6 +159,13 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             if not K_MIN <= k <= K_MAX:
                 notes.append(f"the link's k={echo(values['k'].strip())} is outside {K_MIN}..{K_MAX}: clipped")
             found["k"] = min(max(k, K_MIN), K_MAX)
+    if "search" in values:
+        search = values["search"].strip().lower()
+        if search in SEARCH_DIRECTIONS:
+            found["search"] = search
+        else:
+            notes.append(f"the link's search={echo(values['search'])} is not one of {', '.join(SEARCH_DIRECTIONS)}: "
+                         "ignored")
     if "model" in values:
         model = values["model"].strip()
         if _MODEL_NAME.fullmatch(model) and len(model) <= MAX_ID_CHARS:

@@ -14,7 +14,7 @@ import streamlit as st
 
 from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, NO_PICTURES, Bundle, ground_truth_images, search_gallery
-from scan_viz.app.params import DEFAULT_K, HeadSettings
+from scan_viz.app.params import DEFAULT_K, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.shell import open_in_explore
 from scan_viz.errors import ScanVizError
@@ -51,6 +51,32 @@ def show_reasons(verdict: Verdict | None) -> None:
 def found_by(stage1_rank: int | None) -> str:
     """Which stage found a result: exhaustive scoring, or stage 1 at some rank then re-scored by the head."""
     return "exhaustive" if stage1_rank is None else f"stage 1 #{stage1_rank} \u2192 re-ranked"
+
+
+TABS = {"text": "Text \u2192 image", "image": "Image \u2192 text"}
+
+
+def apply_link(params: ExploreParams) -> None:
+    """Copy a new link's query into the page's controls: ``search`` (the tab), ``q``, ``image`` and ``k``."""
+    if params.search is not None:
+        st.session_state[TAB_KEY] = TABS[params.search]
+    if params.q is not None:
+        st.session_state[QUERY_KEY] = params.q
+    if params.image is not None:
+        st.session_state[IMAGE_KEY] = params.image
+        st.session_state[IMAGE_SEARCH_KEY] = ""  # the image list unfiltered, so the linked image is in it
+    if params.k is not None:
+        st.session_state[K_KEY] = params.k
+
+
+def write_link(bundle: Bundle, settings: HeadSettings, k: int) -> None:
+    """The page's query into the URL: the open tab, its sentence or image, K when not the default."""
+    by_image = st.session_state.get(TAB_KEY) == TABS["image"]
+    text = (st.session_state.get(QUERY_KEY) or "").strip()
+    state.write_link({"search": "image" if by_image else None,
+                      "q": None if by_image or not text else text,
+                      "image": st.session_state.get(IMAGE_KEY) if by_image else None,
+                      "k": k if k != DEFAULT_K else None, **state.link_fields(bundle, settings)})
 
 
 def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
@@ -163,13 +189,14 @@ def render() -> None:
     k = int(st.session_state[K_KEY])
     if not bundle.gallery.has_images:
         st.info(NO_PICTURES)
-    tabs = st.tabs(["Text \u2192 image", "Image \u2192 text"], key=TAB_KEY, on_change="rerun")
+    tabs = st.tabs(list(TABS.values()), key=TAB_KEY, on_change="rerun")
     with tabs[0]:
         if tabs[0].open:
             text_to_image(bundle, settings, k)
     with tabs[1]:
         if tabs[1].open:
             image_to_text(bundle, settings, k)
+    write_link(bundle, settings, k)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,10 @@ def before_page(page) -> None:
     if params is not None:
         if bundle is not None:
             state.apply_link_settings(bundle, params, notes)
+            if page.title == "Retrieve":
+                from scan_viz.app.retrieve import apply_link
+
+                apply_link(params)
             if page.title == "Explore":
                 from scan_viz.app.explore import apply_deep_link
 
@@ -81,8 +85,8 @@ def before_page(page) -> None:
 
 def after_page(page) -> None:
     """Write the served model and the head settings into the URL of a page that does not write its own link
-    (Explore writes the pair too), so a reload or a shared link restores them."""
-    if page.title == "Explore":
+    (Explore writes the pair too, Retrieve its query), so a reload or a shared link restores them."""
+    if page.title in ("Explore", "Retrieve"):  # they write their own view into the link too
         return
     bundle = state.current_bundle(quiet=True)
     if bundle is not None:

@@ -34,7 +34,8 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_paths import MAX_CONFIG_BYTES, read_text
+from scan_viz.safe_files import check_safetensors, read_json
+from scan_viz.safe_paths import MAX_CONFIG_BYTES
 from scan_viz.io import atomic_path
 
 FORMAT = "scan_viz.detector"
@@ -383,9 +384,9 @@ def read_config(directory: str | Path) -> DetectorConfig:
         raise ScanVizError(f"{path} not found; pass a detector folder written by train_detector "
                            "(python -m scan_viz.detect train)")
     try:
-        data = json.loads(read_text(path, "detector config", max_bytes=MAX_CONFIG_BYTES))
-    except ValueError as exc:
-        raise ScanVizError(f"cannot read {path} ({exc}); retrain the detector or restore the file") from None
+        data = read_json(path, "detector config", max_bytes=MAX_CONFIG_BYTES)
+    except ScanVizError as exc:
+        raise ScanVizError(f"{exc}; retrain the detector or restore the file") from None
     return DetectorConfig.from_json(data, str(path))
 
 
@@ -395,6 +396,7 @@ def load_detector(directory: str | Path) -> SceneDetector:
     weights = Path(directory) / WEIGHTS_FILE
     if not weights.is_file():
         raise ScanVizError(f"{weights} not found; the detector folder is incomplete, retrain or restore it")
+    check_safetensors(weights, "detector weights")
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
