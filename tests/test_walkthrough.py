@@ -1,6 +1,6 @@
 """The researcher's walkthrough (docs/walkthrough.md) run as written on the shipped example, examples/official-small:
 ``scan-viz gallery build`` -> ``scan-viz eval --gallery`` (subprocesses) -> the app's Explore and Evaluate pages
-(AppTest) with the environment the page's ``streamlit run`` line sets."""
+(AppTest) with the environment the page's ``streamlit run`` line sets; then its ``gallery npz`` line."""
 from __future__ import annotations
 
 import json
@@ -41,9 +41,12 @@ def walked(tmp_path_factory):
     """The page's build and eval commands run in a fresh folder that sees the repository's examples/."""
     cwd = tmp_path_factory.mktemp("walkthrough")
     (cwd / "examples").symlink_to(REPO / "examples")
-    build, evaluate, serve = doc_commands()
+    build, evaluate, serve, npz = doc_commands()
     built = run_cli(build, cwd)
     evaluated = run_cli(evaluate, cwd)
+    exported = run_cli(npz, cwd)
+    assert exported.returncode == 0 and exported.stdout.startswith("wrote features-npz: "), exported.stderr
+    assert len(list((cwd / "features-npz").glob("*.npz"))) == 20
     return cwd, built, evaluated, serve
 
 
