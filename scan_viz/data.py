@@ -30,7 +30,8 @@ import numpy as np
 from scan_viz.errors import ScanVizError
 from scan_viz.io import write_dir_atomic
 from scan_viz.safe_files import (MAX_FEATURE_DIM, MAX_NPZ_BYTES, MAX_REGIONS_PER_IMAGE, MAX_TSV_LINE_BYTES,
-                                  LoadBudget, OverBudget, budget_or_default, load_npy, read_json, read_npz, shown)
+                                  LoadBudget, OverBudget, budget_or_default, check_zip, load_npy, read_json, read_npz,
+                                  shown)
 from scan_viz.safe_paths import regular_file
 
 CAPTIONS_PER_IMAGE = 5
@@ -431,6 +432,11 @@ def load_npz_dir(directory: PathLike, budget: LoadBudget | None = None) -> Regio
     if not paths:
         raise ScanVizError(f"{directory} holds no .npz files; pass the extractor's output folder")
     budget = budget_or_default(budget)
+    # every file's declared size first, against what the budget has left: many small, well-compressed files are
+    # refused before the first is decompressed, not after hundreds of MB were read (headers only; nothing charged)
+    left = LoadBudget(budget.max_bytes - budget.used)
+    for path in paths:
+        check_zip(path, "region file", MAX_NPZ_BYTES, left)
     return _stack_images([_read_npz(path, budget) for path in paths], budget)
 
 

@@ -371,5 +371,5 @@ def test_explore_says_the_formats_it_takes_and_refuses_others_whatever_their_nam
         at.text_input(key=explore.Q_KEY).input("a red car")
         at.file_uploader[0].set_value((f"photo-{fmt}.png", buffer.getvalue(), "image/png")).run()
         no_exception(at)
-        assert [e.value for e in at.error] == [literal(f"photo-{fmt}.png is not a PNG, JPEG or WebP image: upload "
-                                                       "one of those")]
+        assert [e.value for e in at.error] == [literal(f"photo-{fmt}.png is named .png but holds a {fmt} image: "
+                                                       "save it in the format its name says, or rename it")]

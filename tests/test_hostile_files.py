@@ -110,6 +110,24 @@ def test_two_npz_files_of_600000_by_211_zeros(tmp_path):
                     "1.npz decompresses to 492 MB, over the 17 MB limit")
 
 
+def test_many_small_npz_files_are_one_load_refused_before_reading(tmp_path):
+    """80 .npz files, each within the per-image caps (512 x 4,096 zeros, 8 MB expanded, a few KB deflated), are
+    640 MB together: over a visitor's load budget, refused from the headers before the first array is read."""
+    from scan_viz.app.bundle import VISITOR_LOAD_BYTES
+
+    folder = tmp_path / "regions"
+    folder.mkdir()
+    for stem in range(80):
+        with zipfile.ZipFile(folder / f"{stem:03d}.npz", "w") as out:
+            deflated_zeros(out, "x.npy", 512 * 4096 * 4, npy_header((512, 4096)))
+            deflated_zeros(out, "bbox.npy", 512 * 4 * 4, npy_header((512, 4)))
+            for key, value in (("num_bbox", 512), ("image_h", 480), ("image_w", 640)):
+                out.writestr(f"{key}.npy", npy_bytes(np.array(value)))
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 4 << 20
+    refused_cheaply("from scan_viz.data import load_regions\nfrom scan_viz.safe_files import LoadBudget",
+                    f"load_regions({str(folder)!r}, LoadBudget({VISITOR_LOAD_BYTES}))", "this load may take 512 MB")
+
+
 def test_tsv_with_one_row_of_20000_boxes(tmp_path):
     def row(image_id: int, n_boxes: int, img_dim: int = 211) -> bytes:
         boxes = base64.b64encode(np.zeros((n_boxes, 4), np.float32).tobytes())

@@ -23,7 +23,8 @@ from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery, load_gallery
 from scan_viz.model import PRETRAINED_DIR, ScanModel, bundled_models, load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL, GalleryIndex
-from scan_viz.safe_paths import ALLOWANCES, ENV_ALLOWED_ROOTS, AllowedRoots
+from scan_viz.safe_files import LoadBudget
+from scan_viz.safe_paths import ALLOWANCES, ENV_ALLOWED_ROOTS, MB, AllowedRoots
 
 ENV_MODEL = "SCAN_VIZ_MODEL"
 ENV_VOCAB = "SCAN_VIZ_VOCAB"
@@ -127,7 +128,8 @@ class Bundle:
         return self.gallery.regions.boxes is not None
 
 
-def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | None = None) -> Gallery:
+def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | None = None,
+                           budget: LoadBudget | None = None) -> Gallery:
     """A gallery (no captions) from a user's region features with boxes and the folder of their images.
 
     regions: a bottom-up-attention TSV (or a folder of them), or a folder of ``.npz`` files, as read by
@@ -136,7 +138,7 @@ def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | 
     """
     from scan_viz.data import load_regions
 
-    store = load_regions(regions)
+    store = load_regions(regions, budget)
     if not store.has_boxes():
         raise ScanVizError(f"{regions} holds region features without boxes, which cannot be drawn: give the "
                            "bottom-up-attention TSV or .npz files, which keep each region's box")
@@ -165,13 +167,25 @@ def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | 
     return Gallery(folder, name or folder.name, records, store, None)
 
 
+#: What one visitor's load (an upload, or server paths they named) may allocate in all: an official-size gallery of
+#: 1,000 images x 36 regions x 2048-d float32 (295 MB) with an official checkpoint (about 55 MB) and its vocabulary
+#: fits; two such loads cannot be stacked by one visitor, since a new upload replaces the session's old one.
+VISITOR_LOAD_BYTES = 512 * MB
+
+
 def load_bundle(sources: Sources) -> Bundle:
-    """Load the model and the gallery the sources name, check that they fit, encode the gallery."""
-    model = load_model(sources.model, vocab=sources.vocab)
+    """Load the model and the gallery the sources name, check that they fit, encode the gallery.
+
+    Everything the files expand to is charged to one :class:`~scan_viz.safe_files.LoadBudget` for the whole load
+    (model, vocabulary and regions together): :data:`VISITOR_LOAD_BYTES` when a visitor named any part of it,
+    else the library's default.
+    """
+    budget = LoadBudget(VISITOR_LOAD_BYTES) if visitor_inputs(sources) else LoadBudget()
+    model = load_model(sources.model, vocab=sources.vocab, budget=budget)
     if sources.gallery is not None:
-        gallery = load_gallery(sources.gallery)
+        gallery = load_gallery(sources.gallery, budget)
     elif sources.regions is not None and sources.images is not None:
-        gallery = gallery_from_user_data(sources.regions, sources.images)
+        gallery = gallery_from_user_data(sources.regions, sources.images, budget=budget)
     else:
         raise ScanVizError("no gallery: give a gallery folder, or region features and their images folder")
     if len(gallery) == 0:
