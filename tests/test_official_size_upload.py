@@ -13,12 +13,12 @@ from app_fixture import app_fixture
 from peak_rss import peak_rss_growth
 from test_gallery_build import write_tsv
 
+from scan_viz.app.bundle import VISITOR_LOAD_BYTES
 from scan_viz.app.user_files import MAX_REGIONS_MB, Upload, stage_upload
 from scan_viz.data import load_regions
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import load_gallery
 from scan_viz.gallery_build import export_npz
-from scan_viz.safe_files import MAX_LOAD_BYTES
 from scan_viz.safe_paths import MB
 
 N_IMAGES, N_REGIONS, IMG_DIM = 1000, 36, 2048
@@ -72,12 +72,13 @@ def official_size_upload(folder: Path) -> dict[str, str]:
 def test_an_official_size_float16_upload_fits_the_cap_and_loads_within_the_budget(tmp_path):
     (tmp_path / "upload").mkdir()
     staged = official_size_upload(tmp_path)
-    setup = ("from scan_viz.app.bundle import Sources, load_bundle\n"
+    setup = ("from scan_viz.app.bundle import Sources, load_bundle, visitor_inputs\n"
              f"sources = Sources(model={staged['model']!r}, gallery=None, regions={staged['regions']!r}, "
-             f"images={staged['images']!r})")
+             f"images={staged['images']!r})\n"
+             "assert visitor_inputs(sources)  # a visitor's load: the visitor budget applies")
     measured = peak_rss_growth(setup, "load_bundle(sources).gallery.regions.features.shape", timeout=600)
     assert measured.error is None and measured.returncode == 0, (measured.error, measured.stderr[-2000:])
     assert measured.value == repr((N_IMAGES, N_REGIONS, IMG_DIM))
     print(json.dumps({"upload_mb": round(staged["mb"], 1), "load_growth_mb": round(measured.growth_mb)}))
-    # one float32 copy of the features is 295 MB; the load stays under the per-load budget
-    assert measured.growth_mb < MAX_LOAD_BYTES / MB
+    # one float32 copy of the features is 295 MB; the load stays under a visitor's budget, which it is charged to
+    assert measured.growth_mb < VISITOR_LOAD_BYTES / MB
