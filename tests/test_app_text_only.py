@@ -11,7 +11,7 @@ from app_fixture import app_fixture
 from streamlit.testing.v1 import AppTest
 
 from scan_viz.app import explore
-from scan_viz.app.bundle import NO_PICTURES, NO_BOXES
+from scan_viz.app.bundle import NO_BOXES, NO_PICTURES
 from scan_viz.gallery import load_gallery
 from scan_viz.gallery_build import build_gallery
 
@@ -82,11 +82,17 @@ def test_retrieve_ranks_images_and_captions_as_text(app, text_only):
     at.text_input(key="rt_q").input(gallery.captions_of("4")[1]).run()
     no_exception(at)
     assert NO_PICTURES in infos(at)
-    assert len(at.session_state["retrieve_results"]) > 0
-    assert not at.image
-    at.segmented_control(key="rt_dir").set_value("i2t").run() if any(
-        s.key == "rt_dir" for s in at.segmented_control) else None
+    assert len(at.session_state["retrieve_results"]) > 0 and not at.image
+    at.session_state["rt_tab"] = "Image \u2192 text"
+    at.run()
+    at.selectbox(key="rt_image").set_value("6").run()
     no_exception(at)
+    open_buttons = [b for b in at.button if (b.key or "").startswith("rt_open_caption_")]
+    assert open_buttons and not at.image
+    open_buttons[0].click().run()  # the pair opens in Explore, as text
+    no_exception(at)
+    assert at.title[0].value == "Explore" and at.query_params["image"] == "6"
+    assert any(m.value.startswith(explore.SCORE_LABEL) for m in at.markdown)
 
 
 def test_evaluate_gives_recall_and_failures(app):
@@ -97,7 +103,12 @@ def test_evaluate_gives_recall_and_failures(app):
     if start:
         start[0].click().run()
     no_exception(at)
-    assert any(m.label == "rsum" for m in at.metric)
-    assert any(NO_BOXES in i for i in infos(at))
-    assert any((b.key or "").startswith("ev_truth_") for b in at.button) or \
-        any("fail at K" in c.value for c in at.caption)
+    assert any(m.label == "rsum" for m in at.metric) and at.dataframe
+    assert NO_BOXES in infos(at)
+    at.slider(key="ev_k").set_value(1).run()
+    failures = [b for b in at.button if (b.key or "").startswith("ev_top_")]
+    assert failures and at.session_state["evaluate_failures"] > 0  # the untrained fixture model fails some at K = 1
+    failures[0].click().run()
+    no_exception(at)
+    assert at.title[0].value == "Explore"
+    assert any(m.value.startswith(explore.SCORE_LABEL) for m in at.markdown)
