@@ -21,6 +21,7 @@ import numpy as np
 from scan_viz.data import CAPTIONS_PER_IMAGE, RegionStore, load_precomp, load_regions
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import GALLERY_FILE, write_gallery
+from scan_viz.safe_files import LoadBudget
 from scan_viz.safe_paths import MB, read_text
 
 PRECOMP_SUFFIX = "_ims.npy"
@@ -51,12 +52,13 @@ class BuildReport:
                 + (f" ({self.captions_layout} layout)" if self.captions_layout else "") + f"; {draws}")
 
 
-def read_regions(path: str | Path) -> tuple[RegionStore, list[str] | None]:
+def read_regions(path: str | Path, budget: LoadBudget | None = None) -> tuple[RegionStore, list[str] | None]:
     """Region features in any format the library reads, and the captions an official precomp file comes with.
 
     ``{split}_ims.npy`` (official precomp) is read with ``{split}_caps.txt`` beside it, as the official loader
     does (:func:`scan_viz.data.load_precomp`): its image ids are ``"0" .. "N-1"`` and its captions are returned.
-    Anything else goes to :func:`scan_viz.data.load_regions` (TSV, folder of TSV or ``.npz``, saved store).
+    Anything else goes to :func:`scan_viz.data.load_regions` (TSV, folder of TSV or ``.npz``, saved store), which
+    charges what it reads into memory to ``budget`` (the ``.npy`` is memory-mapped, never charged).
     """
     path = Path(path)
     if path.suffix == ".npy":
@@ -65,7 +67,7 @@ def read_regions(path: str | Path) -> tuple[RegionStore, list[str] | None]:
                                f"(e.g. test{PRECOMP_SUFFIX}) with {{split}}_caps.txt beside it; rename it so")
         split = load_precomp(path.parent, path.name[:-len(PRECOMP_SUFFIX)])
         return split.regions, split.captions
-    return load_regions(path), None
+    return load_regions(path, budget), None
 
 
 def read_lines(path: str | Path, what: str) -> list[str]:
@@ -161,7 +163,8 @@ def check_out(out: Path, force: bool) -> None:
 
 def build_gallery(regions: str | Path, out: str | Path, captions: str | Path | None = None,
                   images: str | Path | None = None, ids: str | Path | None = None, name: str | None = None,
-                  force: bool = False, feature_dtype: str = "float32") -> BuildReport:
+                  force: bool = False, feature_dtype: str = "float32",
+                  budget: LoadBudget | None = None) -> BuildReport:
     """Write a gallery folder from region features, captions and optional images (see the module docstring).
 
     regions: ``{split}_ims.npy`` (its ``{split}_caps.txt`` beside it is the default captions), a bottom-up-attention
@@ -169,13 +172,14 @@ def build_gallery(regions: str | Path, out: str | Path, captions: str | Path | N
     layout (5 lines per image in image order) or ``image_id<TAB>caption`` lines. images: a folder whose file stems
     are the image ids. ids: one id per feature row, replacing the features' ids (precomp's are row numbers).
     feature_dtype: how the features are stored; float32 keeps an official model's scores exact, float16 halves
-    the folder.
+    the folder. budget: what reading TSV or ``.npz`` files may take in memory (default: the library's 1 GiB per
+    load; COCO's 5,000 images x 36 x 2048 need about 1.5 GB).
     """
     out = Path(out)
     if feature_dtype not in FEATURE_DTYPES:
         raise ScanVizError(f"feature dtype {feature_dtype!r}: use one of {', '.join(FEATURE_DTYPES)}")
     check_out(out, force)
-    store, precomp_captions = read_regions(regions)
+    store, precomp_captions = read_regions(regions, budget)
     if ids is not None:
         store = dataclasses.replace(store, ids=read_ids(ids, len(store)))
     per_image: list[list[str]] = [[] for _ in store.ids]
@@ -207,7 +211,8 @@ def build_gallery(regions: str | Path, out: str | Path, captions: str | Path | N
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def export_npz(regions: str | Path, out: str | Path, feature_dtype: str = "float16") -> int:
+def export_npz(regions: str | Path, out: str | Path, feature_dtype: str = "float16",
+               budget: LoadBudget | None = None) -> int:
     """Write region features with boxes as one bottom-up-attention.pytorch ``.npz`` per image (``{id}.npz``:
     ``x`` in ``feature_dtype``, ``bbox``, ``num_bbox``, ``image_h``, ``image_w``); returns the bytes written.
 
@@ -222,7 +227,7 @@ def export_npz(regions: str | Path, out: str | Path, feature_dtype: str = "float
         raise ScanVizError(f"feature dtype {feature_dtype!r}: use one of {', '.join(FEATURE_DTYPES)}")
     if out.exists() or out.is_symlink():
         raise ScanVizError(f"{out} exists: choose a new folder for the .npz files")
-    store, _ = read_regions(regions)
+    store, _ = read_regions(regions, budget)
     if not store.has_boxes():
         raise ScanVizError(f"{regions} holds no boxes, and the app's upload needs them: build a gallery with "
                            "`scan-viz gallery build` and serve it with SCAN_VIZ_GALLERY instead")
