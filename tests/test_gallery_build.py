@@ -158,7 +158,7 @@ def user_errors(source, tmp: Path):
         (["--regions", str(tsv), "--images", str(tmp / "few_images")], "11 of the 12 images have no file"),
         (["--regions", str(tmp / "renamed.npy")], "named {split}_ims.npy"),
         (["--regions", str(tmp / "nothing")], "not found"),
-        (["--regions", str(tsv), "--memory-gb", "0.0001"], "this load may take"),
+        (["--regions", str(tsv), "--memory-gb", "0.000001"], "this load may take"),
         (["--regions", str(tsv), "--memory-gb", "0"], "--memory-gb must be above 0"),
     ]
 
