@@ -89,9 +89,11 @@ def read_ids(path: str | Path, n_images: int) -> list[str]:
     for number, image_id in enumerate(ids, 1):
         if not image_id or "\t" in image_id:
             raise ScanVizError(f"ids file {path}: line {number} is empty or holds a tab; give one id per line")
-    if len(set(ids)) != len(ids):
-        first = next(n for n, image_id in enumerate(ids, 1) if ids.index(image_id) != n - 1)
-        raise ScanVizError(f"ids file {path}: line {first} repeats an earlier id; image ids must be unique")
+    seen: set[str] = set()
+    for number, image_id in enumerate(ids, 1):
+        if image_id in seen:
+            raise ScanVizError(f"ids file {path}: line {number} repeats an earlier id; image ids must be unique")
+        seen.add(image_id)
     return ids
 
 
