@@ -126,10 +126,10 @@ def assign_captions(lines: list[str], ids: list[str], where: str) -> tuple[list[
     return [lines[i * CAPTIONS_PER_IMAGE:(i + 1) * CAPTIONS_PER_IMAGE] for i in range(len(ids))], "official"
 
 
-def read_images(folder: str | Path, store: RegionStore) -> tuple[list[np.ndarray | bytes], list[tuple[int, int]]]:
-    """Each image of the store from ``folder`` (file stem = image id): JPEG bytes as they are, other formats
-    decoded; and each image's (width, height)."""
-    from scan_viz.images import load_image
+def read_images(folder: str | Path, store: RegionStore) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Each image of the store from ``folder`` (file stem = image id) as JPEG bytes (a JPEG file as it is, other
+    formats re-encoded), and each image's (width, height)."""
+    from scan_viz.images import image_to_jpeg_bytes, load_image
     from scan_viz.index import list_images
 
     files = {p.stem: p for p in list_images(Path(folder))}
@@ -148,7 +148,8 @@ def read_images(folder: str | Path, store: RegionStore) -> tuple[list[np.ndarray
             w, h = (int(v) for v in store.image_sizes[row])
             raise ScanVizError(f"{path.name} is {sizes[-1][0]}x{sizes[-1][1]} pixels but the features of row "
                                f"{row + 1} were extracted from a {w}x{h} image: give the images the extractor read")
-        images.append(path.read_bytes() if path.suffix.lower() in JPEG_SUFFIXES else pixels)
+        # other formats are encoded at once: 1,000 decoded pictures would hold hundreds of MB until written
+        images.append(path.read_bytes() if path.suffix.lower() in JPEG_SUFFIXES else image_to_jpeg_bytes(pixels))
     return images, sizes
 
 
@@ -191,7 +192,7 @@ def build_gallery(regions: str | Path, out: str | Path, captions: str | Path | N
     elif precomp_captions is not None:
         per_image = [precomp_captions[i * CAPTIONS_PER_IMAGE:(i + 1) * CAPTIONS_PER_IMAGE] for i in range(len(store))]
         layout = "official"
-    pictures: list[np.ndarray | bytes | None] = [None] * len(store)
+    pictures: list[bytes | None] = [None] * len(store)
     sizes: list[tuple[int, int] | None] = [None] * len(store)
     if images is not None:
         pictures, sizes = read_images(images, store)

@@ -218,3 +218,16 @@ def test_a_missing_version_reads_as_version_1_and_version_2_may_lack_files(sourc
     shutil.rmtree(tmp_path / "g")
     gallery = load_gallery(edited_gallery(source, tmp_path, lambda m: m["images"][0].pop("file")))
     assert not gallery.has_images and not gallery.has_image(gallery.ids[0]) and gallery.has_image(gallery.ids[1])
+
+
+def test_png_images_are_stored_as_jpeg_of_the_same_picture(source, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "png").mkdir()
+    for image_id in source.ids:
+        Image.fromarray(source.load_image(image_id)).save(tmp_path / "png" / f"{image_id}.png")
+    build_gallery(write_tsv(source, tmp_path / "f.tsv"), tmp_path / "g", images=tmp_path / "png")
+    gallery = load_gallery(tmp_path / "g")
+    assert gallery.image_path(source.ids[0]).suffix == ".jpg"
+    built, original = gallery.load_image(source.ids[0]), source.load_image(source.ids[0])
+    assert built.shape == original.shape and np.abs(built.astype(int) - original).mean() < 8
