@@ -234,6 +234,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         regions = detect(detector_for(model, args.detector), image)
         source = {"file": Path(args.image).name}
+        _domain_note(model, regions, args.gallery or DEFAULT_GALLERY)
     alignment = explain(model, regions, args.text, head, dtype=args.dtype, device=args.device)
     out = Path(args.out)
     try:
@@ -254,6 +255,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"note: {len(unknown)} word(s) not in the model's vocabulary, read as <unk>: {', '.join(unknown)}"
               + (" (no known word: the alignment carries little meaning)" if known == 0 else ""))
     return 0
+
+
+def _domain_note(model, regions, gallery_dir) -> None:
+    """A note when the picture's regions are less like the gallery's than its own images' (scan_viz.domain)."""
+    from scan_viz.domain import embed_regions
+    from scan_viz.gallery import load_gallery
+    from scan_viz.pipeline import gallery_domain_check
+
+    gallery = load_gallery(gallery_dir)
+    check = gallery_domain_check(model, gallery)
+    if check is not None and not check.in_domain(embed_regions(model, regions)):
+        domain = str(model.config.extra.get("domain") or "").strip()
+        print(f"note: out of domain: the picture's regions are less like the gallery's ({gallery.name}) than those "
+              f"of any of {check.n_calibration} sampled gallery images"
+              + (f"; the model was trained only on {domain}" if domain else "") + ": the alignment means little")
 
 
 def _print_metrics(result: dict) -> None:

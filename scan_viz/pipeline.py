@@ -124,6 +124,17 @@ class GalleryIndex:
         return [(self.gallery.ids[i], float(scores[i])) for i in top]
 
     @functools.cached_property
+    def domain_check(self):
+        """The out-of-domain check (:class:`scan_viz.domain.DomainCheck`) fitted on this gallery, once."""
+        return domain_check(self.regions, self.region_lengths)
+
+    def looks_in_domain(self, regions: Regions) -> bool:
+        """Whether a picture's regions are as like the gallery's as the gallery's own images are."""
+        from scan_viz.domain import embed_regions
+
+        return self.domain_check.in_domain(embed_regions(self.model, regions))
+
+    @functools.cached_property
     def two_stage(self):
         """Two-stage search (scan_viz.search) over these embeddings; stage 1 when a head fits the model."""
         from scan_viz.search import gallery_search
@@ -182,6 +193,22 @@ def compare_heads(index: GalleryIndex, image_id: str, text: str,
         scores = index.image_scores(text, matcher)
         out.append(HeadComparison(matcher, alignment, gallery_rank(scores, scores[row]), len(scores)))
     return out
+
+
+def domain_check(region_embeddings: torch.Tensor, region_lengths: torch.Tensor | None):
+    """:class:`scan_viz.domain.DomainCheck` fitted on a gallery's region embeddings (n_images, n_regions, d)."""
+    from scan_viz.domain import DomainCheck
+
+    lengths = None if region_lengths is None else region_lengths.numpy()
+    return DomainCheck.fit(region_embeddings.float().numpy(), lengths)
+
+
+def gallery_domain_check(model: ScanModel, gallery: Gallery):
+    """The domain check of ``gallery`` for ``model`` (its region features encoded first), or None when the
+    gallery's features are not the model's (another detector's gallery says nothing about the model's pictures)."""
+    if gallery.regions.img_dim != model.config.img_dim:
+        return None
+    return domain_check(model.encode_images(gallery.regions.features), _region_lengths(gallery))
 
 
 def gallery_rank(scores: np.ndarray, score: float) -> int:

@@ -367,7 +367,8 @@ def test_upload_runs_the_detector_and_bad_bytes_are_one_line(app):
     at.file_uploader[0].set_value(("photo.png", png_bytes(), "image/png")).run()
     no_exception(at)
     assert not at.error
-    assert not any("Out of domain" in w.value for w in at.warning)  # the fixture model's config names no domain
+    # the note follows the domain check (scan_viz.domain), whatever the model's config says
+    assert any("Out of domain" in w.value for w in at.warning) == (at.session_state[explore.DOMAIN_MARKER] is False)
     assert at.session_state[explore.PANELS_MARKER] == ["a", "red", "car", "on", "the", "road"]
     assert "image" not in at.query_params and at.query_params["q"] == "a red car on the road"
 
@@ -386,8 +387,21 @@ def test_an_upload_is_marked_out_of_domain_with_the_model_cards_words(bundle, mo
     at = open_link(at, image=bundle.image_ids[0], q="a red car")
     assert not any("Out of domain" in w.value for w in at.warning)  # a gallery image is in the model's domain
     at.segmented_control(key=explore.SOURCE_KEY).set_value(explore.UPLOAD).run()
-    at.file_uploader[0].set_value(("photo.png", png_bytes(), "image/png")).run()
+    # a gallery scene's own image file, uploaded: in domain, no note (every upload was called out of domain)
+    from scan_viz.gallery import load_gallery
+
+    scene = load_gallery(bundle.gallery).image_path(bundle.image_ids[3])
+    at.file_uploader[0].set_value((scene.name, scene.read_bytes(), "image/jpeg")).run()
     no_exception(at)
+    assert at.session_state[explore.DOMAIN_MARKER] is True
+    assert not any("Out of domain" in w.value for w in at.warning)
+    # a photograph: its regions are unlike any gallery region
+    import matplotlib.cbook
+
+    photo = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    at.file_uploader[0].set_value(("photo.jpg", photo.read_bytes(), "image/jpeg")).run()
+    no_exception(at)
+    assert at.session_state[explore.DOMAIN_MARKER] is False
     [note] = [w.value for w in at.warning if "Out of domain" in w.value]
     assert "trained only on `toy scenes of coloured shapes`" in note and "carry little meaning" in note
     at.switch_page(PAGES["Model"]).run()

@@ -33,6 +33,8 @@ LINK_WORD_KEY = "_ex_link_word"
 PANELS_MARKER, COMPARE_MARKER = "explore_panels", "explore_compared"
 #: The pair's rank among the gallery's images for the sentence, and the truth verdict shown (for tests).
 RANK_MARKER, VERDICT_MARKER = "explore_rank", "explore_verdict"
+#: Whether the upload looked like the gallery's pictures (None: not checked), for tests.
+DOMAIN_MARKER = "explore_in_domain"
 GALLERY, UPLOAD = "Gallery", "Upload"
 PANEL_COLUMNS = 4
 THUMB_COLUMNS, THUMB_ROWS = 6, 2
@@ -194,10 +196,14 @@ def load_upload(bundle: Bundle, name: str, data: bytes) -> Picked | None:
     if len(regions) == 0:
         show_error(f"the detector found no regions in {name}: try another image")
         return None
-    domain = model_domain(bundle.model)
-    if domain:
-        st.warning(f"Out of domain: this model was trained only on {literal(domain)}. On any other picture (a "
-                   "photograph, a drawing) its attention and scores carry little meaning.", icon=":material/info:")
+    in_domain = state.shown(lambda: state.upload_in_domain(bundle.key, key, regions))
+    st.session_state[DOMAIN_MARKER] = in_domain
+    if in_domain is False:
+        domain = model_domain(bundle.model)
+        trained = f"; this model was trained only on {literal(domain)}" if domain else ""
+        st.warning(f"Out of domain: this picture's regions are less like the gallery's than those of any of "
+                   f"{bundle.index.domain_check.n_calibration} sampled gallery images{trained}. Here its attention "
+                   "and scores carry little meaning.", icon=":material/info:")
     return Picked(f"upload:{key}", image, regions, None, name)
 
 
@@ -477,7 +483,7 @@ def render() -> None:
     if served is None:
         return
     bundle, settings = served
-    for marker in (PANELS_MARKER, COMPARE_MARKER, RANK_MARKER, VERDICT_MARKER):
+    for marker in (PANELS_MARKER, COMPARE_MARKER, RANK_MARKER, VERDICT_MARKER, DOMAIN_MARKER):
         st.session_state.pop(marker, None)
     st.session_state.setdefault(SOURCE_KEY, GALLERY)
     st.segmented_control("Image", [GALLERY, UPLOAD], key=SOURCE_KEY, required=True, persist_state="session",

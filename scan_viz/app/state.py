@@ -180,6 +180,13 @@ def detected_regions(bundle_key: tuple, image_key: str, _image: np.ndarray) -> R
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
+def upload_in_domain(bundle_key: tuple, image_key: str, _regions: Regions) -> bool:
+    """Whether an upload's regions are as like the gallery's as the gallery's own images are
+    (:mod:`scan_viz.domain`; the check is fitted once per served bundle)."""
+    return bundle_by_key(bundle_key).index.looks_in_domain(_regions)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
 def alignment(bundle_key: tuple, image_key: str, text: str, settings: tuple, _regions: Regions) -> Alignment:
     """The alignment of ``text`` with an image's regions under the head ``settings`` (HeadSettings.key())."""
     from scan_viz.pipeline import explain
