@@ -191,7 +191,7 @@ def load_gallery(path: str | Path, budget: LoadBudget | None = None) -> Gallery:
             raise ScanVizError(f"{root / GALLERY_FILE}: the image of record {n} is missing or outside the gallery "
                                f"folder; {REBUILD_HINT}")
     regions = load_saved_regions(root / REGIONS_DIR, budget)
-    if regions.ids != [str(r["id"]) for r in records]:
+    if regions.ids != [r["id"] for r in records]:
         raise ScanVizError(f"{root}: the region store's image ids do not match {GALLERY_FILE}; {REBUILD_HINT}")
     labels = None
     if (root / REGIONS_DIR / LABELS_FILE).is_file():
