@@ -156,8 +156,11 @@ def _eval_gallery(args: argparse.Namespace) -> int:
 
     gallery = load_gallery(args.gallery)
     model, head = _load(args)
-    print(f"evaluating {head.name} on {gallery.name}: {len(gallery):,} images x {len(gallery.captions):,} captions, "
-          "then pointing accuracy and truth-aware recall", file=sys.stderr, flush=True)
+    then = [what for what, applies in (("pointing accuracy", gallery.regions.boxes is not None
+                                        and any(gallery.caption_words)), ("truth-aware recall", gallery.has_claims))
+            if applies]
+    print(f"evaluating {head.name} on {gallery.name}: {len(gallery):,} images x {len(gallery.captions):,} captions"
+          + (f", then {' and '.join(then)}" if then else ""), file=sys.stderr, flush=True)
     result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"), dtype=args.dtype)
     _print_metrics(result)
     _print_truth(result)
@@ -332,10 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_convert)
 
-    from scan_viz.cli_scale import add_index_parser, add_search_parser
+    from scan_viz.cli_scale import add_gallery_parser, add_index_parser, add_search_parser
 
     add_search_parser(sub)
     add_index_parser(sub)
+    add_gallery_parser(sub)
 
     from scan_viz.train.args import add_train_args
 

@@ -100,3 +100,66 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"wrote {result.gallery}: {result.added} images added, {result.kept} kept, {len(result.failed)} skipped "
           f"(listed in {result.gallery / 'index_report.json'})")
     return 0
+
+
+def add_gallery_parser(sub) -> None:
+    p = sub.add_parser("gallery", help="build a gallery folder from your own region features and captions")
+    gsub = p.add_subparsers(dest="gallery_command", required=True)
+    b = gsub.add_parser("build", help="region features (+ captions, images, ids) -> a gallery folder the app, eval "
+                                      "--gallery and search open (format: docs/gallery-format.md)")
+    b.add_argument("--regions", required=True,
+                   help="official {split}_ims.npy (its {split}_caps.txt beside it gives the captions; no boxes), a "
+                        "bottom-up-attention .tsv or a folder of them, or a folder of per-image .npz files")
+    b.add_argument("--captions", help="captions: 5 lines per image in image order (official layout), or "
+                                      "'image_id<TAB>caption' lines (default for {split}_ims.npy: {split}_caps.txt)")
+    b.add_argument("--images", help="folder of the images the features were extracted from; file stem = image id "
+                                    "(without it nothing can be drawn, retrieval and recall still work)")
+    b.add_argument("--ids", help="one image id per line, in the order of the feature rows (replaces the features' "
+                                 "ids; the official .npy's are row numbers 0..N-1)")
+    b.add_argument("--out", required=True, help="gallery folder to create (refused if it exists, unless --force)")
+    b.add_argument("--name", help="the gallery's name on screen (default: the folder's name)")
+    b.add_argument("--force", action="store_true", help="replace an existing gallery folder (atomically)")
+    b.add_argument("--feature-dtype", choices=("float32", "float16"), default="float32",
+                   help="how features are stored: float32 keeps scores exact, float16 halves the folder")
+    b.add_argument("--memory-gb", type=float, help="memory reading TSV or .npz files may take (default 1; COCO's "
+                                                   "5,000 images need 2); an official .npy is memory-mapped")
+    b.set_defaults(func=cmd_gallery_build)
+    n = gsub.add_parser("npz", help="region features with boxes -> one float16 .npz per image, what the app's "
+                                    "upload takes (1,000 images x 36 x 2048: 147 MB, under its region cap)")
+    n.add_argument("--regions", required=True, help="a bottom-up-attention .tsv or a folder of them, or of .npz")
+    n.add_argument("--out", required=True, help="folder to create for the .npz files")
+    n.add_argument("--feature-dtype", choices=("float16", "float32"), default="float16")
+    n.add_argument("--memory-gb", type=float, help="memory reading the region files may take (default 1)")
+    n.set_defaults(func=cmd_gallery_npz)
+
+
+def cmd_gallery_build(args: argparse.Namespace) -> int:
+    from scan_viz.gallery_build import build_gallery
+
+    report = build_gallery(args.regions, args.out, captions=args.captions, images=args.images, ids=args.ids,
+                           name=args.name, force=args.force, feature_dtype=args.feature_dtype,
+                           budget=_budget(args.memory_gb))
+    print(report.summary())
+    if report.uncaptioned:
+        print(f"note: {report.uncaptioned:,} images have no caption; eval --gallery needs at least one per image")
+    return 0
+
+
+def cmd_gallery_npz(args: argparse.Namespace) -> int:
+    from scan_viz.gallery_build import export_npz
+
+    n_bytes = export_npz(args.regions, args.out, args.feature_dtype, _budget(args.memory_gb))
+    print(f"wrote {args.out}: {n_bytes / 2**20:,.1f} MB of .npz files ({args.feature_dtype} features)")
+    return 0
+
+
+def _budget(memory_gb: float | None):
+    """A load budget of ``memory_gb`` (None: the library's default)."""
+    from scan_viz.errors import ScanVizError
+    from scan_viz.safe_files import GiB, LoadBudget
+
+    if memory_gb is None:
+        return None
+    if not memory_gb > 0:
+        raise ScanVizError(f"--memory-gb must be above 0, got {memory_gb:g}")
+    return LoadBudget(int(memory_gb * GiB))

@@ -1,12 +1,16 @@
 """A gallery: images + captions + ground truth + precomputed regions, what the app and `eval --gallery` use.
 
-Layout of a gallery folder (``examples/gallery``)::
+Layout of a gallery folder (``examples/gallery``; the full reference is docs/gallery-format.md)::
 
     images/{id}.jpg        the image; its file stem is the image id used everywhere (deep links included)
-    gallery.json           {"format", "name", "images": [{"id", "file", "width", "height",
+    gallery.json           {"format", "format_version", "name", "images": [{"id", "file", "width", "height",
                             "objects": [{"category", "box", "kind", "colour", ...}],
                             "captions": [{"text", "words": [{"word", "type", "boxes"}], "claims": {...}}]}]}
     regions/               a scan_viz.data region store (features, boxes, labels via region_labels.json)
+
+Version 1 (``"format": "scan-viz-gallery/1"``, no ``format_version``: the bundled gallery) needs every image's
+``file``; version 2 (``"format": "scan-viz-gallery", "format_version": 2``, what :func:`write_gallery` writes)
+lets a gallery have no images (no ``file``), as one built from the official precomputed features.
 
 Captions are numbered image by image (caption k of the flattened list belongs to ``caption_image[k]``).
 ``claims`` (optional; :mod:`scan_viz.scenes.claims`) say what a generated caption claims, so the truth check
@@ -27,7 +31,12 @@ from scan_viz.errors import ScanVizError
 from scan_viz.safe_files import LoadBudget, OverBudget, budget_or_default, read_json
 from scan_viz.safe_paths import MB
 
-GALLERY_FORMAT = "scan-viz-gallery/1"
+GALLERY_FORMAT = "scan-viz-gallery"
+#: The version write_gallery writes, and every version load_gallery reads.
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
+#: The ``format`` of version-1 files, which carry no ``format_version``.
+FORMAT_V1 = "scan-viz-gallery/1"
 GALLERY_FILE = "gallery.json"
 REGIONS_DIR = "regions"
 LABELS_FILE = "region_labels.json"
@@ -63,8 +72,20 @@ class Gallery:
                                f"(e.g. {self.ids[0]})")
         return self._index[image_id]
 
+    @property
+    def has_images(self) -> bool:
+        """Whether every image has its picture (a gallery built from precomputed features has none)."""
+        return all(r.get("file") for r in self.records)
+
+    def has_image(self, image_id: str) -> bool:
+        return bool(self.records[self.index_of(image_id)].get("file"))
+
     def image_path(self, image_id: str) -> Path:
-        return self.root / self.records[self.index_of(image_id)]["file"]
+        file = self.records[self.index_of(image_id)].get("file")
+        if not file:
+            raise ScanVizError(f"the gallery {self.name} has no picture of this image (built from region features "
+                               "alone): nothing can be drawn on it, but it can be scored and retrieved")
+        return self.root / file
 
     def load_image(self, image_id: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB."""
@@ -119,6 +140,27 @@ class Gallery:
         return truth_matrix(self.caption_claims, self.scenes)
 
 
+def gallery_header(name: str) -> dict[str, Any]:
+    """The first keys of a gallery.json written now."""
+    return {"format": GALLERY_FORMAT, "format_version": FORMAT_VERSION, "name": name}
+
+
+def format_version(meta: Any, where: Path) -> int:
+    """The format version of a parsed gallery.json; a ScanVizError (one line) for anything this code cannot read."""
+    if not isinstance(meta, dict) or meta.get("format") not in (GALLERY_FORMAT, FORMAT_V1):
+        raise ScanVizError(f"{where} is not a scan-viz gallery file (its \"format\" is not {GALLERY_FORMAT!r}); "
+                           f"{REBUILD_HINT}")
+    version = meta.get("format_version", 1)  # version 1 files carry none
+    if isinstance(version, bool) or not isinstance(version, int) or version not in FORMAT_VERSIONS:
+        raise ScanVizError(f"{where} is in gallery format version {str(version)[:20]!r}; this scan-viz reads versions "
+                           f"{', '.join(map(str, FORMAT_VERSIONS))}: update scan-viz or rebuild the gallery with "
+                           "`scan-viz gallery build`")
+    missing = [key for key in ("images",) if key not in meta]
+    if missing or not isinstance(meta["images"], list):
+        raise ScanVizError(f"{where} lacks its \"images\" list (gallery format version {version}); {REBUILD_HINT}")
+    return version
+
+
 def load_gallery(path: str | Path, budget: LoadBudget | None = None) -> Gallery:
     """Read and check a gallery folder; anything missing or inconsistent is a ScanVizError naming it.
 
@@ -128,12 +170,21 @@ def load_gallery(path: str | Path, budget: LoadBudget | None = None) -> Gallery:
     if not (root / GALLERY_FILE).is_file():
         raise ScanVizError(f"{root} is not a gallery (no {GALLERY_FILE}); {REBUILD_HINT}")
     meta = _read_json(root / GALLERY_FILE, budget)
-    if not isinstance(meta, dict) or meta.get("format") != GALLERY_FORMAT or not isinstance(meta.get("images"), list):
-        raise ScanVizError(f"{root / GALLERY_FILE} is not a {GALLERY_FORMAT} file; {REBUILD_HINT}")
+    version = format_version(meta, root / GALLERY_FILE)
     records = meta["images"]
+    # version 1 needs every image's file; from version 2 a gallery may have no pictures at all
+    required = ("id", "file", "captions") if version == 1 else ("id", "captions")
     for n, r in enumerate(records, start=1):
-        if not isinstance(r, dict) or not {"id", "file", "captions"} <= set(r):
-            raise ScanVizError(f"{root / GALLERY_FILE}: an image record lacks id/file/captions; {REBUILD_HINT}")
+        if not isinstance(r, dict) or not set(required) <= set(r):
+            raise ScanVizError(f"{root / GALLERY_FILE}: image record {n} lacks "
+                               f"{'/'.join(k for k in required if not isinstance(r, dict) or k not in r)} (gallery "
+                               f"format version {version} needs {', '.join(required)}); {REBUILD_HINT}")
+        if not isinstance(r["captions"], list) or not all(isinstance(c, dict) and isinstance(c.get("text"), str)
+                                                          for c in r["captions"]):
+            raise ScanVizError(f"{root / GALLERY_FILE}: the captions of image record {n} are not a list of "
+                               f"{{\"text\": ...}}; {REBUILD_HINT}")
+        if r.get("file") is None and version > 1:
+            continue
         # an image file must lie inside the gallery folder, whoever wrote gallery.json; records are not quoted
         file = PurePosixPath(str(r["file"]))
         if file.is_absolute() or ".." in file.parts or not (root / file).is_file():
@@ -160,13 +211,16 @@ def _read_json(path: Path, budget: LoadBudget | None) -> Any:
         raise ScanVizError(f"{exc} (in {path.parent}); {REBUILD_HINT}") from None
 
 
-def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]], images: list[np.ndarray | bytes],
+def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]],
+                  images: list[np.ndarray | bytes | None],
                   regions: RegionStore, region_labels: list[list[str]] | None, jpeg_quality: int = 90,
                   feature_dtype: str = "float16") -> None:
-    """Write a gallery atomically: JPEG images, gallery.json, the region store (features in ``feature_dtype``).
+    """Write a gallery atomically (format version 2): JPEG images, gallery.json, the region store (features in
+    ``feature_dtype``).
 
     An image given as ``bytes`` is an encoded JPEG written as it is, so the regions extracted from exactly those
-    pixels stay the regions of the shipped file; an array is encoded at ``jpeg_quality``.
+    pixels stay the regions of the shipped file; an array is encoded at ``jpeg_quality``; None: the image has no
+    picture (its record gets no ``file``).
     """
     from PIL import Image
 
@@ -174,16 +228,20 @@ def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]],
     from scan_viz.io import write_dir_atomic
 
     def write(tmp: Path) -> None:
-        (tmp / "images").mkdir()
+        if any(image is not None for image in images):
+            (tmp / "images").mkdir()
         out_records = []
-        for record, image in zip(records, images):
+        for record, image in zip(records, images, strict=True):
+            if image is None:
+                out_records.append({k: v for k, v in record.items() if k != "file"})
+                continue
             rel = f"images/{record['id']}.jpg"
             if isinstance(image, bytes):
                 (tmp / rel).write_bytes(image)
             else:
                 Image.fromarray(image).save(tmp / rel, quality=jpeg_quality, optimize=True)
             out_records.append({**record, "file": rel})
-        (tmp / GALLERY_FILE).write_text(json.dumps({"format": GALLERY_FORMAT, "name": name, "images": out_records},
+        (tmp / GALLERY_FILE).write_text(json.dumps({**gallery_header(name), "images": out_records},
                                                    separators=(",", ":")), encoding="utf-8")
         save_regions(regions, tmp / REGIONS_DIR, feature_dtype=feature_dtype)
         if region_labels is not None:

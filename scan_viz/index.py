@@ -230,7 +230,7 @@ def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[s
               spec: IndexSpec) -> IndexResult:
     """Old gallery rows + every saved chunk -> one new gallery folder, swapped in atomically."""
     from scan_viz.data import RegionStore, save_regions
-    from scan_viz.gallery import GALLERY_FILE, GALLERY_FORMAT, LABELS_FILE, REGIONS_DIR
+    from scan_viz.gallery import GALLERY_FILE, LABELS_FILE, REGIONS_DIR, gallery_header
     from scan_viz.io import write_dir_atomic
 
     chunks = list(_read_chunks(work))
@@ -293,7 +293,7 @@ def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[s
                 os.link(origin, target)
             except OSError:
                 shutil.copyfile(origin, target)
-        meta = {"format": GALLERY_FORMAT, "name": out.name, "images": records,
+        meta = {**gallery_header(out.name), "images": records,
                 "indexed_with": {"model": spec.model, "detector": spec.detector}}
         (tmp / GALLERY_FILE).write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
         save_regions(store, tmp / REGIONS_DIR, feature_dtype="float16")

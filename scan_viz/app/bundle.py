@@ -93,6 +93,21 @@ class Sources:
         return f"{Path(self.images or '').name} ({Path(self.regions or '').name})"
 
 
+#: What a gallery without pictures (built from official precomputed features) still offers, and one with pictures
+#: but no region boxes; the pages show the line that applies (:func:`drawing_note`).
+NO_PICTURES = ("this gallery has no images: the maps cannot be drawn; scores, ranks, retrieval and recall are "
+               "computed from its region features")
+NO_BOXES = ("this gallery's region features carry no boxes: attention cannot be drawn on the images and pointing "
+            "accuracy cannot be measured; scores, ranks, retrieval and recall are computed from the features")
+
+
+def drawing_note(gallery: Gallery) -> str | None:
+    """Why the maps cannot be drawn on this gallery (no images, or no boxes), None when they can."""
+    if not gallery.has_images:
+        return NO_PICTURES
+    return NO_BOXES if gallery.regions.boxes is None else None
+
+
 @dataclasses.dataclass
 class Bundle:
     """A loaded model and its gallery, encoded once for retrieval."""

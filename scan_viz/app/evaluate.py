@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import state
-from scan_viz.app.bundle import Bundle
+from scan_viz.app.bundle import NO_BOXES, Bundle
 from scan_viz.app.params import HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.shell import open_in_explore
@@ -236,7 +236,10 @@ def render() -> None:
     st.subheader("Failures")
     show_failures(result, bundle, settings)
     st.subheader("Pointing per word type")
-    show_pointing(result)
+    if gallery.regions.boxes is None:
+        st.info(NO_BOXES)
+    else:
+        show_pointing(result)
 
 
 if __name__ == "__main__":

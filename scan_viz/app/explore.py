@@ -14,7 +14,8 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import state
-from scan_viz.app.bundle import NO_MATCH, Bundle, detector_name, is_own_caption, model_domain, search_gallery
+from scan_viz.app.bundle import (NO_MATCH, Bundle, detector_name, drawing_note, is_own_caption, model_domain,
+                                 search_gallery)
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_FORMATS_TEXT, UPLOAD_TYPES
@@ -38,19 +39,28 @@ GALLERY, UPLOAD = "Gallery", "Upload"
 PANEL_COLUMNS = 4
 THUMB_COLUMNS, THUMB_ROWS = 6, 2
 TABS = ("Word panels", "Interactive", "Image \u2192 text", "Relevance", "Ablation")
+#: A picked image that cannot be drawn for a reason the gallery does not explain (a detector without boxes).
+NO_DRAWING = "these regions carry no boxes: nothing can be drawn; the score and relevance are computed from them"
 #: How the pair's score line starts (tests read the score after it).
 SCORE_LABEL = "**Score**"
 
 
 @dataclasses.dataclass
 class Picked:
-    """The image being explored: its pixels, its regions and a cache key (``gallery:ID`` or ``upload:SHA``)."""
+    """The image being explored: its pixels, its regions and a cache key (``gallery:ID`` or ``upload:SHA``).
+
+    ``image`` is None for a gallery without pictures; with it or without boxes (``regions.boxes`` None) nothing
+    is drawn and the pair is shown as text (:attr:`drawable`)."""
 
     key: str
-    image: np.ndarray
+    image: np.ndarray | None
     regions: Regions
     image_id: str | None  # gallery id; None for an upload
     title: str
+
+    @property
+    def drawable(self) -> bool:
+        return self.image is not None and self.regions.boxes is not None
 
 
 # ----------------------------------------------------------------------------- deep link
@@ -126,8 +136,11 @@ def gallery_picker(bundle: Bundle) -> None:
             columns = st.columns(THUMB_COLUMNS)
             for column, image_id in zip(columns, shown[start:start + THUMB_COLUMNS]):
                 with column:
-                    st.image(state.thumbnail(bundle.key, image_id), width="stretch")
                     captions = gallery.captions_of(image_id)
+                    if gallery.has_image(image_id):
+                        st.image(state.thumbnail(bundle.key, image_id), width="stretch")
+                    elif captions:  # no picture to recognise it by: its first caption, as text
+                        st.caption(literal(captions[0]))
                     # ids and captions are the gallery files' text: a label and its help render Markdown
                     st.button(literal(image_id), key=f"pick_{image_id}", on_click=_pick, args=(image_id,),
                               width="stretch", type="primary" if image_id == current else "secondary",
@@ -147,11 +160,7 @@ def picked_gallery_image(bundle: Bundle) -> Picked | None:
         show_error(exc)
         st.session_state[IMAGE_KEY] = None
         return None
-    if regions.boxes is None:
-        st.error("this gallery's region features carry no boxes, so attention cannot be drawn on the image: "
-                 "load features with boxes (bottom-up-attention TSV or .npz) on the Model page")
-        return None
-    image = state.gallery_image(bundle.key, image_id)
+    image = state.gallery_image(bundle.key, image_id) if bundle.gallery.has_image(image_id) else None
     return Picked(f"gallery:{image_id}", image, regions, image_id, image_id)
 
 
@@ -396,7 +405,7 @@ def sentence_box(bundle: Bundle, picked: Picked | None):
             st.pills("This image's captions (click one to use it)", captions, key=EXAMPLES_KEY,
                      on_change=state.use_choice, args=(EXAMPLES_KEY, Q_KEY), wrap=True, format_func=literal)
     with image_column:
-        if picked is not None:
+        if picked is not None and picked.image is not None:
             st.image(state.shown_image(bundle.key, picked.key, picked.image), caption=literal(picked.title),
                      width="stretch")
     return text_column
@@ -501,13 +510,18 @@ def render() -> None:
         alignment = state.shown(lambda: state.alignment(bundle.key, picked.key, sentence, settings.key(),
                                                         picked.regions))
     word = None
+    if picked is not None and not picked.drawable:
+        st.info(drawing_note(bundle.gallery) or NO_DRAWING)
     if alignment is not None:
         word_index = resolve_word(alignment)
         word = alignment.words[word_index] if word_index != content_words(alignment)[0] else None
         with text_column:
             show_summary(alignment, picked, bundle, settings)
-        show_views(picked, alignment, bundle, settings)
-        show_compare(picked, sentence, bundle, settings)
+        if picked.drawable:
+            show_views(picked, alignment, bundle, settings)
+            show_compare(picked, sentence, bundle, settings)
+        else:  # the per-word (or per-region) relevance needs no picture
+            state.shown(lambda: show_relevance(alignment))
     write_deep_link(bundle, settings, picked, sentence, word)
 
 

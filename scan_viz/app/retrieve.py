@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import state
-from scan_viz.app.bundle import NO_MATCH, Bundle, ground_truth_images, search_gallery
+from scan_viz.app.bundle import NO_MATCH, NO_PICTURES, Bundle, ground_truth_images, search_gallery
 from scan_viz.app.params import DEFAULT_K, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.shell import open_in_explore
@@ -121,7 +121,8 @@ def text_to_image(bundle: Bundle, settings: HeadSettings, k: int) -> None:
         for column, (rank, (image_id, score, stage1_rank)) in zip(columns, rows):
             with column.container(border=True):
                 mark, verdict = marks.get(image_id, ("", None))
-                st.image(state.thumbnail(bundle.key, image_id), width="stretch")
+                if gallery.has_image(image_id):
+                    st.image(state.thumbnail(bundle.key, image_id), width="stretch")
                 st.markdown(f"**#{rank}** {mark} {literal(image_id)}  \nscore {score:.4f}  \n{found_by(stage1_rank)}")
                 show_reasons(verdict)
                 if st.button("Explore", key=f"rt_open_{image_id}", icon=":material/open_in_new:", width="stretch"):
@@ -143,7 +144,8 @@ def image_to_text(bundle: Bundle, settings: HeadSettings, k: int) -> None:
         if st.session_state.get(IMAGE_KEY) not in ids:
             st.session_state[IMAGE_KEY] = ids[0]
         image_id = st.selectbox("Gallery image", ids, key=IMAGE_KEY, persist_state="session", format_func=plain)
-        st.image(state.thumbnail(bundle.key, image_id), width="stretch")
+        if gallery.has_image(image_id):
+            st.image(state.thumbnail(bundle.key, image_id), width="stretch")
     with right:
         try:
             results = state.top_captions(bundle.key, image_id, k, settings.key())
@@ -186,6 +188,8 @@ def render() -> None:
     st.session_state[K_KEY] = min(int(st.session_state[K_KEY]), n_max)
     st.slider("K (results shown)", 1, max(2, n_max), key=K_KEY, persist_state="session", width=360)
     k = int(st.session_state[K_KEY])
+    if not bundle.gallery.has_images:
+        st.info(NO_PICTURES)
     tabs = st.tabs(list(TABS.values()), key=TAB_KEY, on_change="rerun")
     with tabs[0]:
         if tabs[0].open:
