@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from scan_viz.app import state
+from scan_viz.app import fair, state, upload_guard
 from scan_viz.app.bundle import Bundle
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
                                  parse_explore_query)
@@ -34,6 +34,8 @@ def before_page(page) -> None:
     The link is read before the controls are drawn because it sets them, and Streamlit refuses to change a
     widget's value once the widget exists in a run. A reload is a new session, so it re-applies the URL.
     """
+    fair.start_run()
+    upload_guard.start_run()
     query = st.query_params.to_dict()
     params = None
     if link_changed(query, st.session_state.get(state.LINK_KEY)):
@@ -57,6 +59,7 @@ def before_page(page) -> None:
 def after_page(page) -> None:
     """Write the served model and the head settings into the URL of a page that does not write its own link
     (Explore writes the pair too), so a reload or a shared link restores them."""
+    upload_guard.end_run()
     if page.title == "Explore":
         return
     bundle = state.current_bundle(quiet=True)
