@@ -253,13 +253,16 @@ def install() -> UploadGuard | None:
     if _guard is not None:
         return _guard
     from streamlit import config, runtime
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
 
-    if not runtime.exists():
+    # AppTest runs scripts under a mock runtime, with an upload manager of its own: nothing to guard there
+    manager = runtime.get_instance().uploaded_file_mgr if runtime.exists() else None
+    if not isinstance(manager, MemoryUploadedFileManager):
         return None
     with _install_lock:
         if _guard is None:
             live = runtime.get_instance()
-            guard = UploadGuard(live.uploaded_file_mgr, live.is_active_session,
+            guard = UploadGuard(manager, live.is_active_session,
                                 float(config.get_option("server.disconnectedSessionTTL")))
             if not _wrap_asgi(guard):
                 log.warning("this Streamlit has no upload route hook: uploaders' caps are the browser's only")
