@@ -67,6 +67,25 @@ def test_the_gate_serves_first_come_first_and_a_leaver_gives_its_place_up():
     assert order == ["b left", "a", "c"]
 
 
+def test_a_free_slot_goes_to_the_session_that_used_the_least_lately():
+    gate, order, threads = FairGate(1), [], []
+
+    def worker(name: str, used: float) -> None:
+        with gate.slot(used=used):
+            order.append(name)
+
+    with gate.slot():
+        for name, used in (("busy", 5.0), ("fresh", 0.0), ("busier", 9.0)):  # asked in this order
+            threads.append(threading.Thread(target=worker, args=(name, used)))
+            threads[-1].start()
+            deadline = time.monotonic() + 5
+            while gate.waiting < len(threads) and time.monotonic() < deadline:
+                time.sleep(0.01)
+    for thread in threads:
+        thread.join(5)
+    assert order == ["fresh", "busy", "busier"]
+
+
 def test_reruns_with_heavy_work_wait_for_the_sessions_rate(monkeypatch):
     """The first heavy computation of each rerun takes a token; the rest of that rerun's are free; another session
     has its own bucket."""

@@ -8,9 +8,10 @@ panels and views) and how many threads compute at once on a few cores. Two limit
   (:data:`BURST` tokens, one back every :data:`REFILL_S` seconds); a model load takes :data:`LOAD_COST`. A session
   without a token waits for one: a short wait, never an error. Streamlit folds the reruns that arrive meanwhile
   into one, so a dragged slider computes its latest value only.
-- **A cap on concurrent heavy work.** At most :data:`SLOTS` heavy computations run at once, process-wide, granted
-  in the order they were asked for. With one thread per session, first come first served is round robin between
-  sessions: a visitor waits behind at most one computation of each session ahead of it.
+- **A cap on concurrent heavy work.** At most :data:`SLOTS` heavy computations run at once, process-wide. A free
+  slot goes to the waiting session that has used the least heavy time lately (then first come first served), so
+  a visitor who just arrived waits for the computations running, not for the queue of a session that keeps the
+  server busy.
 
 A rerun or a closed tab while a session waits gives its place up (the wait ends with Streamlit's own silent stop,
 and the newer rerun, if any, starts), so abandoned reruns and reloaded tabs queue nothing. A computation already
@@ -19,11 +20,11 @@ they are off under AppTest unless it is ``1``.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import functools
 import itertools
+import math
 import os
 import threading
 import time
@@ -41,6 +42,8 @@ REFILL_S = 1.5
 LOAD_COST = 4
 #: How often a waiting session looks at whether it is still wanted.
 POLL_S = 0.05
+#: A session's heavy time counts for its place in the queue with this time constant (seconds).
+USAGE_DECAY_S = 10.0
 
 F = TypeVar("F", bound=Callable)
 
@@ -91,13 +94,15 @@ class Abandoned(Exception):
 
 
 class FairGate:
-    """At most ``slots`` holders at once, granted first come first served."""
+    """At most ``slots`` holders at once. A free slot goes to the waiter whose session has used the least heavy
+    time lately (its ``used`` when it asked), ties in the order they asked: a visitor who has computed nothing
+    for a while goes ahead of one who keeps the server busy."""
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self._cond = threading.Condition()
         self._busy = 0
-        self._queue: collections.deque[int] = collections.deque()
+        self._queue: list[tuple[float, int]] = []  # (used, ticket) of each waiter
         self._tickets = itertools.count()
 
     @property
@@ -105,19 +110,19 @@ class FairGate:
         return len(self._queue)
 
     @contextlib.contextmanager
-    def slot(self, abandoned: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    def slot(self, abandoned: Callable[[], bool] = lambda: False, used: float = 0.0) -> Iterator[None]:
         """Hold a slot for the ``with`` block; raises :class:`Abandoned` (and gives the place up) when
         ``abandoned()`` turns true while waiting."""
         with self._cond:
-            ticket = next(self._tickets)
-            self._queue.append(ticket)
+            place = (used, next(self._tickets))
+            self._queue.append(place)
             try:
-                while not (self._busy < self.slots and self._queue[0] == ticket):
+                while not (self._busy < self.slots and min(self._queue) == place):
                     if abandoned():
                         raise Abandoned
                     self._cond.wait(POLL_S)
             finally:
-                self._queue.remove(ticket)
+                self._queue.remove(place)
                 self._cond.notify_all()
             self._busy += 1
         try:
@@ -133,6 +138,14 @@ class _Session:
     bucket: TokenBucket
     run: int = 0
     charged_run: int = -1
+    used_s: float = 0.0  # heavy seconds, decaying with USAGE_DECAY_S
+    used_at: float = 0.0
+
+    def used(self, now: float) -> float:
+        return self.used_s * math.exp(-(now - self.used_at) / USAGE_DECAY_S)
+
+    def add_use(self, seconds: float, now: float) -> None:
+        self.used_s, self.used_at = self.used(now) + seconds, now
 
 
 _GATE = FairGate(SLOTS)
@@ -209,15 +222,17 @@ def turn(load: bool = False) -> Iterator[None]:
             _wait(record.bucket.wait_s(cost), abandoned)
             record.bucket.take(cost)
             record.charged_run = record.run
-        held = _GATE.slot(abandoned)
+        held = _GATE.slot(abandoned, used=record.used(time.monotonic()))
         held.__enter__()
     except Abandoned:
         raise StopException from None  # Streamlit's silent stop; a pending rerun starts next
     _depth.n = 1
+    start = time.monotonic()
     try:
         yield
     finally:
         _depth.n = 0
+        record.add_use(time.monotonic() - start, time.monotonic())
         held.__exit__(None, None, None)
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import fair
-from scan_viz.app.bundle import (Bundle, Sources, check_visitor_sources, load_bundle, load_detector_for,
-                                 operator_failure, visitor_inputs)
+from scan_viz.app.bundle import (Bundle, Sources, bundled_models, check_visitor_sources, load_bundle,
+                                 load_detector_for, operator_failure, visitor_inputs)
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
                                  selectable_heads, settings_fields)
 from scan_viz.app.safe_text import literal, show_error
@@ -54,8 +54,8 @@ def active_sources() -> Sources:
 # operator's own (one entry), the bundled models a link may name with the operator's gallery (shared by every
 # session), and anything else a visitor loads (uploads, typed paths: kept in that session's state, so it is
 # released when the session ends and never seen by another).
-#: Bundled models kept loaded besides the operator's (a model and its encoded gallery: about 100-300 MB each).
-SHARED_BUNDLES = 3
+#: Bundled models kept loaded besides the operator's: all of them, so links cycling through them load each once.
+SHARED_BUNDLES = max(1, len(bundled_models()))
 #: Session state key of the bundle this session loaded from its own files: (sources key, Bundle).
 OWN_BUNDLE_KEY = "_own_bundle"
 
@@ -78,8 +78,6 @@ def _shared_bundle(key: tuple) -> Bundle:
 def bundle_home(sources: Sources) -> str:
     """Where ``sources``' bundle is kept: ``operator`` (the environment's sources), ``shared`` (a bundled model
     with the operator's gallery and detector, as a link names it) or ``session`` (everything else)."""
-    from scan_viz.app.bundle import bundled_models
-
     operator = Sources.from_env()
     if sources == operator:
         return "operator"
@@ -100,7 +98,7 @@ def bundle_by_key(key: tuple) -> Bundle:
         return _shared_bundle(key)
     own = st.session_state.get(OWN_BUNDLE_KEY)
     if own is None or own[0] != key:
-        st.session_state.pop(OWN_BUNDLE_KEY, None)  # one visitor bundle per session: the previous one goes first
+        # one visitor bundle per session, replaced only once the new one has loaded (a failed load keeps it)
         own = (key, _load(key))
         st.session_state[OWN_BUNDLE_KEY] = own
     return own[1]
@@ -455,8 +453,6 @@ def page_start(title: str) -> tuple[Bundle, HeadSettings] | None:
 def link_fields(bundle: Bundle, settings: HeadSettings) -> dict[str, Any]:
     """What every page's link carries (ExploreParams fields): the served model when it is a bundled one (a link
     never names a server path) and the head settings that differ from the model's own."""
-    from scan_viz.app.bundle import bundled_models
-
     model = bundle.sources.model if bundle.sources.model in bundled_models() else None
     return {"model": model, **settings_fields(settings, model_settings(bundle), bundle.model.config)}
 
@@ -472,8 +468,6 @@ def write_link(fields: dict[str, Any]) -> None:
 def apply_link_model(name: str, notes: list[str]) -> None:
     """Serve the bundled model a link names (with the served gallery); a name that is not bundled, or a model
     that does not fit the gallery, is a note and the served model stays."""
-    from scan_viz.app.bundle import bundled_models
-
     names = bundled_models()
     if name not in names:
         notes.append(f"the link's model {name!r} is not a bundled model ({', '.join(names) or 'none'}): ignored")
