@@ -92,6 +92,7 @@ def test_reruns_with_heavy_work_wait_for_the_sessions_rate(monkeypatch):
     monkeypatch.setattr(fair, "BURST", 2)
     monkeypatch.setattr(fair, "REFILL_S", 0.6)
     monkeypatch.setattr(fair, "_sessions", {})
+    monkeypatch.setattr(fair, "_visitors", {})
     monkeypatch.setenv(fair.ENV_FAIR, "1")
 
     def page():
@@ -116,13 +117,14 @@ def test_reruns_with_heavy_work_wait_for_the_sessions_rate(monkeypatch):
     assert max(waits[:2]) < 0.3  # the burst
     assert all(0.3 < w < 1.5 for w in waits[2:]), waits  # then one rerun per refill
     # AppTest's sessions share one id: another session's bucket, directly
-    assert fair._session("another session").bucket.wait_s() == 0
+    assert fair._session("another session").visitor.bucket.wait_s() == 0
 
 
 def test_with_fair_sharing_off_nothing_waits(monkeypatch):
     monkeypatch.setattr(fair, "BURST", 1)
     monkeypatch.setattr(fair, "REFILL_S", 60)
     monkeypatch.setattr(fair, "_sessions", {})
+    monkeypatch.setattr(fair, "_visitors", {})
     monkeypatch.setenv(fair.ENV_FAIR, "0")
 
     def page():

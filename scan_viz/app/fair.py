@@ -4,14 +4,15 @@ Every session has one script thread, so a session computes one thing at a time; 
 how often a session starts heavy work (a slider dragged through 100 values: 100 reruns, each a new alignment, its
 panels and views) and how many threads compute at once on a few cores. Two limits, both here:
 
-- **A rate per session.** The first heavy computation of a rerun takes a token from the session's bucket
-  (:data:`BURST` tokens, one back every :data:`REFILL_S` seconds); a model load takes :data:`LOAD_COST`. A session
-  without a token waits for one: a short wait, never an error. Streamlit folds the reruns that arrive meanwhile
-  into one, so a dragged slider computes its latest value only.
+- **A rate per browser.** The first heavy computation of a rerun takes a token from the bucket of the browser
+  behind the session (its XSRF cookie, so a reload, which is a new session, does not refill it; a client without
+  cookies gets one per session): :data:`BURST` tokens, one back every :data:`REFILL_S` seconds; a model load
+  takes :data:`LOAD_COST`. A session without a token waits for one: a short wait, never an error. Streamlit folds
+  the reruns that arrive meanwhile into one, so a dragged slider computes its latest value only.
 - **A cap on concurrent heavy work.** At most :data:`SLOTS` heavy computations run at once, process-wide. A free
-  slot goes to the waiting session that has used the least heavy time lately (then first come first served), so
-  a visitor who just arrived waits for the computations running, not for the queue of a session that keeps the
-  server busy.
+  slot goes to the waiting browser that has used the least heavy time lately (then first come first served), so
+  a visitor who just arrived waits for the computations running, not for the queue of one that keeps the server
+  busy.
 
 A rerun or a closed tab while a session waits gives its place up (the wait ends with Streamlit's own silent stop,
 and the newer rerun, if any, starts), so abandoned reruns and reloaded tabs queue nothing. A computation already
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import itertools
 import math
 import os
@@ -32,12 +34,13 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 ENV_FAIR = "SCAN_VIZ_FAIR_SHARING"
-#: Heavy computations at once, process-wide. One keeps a 2-core server's second core for page assembly, media and
-#: the websocket; torch's own threads (OMP_NUM_THREADS) work inside each.
-SLOTS = 1
-#: Reruns with heavy work a session may start back to back, then one every REFILL_S seconds.
+#: Heavy computations at once, process-wide. One was measured slower for a second visitor than none at all on 2
+#: cores (benchmarks/bench_fair.py): it could not compute beside the hammering session. Two let a visitor compute
+#: beside one busy session, and still bound a burst (a tab reloaded 50 times leaves runs behind).
+SLOTS = 2
+#: Reruns with heavy work a browser may start back to back, then one every REFILL_S seconds.
 BURST = 4
-REFILL_S = 1.5
+REFILL_S = 3.0
 #: Tokens a model load takes (4-5 s of CPU for a bundled model and its gallery).
 LOAD_COST = 4
 #: How often a waiting session looks at whether it is still wanted.
@@ -134,11 +137,11 @@ class FairGate:
 
 
 @dataclasses.dataclass
-class _Session:
+class _Visitor:
+    """What one browser has used: its rate, and its heavy seconds lately (decaying with USAGE_DECAY_S)."""
+
     bucket: TokenBucket
-    run: int = 0
-    charged_run: int = -1
-    used_s: float = 0.0  # heavy seconds, decaying with USAGE_DECAY_S
+    used_s: float = 0.0
     used_at: float = 0.0
 
     def used(self, now: float) -> float:
@@ -148,18 +151,54 @@ class _Session:
         self.used_s, self.used_at = self.used(now) + seconds, now
 
 
+@dataclasses.dataclass
+class _Session:
+    visitor: _Visitor
+    run: int = 0
+    charged_run: int = -1
+
+
 _GATE = FairGate(SLOTS)
 _sessions: dict[str, _Session] = {}
 _sessions_lock = threading.Lock()
 _depth = threading.local()
 
 
+_visitors: dict[str, _Visitor] = {}
+
+
+def _visitor_key(session_id: str) -> str:
+    """The browser behind a session: the token of Streamlit's XSRF cookie, the same in every tab and across
+    reloads of one browser (a reload is a new session), else the session itself (a client that drops cookies
+    is limited per session only)."""
+    try:
+        from streamlit.web.server.starlette.starlette_app_utils import decode_xsrf_token_string
+
+        token, _ = decode_xsrf_token_string(st_context_cookie("_streamlit_xsrf"))
+        if token:
+            return "browser:" + hashlib.sha256(token).hexdigest()[:16]
+    except Exception:  # another Streamlit, no cookie, a malformed one: per session
+        pass
+    return "session:" + session_id
+
+
+def st_context_cookie(name: str) -> str | None:
+    import streamlit as st
+
+    return st.context.cookies.get(name)
+
+
 def _session(session_id: str) -> _Session:
     with _sessions_lock:
         record = _sessions.get(session_id)
-        if record is None:
-            record = _sessions[session_id] = _Session(TokenBucket(BURST, REFILL_S))
+    if record is not None:
         return record
+    key = _visitor_key(session_id)
+    with _sessions_lock:
+        visitor = _visitors.get(key)
+        if visitor is None:
+            visitor = _visitors[key] = _Visitor(TokenBucket(BURST, REFILL_S))
+        return _sessions.setdefault(session_id, _Session(visitor))
 
 
 def start_run(session_id: str | None = None) -> None:
@@ -181,6 +220,11 @@ def start_run(session_id: str | None = None) -> None:
                 live = runtime.get_instance()
                 for gone in [sid for sid in _sessions if sid != session_id and not live.is_active_session(sid)]:
                     del _sessions[gone]
+                kept = {id(record.visitor) for record in _sessions.values()}
+                now = time.monotonic()
+                for key in [key for key, v in _visitors.items() if id(v) not in kept and v.used(now) < 0.01
+                            and v.bucket.wait_s(BURST) == 0]:
+                    del _visitors[key]  # back to a full bucket and no recent use: nothing to remember
 
 
 def _superseded(ctx) -> bool:
@@ -216,13 +260,14 @@ def turn(load: bool = False) -> Iterator[None]:
     def abandoned() -> bool:
         return _superseded(ctx)
 
+    visitor = record.visitor
     try:
         if load or record.charged_run != record.run:
             cost = LOAD_COST if load else 1
-            _wait(record.bucket.wait_s(cost), abandoned)
-            record.bucket.take(cost)
+            _wait(visitor.bucket.wait_s(cost), abandoned)
+            visitor.bucket.take(cost)
             record.charged_run = record.run
-        held = _GATE.slot(abandoned, used=record.used(time.monotonic()))
+        held = _GATE.slot(abandoned, used=visitor.used(time.monotonic()))
         held.__enter__()
     except Abandoned:
         raise StopException from None  # Streamlit's silent stop; a pending rerun starts next
@@ -232,7 +277,7 @@ def turn(load: bool = False) -> Iterator[None]:
         yield
     finally:
         _depth.n = 0
-        record.add_use(time.monotonic() - start, time.monotonic())
+        visitor.add_use(time.monotonic() - start, time.monotonic())
         held.__exit__(None, None, None)
 
 
