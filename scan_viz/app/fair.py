@@ -37,7 +37,7 @@ ENV_FAIR = "SCAN_VIZ_FAIR_SHARING"
 #: Heavy computations at once, process-wide. One was measured slower for a second visitor than none at all on 2
 #: cores (benchmarks/bench_fair.py): it could not compute beside the hammering session. Two let a visitor compute
 #: beside one busy session, and still bound a burst (a tab reloaded 50 times leaves runs behind).
-SLOTS = 2
+SLOTS = int(os.environ.get("SCAN_VIZ_HEAVY_SLOTS", "2") or 2)  # 0: no cap (the rate alone)
 #: Reruns with heavy work a browser may start back to back, then one every REFILL_S seconds.
 BURST = 4
 REFILL_S = 3.0
@@ -267,7 +267,7 @@ def turn(load: bool = False) -> Iterator[None]:
             _wait(visitor.bucket.wait_s(cost), abandoned)
             visitor.bucket.take(cost)
             record.charged_run = record.run
-        held = _GATE.slot(abandoned, used=visitor.used(time.monotonic()))
+        held = _GATE.slot(abandoned, used=visitor.used(time.monotonic())) if SLOTS > 0 else contextlib.nullcontext()
         held.__enter__()
     except Abandoned:
         raise StopException from None  # Streamlit's silent stop; a pending rerun starts next
