@@ -1,6 +1,6 @@
 """One visitor hammering the server while another measures its time to a score: fair sharing off vs on.
 
-For each setting (``SCAN_VIZ_FAIR_SHARING=0``: the baseline, then on, the default), starts ``streamlit run app.py``
+For each setting (``SCAN_VIZ_FAIR_SHARING=0``: the baseline, then 1), starts ``streamlit run app.py``
 on 127.0.0.1 (bench_load.py's machinery: its server, links and browser sessions) and:
 
 1. warm-up: one session (the server loads the model and gallery);

@@ -183,7 +183,7 @@ def test_links_cycling_bundled_models_never_evict_the_operators_model(counted_lo
 
 
 def test_a_visitors_own_files_load_into_its_session_only(counted_loads, monkeypatch, tmp_path):
-    monkeypatch.delenv(fair.ENV_FAIR, raising=False)  # off under AppTest, whose sessions share one id
+    monkeypatch.delenv(fair.ENV_FAIR, raising=False)  # off by default (and AppTest's sessions share one id)
     operator = Sources.from_env()
     own = Sources(model=str(tmp_path / "model_best.pth.tar"), vocab=str(tmp_path / "vocab.json"), gallery=None,
                   regions=str(tmp_path / "regions"), images=str(tmp_path / "images"), label="model_best.pth.tar")
