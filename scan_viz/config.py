@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from scan_viz.errors import ScanVizError
-from scan_viz.limits import check_choice
 from scan_viz.safe_files import read_json
 from scan_viz.safe_paths import MAX_CONFIG_BYTES
 
@@ -69,18 +68,22 @@ class ScanConfig:
         """Raise ScanVizError when a field has a value the model cannot use."""
         from scan_viz.heads import head_spec  # the settings are declared once, by the SCAN head
 
-        try:
-            for param in head_spec("scan").params:
+        # A config may come from a visitor's file: messages name the field and what it accepts, never its value.
+        for param in head_spec("scan").params:
+            try:
                 param.parse(getattr(self, param.name))
-            check_choice("cross_attn", self.cross_attn, CROSS_ATTNS)
-            check_choice("precomp_enc_type", self.precomp_enc_type, PRECOMP_ENC_TYPES)
-        except ScanVizError as exc:
-            raise ScanVizError(f"config: {exc}") from None
+            except ScanVizError:
+                expected = (f"one of {', '.join(param.choices)}" if param.choices is not None
+                            else f"a number from {param.low:g} to {param.high:g}")
+                raise ScanVizError(f"config: {param.name} must be {expected}") from None
+        for name, allowed in (("cross_attn", CROSS_ATTNS), ("precomp_enc_type", PRECOMP_ENC_TYPES)):
+            if getattr(self, name) not in allowed:
+                raise ScanVizError(f"config: {name} must be one of {', '.join(allowed)}")
         if int(self.max_violation_warmup) < 0:
-            raise ScanVizError(f"config: max_violation_warmup must be 0 or more, got {self.max_violation_warmup!r}")
+            raise ScanVizError("config: max_violation_warmup must be 0 or more")
         for name in ("img_dim", "embed_size", "word_dim", "num_layers"):
             if int(getattr(self, name)) < 1:
-                raise ScanVizError(f"config: {name} must be a positive integer, got {getattr(self, name)!r}")
+                raise ScanVizError(f"config: {name} must be a positive integer")
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -111,8 +114,9 @@ class ScanConfig:
                         value = float(value)
                     elif isinstance(default, str):
                         value = str(value)
-                except (TypeError, ValueError) as exc:
-                    raise ScanVizError(f"config: field {key} has unusable value {value!r}") from exc
+                except (TypeError, ValueError):
+                    kind = {bool: "true or false", int: "an integer", float: "a number", str: "text"}[type(default)]
+                    raise ScanVizError(f"config: field {key} must be {kind}") from None
                 kwargs[key] = value
             elif _jsonable(value):
                 extra[key] = value

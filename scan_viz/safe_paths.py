@@ -9,8 +9,10 @@ Two layers, both here so there is one place to audit:
   folders in ``SCAN_VIZ_ALLOWED_ROOTS`` (``os.pathsep``-separated, like ``PATH``). Each path a visitor types is
   resolved to its real path (symlinks and ``..`` followed) and must lie inside one of those folders; a named
   folder's members are checked the same way, one level after another, and the bytes it holds are capped, all
-  before a loader reads anything. A path outside the folders gets the same message as a missing one, so the
-  answer says nothing about what exists elsewhere; no message quotes a file's content.
+  before a loader reads anything. A regular file with more than one name (a hard link, which ``realpath`` does
+  not see through) or on another file system than its root is refused too. A path outside the folders gets the
+  same message as a missing one, so the answer says nothing about what exists elsewhere; no message quotes a
+  file's content.
 """
 from __future__ import annotations
 
@@ -117,7 +119,24 @@ ALLOWANCES: dict[str, Allowance] = {
 
 
 def _inside(real: str, roots: tuple[str, ...]) -> bool:
-    return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+    return _root_of(real, roots) is not None
+
+
+def _root_of(real: str, roots: tuple[str, ...]) -> str | None:
+    """The root ``real`` lies in (the longest, for nested roots), or None."""
+    inside = [root for root in roots if real == root or real.startswith(root.rstrip(os.sep) + os.sep)]
+    return max(inside, key=len) if inside else None
+
+
+def _refuse_other_names(info: os.stat_result, root_dev: int, what: str) -> None:
+    """Refuse a regular file that may be another file's second name: realpath sees through symlinks but not
+    hard links, so a hard link inside a root to a file outside it (or a file on another file system mounted
+    inside the root) would otherwise be read."""
+    if info.st_nlink > 1:
+        raise ScanVizError(f"{what} has more than one name on this server (a hard link): copy the file into the "
+                           "shared folder instead")
+    if info.st_dev != root_dev:
+        raise ScanVizError(f"{what} is on another file system than the shared folder: copy the file into it")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,10 +184,11 @@ class AllowedRoots:
         if not typed or "\0" in typed:
             raise unknown
         real = os.path.realpath(typed)
-        if not _inside(real, self.roots):
+        root = _root_of(real, self.roots)
+        if root is None:
             raise unknown
         try:
-            info = os.stat(real)
+            info, root_dev = os.stat(real), os.stat(root).st_dev
         except OSError:
             raise unknown from None
         if stat.S_ISDIR(info.st_mode):
@@ -181,6 +201,7 @@ class AllowedRoots:
             if allowance.max_bytes is not None and info.st_size > allowance.max_bytes:
                 raise ScanVizError(f"{label} is {_mb(info.st_size)}, over this server's {_mb(allowance.max_bytes)} "
                                    "limit: give a smaller file")
+            _refuse_other_names(info, root_dev, label)
         else:
             raise ScanVizError(f"{label} is not a regular file (a device, pipe or socket): give a file")
         return Path(real)
@@ -190,6 +211,7 @@ class AllowedRoots:
         label, total, seen_entries = allowance.label, 0, 0
         pending = [(folder, "")]
         visited = {str(folder)}
+        root_devs: dict[str, int] = {}
         while pending:
             real_dir, shown = pending.pop()
             try:
@@ -205,7 +227,8 @@ class AllowedRoots:
                 name = f"{shown}{entry.name}"
                 # members of a real folder are real unless they are links: resolve only those
                 real = os.path.realpath(entry.path) if entry.is_symlink() else entry.path
-                if not _inside(real, self.roots):
+                member_root = _root_of(real, self.roots)
+                if member_root is None:
                     raise ScanVizError(f"{label}: {name} links outside the folders this server shares; remove the "
                                        "link or copy the file")
                 try:
@@ -220,6 +243,9 @@ class AllowedRoots:
                 if not stat.S_ISREG(info.st_mode):
                     raise ScanVizError(f"{label}: {name} is not a regular file (a device, pipe or socket); remove "
                                        "it or give another folder")
+                if member_root not in root_devs:
+                    root_devs[member_root] = os.stat(member_root).st_dev  # it holds this member: it exists
+                _refuse_other_names(info, root_devs[member_root], f"{label}: {name}")
                 if info.st_size > allowance.max_file_bytes:
                     raise ScanVizError(f"{label}: {name} is {_mb(info.st_size)}, over this server's "
                                        f"{_mb(allowance.max_file_bytes)} limit per file")

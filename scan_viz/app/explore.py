@@ -13,7 +13,7 @@ import math
 import numpy as np
 import streamlit as st
 
-from scan_viz.app import state
+from scan_viz.app import state, upload_guard
 from scan_viz.app.bundle import (NO_MATCH, Bundle, detector_name, drawing_note, is_own_caption, model_domain,
                                  search_gallery)
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
@@ -166,8 +166,8 @@ def picked_gallery_image(bundle: Bundle) -> Picked | None:
 
 def picked_upload(bundle: Bundle) -> Picked | None:
     """The uploaded image with the detector's regions, or None (after a one-line error)."""
-    uploaded = st.file_uploader(f"Upload an image ({UPLOAD_FORMATS_TEXT}, up to {MAX_UPLOAD_MB} MB)",
-                                type=list(UPLOAD_TYPES), key="ex_uploader", max_upload_size=MAX_UPLOAD_MB)
+    uploaded = upload_guard.file_uploader(f"Upload an image ({UPLOAD_FORMATS_TEXT}, up to {MAX_UPLOAD_MB} MB)",
+                                          type=list(UPLOAD_TYPES), key="ex_uploader", max_upload_size=MAX_UPLOAD_MB)
     if uploaded is not None:
         st.session_state[UPLOAD_KEY] = (uploaded.name, uploaded.getvalue())
     stored = st.session_state.get(UPLOAD_KEY)

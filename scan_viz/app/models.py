@@ -13,7 +13,7 @@ import os
 
 import streamlit as st
 
-from scan_viz.app import state, user_files
+from scan_viz.app import state, upload_guard, user_files
 from scan_viz.app.bundle import Bundle, Sources, bundled_metrics, bundled_models, model_card
 from scan_viz.app.explore import forget_pair
 from scan_viz.app.safe_text import literal, show_error
@@ -150,19 +150,19 @@ def upload_form() -> None:
     """The visitor's own checkpoint, vocabulary, region files and images, uploaded (size-limited)."""
     round_ = st.session_state.get(UPLOAD_ROUND_KEY, 0)
     with st.form(f"md_upload_{round_}"):
-        checkpoint = st.file_uploader(
+        checkpoint = upload_guard.file_uploader(
             "Checkpoint", type=list(user_files.CHECKPOINT_TYPES), accept_multiple_files=True,
             max_upload_size=user_files.MAX_CHECKPOINT_MB, key=f"md_up_checkpoint_{round_}",
             help="An official model_best.pth.tar (read with torch's weights-only loader), or a scan-viz model's "
                  "config.json + model.safetensors (+ vocab.json).")
-        vocab = st.file_uploader("Vocabulary JSON", type=["json"], max_upload_size=user_files.MAX_VOCAB_MB,
-                                 key=f"md_up_vocab_{round_}",
-                                 help="The *_precomp_vocab.json the checkpoint was trained with.")
-        regions = st.file_uploader(
+        vocab = upload_guard.file_uploader(
+            "Vocabulary JSON", type=["json"], max_upload_size=user_files.MAX_VOCAB_MB, key=f"md_up_vocab_{round_}",
+            help="The *_precomp_vocab.json the checkpoint was trained with.")
+        regions = upload_guard.file_uploader(
             f"Region features with boxes (up to {user_files.MAX_REGIONS_MB} MB)", type=list(user_files.REGION_TYPES),
             accept_multiple_files=True, max_upload_size=user_files.MAX_REGIONS_MB, key=f"md_up_regions_{round_}",
             help="bottom-up-attention .tsv files, or one .npz per image from bottom-up-attention.pytorch.")
-        images = st.file_uploader(
+        images = upload_guard.file_uploader(
             f"Images (up to {user_files.MAX_IMAGES}, {user_files.MAX_IMAGE_MB} MB each)",
             type=list(user_files.IMAGE_TYPES), accept_multiple_files=True, max_upload_size=user_files.MAX_IMAGE_MB,
             key=f"md_up_images_{round_}", help="The images the features were extracted from, named by image id.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from scan_viz.app import state
+from scan_viz.app import fair, state, upload_guard
 from scan_viz.app.bundle import Bundle
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
                                  own_head, parse_explore_query)
@@ -50,6 +50,8 @@ def run_page(page) -> None:
     except Exception:  # noqa: BLE001 - the last resort: nothing below may show a visitor a traceback
         log.exception("scan-viz: unexpected error on the %s page", page.title)
         show_error(f"this page stopped: {UNEXPECTED}. Reload the page, or choose another model on the Model page")
+    finally:  # also after st.stop or a rerun: the uploaders drawn so far are the session's caps
+        upload_guard.end_run()
 
 
 def before_page(page) -> None:
@@ -59,6 +61,8 @@ def before_page(page) -> None:
     The link is read before the controls are drawn because it sets them, and Streamlit refuses to change a
     widget's value once the widget exists in a run. A reload is a new session, so it re-applies the URL.
     """
+    fair.start_run()
+    upload_guard.start_run()
     query = st.query_params.to_dict()
     params = None
     if link_changed(query, st.session_state.get(state.LINK_KEY)):

@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import numpy as np
 import streamlit as st
 
-from scan_viz.app.bundle import (Bundle, Sources, check_visitor_sources, load_bundle, load_detector_for,
-                                 operator_failure, visitor_inputs)
+from scan_viz.app import fair
+from scan_viz.app.bundle import (Bundle, Sources, bundled_models, check_visitor_sources, load_bundle,
+                                 load_detector_for, operator_failure, visitor_inputs)
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
                                  selectable_heads, settings_fields)
 from scan_viz.app.safe_text import literal, show_error, without_bidi
@@ -51,14 +52,79 @@ def active_sources() -> Sources:
     return st.session_state.get(SOURCES_KEY) or Sources.from_env()
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+# Three homes for loaded bundles, so that no link or upload can evict the model the operator serves: the
+# operator's own (one entry), the bundled models a link may name with the operator's gallery (shared by every
+# session), and anything else a visitor loads (uploads, typed paths: kept in that session's state, so it is
+# released when the session ends and never seen by another).
+#: Bundled models kept loaded besides the operator's: all of them, so links cycling through them load each once.
+SHARED_BUNDLES = max(1, len(bundled_models()))
+#: Session state key of the bundle this session loaded from its own files: (sources key, Bundle).
+OWN_BUNDLE_KEY = "_own_bundle"
+
+
+def _load(key: tuple) -> Bundle:
+    with fair.turn(load=True):
+        return load_bundle(Sources(*key))
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _operator_bundle(key: tuple) -> Bundle:
+    return _load(key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=SHARED_BUNDLES)
+def _shared_bundle(key: tuple) -> Bundle:
+    return _load(key)
+
+
+def bundle_home(sources: Sources) -> str:
+    """Where ``sources``' bundle is kept: ``operator`` (the environment's sources), ``shared`` (a bundled model
+    with the operator's gallery and detector, as a link names it) or ``session`` (everything else)."""
+    operator = Sources.from_env()
+    if sources == operator:
+        return "operator"
+    if (sources.model in bundled_models() and sources.gallery == operator.gallery and sources.vocab is None
+            and sources.regions is None and sources.images is None and sources.label is None
+            and sources.detector in (None, operator.detector)):
+        return "shared"
+    return "session"
+
+
 def bundle_by_key(key: tuple) -> Bundle:
-    return load_bundle(Sources(*key))
+    """The loaded bundle of a sources key (``Sources.key()``), loading it on first use into its home
+    (:func:`bundle_home`). Raises ScanVizError (or OSError for a visitor's unreadable file)."""
+    home = bundle_home(Sources(*key))
+    if home == "operator":
+        return _operator_bundle(key)
+    if home == "shared":
+        return _shared_bundle(key)
+    own = st.session_state.get(OWN_BUNDLE_KEY)
+    if own is None or own[0] != key:
+        # one visitor bundle per session, replaced only once the new one has loaded (a failed load keeps it)
+        own = (key, _load(key))
+        st.session_state[OWN_BUNDLE_KEY] = own
+    return own[1]
+
+
+def forget_bundle(key: tuple) -> None:
+    """Drop the bundle of ``key`` if this session holds it (its files are being removed)."""
+    own = st.session_state.get(OWN_BUNDLE_KEY)
+    if own is not None and own[0] == key:
+        del st.session_state[OWN_BUNDLE_KEY]
+
+
+def _is_loaded(key: tuple) -> bool:
+    """Whether ``key``'s bundle was loaded already (no status box then)."""
+    if bundle_home(Sources(*key)) == "session":
+        own = st.session_state.get(OWN_BUNDLE_KEY)
+        return own is not None and own[0] == key
+    return key in _loaded()
 
 
 @st.cache_resource(show_spinner=False)
 def _loaded() -> set[tuple]:
-    """Keys of the bundles this process has loaded, to show a status box only for the first load."""
+    """Keys of the operator's and the shared bundles this process has loaded, to show a status box only for the
+    first load."""
     return set()
 
 
@@ -79,8 +145,7 @@ class UploadFolder:
         """Remove the folder, and the bundle loaded from it from the process's cache."""
         self._remove()
         if self.sources_key is not None:
-            bundle_by_key.clear(self.sources_key)
-            _loaded().discard(self.sources_key)
+            forget_bundle(self.sources_key)
 
 
 def upload_roots() -> AllowedRoots | None:
@@ -103,7 +168,7 @@ def load_sources(sources: Sources, uploads: UploadFolder | None = None) -> Bundl
         roots = AllowedRoots.of(uploads.path) if uploads is not None else upload_roots()
         check_visitor_sources(sources, AllowedRoots.from_env(), roots)
         st.session_state[_CHECKED_KEY] = key
-    if key in _loaded():
+    if _is_loaded(key):
         return bundle_by_key(key)
     with st.status(f"Loading {literal(sources.model_label())} and the gallery "
                    f"{literal(sources.gallery_label())}\u2026") as status:
@@ -118,7 +183,8 @@ def load_sources(sources: Sources, uploads: UploadFolder | None = None) -> Bundl
             raise operator_failure("model and gallery", exc) from None
         status.update(label=f"Loaded {literal(sources.model_label())}: {len(bundle.gallery)} gallery images, "
                             f"{len(bundle.gallery.captions)} captions", state="complete")
-    _loaded().add(key)
+    if bundle_home(sources) != "session":
+        _loaded().add(key)
     return bundle
 
 
@@ -143,6 +209,7 @@ def current_bundle(quiet: bool = False) -> Bundle | None:
 
 
 @st.cache_resource(show_spinner="Loading the detector\u2026", max_entries=4)
+@fair.heavy
 def _detector(key: tuple):
     bundle = bundle_by_key(key)
     return load_detector_for(bundle.model, bundle.sources)
@@ -164,6 +231,7 @@ def content_key(data: bytes) -> str:
 # Entry limits keep the caches' memory bounded: a decoded upload may be 25 megapixels (75 MB), a set of word
 # panels (JPEG) a few hundred KB.
 @st.cache_data(show_spinner=False, max_entries=4)
+@fair.heavy
 def decoded_upload(key: str, _data: bytes, name: str) -> np.ndarray:
     """(H, W, 3) uint8 of uploaded bytes; ScanVizError for anything that is not a usable image."""
     from scan_viz.app.uploads import read_upload
@@ -172,6 +240,7 @@ def decoded_upload(key: str, _data: bytes, name: str) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
+@fair.heavy
 def detected_regions(bundle_key: tuple, image_key: str, _image: np.ndarray) -> Regions:
     """The detector's regions of an uploaded image."""
     from scan_viz.pipeline import detect
@@ -180,6 +249,7 @@ def detected_regions(bundle_key: tuple, image_key: str, _image: np.ndarray) -> R
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
+@fair.heavy
 def upload_in_domain(bundle_key: tuple, image_key: str, _regions: Regions) -> bool:
     """Whether an upload's regions are as like the gallery's as the gallery's own images are
     (:mod:`scan_viz.domain`; the check is fitted once per served bundle)."""
@@ -187,6 +257,7 @@ def upload_in_domain(bundle_key: tuple, image_key: str, _regions: Regions) -> bo
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
+@fair.heavy
 def alignment(bundle_key: tuple, image_key: str, text: str, settings: tuple, _regions: Regions) -> Alignment:
     """The alignment of ``text`` with an image's regions under the head ``settings`` (HeadSettings.key())."""
     from scan_viz.pipeline import explain
@@ -205,6 +276,7 @@ class ShownPanel:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
+@fair.heavy
 def panels(bundle_key: tuple, image_key: str, text: str, settings: tuple, _image: np.ndarray,
            _alignment: Alignment) -> list[ShownPanel]:
     """The on-screen word panels of one alignment, encoded once (not by st.image on every rerun)."""
@@ -214,6 +286,7 @@ def panels(bundle_key: tuple, image_key: str, text: str, settings: tuple, _image
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
+@fair.heavy
 def ablation(bundle_key: tuple, image_key: str, text: str, settings: tuple, _regions: Regions) -> dict[str, Any]:
     """Score change when each word, or each region, is removed."""
     from scan_viz.pipeline import ablate
@@ -223,6 +296,7 @@ def ablation(bundle_key: tuple, image_key: str, text: str, settings: tuple, _reg
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
+@fair.heavy
 def region_words_png(bundle_key: tuple, image_key: str, text: str, settings: tuple, top: int,
                      _image: np.ndarray, _alignment: Alignment) -> bytes:
     """PNG bytes of the image-to-text view (each of the ``top`` regions' attention over the words)."""
@@ -232,6 +306,7 @@ def region_words_png(bundle_key: tuple, image_key: str, text: str, settings: tup
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
+@fair.heavy
 def top_images(bundle_key: tuple, text: str, k: int, settings: tuple) -> list[tuple[str, float, int | None]]:
     """Text -> the top-k gallery images (id, score, stage-1 rank or None when exhaustive), best first.
 
@@ -243,6 +318,7 @@ def top_images(bundle_key: tuple, text: str, k: int, settings: tuple) -> list[tu
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
+@fair.heavy
 def sentence_scores(bundle_key: tuple, text: str, settings: tuple) -> np.ndarray:
     """(n_images,) every gallery image's score for the sentence (exhaustive: ~13 ms for 1,000 images)."""
     bundle = bundle_by_key(bundle_key)
@@ -250,6 +326,7 @@ def sentence_scores(bundle_key: tuple, text: str, settings: tuple) -> np.ndarray
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
+@fair.heavy
 def top_captions(bundle_key: tuple, image_id: str, k: int, settings: tuple) -> list[tuple[int, float]]:
     """Gallery image -> the top-k gallery captions (caption index, score), best first."""
     bundle = bundle_by_key(bundle_key)
@@ -257,6 +334,7 @@ def top_captions(bundle_key: tuple, image_id: str, k: int, settings: tuple) -> l
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
+@fair.heavy
 def comparison(bundle_key: tuple, image_id: str, text: str, settings: tuple[tuple, ...]) -> list:
     """The pair under each head (HeadSettings.key() each): alignment, score and the image's rank in the gallery
     for the sentence (:func:`scan_viz.pipeline.compare_heads`)."""
@@ -404,8 +482,6 @@ def page_start(title: str) -> tuple[Bundle, HeadSettings] | None:
 def link_fields(bundle: Bundle, settings: HeadSettings) -> dict[str, Any]:
     """What every page's link carries (ExploreParams fields): the served model when it is a bundled one (a link
     never names a server path) and the head settings that differ from the model's own."""
-    from scan_viz.app.bundle import bundled_models
-
     model = bundle.sources.model if bundle.sources.model in bundled_models() else None
     return {"model": model, **settings_fields(settings, model_settings(bundle), bundle.model.config)}
 
@@ -421,8 +497,6 @@ def write_link(fields: dict[str, Any]) -> None:
 def apply_link_model(name: str, notes: list[str]) -> None:
     """Serve the bundled model a link names (with the served gallery); a name that is not bundled, or a model
     that does not fit the gallery, is a note and the served model stays."""
-    from scan_viz.app.bundle import bundled_models
-
     names = bundled_models()
     if name not in names:
         notes.append(f"the link's model {name!r} is not a bundled model ({', '.join(names) or 'none'}): ignored")
