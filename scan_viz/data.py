@@ -436,6 +436,7 @@ def load_npz_dir(directory: PathLike, budget: LoadBudget | None = None) -> Regio
     # refused before the first is decompressed, not after hundreds of MB were read (headers only; nothing charged)
     left = LoadBudget(budget.max_bytes - budget.used)
     for path in paths:
+        regular_file(path, "region file")  # a pipe or device named .npz is refused, never opened
         check_zip(path, "region file", MAX_NPZ_BYTES, left)
     return _stack_images([_read_npz(path, budget) for path in paths], budget)
 
