@@ -21,7 +21,9 @@ class StepSpec:
     key: the step's id (``cosines``); title: its name for a reader; latex: its formula in the paper's notation;
     meaning: one sentence; tensors: (name, axes) of what it produces, the main one first (axes ``()`` for a
     scalar); note: where the official code differs from the paper ("" if nowhere); cell: how a cell of the main
-    tensor is explained (:data:`CELL_KINDS`); over: for a ``softmax`` / ``normalise`` cell, the axis it runs over.
+    tensor is explained (:data:`CELL_KINDS`); over: for a ``softmax`` / ``normalise`` / ``argmax`` cell, the axis it
+    runs over; source / scale: for a ``softmax`` cell, the tensor (of an earlier step, same layout) it takes and the
+    setting that multiplies it (its inverse temperature).
     """
 
     key: str
@@ -32,3 +34,5 @@ class StepSpec:
     note: str = ""
     cell: str = "value"
     over: str = ""
+    source: str = ""
+    scale: str = ""

@@ -1,4 +1,4 @@
-"""scan_viz.steps: every head's steps on 20 pairs of the bundled gallery. The last step is the model's score
+"""scan_viz.steps (scan_viz.walk): every head's steps on 20 pairs of the bundled gallery. The last step is the model's score
 (float64, 1e-9) and every intermediate equals a plain-loop re-statement of its formula written here, one word and
 one region at a time (not the heads' code)."""
 import math
@@ -11,7 +11,7 @@ from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
 from scan_viz.gallery import load_gallery
 from scan_viz.heads import head_names
 from scan_viz.pipeline import DEFAULT_GALLERY, gallery_regions
-from scan_viz.steps import steps, vector_summary
+from scan_viz.walk import steps, vector_summary
 
 EPS = 1e-8
 TOL = 1e-9

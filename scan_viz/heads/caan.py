@@ -123,12 +123,14 @@ class CaanHead(MatchingHead):
                      r"A^{word}_{rw} = \frac{\exp(\lambda_{inter} H_{rw})}{\sum_{r'} \exp(\lambda_{inter} H_{r'w})},"
                      r"\quad m_w = \sum_r A^{word}_{rw} H_{rw}",
                      "Which regions each word aligns with, and how strongly (m_w, a soft maximum).",
-                     (("A_word", (WORDS, REGIONS)), ("m_w", (WORDS,))), cell="softmax", over=REGIONS),
+                     (("A_word", (WORDS, REGIONS)), ("m_w", (WORDS,))), cell="softmax", over=REGIONS,
+                     source="H", scale="lambda_inter"),
             StepSpec("inter_region", "Inter-modal attention: each region over the words",
                      r"A^{reg}_{rw} = \frac{\exp(\lambda_{inter} H_{rw})}{\sum_{w'} \exp(\lambda_{inter} H_{rw'})},"
                      r"\quad m_r = \sum_w A^{reg}_{rw} H_{rw}",
                      "Which words each region aligns with, and how strongly (m_r).",
-                     (("A_reg", (WORDS, REGIONS)), ("m_r", (REGIONS,))), cell="softmax", over=WORDS),
+                     (("A_reg", (WORDS, REGIONS)), ("m_r", (REGIONS,))), cell="softmax", over=WORDS,
+                     source="H", scale="lambda_inter"),
             StepSpec("intra_region", "Intra-modal context of the regions",
                      r"C^{reg} = N N^\top,\ N_{r\cdot} = \frac{H_{r\cdot}}{\lVert H_{r\cdot} \rVert + \epsilon},"
                      r"\quad c_r = \sum_{r'} \operatorname{softmax}_{r'}(\lambda_{intra} C^{reg}_{rr'})\, m_{r'}",

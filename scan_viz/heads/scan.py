@@ -156,7 +156,8 @@ def scan_step_specs(cross_attn: str, norm: str, agg: str) -> tuple[StepSpec, ...
         StepSpec("attention", "Attention weights", softmax,
                  f"Each {'word' if t2i else 'region'} spreads one unit of attention over the {context}; "
                  f"λ_1 (lambda_softmax) sets how sharply it picks its best {context[:-1]}.",
-                 (("alpha", (WORDS, REGIONS)),), cell="softmax", over=context),
+                 (("alpha", (WORDS, REGIONS)),), cell="softmax", over=context, source="s_bar",
+                 scale="lambda_softmax"),
         StepSpec("attended", "Attended vector", attended,
                  f"The {context[:-1]} content each {query[:-1]} sees: a weighted mix of the "
                  f"{context} embeddings (shown by its norm and its dot product with the "
