@@ -350,7 +350,7 @@ def render() -> None:
     st.session_state.setdefault(PREDICT_KEY, True)
     st.session_state.setdefault(PRESENT_KEY, False)
     if st.session_state[PRESENT_KEY]:
-        st.markdown(PRESENT_CSS, unsafe_allow_html=True)
+        st.html(PRESENT_CSS)
     options = st.columns(3)
     options[0].toggle("Ask me to predict first", key=PREDICT_KEY)
     options[1].toggle("Presentation mode", key=PRESENT_KEY)
