@@ -146,3 +146,25 @@ def test_next_and_previous_move_one_step(app, bundle):
     assert at.session_state[page.SHOWN_KEY]["step"] == "best"
     at.button(key="ln_prev").click().run()
     assert at.session_state[page.SHOWN_KEY]["step"] == "cosines"
+
+
+def test_two_at_once_sets_a_false_caption_and_another_head_beside(app, bundle):
+    from scan_viz.gallery import load_gallery
+    from scan_viz.truth import caption_holds
+
+    image_id = bundle.image_ids[0]
+    sentence = bundle.captions[image_id][0]
+    app.session_state[page.PREDICT_KEY] = False
+    at = open_learn(app, image=image_id, q=sentence, head="scan_t2i", step="6")
+    at.radio(key=page.TWO_KEY).set_value(page.TWO_MODES[1]).run()
+    no_exception(at)
+    own, other = at.session_state["ln_two_scores"]
+    gallery = load_gallery(bundle.gallery)
+    texts = [t.value for t in at.text]
+    false = next(t for t in texts if t in gallery.captions and t != sentence)
+    claims = gallery.claims_of(false)
+    assert claims is not None and not caption_holds(claims, gallery.scenes[gallery.index_of(image_id)]).holds
+    assert other == pytest.approx(library_steps(bundle, image_id, false).score, abs=1e-12)
+    at.radio(key=page.TWO_KEY).set_value(page.TWO_MODES[2]).run()
+    no_exception(at)
+    assert any("under chan" in c.value for c in at.caption)

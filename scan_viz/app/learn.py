@@ -30,6 +30,11 @@ from scan_viz.walk import Step, Walk, has_steps
 IMAGE_KEY, Q_KEY, STEP_KEY, WORD_KEY = "ln_image", "ln_q", "ln_step", "ln_word"
 PREDICT_KEY, PRESENT_KEY, GUESS_KEY, TALLY_KEY = "ln_predict", "ln_present", "ln_guess", "ln_tally"
 REVEALED_KEY, VERDICT_KEY, HANDOUT_KEY = "ln_revealed", "ln_verdict", "ln_handout"
+TWO_KEY, OTHER_Q_KEY = "ln_two", "ln_other_q"
+#: What "two at once" puts beside the pair.
+TWO_MODES = ("Nothing", "A false caption", "Another head")
+#: The head set beside another: SCAN's soft attention beside CHAN's hard choice (and back).
+BESIDE = {"chan": "scan_t2i"}
 #: What the panel showed last (step key, head settings, main tensor): for tests and the benchmark.
 SHOWN_KEY = "ln_shown"
 #: Large type, sidebar and navigation hidden: a projector's view (constant CSS, no visitor text in it).
@@ -262,6 +267,67 @@ def show_step(bundle: Bundle, walk: Walk, index: int, image_id: str, sentence: s
                                    "value": step.value if shown else None, "word": word}
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def false_caption(bundle_key: tuple, image_id: str, head: str, settings: tuple) -> tuple[str, float] | None:
+    bundle = state.bundle_by_key(bundle_key)
+    return learn.best_false_caption(bundle.index, image_id, bundle.model.head(head, **dict(settings)))
+
+
+def compact_step(walk: Walk, index: int, word: int, key: str, caption: str) -> None:
+    """One step of a second walk, beside the first: its title, the sentence, the main numbers, the shares."""
+    step = walk.steps[min(index, len(walk.steps) - 1)]
+    st.markdown(f"**{plain(walk.head_title)}** \u00b7 score {walk.score:.4f}")
+    st.text(plain(caption))
+    st.caption(f"{min(index, len(walk.steps) - 1) + 1}. {step.title}")
+    if step.value.ndim == 0:
+        st.metric(step.name, f"{float(step.value):.6f}")
+    else:
+        st.plotly_chart(learn.step_figure(walk, step), key=f"ln_two_{key}", config={"displaylogo": False})
+    found = learn.word_shares(walk)
+    if found is not None:
+        st.caption(f"Each {found[0][:-1]}'s share of the score")
+        st.dataframe(_frame(walk, found[1], (found[0],)), key=f"ln_two_shares_{key}")
+
+
+def two_at_once(bundle: Bundle, walk: Walk, settings: HeadSettings, image_id: str, sentence: str) -> None:
+    """The pair beside a false caption (the gallery's best-scoring one by the truth check, or a typed one), or
+    beside another head on the same sentence, at the same step."""
+    mode = st.radio("Two at once", TWO_MODES, key=TWO_KEY, horizontal=True)
+    if mode == TWO_MODES[0]:
+        return
+    index = st.session_state.get(STEP_KEY, 0)
+    word = st.session_state.get(SHOWN_KEY, {}).get("word", 1)
+    if mode == TWO_MODES[1]:
+        found = false_caption(bundle.key, image_id, settings.head, settings.values)
+        typed = st.text_input("Or type a caption to set beside it", key=OTHER_Q_KEY,
+                              on_change=state.drop_bidi, args=(OTHER_Q_KEY,)).strip()
+        other = typed or (found[0] if found else None)
+        if other is None:
+            st.info("No false caption found among the best-scoring ones: type one.")
+            return
+        try:
+            other = check_sentence(other)
+        except ScanVizError as exc:
+            show_error(exc)
+            return
+        other_walk = state.shown(lambda: panel_walk(bundle, image_id, other, settings))
+        label = "typed" if typed else "the gallery's best-scoring false caption"
+    else:
+        head = BESIDE.get(settings.head, "chan")
+        other_settings = HeadSettings.for_head(head, bundle.model.config)
+        other, label = sentence, f"the same sentence under {head}"
+        other_walk = state.shown(lambda: panel_walk(bundle, image_id, sentence, other_settings))
+    if other_walk is None:
+        return
+    left, right = st.columns(2)
+    with left:
+        compact_step(walk, index, word, "a", sentence)
+    with right:
+        st.caption(label)
+        compact_step(other_walk, index, word, "b", other)
+    st.session_state["ln_two_scores"] = (walk.score, other_walk.score)
+
+
 def shares(walk: Walk) -> None:
     found = learn.word_shares(walk)
     if found is None:
@@ -309,6 +375,7 @@ def learn_panel(bundle: Bundle, settings: HeadSettings, image_id: str, sentence:
             show_step(bundle, walk, index, image_id, sentence)
             show_vectors(walk)
             shares(walk)
+            two_at_once(bundle, walk, settings, image_id, sentence)
             handout(walk, state.gallery_image(bundle.key, image_id), sentence)
     write_deep_link(bundle, settings, image_id, sentence, index)
 

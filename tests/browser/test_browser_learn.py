@@ -75,7 +75,7 @@ def test_hovering_a_cell_shows_its_formula_with_its_numbers(server, page, shots)
 
 
 def box_opacities(page) -> list[str]:
-    return page.eval_on_selector_all(f"{BOXES} path.js-fill", "ps => ps.map(p => p.style.fillOpacity || p.style.fill)")
+    return page.eval_on_selector_all(f"{BOXES} .shapelayer path", "ps => ps.map(p => p.style.fill + p.style.fillOpacity)")
 
 
 def test_clicking_a_word_repaints_the_boxes(server, page, shots):
@@ -87,8 +87,8 @@ def test_clicking_a_word_repaints_the_boxes(server, page, shots):
     assert before
     page.locator(".st-key-ln_word button").nth(3).click()
     page.wait_for_function("([sel, old]) => JSON.stringify([...document.querySelectorAll(sel)].map("
-                           "p => p.style.fillOpacity || p.style.fill)) !== JSON.stringify(old)",
-                           arg=[f"{BOXES} path.js-fill", before])
+                           "p => p.style.fill + p.style.fillOpacity)) !== JSON.stringify(old)",
+                           arg=[f"{BOXES} .shapelayer path", before])
     assert box_opacities(page) != before
 
 
