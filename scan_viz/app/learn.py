@@ -46,6 +46,25 @@ PRESENT_CSS = """<style>
 </style>"""
 
 
+#: Left / right arrow keys press Previous / Next (not while typing or on a slider, whose arrows move it). A
+#: same-origin component iframe adds one listener to the page; constant script, served by the app itself.
+ARROW_KEYS_JS = """<script>
+const doc = window.parent.document;
+if (!window.parent.__scanVizLearnKeys) {
+  window.parent.__scanVizLearnKeys = true;
+  doc.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (target && (["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName) || target.isContentEditable
+                   || target.getAttribute("role") === "slider")) return;
+    const label = {ArrowRight: "Next \u2192", ArrowLeft: "\u2190 Previous"}[event.key];
+    if (!label) return;
+    const button = [...doc.querySelectorAll("button")].find((b) => b.innerText.trim() === label);
+    if (button && !button.disabled) { button.click(); event.preventDefault(); }
+  });
+}
+</script>"""
+
+
 def control_key(name: str) -> str:
     """The Learn panel's own control of a head setting (the sidebar's is ``state.setting_key``)."""
     return f"ln_{name}"
@@ -418,6 +437,9 @@ def render() -> None:
     st.session_state.setdefault(PRESENT_KEY, False)
     if st.session_state[PRESENT_KEY]:
         st.html(PRESENT_CSS)
+    import streamlit.components.v1 as components
+
+    components.html(ARROW_KEYS_JS, height=0)
     options = st.columns(3)
     options[0].toggle("Ask me to predict first", key=PREDICT_KEY)
     options[1].toggle("Presentation mode", key=PRESENT_KEY)

@@ -45,10 +45,18 @@ def test_next_and_previous_and_the_link(server, page, shots):
     page.get_by_role("button", name="Next \u2192").click()
     page.get_by_role("heading", name=re.compile(r"^3\. ")).wait_for()
     wait_until_idle(page)
-    assert "step=3" in page.url
+    page.wait_for_url(re.compile(r"step=3"))  # the link follows the step
     page.get_by_role("button", name="\u2190 Previous").click()
     page.get_by_role("heading", name=re.compile(r"^2\. ")).wait_for()
+    wait_until_idle(page)
     shots(page, "learn-step")
+    # the arrow keys do the same
+    page.locator("h1").first.click()
+    page.keyboard.press("ArrowRight")
+    page.get_by_role("heading", name=re.compile(r"^3\. ")).wait_for()
+    wait_until_idle(page)
+    page.keyboard.press("ArrowLeft")
+    page.get_by_role("heading", name=re.compile(r"^2\. ")).wait_for()
 
 
 def test_hovering_a_cell_shows_its_formula_with_its_numbers(server, page, shots):
