@@ -190,7 +190,7 @@ def scan_attention(
     trace: an optional dict that receives the intermediates (``sims`` (n_img, k, n_cap, L), ``logits``
     lambda_softmax times the normalised cosines in the same layout, ``attention`` the softmax weights in the same
     layout, ``dot`` the query item's dot product with its attended vector, ``attended_norm`` that vector's norm,
-    ``relevance`` and ``scores`` as returned): what :mod:`scan_viz.steps` shows. Without it nothing is copied and
+    ``relevance`` and ``scores`` as returned): what :mod:`scan_viz.walk` shows. Without it nothing is copied and
     the arithmetic is unchanged.
     """
     similarity = region_word_similarity(regions, words, word_lengths, region_lengths, product_dtype)

@@ -25,6 +25,8 @@ from scan_viz.walk import Step, Walk, array_html, vector_summary
 
 #: How many terms of a softmax's denominator a hover lists before "...".
 SOFTMAX_TERMS = 4
+#: Columns up to which a heatmap writes its numbers in the cells.
+MAX_WRITTEN = 16
 LEAKY_SLOPE = 0.1
 
 
@@ -129,9 +131,10 @@ def step_figure(walk: Walk, step: Step, tensor: str | None = None, large: bool =
         hover = hover_grid(walk, step) if name == step.name else [
             [f"{html.escape(name)}[{rows[r]}, {cols[c]}] = {value[r, c]:.4f}" for c in range(value.shape[1])]
             for r in range(value.shape[0])]
+        # numbers in the cells while they fit; wider matrices keep them in the hover and the table below
+        text = {"texttemplate": "%{z:.2f}", "textfont": {"size": font - 3}} if value.shape[1] <= MAX_WRITTEN else {}
         figure = go.Figure(go.Heatmap(z=value, x=cols, y=rows, customdata=hover, colorscale="Blues",
-                                      hovertemplate="%{customdata}<extra></extra>", texttemplate="%{z:.2f}",
-                                      textfont={"size": font - 3}))
+                                      hovertemplate="%{customdata}<extra></extra>", **text))
         figure.update_yaxes(autorange="reversed")
         figure.update_layout(height=max(260, 28 * len(rows) + 140), margin={"l": 10, "r": 10, "t": 30, "b": 10},
                              font={"size": font}, xaxis={"tickangle": -45})

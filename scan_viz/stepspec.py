@@ -1,7 +1,7 @@
 """How a matching head describes its computation as steps: plain data next to its math (no torch here).
 
 A head lists :class:`StepSpec` s in order (``MatchingHead.step_specs()``, built from its settings so the formulas
-say which normalisation and pooling it runs with); :func:`scan_viz.steps.steps` fills in each step's numbers
+say which normalisation and pooling it runs with); :func:`scan_viz.walk.steps` fills in each step's numbers
 from one traced run of the head's own ``scores`` (the same code path as the model's score).
 """
 from __future__ import annotations

@@ -7,31 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_fixture import app_fixture
 from streamlit.testing.v1 import AppTest
+from test_app import app, bundle, no_exception  # noqa: F401  (fixtures: the fixture bundle served by app.py)
 
 from scan_viz.app import learn as page
 from scan_viz.app.params import parse_explore_query
 
-torch.set_num_threads(1)
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 LEARN = "scan_viz/app/learn.py"
-TIMEOUT = 180
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return app_fixture()
-
-
-@pytest.fixture
-def app(bundle, monkeypatch) -> AppTest:
-    for name, value in bundle.env().items():
-        monkeypatch.setenv(name, value)
-    return AppTest.from_file(APP, default_timeout=TIMEOUT)
 
 
 def library_steps(bundle, image_id, sentence, **settings):
@@ -49,10 +33,6 @@ def open_learn(at: AppTest, **query: str) -> AppTest:
         at.query_params[key] = value
     at.switch_page(LEARN)
     return at.run()
-
-
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
 
 
 def shown_alpha(at: AppTest) -> np.ndarray:

@@ -59,7 +59,7 @@ class CaanHead(MatchingHead):
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
                trace=None) -> HeadOutput:
-        """``trace``: a dict that receives every intermediate below under its name (what :mod:`scan_viz.steps`
+        """``trace``: a dict that receives every intermediate below under its name (what :mod:`scan_viz.walk`
         shows)."""
         import torch
 

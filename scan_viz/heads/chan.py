@@ -38,7 +38,7 @@ class ChanHead(MatchingHead):
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
                trace=None) -> HeadOutput:
         """``trace``: a dict that receives ``sims``, ``best``, ``best_region`` and ``scores`` (what
-        :mod:`scan_viz.steps` shows)."""
+        :mod:`scan_viz.walk` shows)."""
         import torch
 
         from scan_viz.similarity import region_word_similarity

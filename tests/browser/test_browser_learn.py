@@ -106,10 +106,11 @@ def test_presentation_mode(server, page, shots):
     open_learn(server, page, image=image_id, q=bundle.captions[image_id][0], head="scan_t2i", step=6,
                view="present")
     assert step_heading(page).startswith("6. ")
-    assert not page.locator('[data-testid="stSidebar"]').is_visible()
-    size = page.eval_on_selector(".stMainBlockContainer p", "p => parseFloat(getComputedStyle(p).fontSize)")
-    assert size >= 22
-    assert page.get_by_role("radio").count() == 0  # one step per screen: no contents list
+    sync_api.expect(page.locator('[data-testid="stSidebar"]')).to_be_hidden()
+    page.wait_for_function("() => parseFloat(getComputedStyle(document.querySelector("
+                           "'.stMainBlockContainer p')).fontSize) >= 22")
+    assert page.locator(".st-key-ln_toc").count() == 0  # one step per screen: no contents list
+    assert page.locator(".st-key-ln_toc").count() == 0 and page.get_by_role("button", name="Next \u2192").is_visible()
     assert "view=present" in page.url
     shots(page, "learn-present")
 
@@ -137,3 +138,19 @@ def test_the_handout_works_offline(server, browser, tmp_path):  # noqa: F811
     off_machine = [u for u in requests if not u.startswith(("file://", "data:", "blob:"))]
     assert requests and off_machine == [], off_machine
     assert np.isfinite(walk.score)
+
+
+def test_scan_beside_chan(server, page, shots):
+    """Two at once -> Another head: SCAN's soft attention beside CHAN's hard choice on the same step (the README's
+    docs/learn-compare.png is this test's screenshot, saved with SAVE_SCREENSHOTS=1)."""
+    bundle = server["bundle"]
+    image_id = bundle.image_ids[1]
+    open_learn(server, page, image=image_id, q=bundle.captions[image_id][0], head="scan_t2i", step=2)
+    page.get_by_text("Another head").click()
+    beside = page.locator(".st-key-ln_two_b .js-plotly-plot")
+    beside.wait_for()
+    wait_until_idle(page)
+    assert page.get_by_text("the same sentence under chan").is_visible()
+    assert page.locator(".st-key-ln_two_a .js-plotly-plot").is_visible()
+    container = page.locator(".st-key-ln_two_a").locator("xpath=ancestor::div[@data-testid='stHorizontalBlock'][1]")
+    shots(container, "learn-compare")
