@@ -437,9 +437,7 @@ def render() -> None:
     st.session_state.setdefault(PRESENT_KEY, False)
     if st.session_state[PRESENT_KEY]:
         st.html(PRESENT_CSS)
-    import streamlit.components.v1 as components
-
-    components.html(ARROW_KEYS_JS, height=0)
+    st.iframe(ARROW_KEYS_JS, height=1)  # constant script: the page's own, never a visitor's
     options = st.columns(3)
     options[0].toggle("Ask me to predict first", key=PREDICT_KEY)
     options[1].toggle("Presentation mode", key=PRESENT_KEY)
