@@ -248,3 +248,20 @@ def test_a_visitor_sentence_in_the_html_is_escaped(gallery):
     walk = steps(model, gallery_regions(gallery, gallery.ids[0]), "a <b>dog</b> & cat", head="chan")
     html = walk._repr_html_()
     assert "< b >" not in html and "&lt; b &gt;" in html  # the tokenizer's words, escaped
+
+
+@pytest.mark.parametrize("head_name", ["scan_t2i", "scan_i2t", "chan", "caan"])
+def test_the_trace_leaves_the_scores_bit_identical(gallery, head_name):
+    import torch
+
+    model = model_named("scan-emoji-t2i")
+    ids = gallery.ids[:4]
+    features = np.stack([gallery_regions(gallery, i).features for i in ids])
+    for norm in (RAW_FEATURE_NORMS if head_name.startswith("scan") else (None,)):
+        head = model.head(head_name, **({"raw_feature_norm": norm} if norm else {}))
+        regions = model.encode_images(features)
+        caps = model.encode_captions(gallery.captions[:6])
+        with torch.no_grad():
+            plain = head.scores(regions, caps.emb, caps.lengths, return_attention=True)
+            traced = head.scores(regions, caps.emb, caps.lengths, return_attention=True, trace={})
+        assert torch.equal(plain.scores, traced.scores) and torch.equal(plain.attention, traced.attention)
