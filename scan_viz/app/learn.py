@@ -254,13 +254,18 @@ def show_vectors(walk: Walk) -> None:
         st.text("\n".join(lines))
 
 
+def prose(text: str) -> str:
+    """A step's own sentence (the project's text, never a visitor's) as Markdown: λ_2 and [s]_+ stay literal."""
+    return text.replace("\\", "\\\\").replace("_", "\\_").replace("*", "\\*")
+
+
 def show_step(bundle: Bundle, walk: Walk, index: int, image_id: str, sentence: str) -> None:
     step = walk.steps[index]
     st.subheader(f"{index + 1}. {step.title}")
     st.latex(step.spec.latex)
-    st.write(step.spec.meaning)
+    st.write(prose(step.spec.meaning))
     if step.spec.note:
-        st.caption(f"Official code: {step.spec.note}")
+        st.caption(f"Official code: {prose(step.spec.note)}")
     word = _word_choice(walk)
     reveal_id = (image_id, sentence, walk.head, tuple(sorted(walk.settings.items())), step.key, word)
     shown = prediction(walk, step, word, reveal_id)
