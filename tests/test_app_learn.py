@@ -148,3 +148,17 @@ def test_two_at_once_sets_a_false_caption_and_another_head_beside(app, bundle):
     at.radio(key=page.TWO_KEY).set_value(page.TWO_MODES[2]).run()
     no_exception(at)
     assert any("under chan" in c.value for c in at.caption)
+
+
+def test_the_handout_is_offered_for_the_view_it_was_built_for(app, bundle):
+    image_id = bundle.image_ids[0]
+    app.session_state[page.PREDICT_KEY] = False
+    at = open_learn(app, image=image_id, q=bundle.captions[image_id][0], head="scan_t2i", step="1")
+    assert len(at.get("download_button")) == 0
+    next(b for b in at.button if b.label.startswith("Build a handout")).click().run()
+    no_exception(at)
+    assert len(at.get("download_button")) == 1
+    html = at.session_state[page.HANDOUT_KEY][1]
+    assert html.startswith("<!DOCTYPE html>") and "plotly.js v" in html
+    at.slider(key=page.control_key("lambda_softmax")).set_value(20.0).run()
+    assert len(at.get("download_button")) == 0  # built for lambda_softmax 9, not 20

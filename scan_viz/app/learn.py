@@ -361,13 +361,17 @@ def shares(walk: Walk) -> None:
         st.dataframe(_frame(walk, values, (axis,)))
 
 
-def handout(walk: Walk, image: np.ndarray, sentence: str) -> None:
+def handout(walk: Walk, image: np.ndarray, image_id: str, sentence: str) -> None:
+    """A button that builds the pair's handout, then its download (only for the pair and settings it was built
+    for: a handout of another view is never offered)."""
+    built_for = (image_id, sentence, walk.head, tuple(sorted(walk.settings.items())))
     if st.button("Build a handout (one HTML file, works offline)"):
         with st.spinner("Typesetting the formulas..."):
-            st.session_state[HANDOUT_KEY] = learn.handout_html(walk, image, sentence, "SCAN step by step")
-    if st.session_state.get(HANDOUT_KEY):
-        st.download_button("Download the handout", st.session_state[HANDOUT_KEY], file_name="scan-steps.html",
-                           mime="text/html")
+            page = learn.handout_html(walk, image, sentence, f"{walk.head_title} step by step")
+        st.session_state[HANDOUT_KEY] = (built_for, page)
+    kept = st.session_state.get(HANDOUT_KEY)
+    if kept is not None and kept[0] == built_for:
+        st.download_button("Download the handout", kept[1], file_name="scan-steps.html", mime="text/html")
 
 
 @st.fragment
@@ -400,7 +404,7 @@ def learn_panel(bundle: Bundle, settings: HeadSettings, image_id: str, sentence:
             show_vectors(walk)
             shares(walk)
             two_at_once(bundle, walk, settings, image_id, sentence)
-            handout(walk, state.gallery_image(bundle.key, image_id), sentence)
+            handout(walk, state.gallery_image(bundle.key, image_id), image_id, sentence)
     write_deep_link(bundle, settings, image_id, sentence, index)
 
 
