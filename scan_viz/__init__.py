@@ -3,7 +3,7 @@ from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
 
 __version__ = "0.1.0"
-__all__ = ["ScanConfig", "ScanVizError", "ScanModel", "load_model", "__version__"]
+__all__ = ["ScanConfig", "ScanVizError", "ScanModel", "load_model", "steps", "__version__"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from scan_viz import model
 
         return getattr(model, name)
+    if name == "steps":  # a head's computation on one pair, step by step (scan_viz.walk)
+        from scan_viz.walk import steps
+
+        return steps
     raise AttributeError(name)

@@ -178,6 +178,7 @@ def scan_attention(
     region_lengths: torch.Tensor | None = None,
     return_attention: bool = False,
     product_dtype: torch.dtype | None = None,
+    trace: dict[str, torch.Tensor] | None = None,
 ) -> AttentionResult:
     """Score every (image, caption) pair of a block with SCAN t2i or i2t.
 
@@ -186,6 +187,11 @@ def scan_attention(
     region_lengths: optional (n_images,) int for images with fewer than n_regions real regions.
     product_dtype: the dtype of the region-word product (:func:`~scan_viz.similarity.region_word_similarity`).
     Differentiable (used by training too).
+    trace: an optional dict that receives the intermediates (``sims`` (n_img, k, n_cap, L), ``logits``
+    lambda_softmax times the normalised cosines in the same layout, ``attention`` the softmax weights in the same
+    layout, ``dot`` the query item's dot product with its attended vector, ``attended_norm`` that vector's norm,
+    ``relevance`` and ``scores`` as returned): what :mod:`scan_viz.walk` shows. Without it nothing is copied and
+    the arithmetic is unchanged.
     """
     similarity = region_word_similarity(regions, words, word_lengths, region_lengths, product_dtype)
     sims, regions, words = similarity.sims, similarity.regions, similarity.words
@@ -194,10 +200,14 @@ def scan_attention(
     wv, rv = similarity.pair_word_valid, similarity.pair_region_valid
 
     inplace = not torch.is_grad_enabled()
+    if trace is not None:
+        trace["sims"] = sims.clone()
     bounded = params.raw_feature_norm in _BOUNDED_NORMS
     if params.cross_attn == "t2i":
         # normalise over words (query axis) for each region, then softmax over regions (context axis)
         logits = normalize_raw(sims, params.raw_feature_norm, dim=3, valid=wv, scale=params.lambda_softmax)
+        if trace is not None:
+            trace["logits"] = logits.clone()  # the softmax below may exponentiate in place
         e, z = _softmax_numerator(logits, 1, rv, bounded, inplace)  # e: (n_img, k, n_cap, L), z: (n_img, n_cap, L)
         dot = (e * sims).sum(dim=1) / z  # u_w . attended_w
         attended_sq = _attended_sq(regions, e) / z.square()
@@ -205,9 +215,13 @@ def scan_attention(
         rel = dot / (query_norm * attended_sq.clamp(min=0).sqrt()).clamp(min=EPS)
         valid = word_valid[None].expand(n_img, n_cap, n_words)
         attn = (e / z[:, None]).permute(0, 2, 3, 1) if return_attention else None
+        if trace is not None:
+            trace.update(attention=e / z[:, None], dot=dot, attended_norm=attended_sq.clamp(min=0).sqrt())
     elif params.cross_attn == "i2t":
         # normalise over regions (query axis) for each word, then softmax over words (context axis)
         logits = normalize_raw(sims, params.raw_feature_norm, dim=1, valid=rv, scale=params.lambda_softmax)
+        if trace is not None:
+            trace["logits"] = logits.clone()
         e, z = _softmax_numerator(logits, 3, wv, bounded, inplace)  # z: (n_img, k, n_cap)
         dot = (e * sims).sum(dim=3) / z  # v_r . attended_r
         gram = words @ words.transpose(1, 2)  # (n_cap, L, L)
@@ -216,10 +230,14 @@ def scan_attention(
         rel = (dot / (query_norm * attended_sq.clamp(min=0).sqrt()).clamp(min=EPS)).transpose(1, 2)
         valid = region_valid[:, None, :].expand(n_img, n_cap, n_reg) if region_valid is not None else None
         attn = (e / z[..., None]).permute(0, 2, 3, 1) if return_attention else None
+        if trace is not None:
+            trace.update(attention=e / z[..., None], dot=dot, attended_norm=attended_sq.clamp(min=0).sqrt())
     else:
         raise ValueError(f"unknown cross_attn {params.cross_attn!r}")
 
     scores = aggregate(rel, params.agg_func, params.lambda_lse, valid)
+    if trace is not None:
+        trace.update(relevance=rel, scores=scores)
     if not return_attention:
         return AttentionResult(scores)
     # attention in the public layout: (n_img, n_cap, n_words, n_regions)

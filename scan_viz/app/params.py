@@ -11,6 +11,8 @@ key        value
 ``k``      retrieval depth / regions in the image-to-text view, :data:`K_MIN`..:data:`K_MAX` (Explore)
 ``model``  a bundled model's name (never a path: a link cannot name a file on the server)
 ``head``   matching head by name (``scan_t2i``, ``scan_i2t``, ``chan``, ``caan``, ...)
+``step``   the Learn page's step, 1-based (Learn)
+``view``   ``present`` opens the Learn page in presentation mode (Learn)
 ``compare``  heads to show side by side in Explore's Compare view, comma-separated (``scan_t2i,chan``;
            ``scan`` is SCAN in the model's own direction, or ``dir``'s, as for ``head``)
 ``search`` Retrieve's direction: ``text`` (a sentence ranks the images, with ``q``) or ``image`` (a gallery
@@ -42,9 +44,13 @@ MAX_ID_CHARS = 200
 K_MIN, K_MAX = 1, 100
 DEFAULT_K = 10
 #: The keys of the pair and the view, in the order a written URL has them; the head settings' keys follow.
-PAIR_KEYS = ("image", "q", "word", "k", "search", "model", "head", "compare")
+PAIR_KEYS = ("image", "q", "word", "k", "search", "step", "view", "model", "head", "compare")
 #: Retrieve's directions, as ``search=`` names them.
 SEARCH_DIRECTIONS = ("text", "image")
+#: Range of the Learn page's step (1-based; a step past a head's last shows its last).
+STEP_MIN, STEP_MAX = 1, 99
+#: The Learn page's views a link may name.
+VIEWS = ("present",)
 #: A bundled model's name: a folder name under pretrained/, no path separators.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: How a note quotes a link's value: clipped (a 4,000-digit ``k`` is quoted by its ends).
@@ -77,6 +83,8 @@ class ExploreParams:
     word: str | None = None
     k: int | None = None
     search: str | None = None
+    step: int | None = None
+    view: str | None = None
     model: str | None = None
     head: str | None = None
     compare: str | None = None
@@ -166,6 +174,18 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
         else:
             notes.append(f"the link's search={echo(values['search'])} is not one of {', '.join(SEARCH_DIRECTIONS)}: "
                          "ignored")
+    if "step" in values:
+        try:
+            step = int(values["step"])
+        except ValueError:
+            notes.append(f"the link's step={echo(values['step'])} is not a whole number: ignored")
+        else:
+            found["step"] = min(max(step, STEP_MIN), STEP_MAX)
+    if "view" in values:
+        if values["view"].strip().lower() in VIEWS:
+            found["view"] = values["view"].strip().lower()
+        else:
+            notes.append(f"the link's view={echo(values['view'])} is not one of {', '.join(VIEWS)}: ignored")
     if "model" in values:
         model = values["model"].strip()
         if _MODEL_NAME.fullmatch(model) and len(model) <= MAX_ID_CHARS:

@@ -15,6 +15,7 @@ from scan_viz.errors import ScanVizError
 
 HERE = Path(__file__).resolve().parent
 EXPLORE = HERE / "explore.py"
+LEARN = HERE / "learn.py"
 #: The page icon: a region outlined as the word panels outline the strongest one.
 FAVICON = HERE.parent / "assets" / "favicon.png"
 #: What a visitor is told of an error nobody foresaw (its trace is in the server's log).
@@ -30,6 +31,7 @@ def pages() -> list:
         st.Page(HERE / "retrieve.py", title="Retrieve", icon=":material/manage_search:", url_path="retrieve"),
         st.Page(HERE / "evaluate.py", title="Evaluate", icon=":material/analytics:", url_path="evaluate"),
         st.Page(HERE / "models.py", title="Model", icon=":material/model_training:", url_path="model"),
+        st.Page(LEARN, title="Learn", icon=":material/school:", url_path="learn"),
     ]
 
 
@@ -82,6 +84,10 @@ def before_page(page) -> None:
                 from scan_viz.app.explore import apply_deep_link
 
                 apply_deep_link(params, own_head(bundle.model.config))
+            elif page.title == "Learn":
+                from scan_viz.app.learn import apply_deep_link as apply_learn_link
+
+                apply_learn_link(params)
         st.session_state[state.NOTES_KEY] = notes
     if bundle is not None:
         state.head_controls(bundle)
@@ -89,8 +95,9 @@ def before_page(page) -> None:
 
 def after_page(page) -> None:
     """Write the served model and the head settings into the URL of a page that does not write its own link
-    (Explore writes the pair too, Retrieve its query), so a reload or a shared link restores them."""
-    if page.title in ("Explore", "Retrieve"):  # they write their own view into the link too
+    (Explore writes the pair too, Retrieve its query, Learn its step), so a reload or a shared link restores
+    them."""
+    if page.title in ("Explore", "Retrieve", "Learn"):  # each writes its own view into the link
         return
     bundle = state.current_bundle(quiet=True)
     if bundle is not None:

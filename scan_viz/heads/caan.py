@@ -39,6 +39,7 @@ Its alignment: ``attention`` = A_word laid out word x region (each word's distri
 from __future__ import annotations
 
 from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.stepspec import REGIONS, WORDS, StepSpec
 
 
 class CaanHead(MatchingHead):
@@ -56,7 +57,10 @@ class CaanHead(MatchingHead):
     word_relevance_label = "word weight"
     region_relevance_label = "region weight"
 
-    def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False) -> HeadOutput:
+    def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
+               trace=None) -> HeadOutput:
+        """``trace``: a dict that receives every intermediate below under its name (what :mod:`scan_viz.walk`
+        shows)."""
         import torch
 
         from scan_viz.similarity import EPS, masked_softmax, region_word_similarity
@@ -97,6 +101,10 @@ class CaanHead(MatchingHead):
         gram_u = sim.words @ sim.words.transpose(1, 2)  # (n_cap, L, L)
         u_sq = torch.einsum("icl,clm,icm->ic", beta, gram_u, beta)
         scores = dot / (v_sq.clamp(min=0) * u_sq.clamp(min=0)).sqrt().clamp(min=EPS)
+        if trace is not None:
+            trace.update(sims=h, a_reg=a_reg, m_reg=m_reg, a_word=a_word, m_word=m_word, c_reg=c_reg,
+                         ctx_reg=ctx_reg, c_word=c_word, ctx_word=ctx_word, alpha=alpha, beta=beta, dot=dot,
+                         v_norm=v_sq.clamp(min=0).sqrt(), u_norm=u_sq.clamp(min=0).sqrt(), scores=scores)
         if not return_attention:
             return HeadOutput(scores)
         return HeadOutput(scores, a_word.permute(0, 2, 3, 1), word_relevance=beta, region_relevance=alpha)
@@ -104,6 +112,65 @@ class CaanHead(MatchingHead):
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         # H, the two inter-modal attentions and two normalised copies, plus the k x k and n x n correlations
         return (6 * n_regions * n_words + 2 * n_regions * n_regions + 2 * n_words * n_words) * itemsize
+
+    def step_specs(self) -> tuple[StepSpec, ...]:
+        """The CAAN-style computation as steps (v_r regions, u_w words, as in this module's docstring)."""
+        return (
+            StepSpec("cosines", "Region-word cosines", r"H_{rw} = v_r^\top u_w",
+                     "How alike each region and each word are.", (("H", (WORDS, REGIONS)),),
+                     note="The encoders L2-normalise v_r and u_w, so H holds cosines.", cell="cosine"),
+            StepSpec("inter_word", "Inter-modal attention: each word over the regions",
+                     r"A^{word}_{rw} = \frac{\exp(\lambda_{inter} H_{rw})}{\sum_{r'} \exp(\lambda_{inter} H_{r'w})},"
+                     r"\quad m_w = \sum_r A^{word}_{rw} H_{rw}",
+                     "Which regions each word aligns with, and how strongly (m_w, a soft maximum).",
+                     (("A_word", (WORDS, REGIONS)), ("m_w", (WORDS,))), cell="softmax", over=REGIONS,
+                     source="H", scale="lambda_inter"),
+            StepSpec("inter_region", "Inter-modal attention: each region over the words",
+                     r"A^{reg}_{rw} = \frac{\exp(\lambda_{inter} H_{rw})}{\sum_{w'} \exp(\lambda_{inter} H_{rw'})},"
+                     r"\quad m_r = \sum_w A^{reg}_{rw} H_{rw}",
+                     "Which words each region aligns with, and how strongly (m_r).",
+                     (("A_reg", (WORDS, REGIONS)), ("m_r", (REGIONS,))), cell="softmax", over=WORDS,
+                     source="H", scale="lambda_inter"),
+            StepSpec("intra_region", "Intra-modal context of the regions",
+                     r"C^{reg} = N N^\top,\ N_{r\cdot} = \frac{H_{r\cdot}}{\lVert H_{r\cdot} \rVert + \epsilon},"
+                     r"\quad c_r = \sum_{r'} \operatorname{softmax}_{r'}(\lambda_{intra} C^{reg}_{rr'})\, m_{r'}",
+                     "Two regions are related when they align with the same words; each region's context is "
+                     "its related regions' alignment strength.",
+                     (("C_reg", (REGIONS, REGIONS)), ("c_r", (REGIONS,))),
+                     note="CAAN has no official code; this second-order attention is this project's reconstruction."),
+            StepSpec("intra_word", "Intra-modal context of the words",
+                     r"C^{word} = N^\top N,\ N_{\cdot w} = \frac{H_{\cdot w}}{\lVert H_{\cdot w} \rVert + \epsilon},"
+                     r"\quad c_w = \sum_{w'} \operatorname{softmax}_{w'}(\lambda_{intra} C^{word}_{ww'})\, m_{w'}",
+                     "Two words are related when they align with the same regions; each word's context is its "
+                     "related words' alignment strength.", (("C_word", (WORDS, WORDS)), ("c_w", (WORDS,)))),
+            StepSpec("weights", "One weight per region and per word",
+                     r"\alpha_r = \operatorname{softmax}_r\big(\lambda_{pool}(m_r + c_r)\big),\quad "
+                     r"\beta_w = \operatorname{softmax}_w\big(\lambda_{pool}(m_w + c_w)\big)",
+                     "How much each region and each word counts in the pair's pooled vectors.",
+                     (("beta", (WORDS,)), ("alpha", (REGIONS,)))),
+            StepSpec("score", "Cosine of the pooled vectors",
+                     r"S(I,T) = \frac{v^{*\top} u^*}{\lVert v^* \rVert \, \lVert u^* \rVert},\quad "
+                     r"v^* = \sum_r \alpha_r v_r,\ u^* = \sum_w \beta_w u_w",
+                     "The image-sentence score: one image vector and one sentence vector, made for this pair, "
+                     "compared by their cosine.", (("S", ()), ("v_dot_u", ()), ("v_norm", ()), ("u_norm", ())),
+                     note="The code never builds v* or u*: v*.u* = alpha^T H beta and the norms come from the Gram "
+                          "matrices, the same numbers."),
+        )
+
+    def step_values(self, trace: dict, n_words: int, n_regions: int) -> dict:
+        """One pair's numbers (float64) in the layouts ``step_specs`` names."""
+        def np_(value):
+            return value.double().cpu().numpy()
+
+        k, n = n_regions, n_words
+        return {"H": np_(trace["sims"][0, :k, 0, :n].T), "A_word": np_(trace["a_word"][0, :k, 0, :n].T),
+                "m_w": np_(trace["m_word"][0, 0, :n]), "A_reg": np_(trace["a_reg"][0, :k, 0, :n].T),
+                "m_r": np_(trace["m_reg"][0, 0, :k]), "C_reg": np_(trace["c_reg"][0, 0, :k, :k]),
+                "c_r": np_(trace["ctx_reg"][0, 0, :k]), "C_word": np_(trace["c_word"][0, 0, :n, :n]),
+                "c_w": np_(trace["ctx_word"][0, 0, :n]), "beta": np_(trace["beta"][0, 0, :n]),
+                "alpha": np_(trace["alpha"][0, 0, :k]), "S": np_(trace["scores"][0, 0]),
+                "v_dot_u": np_(trace["dot"][0, 0]), "v_norm": np_(trace["v_norm"][0, 0]),
+                "u_norm": np_(trace["u_norm"][0, 0])}
 
 
 register_head("caan", CaanHead, "CAAN-style: context-aware region and word weights, cosine of the pooled vectors")

@@ -17,6 +17,7 @@ and ``word_relevance`` holds c_w.
 from __future__ import annotations
 
 from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.stepspec import REGIONS, WORDS, StepSpec
 
 CHAN_AGGS = ("LogSumExp", "Mean")
 
@@ -34,7 +35,10 @@ class ChanHead(MatchingHead):
     attention_label = "hard alignment: each word's best region"
     word_relevance_label = "best-region cosine"
 
-    def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False) -> HeadOutput:
+    def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
+               trace=None) -> HeadOutput:
+        """``trace``: a dict that receives ``sims``, ``best``, ``best_region`` and ``scores`` (what
+        :mod:`scan_viz.walk` shows)."""
         import torch
 
         from scan_viz.similarity import region_word_similarity
@@ -51,6 +55,8 @@ class ChanHead(MatchingHead):
         else:
             valid = word_valid.to(best.dtype)
             scores = (best.masked_fill(~word_valid, 0.0)).sum(dim=2) / valid.sum(dim=2).clamp(min=1)
+        if trace is not None:
+            trace.update(sims=sim.sims.clone(), best=best, best_region=region, scores=scores)
         if not return_attention:
             return HeadOutput(scores)
         one_hot = torch.nn.functional.one_hot(region, sims.shape[1]).to(best.dtype)  # (n_img, n_cap, L, k)
@@ -59,6 +65,32 @@ class ChanHead(MatchingHead):
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         # the cosines and (with padded regions) their masked copy
         return 2 * n_regions * n_words * itemsize
+
+    def step_specs(self) -> tuple[StepSpec, ...]:
+        """CHAN's computation as steps (v_i regions, e_j words), for these settings."""
+        pooled = (r"S(I,T) = \beta \log \sum_{j=1}^{n} \exp\big(c_j / \beta\big)"
+                  if self.settings["chan_agg"] == "LogSumExp" else r"S(I,T) = \frac{1}{n} \sum_{j=1}^{n} c_j")
+        return (
+            StepSpec("cosines", "Region-word cosines",
+                     r"s_{ij} = \frac{v_i^\top e_j}{\lVert v_i \rVert \, \lVert e_j \rVert}",
+                     "How alike each region v_i and each word e_j are.", (("s", (WORDS, REGIONS)),),
+                     note="The encoders L2-normalise v_i and e_j, so the code takes the plain dot product.",
+                     cell="cosine"),
+            StepSpec("best", "Each word's best region (hard alignment)", r"c_j = \max_{i} s_{ij}",
+                     "Each word is coded by its single best region, not a soft mix: no clipping, no "
+                     "normalisation and no softmax.", (("c", (WORDS,)), ("best_region", (WORDS,))), cell="argmax",
+                     over=REGIONS),
+            StepSpec("score", "Pooled score", pooled,
+                     "The image-sentence score: the words' best cosines pooled into one number "
+                     "(a small β approaches the best word, a large one the sum).", (("S", ()),)),
+        )
+
+    def step_values(self, trace: dict, n_words: int, n_regions: int) -> dict:
+        """One pair's numbers (float64) in the layouts ``step_specs`` names."""
+        return {"s": trace["sims"][0, :n_regions, 0, :n_words].T.double().cpu().numpy(),
+                "c": trace["best"][0, 0, :n_words].double().cpu().numpy(),
+                "best_region": trace["best_region"][0, 0, :n_words].cpu().numpy(),
+                "S": trace["scores"][0, 0].double().cpu().numpy()}
 
 
 register_head("chan", ChanHead, "CHAN: each word's best region (hard alignment), LogSumExp over the words")

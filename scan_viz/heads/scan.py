@@ -11,6 +11,7 @@ import dataclasses
 from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS, ScanConfig
 from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
 from scan_viz.limits import LAMBDA_RANGE
+from scan_viz.stepspec import REGIONS, WORDS, StepSpec
 
 #: why 0.5-50: see scan_viz.limits (the paper uses 4-20)
 LAMBDA_LOW, LAMBDA_HIGH = LAMBDA_RANGE
@@ -58,11 +59,13 @@ class ScanHead(MatchingHead):
     def hyperparameters(self) -> dict:
         return dataclasses.asdict(self.attention_params)
 
-    def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False) -> HeadOutput:
+    def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
+               trace=None) -> HeadOutput:
+        """``trace``: a dict that receives the intermediates (:func:`scan_viz.attention.scan_attention`)."""
         from scan_viz.attention import scan_attention
 
         res = scan_attention(regions, words, word_lengths, self.attention_params, region_lengths, return_attention,
-                             self.product_dtype)
+                             self.product_dtype, trace=trace)
         if not return_attention:
             return HeadOutput(res.scores)
         if self.cross_attn == "t2i":
@@ -76,6 +79,102 @@ class ScanHead(MatchingHead):
     @property
     def title(self) -> str:
         return self.name if self.name.endswith(self.cross_attn) else f"{self.name} {self.cross_attn}"
+
+
+    def step_specs(self) -> tuple[StepSpec, ...]:
+        """SCAN's computation as steps, in the paper's notation (v_i regions, e_j words), for these settings."""
+        return scan_step_specs(self.cross_attn, self.settings["raw_feature_norm"], self.settings["agg_func"])
+
+    def step_values(self, trace: dict, n_words: int, n_regions: int) -> dict:
+        """One pair's numbers from a traced :meth:`scores` of one image and one caption, as float64 arrays in
+        the layouts ``step_specs`` names: word x region matrices (n_words, n_regions), per-word (n_words,) or
+        per-region (n_regions,) vectors, the score a 0-d array."""
+        def grid(key):  # (1, k, 1, L) -> (n_words, n_regions)
+            return trace[key][0, :n_regions, 0, :n_words].T.double().cpu().numpy()
+
+        def items(key):
+            value = trace[key]
+            value = value[0, 0] if self.cross_attn == "t2i" or key == "relevance" else value[0, :, 0]
+            return value[:n_words if self.cross_attn == "t2i" else n_regions].double().cpu().numpy()
+
+        return {"s": grid("sims"), "s_bar": grid("logits") / self.settings["lambda_softmax"],
+                "alpha": grid("attention"), "a_norm": items("attended_norm"), "e_dot_a": items("dot"),
+                "R": items("relevance"), "S": trace["scores"][0, 0].double().cpu().numpy()}
+
+
+_NORM_LATEX = {  # the normalised cosine over the query axis, {q} the index it sums over
+    "clipped_l2norm": r"\frac{{\operatorname{{LReLU}}(s_{{ij}})}}{{\sqrt{{\sum_{{{q}'}} \operatorname{{LReLU}}(s_{{{iq}}})^2}} + \epsilon}}",
+    "l2norm": r"\frac{{s_{{ij}}}}{{\sqrt{{\sum_{{{q}'}} s_{{{iq}}}^2}} + \epsilon}}",
+    "clipped_l1norm": r"\frac{{\operatorname{{LReLU}}(s_{{ij}})}}{{\sum_{{{q}'}} |\operatorname{{LReLU}}(s_{{{iq}}})| + \epsilon}}",
+    "l1norm": r"\frac{{s_{{ij}}}}{{\sum_{{{q}'}} |s_{{{iq}}}| + \epsilon}}",
+    "softmax": r"\frac{{\exp(s_{{ij}})}}{{\sum_{{{q}'}} \exp(s_{{{iq}}})}}",
+    "clipped": r"\operatorname{{LReLU}}(s_{{ij}})",
+    "no_norm": r"s_{{ij}}",
+}
+_AGG_LATEX = {
+    "LogSumExp": r"S(I,T) = \frac{{1}}{{\lambda_2}} \log \sum_{{{x}}} \exp\big(\lambda_2 R_{{{x}}}\big)",
+    "Mean": r"S(I,T) = \frac{{1}}{{{n}}} \sum_{{{x}}} R_{{{x}}}",
+    "Max": r"S(I,T) = \max_{{{x}}} R_{{{x}}}",
+    "Sum": r"S(I,T) = \sum_{{{x}}} R_{{{x}}}",
+}
+
+
+def scan_step_specs(cross_attn: str, norm: str, agg: str) -> tuple[StepSpec, ...]:
+    """SCAN t2i or i2t as steps. Indices as in the paper: i over the k regions v_i, j over the n words e_j."""
+    t2i = cross_attn == "t2i"
+    query, context = (WORDS, REGIONS) if t2i else (REGIONS, WORDS)
+    # t2i: each REGION's cosines are normalised over the words (the query axis), as the official code does
+    iq = "ij'" if t2i else "i'j"
+    q = "j" if t2i else "i"
+    clipped = norm in ("clipped_l2norm", "clipped_l1norm", "clipped")
+    norm_note = ("The paper clips with [s]_+ = max(s, 0); the official code uses LeakyReLU with slope 0.1 "
+                 "(LReLU), so negative cosines keep a tenth of their value. " if clipped else "")
+    if t2i:
+        norm_note += ("Here the official code normalises each region's cosines over the WORDS j (the query axis) "
+                      "before the softmax over the regions; the numbers are the code's.")
+    eps_note = "ε = 1e-8 is added to the norm, as in the official code." if norm.endswith("norm") else ""
+    x, n_items = ("j", "n") if t2i else ("i", "k")
+    softmax = (r"\alpha_{ij} = \frac{\exp(\lambda_1 \bar s_{ij})}{\sum_{i'=1}^{k} \exp(\lambda_1 \bar s_{i'j})}"
+               if t2i else
+               r"\alpha_{ij} = \frac{\exp(\lambda_1 \bar s_{ij})}{\sum_{j'=1}^{n} \exp(\lambda_1 \bar s_{ij'})}")
+    attended = (r"a_j = \sum_{i=1}^{k} \alpha_{ij} v_i" if t2i else r"a'_i = \sum_{j=1}^{n} \alpha_{ij} e_j")
+    relevance = (r"R(e_j, a_j) = \frac{e_j^\top a_j}{\lVert e_j \rVert \, \lVert a_j \rVert}" if t2i else
+                 r"R(v_i, a'_i) = \frac{v_i^\top a'_i}{\lVert v_i \rVert \, \lVert a'_i \rVert}")
+    return (
+        StepSpec("cosines", "Region-word cosines",
+                 r"s_{ij} = \frac{v_i^\top e_j}{\lVert v_i \rVert \, \lVert e_j \rVert}",
+                 "How alike each region v_i and each word e_j are, before any attention.",
+                 (("s", (WORDS, REGIONS)),),
+                 note="The encoders L2-normalise v_i and e_j, so the code takes the plain dot product.",
+                 cell="cosine"),
+        StepSpec("normalised", "Clipped and normalised" if clipped else "Normalised",
+                 r"\bar s_{ij} = " + _NORM_LATEX[norm].format(q=q, iq=iq),
+                 f"Each {'region' if t2i else 'word'}'s cosines are rescaled over the {query} "
+                 "so that one strong match does not depend on the scale of the others.",
+                 (("s_bar", (WORDS, REGIONS)),), note=" ".join(n for n in (norm_note, eps_note) if n),
+                 cell="normalise", over=query),
+        StepSpec("attention", "Attention weights", softmax,
+                 f"Each {'word' if t2i else 'region'} spreads one unit of attention over the {context}; "
+                 f"λ_1 (lambda_softmax) sets how sharply it picks its best {context[:-1]}.",
+                 (("alpha", (WORDS, REGIONS)),), cell="softmax", over=context, source="s_bar",
+                 scale="lambda_softmax"),
+        StepSpec("attended", "Attended vector", attended,
+                 f"The {context[:-1]} content each {query[:-1]} sees: a weighted mix of the "
+                 f"{context} embeddings (shown by its norm and its dot product with the "
+                 f"{query[:-1]}).",
+                 (("a_norm", (query,)), ("e_dot_a", (query,))),
+                 note="The code never builds the attended vector: it gets its dot product from the cosines and its "
+                      "norm from the Gram matrix of the " + context + ", which are the same numbers."),
+        StepSpec("relevance", "Relevance", relevance,
+                 f"How well each {query[:-1]} is matched by what it attended to.",
+                 (("R", (query,)),), note="The cosine's denominator is clamped at 1e-8, as in the official code."),
+        StepSpec("score", "Pooled score", _AGG_LATEX[agg].format(x=x, n=n_items),
+                 f"The image-sentence score: the relevances of all {query} pooled into one number.",
+                 (("S", ()),),
+                 note=("Written as the official code computes it, log(sum exp(λ_2 R)) / λ_2, with no 1/n inside; "
+                       "the paper writes log(sum exp(λ_2 R))^(1/λ_2), the same number." if agg == "LogSumExp"
+                       else "")),
+    )
 
 
 def _factory(cross_attn: str | None):

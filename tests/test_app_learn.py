@@ -1,0 +1,164 @@
+"""The Learn page with AppTest on the fixture bundle: a deep link opens its step with its settings, moving
+lambda_softmax shows the library's alpha for the new value, predict-then-reveal keeps the tally."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from streamlit.testing.v1 import AppTest
+from test_app import app, bundle, no_exception  # noqa: F401  (fixtures: the fixture bundle served by app.py)
+
+from scan_viz.app import learn as page
+from scan_viz.app.params import parse_explore_query
+
+LEARN = "scan_viz/app/learn.py"
+
+
+def library_steps(bundle, image_id, sentence, **settings):
+    from scan_viz.gallery import load_gallery
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import gallery_regions
+    from scan_viz.walk import steps
+
+    model, gallery = load_model(bundle.model), load_gallery(bundle.gallery)
+    return steps(model, gallery_regions(gallery, image_id), sentence, head="scan_t2i", **settings)
+
+
+def open_learn(at: AppTest, **query: str) -> AppTest:
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page(LEARN)
+    return at.run()
+
+
+def shown_alpha(at: AppTest) -> np.ndarray:
+    """The alpha table the page shows (its 'numbers' expander), words x regions."""
+    return np.asarray(at.dataframe[0].value, dtype=np.float64)
+
+
+def test_the_link_keys_parse():
+    params, notes = parse_explore_query({"step": "4", "view": "present", "image": "x"})
+    assert params.step == 4 and params.view == "present" and not notes
+    params, notes = parse_explore_query({"step": "four", "view": "<b>"})
+    assert params.step is None and params.view is None and len(notes) == 2
+
+
+def test_a_deep_link_opens_its_step_with_its_settings(app, bundle):
+    image_id = bundle.image_ids[1]
+    sentence = bundle.captions[image_id][0]
+    at = open_learn(app, image=image_id, q=sentence, head="scan_t2i", step="5", lsm="4.5", agg="Mean")
+    no_exception(at)
+    shown = at.session_state[page.SHOWN_KEY]
+    assert shown["step"] == "relevance"  # the 5th of SCAN's steps
+    assert shown["settings"]["lambda_softmax"] == 4.5 and shown["settings"]["agg_func"] == "Mean"
+    assert at.slider(key=page.control_key("lambda_softmax")).value == 4.5
+    assert at.selectbox(key=page.IMAGE_KEY).value == image_id
+    assert at.text_input(key=page.Q_KEY).value == sentence
+    expected = library_steps(bundle, image_id, sentence, lambda_softmax=4.5, agg_func="Mean")
+    np.testing.assert_allclose(shown["value"], expected.step("relevance").value, rtol=0, atol=1e-12)
+    assert at.subheader[0].value.startswith("5. Relevance")
+    assert at.query_params["step"] in ("5", ["5"]) and at.query_params["lsm"] in ("4.5", ["4.5"])
+
+
+def test_moving_lambda_softmax_shows_the_librarys_alpha(app, bundle):
+    image_id = bundle.image_ids[2]
+    sentence = bundle.captions[image_id][0]
+    app.session_state[page.PREDICT_KEY] = False
+    at = open_learn(app, image=image_id, q=sentence, head="scan_t2i", step="3")
+    no_exception(at)
+    assert at.session_state[page.SHOWN_KEY]["step"] == "attention"
+    before = shown_alpha(at)
+    np.testing.assert_allclose(before, library_steps(bundle, image_id, sentence).step("attention").value,
+                               rtol=0, atol=1e-12)
+    at.slider(key=page.control_key("lambda_softmax")).set_value(30.0).run()
+    no_exception(at)
+    after = shown_alpha(at)
+    expected = library_steps(bundle, image_id, sentence, lambda_softmax=30.0).step("attention").value
+    np.testing.assert_allclose(after, expected, rtol=0, atol=1e-12)
+    assert np.abs(after - before).max() > 1e-3
+    # the sidebar and the link follow
+    assert at.session_state["ctl_lambda_softmax"] == 30.0
+    # the ends of the range stay finite
+    for end in (0.5, 50.0):
+        at.slider(key=page.control_key("lambda_softmax")).set_value(end).run()
+        assert np.all(np.isfinite(shown_alpha(at)))
+
+
+def test_predict_then_reveal_counts_right_and_wrong(app, bundle):
+    image_id = bundle.image_ids[0]
+    sentence = bundle.captions[image_id][0]
+    at = open_learn(app, image=image_id, q=sentence, head="scan_t2i", step="3")
+    no_exception(at)
+    assert at.session_state[page.SHOWN_KEY]["shown"] is False  # hidden until predicted
+    word = at.session_state[page.SHOWN_KEY]["word"]
+    alpha = library_steps(bundle, image_id, sentence).step("attention").value[word]
+    labels = at.pills(key=page.GUESS_KEY).options
+    right, wrong = labels[int(np.argmax(alpha))], labels[int(np.argmin(alpha))]
+    at.pills(key=page.GUESS_KEY).set_value(wrong).run()
+    no_exception(at)
+    assert at.session_state[page.TALLY_KEY] == {"right": 0, "wrong": 1}
+    assert at.session_state[page.SHOWN_KEY]["shown"] is True
+    assert any("Not quite" in w.value for w in at.warning)
+    # the next word asks again; a right guess counts as right
+    words = at.pills(key=page.WORD_KEY).options
+    at.pills(key=page.WORD_KEY).set_value(words[word + 1]).run()
+    assert at.session_state[page.SHOWN_KEY]["shown"] is False
+    alpha = library_steps(bundle, image_id, sentence).step("attention").value[word + 1]
+    at.pills(key=page.GUESS_KEY).set_value(labels[int(np.argmax(alpha))]).run()
+    assert at.session_state[page.TALLY_KEY] == {"right": 1, "wrong": 1}
+    assert any("Right" in s.value for s in at.success)
+    # the teacher's toggle turns the prompts off
+    at.toggle(key=page.PREDICT_KEY).set_value(False).run()
+    at.pills(key=page.WORD_KEY).set_value(words[word + 2]).run()
+    assert at.session_state[page.SHOWN_KEY]["shown"] is True
+
+
+def test_next_and_previous_move_one_step(app, bundle):
+    image_id = bundle.image_ids[0]
+    at = open_learn(app, image=image_id, q=bundle.captions[image_id][0], head="chan", step="1")
+    no_exception(at)
+    assert at.session_state[page.SHOWN_KEY]["step"] == "cosines"
+    at.button(key="ln_next").click().run()
+    assert at.session_state[page.SHOWN_KEY]["step"] == "best"
+    at.button(key="ln_prev").click().run()
+    assert at.session_state[page.SHOWN_KEY]["step"] == "cosines"
+
+
+def test_two_at_once_sets_a_false_caption_and_another_head_beside(app, bundle):
+    from scan_viz.gallery import load_gallery
+    from scan_viz.truth import caption_holds
+
+    image_id = bundle.image_ids[0]
+    sentence = bundle.captions[image_id][0]
+    app.session_state[page.PREDICT_KEY] = False
+    at = open_learn(app, image=image_id, q=sentence, head="scan_t2i", step="6")
+    at.radio(key=page.TWO_KEY).set_value(page.TWO_MODES[1]).run()
+    no_exception(at)
+    own, other = at.session_state["ln_two_scores"]
+    gallery = load_gallery(bundle.gallery)
+    texts = [t.value for t in at.text]
+    false = next(t for t in texts if t in gallery.captions and t != sentence)
+    claims = gallery.claims_of(false)
+    assert claims is not None and not caption_holds(claims, gallery.scenes[gallery.index_of(image_id)]).holds
+    assert other == pytest.approx(library_steps(bundle, image_id, false).score, abs=1e-12)
+    at.radio(key=page.TWO_KEY).set_value(page.TWO_MODES[2]).run()
+    no_exception(at)
+    assert any("under chan" in c.value for c in at.caption)
+
+
+def test_the_handout_is_offered_for_the_view_it_was_built_for(app, bundle):
+    image_id = bundle.image_ids[0]
+    app.session_state[page.PREDICT_KEY] = False
+    at = open_learn(app, image=image_id, q=bundle.captions[image_id][0], head="scan_t2i", step="1")
+    assert len(at.get("download_button")) == 0
+    next(b for b in at.button if b.label.startswith("Build a handout")).click().run()
+    no_exception(at)
+    assert len(at.get("download_button")) == 1
+    html = at.session_state[page.HANDOUT_KEY][1]
+    assert html.startswith("<!DOCTYPE html>") and "plotly.js v" in html
+    at.slider(key=page.control_key("lambda_softmax")).set_value(20.0).run()
+    assert len(at.get("download_button")) == 0  # built for lambda_softmax 9, not 20
