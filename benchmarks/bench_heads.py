@@ -1,4 +1,4 @@
-"""Every matching head on one gallery, measured in one run: the README's head table.
+"""Every matching head on one gallery, measured in one run: the head table of docs/heads.md.
 
 For each head: R@1/5/10 both ways and rsum (strict: only a caption's own image counts; truth-aware where the
 gallery carries claims), pointing accuracy per word type (the head's word x region matrix, argmax per word),
@@ -15,7 +15,7 @@ models, CHAN and CAAN on pretrained/chan-emoji and pretrained/caan-emoji when pr
     python benchmarks/bench_heads.py [--gallery examples/gallery] [--heads scan_t2i,scan_i2t,chan,caan]
                                      [--model chan=pretrained/chan-emoji] [--images N] [--json out.json]
 
-``--images N`` measures on the gallery's first N images and their captions (a quick look; the README's table is
+``--images N`` measures on the gallery's first N images and their captions (a quick look; docs/heads.md's table is
 the whole test split).
 """
 from __future__ import annotations

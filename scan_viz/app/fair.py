@@ -17,7 +17,7 @@ panels and views) and how many threads compute at once on a few cores. Two limit
 A rerun or a closed tab while a session waits gives its place up (the wait ends with Streamlit's own silent stop,
 and the newer rerun, if any, starts), so abandoned reruns and reloaded tabs queue nothing. A computation already
 running finishes. Both limits are off unless ``SCAN_VIZ_FAIR_SHARING=1``: measured on a 2-core machine shared
-with other jobs, they did not help a second visitor (benchmarks/bench_fair.py, README).
+with other jobs, they did not help a second visitor (benchmarks/bench_fair.py, docs/serving.md).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ F = TypeVar("F", bound=Callable)
 
 
 def enabled() -> bool:
-    """Whether ``SCAN_VIZ_FAIR_SHARING`` is 1. Off by default: in four runs of benchmarks/bench_fair.py (README,
+    """Whether ``SCAN_VIZ_FAIR_SHARING`` is 1. Off by default: in four runs of benchmarks/bench_fair.py (docs/serving.md,
     "Fair sharing") a second visitor was 1.2-1.4x slower under hammering with it on than off."""
     return os.environ.get(ENV_FAIR, "").strip().lower() in ("1", "true", "on", "yes")
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from test_browser import (SERVER_START_S, browser, free_port, page, shots, sync_api,  # noqa: F401 - fixtures
-                          wait_for_health, wait_for_panels, wait_until_idle)
+from test_browser import (browser, page, shots, streamlit_app, sync_api,  # noqa: F401 - fixtures
+                          wait_for_panels, wait_until_idle)
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
@@ -34,28 +32,11 @@ def walkthrough_server(tmp_path_factory):
     evaluated = run_cli(evaluate, cwd)
     assert evaluated.returncode == 0, evaluated.stderr
     rsum = re.search(r"^rsum: ([\d.]+)", evaluated.stdout, re.M).group(1)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = cwd / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCAN_VIZ_")}
     env.update(serve_env(serve, cwd), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_for_health(url, process, SERVER_START_S)
+    with streamlit_app(env, log) as url:
         yield {"url": url, "rsum": rsum}
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
-    assert b"Traceback" not in log.read_bytes(), log.read_text(errors="replace")[-3000:]
 
 
 def test_walkthrough_explore_then_evaluate(walkthrough_server, page, shots):  # noqa: F811 - fixtures
