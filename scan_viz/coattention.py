@@ -40,6 +40,7 @@ Its alignment: ``attention`` = alpha (word x region), ``word_relevance`` = beta.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -92,9 +93,14 @@ class CoAttention(nn.Module):
 
     def forward(self, regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor,
                 region_lengths: torch.Tensor | None = None, return_attention: bool = False,
-                product_dtype: torch.dtype | None = None) -> CoAttentionOutput:
+                product_dtype: torch.dtype | None = None, trace: dict | None = None) -> CoAttentionOutput:
         """Every pair of a block: regions (n_images, n_regions, d), words (n_captions, max_words, d),
-        word_lengths (n_captions,), region_lengths (n_images,) or None -> logits (n_images, n_captions)."""
+        word_lengths (n_captions,), region_lengths (n_images,) or None -> logits (n_images, n_captions).
+
+        ``trace``: a dict that receives every intermediate under its name (what :mod:`scan_viz.walk` shows):
+        sims, alpha, attended (a), features (h), latent (q . tanh h), beta, pooled (z), logits, and, for display
+        only, the norms of a, h and z. It records the tensors this computation makes; the scores are the same
+        bit for bit with or without it."""
         sim = region_word_similarity(regions, words, word_lengths, region_lengths, product_dtype)
         # 1. softmax over regions, laid out (n_img, n_cap, L, k) so step 2 is one batched matrix product
         alpha = masked_softmax(self.lambda_spatial * sim.sims, 1, sim.pair_region_valid).permute(0, 2, 3, 1)
@@ -107,9 +113,18 @@ class CoAttention(nn.Module):
             attended = self.region_proj(alpha @ sim.regions[:, None])  # (n_img, n_cap, L, m)
         features = self.word_proj(sim.words)[None] * attended  # h: (n_img, n_cap, L, m)
         # 3. latent semantic attention over the real words
-        beta = masked_softmax(torch.tanh(features) @ self.query, 2, sim.word_valid[None])  # (n_img, n_cap, L)
+        latent = torch.tanh(features) @ self.query  # (n_img, n_cap, L)
+        beta = masked_softmax(latent, 2, sim.word_valid[None])  # (n_img, n_cap, L)
         pooled = (beta[..., None] * features).sum(dim=2)  # z: (n_img, n_cap, m)
         logits = self.out(pooled)[..., 0]
+        if trace is not None:
+            # each word's part of the logit: beta_w (o . h_w), summing with c to it (display only)
+            contribution = beta * (features @ self.out.weight[0])
+            trace.update(sims=sim.sims, alpha=alpha, attended=attended, features=features, latent=latent,
+                         beta=beta, pooled=pooled, logits=logits, contribution=contribution,
+                         attended_norm=torch.linalg.vector_norm(attended, dim=-1),
+                         features_norm=torch.linalg.vector_norm(features, dim=-1),
+                         pooled_norm=torch.linalg.vector_norm(pooled, dim=-1))
         if not return_attention:
             return CoAttentionOutput(logits)
         return CoAttentionOutput(logits, alpha, beta)
@@ -150,6 +165,13 @@ class CoAttentionReranker:
     training: dict | None = None
     metrics: dict | None = None
     path: Path | None = None
+
+    def net_in(self, dtype: torch.dtype) -> CoAttention:
+        """The network with its weights in ``dtype``, the embeddings' (float64 for the official test-time scores
+        and the Learn steps): the trained one itself when they already are, else a copy (never cast in place)."""
+        if self.net.query.dtype == dtype:
+            return self.net
+        return copy.deepcopy(self.net).to(dtype)
 
     @property
     def fingerprint(self) -> str:

@@ -86,7 +86,7 @@ def cell_formula(walk: Walk, step: Step, row: int, col: int | None = None) -> st
                 f"<br>(normalised over the {over})")
     if spec.cell == "softmax" and spec.source:
         source = next(s.tensors[spec.source] for s in walk.steps if spec.source in s.tensors)
-        lam = float(walk.settings[spec.scale])
+        lam = float({**walk.constants, **walk.settings}[spec.scale])
         line = source[word, :] if spec.over == REGIONS else source[:, region]
         own = region if spec.over == REGIONS else word
         other_axis = REGIONS if spec.over == REGIONS else WORDS
@@ -194,11 +194,14 @@ def word_shares(walk: Walk) -> tuple[str, np.ndarray] | None:
     score is not a pooling of per-item numbers (CAAN-style's cosine).
 
     LogSumExp: S x softmax(lambda R) (each item's weight in the pool); Mean: R / n; Sum: R; Max: S for the best.
+    Co-attention: each word's beta_w o.h_w, with the output bias c shared equally between the words.
     """
     last = walk.steps[-2] if len(walk.steps) > 1 else None
     if last is None or last.value.ndim != 1 or walk.head == "caan":
         return None
     values, axis, score = last.value, last.axes[0], walk.score
+    if walk.head == "coattention":
+        return axis, values + (score - values.sum()) / len(values)
     if "agg_func" in walk.settings:
         agg, lam = walk.settings["agg_func"], float(walk.settings["lambda_lse"])
     else:
@@ -260,7 +263,8 @@ def handout_html(walk: Walk, image: np.ndarray | None, sentence: str, title: str
 
     parts = [f"<h1>{html.escape(title or 'SCAN step by step')}</h1>",
              f"<p>Sentence: <b>{html.escape(sentence)}</b> &middot; head {html.escape(walk.head_title)} &middot; "
-             + ", ".join(f"{html.escape(str(k))} = {html.escape(str(v))}" for k, v in walk.settings.items())
+             + ", ".join(f"{html.escape(str(k))} = {html.escape(str(v))}"
+                         for k, v in {**walk.constants, **walk.settings}.items())
              + f" &middot; score {walk.score:.6f}</p>",
              "<h2>Contents</h2><ol>" + "".join(f"<li><a href='#step{i + 1}'>{html.escape(s.title)}</a></li>"
                                               for i, s in enumerate(walk.steps)) + "</ol>"]

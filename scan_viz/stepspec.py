@@ -23,7 +23,7 @@ class StepSpec:
     scalar); note: where the official code differs from the paper ("" if nowhere); cell: how a cell of the main
     tensor is explained (:data:`CELL_KINDS`); over: for a ``softmax`` / ``normalise`` / ``argmax`` cell, the axis it
     runs over; source / scale: for a ``softmax`` cell, the tensor (of an earlier step, same layout) it takes and the
-    setting that multiplies it (its inverse temperature).
+    setting that multiplies it (its inverse temperature; or a fixed number the head names in ``step_constants``).
     """
 
     key: str

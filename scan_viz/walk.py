@@ -66,7 +66,8 @@ class Step:
 class Walk:
     """A head's steps on one pair: the words (``<start>``/``<end>`` included), the region labels, the boxes
     (n_regions, 4) or None, the head and its settings, the steps in order, and the pair's score (the last
-    step's value). ``regions``: (n_regions, d) and ``words_emb``: (n_words, d), the embeddings the head read."""
+    step's value). ``regions``: (n_regions, d) and ``words_emb``: (n_words, d), the embeddings the head read.
+    ``constants``: fixed numbers a formula uses that are not settings (the co-attention re-ranker's trained λ)."""
 
     words: list[str]
     region_labels: list[str]
@@ -78,6 +79,7 @@ class Walk:
     score: float
     regions: np.ndarray
     words_emb: np.ndarray
+    constants: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def step(self, key: str) -> Step:
         for step in self.steps:
@@ -113,7 +115,7 @@ def steps(model, regions: Regions | np.ndarray, sentence: str, head: str | Match
     matcher = head if isinstance(head, MatchingHead) else model.head(head, **settings)
     if not has_steps(matcher):
         raise ScanVizError(f"the {matcher.name} head does not describe its computation as steps yet: "
-                           "pick scan_t2i, scan_i2t, chan or caan")
+                           "pick scan_t2i, scan_i2t, chan, caan or coattention")
     if not isinstance(regions, Regions):
         regions = Regions(np.asarray(regions))
     region_emb = model.encode_images(np.asarray(regions.features)[None], dtype)
@@ -130,7 +132,8 @@ def steps(model, regions: Regions | np.ndarray, sentence: str, head: str | Match
                 boxes=None if regions.boxes is None else np.asarray(regions.boxes), head=matcher.name,
                 head_title=matcher.title, settings=dict(matcher.settings), steps=walk_steps,
                 score=float(out.scores[0, 0]), regions=region_emb[0].double().numpy(),
-                words_emb=caps.emb[0, :n_words].double().numpy())
+                words_emb=caps.emb[0, :n_words].double().numpy(),
+                constants=dict(matcher.step_constants()) if hasattr(matcher, "step_constants") else {})
 
 
 def top_dims(vector: np.ndarray, k: int = TOP_DIMS) -> list[tuple[int, float]]:

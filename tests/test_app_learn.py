@@ -18,14 +18,14 @@ from scan_viz.app.params import parse_explore_query
 LEARN = "scan_viz/app/learn.py"
 
 
-def library_steps(bundle, image_id, sentence, **settings):
+def library_steps(bundle, image_id, sentence, head="scan_t2i", **settings):
     from scan_viz.gallery import load_gallery
     from scan_viz.model import load_model
     from scan_viz.pipeline import gallery_regions
     from scan_viz.walk import steps
 
     model, gallery = load_model(bundle.model), load_gallery(bundle.gallery)
-    return steps(model, gallery_regions(gallery, image_id), sentence, head="scan_t2i", **settings)
+    return steps(model, gallery_regions(gallery, image_id), sentence, head=head, **settings)
 
 
 def open_learn(at: AppTest, **query: str) -> AppTest:
@@ -162,3 +162,55 @@ def test_the_handout_is_offered_for_the_view_it_was_built_for(app, bundle):
     assert html.startswith("<!DOCTYPE html>") and "plotly.js v" in html
     at.slider(key=page.control_key("lambda_softmax")).set_value(20.0).run()
     assert len(at.get("download_button")) == 0  # built for lambda_softmax 9, not 20
+
+
+@pytest.fixture
+def fixture_reranker(bundle, tmp_path, monkeypatch):
+    """A co-attention re-ranker (random weights) saved for the fixture model's encoders, found by the app's own
+    lookup (by fingerprint) in a folder of its own instead of pretrained/."""
+    import torch
+
+    import scan_viz.coattention as coattention
+    from scan_viz.model import load_model
+    from scan_viz.stage1 import model_fingerprint
+
+    model = load_model(bundle.model)
+    torch.manual_seed(3)
+    net = coattention.CoAttention(model.config.embed_size, 16)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.normal_(0.0, 0.5)
+    coattention.CoAttentionReranker(net, "app fixture", model_fingerprint(model), "random").save(
+        tmp_path / "fixture-coattention")
+    original = coattention.find_coattention
+    monkeypatch.setattr(coattention, "find_coattention",
+                        lambda m, search_dirs=None: original(m, [tmp_path / "fixture-coattention"]))
+    return net
+
+
+def test_a_deep_link_opens_the_coattention_heads_steps(app, bundle, fixture_reranker):
+    from scan_viz.app.params import selectable_heads
+    from scan_viz.heads import head_names
+
+    assert "coattention" in selectable_heads(head_names())  # the page offers it
+    image_id = bundle.image_ids[1]
+    sentence = bundle.captions[image_id][0]
+    at = open_learn(app, image=image_id, q=sentence, head="coattention", step="2")
+    no_exception(at)
+    assert not at.warning and not at.error
+    shown = at.session_state[page.SHOWN_KEY]
+    assert shown["step"] == "spatial" and at.subheader[0].value.startswith("2. Spatial attention")
+    if not shown["shown"]:  # predict first: skip to the answer
+        next(b for b in at.button if b.label.startswith("Skip")).click().run()
+        shown = at.session_state[page.SHOWN_KEY]
+    expected = library_steps(bundle, image_id, sentence, head="coattention")
+    np.testing.assert_allclose(shown["value"], expected.step("spatial").value, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(shown_alpha(at), expected.step("spatial").value, rtol=0, atol=1e-12)
+    # the last step is the head's score
+    at.button(key="ln_next").click().run()
+    at.button(key="ln_next").click().run()
+    at.button(key="ln_next").click().run()
+    at.button(key="ln_next").click().run()
+    no_exception(at)
+    assert at.session_state[page.SHOWN_KEY]["step"] == "score"
+    assert float(at.session_state[page.SHOWN_KEY]["value"]) == pytest.approx(expected.score, abs=1e-12)

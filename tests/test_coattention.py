@@ -307,3 +307,17 @@ def test_gallery_measurement_matches_exhaustive_scan_and_the_head(tmp_path, monk
     assert everything["coattention_reranked"] == pytest.approx(
         rerank_recall(t2i_ranks(coattention, gallery.caption_image)))
     assert result["top3"]["stage1_recall_at_k"] < 100.0
+
+
+def test_float64_scores_run_a_float64_copy_and_leave_the_trained_weights_alone():
+    net = random_net().float()
+    reranker = CoAttentionReranker(net, "m", "fp", "random")
+    regions, words, lengths = random_block()
+    double = reranker.net_in(torch.float64)
+    assert double is not net and net.query.dtype == torch.float32 and double.query.dtype == torch.float64
+    assert reranker.net_in(torch.float32) is net
+    with torch.no_grad():
+        exact = double(regions, words, lengths).logits
+        single = net(regions.float(), words.float(), lengths).logits
+    assert exact.dtype == torch.float64
+    torch.testing.assert_close(exact.float(), single, rtol=1e-4, atol=1e-4)

@@ -19,7 +19,7 @@ TOL = 1e-9
 MODELS_FOR = {"chan": ("chan-emoji", "scan-emoji-t2i"), "caan": ("caan-emoji",), "coattention": ("scan-emoji-t2i",)}
 SCAN_MODELS = ("scan-emoji-t2i", "scan-emoji-i2t")
 #: heads that do not describe their steps yet (a head registered later fails here until it does)
-WITHOUT_STEPS = {"coattention"}
+WITHOUT_STEPS: set[str] = set()
 N_PAIRS = 20
 
 
@@ -162,11 +162,41 @@ def caan_reference(V, E, settings):
             "v_norm": np.array(norm(v_star)), "u_norm": np.array(norm(u_star))}
 
 
-def reference(walk, head):
+def coattention_reference(V, E, weights, lam):
+    """The co-attention re-ranker (scan_viz.coattention's docstring), one word and one region at a time.
+    weights: its trained parameters as float64 arrays; lam: its spatial attention's lambda."""
+    k, n = len(V), len(E)
+    W_v, b_v = weights["region_proj.weight"], weights["region_proj.bias"]
+    W_u, b_u = weights["word_proj.weight"], weights["word_proj.bias"]
+    q, o, c = weights["query"], weights["out.weight"][0], float(weights["out.bias"][0])
+    s = cosines(V, E)
+    alpha = np.array([softmax(list(s[w]), lam) for w in range(n)])
+    a, h = [], []
+    for w in range(n):
+        mixed = sum(alpha[w][r] * np.asarray(V[r]) for r in range(k))
+        a.append([dot(W_v[i], mixed) + b_v[i] for i in range(len(b_v))])
+        word = [dot(W_u[i], E[w]) + b_u[i] for i in range(len(b_u))]
+        h.append([word[i] * a[-1][i] for i in range(len(b_v))])
+    e = [sum(q[i] * math.tanh(h[w][i]) for i in range(len(q))) for w in range(n)]
+    beta = softmax(e)
+    z = [sum(beta[w] * h[w][i] for w in range(n)) for i in range(len(q))]
+    contribution = [beta[w] * dot(o, h[w]) for w in range(n)]
+    S = dot(o, z) + c
+    return {"s": s, "alpha": alpha, "a_norm": np.array([norm(x) for x in a]),
+            "h_norm": np.array([norm(x) for x in h]), "e": np.array(e), "beta": np.array(beta),
+            "contribution": np.array(contribution), "z_norm": np.array(norm(z)), "S": np.array(S),
+            "p": np.array(1.0 / (1.0 + math.exp(-S)))}
+
+
+def reference(walk, head, model=None):
     V, E = walk.regions.tolist(), walk.words_emb.tolist()
     if head.startswith("scan"):
         direction = head[-3:] if head != "scan" else walk.head_title[-3:]
         return scan_reference(V, E, walk.settings, direction)
+    if head == "coattention":
+        net = model.head("coattention").reranker.net
+        weights = {name: value.detach().double().numpy() for name, value in net.state_dict().items()}
+        return coattention_reference(V, E, weights, net.lambda_spatial)
     return {"chan": chan_reference, "caan": caan_reference}[head](V, E, walk.settings)
 
 
@@ -178,7 +208,7 @@ def check_walk(model, walk, head, regions, caption):
     score = model.similarity(regions.features[None], [caption], dtype="float64", head=model.head(head))[0, 0]
     assert abs(float(walk.steps[-1].value) - score) <= TOL
     assert walk.steps[-1].key == "score" and walk.score == pytest.approx(score, abs=TOL)
-    expected = reference(walk, head)
+    expected = reference(walk, head, model)
     for step in walk.steps:
         for name, value in step.tensors.items():
             assert value.shape == np.shape(expected[name]), (step.key, name)
@@ -250,7 +280,7 @@ def test_a_visitor_sentence_in_the_html_is_escaped(gallery):
     assert "< b >" not in html and "&lt; b &gt;" in html  # the tokenizer's words, escaped
 
 
-@pytest.mark.parametrize("head_name", ["scan_t2i", "scan_i2t", "chan", "caan"])
+@pytest.mark.parametrize("head_name", ["scan_t2i", "scan_i2t", "chan", "caan", "coattention"])
 def test_the_trace_leaves_the_scores_bit_identical(gallery, head_name):
     import torch
 
@@ -265,3 +295,19 @@ def test_the_trace_leaves_the_scores_bit_identical(gallery, head_name):
             plain = head.scores(regions, caps.emb, caps.lengths, return_attention=True)
             traced = head.scores(regions, caps.emb, caps.lengths, return_attention=True, trace={})
         assert torch.equal(plain.scores, traced.scores) and torch.equal(plain.attention, traced.attention)
+
+
+def test_the_coattention_steps_explain_their_cells_and_share_the_score(gallery):
+    from scan_viz.learn import cell_formula, word_shares
+
+    model = model_named("scan-emoji-t2i")
+    walk = steps(model, gallery_regions(gallery, gallery.ids[3]), gallery.captions[15], head="coattention")
+    assert [s.key for s in walk.steps] == ["cosines", "spatial", "features", "latent", "pooled", "score"]
+    assert walk.constants == {"lambda_spatial": model.head("coattention").reranker.net.lambda_spatial}
+    np.testing.assert_allclose(walk.step("spatial").value.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(walk.step("latent").value.sum(), 1.0, atol=1e-12)
+    assert f"exp({walk.constants['lambda_spatial']:g}" in cell_formula(walk, walk.step("spatial"), 1, 0)
+    axis, shares = word_shares(walk)
+    assert axis == "words" and shares.shape == (len(walk.words),)
+    assert abs(shares.sum() - walk.score) <= TOL
+    assert 0.0 < float(walk.step("score").tensors["p"]) < 1.0

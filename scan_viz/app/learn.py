@@ -439,8 +439,8 @@ def render() -> None:
         st.error(literal(str(exc)))
         return
     if not has_steps(head):
-        st.warning(f"The {literal(settings.head)} head does not describe its steps yet: pick scan_t2i, scan_i2t, "
-                   "chan or caan in the sidebar.")
+        st.warning(f"The {literal(settings.head)} head does not describe its steps yet: pick another head "
+                   "in the sidebar.")
         return
     st.session_state.setdefault(PREDICT_KEY, True)
     st.session_state.setdefault(PRESENT_KEY, False)
