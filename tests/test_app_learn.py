@@ -214,3 +214,60 @@ def test_a_deep_link_opens_the_coattention_heads_steps(app, bundle, fixture_rera
     no_exception(at)
     assert at.session_state[page.SHOWN_KEY]["step"] == "score"
     assert float(at.session_state[page.SHOWN_KEY]["value"]) == pytest.approx(expected.score, abs=1e-12)
+
+
+def test_an_upload_made_in_explore_opens_its_steps_on_learn(app, bundle):
+    """The upload Explore holds is the Learn page's "your upload": its steps open, the last equals
+    scan_viz.steps on the same detected regions; the gallery-only part says so in one line; the link has no image."""
+    from app_fixture import png_bytes
+
+    from scan_viz.app import explore
+    from scan_viz.app.uploads import read_upload
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import detect, detector_for
+    from scan_viz.walk import steps
+
+    data, sentence = png_bytes(), "a red car on the road"
+    at = app.run()
+    at.segmented_control(key=explore.SOURCE_KEY).set_value(explore.UPLOAD).run()
+    at.file_uploader[0].set_value(("photo.png", data, "image/png")).run()
+    no_exception(at)
+    assert at.session_state[explore.UPLOAD_KEY][0] == "photo.png"
+    at.session_state[page.PREDICT_KEY] = False
+    at.switch_page(LEARN)
+    at.run()
+    no_exception(at)
+    at.segmented_control(key=page.SOURCE_KEY).set_value(page.UPLOAD).run()
+    at.text_input(key=page.Q_KEY).input(sentence).run()
+    no_exception(at)
+    assert not at.error
+    assert any("photo.png" in c.value for c in at.caption)
+    assert any(c.value == page.NOT_IN_LINK for c in at.caption)
+    model = load_model(bundle.model)
+    regions = detect(detector_for(model, bundle.detector), read_upload(data, "photo.png"))
+    expected = steps(model, regions, sentence, head="scan_t2i")
+    for _ in range(len(expected.steps) - 1):
+        at.button(key="ln_next").click().run()
+    no_exception(at)
+    shown = at.session_state[page.SHOWN_KEY]
+    assert shown["step"] == expected.steps[-1].key
+    assert float(shown["value"]) == pytest.approx(expected.score, abs=1e-12)
+    assert "image" not in at.query_params and at.query_params["q"] in (sentence, [sentence])
+    # the best false caption needs a gallery image: one line says so; a typed caption still works
+    at.radio(key=page.TWO_KEY).set_value(page.TWO_MODES[1]).run()
+    no_exception(at)
+    assert [i.value for i in at.info if "gallery image" in i.value] == [page.NEEDS_GALLERY]
+    assert "\n" not in page.NEEDS_GALLERY and "\n" not in page.NOT_IN_LINK
+    at.text_input(key=page.OTHER_Q_KEY).input("a blue cube").run()
+    no_exception(at)
+    typed = steps(model, regions, "a blue cube", head="scan_t2i")
+    assert at.session_state["ln_two_scores"][1] == pytest.approx(typed.score, abs=1e-12)
+    # the handout is built from the upload's walk and pixels
+    next(b for b in at.button if b.label.startswith("Build a handout")).click().run()
+    no_exception(at)
+    assert len(at.get("download_button")) == 1
+    assert at.session_state[page.HANDOUT_KEY][0][0].startswith("upload:")
+    # back to the gallery: the link carries the image again
+    at.segmented_control(key=page.SOURCE_KEY).set_value(page.GALLERY).run()
+    no_exception(at)
+    assert at.query_params["image"] in (bundle.image_ids[0], [bundle.image_ids[0]])

@@ -1,4 +1,5 @@
-"""Learn: step through a head's computation on one gallery image and sentence, with the model's own numbers.
+"""Learn: step through a head's computation on one image (a gallery image or the visitor's upload) and a sentence,
+with the model's own numbers.
 
 A page script. The steps are the head's own (:func:`scan_viz.walk.steps`: one traced run of its scoring code);
 this page only lays them out: a stepper (previous / next, contents), each step's formula, its numbers as a
@@ -7,7 +8,9 @@ head's settings, which recompute every step while only the Learn panel reruns (a
 step shows its answer the student can predict where a word looks (a tally is kept; a toggle turns it off).
 
 Its link: ``/learn?image=ID&q=SENTENCE&head=NAME&step=N`` (+ the head's setting keys, ``view=present``), read and
-written by :mod:`scan_viz.app.params` like every other page's.
+written by :mod:`scan_viz.app.params` like every other page's. An upload is the one Explore holds (the same
+uploader, caps, cached decoding and detection: :func:`scan_viz.app.explore.picked_upload`); it never goes into a
+link, and what needs the gallery (the best false caption by the truth check) says so in one line.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import streamlit as st
 
 from scan_viz import learn
 from scan_viz.app import state
-from scan_viz.app.bundle import Bundle
+from scan_viz.app.bundle import Bundle, drawing_note
+from scan_viz.app.explore import NO_DRAWING, Picked, picked_upload
 from scan_viz.app.params import STEP_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.errors import ScanVizError
@@ -31,6 +35,13 @@ IMAGE_KEY, Q_KEY, STEP_KEY, WORD_KEY = "ln_image", "ln_q", "ln_step", "ln_word"
 PREDICT_KEY, PRESENT_KEY, GUESS_KEY, TALLY_KEY = "ln_predict", "ln_present", "ln_guess", "ln_tally"
 REVEALED_KEY, VERDICT_KEY, HANDOUT_KEY = "ln_revealed", "ln_verdict", "ln_handout"
 TWO_KEY, OTHER_Q_KEY = "ln_two", "ln_other_q"
+#: Which image the steps run on: the link's gallery image, or the visitor's upload (Explore's, or one made here).
+SOURCE_KEY, GALLERY, UPLOAD = "ln_source", "Gallery image", "Your upload"
+#: One line each: on an upload, what needs a gallery image; and that the link cannot carry the upload.
+NEEDS_GALLERY = ("The gallery's best-scoring false caption needs a gallery image (the truth check knows only the "
+                 "gallery's scenes): type a caption to set beside your upload.")
+NOT_IN_LINK = ("This page's link keeps the sentence, the step and the settings, not your upload (an upload is never "
+               "put in a link): whoever opens it sees a gallery image.")
 #: What "two at once" puts beside the pair.
 TWO_MODES = ("Nothing", "A false caption", "Another head")
 #: The head set beside another: SCAN's soft attention beside CHAN's hard choice (and back).
@@ -77,6 +88,7 @@ def apply_deep_link(params: ExploreParams) -> None:
     """Copy a new link's pair, step and view into the session (the frame has applied the head settings)."""
     if params.image is not None:
         st.session_state[IMAGE_KEY] = params.image
+        st.session_state[SOURCE_KEY] = GALLERY
     if params.q is not None:
         st.session_state[Q_KEY] = params.q
     if params.step is not None:
@@ -87,7 +99,8 @@ def apply_deep_link(params: ExploreParams) -> None:
         st.session_state["_ln_link_word"] = params.word
 
 
-def write_deep_link(bundle: Bundle, settings: HeadSettings, image_id: str, sentence: str, step: int) -> None:
+def write_deep_link(bundle: Bundle, settings: HeadSettings, image_id: str | None, sentence: str, step: int) -> None:
+    """The view into the URL; ``image_id`` None for an upload (left out: an upload is never in a link)."""
     state.write_link({"image": image_id, "q": sentence, "step": step + 1,
                       "view": "present" if st.session_state.get(PRESENT_KEY) else None,
                       **state.link_fields(bundle, settings)})
@@ -106,8 +119,19 @@ def walk_of(bundle_key: tuple, image_id: str, sentence: str, head: str, settings
     return steps(bundle.model, gallery_regions(bundle.gallery, image_id), sentence, head=head, **dict(settings))
 
 
-def panel_walk(bundle: Bundle, image_id: str, sentence: str, settings: HeadSettings) -> Walk:
-    return walk_of(bundle.key, image_id, sentence, settings.head, settings.values)
+@st.cache_data(show_spinner=False, max_entries=16)
+def upload_walk_of(bundle_key: tuple, image_key: str, sentence: str, head: str, settings: tuple,
+                   _regions) -> Walk:
+    """The head's steps on an upload's detected regions (``image_key``: ``upload:SHA``), cached per settings."""
+    from scan_viz.walk import steps
+
+    return steps(state.bundle_by_key(bundle_key).model, _regions, sentence, head=head, **dict(settings))
+
+
+def panel_walk(bundle: Bundle, picked: Picked, sentence: str, settings: HeadSettings) -> Walk:
+    if picked.image_id is not None:
+        return walk_of(bundle.key, picked.image_id, sentence, settings.head, settings.values)
+    return upload_walk_of(bundle.key, picked.key, sentence, settings.head, settings.values, picked.regions)
 
 
 # ----------------------------------------------------------------------------- controls
@@ -259,7 +283,7 @@ def prose(text: str) -> str:
     return text.replace("\\", "\\\\").replace("_", "\\_").replace("*", "\\*")
 
 
-def show_step(bundle: Bundle, walk: Walk, index: int, image_id: str, sentence: str) -> None:
+def show_step(bundle: Bundle, walk: Walk, index: int, picked: Picked, sentence: str) -> None:
     step = walk.steps[index]
     st.subheader(f"{index + 1}. {step.title}")
     st.latex(step.spec.latex)
@@ -267,7 +291,7 @@ def show_step(bundle: Bundle, walk: Walk, index: int, image_id: str, sentence: s
     if step.spec.note:
         st.caption(f"Official code: {prose(step.spec.note)}")
     word = _word_choice(walk)
-    reveal_id = (image_id, sentence, walk.head, tuple(sorted(walk.settings.items())), step.key, word)
+    reveal_id = (picked.key, sentence, walk.head, tuple(sorted(walk.settings.items())), step.key, word)
     shown = prediction(walk, step, word, reveal_id)
     if shown:
         if step.value.ndim == 2 and step.axes[0] == WORDS:
@@ -276,12 +300,15 @@ def show_step(bundle: Bundle, walk: Walk, index: int, image_id: str, sentence: s
                 learn.cell_formula(walk, step, word, peak).replace("<br>", " "))))
         elif step.value.ndim == 0:
             st.text(f"With the code's numbers: {step.name} = {float(step.value):.6f}")
-    image = state.gallery_image(bundle.key, image_id)
     left, right = st.columns([3, 2])
     with right:
-        weights = learn.row_weights(walk, step, word) if shown else np.zeros(len(walk.region_labels))
-        st.plotly_chart(learn.boxes_figure(image, walk, weights, f"{walk.words[word]}: box opacity = weight"),
-                        key="ln_boxes", config={"displaylogo": False})
+        if picked.drawable:
+            weights = learn.row_weights(walk, step, word) if shown else np.zeros(len(walk.region_labels))
+            st.plotly_chart(learn.boxes_figure(picked.image, walk, weights,
+                                               f"{walk.words[word]}: box opacity = weight"),
+                            key="ln_boxes", config={"displaylogo": False})
+        else:
+            st.info((drawing_note(bundle.gallery) if picked.image_id is not None else None) or NO_DRAWING)
     with left:
         if shown:
             show_numbers(walk, step)
@@ -313,34 +340,40 @@ def compact_step(walk: Walk, index: int, word: int, key: str, caption: str) -> N
         st.dataframe(_frame(walk, found[1], (found[0],)), key=f"ln_two_shares_{key}")
 
 
-def two_at_once(bundle: Bundle, walk: Walk, settings: HeadSettings, image_id: str, sentence: str) -> None:
+def two_at_once(bundle: Bundle, walk: Walk, settings: HeadSettings, picked: Picked, sentence: str) -> None:
     """The pair beside a false caption (the gallery's best-scoring one by the truth check, or a typed one), or
-    beside another head on the same sentence, at the same step."""
+    beside another head on the same sentence, at the same step. On an upload only a typed caption: the truth
+    check needs a gallery image (one line says so)."""
     mode = st.radio("Two at once", TWO_MODES, key=TWO_KEY, horizontal=True)
     if mode == TWO_MODES[0]:
         return
     index = st.session_state.get(STEP_KEY, 0)
     word = st.session_state.get(SHOWN_KEY, {}).get("word", 1)
     if mode == TWO_MODES[1]:
-        found = false_caption(bundle.key, image_id, settings.head, settings.values)
+        if picked.image_id is None:
+            st.info(NEEDS_GALLERY)
+            found = None
+        else:
+            found = false_caption(bundle.key, picked.image_id, settings.head, settings.values)
         typed = st.text_input("Or type a caption to set beside it", key=OTHER_Q_KEY,
                               on_change=state.drop_bidi, args=(OTHER_Q_KEY,)).strip()
         other = typed or (found[0] if found else None)
         if other is None:
-            st.info("No false caption found among the best-scoring ones: type one.")
+            if picked.image_id is not None:
+                st.info("No false caption found among the best-scoring ones: type one.")
             return
         try:
             other = check_sentence(other)
         except ScanVizError as exc:
             show_error(exc)
             return
-        other_walk = state.shown(lambda: panel_walk(bundle, image_id, other, settings))
+        other_walk = state.shown(lambda: panel_walk(bundle, picked, other, settings))
         label = "typed" if typed else "the gallery's best-scoring false caption"
     else:
         head = BESIDE.get(settings.head, "chan")
         other_settings = HeadSettings.for_head(head, bundle.model.config)
         other, label = sentence, f"the same sentence under {head}"
-        other_walk = state.shown(lambda: panel_walk(bundle, image_id, sentence, other_settings))
+        other_walk = state.shown(lambda: panel_walk(bundle, picked, sentence, other_settings))
     if other_walk is None:
         return
     left, right = st.columns(2)
@@ -361,10 +394,11 @@ def shares(walk: Walk) -> None:
         st.dataframe(_frame(walk, values, (axis,)))
 
 
-def handout(walk: Walk, image: np.ndarray, image_id: str, sentence: str) -> None:
+def handout(walk: Walk, picked: Picked, sentence: str) -> None:
     """A button that builds the pair's handout, then its download (only for the pair and settings it was built
     for: a handout of another view is never offered)."""
-    built_for = (image_id, sentence, walk.head, tuple(sorted(walk.settings.items())))
+    image = picked.image if picked.drawable else None
+    built_for = (picked.key, sentence, walk.head, tuple(sorted(walk.settings.items())))
     if st.button("Build a handout (one HTML file, works offline)"):
         with st.spinner("Typesetting the formulas..."):
             page = learn.handout_html(walk, image, sentence, f"{walk.head_title} step by step")
@@ -375,12 +409,12 @@ def handout(walk: Walk, image: np.ndarray, image_id: str, sentence: str) -> None
 
 
 @st.fragment
-def learn_panel(bundle: Bundle, settings: HeadSettings, image_id: str, sentence: str) -> None:
+def learn_panel(bundle: Bundle, settings: HeadSettings, picked: Picked, sentence: str) -> None:
     """Everything that depends on the head's settings: reruns alone when a Learn control moves."""
     present = bool(st.session_state.get(PRESENT_KEY))
     if not present:
         settings = learn_controls(bundle, settings)
-    walk = state.shown(lambda: panel_walk(bundle, image_id, sentence, settings))
+    walk = state.shown(lambda: panel_walk(bundle, picked, sentence, settings))
     if walk is None:
         return
     count = len(walk.steps)
@@ -391,7 +425,7 @@ def learn_panel(bundle: Bundle, settings: HeadSettings, image_id: str, sentence:
     nav[1].button("Next \u2192", on_click=_move, args=(1, count), disabled=index == count - 1, key="ln_next")
     nav[2].caption(f"Step {index + 1} of {count} \u00b7 {plain(walk.head_title)} \u00b7 score {walk.score:.4f}")
     if present:
-        show_step(bundle, walk, index, image_id, sentence)
+        show_step(bundle, walk, index, picked, sentence)
     else:
         toc, body = st.columns([1, 4])
         with toc:
@@ -400,29 +434,58 @@ def learn_panel(bundle: Bundle, settings: HeadSettings, image_id: str, sentence:
                      on_change=_jump, args=(count,))
             show_tally()
         with body:
-            show_step(bundle, walk, index, image_id, sentence)
+            show_step(bundle, walk, index, picked, sentence)
             show_vectors(walk)
             shares(walk)
-            two_at_once(bundle, walk, settings, image_id, sentence)
-            handout(walk, state.gallery_image(bundle.key, image_id), image_id, sentence)
-    write_deep_link(bundle, settings, image_id, sentence, index)
+            two_at_once(bundle, walk, settings, picked, sentence)
+            handout(walk, picked, sentence)
+    write_deep_link(bundle, settings, picked.image_id, sentence, index)
 
 
-def pick_pair(bundle: Bundle) -> tuple[str, str] | None:
+def gallery_pick(bundle: Bundle, column) -> Picked | None:
+    """The link's (or the chosen) gallery image with its stored regions."""
     gallery = bundle.gallery
     if st.session_state.get(IMAGE_KEY) not in gallery.ids:
         st.session_state[IMAGE_KEY] = gallery.ids[0]
-    left, right = st.columns([1, 3])
-    image_id = left.selectbox("Gallery image", gallery.ids, key=IMAGE_KEY)
+    image_id = column.selectbox("Gallery image", gallery.ids, key=IMAGE_KEY)
     if not st.session_state.get(Q_KEY):
         captions = gallery.captions_of(image_id)
         st.session_state[Q_KEY] = captions[0] if captions else ""
+    from scan_viz.pipeline import gallery_regions
+
+    try:
+        regions = gallery_regions(gallery, image_id)
+    except ScanVizError as exc:
+        show_error(exc)
+        return None
+    image = state.gallery_image(bundle.key, image_id) if gallery.has_image(image_id) else None
+    return Picked(f"gallery:{image_id}", image, regions, image_id, image_id)
+
+
+def upload_pick(bundle: Bundle, column) -> Picked | None:
+    """The visitor's upload: the one Explore holds, or one made here (Explore's uploader, caps and caches)."""
+    with column:
+        picked = picked_upload(bundle)
+        if picked is not None:
+            st.caption(f"Your upload: {literal(picked.title)}")
+    return picked
+
+
+def pick_pair(bundle: Bundle) -> tuple[Picked, str] | None:
+    st.session_state.setdefault(SOURCE_KEY, GALLERY)
+    st.segmented_control("Image", [GALLERY, UPLOAD], key=SOURCE_KEY, required=True, persist_state="session")
+    left, right = st.columns([1, 3])
+    picked = gallery_pick(bundle, left) if st.session_state[SOURCE_KEY] == GALLERY else upload_pick(bundle, left)
     text = right.text_input("Sentence", key=Q_KEY, on_change=state.drop_bidi, args=(Q_KEY,)).strip()
+    if picked is None:
+        return None
+    if picked.image_id is None:
+        st.caption(NOT_IN_LINK)
     if not text:
         st.info("Type a sentence.")
         return None
     try:
-        return image_id, check_sentence(text)
+        return picked, check_sentence(text)
     except ScanVizError as exc:
         show_error(exc)
         return None
