@@ -3,7 +3,8 @@
 * :func:`cell_formula`: one cell of a step explained with its own numbers substituted (a softmax shows its
   largest exp terms and "..."), the text of a heatmap's hover;
 * :func:`step_figure`: a step's main tensor as a plotly figure (a words x regions heatmap with the numbers in
-  the cells, bars for a per-item vector, one number for a scalar);
+  the cells and each region's thumbnail along its axis, bars for a per-item vector, one number for a scalar);
+* :func:`region_thumbnails`: small crops of the regions' boxes as JPEG data URIs (encoded once, nothing fetched);
 * :func:`boxes_figure`: the image with the regions' boxes, one word's row of a step painting box opacity;
 * :func:`word_shares`: each word's (or region's) share of the pooled score;
 * :func:`handout_html`: every step of a pair as one self-contained HTML file (plotly and the formulas inside).
@@ -114,9 +115,57 @@ def _labels(walk: Walk, axis: str, count: int) -> list[str]:
     return [label_of(walk, axis, i) for i in range(count)]
 
 
-def step_figure(walk: Walk, step: Step, tensor: str | None = None, large: bool = False):
+#: Thumbnails' longest side in pixels, and how many pixels of top margin they take.
+THUMB_PX = 28
+
+
+def region_thumbnails(image: np.ndarray, boxes: np.ndarray | None, size: int = THUMB_PX) -> list[str]:
+    """Each box's crop of ``image`` shrunk to at most ``size`` px on its longest side, as a JPEG data URI.
+
+    image: (H, W, 3) uint8 RGB (or (H, W) grey); boxes: (n, 4) x1, y1, x2, y2 in the image's pixels (clipped to
+    it; an empty box becomes one pixel). Encoded once here: a figure carries the strings, nothing is fetched."""
+    from PIL import Image
+
+    from scan_viz.images import image_to_jpeg_bytes
+
+    if boxes is None:
+        return []
+    pixels = np.asarray(image)
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = pixels[..., :3]
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    height, width = pixels.shape[:2]
+    uris = []
+    for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float64):
+        left = int(min(max(math.floor(x1), 0), width - 1))
+        top = int(min(max(math.floor(y1), 0), height - 1))
+        right = int(min(max(math.ceil(x2), left + 1), width))
+        bottom = int(min(max(math.ceil(y2), top + 1), height))
+        crop = Image.fromarray(pixels[top:bottom, left:right])
+        crop.thumbnail((size, size))
+        uris.append("data:image/jpeg;base64," + base64.b64encode(
+            image_to_jpeg_bytes(np.asarray(crop), quality=85)).decode("ascii"))
+    return uris
+
+
+def _place_thumbnails(figure, thumbnails: list[str], count: int, plot_height: float) -> None:
+    """One layout image per region column (at most ``count``), centred on the column above the heatmap."""
+    sizey = THUMB_PX / max(plot_height, 1.0)
+    figure.update_layout(images=[
+        {"source": uri, "xref": "x", "yref": "paper", "x": i, "y": 1.0 + 2 / max(plot_height, 1.0),
+         "sizex": 0.9, "sizey": sizey, "xanchor": "center", "yanchor": "bottom", "sizing": "contain",
+         "layer": "above"}
+        for i, uri in enumerate(thumbnails[:count])])
+
+
+def step_figure(walk: Walk, step: Step, tensor: str | None = None, large: bool = False,
+                thumbnails: list[str] | None = None, clickable: bool = False):
     """One tensor of a step as a plotly figure: a heatmap (cell numbers written in, hover = :func:`cell_formula`
-    for the main tensor), bars for a vector, a single number for a scalar."""
+    for the main tensor), bars for a vector, a single number for a scalar.
+
+    thumbnails: :func:`region_thumbnails` of the walk's boxes; a heatmap with a regions axis shows each one
+    above its column (the column's label stays on the axis and in the hover). clickable: a heatmap's cells
+    are points plotly can select (its hover then comes from them), for a page that chooses a row on a click."""
     import plotly.graph_objects as go
 
     name = tensor or step.name
@@ -133,11 +182,33 @@ def step_figure(walk: Walk, step: Step, tensor: str | None = None, large: bool =
             for r in range(value.shape[0])]
         # numbers in the cells while they fit; wider matrices keep them in the hover and the table below
         text = {"texttemplate": "%{z:.2f}", "textfont": {"size": font - 3}} if value.shape[1] <= MAX_WRITTEN else {}
-        figure = go.Figure(go.Heatmap(z=value, x=cols, y=rows, customdata=hover, colorscale="Blues",
-                                      hovertemplate="%{customdata}<extra></extra>", **text))
+        if not clickable:
+            figure = go.Figure(go.Heatmap(z=value, x=cols, y=rows, customdata=hover, colorscale="Blues",
+                                          hovertemplate="%{customdata}<extra></extra>", **text))
+        else:
+            # plotly selects no heatmap cell on a click: an invisible point at each cell's centre carries the hover
+            # and the click (a selected point's y is its row's label "i: word")
+            figure = go.Figure(go.Heatmap(z=value, x=cols, y=rows, colorscale="Blues", hoverinfo="skip", **text))
+            grid_rows, grid_cols = np.meshgrid(np.arange(len(rows)), np.arange(len(cols)), indexing="ij")
+            figure.add_trace(go.Scatter(
+                x=[cols[c] for c in grid_cols.ravel()], y=[rows[r] for r in grid_rows.ravel()], mode="markers",
+                marker={"symbol": "square", "size": 4, "opacity": 0}, showlegend=False, name="cells",
+                customdata=[hover[r][c] for r, c in zip(grid_rows.ravel(), grid_cols.ravel())],
+                hovertemplate="%{customdata}<extra></extra>", unselected={"marker": {"opacity": 0}},
+                selected={"marker": {"opacity": 0}}))
         figure.update_yaxes(autorange="reversed")
-        figure.update_layout(height=max(260, 28 * len(rows) + 140), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        if clickable:  # the cells fill the plot exactly, as without the markers (whose size would pad the axes)
+            figure.update_xaxes(range=[-0.5, len(cols) - 0.5])
+            figure.update_yaxes(range=[len(rows) - 0.5, -0.5], autorange=False)
+        shown = thumbnails[:len(cols)] if thumbnails and axes[1] == REGIONS else []
+        top = 30 + (THUMB_PX + 6 if shown else 0)
+        height = max(260, 28 * len(rows) + 140) + (top - 30)
+        figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": top, "b": 10},
                              font={"size": font}, xaxis={"tickangle": -45})
+        if shown:
+            # the plot area's height is not known before plotly draws the axis labels: the figure's height less
+            # the margins and the rotated region labels (about 100 px) is close enough for 28 px images
+            _place_thumbnails(figure, shown, len(cols), height - top - 10 - 100)
         return figure
     if value.ndim == 1:
         labels = [f"{i}: {x}" for i, x in enumerate(_labels(walk, axes[0], len(value)))]

@@ -119,3 +119,45 @@ def test_the_readme_teaching_links_show_what_they_say(model, gallery):
     row = walk.step("attention").value[walk.words.index(flat["word"])]
     assert attention_peak(row).flat
     assert i >= 0
+
+
+def test_the_heatmap_shows_one_thumbnail_per_region_at_its_column(walk, gallery):
+    image = gallery.load_image(gallery.ids[0])
+    thumbs = learn.region_thumbnails(image, walk.boxes)
+    assert len(thumbs) == len(walk.boxes) == len(walk.region_labels)
+    step = walk.step("attention")
+    figure = learn.step_figure(walk, step, thumbnails=thumbs)
+    images = figure.layout.images
+    assert len(images) == step.value.shape[1]
+    columns = list(figure.data[0].x)
+    for region, placed in enumerate(images):
+        assert placed.xref == "x" and placed.x == region and columns[region].startswith(f"{region}: ")
+        assert placed.yref == "paper" and placed.y >= 1.0 and placed.sizey > 0
+        assert placed.source == thumbs[region] and placed.source.startswith("data:image/jpeg;base64,")
+        assert "http" not in placed.source and "//" not in placed.source.split(",", 1)[0]
+    # the labels stay on the axis and in the hover
+    assert learn.label_of(walk, "regions", 0) in figure.data[0].customdata[0][0]
+    # each thumbnail is small: at most THUMB_PX on its longest side
+    import base64
+    import io
+
+    from PIL import Image
+
+    for uri in thumbs:
+        size = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size
+        assert max(size) <= learn.THUMB_PX
+    # no boxes, no thumbnails; a vector step draws none
+    assert learn.region_thumbnails(image, None) == []
+    assert not learn.step_figure(walk, step).layout.images
+
+
+def test_a_clickable_heatmap_has_a_point_per_cell_named_by_its_word_row(walk):
+    step = walk.step("attention")
+    rows, cols = step.value.shape
+    figure = learn.step_figure(walk, step, clickable=True)
+    heat, cells = figure.data
+    assert heat.hoverinfo == "skip" and len(cells.x) == rows * cols
+    # each point sits on its cell and carries that cell's formula; its y names the word row as "i: word"
+    assert [int(y.split(":", 1)[0]) for y in cells.y] == [r for r in range(rows) for _ in range(cols)]
+    assert cells.x[cols + 2] == heat.x[2] and cells.customdata[cols + 2] == learn.cell_formula(walk, step, 1, 2)
+    assert list(figure.layout.xaxis.range) == [-0.5, cols - 0.5]

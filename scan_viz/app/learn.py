@@ -15,6 +15,7 @@ link, and what needs the gallery (the best false caption by the truth check) say
 from __future__ import annotations
 
 import html
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -246,15 +247,41 @@ def _word_choice(walk: Walk) -> int:
     return words.index(choice) if choice in words else 1
 
 
-def show_numbers(walk: Walk, step: Step) -> None:
-    """Every tensor of the step: heatmap / bars, and the exact numbers in a table."""
+@st.cache_data(show_spinner=False, max_entries=8)
+def thumbnails(image: np.ndarray, boxes: np.ndarray | None) -> list[str]:
+    """The regions' thumbnails, encoded once per image and boxes."""
+    return learn.region_thumbnails(image, boxes)
+
+
+def _pick_cell(key: str, words: list[str]) -> None:
+    """A heatmap cell clicked: its word (the point's y, "i: word") becomes the chosen word, as a word click."""
+    chart = st.session_state.get(key)
+    points = (chart or {}).get("selection", {}).get("points", [])
+    if not points:
+        return
+    row = str(points[0].get("y", "")).split(":", 1)[0]
+    if row.isdigit() and int(row) < len(words):
+        st.session_state[WORD_KEY] = words[int(row)]
+
+
+def show_numbers(walk: Walk, step: Step, thumbs: list[str] | None = None) -> None:
+    """Every tensor of the step: heatmap / bars, and the exact numbers in a table; a words x ... heatmap's
+    cell click chooses its word."""
+    words = [f"{i}: {plain(w)}" for i, w in enumerate(walk.words)]
     for name, axes in step.spec.tensors:
         value = step.tensors[name]
         if value.ndim == 0:
             st.metric(name, f"{float(value):.6f}")
             continue
-        figure = learn.step_figure(walk, step, name, large=bool(st.session_state.get(PRESENT_KEY)))
-        st.plotly_chart(figure, key=f"ln_fig_{name}", config={"displaylogo": False})
+        clickable = value.ndim == 2 and axes[0] == WORDS
+        figure = learn.step_figure(walk, step, name, large=bool(st.session_state.get(PRESENT_KEY)),
+                                   thumbnails=thumbs, clickable=clickable)
+        key = f"ln_fig_{name}"
+        if clickable:
+            st.plotly_chart(figure, key=key, config={"displaylogo": False}, on_select=partial(_pick_cell, key, words),
+                            selection_mode=("points",))
+        else:
+            st.plotly_chart(figure, key=key, config={"displaylogo": False})
         with st.expander(f"{name}: the numbers"):
             st.dataframe(_frame(walk, value, axes))
 
@@ -311,7 +338,7 @@ def show_step(bundle: Bundle, walk: Walk, index: int, picked: Picked, sentence: 
             st.info((drawing_note(bundle.gallery) if picked.image_id is not None else None) or NO_DRAWING)
     with left:
         if shown:
-            show_numbers(walk, step)
+            show_numbers(walk, step, thumbnails(image, walk.boxes))
         else:
             st.caption("The numbers appear once you have predicted (or skipped).")
     st.session_state[SHOWN_KEY] = {"step": step.key, "settings": dict(walk.settings), "shown": shown,

@@ -100,6 +100,35 @@ def test_clicking_a_word_repaints_the_boxes(server, page, shots):
     assert box_opacities(page) != before
 
 
+def test_clicking_a_cell_chooses_its_word(server, page, shots):
+    bundle = server["bundle"]
+    image_id = bundle.image_ids[0]
+    sentence = bundle.captions[image_id][0]
+    open_learn(server, page, image=image_id, q=sentence, head="scan_t2i", step=2)
+    walk, _ = library_walk(bundle, image_id, sentence)
+    rows, cols = walk.step("normalised").value.shape
+    row, col = rows - 1, 1
+    assert row != 1  # the word chosen at first
+    plot = page.locator(HEATMAP)
+    plot.wait_for()
+    # the region thumbnails are drawn above the columns, as data URIs
+    sources = page.eval_on_selector_all(f"{HEATMAP} .layer-above image",
+                                        "ims => ims.map(i => i.getAttribute('href'))")
+    assert len(sources) == cols and all(s.startswith("data:image/jpeg;base64,") for s in sources)
+    before = box_opacities(page)
+    area = plot.locator(".nsewdrag").first.bounding_box()
+    page.mouse.click(area["x"] + (col + 0.5) * area["width"] / cols, area["y"] + (row + 0.5) * area["height"] / rows)
+    title = page.locator(f"{BOXES} .gtitle")
+    page.wait_for_function("([sel, text]) => (document.querySelector(sel) || {}).textContent?.startsWith(text)",
+                           arg=[f"{BOXES} .gtitle", f"{walk.words[row]}: box opacity"])
+    wait_until_idle(page)
+    shots(page, "learn-cell-click")
+    assert title.text_content().startswith(f"{walk.words[row]}: ")
+    assert box_opacities(page) != before
+    active = page.locator(".st-key-ln_word button[aria-checked='true']")
+    assert active.count() == 1 and active.first.inner_text().startswith(f"{row}: ")
+
+
 def test_presentation_mode(server, page, shots):
     bundle = server["bundle"]
     image_id = bundle.image_ids[0]
