@@ -271,3 +271,25 @@ def test_an_upload_made_in_explore_opens_its_steps_on_learn(app, bundle):
     at.segmented_control(key=page.SOURCE_KEY).set_value(page.GALLERY).run()
     no_exception(at)
     assert at.query_params["image"] in (bundle.image_ids[0], [bundle.image_ids[0]])
+
+
+def test_an_unexpected_error_inside_the_learn_fragment_is_one_line(app, bundle, monkeypatch, caplog):
+    """The Learn panel is an st.fragment, where Streamlit draws its own exception box before the page's handler
+    sees the error: the fragment has the same last resort (one line, the trace in the server's log)."""
+    import logging
+
+    from scan_viz.app.safe_text import literal
+
+    def broken(*args, **kwargs):
+        raise KeyError("/srv/secret/path: an error nobody foresaw")
+
+    import scan_viz.learn
+
+    monkeypatch.setattr(scan_viz.learn, "step_figure", broken)  # the page module is re-run; its imports are not
+    image_id = bundle.image_ids[0]
+    with caplog.at_level(logging.ERROR, logger="scan_viz.app.shell"):
+        at = open_learn(app, image=image_id, q=bundle.captions[image_id][0], step="2")
+    no_exception(at)
+    assert literal("this page stopped: an unexpected error; the server's log has the details. Reload the page, or "
+                   "choose another model on the Model page") in [e.value for e in at.error]
+    assert "/srv/secret/path" in caplog.text

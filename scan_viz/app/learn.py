@@ -27,6 +27,7 @@ from scan_viz.app.bundle import Bundle, drawing_note
 from scan_viz.app.explore import NO_DRAWING, Picked, picked_upload
 from scan_viz.app.params import STEP_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
+from scan_viz.app.shell import guarded
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
 from scan_viz.stepspec import REGIONS, WORDS
@@ -338,7 +339,7 @@ def show_step(bundle: Bundle, walk: Walk, index: int, picked: Picked, sentence: 
             st.info((drawing_note(bundle.gallery) if picked.image_id is not None else None) or NO_DRAWING)
     with left:
         if shown:
-            show_numbers(walk, step, thumbnails(image, walk.boxes))
+            show_numbers(walk, step, thumbnails(picked.image, walk.boxes) if picked.drawable else [])
         else:
             st.caption("The numbers appear once you have predicted (or skipped).")
     st.session_state[SHOWN_KEY] = {"step": step.key, "settings": dict(walk.settings), "shown": shown,
@@ -436,6 +437,7 @@ def handout(walk: Walk, picked: Picked, sentence: str) -> None:
 
 
 @st.fragment
+@guarded("Learn")
 def learn_panel(bundle: Bundle, settings: HeadSettings, picked: Picked, sentence: str) -> None:
     """Everything that depends on the head's settings: reruns alone when a Learn control moves."""
     present = bool(st.session_state.get(PRESENT_KEY))

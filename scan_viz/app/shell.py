@@ -1,6 +1,8 @@
 """The frame around every page: the four pages, the served bundle, Explore's deep link, the head controls."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from pathlib import Path
 
@@ -44,16 +46,40 @@ def run_page(page) -> None:
     derived from BaseException, not Exception: they pass through untouched.
     """
     try:
-        before_page(page)
-        page.run()
-        after_page(page)
+        with last_resort(page.title):
+            before_page(page)
+            page.run()
+            after_page(page)
+    finally:  # also after st.stop or a rerun: the uploaders drawn so far are the session's caps
+        upload_guard.end_run()
+
+
+@contextlib.contextmanager
+def last_resort(where: str):
+    """A user error inside is its one line; any other error is logged with its trace and the visitor gets one line.
+
+    Around every page (:func:`run_page`) and inside every ``st.fragment`` (:func:`guarded`): Streamlit draws its
+    exception box inside a fragment before the error reaches the page's handler.
+    """
+    try:
+        yield
     except ScanVizError as exc:
         show_error(exc)
     except Exception:  # noqa: BLE001 - the last resort: nothing below may show a visitor a traceback
-        log.exception("scan-viz: unexpected error on the %s page", page.title)
+        log.exception("scan-viz: unexpected error on the %s page", where)
         show_error(f"this page stopped: {UNEXPECTED}. Reload the page, or choose another model on the Model page")
-    finally:  # also after st.stop or a rerun: the uploaders drawn so far are the session's caps
-        upload_guard.end_run()
+
+
+def guarded(where: str):
+    """Decorate a function that ``st.fragment`` reruns on its own with :func:`last_resort` (put it under the
+    ``@st.fragment``)."""
+    def decorate(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            with last_resort(where):
+                return func(*args, **kwargs)
+        return wrapper
+    return decorate
 
 
 def before_page(page) -> None:
