@@ -10,7 +10,6 @@ from typing import Sequence
 
 import numpy as np
 
-from scan_viz.config import CROSS_ATTNS, SCORING_DTYPES
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.limits import MAX_WORDS
 
@@ -21,15 +20,14 @@ DESCRIPTION = ("See how SCAN-family image-text matching models line words up wit
 
 
 def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    from scan_viz.heads import all_head_params, head_names, heads_declaring
+    from scan_viz.heads import SCORING_DTYPES, all_head_params, head_names, heads_declaring
 
     p.add_argument("--model", required=model_required,
                    help="official checkpoint file (needs --vocab), model directory, or a name under pretrained/"
                         + ("" if model_required else " (default: the bundled model)"))
     p.add_argument("--vocab", help="vocabulary JSON (official format) for an official checkpoint")
     p.add_argument("--head", help=f"matching head: {', '.join(head_names())} (default: the one the model was trained "
-                                  "with; scan = SCAN in the model's direction)")
-    p.add_argument("--cross-attn", choices=CROSS_ATTNS, help="direction of the scan head (override the model's)")
+                                  "with)")
     settings = p.add_argument_group("head settings (default: the model's own, else the paper's)")
     for param in all_head_params():  # generated from the heads' declarations
         kind = dict(choices=param.choices) if param.choices else dict(type=float, metavar="X")
@@ -44,17 +42,14 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
 
 
 def _load(args: argparse.Namespace):
-    from scan_viz.heads import all_head_params
+    from scan_viz.heads import all_head_params, choose_head
     from scan_viz.model import load_model
     from scan_viz.pipeline import DEFAULT_MODEL
 
     model = load_model(args.model or DEFAULT_MODEL, args.vocab)
-    overrides = {p.name: getattr(args, p.name) for p in all_head_params()}
-    name = args.head
-    if name is None and model.config.head == "scan":
-        # the model's own head spelled with its direction, as the app and its links name it
-        name = f"scan_{args.cross_attn or model.config.cross_attn}"
-    return model, model.head(name, cross_attn=args.cross_attn, **overrides)
+    # the head as the app and its links name it (a variant: SCAN's direction is part of its name)
+    name, overrides = choose_head(args.head, model.config, {p.name: getattr(args, p.name) for p in all_head_params()})
+    return model, model.head(name, **overrides)
 
 
 def _progress(label: str, stream=None):

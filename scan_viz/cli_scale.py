@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 
 def add_search_parser(sub) -> None:

@@ -51,7 +51,7 @@ from torch import nn
 
 from scan_viz.errors import ScanVizError
 from scan_viz.similarity import masked_softmax, region_word_similarity
-from scan_viz.stage1 import find_trained_for, load_module_dir, save_module_dir, update_digest
+from scan_viz.parts import find_trained_for, load_module_dir, save_module_dir, update_digest
 
 COATTENTION_CONFIG = "coattention.json"
 COATTENTION_WEIGHTS = "coattention.safetensors"

@@ -16,7 +16,7 @@ import torch
 
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery
-from scan_viz.heads import MatchingHead
+from scan_viz.heads import MatchingHead, resolve_head
 from scan_viz.limits import check_sentence
 from scan_viz.metrics import evaluate
 from scan_viz.model import PRETRAINED_DIR, ScanModel
@@ -113,7 +113,7 @@ class GalleryIndex:
         from scan_viz.engine import score_matrix
 
         check_sentence(text)
-        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        matcher = resolve_head(head, self.model)
         caps = self.model.encode_captions([text])
         return score_matrix(matcher, self.regions, caps.emb, caps.lengths, self.region_lengths)[:, 0]
 
@@ -146,7 +146,7 @@ class GalleryIndex:
         """Gallery image -> the top-k gallery captions (index into gallery.captions, score), best first."""
         from scan_viz.engine import score_matrix
 
-        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        matcher = resolve_head(head, self.model)
         i = self.gallery.index_of(image_id)
         rl = None if self.region_lengths is None else self.region_lengths[i:i + 1]
         scores = score_matrix(matcher, self.regions[i:i + 1], self.caption_emb, self.caption_lengths, rl)[0]
@@ -158,7 +158,7 @@ class GalleryIndex:
         """An uploaded image's regions -> the top-k gallery captions."""
         from scan_viz.engine import score_matrix
 
-        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        matcher = resolve_head(head, self.model)
         emb = self.model.encode_images(regions.features[None])
         scores = score_matrix(matcher, emb, self.caption_emb, self.caption_lengths)[0]
         top = np.argsort(-scores, kind="stable")[:k]
@@ -188,7 +188,7 @@ def compare_heads(index: GalleryIndex, image_id: str, text: str,
     row = index.gallery.index_of(image_id)
     out = []
     for head in heads:
-        matcher = head if isinstance(head, MatchingHead) else index.model.head(head)
+        matcher = resolve_head(head, index.model)
         alignment = explain(index.model, regions, text, matcher)
         scores = index.image_scores(text, matcher)
         out.append(HeadComparison(matcher, alignment, gallery_rank(scores, scores[row]), len(scores)))
@@ -231,7 +231,7 @@ def ablate(model: ScanModel, regions: Regions, text: str, head: str | MatchingHe
     from scan_viz.text import EncodedCaption
 
     check_sentence(text)
-    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    matcher = resolve_head(head, model)
     full = model.vocab.encode(text)
     n_tok = len(full.tokens)
     variants = [full] + [EncodedCaption(full.ids[:t + 1] + full.ids[t + 2:], full.tokens[:t] + full.tokens[t + 1:],
@@ -278,7 +278,7 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
     if len(set(gallery.caption_image.tolist())) != len(gallery):
         raise ScanVizError(f"some images of the gallery {gallery.name} have no caption, so image-to-text ranks are "
                            "undefined: give every image at least one caption")
-    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    matcher = resolve_head(head, model)
     if dtype == "bfloat16":
         matcher = matcher.with_product_dtype(dtype)
     sims = model.similarity(gallery.regions.features, gallery.captions, head=matcher, progress=progress,

@@ -24,7 +24,7 @@ import torch
 
 from scan_viz.engine import score_matrix
 from scan_viz.errors import ScanVizError
-from scan_viz.heads import MatchingHead
+from scan_viz.heads import MatchingHead, resolve_head
 from scan_viz.limits import check_sentence
 from scan_viz.model import ScanModel
 from scan_viz.stage1 import Stage1
@@ -210,7 +210,7 @@ class TwoStageSearch:
         return np.concatenate(out)
 
     def _matcher(self, head: str | MatchingHead | None) -> MatchingHead:
-        return head if isinstance(head, MatchingHead) else self.model.head(head)
+        return resolve_head(head, self.model)
 
     def _check_k(self, k: int, stage1_k: int | None) -> int:
         """The stage-1 K to use: 0 = exhaustive; None = the stage-1 head's default (exhaustive without one)."""

@@ -134,8 +134,8 @@ def test_head_settings_validate_and_build(bundle):
 
     model = load_model(bundle.model)
     settings = HeadSettings.from_config(model.config)
-    assert settings.head == f"scan_{model.config.cross_attn}"
-    assert settings.overrides()["lambda_softmax"] == model.config.lambda_softmax
+    assert settings.head == f"scan_{model.config.head_params.get('cross_attn', 't2i')}"
+    assert settings.overrides()["lambda_softmax"] == model.config.head_params.get("lambda_softmax", 9.0)
     head = HeadSettings.for_head("scan_i2t", model.config, {"agg_func": "Mean"}).build(model)
     assert head.cross_attn == "i2t" and head.attention_params.agg_func == "Mean"
     chan = HeadSettings.for_head("chan", model.config, {"beta": 0.2, "lambda_softmax": 3.0}).build(model)

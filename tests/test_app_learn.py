@@ -172,7 +172,7 @@ def fixture_reranker(bundle, tmp_path, monkeypatch):
 
     import scan_viz.coattention as coattention
     from scan_viz.model import load_model
-    from scan_viz.stage1 import model_fingerprint
+    from scan_viz.parts import model_fingerprint
 
     model = load_model(bundle.model)
     torch.manual_seed(3)

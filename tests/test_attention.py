@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from scan_viz.attention import AttentionParams, aggregate, normalize_raw, scan_attention
-from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
+from scan_viz.heads.scan import AGG_FUNCS, RAW_FEATURE_NORMS
 from scan_viz.reference import func_attention, shard_xattn, xattn_score
 
 

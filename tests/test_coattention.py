@@ -12,7 +12,8 @@ import torch
 from scan_viz.coattention import CoAttention, CoAttentionReranker, find_coattention, load_coattention
 from scan_viz.errors import ScanVizError
 from scan_viz.search import TwoStageSearch, rerank_ranks
-from scan_viz.stage1 import Stage1, Stage1Head, model_fingerprint
+from scan_viz.parts import model_fingerprint
+from scan_viz.stage1 import Stage1, Stage1Head
 from tests.test_search import N_IMAGES, N_REGIONS, TEXT
 from tests.test_stage1 import tiny_model
 
@@ -171,6 +172,7 @@ def save_reranker_for(model, pretrained: Path, monkeypatch) -> CoAttentionRerank
     """A random re-ranker for ``model``, saved in ``pretrained`` / "tiny-coattention", made the folder that
     ``model.head("coattention")`` looks in."""
     monkeypatch.setattr("scan_viz.model.PRETRAINED_DIR", pretrained)
+    monkeypatch.setattr("scan_viz.parts.PRETRAINED_DIR", pretrained)
     net = random_net(seed=4, embed_size=model.config.embed_size).float()
     reranker = CoAttentionReranker(net, "tiny", model_fingerprint(model), "random")
     reranker.save(pretrained / "tiny-coattention")

@@ -181,7 +181,7 @@ def test_model_similarity_in_bfloat16(tmp_path):
 
 
 def test_settings_come_from_overrides_then_config_then_declaration():
-    config = ScanConfig(img_dim=8, lambda_softmax=4.0, head_params={"beta": 0.3})
+    config = ScanConfig(img_dim=8, head_params={"lambda_softmax": 4.0, "beta": 0.3})
     assert head_settings("scan_t2i", config)["lambda_softmax"] == 4.0  # an official checkpoint's own value
     assert head_settings("scan_t2i", config, {"lambda_softmax": 6.0})["lambda_softmax"] == 6.0
     assert head_settings("chan", config) == {"beta": 0.3, "chan_agg": "LogSumExp"}

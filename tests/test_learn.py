@@ -11,7 +11,7 @@ import pytest
 
 from scan_viz import learn, load_model
 from scan_viz.app.params import parse_explore_query
-from scan_viz.config import AGG_FUNCS
+from scan_viz.heads.scan import AGG_FUNCS
 from scan_viz.gallery import load_gallery
 from scan_viz.pipeline import DEFAULT_GALLERY, gallery_regions
 from scan_viz.walk import steps

@@ -55,8 +55,8 @@ def test_lambda_range_ends_and_every_config_path():
     config = ScanConfig()
     for bad in ({"lambda_softmax": math.nan}, {"lambda_lse": -2.0}, {"lambda_softmax": 1e4}):
         with pytest.raises(ScanVizError, match="config: lambda_"):
-            config.replace(**bad)
-    assert config.replace(lambda_softmax=4.0, lambda_lse=20.0).lambda_lse == 20.0
+            config.replace(head_params=bad)
+    assert config.replace(head_params={"lambda_softmax": 4.0, "lambda_lse": 20.0}).head_params["lambda_lse"] == 20.0
 
 
 def test_device_is_checked():

@@ -10,7 +10,7 @@ from nltk.tokenize import NLTKWordTokenizer
 
 from official_format import official_opt, random_states, write_py2_checkpoint
 from scan_viz import ScanVizError, load_model
-from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
+from scan_viz.heads.scan import AGG_FUNCS, RAW_FEATURE_NORMS
 from scan_viz.reference import shard_xattn
 
 VOCAB_WORDS = ["a", "dog", "cat", "red", "car", "on", "the", "grass", "big", "'s", "n't", "do"]

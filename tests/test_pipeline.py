@@ -66,7 +66,7 @@ def test_eval_gallery_json_equals_the_library(bundle, model, gallery, tmp_path, 
     assert main(["eval", "--gallery", str(bundle.gallery), "--model", str(bundle.model), "--json", str(out)]) == 0
     got = json.loads(out.read_text(encoding="utf-8"))
     # the CLI names the model's own head with its direction, as the app does
-    expected = json.loads(json.dumps(evaluate_gallery(model, gallery, head=f"scan_{model.config.cross_attn}")))
+    expected = json.loads(json.dumps(evaluate_gallery(model, gallery, head=f"scan_{model.config.head_params['cross_attn']}")))
     assert got == expected
     assert {"i2t", "t2i", "rsum", "pointing_accuracy", "pointing", "baselines"} <= set(got)
     printed = capsys.readouterr().out

@@ -11,7 +11,8 @@ import torch
 
 from scan_viz.errors import ScanVizError
 from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index
-from scan_viz.stage1 import Stage1, Stage1Head, model_fingerprint
+from scan_viz.parts import model_fingerprint
+from scan_viz.stage1 import Stage1, Stage1Head
 from tests.test_stage1 import tiny_model
 
 N_IMAGES, N_REGIONS = 40, 6

@@ -181,7 +181,7 @@ def test_visitor_sources_need_allowed_roots(bundle, monkeypatch):
 
 
 def test_loaders_refuse_devices_and_pipes_without_blocking(tmp_path, opened):
-    from scan_viz.config import ScanConfig
+    from scan_viz.checkpoint import load_config
     from scan_viz.data import load_npz_dir
     from scan_viz.text import Vocabulary
 
@@ -190,7 +190,7 @@ def test_loaders_refuse_devices_and_pipes_without_blocking(tmp_path, opened):
     os.mkfifo(tmp_path / "npz" / "a.npz")
     assert "not a regular file" in refusal(lambda: Vocabulary.load("/dev/zero"))
     assert "not a regular file" in refusal(lambda: Vocabulary.load(tmp_path / "pipe.json"))
-    assert "not a regular file" in refusal(lambda: ScanConfig.load(tmp_path / "pipe.json"))
+    assert "not a regular file" in refusal(lambda: load_config(tmp_path / "pipe.json"))
     assert "not a regular file" in refusal(lambda: load_npz_dir(tmp_path / "npz"))
     assert not [p for p in opened if "pipe" in p or p.endswith("a.npz") or p.startswith("/dev")]
 

@@ -9,7 +9,8 @@ import torch
 
 from scan_viz.config import ScanConfig
 from scan_viz.model import ScanModel
-from scan_viz.stage1 import (Stage1, Stage1Head, choose_k, cmce_loss, find_stage1, load_stage1, model_fingerprint,
+from scan_viz.parts import model_fingerprint
+from scan_viz.stage1 import (Stage1, Stage1Head, choose_k, cmce_loss, find_stage1, load_stage1,
                              pool, recall_curve, update_buffer)
 from scan_viz.text import Vocabulary
 

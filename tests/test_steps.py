@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from scan_viz import ScanVizError, load_model
-from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
+from scan_viz.heads.scan import AGG_FUNCS, RAW_FEATURE_NORMS
 from scan_viz.gallery import load_gallery
 from scan_viz.heads import head_names
 from scan_viz.pipeline import DEFAULT_GALLERY, gallery_regions

@@ -200,7 +200,7 @@ def test_blocked_batch_scores_equal_one_block(cross_attn):
     from scan_viz.train.loop import batch_scores
 
     torch.manual_seed(0)
-    head = create_head(None, ScanConfig(img_dim=8, cross_attn=cross_attn))
+    head = create_head(None, ScanConfig(img_dim=8, head_params={"cross_attn": cross_attn}))
     regions = torch.nn.functional.normalize(torch.randn(10, 5, 16, dtype=torch.float64), dim=-1).requires_grad_()
     words = torch.nn.functional.normalize(torch.randn(7, 6, 16, dtype=torch.float64), dim=-1)
     lengths = torch.tensor([6, 3, 4, 6, 2, 5, 6])

@@ -21,6 +21,7 @@ from typing import Any
 
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery, load_gallery
+from scan_viz.heads import head_settings, own_head
 from scan_viz.model import PRETRAINED_DIR, ScanModel, bundled_models, load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL, GalleryIndex
 from scan_viz.safe_files import LoadBudget
@@ -302,7 +303,6 @@ def bundled_metrics(model_name: str) -> dict[str, Any] | None:
 MODEL_CARD_SECTIONS: dict[str, tuple[str, ...]] = {
     "Encoders": ("img_dim", "embed_size", "word_dim", "num_layers", "bi_gru", "precomp_enc_type", "no_imgnorm",
                  "no_txtnorm", "vocab_size"),
-    "Cross attention": ("cross_attn", "agg_func", "lambda_softmax", "lambda_lse", "raw_feature_norm"),
     "Training": ("data_name", "num_epochs", "batch_size", "learning_rate", "lr_update", "margin", "max_violation",
                  "grad_clip"),
 }
@@ -312,6 +312,9 @@ def model_card(bundle: Bundle) -> dict[str, dict[str, Any]]:
     """The model card's tables: config fields by section, the data it was trained on and what it serves."""
     config = bundle.model.config
     card = {title: {name: getattr(config, name) for name in names} for title, names in MODEL_CARD_SECTIONS.items()}
+    # the head and its settings, as the head declares them (after the encoders, before the training)
+    head = {"head": own_head(config), **head_settings(own_head(config), config)}
+    card = {"Encoders": card["Encoders"], "Matching head": head, **{k: v for k, v in card.items() if k != "Encoders"}}
     card["Encoders"]["parameters"] = f"{n_parameters(bundle.model):,}"
     extra = {k: v for k, v in config.extra.items() if isinstance(v, (str, int, float, bool))}
     # a config may hold paths of the machine it was trained on (a detector folder): show names only

@@ -29,6 +29,7 @@ from scan_viz.app.params import STEP_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.shell import guarded
 from scan_viz.errors import ScanVizError
+from scan_viz.heads import head_spec
 from scan_viz.limits import check_sentence
 from scan_viz.stepspec import REGIONS, WORDS
 from scan_viz.walk import Step, Walk, has_steps
@@ -46,8 +47,8 @@ NOT_IN_LINK = ("This page's link keeps the sentence, the step and the settings, 
                "put in a link): whoever opens it sees a gallery image.")
 #: What "two at once" puts beside the pair.
 TWO_MODES = ("Nothing", "A false caption", "Another head")
-#: The head set beside another: SCAN's soft attention beside CHAN's hard choice (and back).
-BESIDE = {"chan": "scan_t2i"}
+#: The head set beside one that declares no contrast of its own (scan_viz.heads: CHAN's is SCAN's soft attention).
+DEFAULT_CONTRAST = "chan"
 #: What the panel showed last (step key, head settings, main tensor): for tests and the benchmark.
 SHOWN_KEY = "ln_shown"
 #: Large type, sidebar and navigation hidden: a projector's view (constant CSS, no visitor text in it).
@@ -147,8 +148,6 @@ def _copy_to_sidebar(name: str) -> None:
 
 def learn_controls(bundle: Bundle, settings: HeadSettings) -> HeadSettings:
     """The head's settings as controls on the page (from its declarations); the values they hold."""
-    from scan_viz.heads import head_spec
-
     params = head_spec(settings.head).params
     if not params:
         return settings
@@ -398,7 +397,7 @@ def two_at_once(bundle: Bundle, walk: Walk, settings: HeadSettings, picked: Pick
         other_walk = state.shown(lambda: panel_walk(bundle, picked, other, settings))
         label = "typed" if typed else "the gallery's best-scoring false caption"
     else:
-        head = BESIDE.get(settings.head, "chan")
+        head = head_spec(settings.head).contrast or DEFAULT_CONTRAST
         other_settings = HeadSettings.for_head(head, bundle.model.config)
         other, label = sentence, f"the same sentence under {head}"
         other_walk = state.shown(lambda: panel_walk(bundle, picked, sentence, other_settings))

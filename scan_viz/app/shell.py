@@ -11,9 +11,10 @@ import streamlit as st
 from scan_viz.app import fair, state, upload_guard
 from scan_viz.app.bundle import Bundle
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
-                                 own_head, parse_explore_query)
+                                 parse_explore_query)
 from scan_viz.app.safe_text import show_error
 from scan_viz.errors import ScanVizError
+from scan_viz.heads import own_head
 
 HERE = Path(__file__).resolve().parent
 EXPLORE = HERE / "explore.py"

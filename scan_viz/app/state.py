@@ -23,8 +23,7 @@ import streamlit as st
 from scan_viz.app import fair
 from scan_viz.app.bundle import (Bundle, Sources, bundled_models, check_visitor_sources, load_bundle,
                                  load_detector_for, operator_failure, visitor_inputs)
-from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
-                                 selectable_heads, settings_fields)
+from scan_viz.app.params import ExploreParams, HeadSettings, explore_query, normalise_query, settings_fields
 from scan_viz.app.safe_text import literal, show_error, without_bidi
 from scan_viz.app.views import word_panels
 from scan_viz.errors import ScanVizError
@@ -422,10 +421,10 @@ def ensure_controls(bundle: Bundle) -> None:
 def head_controls(bundle: Bundle) -> HeadSettings:
     """Sidebar controls of the matching head, generated from its declared settings; every page's results
     recompute when they change. A setting the user has not touched starts at the model's own value."""
-    from scan_viz.heads import head_names, head_spec
+    from scan_viz.heads import head_spec, own_head, selectable_heads
 
     ensure_controls(bundle)
-    heads = selectable_heads(head_names())
+    heads = selectable_heads()
     if st.session_state.get(HEAD_KEY) not in heads:
         st.session_state[HEAD_KEY] = own_head(bundle.model.config)
     with st.sidebar:
@@ -459,7 +458,7 @@ def head_controls(bundle: Bundle) -> HeadSettings:
 
 def current_settings(bundle: Bundle) -> HeadSettings:
     """The head settings the controls hold now (a setting without a control yet: the model's own)."""
-    from scan_viz.heads import head_spec
+    from scan_viz.heads import head_spec, own_head
 
     head = st.session_state.get(HEAD_KEY) or own_head(bundle.model.config)
     given = {p.name: st.session_state[setting_key(p.name)] for p in head_spec(head).params

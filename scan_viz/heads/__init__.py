@@ -24,11 +24,17 @@ import math
 import reprlib
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
-from scan_viz.config import SCORING_DTYPES, ScanConfig
 from scan_viz.errors import ScanVizError
 
 if TYPE_CHECKING:
     import torch
+
+    from scan_viz.config import ScanConfig
+
+#: ``--dtype`` / ``dtype=``: bfloat16 runs the heads' region-word products in bf16 and the rest in float32
+SCORING_DTYPES = ("float32", "float64", "bfloat16")
+#: The head a model trained without naming one has (an official SCAN checkpoint): SCAN.
+DEFAULT_HEAD = "scan"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,10 +164,13 @@ class MatchingHead(abc.ABC):
         """The head as a reader should see it named (its registered name by default)."""
         return self.name
 
+    #: settings the title already says (left out of :meth:`describe`)
+    titled: ClassVar[tuple[HeadParam, ...]] = ()
+
     def describe(self) -> str:
         """``chan (β 0.1, aggregation LogSumExp)``: the title and every setting, for captions and logs."""
         values = ", ".join(f"{p.display} {self.settings[p.name]:g}" if p.is_number else
-                           f"{p.display} {self.settings[p.name]}" for p in self.params)
+                           f"{p.display} {self.settings[p.name]}" for p in self.params if p not in self.titled)
         return f"{self.title} ({values})" if values else self.title
 
 
@@ -170,7 +179,9 @@ class HeadSpec:
     """A registered head: how to build it and which settings it reads.
 
     ``from_model(name, model, settings)``: set for a head with trained weights of its own, found for a ScanModel
-    (then ``factory`` is not used); such a head can only be made from a model.
+    (then ``factory`` is not used); such a head can only be made from a model. ``variant_of`` / ``fixed``: a
+    variant is another head with some of its settings fixed (``scan_i2t`` is ``scan`` with ``cross_attn`` i2t);
+    it declares the other settings, and the app and command line name a model's own head by its variant.
     """
 
     name: str
@@ -178,6 +189,11 @@ class HeadSpec:
     params: tuple[HeadParam, ...]
     help: str
     from_model: Callable[[str, Any, dict[str, Any]], MatchingHead] | None = None
+    variant_of: str | None = None
+    fixed: tuple[tuple[str, Any], ...] = ()
+    head_class: type[MatchingHead] | None = None
+    #: the head whose result, set beside this one's, shows best what this one does differently (teaching)
+    contrast: str | None = None
 
 
 _HEADS: dict[str, HeadSpec] = {}
@@ -185,23 +201,43 @@ _HEADS: dict[str, HeadSpec] = {}
 
 def register_head(name: str, head_class: type[MatchingHead], help: str,
                   factory: Callable[[str, ScanConfig, dict[str, Any]], MatchingHead] | None = None,
-                  from_model: Callable[[str, Any, dict[str, Any]], MatchingHead] | None = None) -> None:
+                  from_model: Callable[[str, Any, dict[str, Any]], MatchingHead] | None = None,
+                  variant_of: str | None = None, fixed: Mapping[str, Any] | None = None,
+                  contrast: str | None = None) -> None:
     """Make ``head_class`` available as ``name``. ``factory(name, config, settings)`` defaults to
     ``head_class(name, settings)``; ``from_model(name, model, settings)`` replaces it for a head whose trained
-    weights are found for the model. A setting name shared with another head must have the same declaration,
-    because it becomes one CLI flag and one link key."""
+    weights are found for the model. ``variant_of`` + ``fixed``: ``name`` is that registered head with these
+    settings fixed (it declares the rest, and ``head_class(name, settings)`` gets the fixed values too). A setting
+    name shared with another head must have the same declaration, because it becomes one CLI flag and one link
+    key. ``contrast``: the head to set beside this one when teaching (CHAN's hard choice beside SCAN's soft
+    attention)."""
     known = {p.name: p for spec in _HEADS.values() for p in spec.params}
-    for param in head_class.params:
+    fixed = tuple((fixed or {}).items())
+    if variant_of is not None:
+        base = head_spec(variant_of)
+        declared = {p.name: p for p in base.params}
+        for key, value in fixed:
+            declared[key].parse(value)  # a variant fixes a declared setting to an allowed value
+        params = tuple(p for p in head_class.params if p.name not in dict(fixed))
+    else:
+        params = head_class.params
+    for param in params:
         if param.name in known and known[param.name] != param:
             raise ValueError(f"head {name}: setting {param.name} is declared differently by another head")
-        if param.name in ScanConfig.field_names() and param.name not in _SCAN_CONFIG_SETTINGS:
-            raise ValueError(f"head {name}: setting {param.name} clashes with a ScanConfig field")
     _HEADS[name] = HeadSpec(name, factory or (lambda n, _config, settings: head_class(n, settings)),
-                            head_class.params, help, from_model)
+                            params, help, from_model, variant_of, fixed, head_class,
+                            contrast)
 
 
 def head_names() -> list[str]:
     return sorted(_HEADS)
+
+
+def selectable_heads() -> list[str]:
+    """The heads the app and links offer by name: every registered one but a head that has variants (``scan`` is
+    offered as ``scan_t2i`` and ``scan_i2t``)."""
+    bases = {spec.variant_of for spec in _HEADS.values()}
+    return [n for n in head_names() if n not in bases]
 
 
 def head_spec(name: str) -> HeadSpec:
@@ -227,8 +263,9 @@ def heads_declaring(setting: str) -> list[str]:
 def head_settings(name: str, config: ScanConfig, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The values head ``name`` runs with: each override, else the config's value, else the declared default.
 
-    The config's value: a ScanConfig field of that name (SCAN's settings, so an official checkpoint's own
-    lambdas are used), else ``config.head_params``. An override that ``name`` does not declare is an error.
+    The config's value: ``config.head_params`` (where the checkpoint reader put an official checkpoint's own
+    lambdas). An override that ``name`` does not declare is an error. (A variant's fixed settings are not among
+    them: :func:`create_head` adds those.)
     """
     spec = head_spec(name)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -239,14 +276,61 @@ def head_settings(name: str, config: ScanConfig, overrides: Mapping[str, Any] | 
         raise ScanVizError(f"the {name} head has no setting {', '.join(foreign)} (it takes {accepts})")
     values: dict[str, Any] = {}
     for param in spec.params:
-        if param.name in overrides:
-            value = overrides[param.name]
-        elif param.name in _SCAN_CONFIG_SETTINGS:
-            value = getattr(config, param.name)
-        else:
-            value = config.head_params.get(param.name, param.default)
+        value = overrides.get(param.name, config.head_params.get(param.name, param.default))
         values[param.name] = param.parse(value)
     return values
+
+
+def choose_head(name: str | None, config: ScanConfig, settings: Mapping[str, Any] | None = None
+                ) -> tuple[str, dict[str, Any]]:
+    """The head a request names, as the app and the command line name it, and the settings left for it.
+
+    ``name`` None is the model's own head (``config.head``). A head that has variants becomes the variant whose
+    fixed settings match the request's ``settings`` (else the config's, else the defaults): ``scan`` of a model
+    trained image-to-text is ``scan_i2t``, and ``scan_t2i`` with ``cross_attn="i2t"`` asked for is ``scan_i2t``.
+    The settings a chosen variant fixes are consumed; ``None`` values are dropped.
+    """
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    name = name or config.head
+    spec = head_spec(name)
+    base = spec.variant_of or spec.name
+    variants = [s for s in _HEADS.values() if s.variant_of == base]
+    if not variants:
+        return name, settings
+    fixed_keys = {k for s in variants for k, _ in s.fixed}
+    base_params = {p.name: p for p in head_spec(base).params}
+    wanted = dict(spec.fixed)
+    for key in fixed_keys:
+        if key in settings:
+            wanted[key] = base_params[key].parse(settings[key])
+        elif key not in wanted:
+            wanted[key] = base_params[key].parse(config.head_params.get(key, base_params[key].default))
+    for variant in variants:
+        if all(wanted.get(k) == v for k, v in variant.fixed):
+            return variant.name, {k: v for k, v in settings.items() if k not in fixed_keys}
+    return name, settings
+
+
+def variant_for(name: str | None, settings: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The variant that ``settings`` pick, and the settings it leaves: of head ``name`` (a base or a variant),
+    or of any head when ``name`` is None or not registered; (None, settings) when they fix no variant.
+
+    ``variant_for(None, {"cross_attn": "i2t"})`` is ``("scan_i2t", {})``: a link's ``dir=i2t`` names SCAN i2t.
+    """
+    base = None
+    if name in _HEADS:
+        base = _HEADS[name].variant_of or name
+    for spec in _HEADS.values():
+        if spec.variant_of is None or (base is not None and spec.variant_of != base):
+            continue
+        if spec.fixed and all(k in settings and settings[k] == v for k, v in spec.fixed):
+            return spec.name, {k: v for k, v in settings.items() if k not in dict(spec.fixed)}
+    return None, dict(settings)
+
+
+def own_head(config: ScanConfig) -> str:
+    """The head a model was trained with, by the name the app and the command line offer (a variant's)."""
+    return choose_head(None, config)[0]
 
 
 def create_head(name: str | None, config: ScanConfig, dtype: str | torch.dtype | None = None,
@@ -258,7 +342,7 @@ def create_head(name: str | None, config: ScanConfig, dtype: str | torch.dtype |
     a head with trained weights of its own needs (``ScanModel.head`` passes itself).
     """
     spec = head_spec(name or config.head)
-    settings = head_settings(spec.name, config, overrides)
+    settings = {**head_settings(spec.name, config, overrides), **dict(spec.fixed)}
     if spec.from_model is None:
         head = spec.factory(spec.name, config, settings)
     elif model is None:
@@ -269,8 +353,14 @@ def create_head(name: str | None, config: ScanConfig, dtype: str | torch.dtype |
     return head.with_product_dtype(dtype) if dtype is not None else head
 
 
-#: settings that are ScanConfig fields (SCAN's, under the official names); other heads' live in head_params
-_SCAN_CONFIG_SETTINGS = ("raw_feature_norm", "lambda_softmax", "agg_func", "lambda_lse")
+def resolve_head(head: str | MatchingHead | None, model: Any, dtype: str | None = None,
+                 **overrides: Any) -> MatchingHead:
+    """``head`` as a head: a MatchingHead as it is, else the head of ``model`` (a ScanModel) by that name (None:
+    the model's own) with ``overrides``; ``dtype``: the dtype of its region-word products."""
+    if isinstance(head, MatchingHead):
+        return head.with_product_dtype(dtype) if dtype is not None else head
+    return create_head(head, model.config, dtype=dtype, model=model, **overrides)
+
 
 # registration: importing a head's module registers it
 from scan_viz.heads import scan as _scan  # noqa: E402,F401,I001  (first: its settings lead the generated lists)
@@ -279,5 +369,6 @@ from scan_viz.heads import caan as _caan  # noqa: E402,F401
 from scan_viz.heads import coattention as _coattention  # noqa: E402,F401
 from scan_viz.heads.scan import ScanHead  # noqa: E402
 
-__all__ = ["HeadOutput", "HeadParam", "HeadSpec", "MatchingHead", "ScanHead", "all_head_params",
-           "create_head", "head_names", "head_settings", "heads_declaring", "head_spec", "register_head"]
+__all__ = ["DEFAULT_HEAD", "SCORING_DTYPES", "HeadOutput", "HeadParam", "HeadSpec", "MatchingHead", "ScanHead",
+           "all_head_params", "choose_head", "create_head", "head_names", "head_settings", "heads_declaring",
+           "head_spec", "own_head", "register_head", "resolve_head", "selectable_heads"]

@@ -93,4 +93,5 @@ class ChanHead(MatchingHead):
                 "S": trace["scores"][0, 0].double().cpu().numpy()}
 
 
-register_head("chan", ChanHead, "CHAN: each word's best region (hard alignment), LogSumExp over the words")
+register_head("chan", ChanHead, "CHAN: each word's best region (hard alignment), LogSumExp over the words",
+              contrast="scan_t2i")

@@ -113,7 +113,7 @@ class CoAttentionHead(MatchingHead):
 
 def _from_model(name: str, model, settings: dict) -> CoAttentionHead:
     from scan_viz.coattention import TRAIN_COMMAND, find_coattention
-    from scan_viz.stage1 import model_fingerprint
+    from scan_viz.parts import model_fingerprint
 
     reranker = find_coattention(model)
     if reranker is None:

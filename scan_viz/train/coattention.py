@@ -32,7 +32,8 @@ from scan_viz.heads import MatchingHead
 from scan_viz.metrics import recall_metrics
 from scan_viz.model import ScanModel, load_model
 from scan_viz.search import candidate_scores, rerank_ranks, stage1_candidates
-from scan_viz.stage1 import Stage1Head, find_stage1, model_fingerprint, pool
+from scan_viz.parts import model_fingerprint
+from scan_viz.stage1 import Stage1Head, find_stage1, pool
 from scan_viz.train.stage1 import init_as_centred_mean_pool, load_train_dev
 
 ENCODE_BATCH = 1024
@@ -151,7 +152,7 @@ def measure_gallery(model: ScanModel, head: MatchingHead, stage1_head: Stage1Hea
     regions, words, lengths = encode_split(model, np.asarray(gallery.regions.features, dtype=np.float32),
                                            gallery.captions)
     region_lengths = None if gallery.regions.n_boxes is None else torch.from_numpy(gallery.regions.n_boxes)
-    scan = score_matrix(model.head("scan"), regions, words, lengths, region_lengths)  # (n_images, n_captions)
+    scan = score_matrix(model.head(), regions, words, lengths, region_lengths)  # (n_images, n_captions)
     image = gallery.caption_image
     result = {"gallery": str(gallery_dir), "images": len(gallery), "captions": len(gallery.captions),
               "exhaustive_scan": rerank_recall(t2i_ranks(scan, image))}
@@ -204,7 +205,7 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
     dev_candidates = stage1_candidates(*stage1_vectors(stage1_head, dev_regions, dev_words, dev_lengths), rerank_k)
     stage1_recall = float(100.0 * (dev_candidates == dev_image[:, None]).any(axis=1).mean())
     scan_dev = rerank_recall(rerank_ranks(dev_candidates, candidate_scores(
-        model.head("scan"), dev_regions, dev_words, dev_lengths, dev_candidates), dev_image))
+        model.head(), dev_regions, dev_words, dev_lengths, dev_candidates), dev_image))
     log(f"dev ({len(dev_rows)} captions): stage-1 R@{rerank_k} {stage1_recall:.1f}; SCAN re-ranking its top "
         f"{rerank_k}: " + _recall_text(scan_dev))
 

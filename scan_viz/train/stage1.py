@@ -22,7 +22,8 @@ import torch
 from scan_viz.data import PrecompSplit, load_precomp
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.model import ScanModel, load_model
-from scan_viz.stage1 import (Stage1, Stage1Head, choose_k, cmce_loss, model_fingerprint, pool, recall_curve,
+from scan_viz.parts import model_fingerprint
+from scan_viz.stage1 import (Stage1, Stage1Head, choose_k, cmce_loss, pool, recall_curve,
                              update_buffer)
 
 ENCODE_BATCH = 1024
