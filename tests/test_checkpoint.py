@@ -18,20 +18,12 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import official_format as of  # noqa: E402
-
-from scan_viz.checkpoint import (  # noqa: E402
-    OfficialCheckpoint,
-    convert_official,
-    image_state_shapes,
-    load_model_dir,
-    load_official_checkpoint,
-    save_model_dir,
-    text_state_shapes,
-    write_official_checkpoint,
-)
-from scan_viz.config import ScanConfig  # noqa: E402
 from scan_viz.errors import ScanVizError  # noqa: E402
 from scan_viz.heads import head_settings  # noqa: E402
+from scan_viz.model.checkpoint import (OfficialCheckpoint, convert_official, image_state_shapes,  # noqa: E402
+                                       load_model_dir, load_official_checkpoint, save_model_dir, text_state_shapes,
+                                       write_official_checkpoint)
+from scan_viz.model.config import ScanConfig  # noqa: E402
 
 SMALL = dict(img_dim=12, embed_size=8, word_dim=6, vocab_size=10)
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from scan_viz import ScanVizError, load_model
-from scan_viz.config import ScanConfig
-from scan_viz.heads import (HeadParam, MatchingHead, all_head_params, create_head, head_names, head_settings,
-                            head_spec, register_head)
-from scan_viz.similarity import region_word_similarity
+from scan_viz.heads import (HeadParam, MatchingHead, all_head_params, create_head, head_names, head_settings, head_spec,
+                            register_head)
+from scan_viz.heads.similarity import region_word_similarity
+from scan_viz.model.config import ScanConfig
 from test_model import CAPTIONS, _reference_images, _reference_text, _setup
 
 CONFIG = ScanConfig(img_dim=8, embed_size=16)

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
-from scan_viz.limits import (LAMBDA_RANGE, MAX_IMAGE_PIXELS, MAX_SENTENCE_CHARS, MAX_WORDS, check_device,
-                             check_lambda, check_sentence)
+from scan_viz.limits import (LAMBDA_RANGE, MAX_IMAGE_PIXELS, MAX_SENTENCE_CHARS, MAX_WORDS, check_device, check_lambda,
+                             check_sentence)
+from scan_viz.model.config import ScanConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND_S = 5.0

@@ -5,12 +5,12 @@ import math
 
 import pytest
 
-from scan_viz.app.params import (PAIR_KEYS, ExploreParams, HeadSettings, explore_query, parse_explore_query,
-                                 query_keys, settings_fields)
-from scan_viz.config import ScanConfig
+from scan_viz.app.params import (PAIR_KEYS, ExploreParams, HeadSettings, explore_query, parse_explore_query, query_keys,
+                                 settings_fields)
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import all_head_params
 from scan_viz.limits import MAX_WORDS
+from scan_viz.model.config import ScanConfig
 
 FULL = {"image": "test_000042", "q": "a red car", "word": "car", "k": "7", "search": "image", "step": "4",
         "view": "present", "model": "scan-emoji-i2t",

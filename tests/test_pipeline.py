@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from app_fixture import app_fixture
 
+from app_fixture import app_fixture
 from scan_viz.cli import main
-from scan_viz.data import RegionStore
+from scan_viz.evaluation.metrics import evaluate
+from scan_viz.evaluation.pointing import PointingItem, evaluate_pointing
 from scan_viz.gallery import Gallery, load_gallery
-from scan_viz.metrics import evaluate
 from scan_viz.model import load_model
 from scan_viz.pipeline import GalleryIndex, ablate, compare_heads, evaluate_gallery, explain, gallery_regions
-from scan_viz.pointing import PointingItem, evaluate_pointing
+from scan_viz.regions.store import RegionStore
 from scan_viz.text import tokenize
 from scan_viz.types import Regions
 

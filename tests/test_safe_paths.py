@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from scan_viz.checkpoint import config_from_values, load_config
 from scan_viz.errors import ScanVizError
+from scan_viz.model.checkpoint import config_from_values, load_config
 from scan_viz.safe_paths import AllowedRoots, _refuse_other_names
 
 SECRET = "SECRET_TOKEN_xyz789"

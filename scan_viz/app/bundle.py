@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery, load_gallery
 from scan_viz.heads import head_settings, own_head
@@ -134,10 +133,10 @@ def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | 
     """A gallery (no captions) from a user's region features with boxes and the folder of their images.
 
     regions: a bottom-up-attention TSV (or a folder of them), or a folder of ``.npz`` files, as read by
-    :func:`scan_viz.data.load_regions`; every feature row's image id must be the file stem of an image in
+    :func:`scan_viz.regions.store.load_regions`; every feature row's image id must be the file stem of an image in
     ``images``. Region features without boxes (official ``*_ims.npy``) cannot be drawn and are refused.
     """
-    from scan_viz.data import load_regions
+    from scan_viz.regions.store import load_regions
 
     store = load_regions(regions, budget)
     if not store.has_boxes():

@@ -350,7 +350,7 @@ def gallery_rank_line(alignment: Alignment, picked: Picked, bundle: Bundle, sett
 def show_verdict(alignment: Alignment, picked: Picked, bundle: Bundle, column) -> None:
     """For a gallery image: whether the sentence is its own caption, else, when the sentence is a gallery caption
     with claims, whether it is true of this image and what is wrong (the truth check, as Retrieve shows it)."""
-    from scan_viz.truth import caption_holds
+    from scan_viz.evaluation.truth import caption_holds
 
     gallery = bundle.gallery
     if picked.image_id is None or not bundle.has_captions():

@@ -1,7 +1,7 @@
 """Learn: step through a head's computation on one image (a gallery image or the visitor's upload) and a sentence,
 with the model's own numbers.
 
-A page script. The steps are the head's own (:func:`scan_viz.walk.steps`: one traced run of its scoring code);
+A page script. The steps are the head's own (:func:`scan_viz.heads.walk.steps`: one traced run of its scoring code);
 this page only lays them out: a stepper (previous / next, contents), each step's formula, its numbers as a
 heatmap whose hover substitutes that cell's numbers, the image with one word's row painting the boxes, and the
 head's settings, which recompute every step while only the Learn panel reruns (a fragment). Before an attention
@@ -21,18 +21,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from scan_viz import learn
 from scan_viz.app import state
 from scan_viz.app.bundle import Bundle, drawing_note
 from scan_viz.app.explore import NO_DRAWING, Picked, picked_upload
+from scan_viz.app.frame import guarded
 from scan_viz.app.params import STEP_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
-from scan_viz.app.shell import guarded
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import head_spec
+from scan_viz.heads.stepspec import REGIONS, WORDS
+from scan_viz.heads.walk import Step, Walk, has_steps
 from scan_viz.limits import check_sentence
-from scan_viz.stepspec import REGIONS, WORDS
-from scan_viz.walk import Step, Walk, has_steps
+from scan_viz.render import learn
 
 IMAGE_KEY, Q_KEY, STEP_KEY, WORD_KEY = "ln_image", "ln_q", "ln_step", "ln_word"
 PREDICT_KEY, PRESENT_KEY, GUESS_KEY, TALLY_KEY = "ln_predict", "ln_present", "ln_guess", "ln_tally"
@@ -115,8 +115,8 @@ def write_deep_link(bundle: Bundle, settings: HeadSettings, image_id: str | None
 @st.cache_data(show_spinner=False, max_entries=64)
 def walk_of(bundle_key: tuple, image_id: str, sentence: str, head: str, settings: tuple) -> Walk:
     """The head's steps on a gallery pair (float64), cached per settings."""
+    from scan_viz.heads.walk import steps
     from scan_viz.pipeline import gallery_regions
-    from scan_viz.walk import steps
 
     bundle = state.bundle_by_key(bundle_key)
     return steps(bundle.model, gallery_regions(bundle.gallery, image_id), sentence, head=head, **dict(settings))
@@ -126,7 +126,7 @@ def walk_of(bundle_key: tuple, image_id: str, sentence: str, head: str, settings
 def upload_walk_of(bundle_key: tuple, image_key: str, sentence: str, head: str, settings: tuple,
                    _regions) -> Walk:
     """The head's steps on an upload's detected regions (``image_key``: ``upload:SHA``), cached per settings."""
-    from scan_viz.walk import steps
+    from scan_viz.heads.walk import steps
 
     return steps(state.bundle_by_key(bundle_key).model, _regions, sentence, head=head, **dict(settings))
 
@@ -298,7 +298,7 @@ def _frame(walk: Walk, value: np.ndarray, axes: tuple[str, ...]) -> pd.DataFrame
 
 def show_vectors(walk: Walk) -> None:
     with st.expander("The embeddings this step starts from (norm and largest dimensions, never whole)"):
-        from scan_viz.walk import vector_summary
+        from scan_viz.heads.walk import vector_summary
 
         lines = [f"word {plain(w)}: {vector_summary(e)}" for w, e in zip(walk.words, walk.words_emb)]
         lines += [f"region {plain(r)}: {vector_summary(v)}" for r, v in zip(walk.region_labels, walk.regions)]

@@ -21,8 +21,8 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import fair
-from scan_viz.app.bundle import (Bundle, Sources, bundled_models, check_visitor_sources, load_bundle,
-                                 load_detector_for, operator_failure, visitor_inputs)
+from scan_viz.app.bundle import (Bundle, Sources, bundled_models, check_visitor_sources, load_bundle, load_detector_for,
+                                 operator_failure, visitor_inputs)
 from scan_viz.app.params import ExploreParams, HeadSettings, explore_query, normalise_query, settings_fields
 from scan_viz.app.safe_text import literal, show_error, without_bidi
 from scan_viz.app.views import word_panels
@@ -251,7 +251,7 @@ def detected_regions(bundle_key: tuple, image_key: str, _image: np.ndarray) -> R
 @fair.heavy
 def upload_in_domain(bundle_key: tuple, image_key: str, _regions: Regions) -> bool:
     """Whether an upload's regions are as like the gallery's as the gallery's own images are
-    (:mod:`scan_viz.domain`; the check is fitted once per served bundle)."""
+    (:mod:`scan_viz.regions.domain`; the check is fitted once per served bundle)."""
     return bundle_by_key(bundle_key).index.looks_in_domain(_regions)
 
 
@@ -279,7 +279,7 @@ class ShownPanel:
 def panels(bundle_key: tuple, image_key: str, text: str, settings: tuple, _image: np.ndarray,
            _alignment: Alignment) -> list[ShownPanel]:
     """The on-screen word panels of one alignment, encoded once (not by st.image on every rerun)."""
-    from scan_viz.images import image_to_jpeg_bytes
+    from scan_viz.regions.images import image_to_jpeg_bytes
 
     return [ShownPanel(p.word, p.caption, image_to_jpeg_bytes(p.image)) for p in word_panels(_image, _alignment)]
 
@@ -347,7 +347,7 @@ def comparison(bundle_key: tuple, image_id: str, text: str, settings: tuple[tupl
 def thumbnail(bundle_key: tuple, image_id: str) -> bytes:
     """A gallery image shrunk for the pickers, as JPEG bytes."""
     from scan_viz.app.views import shrink
-    from scan_viz.images import image_to_jpeg_bytes
+    from scan_viz.regions.images import image_to_jpeg_bytes
 
     return image_to_jpeg_bytes(shrink(bundle_by_key(bundle_key).gallery.load_image(image_id)))
 
@@ -357,7 +357,7 @@ def shown_image(bundle_key: tuple, image_key: str, _image: np.ndarray) -> bytes:
     """The explored image (``image_key``: ``gallery:ID`` or ``upload:SHA``) fitted to the page, as JPEG bytes:
     an upload may be 25 megapixels, which st.image would re-encode in full on every rerun."""
     from scan_viz.app.views import SHOWN_SIDE
-    from scan_viz.images import fit_within, image_to_jpeg_bytes
+    from scan_viz.regions.images import fit_within, image_to_jpeg_bytes
 
     return image_to_jpeg_bytes(fit_within(_image, SHOWN_SIDE, SHOWN_SIDE)[0])
 

@@ -1,6 +1,6 @@
 """SCAN (Lee et al., ECCV 2018): stacked cross attention, text-to-image or image-to-text, as a head.
 
-The math is :func:`scan_viz.attention.scan_attention`, the one implementation; this module declares SCAN's
+The math is :func:`scan_viz.heads.attention.scan_attention`, the one implementation; this module declares SCAN's
 settings (under the official names, so an official checkpoint's ``opt`` values fill them in) and turns its
 direction-specific outputs into the word x region layout every view reads.
 """
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.heads.registry import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.heads.stepspec import REGIONS, WORDS, StepSpec
 from scan_viz.limits import LAMBDA_RANGE
-from scan_viz.stepspec import REGIONS, WORDS, StepSpec
 
 #: why 0.5-50: see scan_viz.limits (the paper uses 4-20)
 LAMBDA_LOW, LAMBDA_HIGH = LAMBDA_RANGE
@@ -42,7 +42,7 @@ class ScanHead(MatchingHead):
     )
 
     def __init__(self, name, settings, product_dtype=None) -> None:
-        from scan_viz.attention import AttentionParams
+        from scan_viz.heads.attention import AttentionParams
 
         super().__init__(name, settings, product_dtype)
         self.attention_params = AttentionParams(settings["cross_attn"], settings["raw_feature_norm"],
@@ -70,8 +70,8 @@ class ScanHead(MatchingHead):
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
                trace=None) -> HeadOutput:
-        """``trace``: a dict that receives the intermediates (:func:`scan_viz.attention.scan_attention`)."""
-        from scan_viz.attention import scan_attention
+        """``trace``: a dict that receives the intermediates (:func:`scan_viz.heads.attention.scan_attention`)."""
+        from scan_viz.heads.attention import scan_attention
 
         res = scan_attention(regions, words, word_lengths, self.attention_params, region_lengths, return_attention,
                              self.product_dtype, trace=trace)

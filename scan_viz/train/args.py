@@ -1,6 +1,6 @@
 """``scan-viz train`` arguments, under the official train.py's names (dashes for underscores).
 
-Model hyperparameters map one-to-one onto :class:`~scan_viz.config.ScanConfig` fields, the head's settings are
+Model hyperparameters map one-to-one onto :class:`~scan_viz.model.config.ScanConfig` fields, the head's settings are
 generated from the heads' declarations (:mod:`scan_viz.heads`: every head's, under the same flags as ``scan-viz
 score``); everything else goes to :class:`~scan_viz.train.options.TrainOptions`. No torch or nltk import here: the CLI builds this parser for
 every command.
@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scan_viz.config import PRECOMP_ENC_TYPES, ScanConfig
 from scan_viz.heads import all_head_params, head_names, head_settings, heads_declaring
+from scan_viz.model.config import PRECOMP_ENC_TYPES, ScanConfig
 from scan_viz.train.options import TrainOptions
 
 _DEFAULTS = ScanConfig()

@@ -68,7 +68,8 @@ def build_world(work: Path, args: argparse.Namespace) -> Path:
 
 def build_detector(work: Path, world: Path, args: argparse.Namespace) -> Path:
     """Train the detector (or copy ``--detector-from``), then set its ``box_geometry`` as asked."""
-    from scan_viz.detect import default_config, train_detector
+    from scan_viz.detect import default_config
+    from scan_viz.train.detector import train_detector
 
     out = work / "detector"
     if not (out / "detector.json").exists() or not (out / "DONE").exists():
@@ -172,12 +173,12 @@ def _slice_precomp(precomp: Path, n_images: int, out: Path) -> Path:
 
 def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], args: argparse.Namespace) -> None:
     """Copy the detector and models into pretrained/ and build examples/gallery from the test split."""
-    from scan_viz.data import RegionStore
     from scan_viz.detect import extract_regions, load_detector
     from scan_viz.gallery import write_gallery
-    from scan_viz.images import load_image
     from scan_viz.io import write_dir_atomic
     from scan_viz.model import load_model
+    from scan_viz.regions.images import load_image
+    from scan_viz.regions.store import RegionStore
 
     pretrained = REPO / "pretrained"
     write_dir_atomic(pretrained / DETECTOR_NAME, lambda tmp: [shutil.copy2(detector_dir / f, tmp / f)
@@ -212,7 +213,7 @@ def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], 
     keep = ("id", "width", "height", "objects", "captions")
     records = [{k: r[k] for k in keep} for r in records]
     if not all("claims" in c for r in records for c in r["captions"]):
-        from scan_viz.truth import annotate_records
+        from scan_viz.evaluation.truth import annotate_records
 
         annotate_records(records)  # a world generated before captions carried their claims
     write_gallery(REPO / "examples" / "gallery", "emoji world, test split", records, jpegs, store,

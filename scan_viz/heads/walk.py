@@ -2,7 +2,7 @@
 
 :func:`steps` runs the head's ``scores`` ONCE on the pair with a trace (the same code path, and the same
 arithmetic, as every score the app and the command line show) and lays the recorded intermediates out as the
-steps the head declares (:class:`scan_viz.stepspec.StepSpec`). The last step's value is the pair's score.
+steps the head declares (:class:`scan_viz.heads.stepspec.StepSpec`). The last step's value is the pair's score.
 
     >>> walk = steps(model, gallery_regions(gallery, "img0001"), "a dog on grass", head="chan")
     >>> walk.steps[-1].value == walk.score
@@ -17,7 +17,7 @@ import numpy as np
 
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import MatchingHead, resolve_head
-from scan_viz.stepspec import REGIONS, WORDS, StepSpec
+from scan_viz.heads.stepspec import REGIONS, WORDS, StepSpec
 from scan_viz.types import Regions
 
 #: How many dimensions of a vector a display lists (never the whole vector).

@@ -119,8 +119,8 @@ def _save_npy(path: str, array: np.ndarray, stdout=None) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.gallery:
         return _eval_gallery(args)
-    from scan_viz.data import load_precomp
-    from scan_viz.metrics import evaluate, fold5_average, fold_slices
+    from scan_viz.evaluation.metrics import evaluate, fold5_average, fold_slices
+    from scan_viz.regions.store import load_precomp
 
     split = load_precomp(args.data, args.split)
     model, head = _load(args)
@@ -206,8 +206,8 @@ def _write_json(path: str | None, result: dict, stdout=None) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from scan_viz.images import load_image
     from scan_viz.limits import check_device, check_sentence
+    from scan_viz.regions.images import load_image
 
     # every check that needs no model comes first, cheapest first (an image's size is read from its header,
     # the sentence's length before NLTK loads), so a bad input is answered before torch loads
@@ -253,10 +253,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _domain_note(model, regions, gallery_dir) -> None:
-    """A note when the picture's regions are less like the gallery's than its own images' (scan_viz.domain)."""
-    from scan_viz.domain import embed_regions
+    """A note when the picture's regions are less like the gallery's than its own images' (scan_viz.regions.domain)."""
     from scan_viz.gallery import load_gallery
     from scan_viz.pipeline import gallery_domain_check
+    from scan_viz.regions.domain import embed_regions
 
     gallery = load_gallery(gallery_dir)
     check = gallery_domain_check(model, gallery)
@@ -276,7 +276,7 @@ def _print_metrics(result: dict) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from scan_viz.checkpoint import convert_official
+    from scan_viz.model.checkpoint import convert_official
 
     convert_official(args.checkpoint, args.vocab, args.out)
     print(f"wrote {args.out} (config.json, model.safetensors, vocab.json)")
@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_convert)
 
-    from scan_viz.cli_scale import add_gallery_parser, add_index_parser, add_search_parser
+    from scan_viz.cli.scale import add_gallery_parser, add_index_parser, add_search_parser
 
     add_search_parser(sub)
     add_index_parser(sub)
@@ -347,7 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _checked(args: argparse.Namespace) -> int:
     """Refuse an unusable head setting before any file or model is read (or torch imported), then run."""
     from scan_viz.heads import all_head_params
-
     from scan_viz.io import STDOUT, check_output
 
     for param in all_head_params():

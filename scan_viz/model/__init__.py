@@ -9,13 +9,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from scan_viz.config import ScanConfig
-from scan_viz.encoders import build_encoders
-from scan_viz.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import SCORING_DTYPES, MatchingHead, resolve_head
 from scan_viz.limits import check_device
+from scan_viz.model.config import ScanConfig
+from scan_viz.model.encoders import build_encoders
 from scan_viz.parts import PRETRAINED_DIR
+from scan_viz.heads.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.safe_files import LoadBudget, budget_or_default
 from scan_viz.text import EncodedCaption, Vocabulary, pad_ids
 from scan_viz.types import Alignment
@@ -189,7 +189,7 @@ class ScanModel:
     # ------------------------------------------------------------------- saving
     def save(self, directory: str | Path) -> None:
         """The project's format: config.json + model.safetensors + vocab.json."""
-        from scan_viz.checkpoint import save_model_dir
+        from scan_viz.model.checkpoint import save_model_dir
 
         directory = Path(directory)
         save_model_dir(directory, self.config, self.image_encoder.float().state_dict(),
@@ -222,7 +222,7 @@ def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None =
 
     What the weights expand to is checked before they are read and charged to ``budget`` (default: a fresh
     :class:`~scan_viz.safe_files.LoadBudget`)."""
-    from scan_viz.checkpoint import load_model_dir, load_official_checkpoint
+    from scan_viz.model.checkpoint import load_model_dir, load_official_checkpoint
 
     budget = budget_or_default(budget)  # one budget for the weights and the vocabulary
     path = Path(path_or_name)

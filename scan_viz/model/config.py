@@ -3,7 +3,7 @@ names, and the matching head with its settings (``head``, ``head_params``: the h
 
 Keeping the official names means a ``config.json`` written here can be checked field by field against
 the ``opt`` Namespace stored in an official ``model_best.pth.tar``; the checkpoint reader
-(:func:`scan_viz.checkpoint.config_from_values`) is the one place that files the official attention settings
+(:func:`scan_viz.model.checkpoint.config_from_values`) is the one place that files the official attention settings
 (the direction, the lambdas, ...) under the head they belong to.
 """
 from __future__ import annotations

@@ -27,11 +27,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
 from scan_viz.io import atomic_path
+from scan_viz.model.config import ScanConfig
 from scan_viz.safe_files import (MAX_CHECKPOINT_BYTES, LoadBudget, budget_or_default, check_safetensors, check_zip,
-                                  read_json, shown)
+                                 read_json, shown)
 from scan_viz.safe_paths import MAX_CONFIG_BYTES, regular_file
 
 __all__ = [
