@@ -235,9 +235,9 @@ def test_a_new_head_is_one_class_and_one_registration():
             register_head("clash_test", type("Clash", (DotMax,), {"params": (HeadParam("beta", 1.0, "x", low=0,
                                                                                        high=2),)}), "x")
     finally:
-        from scan_viz import heads
+        from scan_viz.heads import registry
 
-        heads._HEADS.pop("dotmax_test", None)
+        registry._HEADS.pop("dotmax_test", None)
     assert head_spec("chan").help
 
 
