@@ -17,8 +17,7 @@ import pytest
 import torch
 from app_fixture import INJECTION_PAYLOADS
 from streamlit.testing.v1 import AppTest
-from test_app import (APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link,  # noqa: F401 - fixtures
-                      panel_images, write_npz_regions)
+from test_app import APP, PAGES, TIMEOUT, no_exception, open_link, panel_images, write_npz_regions
 from test_app_safety import assert_nothing_renders_as_a_link, outside_code_spans, page_text
 
 from scan_viz.app import explore, models, state, uploads, user_files

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streamlit.testing.v1 import AppTest
-from test_app import app, bundle, no_exception  # noqa: F401  (fixtures: the fixture bundle served by app.py)
+from test_app import no_exception
 
 from scan_viz.app import learn as page
 from scan_viz.app.params import parse_explore_query

@@ -19,7 +19,7 @@ from app_fixture import INJECTION_PAYLOADS as PAYLOADS
 from app_fixture import png_bytes
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
-from test_app import APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link, panel_images, score  # noqa: F401
+from test_app import APP, PAGES, TIMEOUT, no_exception, open_link, panel_images, score
 
 from scan_viz.app import explore, models, state, user_files
 from scan_viz.app.params import HeadSettings

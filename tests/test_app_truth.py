@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_fixture import app_fixture
 from streamlit.testing.v1 import AppTest
 
 from scan_viz.app.bundle import ground_truth_images
@@ -25,11 +24,6 @@ torch.set_num_threads(1)
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 RETRIEVE, EVALUATE = "scan_viz/app/retrieve.py", "scan_viz/app/evaluate.py"
 TIMEOUT = 120
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return app_fixture()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from app_fixture import app_fixture
 
 from scan_viz.cli import main
 from scan_viz.data import RegionStore
@@ -23,11 +22,6 @@ from scan_viz.types import Regions
 torch.set_num_threads(1)
 #: Real regions per image of the padded gallery (the fixture's images have 36); the rest become padding.
 REAL_REGIONS = (36, 20, 7, 36, 1, 30, 12, 36, 3, 25, 36, 18)
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return app_fixture()
 
 
 @pytest.fixture(scope="module")
