@@ -3,7 +3,9 @@
 The SCAN paper (Lee et al., ECCV 2018, Fig. 5/6) shows each word's attention as the image darkened
 everywhere except the regions the word attends to. ``word_panels`` draws that figure, ``region_word_figure``
 the image-to-text view (each region's attention over the words), ``plotly_alignment`` an interactive
-version for the app. Matplotlib figures are built on ``matplotlib.figure.Figure`` with the Agg canvas,
+version for the app, ``word_panel_images`` the same panels as arrays for a screen; every bar chart is drawn from
+one :class:`Bars`. Labels, box scaling, the highlight colour and the flat-attention rule are decided once, below,
+for every view (docs/rendering.md). Matplotlib figures are built on ``matplotlib.figure.Figure`` with the Agg canvas,
 never pyplot, so drawing holds no global state and is safe from the app's threads.
 """
 
@@ -59,7 +61,7 @@ _SPECIAL_WORDS = frozenset({START, END, PAD})
 FLAT_FACTOR = 3.0
 
 
-# ----------------------------------------------------------------------------- checks shared by the views
+# ----------------------------------------------------------------------------- what every view shows the same way
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

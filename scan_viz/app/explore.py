@@ -14,34 +14,15 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import state, upload_guard
-from scan_viz.app.bundle import (
-    NO_MATCH,
-    Bundle,
-    detector_name,
-    drawing_note,
-    is_own_caption,
-    model_domain,
-    search_gallery,
-)
+from scan_viz.app.bundle import (NO_MATCH, Bundle, detector_name, drawing_note, is_own_caption, model_domain,
+                                 search_gallery)
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_FORMATS_TEXT, UPLOAD_TYPES
-from scan_viz.app.views import (
-    ablation_figures,
-    ablation_note,
-    bar_figure,
-    region_rows,
-    relevance_rows,
-)
+from scan_viz.app.views import ablation_figures, ablation_note, bar_figure, region_rows, relevance_rows
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
-from scan_viz.render import (
-    FLAT_FACTOR,
-    content_words,
-    region_relevance_bars,
-    word_label,
-    word_relevance_bars,
-)
+from scan_viz.render import FLAT_FACTOR, content_words, region_relevance_bars, word_label, word_relevance_bars
 from scan_viz.types import Alignment, Regions
 
 SOURCE_KEY, IMAGE_KEY, UPLOAD_KEY = "ex_source", "ex_image", "ex_upload"

@@ -12,18 +12,8 @@ import numpy as np
 
 from scan_viz.app.safe_text import literal, plain
 from scan_viz.images import fit_within
-from scan_viz.render import (
-    PANEL_SIDE,
-    Bars,
-    WordPanel,
-    ablation_bars,
-    attention_peak,
-    content_words,
-    plotly_bars,
-    region_label,
-    strongest_regions,
-    word_panel_images,
-)
+from scan_viz.render import (PANEL_SIDE, Bars, WordPanel, ablation_bars, attention_peak, content_words,
+                             plotly_bars, region_label, strongest_regions, word_panel_images)
 from scan_viz.types import Alignment
 
 __all__ = ["PANEL_SIDE", "RELEVANCE", "SHOWN_SIDE", "THUMB_SIDE", "WordPanel", "ablation_figures", "ablation_note",
