@@ -26,11 +26,6 @@ REAL_REGIONS = (36, 20, 7, 36, 1, 30, 12, 36, 3, 25, 36, 18)
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return app_fixture()
-
-
-@pytest.fixture(scope="module")
 def model(bundle):
     return load_model(bundle.model)
 
