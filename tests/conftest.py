@@ -43,7 +43,7 @@ def give_trained_heads(tmp_path, monkeypatch):
     """``give_trained_heads(model)``: random weights for every head that has trained weights of its own (the
     co-attention re-ranker), saved for ``model`` under a temporary ``pretrained/`` that the model looks in."""
     from scan_viz.heads.coattention_net import CoAttention, CoAttentionReranker
-    from scan_viz.retrieval.stage1 import model_fingerprint
+    from scan_viz.parts import model_fingerprint
 
     def give(model):
         torch.manual_seed(0)
