@@ -8,13 +8,24 @@
 - ``toy_head``: a head registered for the test only (one numeric setting, one choice), removed afterwards: what a
   contributor adding a head would write, for tests that check a new head shows up everywhere without other edits.
 
-Helpers that are not fixtures (``app_fixture.py``, ``official_format.py``, ``peak_rss.py``) stay importable modules.
+Helpers that are not fixtures (``app_fixture.py``, ``official_format.py``, ``peak_rss.py``, ``reference.py``) are
+modules at this folder's top. The test modules sit in folders that mirror the package (``tests/heads/`` tests
+``scan_viz/heads/``, ...); every one is imported by its plain name (``from test_model import _setup``), one style,
+since this file puts the tests' folders on ``sys.path``.
 """
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from app_fixture import APP, APP_TIMEOUT
+
+TESTS = Path(__file__).resolve().parent
+for folder in [TESTS, *sorted(p for p in TESTS.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))]:
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 #: Embedding size of the heads ``build_head`` makes.
 EMBED = 16

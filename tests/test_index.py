@@ -18,7 +18,7 @@ from scan_viz.gallery import load_gallery
 from scan_viz.regions.images import load_image
 from scan_viz.index import REPORT_FILE, index_images
 from scan_viz.regions.images import list_images
-from tests.app_fixture import app_fixture
+from app_fixture import app_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from app_fixture import app_fixture
 from scan_viz.cli import main
 from scan_viz.evaluation.metrics import evaluate
 from scan_viz.evaluation.pointing import PointingItem, evaluate_pointing

@@ -25,7 +25,6 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app_fixture import app_fixture
 from scan_viz.app import models, state, user_files
 from scan_viz.app.bundle import Sources, check_visitor_sources, load_bundle, load_detector_for
 from scan_viz.app.user_files import Upload, stage_upload

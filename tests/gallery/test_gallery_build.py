@@ -20,7 +20,7 @@ from scan_viz.gallery import FORMAT_VERSION, GALLERY_FILE, load_gallery
 from scan_viz.gallery.build import build_gallery
 from scan_viz.regions.store import TSV_COLUMNS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,15 @@
 lambda_softmax shows the library's alpha for the new value, predict-then-reveal keeps the tally."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streamlit.testing.v1 import AppTest
 from test_app import no_exception
 
 from scan_viz.app import learn as page
 from scan_viz.app.params import parse_explore_query
-from test_app import app, bundle, no_exception  # noqa: F401  (fixtures: the fixture bundle served by app.py)
 
 LEARN = "scan_viz/app/learn.py"
 

@@ -17,7 +17,7 @@ from scan_viz.heads.walk import steps
 from scan_viz.pipeline import DEFAULT_GALLERY, gallery_regions
 from scan_viz.render import learn
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 NUMBER = re.compile(r"-?\d+\.\d+")
 
 

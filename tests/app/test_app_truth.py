@@ -21,7 +21,7 @@ from scan_viz.pipeline import evaluate_gallery
 
 torch.set_num_threads(1)
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 RETRIEVE, EVALUATE = "scan_viz/app/retrieve.py", "scan_viz/app/evaluate.py"
 TIMEOUT = 120
 

@@ -24,7 +24,6 @@ from app_fixture import png_bytes
 from scan_viz.app import explore, models, state, user_files
 from scan_viz.app.params import HeadSettings
 from scan_viz.app.safe_text import literal
-from test_app import APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link, panel_images, score  # noqa: F401
 
 #: Link keys whose bad value is a note naming the key (``image`` is an error, ``q`` and ``word`` need a pair).
 NOTED_KEYS = ("k", "model", "head", "dir", "agg", "lsm", "lse", "norm")

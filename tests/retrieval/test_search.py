@@ -13,7 +13,7 @@ from scan_viz.errors import ScanVizError
 from scan_viz.parts import model_fingerprint
 from scan_viz.retrieval.search import EXACT_MAX, TwoStageSearch, build_index
 from scan_viz.retrieval.stage1 import Stage1, Stage1Head
-from tests.test_stage1 import tiny_model
+from test_stage1 import tiny_model
 
 N_IMAGES, N_REGIONS = 40, 6
 TEXT = "a red car on the grass"
@@ -131,7 +131,7 @@ def test_search_command_writes_json_and_rejects_bad_input(tmp_path, capsys):
     from scan_viz.gallery import load_gallery
     from scan_viz.model import load_model
     from scan_viz.pipeline import GalleryIndex
-    from tests.app_fixture import app_fixture
+    from app_fixture import app_fixture
 
     fixture = app_fixture()
     image_id = fixture.image_ids[2]
@@ -166,14 +166,14 @@ def test_search_command_prints_a_readable_table_and_json_to_stdout(tmp_path):
     import subprocess
     import sys
 
-    from tests.app_fixture import app_fixture
+    from app_fixture import app_fixture
 
     fixture = app_fixture()
     image_id = fixture.image_ids[2]
     sentence = fixture.captions[image_id][0]
     base = [sys.executable, "-m", "scan_viz.cli", "search", "--gallery", str(fixture.gallery), "--model",
             str(fixture.model)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     run = lambda *extra: subprocess.run(base + list(extra), capture_output=True, text=True, timeout=120,
                                         cwd=tmp_path, env=env)
     table = run("--text", sentence, "-k", "3")

@@ -16,7 +16,7 @@ from scan_viz.evaluation.metrics import evaluate, fold5_average, fold_slices
 from scan_viz.model import load_model
 from scan_viz.train.toy import make_precomp
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOY_MODEL = REPO / "examples" / "toy" / "model"
 
 

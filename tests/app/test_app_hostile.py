@@ -24,8 +24,6 @@ from scan_viz.app import explore, models, state, uploads, user_files
 from scan_viz.app.params import parse_explore_query
 from scan_viz.app.safe_text import BIDI_CONTROLS, literal, plain
 from scan_viz.errors import ScanVizError
-from test_app import (APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link, panel_images,  # noqa: F401 - fixtures
-                      write_npz_regions)
 
 LINK = "[Session expired, log in again](https://evil.example/login)"
 #: Strings a visitor's config.json can set that the model card shows: data_name, and extra's keys and values

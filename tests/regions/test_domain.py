@@ -10,7 +10,7 @@ import pytest
 
 from scan_viz.regions.domain import DomainCheck
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 

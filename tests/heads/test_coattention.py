@@ -14,8 +14,8 @@ from scan_viz.heads.coattention_net import CoAttention, CoAttentionReranker, fin
 from scan_viz.parts import model_fingerprint
 from scan_viz.retrieval.search import TwoStageSearch, rerank_ranks
 from scan_viz.retrieval.stage1 import Stage1, Stage1Head
-from tests.test_search import N_IMAGES, N_REGIONS, TEXT
-from tests.test_stage1 import tiny_model
+from test_search import N_IMAGES, N_REGIONS, TEXT
+from test_stage1 import tiny_model
 
 D, M = 16, 8
 
@@ -230,7 +230,7 @@ def test_two_stage_reranking_equals_its_exhaustive_scores(trained_here):
 
 def test_search_command_with_coattention_needs_a_trained_reranker(tmp_path, capsys):
     from scan_viz.cli import main
-    from tests.app_fixture import app_fixture
+    from app_fixture import app_fixture
 
     fixture = app_fixture()
     args = ["search", "--gallery", str(fixture.gallery), "--model", str(fixture.model), "--text",
@@ -287,8 +287,8 @@ def test_gallery_measurement_matches_exhaustive_scan_and_the_head(tmp_path, monk
     from scan_viz.gallery import load_gallery
     from scan_viz.model import load_model
     from scan_viz.train.coattention import measure_gallery, rerank_recall
-    from tests.app_fixture import N_IMAGES as FIXTURE_IMAGES
-    from tests.app_fixture import app_fixture
+    from app_fixture import N_IMAGES as FIXTURE_IMAGES
+    from app_fixture import app_fixture
 
     torch.set_num_threads(1)
     fixture = app_fixture()

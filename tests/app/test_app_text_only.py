@@ -15,7 +15,7 @@ from scan_viz.app.bundle import NO_BOXES, NO_PICTURES
 from scan_viz.gallery import load_gallery
 from scan_viz.gallery.build import build_gallery
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGES = {"Retrieve": "scan_viz/app/retrieve.py", "Evaluate": "scan_viz/app/evaluate.py"}
 TIMEOUT = 120
 

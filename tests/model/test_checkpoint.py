@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import pickletools
-import sys
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -16,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).parent))
 import official_format as of  # noqa: E402
 from scan_viz.errors import ScanVizError  # noqa: E402
 from scan_viz.heads import head_settings  # noqa: E402
