@@ -135,3 +135,45 @@ def test_the_tool_rebuilds_the_committed_pictures(tmp_path, records):
         committed = np.asarray(Image.open(PHOTOS / record["file"]), dtype=np.int16)
         # the same pixels and JPEG settings; a different libjpeg may round a few values differently
         assert rebuilt.shape == committed.shape and np.abs(rebuilt - committed).mean() < 1.0, record["id"]
+
+
+def test_the_annotations_are_a_gallery_that_pointing_reads(records, tmp_path):
+    """Written with the project's gallery writer (regions: the annotated boxes themselves, random features) and
+    read back by the gallery reader, every grounded word of every caption is scored by pointing_on_gallery (a tiny
+    random model: only the plumbing is checked here, not a model's accuracy); each word's own boxes are among the
+    regions, so the random-region baseline is positive for every word type."""
+    import torch
+
+    from scan_viz.config import ScanConfig
+    from scan_viz.data import RegionStore
+    from scan_viz.gallery import load_gallery, write_gallery
+    from scan_viz.model import ScanModel
+    from scan_viz.pipeline import pointing_on_gallery
+    from scan_viz.text import Vocabulary
+
+    torch.manual_seed(0)
+    n_regions = max(len(r["objects"]) for r in records)
+    boxes = np.zeros((len(records), n_regions, 4), dtype=np.float32)
+    for row, record in enumerate(records):
+        boxes[row, :len(record["objects"])] = [o["box"] for o in record["objects"]]
+    store = RegionStore(ids=[r["id"] for r in records],
+                        features=np.random.default_rng(0).normal(size=(len(records), n_regions, 8)).astype(np.float32),
+                        boxes=boxes, image_sizes=np.array([(r["width"], r["height"]) for r in records]),
+                        n_boxes=np.array([len(r["objects"]) for r in records]))
+    pictures = [(PHOTOS / r["file"]).read_bytes() for r in records]
+    write_gallery(tmp_path / "photos", "sample photos", records, pictures, store, None)
+    gallery = load_gallery(tmp_path / "photos")
+    assert gallery.ids == [r["id"] for r in records] and len(gallery.captions) == sum(len(r["captions"]) for r in records)
+
+    vocab = Vocabulary.build(gallery.captions, threshold=1)
+    model = ScanModel(ScanConfig(img_dim=8, embed_size=16, word_dim=8), vocab)
+    result = pointing_on_gallery(model, gallery, model.head())
+    expected: dict[str, int] = {}
+    for record in records:
+        for caption in record["captions"]:
+            for w in caption["words"]:
+                if w["boxes"]:
+                    expected[w["type"]] = expected.get(w["type"], 0) + 1
+    assert result["counts"] == dict(sorted(expected.items()))
+    for word_type, value in result["baselines"]["random"].items():
+        assert 0 < value <= 100, word_type
