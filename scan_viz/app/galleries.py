@@ -161,6 +161,14 @@ def check_pair(model_label: str, config, gallery) -> None:
         raise ScanVizError(mismatch_message(model_label, model_det, gallery.name, gallery_det))
 
 
+def check_named_pair(model: str, gallery: BundledGallery) -> None:
+    """ScanVizError (one line) when the bundled model ``model`` cannot read the bundled ``gallery``'s features
+    (checked before anything loads, from the two files that say so)."""
+    wants, made_by = model_detector(model), gallery_detector(gallery.path)
+    if not fits(wants, made_by):
+        raise ScanVizError(mismatch_message(model, wants, gallery.name, made_by))
+
+
 def gallery_for(model: str, preferred: list[str | None]) -> str:
     """The gallery folder to serve the bundled model ``model`` with: the first of ``preferred`` (the served one,
     the operator's) that fits it, else the first offered bundled gallery made by its detector.

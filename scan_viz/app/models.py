@@ -169,9 +169,7 @@ def bundled_gallery_path(model: str, choice: str, operator: Sources) -> str:
     found = galleries.offered_gallery(choice)
     if found is None:
         raise ScanVizError(f"the gallery {choice} is no longer offered: pick another")
-    wants, made_by = galleries.model_detector(model), galleries.gallery_detector(found.path)
-    if not galleries.fits(wants, made_by):
-        raise ScanVizError(galleries.mismatch_message(model, wants, found.name, made_by))
+    galleries.check_named_pair(model, found)
     return str(found.path)
 
 

@@ -518,13 +518,14 @@ def apply_link_model(name: str | None, notes: list[str], gallery: str | None = N
         if found is None:
             offered = ", ".join(g.name for g in galleries.offered_galleries()) or "none"
             notes.append(f"the link's gallery {echo(gallery)} is not a bundled gallery ({offered}): ignored")
-        elif name is not None and not galleries.fits(galleries.model_detector(name),
-                                                     galleries.gallery_detector(found.path)):
-            notes.append(f"the link's gallery {found.name!r} cannot be served with the model {name!r}: "
-                         + galleries.mismatch_message(name, galleries.model_detector(name), found.name,
-                                                      galleries.gallery_detector(found.path)) + "; ignored")
         else:
-            path = str(found.path)
+            try:
+                if name is not None:
+                    galleries.check_named_pair(name, found)
+                path = str(found.path)
+            except ScanVizError as exc:
+                notes.append(f"the link's gallery {found.name!r} cannot be served with the model {name!r}: {exc}; "
+                             "ignored")
     if name is None and path is None:
         return
     try:
