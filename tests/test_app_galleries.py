@@ -63,10 +63,8 @@ def staged(tmp_path_factory) -> tuple:
     store = dataclasses.replace(emoji.regions.subset(slice(0, N_PHOTOS)), ids=ids)
     photos = root / "photos"
     write_gallery(photos, "photo test gallery", records, [emoji.load_image(i) for i in emoji.ids[:N_PHOTOS]],
-                  store, emoji.region_labels[:N_PHOTOS])
-    meta = json.loads((photos / "gallery.json").read_text())
-    meta["indexed_with"] = {"model": PHOTO_MODEL, "detector": PHOTO_DETECTOR}
-    (photos / "gallery.json").write_text(json.dumps(meta))
+                  store, emoji.region_labels[:N_PHOTOS], indexed_with={"model": PHOTO_MODEL, "detector": PHOTO_DETECTOR})
+    assert load_gallery(photos).indexed_with == {"model": PHOTO_MODEL, "detector": PHOTO_DETECTOR}
     return pretrained, photos, bundle
 
 
@@ -240,3 +238,26 @@ def test_the_emoji_gallery_behaves_as_before(two):
     assert not at.warning and served(at) == (EMOJI_MODEL, two.emoji_name) and "gallery" not in at.query_params
     assert state.bundle_home(Sources.from_env()) == "operator"
     assert state.bundle_home(Sources(model=PHOTO_MODEL, gallery=two.photos)) == "shared"
+
+
+def test_evaluate_measures_the_paired_gallery(two):
+    """Evaluate, reached with ?gallery=photos, measures the photo gallery with the photo model: its pointing
+    table's word counts are the library's on that pair."""
+    from scan_viz.gallery import load_gallery
+    from scan_viz.model import load_model
+    from scan_viz.pipeline import pointing_on_gallery
+
+    at = open_link(gallery="photos")
+    at.switch_page("scan_viz/app/evaluate.py").run()
+    no_exception(at)
+    start = [b for b in at.button if b.label == "Evaluate on the gallery"]
+    if start:
+        start[0].click().run()
+        no_exception(at)
+    assert not at.error and served(at) == (PHOTO_MODEL, two.photos_name)
+    model = load_model(PHOTO_MODEL)
+    expected = pointing_on_gallery(model, load_gallery(two.photos), model.head())
+    pointing = next(d.value for d in at.dataframe if "word type" in d.value.columns)
+    assert pointing["words"].tolist() == list(expected["counts"].values())
+    assert pointing["pointing accuracy %"].tolist() == [round(v, 1) for v in expected["pointing"].values()]
+    assert at.query_params["gallery"] == "photos" and at.query_params["model"] == PHOTO_MODEL
