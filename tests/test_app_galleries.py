@@ -215,7 +215,7 @@ def test_explore_on_the_photo_gallery_draws_its_images(two):
 
 
 @pytest.mark.parametrize("link, words", [
-    ({"model": EMOJI_MODEL, "gallery": "photos"}, ("'photos' cannot be served with the model", PHOTO_DETECTOR)),
+    ({"model": EMOJI_MODEL, "gallery": "photos"}, ("the link's gallery is not used: the gallery photos", PHOTO_DETECTOR, EMOJI_MODEL)),
     ({"gallery": "nope"}, ("'nope' is not a bundled gallery (emoji, photos)",)),
     ({"gallery": "../examples"}, ("is not a bundled gallery's name",)),
 ])

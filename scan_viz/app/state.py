@@ -524,8 +524,7 @@ def apply_link_model(name: str | None, notes: list[str], gallery: str | None = N
                     galleries.check_named_pair(name, found)
                 path = str(found.path)
             except ScanVizError as exc:
-                notes.append(f"the link's gallery {found.name!r} cannot be served with the model {name!r}: {exc}; "
-                             "ignored")
+                notes.append(f"the link's gallery is not used: {exc}")
     if name is None and path is None:
         return
     try:
