@@ -51,8 +51,8 @@ def _rss_bytes() -> int:
 
 def first_images(gallery, n: int):
     """The gallery's first ``n`` images with their captions (the whole gallery for 0 or n >= its size)."""
-    from scan_viz.data import RegionStore
     from scan_viz.gallery import Gallery
+    from scan_viz.regions.store import RegionStore
 
     if not n or n >= len(gallery):
         return gallery
@@ -90,7 +90,7 @@ def _in_child(args: tuple) -> tuple[dict, float]:
 
 def interleaved_throughput(runs: dict[tuple[str, str], tuple], reps: int) -> dict[tuple[str, str], float]:
     """pairs/s of each (head, dtype): ``runs`` maps it to (head object, GalleryIndex); rounds alternate heads."""
-    from scan_viz.engine import score_matrix
+    from scan_viz.heads.engine import score_matrix
 
     best = {key: float("inf") for key in runs}
     for _ in range(reps):

@@ -50,11 +50,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from scan_viz import learn
     from scan_viz.gallery import load_gallery
+    from scan_viz.heads.walk import steps
     from scan_viz.model import load_model
     from scan_viz.pipeline import DEFAULT_GALLERY, gallery_regions
-    from scan_viz.walk import steps
+    from scan_viz.render import learn
 
     model, gallery = load_model("scan-emoji-t2i"), load_gallery(DEFAULT_GALLERY)
     image_id = gallery.ids[0]
@@ -140,10 +140,10 @@ def browser_times(model, gallery, image_id: str, sentence: str, runs: int) -> tu
     from test_browser import CHROMIUM, CHROMIUM_ARGS, STEP_MS, VIEWPORT, streamlit_app, sync_api, wait_until_idle
     from test_browser_learn import open_learn
 
-    from scan_viz import learn
     from scan_viz.app.safe_text import plain
+    from scan_viz.heads.walk import steps
     from scan_viz.pipeline import gallery_regions
-    from scan_viz.walk import steps
+    from scan_viz.render import learn
 
     regions = gallery_regions(gallery, image_id)
     word = 1  # the page's default word on a sentence of more than two tokens

@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scoring import WORDS, captions  # noqa: E402
 
-from scan_viz.config import ScanConfig  # noqa: E402
 from scan_viz.model import ScanModel  # noqa: E402
+from scan_viz.model.config import ScanConfig  # noqa: E402
 from scan_viz.text import Vocabulary  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Scoring throughput: the scan-viz engine vs the official SCAN algorithm, measured in the same run.
 
-Baseline ("official"): kuanghuei/SCAN's evaluation loop as restated in scan_viz.reference: float64,
+Baseline ("official"): kuanghuei/SCAN's evaluation loop as restated in reference: float64,
 128 x 128 shards, one attention call per caption, attended vectors materialised.
 Reported: pairs/s, the speed-up over the baseline, and the engine's arithmetic rate as a fraction of
 this machine's measured fp32 matrix-multiply rate, counting 2 x n_regions x n_words x d FLOPs per pair.
@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from scan_viz.config import ScanConfig
-from scan_viz.engine import score_matrix
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference import shard_xattn  # noqa: E402  (the tests' plain re-statement of the official loop: the baseline)
 from scan_viz.heads import create_head
 from scan_viz.model import ScanModel
-from scan_viz.reference import shard_xattn
+from scan_viz.model.config import ScanConfig
+from scan_viz.heads.engine import score_matrix
 from scan_viz.text import Vocabulary
 
 N_REGIONS, IMG_DIM, EMBED = 36, 2048, 1024
@@ -177,8 +180,8 @@ def top_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
 
 def gallery_agreement(n_images: int, heads: list[str]) -> None:
     """fp32 vs bf16 products on the bundled gallery's first ``n_images``: recalls and top-10 overlap per head."""
+    from scan_viz.evaluation.metrics import evaluate
     from scan_viz.gallery import load_gallery
-    from scan_viz.metrics import evaluate
     from scan_viz.model import load_model
     from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
 

@@ -22,11 +22,11 @@ import time
 import numpy as np
 import torch
 
-from scan_viz.config import ScanConfig
-from scan_viz.encoders import build_encoders
 from scan_viz.heads import create_head
-from scan_viz.loss import contrastive_loss
+from scan_viz.model.config import ScanConfig
+from scan_viz.model.encoders import build_encoders
 from scan_viz.train.loop import batch_scores
+from scan_viz.train.loss import contrastive_loss
 
 
 def main() -> None:

@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scan_viz.engine import score_matrix
 from scan_viz.gallery import load_gallery
 from scan_viz.model import load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
-from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index, read_rows
-from scan_viz.stage1 import RECALL_KS, find_stage1
+from scan_viz.heads.engine import score_matrix
+from scan_viz.retrieval.search import EXACT_MAX, TwoStageSearch, build_index, read_rows
+from scan_viz.retrieval.stage1 import RECALL_KS, find_stage1
 
 CHUNK = 2048
 

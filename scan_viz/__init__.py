@@ -1,6 +1,6 @@
 """scan-viz: see how SCAN-family image-text matching models line words up with image regions."""
-from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
+from scan_viz.model.config import ScanConfig
 
 __version__ = "0.1.0"
 __all__ = ["ScanConfig", "ScanVizError", "ScanModel", "load_model", "steps", "__version__"]
@@ -12,8 +12,8 @@ def __getattr__(name: str):
         from scan_viz import model
 
         return getattr(model, name)
-    if name == "steps":  # a head's computation on one pair, step by step (scan_viz.walk)
-        from scan_viz.walk import steps
+    if name == "steps":  # a head's computation on one pair, step by step (scan_viz.heads.walk)
+        from scan_viz.heads.walk import steps
 
         return steps
     raise AttributeError(name)

@@ -24,27 +24,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from scan_viz.errors import ScanVizError
+from scan_viz.regions.images import list_images
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 REPORT_FILE = "index_report.json"
 CHUNK_PREFIX = "chunk_"
 DEFAULT_CHUNK = 16
-
-
-def list_images(folder: Path) -> list[Path]:
-    """The folder's image files (by suffix), sorted; their stems become image ids and must be unique."""
-    if not folder.is_dir():
-        raise ScanVizError(f"{folder} is not a folder: give --images a folder of image files")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    seen: dict[str, Path] = {}
-    for path in files:
-        if path.stem in seen:
-            raise ScanVizError(f"{seen[path.stem].name} and {path.name} would both be image id {path.stem!r}: "
-                               "rename one of them")
-        seen[path.stem] = path
-    if not files:
-        raise ScanVizError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    return files
 
 
 def read_captions_file(path: Path) -> dict[str, list[str]]:
@@ -84,7 +68,7 @@ class ChunkProcessor:
 
         from scan_viz.model import load_model
         from scan_viz.pipeline import detector_for
-        from scan_viz.stage1 import find_stage1
+        from scan_viz.retrieval.stage1 import find_stage1
 
         torch.set_num_threads(1)
         self.model = load_model(spec.model)
@@ -94,7 +78,7 @@ class ChunkProcessor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         """batch: {"id": (b,), "path": (b,)} -> per image: features, boxes, size, labels (JSON), error ('' if ok)."""
         from scan_viz.detect import extract_regions
-        from scan_viz.images import load_image
+        from scan_viz.regions.images import load_image
 
         ids, paths = [str(i) for i in batch["id"]], [str(p) for p in batch["path"]]
         images, errors = [], []
@@ -229,9 +213,9 @@ def index_images(images_dir: str | Path, out: str | Path, model: str = "scan-emo
 def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[str, list[str]],
               spec: IndexSpec) -> IndexResult:
     """Old gallery rows + every saved chunk -> one new gallery folder, swapped in atomically."""
-    from scan_viz.data import RegionStore, save_regions
     from scan_viz.gallery import GALLERY_FILE, LABELS_FILE, REGIONS_DIR, gallery_header
     from scan_viz.io import write_dir_atomic
+    from scan_viz.regions.store import RegionStore, save_regions
 
     chunks = list(_read_chunks(work))
     new_rows: dict[str, tuple[int, int]] = {}
@@ -302,7 +286,7 @@ def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[s
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if stage1_vectors is not None:
             stage1, vecs = stage1_vectors
-            from scan_viz.search import save_image_vectors
+            from scan_viz.retrieval.search import save_image_vectors
 
             save_image_vectors(tmp, stage1, vecs)
 
@@ -313,8 +297,8 @@ def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[s
 def _stage1_vectors(spec: IndexSpec, old, order: list[str], new_rows: dict, new_vectors: list):
     """(stage-1 head, vectors of every gallery row): stored ones for old rows when the same head made them."""
     from scan_viz.model import load_model
-    from scan_viz.search import load_image_vectors
-    from scan_viz.stage1 import find_stage1
+    from scan_viz.retrieval.search import load_image_vectors
+    from scan_viz.retrieval.stage1 import find_stage1
 
     model = load_model(spec.model)
     stage1 = find_stage1(model)

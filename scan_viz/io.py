@@ -20,7 +20,6 @@ from typing import Callable, Iterator
 
 from scan_viz.errors import ScanVizError
 
-
 #: The output name that means standard output.
 STDOUT = "-"
 

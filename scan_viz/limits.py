@@ -12,7 +12,7 @@ checks, so a value is refused with the same one-line message wherever it comes f
   4-20. Below 0.5 the attention of normalised similarities (|x| <= 1) is close to uniform and LogSumExp's
   ``log(n) / lambda`` term swamps the score; above 50, ``exp(lambda * x)`` nears float32's overflow at 88.
 - An image has at most :data:`MAX_IMAGE_PIXELS` pixels and :data:`MAX_IMAGE_SIDE` pixels a side, checked
-  from its header before any pixel is decoded (:func:`scan_viz.images.load_image`): the detector looks at a
+  from its header before any pixel is decoded (:func:`scan_viz.regions.images.load_image`): the detector looks at a
   few hundred pixels, and a 25-megapixel decode is already 75 MB.
 
 What a *file* may expand to once read (zip members, array headers, JSON depth, regions per image, one load's

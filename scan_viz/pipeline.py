@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from scan_viz.errors import ScanVizError
+from scan_viz.evaluation.metrics import evaluate
+from scan_viz.evaluation.pointing import PointingItem, evaluate_pointing
 from scan_viz.gallery import Gallery
-from scan_viz.heads import MatchingHead
+from scan_viz.heads import MatchingHead, resolve_head
 from scan_viz.limits import check_sentence
-from scan_viz.metrics import evaluate
 from scan_viz.model import PRETRAINED_DIR, ScanModel
-from scan_viz.pointing import PointingItem, evaluate_pointing
 from scan_viz.types import Alignment, Regions
 
 DEFAULT_MODEL = "scan-emoji-t2i"
@@ -110,10 +110,10 @@ class GalleryIndex:
 
     def image_scores(self, text: str, head: str | MatchingHead | None = None) -> np.ndarray:
         """(n_images,) every gallery image's score for the sentence ``text`` under ``head``."""
-        from scan_viz.engine import score_matrix
+        from scan_viz.heads.engine import score_matrix
 
         check_sentence(text)
-        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        matcher = resolve_head(head, self.model)
         caps = self.model.encode_captions([text])
         return score_matrix(matcher, self.regions, caps.emb, caps.lengths, self.region_lengths)[:, 0]
 
@@ -125,28 +125,28 @@ class GalleryIndex:
 
     @functools.cached_property
     def domain_check(self):
-        """The out-of-domain check (:class:`scan_viz.domain.DomainCheck`) fitted on this gallery, once."""
+        """The out-of-domain check (:class:`scan_viz.regions.domain.DomainCheck`) fitted on this gallery, once."""
         return domain_check(self.regions, self.region_lengths)
 
     def looks_in_domain(self, regions: Regions) -> bool:
         """Whether a picture's regions are as like the gallery's as the gallery's own images are."""
-        from scan_viz.domain import embed_regions
+        from scan_viz.regions.domain import embed_regions
 
         return self.domain_check.in_domain(embed_regions(self.model, regions))
 
     @functools.cached_property
     def two_stage(self):
-        """Two-stage search (scan_viz.search) over these embeddings; stage 1 when a head fits the model."""
-        from scan_viz.search import gallery_search
+        """Two-stage search (scan_viz.retrieval.search) over these embeddings; stage 1 when a head fits the model."""
+        from scan_viz.retrieval.search import gallery_search
 
         return gallery_search(self.model, self.gallery, self.regions, (self.caption_emb, self.caption_lengths))
 
     def search_captions(self, image_id: str, k: int = 10, head: str | MatchingHead | None = None
                         ) -> list[tuple[int, float]]:
         """Gallery image -> the top-k gallery captions (index into gallery.captions, score), best first."""
-        from scan_viz.engine import score_matrix
+        from scan_viz.heads.engine import score_matrix
 
-        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        matcher = resolve_head(head, self.model)
         i = self.gallery.index_of(image_id)
         rl = None if self.region_lengths is None else self.region_lengths[i:i + 1]
         scores = score_matrix(matcher, self.regions[i:i + 1], self.caption_emb, self.caption_lengths, rl)[0]
@@ -156,9 +156,9 @@ class GalleryIndex:
     def search_captions_for_regions(self, regions: Regions, k: int = 10, head: str | MatchingHead | None = None
                                     ) -> list[tuple[int, float]]:
         """An uploaded image's regions -> the top-k gallery captions."""
-        from scan_viz.engine import score_matrix
+        from scan_viz.heads.engine import score_matrix
 
-        matcher = head if isinstance(head, MatchingHead) else self.model.head(head)
+        matcher = resolve_head(head, self.model)
         emb = self.model.encode_images(regions.features[None])
         scores = score_matrix(matcher, emb, self.caption_emb, self.caption_lengths)[0]
         top = np.argsort(-scores, kind="stable")[:k]
@@ -188,7 +188,7 @@ def compare_heads(index: GalleryIndex, image_id: str, text: str,
     row = index.gallery.index_of(image_id)
     out = []
     for head in heads:
-        matcher = head if isinstance(head, MatchingHead) else index.model.head(head)
+        matcher = resolve_head(head, index.model)
         alignment = explain(index.model, regions, text, matcher)
         scores = index.image_scores(text, matcher)
         out.append(HeadComparison(matcher, alignment, gallery_rank(scores, scores[row]), len(scores)))
@@ -196,8 +196,8 @@ def compare_heads(index: GalleryIndex, image_id: str, text: str,
 
 
 def domain_check(region_embeddings: torch.Tensor, region_lengths: torch.Tensor | None):
-    """:class:`scan_viz.domain.DomainCheck` fitted on a gallery's region embeddings (n_images, n_regions, d)."""
-    from scan_viz.domain import DomainCheck
+    """:class:`scan_viz.regions.domain.DomainCheck` fitted on a gallery's region embeddings (n_images, n_regions, d)."""
+    from scan_viz.regions.domain import DomainCheck
 
     lengths = None if region_lengths is None else region_lengths.numpy()
     return DomainCheck.fit(region_embeddings.float().numpy(), lengths)
@@ -231,7 +231,7 @@ def ablate(model: ScanModel, regions: Regions, text: str, head: str | MatchingHe
     from scan_viz.text import EncodedCaption
 
     check_sentence(text)
-    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    matcher = resolve_head(head, model)
     full = model.vocab.encode(text)
     n_tok = len(full.tokens)
     variants = [full] + [EncodedCaption(full.ids[:t + 1] + full.ids[t + 2:], full.tokens[:t] + full.tokens[t + 1:],
@@ -268,9 +268,9 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
     of each image's best own caption, ``i2t_best_own`` (n_images,) that caption, ``i2t_top`` (n_images,) each
     image's top caption, and ``sims`` (n_images, n_captions); with claims also ``t2i_truth_ranks``,
     ``i2t_truth_ranks`` (the truth-aware ranks), ``t2i_top_verdict`` (n_captions,) and ``i2t_top_verdict``
-    (n_images,) (:class:`scan_viz.truth.Verdict` of each top pair) and ``truth_matrix`` (n_captions, n_images).
+    (n_images,) (:class:`scan_viz.evaluation.truth.Verdict` of each top pair) and ``truth_matrix`` (n_captions, n_images).
     """
-    from scan_viz.metrics import i2t_ranks, t2i_ranks
+    from scan_viz.evaluation.metrics import i2t_ranks, t2i_ranks
 
     if not gallery.captions:
         raise ScanVizError(f"the gallery {gallery.name} has no captions, so retrieval cannot be evaluated: "
@@ -278,7 +278,7 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
     if len(set(gallery.caption_image.tolist())) != len(gallery):
         raise ScanVizError(f"some images of the gallery {gallery.name} have no caption, so image-to-text ranks are "
                            "undefined: give every image at least one caption")
-    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    matcher = resolve_head(head, model)
     if dtype == "bfloat16":
         matcher = matcher.with_product_dtype(dtype)
     sims = model.similarity(gallery.regions.features, gallery.captions, head=matcher, progress=progress,
@@ -306,7 +306,7 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
 
 
 NO_CLAIMS_NOTE = ("truth-aware recall needs each caption's claims, which this gallery lacks; a gallery of the "
-                  "generated world gets them with `python -m scan_viz.truth annotate --gallery DIR`")
+                  "generated world gets them with `python -m scan_viz.gallery.annotate annotate --gallery DIR`")
 
 
 def truth_metrics(gallery: Gallery, sims: np.ndarray) -> dict[str, Any] | None:
@@ -319,8 +319,8 @@ def truth_metrics(gallery: Gallery, sims: np.ndarray) -> dict[str, Any] | None:
     share of mistakes whose top image fails it (one image can fail several), ``genuine`` the share of strict
     R@1 failures that are mistakes (the rest rank another image the caption is just as true of first).
     """
-    from scan_viz.metrics import evaluate_truth, i2t_truth_ranks, t2i_ranks, t2i_truth_ranks
-    from scan_viz.truth import ATTRIBUTES, caption_holds
+    from scan_viz.evaluation.metrics import evaluate_truth, i2t_truth_ranks, t2i_ranks, t2i_truth_ranks
+    from scan_viz.evaluation.truth import ATTRIBUTES, caption_holds
 
     if gallery.truth is None:
         return None

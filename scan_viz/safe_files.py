@@ -17,7 +17,7 @@ whose declarations were checked. One reader per kind of file, all here so there 
 - :func:`check_safetensors`: header length (first 8 bytes), tensor count and each tensor's declared bytes against
   the file, before ``safetensors`` parses it.
 
-Bottom-up-attention TSV rows are read in :mod:`scan_viz.data` (their format's one home) with the caps defined
+Bottom-up-attention TSV rows are read in :mod:`scan_viz.regions.store` (their format's one home) with the caps defined
 here. What a whole load may expand to is a :class:`LoadBudget`: every reader charges what it is about to allocate,
 so a set of files that are each within their caps still cannot add up past it. The caps, and why:
 
@@ -52,7 +52,7 @@ from typing import Any, BinaryIO, Iterable
 import numpy as np
 
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_paths import MB, MAX_JSON_BYTES, read_bytes, regular_file
+from scan_viz.safe_paths import MAX_JSON_BYTES, MB, read_bytes, regular_file
 
 GiB = 1 << 30
 MAX_LOAD_BYTES = 1 * GiB

@@ -47,12 +47,12 @@ class AppFixture:
 
 def build_fixture(root: Path, n_images: int = N_IMAGES, seed: int = 0) -> AppFixture:
     """Write world/, detector/, gallery/ and model/ under ``root``."""
-    from scan_viz.config import ScanConfig
-    from scan_viz.data import RegionStore
     from scan_viz.detect import build_detector, default_config, extract_regions, save_detector
     from scan_viz.gallery import write_gallery
-    from scan_viz.images import load_image
     from scan_viz.model import ScanModel
+    from scan_viz.model.config import ScanConfig
+    from scan_viz.regions.images import load_image
+    from scan_viz.regions.store import RegionStore
     from scan_viz.scenes import write_world
     from scan_viz.text import Vocabulary
 

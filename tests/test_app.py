@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from app_fixture import app_fixture, png_bytes
 from streamlit.testing.v1 import AppTest
 
+from app_fixture import app_fixture, png_bytes
 from scan_viz.app import evaluate, explore, models, retrieve, state, views
 from scan_viz.app.bundle import NO_MATCH, search_gallery
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
@@ -134,8 +134,8 @@ def test_head_settings_validate_and_build(bundle):
 
     model = load_model(bundle.model)
     settings = HeadSettings.from_config(model.config)
-    assert settings.head == f"scan_{model.config.cross_attn}"
-    assert settings.overrides()["lambda_softmax"] == model.config.lambda_softmax
+    assert settings.head == f"scan_{model.config.head_params.get('cross_attn', 't2i')}"
+    assert settings.overrides()["lambda_softmax"] == model.config.head_params.get("lambda_softmax", 9.0)
     head = HeadSettings.for_head("scan_i2t", model.config, {"agg_func": "Mean"}).build(model)
     assert head.cross_attn == "i2t" and head.attention_params.agg_func == "Mean"
     chan = HeadSettings.for_head("chan", model.config, {"beta": 0.2, "lambda_softmax": 3.0}).build(model)
@@ -367,7 +367,7 @@ def test_upload_runs_the_detector_and_bad_bytes_are_one_line(app):
     at.file_uploader[0].set_value(("photo.png", png_bytes(), "image/png")).run()
     no_exception(at)
     assert not at.error
-    # the note follows the domain check (scan_viz.domain), whatever the model's config says
+    # the note follows the domain check (scan_viz.regions.domain), whatever the model's config says
     assert any("Out of domain" in w.value for w in at.warning) == (at.session_state[explore.DOMAIN_MARKER] is False)
     assert at.session_state[explore.PANELS_MARKER] == ["a", "red", "car", "on", "the", "road"]
     assert "image" not in at.query_params and at.query_params["q"] == "a red car on the road"
@@ -422,8 +422,8 @@ def test_bundled_models_state_their_domain():
 
 
 def test_search_gallery_matches_whole_words_of_one_caption():
-    from scan_viz.data import RegionStore
     from scan_viz.gallery import Gallery
+    from scan_viz.regions.store import RegionStore
 
     captions = {"test_000001": ["an elephant on the grass", "a giant red kite"],
                 "test_000002": ["an ant on the sand", "a blue car"],
@@ -616,8 +616,8 @@ def write_npz_regions(bundle, folder: Path, ids: list[str], img_dim: int | None 
 @pytest.fixture
 def user_data(bundle, tmp_path, monkeypatch):
     """An official checkpoint + vocab of the fixture model, its regions as .npz, and an images folder."""
-    from scan_viz.checkpoint import write_official_checkpoint
     from scan_viz.model import load_model
+    from scan_viz.model.checkpoint import write_official_checkpoint
 
     model = load_model(bundle.model)
     write_official_checkpoint(tmp_path / "model_best.pth.tar", model.config, model.image_encoder.state_dict(),

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from app_fixture import INJECTION_PAYLOADS
 from streamlit.testing.v1 import AppTest
-from test_app import (APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link,  # noqa: F401 - fixtures
-                      panel_images, write_npz_regions)
 from test_app_safety import assert_nothing_renders_as_a_link, outside_code_spans, page_text
 
+from app_fixture import INJECTION_PAYLOADS
 from scan_viz.app import explore, models, state, uploads, user_files
 from scan_viz.app.params import parse_explore_query
 from scan_viz.app.safe_text import BIDI_CONTROLS, literal, plain
 from scan_viz.errors import ScanVizError
+from test_app import (APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link, panel_images,  # noqa: F401 - fixtures
+                      write_npz_regions)
 
 LINK = "[Session expired, log in again](https://evil.example/login)"
 #: Strings a visitor's config.json can set that the model card shows: data_name, and extra's keys and values
@@ -55,8 +55,8 @@ def model_folder_files(bundle, config_changes: dict | None = None) -> list[tuple
 
 def official_checkpoint(bundle, folder: Path) -> tuple[tuple[str, bytes, str], tuple[str, bytes, str]]:
     """The fixture model as an official model_best.pth.tar and its vocabulary file."""
-    from scan_viz.checkpoint import write_official_checkpoint
     from scan_viz.model import load_model
+    from scan_viz.model.checkpoint import write_official_checkpoint
 
     model = load_model(bundle.model)
     write_official_checkpoint(folder / "model_best.pth.tar", model.config, model.image_encoder.state_dict(),
@@ -275,7 +275,7 @@ def test_an_unexpected_error_in_a_page_is_one_line_and_logged(app, bundle, monke
     if page != "Explore":
         at.switch_page(PAGES[page]).run()
     monkeypatch.setattr(state, target, broken)
-    with caplog.at_level(logging.ERROR, logger="scan_viz.app.shell"):
+    with caplog.at_level(logging.ERROR, logger="scan_viz.app.frame"):
         at.run()
     no_exception(at)
     assert [e.value for e in at.error] == [literal("this page stopped: an unexpected error; the server's log has the "

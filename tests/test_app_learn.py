@@ -10,19 +10,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streamlit.testing.v1 import AppTest
-from test_app import app, bundle, no_exception  # noqa: F401  (fixtures: the fixture bundle served by app.py)
 
 from scan_viz.app import learn as page
 from scan_viz.app.params import parse_explore_query
+from test_app import app, bundle, no_exception  # noqa: F401  (fixtures: the fixture bundle served by app.py)
 
 LEARN = "scan_viz/app/learn.py"
 
 
 def library_steps(bundle, image_id, sentence, head="scan_t2i", **settings):
     from scan_viz.gallery import load_gallery
+    from scan_viz.heads.walk import steps
     from scan_viz.model import load_model
     from scan_viz.pipeline import gallery_regions
-    from scan_viz.walk import steps
 
     model, gallery = load_model(bundle.model), load_gallery(bundle.gallery)
     return steps(model, gallery_regions(gallery, image_id), sentence, head=head, **settings)
@@ -129,8 +129,8 @@ def test_next_and_previous_move_one_step(app, bundle):
 
 
 def test_two_at_once_sets_a_false_caption_and_another_head_beside(app, bundle):
+    from scan_viz.evaluation.truth import caption_holds
     from scan_viz.gallery import load_gallery
-    from scan_viz.truth import caption_holds
 
     image_id = bundle.image_ids[0]
     sentence = bundle.captions[image_id][0]
@@ -170,9 +170,9 @@ def fixture_reranker(bundle, tmp_path, monkeypatch):
     lookup (by fingerprint) in a folder of its own instead of pretrained/."""
     import torch
 
-    import scan_viz.coattention as coattention
+    import scan_viz.heads.coattention_net as coattention
     from scan_viz.model import load_model
-    from scan_viz.stage1 import model_fingerprint
+    from scan_viz.parts import model_fingerprint
 
     model = load_model(bundle.model)
     torch.manual_seed(3)
@@ -220,12 +220,11 @@ def test_an_upload_made_in_explore_opens_its_steps_on_learn(app, bundle):
     """The upload Explore holds is the Learn page's "your upload": its steps open, the last equals
     scan_viz.steps on the same detected regions; the gallery-only part says so in one line; the link has no image."""
     from app_fixture import png_bytes
-
     from scan_viz.app import explore
     from scan_viz.app.uploads import read_upload
+    from scan_viz.heads.walk import steps
     from scan_viz.model import load_model
     from scan_viz.pipeline import detect, detector_for
-    from scan_viz.walk import steps
 
     data, sentence = png_bytes(), "a red car on the road"
     at = app.run()
@@ -283,11 +282,11 @@ def test_an_unexpected_error_inside_the_learn_fragment_is_one_line(app, bundle, 
     def broken(*args, **kwargs):
         raise KeyError("/srv/secret/path: an error nobody foresaw")
 
-    import scan_viz.learn
+    import scan_viz.render.learn
 
-    monkeypatch.setattr(scan_viz.learn, "step_figure", broken)  # the page module is re-run; its imports are not
+    monkeypatch.setattr(scan_viz.render.learn, "step_figure", broken)  # the page module is re-run; its imports are not
     image_id = bundle.image_ids[0]
-    with caplog.at_level(logging.ERROR, logger="scan_viz.app.shell"):
+    with caplog.at_level(logging.ERROR, logger="scan_viz.app.frame"):
         at = open_learn(app, image=image_id, q=bundle.captions[image_id][0], step="2")
     no_exception(at)
     assert literal("this page stopped: an unexpected error; the server's log has the details. Reload the page, or "

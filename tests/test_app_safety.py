@@ -15,15 +15,15 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from app_fixture import INJECTION_PAYLOADS as PAYLOADS
-from app_fixture import png_bytes
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
-from test_app import APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link, panel_images, score  # noqa: F401
 
+from app_fixture import INJECTION_PAYLOADS as PAYLOADS
+from app_fixture import png_bytes
 from scan_viz.app import explore, models, state, user_files
 from scan_viz.app.params import HeadSettings
 from scan_viz.app.safe_text import literal
+from test_app import APP, PAGES, TIMEOUT, app, bundle, no_exception, open_link, panel_images, score  # noqa: F401
 
 #: Link keys whose bad value is a note naming the key (``image`` is an error, ``q`` and ``word`` need a pair).
 NOTED_KEYS = ("k", "model", "head", "dir", "agg", "lsm", "lse", "norm")
@@ -211,8 +211,8 @@ def test_unusable_lambdas_in_a_link_keep_the_models_settings(app, bundle, lsm, l
 
 
 def test_a_link_sets_every_head_setting_and_is_written_back(app, bundle):
-    from scan_viz.model import load_model
     from scan_viz.gallery import load_gallery
+    from scan_viz.model import load_model
     from scan_viz.pipeline import explain, gallery_regions
 
     image_id = bundle.image_ids[2]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_fixture import app_fixture
 from streamlit.testing.v1 import AppTest
 
+from app_fixture import app_fixture
 from scan_viz.app import explore
 from scan_viz.app.bundle import NO_BOXES, NO_PICTURES
 from scan_viz.gallery import load_gallery
-from scan_viz.gallery_build import build_gallery
+from scan_viz.gallery.build import build_gallery
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = {"Retrieve": "scan_viz/app/retrieve.py", "Evaluate": "scan_viz/app/evaluate.py"}

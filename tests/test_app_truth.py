@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_fixture import app_fixture
 from streamlit.testing.v1 import AppTest
 
+from app_fixture import app_fixture
 from scan_viz.app.bundle import ground_truth_images
 from scan_viz.app.evaluate import PER_PAGE
 from scan_viz.app.retrieve import ALSO_TRUE, CROSS, TICK
+from scan_viz.evaluation.truth import caption_holds
 from scan_viz.gallery import load_gallery
 from scan_viz.model import load_model
 from scan_viz.pipeline import evaluate_gallery
-from scan_viz.truth import caption_holds
 
 torch.set_num_threads(1)
 
@@ -205,7 +205,7 @@ def test_truth_marks_are_drawn_by_a_plain_text_font():
 
 def test_failure_label_never_says_a_true_top_1_is_wrong():
     from scan_viz.app.evaluate import wrong_label
-    from scan_viz.truth import Failure, Verdict
+    from scan_viz.evaluation.truth import Failure, Verdict
 
     assert wrong_label(Verdict()) == "nothing wrong: the caption is also true of it"
     wrong = Verdict((Failure("count", "the caption says two butterflies, the image has one"),))

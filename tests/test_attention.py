@@ -1,4 +1,4 @@
-"""The batched SCAN attention against the official per-caption algorithm (scan_viz.reference)."""
+"""The batched SCAN attention against the official per-caption algorithm (reference)."""
 import itertools
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scan_viz.attention import AttentionParams, aggregate, normalize_raw, scan_attention
-from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
-from scan_viz.reference import func_attention, shard_xattn, xattn_score
+from reference import func_attention, shard_xattn, xattn_score
+from scan_viz.heads.attention import AttentionParams, aggregate, normalize_raw, scan_attention
+from scan_viz.heads.scan import AGG_FUNCS, RAW_FEATURE_NORMS
 
 
 def _embeddings(n_img=5, n_reg=7, n_cap=6, max_words=9, dim=16, dtype=torch.float64, seed=0, normalise=True):
@@ -126,7 +126,7 @@ def test_helpers_reject_unknown_names():
 @pytest.mark.parametrize("norm,agg", list(itertools.product(RAW_FEATURE_NORMS, AGG_FUNCS)))
 def test_one_caption_against_many_images_matches_official(norm, agg):
     """A query (one caption, many images) forms the attended vectors instead of each image's Gram matrix."""
-    from scan_viz.attention import attended_vectors_cheaper
+    from scan_viz.heads.attention import attended_vectors_cheaper
 
     regions, words, lengths = _embeddings(n_img=40, n_reg=12, n_cap=1, max_words=6, dim=32, seed=5)
     assert attended_vectors_cheaper(12, 6, 32) and not attended_vectors_cheaper(7, 6 * 9, 16)

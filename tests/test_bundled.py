@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from scan_viz.evaluation.metrics import evaluate
 from scan_viz.gallery import load_gallery
-from scan_viz.metrics import evaluate
 from scan_viz.model import PRETRAINED_DIR, load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL, detect, detector_for, explain, pointing_on_gallery
 
@@ -66,7 +66,7 @@ def test_metrics_file_matches_the_bundle():
 
 
 def test_bundled_gallery_captions_carry_claims_true_of_their_own_image(gallery):
-    # claims come from `python -m scan_viz.truth annotate --gallery examples/gallery` (or a world written with them)
+    # claims come from `python -m scan_viz.gallery.annotate annotate --gallery examples/gallery` (or a world written with them)
     assert gallery.has_claims
     truth = gallery.truth
     assert truth[np.arange(len(gallery.captions)), gallery.caption_image].all()

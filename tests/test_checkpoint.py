@@ -18,19 +18,12 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 import official_format as of  # noqa: E402
-
-from scan_viz.checkpoint import (  # noqa: E402
-    OfficialCheckpoint,
-    convert_official,
-    image_state_shapes,
-    load_model_dir,
-    load_official_checkpoint,
-    save_model_dir,
-    text_state_shapes,
-    write_official_checkpoint,
-)
-from scan_viz.config import ScanConfig  # noqa: E402
 from scan_viz.errors import ScanVizError  # noqa: E402
+from scan_viz.heads import head_settings  # noqa: E402
+from scan_viz.model.checkpoint import (OfficialCheckpoint, convert_official, image_state_shapes,  # noqa: E402
+                                       load_model_dir, load_official_checkpoint, save_model_dir, text_state_shapes,
+                                       write_official_checkpoint)
+from scan_viz.model.config import ScanConfig  # noqa: E402
 
 SMALL = dict(img_dim=12, embed_size=8, word_dim=6, vocab_size=10)
 
@@ -104,8 +97,11 @@ def test_py2_cuda_checkpoint_loads_on_cpu(tmp_path, bi_gru, num_layers, precomp_
     config = ckpt.config
     assert (config.bi_gru, config.num_layers, config.precomp_enc_type) == (bi_gru, num_layers, precomp_enc_type)
     assert (config.img_dim, config.embed_size, config.word_dim, config.vocab_size) == (12, 8, 6, 10)
-    assert (config.cross_attn, config.agg_func, config.raw_feature_norm) == ("i2t", "Mean", "clipped_l2norm")
-    assert (config.lambda_softmax, config.lambda_lse, config.max_violation) == (4.0, 5.0, True)
+    # the official attention settings are filed under the SCAN head's settings, nowhere else
+    assert config.head == "scan" and config.head_params == {"cross_attn": "i2t", "agg_func": "Mean",
+                                                            "raw_feature_norm": "clipped_l2norm",
+                                                            "lambda_softmax": 4.0, "lambda_lse": 5.0}
+    assert config.max_violation is True
     assert config.data_name == "f30k_precomp" and type(config.data_name) is str
     assert config.extra["data_path"] == "/home/caf\xe9/data"
     assert config.extra["logger_name"] == "./runs/f30k_scan/log"
@@ -351,7 +347,8 @@ def test_write_then_load_official(tmp_path, legacy, precomp_enc_type):
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
     ckpt = load_official_checkpoint(path)
-    assert ckpt.config == config
+    # the head's settings are written the official way (flat, every one) and filed under head_params on reading
+    assert ckpt.config == config.replace(head_params=head_settings(config.head, config))
     assert (ckpt.epoch, ckpt.best_rsum, ckpt.eiters) == (3, 401.25, 999)
     assert_states_equal(ckpt.image_state, image)
     assert_states_equal(ckpt.text_state, text)

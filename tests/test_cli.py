@@ -1,8 +1,8 @@
 """`scan-viz score | eval | convert`: same numbers as the library, one `error:` line and status 2 on bad input."""
 import json
 import os
-import stat
 import pickle
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +12,7 @@ import pytest
 
 from official_format import official_opt, random_states, write_py2_checkpoint
 from scan_viz.cli import main
-from scan_viz.metrics import evaluate, fold5_average, fold_slices
+from scan_viz.evaluation.metrics import evaluate, fold5_average, fold_slices
 from scan_viz.model import load_model
 from scan_viz.train.toy import make_precomp
 

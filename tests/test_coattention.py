@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from scan_viz.coattention import CoAttention, CoAttentionReranker, find_coattention, load_coattention
 from scan_viz.errors import ScanVizError
-from scan_viz.search import TwoStageSearch, rerank_ranks
-from scan_viz.stage1 import Stage1, Stage1Head, model_fingerprint
+from scan_viz.heads.coattention_net import CoAttention, CoAttentionReranker, find_coattention, load_coattention
+from scan_viz.parts import model_fingerprint
+from scan_viz.retrieval.search import TwoStageSearch, rerank_ranks
+from scan_viz.retrieval.stage1 import Stage1, Stage1Head
 from tests.test_search import N_IMAGES, N_REGIONS, TEXT
 from tests.test_stage1 import tiny_model
 
@@ -105,7 +106,7 @@ def test_a_fresh_reranker_starts_from_the_stage1_similarity():
     net.init_from_stage1(stage1)
     regions, words, lengths = (t.float() for t in random_block(seed=2))
     logits = net(regions, words, lengths).logits
-    from scan_viz.stage1 import pool
+    from scan_viz.retrieval.stage1 import pool
 
     image = stage1.image_proj(pool(regions, None))
     text = stage1.text_proj(pool(words, lengths))
@@ -171,6 +172,7 @@ def save_reranker_for(model, pretrained: Path, monkeypatch) -> CoAttentionRerank
     """A random re-ranker for ``model``, saved in ``pretrained`` / "tiny-coattention", made the folder that
     ``model.head("coattention")`` looks in."""
     monkeypatch.setattr("scan_viz.model.PRETRAINED_DIR", pretrained)
+    monkeypatch.setattr("scan_viz.parts.PRETRAINED_DIR", pretrained)
     net = random_net(seed=4, embed_size=model.config.embed_size).float()
     reranker = CoAttentionReranker(net, "tiny", model_fingerprint(model), "random")
     reranker.save(pretrained / "tiny-coattention")
@@ -241,13 +243,13 @@ def test_search_command_with_coattention_needs_a_trained_reranker(tmp_path, caps
 
 
 def test_trainer_keeps_the_best_dev_epoch_and_its_metrics_are_the_kept_weights(tmp_path):
-    from scan_viz.config import ScanConfig
-    from scan_viz.data import load_precomp
     from scan_viz.model import ScanModel
-    from scan_viz.search import candidate_scores, stage1_candidates
+    from scan_viz.model.config import ScanConfig
+    from scan_viz.regions.store import load_precomp
+    from scan_viz.retrieval.search import candidate_scores, stage1_candidates
     from scan_viz.text import Vocabulary
-    from scan_viz.train.coattention import (encode_split, hard_negative_pool, rerank_recall, stage1_for,
-                                            stage1_vectors, train_coattention)
+    from scan_viz.train.coattention import (encode_split, hard_negative_pool, rerank_recall, stage1_for, stage1_vectors,
+                                            train_coattention)
     from scan_viz.train.toy import make_precomp
 
     torch.set_num_threads(1)
@@ -281,8 +283,8 @@ def test_trainer_keeps_the_best_dev_epoch_and_its_metrics_are_the_kept_weights(t
 
 
 def test_gallery_measurement_matches_exhaustive_scan_and_the_head(tmp_path, monkeypatch):
+    from scan_viz.evaluation.metrics import t2i_ranks
     from scan_viz.gallery import load_gallery
-    from scan_viz.metrics import t2i_ranks
     from scan_viz.model import load_model
     from scan_viz.train.coattention import measure_gallery, rerank_recall
     from tests.app_fixture import N_IMAGES as FIXTURE_IMAGES

@@ -9,17 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scan_viz.data import (
-    TSV_COLUMNS,
-    RegionStore,
-    load_bottomup_tsv,
-    load_npz_dir,
-    load_precomp,
-    load_regions,
-    load_saved_regions,
-    save_regions,
-)
 from scan_viz.errors import ScanVizError
+from scan_viz.regions.store import (TSV_COLUMNS, RegionStore, load_bottomup_tsv, load_npz_dir, load_precomp,
+                                    load_regions, load_saved_regions, save_regions)
 
 DIM = 8
 
@@ -307,7 +299,7 @@ def test_incomplete_saved_store(tmp_path, images, damage):
 
 
 def test_saved_store_in_float16_reads_back_as_float32(tmp_path):
-    from scan_viz.data import RegionStore, load_saved_regions, save_regions
+    from scan_viz.regions.store import RegionStore, load_saved_regions, save_regions
 
     feats = np.random.default_rng(0).standard_normal((3, 4, 5)).astype(np.float32)
     save_regions(RegionStore(ids=["a", "b", "c"], features=feats), tmp_path / "s", feature_dtype="float16")

@@ -10,15 +10,16 @@ import torch
 from PIL import Image
 from torchvision.ops import roi_align
 
-from scan_viz.data import load_precomp, load_regions, load_saved_regions
 from scan_viz.detect import (default_config, evaluate_detector, extract_regions, extract_world, load_detector,
-                             save_detector, train_detector)
+                             save_detector)
 from scan_viz.detect.__main__ import main as cli_main
 from scan_viz.detect.data import load_split, prepare_image, read_image
 from scan_viz.detect.evaluate import average_precision, box_iou, match_detections, mean_average_precision
 from scan_viz.detect.model import BACKGROUND, SeparableRoIAlign, build_detector
 from scan_viz.errors import ScanVizError
+from scan_viz.regions.store import load_precomp, load_regions, load_saved_regions
 from scan_viz.scenes import write_world
+from scan_viz.train.detector import train_detector
 
 # a small architecture keeps each test fast; the contract does not depend on the size
 SMALL = {"backbone": "narrow-s16", "representation_size": 64, "rpn_post_nms_top_n_test": 60}

@@ -1,4 +1,4 @@
-"""The out-of-domain check (scan_viz.domain): a picture is called out of domain only when its regions are less like
+"""The out-of-domain check (scan_viz.regions.domain): a picture is called out of domain only when its regions are less like
 the gallery's than every calibration image's; on the bundled model a gallery scene's JPEG is in, a photograph out."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import matplotlib.cbook
 import numpy as np
 import pytest
 
-from scan_viz.domain import DomainCheck
+from scan_viz.regions.domain import DomainCheck
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTO = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
@@ -53,9 +53,9 @@ def bundled():
 
 
 def test_bundled_gallery_scenes_are_in_and_a_photograph_is_out(bundled):
-    from scan_viz.domain import embed_regions
-    from scan_viz.images import load_image
     from scan_viz.pipeline import detect
+    from scan_viz.regions.domain import embed_regions
+    from scan_viz.regions.images import load_image
 
     model, gallery, check, detector = bundled
     for image_id in gallery.ids[:5]:  # the scene's JPEG, through the detector as an upload goes

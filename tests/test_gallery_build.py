@@ -1,4 +1,4 @@
-"""``scan-viz gallery build`` (scan_viz/gallery_build.py) and the versioned gallery.json schema of load_gallery.
+"""``scan-viz gallery build`` (scan_viz/gallery/build.py) and the versioned gallery.json schema of load_gallery.
 
 The app fixture's 12 images are written out in each region format the library reads (official precomp ``.npy``,
 bottom-up-attention TSV, per-image ``.npz``), built into galleries and read back.
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_fixture import app_fixture
 
+from app_fixture import app_fixture
 from scan_viz.cli import main
-from scan_viz.data import TSV_COLUMNS
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import FORMAT_VERSION, GALLERY_FILE, load_gallery
-from scan_viz.gallery_build import build_gallery
+from scan_viz.gallery.build import build_gallery
+from scan_viz.regions.store import TSV_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 

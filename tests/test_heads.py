@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from scan_viz import ScanVizError, load_model
-from scan_viz.config import ScanConfig
-from scan_viz.heads import (HeadParam, MatchingHead, all_head_params, create_head, head_names, head_settings,
-                            head_spec, register_head)
-from scan_viz.similarity import region_word_similarity
+from scan_viz.heads import (HeadParam, MatchingHead, all_head_params, create_head, head_names, head_settings, head_spec,
+                            register_head)
+from scan_viz.heads.similarity import region_word_similarity
+from scan_viz.model.config import ScanConfig
 from test_model import CAPTIONS, _reference_images, _reference_text, _setup
 
 CONFIG = ScanConfig(img_dim=8, embed_size=16)
@@ -181,7 +181,7 @@ def test_model_similarity_in_bfloat16(tmp_path):
 
 
 def test_settings_come_from_overrides_then_config_then_declaration():
-    config = ScanConfig(img_dim=8, lambda_softmax=4.0, head_params={"beta": 0.3})
+    config = ScanConfig(img_dim=8, head_params={"lambda_softmax": 4.0, "beta": 0.3})
     assert head_settings("scan_t2i", config)["lambda_softmax"] == 4.0  # an official checkpoint's own value
     assert head_settings("scan_t2i", config, {"lambda_softmax": 6.0})["lambda_softmax"] == 6.0
     assert head_settings("chan", config) == {"beta": 0.3, "chan_agg": "LogSumExp"}
@@ -235,9 +235,9 @@ def test_a_new_head_is_one_class_and_one_registration():
             register_head("clash_test", type("Clash", (DotMax,), {"params": (HeadParam("beta", 1.0, "x", low=0,
                                                                                        high=2),)}), "x")
     finally:
-        from scan_viz import heads
+        from scan_viz.heads import registry
 
-        heads._HEADS.pop("dotmax_test", None)
+        registry._HEADS.pop("dotmax_test", None)
     assert head_spec("chan").help
 
 

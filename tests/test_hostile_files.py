@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from official_format import official_opt, random_states
-from peak_rss import MAX_GROWTH_MB, REPO, peak_rss_growth
 from PIL import Image, features
 
-from scan_viz.checkpoint import load_official_checkpoint
+from official_format import official_opt, random_states
+from peak_rss import MAX_GROWTH_MB, REPO, peak_rss_growth
 from scan_viz.cli import main
 from scan_viz.errors import ScanVizError
-from scan_viz.images import load_image
-from scan_viz.safe_files import (MAX_CHECKPOINT_BYTES, MAX_JSON_DEPTH, LoadBudget, check_json_text, load_npy,
-                                 parse_json)
+from scan_viz.model.checkpoint import load_official_checkpoint
+from scan_viz.regions.images import load_image
+from scan_viz.safe_files import MAX_CHECKPOINT_BYTES, MAX_JSON_DEPTH, LoadBudget, check_json_text, load_npy, parse_json
 
 GALLERY = REPO / "examples" / "gallery"
 MODEL = REPO / "pretrained" / "scan-emoji-t2i"
@@ -92,7 +91,7 @@ def test_checkpoint_with_a_deflated_storage_of_640_mb(tmp_path):
             else:
                 out.writestr(info, src.read(info))
     assert bomb.stat().st_size < 8 << 20
-    refused_cheaply("from scan_viz.checkpoint import load_official_checkpoint",
+    refused_cheaply("from scan_viz.model.checkpoint import load_official_checkpoint",
                     f"load_official_checkpoint({str(bomb)!r})", "decompresses to 640 MB, over the 512 MB limit")
 
 
@@ -106,7 +105,7 @@ def test_two_npz_files_of_600000_by_211_zeros(tmp_path):
             for key, value in (("num_bbox", 600_000), ("image_h", 480), ("image_w", 640)):
                 out.writestr(f"{key}.npy", npy_bytes(np.array(value)))
         assert (folder / f"{stem}.npz").stat().st_size < 4 << 20
-    refused_cheaply("from scan_viz.data import load_regions", f"load_regions({str(folder)!r})",
+    refused_cheaply("from scan_viz.regions.store import load_regions", f"load_regions({str(folder)!r})",
                     "1.npz decompresses to 492 MB, over the 17 MB limit")
 
 
@@ -124,7 +123,7 @@ def test_many_small_npz_files_are_one_load_refused_before_reading(tmp_path):
             for key, value in (("num_bbox", 512), ("image_h", 480), ("image_w", 640)):
                 out.writestr(f"{key}.npy", npy_bytes(np.array(value)))
     assert sum(p.stat().st_size for p in folder.iterdir()) < 4 << 20
-    refused_cheaply("from scan_viz.data import load_regions\nfrom scan_viz.safe_files import LoadBudget",
+    refused_cheaply("from scan_viz.regions.store import load_regions\nfrom scan_viz.safe_files import LoadBudget",
                     f"load_regions({str(folder)!r}, LoadBudget({VISITOR_LOAD_BYTES}))", "this load may take 512 MB")
 
 
@@ -139,7 +138,7 @@ def test_tsv_with_one_row_of_20000_boxes(tmp_path):
         for i in range(100):
             f.write(row(i, 20_000 if i == 50 else 1))
     assert path.stat().st_size > 20 << 20
-    refused_cheaply("from scan_viz.data import load_regions", f"load_regions({str(path)!r})",
+    refused_cheaply("from scan_viz.regions.store import load_regions", f"load_regions({str(path)!r})",
                     "features.tsv:51: the row is over 10 MB")
 
 
@@ -148,7 +147,7 @@ def test_tsv_row_declaring_too_many_boxes_is_refused_before_decoding(tmp_path):
     n = 2_000  # small features, so the row is short and num_boxes is what is refused
     path.write_bytes(b"\t".join([b"7", b"640", b"480", str(n).encode(),
                                  base64.b64encode(bytes(n * 16)), base64.b64encode(bytes(n * 8))]) + b"\n")
-    from scan_viz.data import load_regions
+    from scan_viz.regions.store import load_regions
 
     with pytest.raises(ScanVizError, match=r"features.tsv:1: 2,000 boxes in one image; the limit is 512"):
         load_regions(path)
@@ -156,7 +155,7 @@ def test_tsv_row_declaring_too_many_boxes_is_refused_before_decoding(tmp_path):
 
 def test_ragged_regions_are_padded_within_the_budget(tmp_path):
     """100 images of 1 box and one of 500: padding all to 500 is charged before it is allocated."""
-    from scan_viz.data import load_regions
+    from scan_viz.regions.store import load_regions
     from scan_viz.safe_files import OverBudget
 
     path = tmp_path / "features.tsv"
@@ -176,7 +175,7 @@ def test_safetensors_with_a_header_of_300000_empty_tensors(tmp_path):
     header = json.dumps({f"img_enc.t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
                          for i in range(300_000)}).encode()
     (model / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
-    refused_cheaply("from scan_viz.checkpoint import load_model_dir", f"load_model_dir({str(model)!r})",
+    refused_cheaply("from scan_viz.model.checkpoint import load_model_dir", f"load_model_dir({str(model)!r})",
                     "model.safetensors has a 21 MB header; the limit is 1 MB")
 
 
@@ -203,14 +202,14 @@ def test_npz_header_declaring_10_to_the_12_elements(tmp_path):
         out.writestr("bbox.npy", npy_bytes(np.zeros((1, 4), np.float32)))
         for key, value in (("num_bbox", 1), ("image_h", 480), ("image_w", 640)):
             out.writestr(f"{key}.npy", npy_bytes(np.array(value)))
-    refused_cheaply("from scan_viz.data import load_regions", f"load_regions({str(folder)!r})",
+    refused_cheaply("from scan_viz.regions.store import load_regions", f"load_regions({str(folder)!r})",
                     "1.npz (x) declares 3,814,697 MB of data but holds 0 bytes")
 
 
 def test_npy_header_declaring_10_to_the_12_elements(tmp_path):
     gallery = copy_gallery(tmp_path)
     (gallery / "regions" / "n_boxes.npy").write_bytes(npy_header((10**12,), "<i8"))
-    refused_cheaply("from scan_viz.data import load_saved_regions",
+    refused_cheaply("from scan_viz.regions.store import load_saved_regions",
                     f"load_saved_regions({str(gallery / 'regions')!r})", "n_boxes.npy declares")
 
 
@@ -297,7 +296,7 @@ def test_search_refuses_nan_region_features(tmp_path, capsys):
 
 
 def test_tsv_with_nan_features_is_refused(tmp_path):
-    from scan_viz.data import load_regions
+    from scan_viz.regions.store import load_regions
 
     path = tmp_path / "features.tsv"
     feats = np.full((2, 8), np.nan, np.float32)

@@ -1,4 +1,4 @@
-"""Tests for scan_viz.images: every odd, broken or hostile file is built here with Pillow."""
+"""Tests for scan_viz.regions.images: every odd, broken or hostile file is built here with Pillow."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile, features
 
 from scan_viz.errors import ScanVizError
-from scan_viz.images import fit_within, image_to_jpeg_bytes, image_to_png_bytes, load_image
+from scan_viz.regions.images import fit_within, image_to_jpeg_bytes, image_to_png_bytes, load_image
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -15,8 +15,9 @@ import pytest
 
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import load_gallery
-from scan_viz.images import load_image
-from scan_viz.index import REPORT_FILE, index_images, list_images
+from scan_viz.regions.images import load_image
+from scan_viz.index import REPORT_FILE, index_images
+from scan_viz.regions.images import list_images
 from tests.app_fixture import app_fixture
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""scan_viz.learn, what the Learn page draws: hover formulas carry the cell's own numbers, shares add up to the
+"""scan_viz.render.learn, what the Learn page draws: hover formulas carry the cell's own numbers, shares add up to the
 score, figures and the handout escape visitor text and fetch nothing; the README's teaching links show what they
 say they show."""
 import dataclasses
@@ -9,12 +9,13 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from scan_viz import learn, load_model
+from scan_viz import load_model
 from scan_viz.app.params import parse_explore_query
-from scan_viz.config import AGG_FUNCS
 from scan_viz.gallery import load_gallery
+from scan_viz.heads.scan import AGG_FUNCS
+from scan_viz.heads.walk import steps
 from scan_viz.pipeline import DEFAULT_GALLERY, gallery_regions
-from scan_viz.walk import steps
+from scan_viz.render import learn
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NUMBER = re.compile(r"-?\d+\.\d+")
@@ -104,8 +105,8 @@ def teaching_links() -> list[dict]:
 
 
 def test_the_readme_teaching_links_show_what_they_say(model, gallery):
+    from scan_viz.evaluation.truth import caption_holds
     from scan_viz.render import attention_peak
-    from scan_viz.truth import caption_holds
 
     clean, count, flat = teaching_links()
     for query in (clean, count, flat):

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
-from scan_viz.limits import (LAMBDA_RANGE, MAX_IMAGE_PIXELS, MAX_SENTENCE_CHARS, MAX_WORDS, check_device,
-                             check_lambda, check_sentence)
+from scan_viz.limits import (LAMBDA_RANGE, MAX_IMAGE_PIXELS, MAX_SENTENCE_CHARS, MAX_WORDS, check_device, check_lambda,
+                             check_sentence)
+from scan_viz.model.config import ScanConfig
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND_S = 5.0
@@ -55,8 +55,8 @@ def test_lambda_range_ends_and_every_config_path():
     config = ScanConfig()
     for bad in ({"lambda_softmax": math.nan}, {"lambda_lse": -2.0}, {"lambda_softmax": 1e4}):
         with pytest.raises(ScanVizError, match="config: lambda_"):
-            config.replace(**bad)
-    assert config.replace(lambda_softmax=4.0, lambda_lse=20.0).lambda_lse == 20.0
+            config.replace(head_params=bad)
+    assert config.replace(head_params={"lambda_softmax": 4.0, "lambda_lse": 20.0}).head_params["lambda_lse"] == 20.0
 
 
 def test_device_is_checked():

@@ -1,10 +1,10 @@
-"""The hinge triplet loss (scan_viz.loss) against VSE++'s definition written out as plain loops."""
+"""The hinge triplet loss (scan_viz.train.loss) against VSE++'s definition written out as plain loops."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scan_viz.loss import contrastive_loss
+from scan_viz.train.loss import contrastive_loss
 
 
 def vse_loss_loops(scores: list[list[float]], margin: float, max_violation: bool) -> float:

@@ -7,18 +7,8 @@ import numpy as np
 import pytest
 
 from scan_viz.errors import ScanVizError
-from scan_viz.metrics import (
-    evaluate,
-    evaluate_fold5,
-    evaluate_truth,
-    fold5_average,
-    fold_slices,
-    i2t_ranks,
-    i2t_truth_ranks,
-    recall_metrics,
-    t2i_ranks,
-    t2i_truth_ranks,
-)
+from scan_viz.evaluation.metrics import (evaluate, evaluate_fold5, evaluate_truth, fold5_average, fold_slices,
+                                         i2t_ranks, i2t_truth_ranks, recall_metrics, t2i_ranks, t2i_truth_ranks)
 
 
 def brute_i2t(sims: np.ndarray, caption_image: np.ndarray) -> np.ndarray:

@@ -9,9 +9,9 @@ import torch
 from nltk.tokenize import NLTKWordTokenizer
 
 from official_format import official_opt, random_states, write_py2_checkpoint
+from reference import shard_xattn
 from scan_viz import ScanVizError, load_model
-from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
-from scan_viz.reference import shard_xattn
+from scan_viz.heads.scan import AGG_FUNCS, RAW_FEATURE_NORMS
 
 VOCAB_WORDS = ["a", "dog", "cat", "red", "car", "on", "the", "grass", "big", "'s", "n't", "do"]
 CAPTIONS = ["A dog on the grass.", "the red car", "A big cat's car", "dog", "Don't do the car, dog!",
@@ -148,7 +148,7 @@ def test_chunked_scoring_is_identical_to_one_block(tmp_path):
 
 
 def test_convert_then_load_scores_the_same(tmp_path):
-    from scan_viz.checkpoint import convert_official
+    from scan_viz.model.checkpoint import convert_official
 
     _, _, _, ckpt, vocab, _, feats = _setup(tmp_path, seed=6)
     convert_official(ckpt, vocab, tmp_path / "converted")

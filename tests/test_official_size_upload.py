@@ -9,16 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from app_fixture import app_fixture
-from peak_rss import peak_rss_growth
 from test_gallery_build import write_tsv
 
+from app_fixture import app_fixture
+from peak_rss import peak_rss_growth
 from scan_viz.app.bundle import VISITOR_LOAD_BYTES
 from scan_viz.app.user_files import MAX_REGIONS_MB, Upload, stage_upload
-from scan_viz.data import load_regions
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import load_gallery
-from scan_viz.gallery_build import export_npz
+from scan_viz.gallery.build import export_npz
+from scan_viz.regions.store import load_regions
 from scan_viz.safe_paths import MB
 
 N_IMAGES, N_REGIONS, IMG_DIM = 1000, 36, 2048
@@ -47,8 +47,8 @@ def jpeg(seed: int) -> bytes:
 
 def official_size_upload(folder: Path) -> dict[str, str]:
     """Stage 1,000 float16 .npz files, their images and a 2048-d model through ``stage_upload``; its Sources."""
-    from scan_viz.config import ScanConfig
     from scan_viz.model import ScanModel
+    from scan_viz.model.config import ScanConfig
     from scan_viz.text import Vocabulary
 
     rng = np.random.default_rng(0)

@@ -144,8 +144,8 @@ def test_the_annotations_are_a_gallery_that_pointing_reads(records, tmp_path):
     regions, so the random-region baseline is positive for every word type."""
     import torch
 
-    from scan_viz.config import ScanConfig
-    from scan_viz.data import RegionStore
+    from scan_viz.model.config import ScanConfig
+    from scan_viz.regions.store import RegionStore
     from scan_viz.gallery import load_gallery, write_gallery
     from scan_viz.model import ScanModel
     from scan_viz.pipeline import pointing_on_gallery

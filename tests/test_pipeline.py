@@ -8,15 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from app_fixture import app_fixture
 
+from app_fixture import app_fixture
 from scan_viz.cli import main
-from scan_viz.data import RegionStore
+from scan_viz.evaluation.metrics import evaluate
+from scan_viz.evaluation.pointing import PointingItem, evaluate_pointing
 from scan_viz.gallery import Gallery, load_gallery
-from scan_viz.metrics import evaluate
 from scan_viz.model import load_model
 from scan_viz.pipeline import GalleryIndex, ablate, compare_heads, evaluate_gallery, explain, gallery_regions
-from scan_viz.pointing import PointingItem, evaluate_pointing
+from scan_viz.regions.store import RegionStore
 from scan_viz.text import tokenize
 from scan_viz.types import Regions
 
@@ -66,7 +66,7 @@ def test_eval_gallery_json_equals_the_library(bundle, model, gallery, tmp_path, 
     assert main(["eval", "--gallery", str(bundle.gallery), "--model", str(bundle.model), "--json", str(out)]) == 0
     got = json.loads(out.read_text(encoding="utf-8"))
     # the CLI names the model's own head with its direction, as the app does
-    expected = json.loads(json.dumps(evaluate_gallery(model, gallery, head=f"scan_{model.config.cross_attn}")))
+    expected = json.loads(json.dumps(evaluate_gallery(model, gallery, head=f"scan_{model.config.head_params['cross_attn']}")))
     assert got == expected
     assert {"i2t", "t2i", "rsum", "pointing_accuracy", "pointing", "baselines"} <= set(got)
     printed = capsys.readouterr().out

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from scan_viz.pointing import PointingItem, box_iou, evaluate_pointing
+from scan_viz.evaluation.pointing import PointingItem, box_iou, evaluate_pointing
 
 
 def test_box_iou_hand_cases():

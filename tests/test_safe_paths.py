@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
+from scan_viz.model.checkpoint import config_from_values, load_config
 from scan_viz.safe_paths import AllowedRoots, _refuse_other_names
 
 SECRET = "SECRET_TOKEN_xyz789"
@@ -57,7 +57,7 @@ def test_a_file_on_another_file_system_than_its_root_is_refused(tmp_path):
 ])
 def test_config_errors_name_the_field_not_its_value(values):
     with pytest.raises(ScanVizError) as refusal:
-        ScanConfig.from_dict(values)
+        config_from_values(values)
     message = str(refusal.value)
     field = next(iter(values))
     assert field in message and " must be " in message
@@ -67,5 +67,5 @@ def test_config_errors_name_the_field_not_its_value(values):
 def test_config_read_through_a_hard_link_is_not_quoted(linked, tmp_path):
     _, secret = linked
     with pytest.raises(ScanVizError) as refusal:
-        ScanConfig.load(secret)
+        load_config(secret)
     assert str(refusal.value) == "config: field embed_size must be an integer"

@@ -1,10 +1,9 @@
 """Tests for scan_viz.scenes: determinism, grounded word links, the sprite manifest, the world writer, the CLI."""
 from __future__ import annotations
 
-import sys
-
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,9 @@ import pytest
 from PIL import Image
 
 from scan_viz.errors import ScanVizError
-from scan_viz.scenes import WORD_TYPES, Scene, generate_scene, write_world
+from scan_viz.scenes import WORD_TYPES, Scene, generate_scene
 from scan_viz.scenes import world as world_module
+from scan_viz.scenes import write_world
 from scan_viz.scenes.__main__ import main as cli_main
 from scan_viz.scenes.captions import relations
 from scan_viz.scenes.layout import SIZE_FRACTIONS

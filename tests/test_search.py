@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from scan_viz.errors import ScanVizError
-from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index
-from scan_viz.stage1 import Stage1, Stage1Head, model_fingerprint
+from scan_viz.parts import model_fingerprint
+from scan_viz.retrieval.search import EXACT_MAX, TwoStageSearch, build_index
+from scan_viz.retrieval.stage1 import Stage1, Stage1Head
 from tests.test_stage1 import tiny_model
 
 N_IMAGES, N_REGIONS = 40, 6
@@ -37,7 +38,7 @@ def setup():
 def test_stage2_scores_equal_exhaustive_scores_on_the_reranked_pairs(setup, monkeypatch, chunk):
     """... whether stage 2 scores its 12 candidates in one block or in blocks of 5 (STAGE2_CHUNK)."""
     model, features, n_boxes, stage1, exhaustive, ids = setup
-    monkeypatch.setattr("scan_viz.search.STAGE2_CHUNK", chunk)
+    monkeypatch.setattr("scan_viz.retrieval.search.STAGE2_CHUNK", chunk)
     search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes)
     hits = search.search_text(TEXT, k=5, stage1_k=12)
     assert len(hits) == 5
@@ -197,7 +198,7 @@ def test_search_command_prints_a_readable_table_and_json_to_stdout(tmp_path):
 
 def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):
     """Stage 2 reads its candidates' rows from a float16 file with pread: the same values as indexing the map."""
-    from scan_viz.search import read_rows
+    from scan_viz.retrieval.search import read_rows
 
     values = np.random.default_rng(0).standard_normal((40, 5, 6)).astype(np.float16)
     np.save(tmp_path / "regions.npy", values)

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_fixture import app_fixture
 from streamlit.testing.v1 import AppTest
-from test_app import APP, PAGES, TIMEOUT, no_exception, write_npz_regions
 
+from app_fixture import app_fixture
 from scan_viz.app import models, state, user_files
 from scan_viz.app.bundle import PATHS_OFF, Sources, check_visitor_sources, load_bundle, load_detector_for
 from scan_viz.app.user_files import Upload, stage_upload
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import ENV_ALLOWED_ROOTS, AllowedRoots
+from test_app import APP, PAGES, TIMEOUT, no_exception, write_npz_regions
 
 torch.set_num_threads(1)
 
@@ -181,8 +181,8 @@ def test_visitor_sources_need_allowed_roots(bundle, monkeypatch):
 
 
 def test_loaders_refuse_devices_and_pipes_without_blocking(tmp_path, opened):
-    from scan_viz.config import ScanConfig
-    from scan_viz.data import load_npz_dir
+    from scan_viz.model.checkpoint import load_config
+    from scan_viz.regions.store import load_npz_dir
     from scan_viz.text import Vocabulary
 
     os.mkfifo(tmp_path / "pipe.json")
@@ -190,14 +190,14 @@ def test_loaders_refuse_devices_and_pipes_without_blocking(tmp_path, opened):
     os.mkfifo(tmp_path / "npz" / "a.npz")
     assert "not a regular file" in refusal(lambda: Vocabulary.load("/dev/zero"))
     assert "not a regular file" in refusal(lambda: Vocabulary.load(tmp_path / "pipe.json"))
-    assert "not a regular file" in refusal(lambda: ScanConfig.load(tmp_path / "pipe.json"))
+    assert "not a regular file" in refusal(lambda: load_config(tmp_path / "pipe.json"))
     assert "not a regular file" in refusal(lambda: load_npz_dir(tmp_path / "npz"))
     assert not [p for p in opened if "pipe" in p or p.endswith("a.npz") or p.startswith("/dev")]
 
 
 def test_loader_messages_never_quote_the_file(tmp_path):
-    from scan_viz.data import load_bottomup_tsv, load_npz_dir
     from scan_viz.gallery import load_gallery
+    from scan_viz.regions.store import load_bottomup_tsv, load_npz_dir
     from scan_viz.text import Vocabulary
 
     (tmp_path / "a.tsv").write_text(f"1\t{SECRET}\t10\t0\t\t\n")
@@ -218,7 +218,7 @@ def test_loader_messages_never_quote_the_file(tmp_path):
 
 
 def test_npz_that_would_decompress_past_the_cap_is_refused(tmp_path, monkeypatch):
-    import scan_viz.data as data
+    import scan_viz.regions.store as data
 
     np.savez_compressed(tmp_path / "a.npz", x=np.zeros((36, 2048), np.float32), bbox=np.zeros((36, 4), np.float32),
                         num_bbox=36, image_h=10, image_w=10)
@@ -312,8 +312,8 @@ def test_path_form_with_allowed_roots_refuses_traps_quickly(app, bundle, server_
 
 def upload_files(bundle, folder: Path, n_images: int = 4) -> dict[str, list[Upload]]:
     """The fixture model as an official checkpoint + vocab, its regions as .npz, and its images, as uploads."""
-    from scan_viz.checkpoint import write_official_checkpoint
     from scan_viz.model import load_model
+    from scan_viz.model.checkpoint import write_official_checkpoint
 
     model = load_model(bundle.model)
     write_official_checkpoint(folder / "model_best.pth.tar", model.config, model.image_encoder.state_dict(),

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from scan_viz.config import ScanConfig
 from scan_viz.model import ScanModel
-from scan_viz.stage1 import (Stage1, Stage1Head, choose_k, cmce_loss, find_stage1, load_stage1, model_fingerprint,
-                             pool, recall_curve, update_buffer)
+from scan_viz.model.config import ScanConfig
+from scan_viz.parts import model_fingerprint
+from scan_viz.retrieval.stage1 import Stage1, Stage1Head, choose_k, find_stage1, load_stage1, pool, recall_curve
 from scan_viz.text import Vocabulary
+from scan_viz.train.stage1 import cmce_loss, update_buffer
 
 EYE = torch.eye(2)
 
@@ -85,8 +86,8 @@ def test_saved_head_round_trips_and_is_found_only_for_its_model(tmp_path, hidden
 
 
 def test_trainer_keeps_the_best_dev_epoch_and_reports_its_curve(tmp_path):
-    from scan_viz.data import load_precomp
     from scan_viz.errors import ScanVizError
+    from scan_viz.regions.store import load_precomp
     from scan_viz.train.stage1 import pooled_inputs, train_stage1
     from scan_viz.train.toy import make_precomp
 

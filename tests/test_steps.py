@@ -1,4 +1,4 @@
-"""scan_viz.steps (scan_viz.walk): every head's steps on 20 pairs of the bundled gallery. The last step is the model's score
+"""scan_viz.steps (scan_viz.heads.walk): every head's steps on 20 pairs of the bundled gallery. The last step is the model's score
 (float64, 1e-9) and every intermediate equals a plain-loop re-statement of its formula written here, one word and
 one region at a time (not the heads' code)."""
 import math
@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from scan_viz import ScanVizError, load_model
-from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS
 from scan_viz.gallery import load_gallery
 from scan_viz.heads import head_names
+from scan_viz.heads.scan import AGG_FUNCS, RAW_FEATURE_NORMS
+from scan_viz.heads.walk import steps, vector_summary
 from scan_viz.pipeline import DEFAULT_GALLERY, gallery_regions
-from scan_viz.walk import steps, vector_summary
 
 EPS = 1e-8
 TOL = 1e-9
@@ -163,7 +163,7 @@ def caan_reference(V, E, settings):
 
 
 def coattention_reference(V, E, weights, lam):
-    """The co-attention re-ranker (scan_viz.coattention's docstring), one word and one region at a time.
+    """The co-attention re-ranker (scan_viz.heads.coattention_net's docstring), one word and one region at a time.
     weights: its trained parameters as float64 arrays; lam: its spatial attention's lambda."""
     k, n = len(V), len(E)
     W_v, b_v = weights["region_proj.weight"], weights["region_proj.bias"]
@@ -298,7 +298,7 @@ def test_the_trace_leaves_the_scores_bit_identical(gallery, head_name):
 
 
 def test_the_coattention_steps_explain_their_cells_and_share_the_score(gallery):
-    from scan_viz.learn import cell_formula, word_shares
+    from scan_viz.render.learn import cell_formula, word_shares
 
     model = model_named("scan-emoji-t2i")
     walk = steps(model, gallery_regions(gallery, gallery.ids[3]), gallery.captions[15], head="coattention")

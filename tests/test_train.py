@@ -15,17 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from scan_viz.checkpoint import load_official_checkpoint
 from scan_viz.cli import main
-from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
-from scan_viz.metrics import evaluate
+from scan_viz.evaluation.metrics import evaluate
 from scan_viz.model import ScanModel, load_model
+from scan_viz.model.checkpoint import load_official_checkpoint
+from scan_viz.model.config import ScanConfig
 from scan_viz.text import Vocabulary
 from scan_viz.train import TrainOptions, train
 from scan_viz.train.dataset import EpochShuffle
 from scan_viz.train.loop import learning_rate
 from scan_viz.train.toy import IMG_DIM, make_precomp
+
 
 def tiny_config(**changes) -> ScanConfig:
     # lr 1e-2 instead of 2e-4: a handful of epochs on 200 pairs has to show learning
@@ -200,7 +201,7 @@ def test_blocked_batch_scores_equal_one_block(cross_attn):
     from scan_viz.train.loop import batch_scores
 
     torch.manual_seed(0)
-    head = create_head(None, ScanConfig(img_dim=8, cross_attn=cross_attn))
+    head = create_head(None, ScanConfig(img_dim=8, head_params={"cross_attn": cross_attn}))
     regions = torch.nn.functional.normalize(torch.randn(10, 5, 16, dtype=torch.float64), dim=-1).requires_grad_()
     words = torch.nn.functional.normalize(torch.randn(7, 6, 16, dtype=torch.float64), dim=-1)
     lengths = torch.tensor([6, 3, 4, 6, 2, 5, 6])

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from scan_viz.errors import ScanVizError
+from scan_viz.evaluation.truth import ATTRIBUTES, SceneFacts, caption_holds, holds, truth_matrix
+from scan_viz.gallery.annotate import main
 from scan_viz.scenes import generate_scene, write_world
 from scan_viz.scenes.claims import claims_for
-from scan_viz.truth import ATTRIBUTES, SceneFacts, caption_holds, holds, main, truth_matrix
 
 SEEDS = range(150)
 
@@ -212,10 +213,9 @@ def test_annotate_on_a_missing_or_foreign_file_exits_2(tmp_path, capsys):
 
 def test_eval_gallery_reports_truth_aware_recall_mistakes_and_stuff_words(tmp_path, capsys):
     from app_fixture import app_fixture
-
     from scan_viz.cli import main as cli_main
+    from scan_viz.evaluation.metrics import evaluate_truth
     from scan_viz.gallery import load_gallery
-    from scan_viz.metrics import evaluate_truth
     from scan_viz.model import load_model
 
     bundle = app_fixture()

@@ -30,9 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scan_viz.checkpoint import load_model_dir, write_official_checkpoint  # noqa: E402
 from scan_viz.gallery import load_gallery  # noqa: E402
 from scan_viz.io import write_dir_atomic  # noqa: E402
+from scan_viz.model.checkpoint import load_model_dir, write_official_checkpoint  # noqa: E402
 
 MODEL = REPO / "pretrained" / "scan-emoji-t2i"
 GALLERY = REPO / "examples" / "gallery"

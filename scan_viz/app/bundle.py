@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import Gallery, load_gallery
+from scan_viz.heads import head_settings, own_head
 from scan_viz.model import PRETRAINED_DIR, ScanModel, bundled_models, load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL, GalleryIndex
 from scan_viz.safe_files import LoadBudget
@@ -133,10 +133,10 @@ def gallery_from_user_data(regions: str | Path, images: str | Path, name: str | 
     """A gallery (no captions) from a user's region features with boxes and the folder of their images.
 
     regions: a bottom-up-attention TSV (or a folder of them), or a folder of ``.npz`` files, as read by
-    :func:`scan_viz.data.load_regions`; every feature row's image id must be the file stem of an image in
+    :func:`scan_viz.regions.store.load_regions`; every feature row's image id must be the file stem of an image in
     ``images``. Region features without boxes (official ``*_ims.npy``) cannot be drawn and are refused.
     """
-    from scan_viz.data import load_regions
+    from scan_viz.regions.store import load_regions
 
     store = load_regions(regions, budget)
     if not store.has_boxes():
@@ -312,7 +312,6 @@ def bundled_metrics(model_name: str) -> dict[str, Any] | None:
 MODEL_CARD_SECTIONS: dict[str, tuple[str, ...]] = {
     "Encoders": ("img_dim", "embed_size", "word_dim", "num_layers", "bi_gru", "precomp_enc_type", "no_imgnorm",
                  "no_txtnorm", "vocab_size"),
-    "Cross attention": ("cross_attn", "agg_func", "lambda_softmax", "lambda_lse", "raw_feature_norm"),
     "Training": ("data_name", "num_epochs", "batch_size", "learning_rate", "lr_update", "margin", "max_violation",
                  "grad_clip"),
 }
@@ -322,6 +321,9 @@ def model_card(bundle: Bundle) -> dict[str, dict[str, Any]]:
     """The model card's tables: config fields by section, the data it was trained on and what it serves."""
     config = bundle.model.config
     card = {title: {name: getattr(config, name) for name in names} for title, names in MODEL_CARD_SECTIONS.items()}
+    # the head and its settings, as the head declares them (after the encoders, before the training)
+    head = {"head": own_head(config), **head_settings(own_head(config), config)}
+    card = {"Encoders": card["Encoders"], "Matching head": head, **{k: v for k, v in card.items() if k != "Encoders"}}
     card["Encoders"]["parameters"] = f"{n_parameters(bundle.model):,}"
     extra = {k: v for k, v in config.extra.items() if isinstance(v, (str, int, float, bool))}
     # a config may hold paths of the machine it was trained on (a detector folder): show names only

@@ -14,13 +14,13 @@ import streamlit as st
 
 from scan_viz.app import state
 from scan_viz.app.bundle import NO_BOXES, Bundle
+from scan_viz.app.frame import open_in_explore
 from scan_viz.app.params import HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
-from scan_viz.app.shell import open_in_explore
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
+from scan_viz.evaluation.truth import ATTRIBUTES, Verdict
 from scan_viz.pipeline import evaluate_gallery
-from scan_viz.truth import ATTRIBUTES, Verdict
 
 FAIL_K_KEY, FAIL_DIR_KEY, FAIL_PAGE_KEY = "ev_k", "ev_dir", "ev_page"
 FAIL_TRUTH_KEY, FAIL_WRONG_KEY = "ev_any_true", "ev_wrong"

@@ -350,7 +350,7 @@ def gallery_rank_line(alignment: Alignment, picked: Picked, bundle: Bundle, sett
 def show_verdict(alignment: Alignment, picked: Picked, bundle: Bundle, column) -> None:
     """For a gallery image: whether the sentence is its own caption, else, when the sentence is a gallery caption
     with claims, whether it is true of this image and what is wrong (the truth check, as Retrieve shows it)."""
-    from scan_viz.truth import caption_holds
+    from scan_viz.evaluation.truth import caption_holds
 
     gallery = bundle.gallery
     if picked.image_id is None or not bundle.has_captions():
@@ -433,11 +433,10 @@ def compare_settings(bundle: Bundle, settings: HeadSettings, heads: list[str]) -
 def show_compare(picked: Picked, sentence: str, bundle: Bundle, settings: HeadSettings) -> None:
     """The same image and sentence under two or more heads side by side: each head's picture of its alignment,
     its score and the rank of this image among the gallery's for the sentence."""
-    from scan_viz.app.params import selectable_heads
-    from scan_viz.heads import head_names
+    from scan_viz.heads import selectable_heads
     from scan_viz.render import overview_image
 
-    heads = st.multiselect("Compare heads", selectable_heads(head_names()), key=COMPARE_KEY,
+    heads = st.multiselect("Compare heads", selectable_heads(), key=COMPARE_KEY,
                            persist_state="session", placeholder="pick two or more heads",
                            help="The same image and sentence under each head, side by side.")
     if not heads:

@@ -75,7 +75,7 @@ def detector_name(value: object) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _config_detector(config_file: str, mtime: int) -> str | None:
-    from scan_viz.config import ScanConfig
+    from scan_viz.model.config import ScanConfig
 
     return detector_name(ScanConfig.load(config_file).extra.get("detector"))
 

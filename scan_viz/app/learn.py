@@ -1,7 +1,7 @@
 """Learn: step through a head's computation on one image (a gallery image or the visitor's upload) and a sentence,
 with the model's own numbers.
 
-A page script. The steps are the head's own (:func:`scan_viz.walk.steps`: one traced run of its scoring code);
+A page script. The steps are the head's own (:func:`scan_viz.heads.walk.steps`: one traced run of its scoring code);
 this page only lays them out: a stepper (previous / next, contents), each step's formula, its numbers as a
 heatmap whose hover substitutes that cell's numbers, the image with one word's row painting the boxes, and the
 head's settings, which recompute every step while only the Learn panel reruns (a fragment). Before an attention
@@ -21,17 +21,18 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from scan_viz import learn
 from scan_viz.app import state
 from scan_viz.app.bundle import Bundle, drawing_note
 from scan_viz.app.explore import NO_DRAWING, Picked, picked_upload
+from scan_viz.app.frame import guarded
 from scan_viz.app.params import STEP_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
-from scan_viz.app.shell import guarded
 from scan_viz.errors import ScanVizError
+from scan_viz.heads import head_spec
+from scan_viz.heads.stepspec import REGIONS, WORDS
+from scan_viz.heads.walk import Step, Walk, has_steps
 from scan_viz.limits import check_sentence
-from scan_viz.stepspec import REGIONS, WORDS
-from scan_viz.walk import Step, Walk, has_steps
+from scan_viz.render import learn
 
 IMAGE_KEY, Q_KEY, STEP_KEY, WORD_KEY = "ln_image", "ln_q", "ln_step", "ln_word"
 PREDICT_KEY, PRESENT_KEY, GUESS_KEY, TALLY_KEY = "ln_predict", "ln_present", "ln_guess", "ln_tally"
@@ -46,8 +47,8 @@ NOT_IN_LINK = ("This page's link keeps the sentence, the step and the settings, 
                "put in a link): whoever opens it sees a gallery image.")
 #: What "two at once" puts beside the pair.
 TWO_MODES = ("Nothing", "A false caption", "Another head")
-#: The head set beside another: SCAN's soft attention beside CHAN's hard choice (and back).
-BESIDE = {"chan": "scan_t2i"}
+#: The head set beside one that declares no contrast of its own (scan_viz.heads: CHAN's is SCAN's soft attention).
+DEFAULT_CONTRAST = "chan"
 #: What the panel showed last (step key, head settings, main tensor): for tests and the benchmark.
 SHOWN_KEY = "ln_shown"
 #: Large type, sidebar and navigation hidden: a projector's view (constant CSS, no visitor text in it).
@@ -114,8 +115,8 @@ def write_deep_link(bundle: Bundle, settings: HeadSettings, image_id: str | None
 @st.cache_data(show_spinner=False, max_entries=64)
 def walk_of(bundle_key: tuple, image_id: str, sentence: str, head: str, settings: tuple) -> Walk:
     """The head's steps on a gallery pair (float64), cached per settings."""
+    from scan_viz.heads.walk import steps
     from scan_viz.pipeline import gallery_regions
-    from scan_viz.walk import steps
 
     bundle = state.bundle_by_key(bundle_key)
     return steps(bundle.model, gallery_regions(bundle.gallery, image_id), sentence, head=head, **dict(settings))
@@ -125,7 +126,7 @@ def walk_of(bundle_key: tuple, image_id: str, sentence: str, head: str, settings
 def upload_walk_of(bundle_key: tuple, image_key: str, sentence: str, head: str, settings: tuple,
                    _regions) -> Walk:
     """The head's steps on an upload's detected regions (``image_key``: ``upload:SHA``), cached per settings."""
-    from scan_viz.walk import steps
+    from scan_viz.heads.walk import steps
 
     return steps(state.bundle_by_key(bundle_key).model, _regions, sentence, head=head, **dict(settings))
 
@@ -147,8 +148,6 @@ def _copy_to_sidebar(name: str) -> None:
 
 def learn_controls(bundle: Bundle, settings: HeadSettings) -> HeadSettings:
     """The head's settings as controls on the page (from its declarations); the values they hold."""
-    from scan_viz.heads import head_spec
-
     params = head_spec(settings.head).params
     if not params:
         return settings
@@ -299,7 +298,7 @@ def _frame(walk: Walk, value: np.ndarray, axes: tuple[str, ...]) -> pd.DataFrame
 
 def show_vectors(walk: Walk) -> None:
     with st.expander("The embeddings this step starts from (norm and largest dimensions, never whole)"):
-        from scan_viz.walk import vector_summary
+        from scan_viz.heads.walk import vector_summary
 
         lines = [f"word {plain(w)}: {vector_summary(e)}" for w, e in zip(walk.words, walk.words_emb)]
         lines += [f"region {plain(r)}: {vector_summary(v)}" for r, v in zip(walk.region_labels, walk.regions)]
@@ -398,7 +397,7 @@ def two_at_once(bundle: Bundle, walk: Walk, settings: HeadSettings, picked: Pick
         other_walk = state.shown(lambda: panel_walk(bundle, picked, other, settings))
         label = "typed" if typed else "the gallery's best-scoring false caption"
     else:
-        head = BESIDE.get(settings.head, "chan")
+        head = head_spec(settings.head).contrast or DEFAULT_CONTRAST
         other_settings = HeadSettings.for_head(head, bundle.model.config)
         other, label = sentence, f"the same sentence under {head}"
         other_walk = state.shown(lambda: panel_walk(bundle, picked, sentence, other_settings))

@@ -16,8 +16,8 @@ import streamlit as st
 from scan_viz.app import galleries, state, upload_guard, user_files
 from scan_viz.app.bundle import Bundle, Sources, bundled_metrics, bundled_models, model_card
 from scan_viz.app.explore import forget_pair
+from scan_viz.app.frame import UNEXPECTED
 from scan_viz.app.safe_text import literal, show_error
-from scan_viz.app.shell import UNEXPECTED
 from scan_viz.app.views import recall_rows
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import ENV_ALLOWED_ROOTS, AllowedRoots

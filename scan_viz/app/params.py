@@ -12,16 +12,17 @@ key        value
 ``model``  a bundled model's name (never a path: a link cannot name a file on the server)
 ``gallery``  a bundled gallery's name (``emoji``, ``photos``: :mod:`scan_viz.app.galleries`); the served model and
            gallery are paired by the detector that made the gallery's region features
-``head``   matching head by name (``scan_t2i``, ``scan_i2t``, ``chan``, ``caan``, ...)
+``head``   matching head by name, one of :func:`scan_viz.heads.selectable_heads`
 ``step``   the Learn page's step, 1-based (Learn)
 ``view``   ``present`` opens the Learn page in presentation mode (Learn)
-``compare``  heads to show side by side in Explore's Compare view, comma-separated (``scan_t2i,chan``;
-           ``scan`` is SCAN in the model's own direction, or ``dir``'s, as for ``head``)
+``compare``  heads to show side by side in Explore's Compare view, comma-separated (``chan,caan``;
+           a head that has variants, SCAN, is the model's own head, or ``dir``'s variant, as for ``head``)
 ``search`` Retrieve's direction: ``text`` (a sentence ranks the images, with ``q``) or ``image`` (a gallery
            image, ``image``, ranks the captions); ``k`` is then the number of results
 ...        each head's settings, under the link keys its declarations give (:mod:`scan_viz.heads`):
            ``lsm`` (lambda_softmax), ``lse`` (lambda_lse), ``agg`` (agg_func), ``norm`` (raw_feature_norm),
-           ``beta``, ``chan_agg``, ``lambda_inter``, ...; ``dir=t2i|i2t`` is read as ``head=scan_t2i|scan_i2t``
+           ``beta``, ``chan_agg``, ``lambda_inter``, ...; a setting that picks a head's variant (``dir``: SCAN's
+           direction) names that variant (:func:`scan_viz.heads.variant_for`)
 =========  ==============================================================================================
 
 ``image`` and ``q`` are written whenever set, ``model`` whenever a bundled model is served, ``gallery`` whenever a
@@ -99,9 +100,12 @@ class ExploreParams:
         return HeadSettings.for_head(self.head or own.head, config, dict(self.settings))
 
     def compared(self, own: str | None = None) -> list[str]:
-        """The heads to compare; ``scan`` (SCAN in the model's own direction, as ``head=scan`` reads) is ``own``,
-        the model's own head."""
-        names = [own if h == "scan" and own is not None else h for h in (self.compare or "").split(",") if h]
+        """The heads to compare; a head that has variants (``scan``, as ``head=scan`` reads it) is ``own``, the
+        model's own head."""
+        from scan_viz.heads import head_names, selectable_heads
+
+        bases = set(head_names()) - set(selectable_heads())
+        names = [own if h in bases and own is not None else h for h in (self.compare or "").split(",") if h]
         return list(dict.fromkeys(names))
 
 
@@ -121,7 +125,7 @@ def normalise_query(query: Mapping[str, QueryValue]) -> dict[str, str]:
     """The link keys of a query, one string each, blanks dropped, in :func:`query_keys` order (plus the old
     ``dir``)."""
     out = {}
-    for key in (*query_keys(), "dir"):
+    for key in query_keys():
         value = _last(query.get(key))
         if value is not None and value.strip():
             out[key] = value
@@ -202,35 +206,8 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             found["gallery"] = gallery
         else:
             notes.append(f"the link's gallery={echo(values['gallery'])} is not a bundled gallery's name: ignored")
-    from scan_viz.heads import all_head_params, head_names
+    from scan_viz.heads import all_head_params, head_names, selectable_heads, variant_for
 
-    heads = selectable_heads(head_names())
-    if "head" in values:
-        found["head"] = values["head"].strip()[:MAX_ID_CHARS]
-    scan_head = "scan"  # what ``scan`` means in head and compare: the model's own direction, or dir's
-    if "dir" in values:  # links written before heads were named: dir=i2t is SCAN image-to-text
-        direction = values["dir"].strip().lower()
-        if direction not in ("t2i", "i2t"):
-            notes.append(f"the link's dir={echo(values['dir'])} is not one of t2i, i2t: ignored")
-        else:
-            scan_head = f"scan_{direction}"
-            if found.get("head") in (None, "scan"):
-                found["head"] = scan_head
-    if found.get("head") == "scan":  # SCAN in the model's own direction: the default head
-        del found["head"]
-    if found.get("head") is not None and found["head"] not in heads:
-        notes.append(f"the link's head {echo(found.pop('head'))} is not one of {', '.join(heads)}: ignored")
-    if "compare" in values:
-        # the names head= takes: ``scan`` (the model's own direction, resolved by ExploreParams.compared) too
-        names = [scan_head if n.strip() == "scan" else n.strip() for n in values["compare"].split(",") if n.strip()]
-        accepted = [*heads, "scan"]
-        unknown = [n for n in names if n not in accepted]
-        if unknown:
-            notes.append(f"the link's compare names {', '.join(echo(n) for n in unknown[:5])}"
-                         f"{' and more' if len(unknown) > 5 else ''}, not one of {', '.join(heads)}: left out")
-        known = list(dict.fromkeys(n for n in names if n in accepted))
-        if known:
-            found["compare"] = ",".join(known)
     settings = []
     for param in all_head_params():
         if param.url_key in values:
@@ -238,7 +215,33 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
                 settings.append((param.name, _setting_value(param, values[param.url_key])))
             except ScanVizError as exc:
                 notes.append(f"the link's {param.url_key}={echo(values[param.url_key])} is not used: {exc}")
-    found["settings"] = tuple(settings)
+    # A head with variants (SCAN) is named by the variant the link's settings pick (``dir=i2t``: SCAN i2t, as
+    # links written before heads were named say it), else it is the model's own head. The settings a variant
+    # fixes are consumed by that choice.
+    heads = selectable_heads()
+    bases = [n for n in head_names() if n not in heads]
+    variant, settings = variant_for(None, dict(settings))
+    if "head" in values:
+        found["head"] = values["head"].strip()[:MAX_ID_CHARS]
+    if found.get("head") in (None, *bases) and variant is not None:
+        found["head"] = variant
+    if found.get("head") in bases:  # the base alone: the model's own head, the default
+        del found["head"]
+    if found.get("head") is not None and found["head"] not in heads:
+        notes.append(f"the link's head {echo(found.pop('head'))} is not one of {', '.join(heads)}: ignored")
+    if "compare" in values:
+        # the names head= takes: a base (``scan``: the model's own head, resolved by ExploreParams.compared) too
+        names = [variant if n.strip() in bases and variant is not None else n.strip()
+                 for n in values["compare"].split(",") if n.strip()]
+        accepted = [*heads, *bases]
+        unknown = [n for n in names if n not in accepted]
+        if unknown:
+            notes.append(f"the link's compare names {', '.join(echo(n) for n in unknown[:5])}"
+                         f"{' and more' if len(unknown) > 5 else ''}, not one of {', '.join(heads)}: left out")
+        known = list(dict.fromkeys(n for n in names if n in accepted))
+        if known:
+            found["compare"] = ",".join(known)
+    found["settings"] = tuple(settings.items())
     return ExploreParams(**found), notes
 
 
@@ -296,6 +299,8 @@ class HeadSettings:
     @classmethod
     def from_config(cls, config: Any) -> HeadSettings:
         """A model's own head and settings (its ScanConfig)."""
+        from scan_viz.heads import own_head
+
         return cls.for_head(own_head(config), config)
 
     def overrides(self) -> dict[str, Any]:
@@ -316,14 +321,3 @@ class HeadSettings:
         labels = {p.name: p.display for p in head_spec(self.head).params}
         return f"{self.head} (" + ", ".join(f"{labels[n]} {v:g}" if isinstance(v, float) else f"{labels[n]} {v}"
                                             for n, v in self.values) + ")"
-
-
-def own_head(config: Any) -> str:
-    """The head a model was trained with, by the name the app offers (``scan`` is spelled with its direction)."""
-    return f"scan_{config.cross_attn}" if config.head == "scan" else config.head
-
-
-def selectable_heads(names: Sequence[str]) -> list[str]:
-    """Heads offered in the app and in links: every registered one but ``scan``, which is ``scan_t2i`` or
-    ``scan_i2t`` by the model's direction."""
-    return [n for n in names if n != "scan"]

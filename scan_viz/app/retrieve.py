@@ -2,7 +2,7 @@
 
 A page script. Ground truth comes from the gallery: an image matches a query that is one of its captions.
 When the gallery's captions carry claims (the generated world), every result is also checked with the truth
-check (:mod:`scan_viz.truth`): a caption may be true of images other than its own, and a false one says why.
+check (:mod:`scan_viz.evaluation.truth`): a caption may be true of images other than its own, and a false one says why.
 Every result opens in Explore with that pair.
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ import streamlit as st
 
 from scan_viz.app import state
 from scan_viz.app.bundle import NO_MATCH, NO_PICTURES, Bundle, ground_truth_images, search_gallery
+from scan_viz.app.frame import open_in_explore
 from scan_viz.app.params import DEFAULT_K, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
-from scan_viz.app.shell import open_in_explore
 from scan_viz.errors import ScanVizError
+from scan_viz.evaluation.truth import Verdict, caption_holds
 from scan_viz.gallery import Gallery
-from scan_viz.truth import Verdict, caption_holds
 
 QUERY_KEY, K_KEY, IMAGE_KEY, TAB_KEY = "rt_q", "rt_k", "rt_image", "rt_tab"
 IMAGE_SEARCH_KEY, EXAMPLES_KEY = "rt_image_search", "rt_examples"

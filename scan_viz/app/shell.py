@@ -1,28 +1,19 @@
 """The frame around every page: the four pages, the served bundle, Explore's deep link, the head controls."""
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
 from pathlib import Path
 
 import streamlit as st
 
 from scan_viz.app import fair, state, upload_guard
-from scan_viz.app.bundle import Bundle
-from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
-                                 own_head, parse_explore_query)
-from scan_viz.app.safe_text import show_error
-from scan_viz.errors import ScanVizError
+from scan_viz.app.frame import EXPLORE, last_resort
+from scan_viz.app.params import link_changed, normalise_query, parse_explore_query
+from scan_viz.heads import own_head
 
 HERE = Path(__file__).resolve().parent
-EXPLORE = HERE / "explore.py"
 LEARN = HERE / "learn.py"
 #: The page icon: a region outlined as the word panels outline the strongest one.
 FAVICON = HERE.parent / "assets" / "favicon.png"
-#: What a visitor is told of an error nobody foresaw (its trace is in the server's log).
-UNEXPECTED = "an unexpected error; the server's log has the details"
-log = logging.getLogger(__name__)
 
 
 def pages() -> list:
@@ -52,34 +43,6 @@ def run_page(page) -> None:
             after_page(page)
     finally:  # also after st.stop or a rerun: the uploaders drawn so far are the session's caps
         upload_guard.end_run()
-
-
-@contextlib.contextmanager
-def last_resort(where: str):
-    """A user error inside is its one line; any other error is logged with its trace and the visitor gets one line.
-
-    Around every page (:func:`run_page`) and inside every ``st.fragment`` (:func:`guarded`): Streamlit draws its
-    exception box inside a fragment before the error reaches the page's handler.
-    """
-    try:
-        yield
-    except ScanVizError as exc:
-        show_error(exc)
-    except Exception:  # noqa: BLE001 - the last resort: nothing below may show a visitor a traceback
-        log.exception("scan-viz: unexpected error on the %s page", where)
-        show_error(f"this page stopped: {UNEXPECTED}. Reload the page, or choose another model on the Model page")
-
-
-def guarded(where: str):
-    """Decorate a function that ``st.fragment`` reruns on its own with :func:`last_resort` (put it under the
-    ``@st.fragment``)."""
-    def decorate(func):
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            with last_resort(where):
-                return func(*args, **kwargs)
-        return wrapper
-    return decorate
 
 
 def before_page(page) -> None:
@@ -128,9 +91,3 @@ def after_page(page) -> None:
     bundle = state.current_bundle(quiet=True)
     if bundle is not None:
         state.write_link(state.link_fields(bundle, state.current_settings(bundle)))
-
-
-def open_in_explore(image_id: str, text: str, settings: HeadSettings, bundle: Bundle) -> None:
-    """Jump to Explore showing this pair with the served model and these head settings (its link)."""
-    params = ExploreParams(image=image_id, q=text, **state.link_fields(bundle, settings))
-    st.switch_page(EXPLORE, query_params=explore_query(params))

@@ -21,10 +21,9 @@ import numpy as np
 import streamlit as st
 
 from scan_viz.app import fair, galleries
-from scan_viz.app.bundle import (Bundle, Sources, bundled_models, check_visitor_sources, load_bundle,
-                                 load_detector_for, operator_failure, visitor_inputs)
-from scan_viz.app.params import (ExploreParams, HeadSettings, echo, explore_query, normalise_query, own_head,
-                                 selectable_heads, settings_fields)
+from scan_viz.app.bundle import (Bundle, Sources, bundled_models, check_visitor_sources, load_bundle, load_detector_for,
+                                 operator_failure, visitor_inputs)
+from scan_viz.app.params import ExploreParams, HeadSettings, echo, explore_query, normalise_query, settings_fields
 from scan_viz.app.safe_text import literal, show_error, without_bidi
 from scan_viz.app.views import word_panels
 from scan_viz.errors import ScanVizError
@@ -255,7 +254,7 @@ def detected_regions(bundle_key: tuple, image_key: str, _image: np.ndarray) -> R
 @fair.heavy
 def upload_in_domain(bundle_key: tuple, image_key: str, _regions: Regions) -> bool:
     """Whether an upload's regions are as like the gallery's as the gallery's own images are
-    (:mod:`scan_viz.domain`; the check is fitted once per served bundle)."""
+    (:mod:`scan_viz.regions.domain`; the check is fitted once per served bundle)."""
     return bundle_by_key(bundle_key).index.looks_in_domain(_regions)
 
 
@@ -283,7 +282,7 @@ class ShownPanel:
 def panels(bundle_key: tuple, image_key: str, text: str, settings: tuple, _image: np.ndarray,
            _alignment: Alignment) -> list[ShownPanel]:
     """The on-screen word panels of one alignment, encoded once (not by st.image on every rerun)."""
-    from scan_viz.images import image_to_jpeg_bytes
+    from scan_viz.regions.images import image_to_jpeg_bytes
 
     return [ShownPanel(p.word, p.caption, image_to_jpeg_bytes(p.image)) for p in word_panels(_image, _alignment)]
 
@@ -351,7 +350,7 @@ def comparison(bundle_key: tuple, image_id: str, text: str, settings: tuple[tupl
 def thumbnail(bundle_key: tuple, image_id: str) -> bytes:
     """A gallery image shrunk for the pickers, as JPEG bytes."""
     from scan_viz.app.views import shrink
-    from scan_viz.images import image_to_jpeg_bytes
+    from scan_viz.regions.images import image_to_jpeg_bytes
 
     return image_to_jpeg_bytes(shrink(bundle_by_key(bundle_key).gallery.load_image(image_id)))
 
@@ -361,7 +360,7 @@ def shown_image(bundle_key: tuple, image_key: str, _image: np.ndarray) -> bytes:
     """The explored image (``image_key``: ``gallery:ID`` or ``upload:SHA``) fitted to the page, as JPEG bytes:
     an upload may be 25 megapixels, which st.image would re-encode in full on every rerun."""
     from scan_viz.app.views import SHOWN_SIDE
-    from scan_viz.images import fit_within, image_to_jpeg_bytes
+    from scan_viz.regions.images import fit_within, image_to_jpeg_bytes
 
     return image_to_jpeg_bytes(fit_within(_image, SHOWN_SIDE, SHOWN_SIDE)[0])
 
@@ -425,10 +424,10 @@ def ensure_controls(bundle: Bundle) -> None:
 def head_controls(bundle: Bundle) -> HeadSettings:
     """Sidebar controls of the matching head, generated from its declared settings; every page's results
     recompute when they change. A setting the user has not touched starts at the model's own value."""
-    from scan_viz.heads import head_names, head_spec
+    from scan_viz.heads import head_spec, own_head, selectable_heads
 
     ensure_controls(bundle)
-    heads = selectable_heads(head_names())
+    heads = selectable_heads()
     if st.session_state.get(HEAD_KEY) not in heads:
         st.session_state[HEAD_KEY] = own_head(bundle.model.config)
     with st.sidebar:
@@ -462,7 +461,7 @@ def head_controls(bundle: Bundle) -> HeadSettings:
 
 def current_settings(bundle: Bundle) -> HeadSettings:
     """The head settings the controls hold now (a setting without a control yet: the model's own)."""
-    from scan_viz.heads import head_spec
+    from scan_viz.heads import head_spec, own_head
 
     head = st.session_state.get(HEAD_KEY) or own_head(bundle.model.config)
     given = {p.name: st.session_state[setting_key(p.name)] for p in head_spec(head).params

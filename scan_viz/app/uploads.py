@@ -8,7 +8,7 @@ from pathlib import PurePath
 import numpy as np
 
 from scan_viz.errors import ScanVizError
-from scan_viz.images import load_image
+from scan_viz.regions.images import load_image
 
 #: The formats Explore accepts (Pillow's name: how the page names it, its file name extensions). One table for
 #: what the page says, what the uploader offers and what the bytes must be: a GIF named .png is refused.

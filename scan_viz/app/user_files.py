@@ -3,7 +3,7 @@
 The page hands over the uploaded files (name + bytes); :func:`stage_upload` checks their names, kinds and sizes
 before writing anything, writes them into a folder that belongs to one browser session, and returns the
 :class:`~scan_viz.app.bundle.Sources` that serve them. The usual loaders then read them: checkpoints only with
-torch's ``weights_only`` unpickler (:mod:`scan_viz.checkpoint`). No Streamlit here.
+torch's ``weights_only`` unpickler (:mod:`scan_viz.model.checkpoint`). No Streamlit here.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path, PurePath
 
 from scan_viz.app.bundle import IMAGE_SUFFIXES, Sources
-from scan_viz.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from scan_viz.errors import ScanVizError
+from scan_viz.model.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from scan_viz.safe_paths import MB
 
 #: Upload caps in MB. An official SCAN checkpoint is about 55 MB. One region file may take the whole regions cap,

@@ -13,7 +13,7 @@ import html
 import numpy as np
 
 from scan_viz.app.safe_text import plain
-from scan_viz.images import fit_within
+from scan_viz.regions.images import fit_within
 from scan_viz.render import HIGHLIGHT, attention_peak, draw_boxes, panel_image
 from scan_viz.text import END, START, UNK
 from scan_viz.types import Alignment
@@ -145,7 +145,7 @@ RECALL_LABELS = {"r1": "R@1", "r5": "R@5", "r10": "R@10", "medr": "medr", "meanr
 
 
 def recall_rows(result: dict) -> list[dict]:
-    """The recall table of an evaluation result (``scan_viz.metrics.evaluate``'s): one row per direction."""
+    """The recall table of an evaluation result (``scan_viz.evaluation.metrics.evaluate``'s): one row per direction."""
     return [{"direction": title, **{label: round(float(result[d][key]), 1)
                                     for key, label in RECALL_LABELS.items() if key in result.get(d, {})}}
             for d, title in (("i2t", "image \u2192 text"), ("t2i", "text \u2192 image"))]

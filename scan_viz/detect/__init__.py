@@ -2,7 +2,7 @@
 
     image --prepare_image--> detector --extract_regions--> Regions(boxes, features, labels)
 
-``train_detector`` trains it from scratch on a world's train split, ``evaluate_detector`` scores mAP@0.5,
+``scan_viz.train.detector.train_detector`` trains it from scratch on a world's train split, ``evaluate_detector`` scores mAP@0.5,
 ``extract_world`` writes a split's regions in the precomputed layout ``scan-viz train --data`` reads. The
 command line is ``python -m scan_viz.detect train|eval|extract``.
 """
@@ -19,7 +19,6 @@ _EXPORTS = {
     "N_REGIONS": "extract", "extract_regions": "extract", "extract_world": "extract",
     "BACKBONES": "model", "DetectorConfig": "model", "SceneDetector": "model", "build_detector": "model",
     "default_config": "model", "load_detector": "model", "save_detector": "model",
-    "train_detector": "train",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -23,7 +23,7 @@ from scan_viz.errors import ScanVizError, run_command  # noqa: E402
 
 def cmd_train(args: argparse.Namespace) -> int:
     from scan_viz.detect.model import default_config
-    from scan_viz.detect.train import train_detector
+    from scan_viz.train.detector import train_detector
 
     config = default_config(backbone=args.backbone)
     summary = train_detector(args.world, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torchvision.ops import boxes as box_ops
 
-from scan_viz.data import RegionStore, load_saved_regions, save_regions
 from scan_viz.detect.data import prepare_image, read_annotations, read_image, to_model_input
 from scan_viz.detect.model import SceneDetector, box_geometry
 from scan_viz.errors import ScanVizError
 from scan_viz.io import atomic_path
+from scan_viz.regions.store import RegionStore, load_saved_regions, save_regions
 from scan_viz.types import Regions
 
 N_REGIONS = 36
@@ -135,7 +135,7 @@ def extract_world(model: SceneDetector, world_dir: str | Path, split: str, out_d
 
     - ``{split}_ims.npy`` float32 ``(n_images, n_regions, img_dim)`` and ``{split}_caps.txt`` (copied from the
       world): the official precomputed layout, so ``scan-viz train --data out_dir`` trains on it;
-    - ``{split}_regions/``: a :func:`scan_viz.data.save_regions` store with the same features plus ids, boxes
+    - ``{split}_regions/``: a :func:`scan_viz.regions.store.save_regions` store with the same features plus ids, boxes
       and image sizes, which the app needs to draw regions.
 
     Both share one features file (a hard link where the file system allows). Returns the store, reloaded.

@@ -34,9 +34,9 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from scan_viz.errors import ScanVizError
+from scan_viz.io import atomic_path
 from scan_viz.safe_files import check_safetensors, read_json
 from scan_viz.safe_paths import MAX_CONFIG_BYTES
-from scan_viz.io import atomic_path
 
 FORMAT = "scan_viz.detector"
 VERSION = 1

@@ -38,8 +38,8 @@ Its alignment: ``attention`` = A_word laid out word x region (each word's distri
 """
 from __future__ import annotations
 
-from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
-from scan_viz.stepspec import REGIONS, WORDS, StepSpec
+from scan_viz.heads.registry import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.heads.stepspec import REGIONS, WORDS, StepSpec
 
 
 class CaanHead(MatchingHead):
@@ -59,11 +59,11 @@ class CaanHead(MatchingHead):
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
                trace=None) -> HeadOutput:
-        """``trace``: a dict that receives every intermediate below under its name (what :mod:`scan_viz.walk`
+        """``trace``: a dict that receives every intermediate below under its name (what :mod:`scan_viz.heads.walk`
         shows)."""
         import torch
 
-        from scan_viz.similarity import EPS, masked_softmax, region_word_similarity
+        from scan_viz.heads.similarity import EPS, masked_softmax, region_word_similarity
 
         s = self.settings
         sim = region_word_similarity(regions, words, word_lengths, region_lengths, self.product_dtype)

@@ -16,8 +16,8 @@ and ``word_relevance`` holds c_w.
 """
 from __future__ import annotations
 
-from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
-from scan_viz.stepspec import REGIONS, WORDS, StepSpec
+from scan_viz.heads.registry import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.heads.stepspec import REGIONS, WORDS, StepSpec
 
 CHAN_AGGS = ("LogSumExp", "Mean")
 
@@ -38,10 +38,10 @@ class ChanHead(MatchingHead):
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
                trace=None) -> HeadOutput:
         """``trace``: a dict that receives ``sims``, ``best``, ``best_region`` and ``scores`` (what
-        :mod:`scan_viz.walk` shows)."""
+        :mod:`scan_viz.heads.walk` shows)."""
         import torch
 
-        from scan_viz.similarity import region_word_similarity
+        from scan_viz.heads.similarity import region_word_similarity
 
         sim = region_word_similarity(regions, words, word_lengths, region_lengths, self.product_dtype)
         sims = sim.sims
@@ -93,4 +93,5 @@ class ChanHead(MatchingHead):
                 "S": trace["scores"][0, 0].double().cpu().numpy()}
 
 
-register_head("chan", ChanHead, "CHAN: each word's best region (hard alignment), LogSumExp over the words")
+register_head("chan", ChanHead, "CHAN: each word's best region (hard alignment), LogSumExp over the words",
+              contrast="scan_t2i")

@@ -1,7 +1,7 @@
 """The co-attention re-ranker (after Li et al., ICCV 2017) as a head, so stage 2, the engine, the CLI's ``--head``
 and every view use it like any other.
 
-Its math and weights live in :mod:`scan_viz.coattention` (which imports torch; this module must not, so the CLI
+Its math and weights live in :mod:`scan_viz.heads.coattention_net` (which imports torch; this module must not, so the CLI
 can build its flags without it). Unlike the other heads it has trained weights, and they belong to one SCAN
 model's encoders: ``model.head("coattention")`` finds the re-ranker trained on that model (by the encoders'
 fingerprint, under ``pretrained/``) and refuses with one line saying how to train one otherwise. It declares no
@@ -9,7 +9,7 @@ settings: its only hyperparameter, the spatial attention's lambda, was fixed whe
 reads it from ``step_constants``).
 
 Its steps (``step_specs``) follow Li et al.'s stage 2 by name (spatial attention, word-level features, latent
-semantic attention, matching probability), written with this reconstruction's symbols (:mod:`scan_viz.coattention`);
+semantic attention, matching probability), written with this reconstruction's symbols (:mod:`scan_viz.heads.coattention_net`);
 each note says where the code differs from the paper.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from scan_viz.errors import ScanVizError
-from scan_viz.heads import HeadOutput, MatchingHead, register_head
-from scan_viz.stepspec import REGIONS, WORDS, StepSpec
+from scan_viz.heads.registry import HeadOutput, MatchingHead, register_head
+from scan_viz.heads.stepspec import REGIONS, WORDS, StepSpec
 
 
 class CoAttentionHead(MatchingHead):
@@ -29,11 +29,11 @@ class CoAttentionHead(MatchingHead):
 
     def __init__(self, name: str, settings: dict, reranker, product_dtype=None) -> None:
         super().__init__(name, settings, product_dtype)
-        self.reranker = reranker  # a scan_viz.coattention.CoAttentionReranker
+        self.reranker = reranker  # a scan_viz.heads.coattention_net.CoAttentionReranker
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
                trace=None) -> HeadOutput:
-        """``trace``: a dict that receives the intermediates (:meth:`scan_viz.coattention.CoAttention.forward`).
+        """``trace``: a dict that receives the intermediates (:meth:`scan_viz.heads.coattention_net.CoAttention.forward`).
         The re-ranker runs in the embeddings' dtype (a float64 copy of its weights for float64 scores)."""
         net = self.reranker.net_in(regions.dtype)
         out = net(regions, words, word_lengths, region_lengths, return_attention, self.product_dtype, trace=trace)
@@ -55,7 +55,7 @@ class CoAttentionHead(MatchingHead):
 
     def step_specs(self) -> tuple[StepSpec, ...]:
         """The re-ranker's computation as steps: v_r regions, u_w words (the encoders' embeddings), W_v, b_v,
-        W_u, b_u, q, o, c its trained weights (:mod:`scan_viz.coattention`)."""
+        W_u, b_u, q, o, c its trained weights (:mod:`scan_viz.heads.coattention_net`)."""
         return (
             StepSpec("cosines", "Region-word cosines", r"s_{wr} = v_r^\top u_w",
                      "How alike each word u_w and each region v_r are, before any attention.",
@@ -112,8 +112,8 @@ class CoAttentionHead(MatchingHead):
 
 
 def _from_model(name: str, model, settings: dict) -> CoAttentionHead:
-    from scan_viz.coattention import TRAIN_COMMAND, find_coattention
-    from scan_viz.stage1 import model_fingerprint
+    from scan_viz.heads.coattention_net import TRAIN_COMMAND, find_coattention
+    from scan_viz.parts import model_fingerprint
 
     reranker = find_coattention(model)
     if reranker is None:

@@ -1,6 +1,6 @@
 """SCAN (Lee et al., ECCV 2018): stacked cross attention, text-to-image or image-to-text, as a head.
 
-The math is :func:`scan_viz.attention.scan_attention`, the one implementation; this module declares SCAN's
+The math is :func:`scan_viz.heads.attention.scan_attention`, the one implementation; this module declares SCAN's
 settings (under the official names, so an official checkpoint's ``opt`` values fill them in) and turns its
 direction-specific outputs into the word x region layout every view reads.
 """
@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 
-from scan_viz.config import AGG_FUNCS, RAW_FEATURE_NORMS, ScanConfig
-from scan_viz.heads import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.heads.registry import HeadOutput, HeadParam, MatchingHead, register_head
+from scan_viz.heads.stepspec import REGIONS, WORDS, StepSpec
 from scan_viz.limits import LAMBDA_RANGE
-from scan_viz.stepspec import REGIONS, WORDS, StepSpec
 
 #: why 0.5-50: see scan_viz.limits (the paper uses 4-20)
 LAMBDA_LOW, LAMBDA_HIGH = LAMBDA_RANGE
+#: the options of the official code's ``opt`` (attention.py implements each)
+RAW_FEATURE_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm")
+AGG_FUNCS = ("LogSumExp", "Mean", "Max", "Sum")
+#: SCAN's directions: text-to-image (words attend over regions) and image-to-text
+CROSS_ATTNS = ("t2i", "i2t")
+#: the direction, under the official name; ``dir`` in links (``?dir=i2t``) and ``--cross-attn`` on the command line
+DIRECTION = HeadParam("cross_attn", "t2i", "direction: t2i (each word attends over the regions) or i2t (each "
+                      "region attends over the words)", label="direction", choices=CROSS_ATTNS, key="dir")
 
 
 class ScanHead(MatchingHead):
     """SCAN in one direction (``cross_attn``): per-word maps over regions (t2i) or per-region maps over words
     (i2t), relevance R per word (t2i) or per region (i2t)."""
 
+    titled = (DIRECTION,)
     params = (
+        DIRECTION,
         HeadParam("raw_feature_norm", "clipped_l2norm", "first normalisation of the cosines, over the query items",
                   label="normalisation", choices=RAW_FEATURE_NORMS, key="norm"),
         HeadParam("lambda_softmax", 9.0, "inverse temperature of the attention softmax (paper: 9 t2i, 4 i2t)",
@@ -32,11 +41,11 @@ class ScanHead(MatchingHead):
                   low=LAMBDA_LOW, high=LAMBDA_HIGH, key="lse", needs=("agg_func", "LogSumExp")),
     )
 
-    def __init__(self, name, settings, product_dtype=None, cross_attn: str = "t2i") -> None:
-        from scan_viz.attention import AttentionParams
+    def __init__(self, name, settings, product_dtype=None) -> None:
+        from scan_viz.heads.attention import AttentionParams
 
         super().__init__(name, settings, product_dtype)
-        self.attention_params = AttentionParams(cross_attn, settings["raw_feature_norm"],
+        self.attention_params = AttentionParams(settings["cross_attn"], settings["raw_feature_norm"],
                                                 settings["lambda_softmax"], settings["agg_func"],
                                                 settings["lambda_lse"])
 
@@ -61,8 +70,8 @@ class ScanHead(MatchingHead):
 
     def scores(self, regions, words, word_lengths, region_lengths=None, return_attention=False,
                trace=None) -> HeadOutput:
-        """``trace``: a dict that receives the intermediates (:func:`scan_viz.attention.scan_attention`)."""
-        from scan_viz.attention import scan_attention
+        """``trace``: a dict that receives the intermediates (:func:`scan_viz.heads.attention.scan_attention`)."""
+        from scan_viz.heads.attention import scan_attention
 
         res = scan_attention(regions, words, word_lengths, self.attention_params, region_lengths, return_attention,
                              self.product_dtype, trace=trace)
@@ -177,12 +186,14 @@ def scan_step_specs(cross_attn: str, norm: str, agg: str) -> tuple[StepSpec, ...
     )
 
 
-def _factory(cross_attn: str | None):
-    def build(name: str, config: ScanConfig, settings: dict) -> ScanHead:
-        return ScanHead(name, settings, cross_attn=cross_attn or config.cross_attn)
-    return build
+class ScanDirectionHead(ScanHead):
+    """SCAN in a fixed direction (``scan_t2i``, ``scan_i2t``): the direction is the head's name, not a setting."""
+
+    params = tuple(p for p in ScanHead.params if p is not DIRECTION)
 
 
-register_head("scan", ScanHead, "SCAN in the direction the model was trained with", _factory(None))
-register_head("scan_t2i", ScanHead, "SCAN text-to-image: each word attends over the regions", _factory("t2i"))
-register_head("scan_i2t", ScanHead, "SCAN image-to-text: each region attends over the words", _factory("i2t"))
+register_head("scan", ScanHead, "SCAN in the direction the model was trained with (--cross-attn: another)")
+register_head("scan_t2i", ScanDirectionHead, "SCAN text-to-image: each word attends over the regions",
+              variant_of="scan", fixed={"cross_attn": "t2i"})
+register_head("scan_i2t", ScanDirectionHead, "SCAN image-to-text: each region attends over the words",
+              variant_of="scan", fixed={"cross_attn": "i2t"})

@@ -1,7 +1,7 @@
 """What caption words mean in a scene: the one set of predicates behind "two", "big", "left", "above", "near".
 
 The caption grammar (:mod:`scan_viz.scenes.captions`) asks these predicates which words are true before it
-writes them; the truth check (:mod:`scan_viz.truth`) asks the same predicates whether a caption written for one
+writes them; the truth check (:mod:`scan_viz.evaluation.truth`) asks the same predicates whether a caption written for one
 scene is true of another. Keeping them in one place is what makes "true of an image" mean exactly what the
 generator meant.
 """

@@ -1,7 +1,8 @@
 """``scan-viz train`` arguments, under the official train.py's names (dashes for underscores).
 
-Model hyperparameters map one-to-one onto :class:`~scan_viz.config.ScanConfig` fields; everything else goes to
-:class:`~scan_viz.train.options.TrainOptions`. No torch or nltk import here: the CLI builds this parser for
+Model hyperparameters map one-to-one onto :class:`~scan_viz.model.config.ScanConfig` fields, the head's settings are
+generated from the heads' declarations (:mod:`scan_viz.heads`: every head's, under the same flags as ``scan-viz
+score``); everything else goes to :class:`~scan_viz.train.options.TrainOptions`. No torch or nltk import here: the CLI builds this parser for
 every command.
 """
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from scan_viz.config import AGG_FUNCS, CROSS_ATTNS, PRECOMP_ENC_TYPES, RAW_FEATURE_NORMS, ScanConfig
+from scan_viz.heads import all_head_params, head_names, head_settings, heads_declaring
+from scan_viz.model.config import PRECOMP_ENC_TYPES, ScanConfig
 from scan_viz.train.options import TrainOptions
 
 _DEFAULTS = ScanConfig()
@@ -40,13 +42,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     model.add_argument("--no-txtnorm", action="store_true")
     model.add_argument("--precomp-enc-type", choices=PRECOMP_ENC_TYPES, default=d.precomp_enc_type)
     model.add_argument("--head", default=d.head,
-                       help="matching head to train (scan_viz.heads: scan, chan, caan, ...; scan = SCAN in "
-                            "--cross-attn's direction); its settings take their declared defaults")
-    model.add_argument("--cross-attn", choices=CROSS_ATTNS, default=d.cross_attn)
-    model.add_argument("--raw-feature-norm", choices=RAW_FEATURE_NORMS, default=d.raw_feature_norm)
-    model.add_argument("--agg-func", choices=AGG_FUNCS, default=d.agg_func)
-    model.add_argument("--lambda-softmax", type=float, default=d.lambda_softmax)
-    model.add_argument("--lambda-lse", type=float, default=d.lambda_lse)
+                       help=f"matching head to train ({', '.join(head_names())}); the settings it does not get "
+                            "below take their declared defaults")
+    settings = p.add_argument_group("head settings (generated from the heads' declarations)")
+    for param in all_head_params():
+        kind = dict(choices=param.choices) if param.choices else dict(type=float, metavar="X")
+        settings.add_argument(*param.flags, dest=param.name, **kind,
+                              help=f"{param.help} (default {param.default}); heads: "
+                                   f"{', '.join(heads_declaring(param.name))}")
 
     optim = p.add_argument_group("optimisation (official names)")
     optim.add_argument("--margin", type=float, default=d.margin)
@@ -75,6 +78,9 @@ def config_from_args(args: argparse.Namespace, img_dim: int) -> ScanConfig:
     """The ScanConfig the arguments describe; ``img_dim`` is used when ``--img-dim`` was not given."""
     values = {name: getattr(args, name) for name in ScanConfig.field_names() if getattr(args, name, None) is not None}
     values["img_dim"] = args.img_dim if args.img_dim is not None else img_dim
+    # the head's settings, every one written into the config (the given ones, else the declared defaults)
+    given = {p.name: getattr(args, p.name) for p in all_head_params() if getattr(args, p.name, None) is not None}
+    values["head_params"] = head_settings(args.head, ScanConfig(), given)
     # the official data_name ("f30k_precomp", "coco_precomp") is the data folder's name
     name = Path(args.data).resolve().name
     if name.endswith("_precomp"):

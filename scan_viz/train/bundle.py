@@ -34,10 +34,11 @@ MODEL_DOMAIN = ("generated emoji scenes: 320x256 pictures of 58 kinds of emoji o
                 "things) over sky, grass, water, sand, snow and road, described by template captions")
 # the bundled gallery must stay under 40 MB: 1,000 images x 36 regions x (192 + 12) float16 is 15 MB
 REPRESENTATION_SIZE = 192
-SCAN_SETTINGS = {
-    # the paper's settings (bi-GRU, hardest negatives, lambdas per direction) at the sizes the limits allow
-    "t2i": dict(cross_attn="t2i", lambda_softmax=9.0, lambda_lse=6.0, agg_func="LogSumExp"),
-    "i2t": dict(cross_attn="i2t", lambda_softmax=4.0, lambda_lse=5.0, agg_func="LogSumExp"),
+#: each direction's head settings as `scan-viz train` flags (generated from the SCAN head's declarations): the
+#: paper's lambdas per direction
+HEAD_FLAGS = {
+    "t2i": ["--dir", "t2i", "--lambda-softmax", "9.0", "--lambda-lse", "6.0", "--agg-func", "LogSumExp"],
+    "i2t": ["--dir", "i2t", "--lambda-softmax", "4.0", "--lambda-lse", "5.0", "--agg-func", "LogSumExp"],
 }
 
 
@@ -67,7 +68,8 @@ def build_world(work: Path, args: argparse.Namespace) -> Path:
 
 def build_detector(work: Path, world: Path, args: argparse.Namespace) -> Path:
     """Train the detector (or copy ``--detector-from``), then set its ``box_geometry`` as asked."""
-    from scan_viz.detect import default_config, train_detector
+    from scan_viz.detect import default_config
+    from scan_viz.train.detector import train_detector
 
     out = work / "detector"
     if not (out / "detector.json").exists() or not (out / "DONE").exists():
@@ -134,12 +136,10 @@ def train_scan(work: Path, precomp: Path, args: argparse.Namespace) -> dict[str,
     for direction, run in runs.items():
         if (run / "DONE").exists():
             continue
-        s = SCAN_SETTINGS[direction]
         cmd = [sys.executable, "-m", "scan_viz.cli", "train", "--data", str(precomp), "--out", str(run),
                "--embed-size", str(args.embed_size), "--word-dim", str(args.word_dim), "--bi-gru",
                *(["--max-violation", "--max-violation-warmup", str(args.max_violation_warmup)] if args.max_violation else []),
-               "--cross-attn", direction, "--lambda-softmax", str(s["lambda_softmax"]),
-               "--lambda-lse", str(s["lambda_lse"]), "--agg-func", s["agg_func"],
+               *HEAD_FLAGS[direction],
                "--num-epochs", str(args.scan_epochs), "--lr-update", str(args.scan_lr_update),
                "--learning-rate", str(args.scan_lr), "--batch-size", "128", "--vocab-threshold", "1",
                "--max-dev-captions", str(args.max_dev_captions), "--workers", "1", "--seed", str(args.seed),
@@ -173,12 +173,12 @@ def _slice_precomp(precomp: Path, n_images: int, out: Path) -> Path:
 
 def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], args: argparse.Namespace) -> None:
     """Copy the detector and models into pretrained/ and build examples/gallery from the test split."""
-    from scan_viz.data import RegionStore
     from scan_viz.detect import extract_regions, load_detector
     from scan_viz.gallery import write_gallery
-    from scan_viz.images import load_image
     from scan_viz.io import write_dir_atomic
     from scan_viz.model import load_model
+    from scan_viz.regions.images import load_image
+    from scan_viz.regions.store import RegionStore
 
     pretrained = REPO / "pretrained"
     write_dir_atomic(pretrained / DETECTOR_NAME, lambda tmp: [shutil.copy2(detector_dir / f, tmp / f)
@@ -213,7 +213,7 @@ def install(work: Path, world: Path, detector_dir: Path, runs: dict[str, Path], 
     keep = ("id", "width", "height", "objects", "captions")
     records = [{k: r[k] for k in keep} for r in records]
     if not all("claims" in c for r in records for c in r["captions"]):
-        from scan_viz.truth import annotate_records
+        from scan_viz.evaluation.truth import annotate_records
 
         annotate_records(records)  # a world generated before captions carried their claims
     write_gallery(REPO / "examples" / "gallery", "emoji world, test split", records, jpegs, store,
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embed-size", type=int, default=256)
     ap.add_argument("--word-dim", type=int, default=128)
     ap.add_argument("--jpeg-quality", type=int, default=85)
-    ap.add_argument("--steps", default="world,detector,extract,scan,install,eval")
+    ap.add_argument("--steps", default="world,detector,extract,train,install,eval")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -293,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if "extract" in steps:
         with _timed(report, "extract"):
             precomp = extract(work, world, detector_dir, args)
-    if "scan" in steps:
-        with _timed(report, "scan_t2i_and_i2t"):
+    if "train" in steps:
+        with _timed(report, "train_both_directions"):
             runs = train_scan(work, precomp, args)
     if "install" in steps:
         with _timed(report, "install"):

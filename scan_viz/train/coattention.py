@@ -6,7 +6,7 @@
 change, so region and word embeddings of the training subset are computed once. Each caption is paired with its
 image (label 1) and with hard negatives (label 0): images that stage 1 ranks among the caption's best
 ``--neg-pool`` but that are not its image, ``--negatives`` of them drawn afresh each epoch. The loss is binary
-cross-entropy on the matching logit. Stage 1 is the head trained on this model (:func:`scan_viz.stage1.find_stage1`);
+cross-entropy on the matching logit. Stage 1 is the head trained on this model (:func:`scan_viz.retrieval.stage1.find_stage1`);
 without one, the centred mean pooling that stage-1 training starts from stands in for it, both to mine the
 negatives and to initialise the re-ranker. The epoch kept is the one with the best re-ranking R@1 + R@5 + R@10
 on dev captions (each caption's stage-1 top ``--rerank-k`` re-ranked), reported next to SCAN re-ranking the same
@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scan_viz.coattention import TRAIN_COMMAND, CoAttention, CoAttentionReranker
 from scan_viz.errors import ScanVizError, run_command
+from scan_viz.evaluation.metrics import recall_metrics
 from scan_viz.heads import MatchingHead
-from scan_viz.metrics import recall_metrics
+from scan_viz.heads.coattention_net import TRAIN_COMMAND, CoAttention, CoAttentionReranker
 from scan_viz.model import ScanModel, load_model
-from scan_viz.search import candidate_scores, rerank_ranks, stage1_candidates
-from scan_viz.stage1 import Stage1Head, find_stage1, model_fingerprint, pool
+from scan_viz.parts import model_fingerprint
+from scan_viz.retrieval.search import candidate_scores, rerank_ranks, stage1_candidates
+from scan_viz.retrieval.stage1 import Stage1Head, find_stage1, pool
 from scan_viz.train.stage1 import init_as_centred_mean_pool, load_train_dev
 
 ENCODE_BATCH = 1024
@@ -142,16 +143,16 @@ def measure_gallery(model: ScanModel, head: MatchingHead, stage1_head: Stage1Hea
     SCAN's re-ranking reads the exhaustive matrix at the candidates (stage 2 scores what exhaustive search scores,
     tests/test_search.py); the head scores each caption's candidates as :class:`TwoStageSearch` does.
     """
-    from scan_viz.engine import score_matrix
+    from scan_viz.evaluation.metrics import t2i_ranks
     from scan_viz.gallery import load_gallery
-    from scan_viz.metrics import t2i_ranks
+    from scan_viz.heads.engine import score_matrix
 
     gallery = load_gallery(gallery_dir)
     started = time.perf_counter()
     regions, words, lengths = encode_split(model, np.asarray(gallery.regions.features, dtype=np.float32),
                                            gallery.captions)
     region_lengths = None if gallery.regions.n_boxes is None else torch.from_numpy(gallery.regions.n_boxes)
-    scan = score_matrix(model.head("scan"), regions, words, lengths, region_lengths)  # (n_images, n_captions)
+    scan = score_matrix(model.head(), regions, words, lengths, region_lengths)  # (n_images, n_captions)
     image = gallery.caption_image
     result = {"gallery": str(gallery_dir), "images": len(gallery), "captions": len(gallery.captions),
               "exhaustive_scan": rerank_recall(t2i_ranks(scan, image))}
@@ -204,7 +205,7 @@ def train_coattention(model: ScanModel, base_name: str, data_dir: Path, lambda_s
     dev_candidates = stage1_candidates(*stage1_vectors(stage1_head, dev_regions, dev_words, dev_lengths), rerank_k)
     stage1_recall = float(100.0 * (dev_candidates == dev_image[:, None]).any(axis=1).mean())
     scan_dev = rerank_recall(rerank_ranks(dev_candidates, candidate_scores(
-        model.head("scan"), dev_regions, dev_words, dev_lengths, dev_candidates), dev_image))
+        model.head(), dev_regions, dev_words, dev_lengths, dev_candidates), dev_image))
     log(f"dev ({len(dev_rows)} captions): stage-1 R@{rerank_k} {stage1_recall:.1f}; SCAN re-ranking its top "
         f"{rerank_k}: " + _recall_text(scan_dev))
 

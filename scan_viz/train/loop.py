@@ -3,7 +3,7 @@ hinge triplet loss on the batch's score matrix, Adam, step decay.
 
 Per epoch: ``lr = learning_rate * 0.1 ** (epoch // lr_update)``; for each batch of (image, caption) pairs the
 encoders embed both sides, the matching head scores every image of the batch against every caption, and
-:func:`~scan_viz.loss.contrastive_loss` (margin, ``max_violation``, which ``max_violation_warmup`` can hold off
+:func:`~scan_viz.train.loss.contrastive_loss` (margin, ``max_violation``, which ``max_violation_warmup`` can hold off
 for the first epochs) is minimised with Adam over both encoders' parameters (no weight decay), gradients clipped to norm ``grad_clip``. Then the dev split is scored with the
 scoring engine and the model with the best rsum is kept.
 
@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from scan_viz.config import ScanConfig
-from scan_viz.data import PrecompSplit, load_precomp
-from scan_viz.encoders import ImageEncoder, TextEncoder, build_encoders
-from scan_viz.engine import score_matrix
 from scan_viz.errors import ScanVizError
+from scan_viz.evaluation.metrics import evaluate
 from scan_viz.heads import MatchingHead, create_head
-from scan_viz.loss import contrastive_loss
-from scan_viz.metrics import evaluate
+from scan_viz.model.config import ScanConfig
+from scan_viz.model.encoders import ImageEncoder, TextEncoder, build_encoders
+from scan_viz.regions.store import PrecompSplit, load_precomp
+from scan_viz.heads.engine import score_matrix
 from scan_viz.text import Vocabulary
 from scan_viz.train.dataset import CaptionImagePairs, EncodedCaptionIds, EpochShuffle, collate_pairs
+from scan_viz.train.loss import contrastive_loss
 from scan_viz.train.options import TrainOptions
 from scan_viz.train.progress import EpochProgress, scoring_progress
 from scan_viz.train.state import (LAST_STATE, append_jsonl, atomic_path, load_last, read_log, rng_state, save_last,
@@ -252,7 +252,7 @@ def _train_step(batch: dict[str, torch.Tensor], image_encoder: ImageEncoder, tex
 def validate(image_encoder: ImageEncoder, text_encoder: TextEncoder, head: MatchingHead, split: PrecompSplit,
              captions: EncodedCaptionIds, device: torch.device, batch_size: int = 128,
              progress: bool = False) -> dict:
-    """Dev retrieval metrics (:func:`scan_viz.metrics.evaluate`) of the encoders as they are now.
+    """Dev retrieval metrics (:func:`scan_viz.evaluation.metrics.evaluate`) of the encoders as they are now.
 
     As in the official validation, embeddings are computed in float32 and scored in float64.
     """
@@ -279,7 +279,7 @@ def _save_epoch(out: Path, config: ScanConfig, vocab: Vocabulary, image_encoder:
                 text_encoder: TextEncoder, optimizer: torch.optim.Optimizer, run: _Run, is_best: bool,
                 record: dict, options: TrainOptions) -> None:
     """Write the epoch's files. ``last.pt`` goes last: until it is written, a resume redoes this epoch."""
-    from scan_viz.checkpoint import write_official_checkpoint
+    from scan_viz.model.checkpoint import write_official_checkpoint
 
     image_state = {k: v.detach().cpu() for k, v in image_encoder.state_dict().items()}
     text_state = {k: v.detach().cpu() for k, v in text_encoder.state_dict().items()}

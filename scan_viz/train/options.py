@@ -1,4 +1,4 @@
-"""What a training run needs beyond the model's :class:`~scan_viz.config.ScanConfig` (no torch import here)."""
+"""What a training run needs beyond the model's :class:`~scan_viz.model.config.ScanConfig` (no torch import here)."""
 from __future__ import annotations
 
 import dataclasses

@@ -18,17 +18,46 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from scan_viz.data import PrecompSplit, load_precomp
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.model import ScanModel, load_model
-from scan_viz.stage1 import (Stage1, Stage1Head, choose_k, cmce_loss, model_fingerprint, pool, recall_curve,
-                             update_buffer)
+from scan_viz.model.encoders import l2norm
+from scan_viz.parts import model_fingerprint
+from scan_viz.regions.store import PrecompSplit, load_precomp
+from scan_viz.retrieval.stage1 import Stage1, Stage1Head, choose_k, pool, recall_curve
 
 ENCODE_BATCH = 1024
 
 
 @torch.no_grad()
+
+def cmce_loss(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, image_ids: torch.Tensor,
+              caption_ids: torch.Tensor, image_buffer: torch.Tensor, caption_buffer: torch.Tensor,
+              sigma: float) -> torch.Tensor:
+    """Cross-Modal Cross-Entropy: -log p(true identity) of each image vs the caption buffers, and vice versa.
+
+    image_vecs (b_i, D), caption_vecs (b_c, D), their identities (b_i,), (b_c,); buffers (n_identities, D)
+    carry no gradient. ``p(k | image v) = exp(S_k . v / sigma) / sum_j exp(S_j . v / sigma)`` with S the
+    caption buffer (and symmetrically for captions with the image buffer V). Returns the sum of both mean
+    cross-entropies.
+    """
+    image_logits = image_vecs @ caption_buffer.detach().T / sigma
+    caption_logits = caption_vecs @ image_buffer.detach().T / sigma
+    return F.cross_entropy(image_logits, image_ids) + F.cross_entropy(caption_logits, caption_ids)
+
+
+@torch.no_grad()
+def update_buffer(buffer: torch.Tensor, ids: torch.Tensor, vecs: torch.Tensor, momentum: float) -> None:
+    """In place: ``buffer[k] <- l2norm(momentum * buffer[k] + (1 - momentum) * mean of the batch's vectors of k)``."""
+    sums = torch.zeros_like(buffer).index_add_(0, ids, vecs.detach().to(buffer.dtype))
+    counts = torch.zeros(buffer.shape[0], dtype=buffer.dtype, device=buffer.device).index_add_(
+        0, ids, torch.ones_like(ids, dtype=buffer.dtype))
+    seen = counts > 0
+    mean = sums[seen] / counts[seen, None]
+    buffer[seen] = l2norm(momentum * buffer[seen] + (1 - momentum) * mean)
+
+
 def pooled_inputs(model: ScanModel, features: np.ndarray, captions: list[str],
                   log=print) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen encoders -> pooled (n_images, 2d) and (n_captions, 2d) inputs of the stage-1 head."""

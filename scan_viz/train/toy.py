@@ -53,7 +53,7 @@ def make_precomp(root: Path, n_train: int = 40, n_dev: int = 14, seed: int = 0, 
 
 
 def main() -> None:
-    from scan_viz.config import ScanConfig
+    from scan_viz.model.config import ScanConfig
     from scan_viz.train import TrainOptions, train
 
     ap = argparse.ArgumentParser(description="build the toy example: data + a SCAN model trained on it")

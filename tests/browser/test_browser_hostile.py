@@ -10,9 +10,9 @@ import json
 
 from test_browser import LOCAL, browser, page, server, sync_api, wait_until_idle  # noqa: F401 - fixtures
 from test_browser_uploads import UPLOADERS, as_payload
-from test_app import write_npz_regions
 
 from scan_viz.app.user_files import Upload
+from test_app import write_npz_regions
 
 LINK = "[Session expired, log in again](https://evil.example/login)"
 #: A config.json's extra: keys and values the card shows (values without "/", which the card shows as a path's

@@ -20,9 +20,9 @@ BOXES = ".st-key-ln_boxes .js-plotly-plot"
 
 def library_walk(bundle, image_id, sentence, **settings):
     from scan_viz.gallery import load_gallery
+    from scan_viz.heads.walk import steps
     from scan_viz.model import load_model
     from scan_viz.pipeline import gallery_regions
-    from scan_viz.walk import steps
 
     model, gallery = load_model(bundle.model), load_gallery(bundle.gallery)
     return steps(model, gallery_regions(gallery, image_id), sentence, head="scan_t2i", **settings), gallery
@@ -145,7 +145,7 @@ def test_presentation_mode(server, page, shots):
 
 
 def test_the_handout_works_offline(server, browser, tmp_path):  # noqa: F811
-    from scan_viz.learn import handout_html
+    from scan_viz.render.learn import handout_html
 
     bundle = server["bundle"]
     image_id = bundle.image_ids[0]

@@ -14,8 +14,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from test_browser import (browser, page, shots, streamlit_app, sync_api,  # noqa: F401 - fixtures
-                          wait_for_panels, wait_until_idle)
+from test_browser import (browser, page, shots, streamlit_app, sync_api, wait_for_panels,  # noqa: F401 - fixtures
+                          wait_until_idle)
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))

@@ -2,9 +2,9 @@
 
 :func:`steps` runs the head's ``scores`` ONCE on the pair with a trace (the same code path, and the same
 arithmetic, as every score the app and the command line show) and lays the recorded intermediates out as the
-steps the head declares (:class:`scan_viz.stepspec.StepSpec`). The last step's value is the pair's score.
+steps the head declares (:class:`scan_viz.heads.stepspec.StepSpec`). The last step's value is the pair's score.
 
-    >>> walk = steps(model, gallery_regions(gallery, "img0001"), "a dog on grass", head="scan_t2i")
+    >>> walk = steps(model, gallery_regions(gallery, "img0001"), "a dog on grass", head="chan")
     >>> walk.steps[-1].value == walk.score
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from scan_viz.errors import ScanVizError
-from scan_viz.heads import MatchingHead
-from scan_viz.stepspec import REGIONS, WORDS, StepSpec
+from scan_viz.heads import MatchingHead, resolve_head
+from scan_viz.heads.stepspec import REGIONS, WORDS, StepSpec
 from scan_viz.types import Regions
 
 #: How many dimensions of a vector a display lists (never the whole vector).
@@ -99,6 +99,13 @@ def has_steps(head: MatchingHead) -> bool:
     return hasattr(head, "step_specs") and hasattr(head, "step_values")
 
 
+def stepped_heads() -> list[str]:
+    """The heads offered by name that describe their computation as steps."""
+    from scan_viz.heads import head_spec, selectable_heads
+
+    return [n for n in selectable_heads() if has_steps(head_spec(n).head_class)]
+
+
 def steps(model, regions: Regions | np.ndarray, sentence: str, head: str | MatchingHead | None = None,
           dtype: str = "float64", **settings: Any) -> Walk:
     """The steps of ``head`` (a name or a built head; default: the model's own) on one image and one sentence.
@@ -112,10 +119,10 @@ def steps(model, regions: Regions | np.ndarray, sentence: str, head: str | Match
     from scan_viz.limits import check_sentence
 
     check_sentence(sentence)
-    matcher = head if isinstance(head, MatchingHead) else model.head(head, **settings)
+    matcher = resolve_head(head, model, **settings)
     if not has_steps(matcher):
         raise ScanVizError(f"the {matcher.name} head does not describe its computation as steps yet: "
-                           "pick scan_t2i, scan_i2t, chan, caan or coattention")
+                           f"pick {', '.join(stepped_heads())}")
     if not isinstance(regions, Regions):
         regions = Regions(np.asarray(regions))
     region_emb = model.encode_images(np.asarray(regions.features)[None], dtype)

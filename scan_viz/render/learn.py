@@ -1,4 +1,4 @@
-"""What the Learn page draws from a :class:`~scan_viz.walk.Walk`, as pure functions (no Streamlit, no model).
+"""What the Learn page draws from a :class:`~scan_viz.heads.walk.Walk`, as pure functions (no Streamlit, no model).
 
 * :func:`cell_formula`: one cell of a step explained with its own numbers substituted (a softmax shows its
   largest exp terms and "..."), the text of a heatmap's hover;
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from scan_viz.stepspec import REGIONS, WORDS
-from scan_viz.walk import Step, Walk, array_html, vector_summary
+from scan_viz.heads.stepspec import REGIONS, WORDS
+from scan_viz.heads.walk import Step, Walk, array_html, vector_summary
 
 #: How many terms of a softmax's denominator a hover lists before "...".
 SOFTMAX_TERMS = 4
@@ -126,7 +126,7 @@ def region_thumbnails(image: np.ndarray, boxes: np.ndarray | None, size: int = T
     it; an empty box becomes one pixel). Encoded once here: a figure carries the strings, nothing is fetched."""
     from PIL import Image
 
-    from scan_viz.images import image_to_jpeg_bytes
+    from scan_viz.regions.images import image_to_jpeg_bytes
 
     if boxes is None:
         return []
@@ -234,7 +234,7 @@ def boxes_figure(image: np.ndarray, walk: Walk, weights: np.ndarray, title: str 
     """The image with every region's box; box opacity (fill and outline) = its weight in 0..1."""
     import plotly.graph_objects as go
 
-    from scan_viz.images import image_to_png_bytes
+    from scan_viz.regions.images import image_to_png_bytes
 
     height, width = image.shape[:2]
     uri = "data:image/png;base64," + base64.b64encode(image_to_png_bytes(image)).decode("ascii")

@@ -22,12 +22,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from scan_viz.engine import score_matrix
 from scan_viz.errors import ScanVizError
-from scan_viz.heads import MatchingHead
+from scan_viz.heads import MatchingHead, resolve_head
 from scan_viz.limits import check_sentence
 from scan_viz.model import ScanModel
-from scan_viz.stage1 import Stage1
+from scan_viz.heads.engine import score_matrix
+from scan_viz.retrieval.stage1 import Stage1
 
 #: Up to this many vectors stage 1 uses an exact inner-product index; above it an IVF index. An exact search
 #: scans every vector, so its time grows linearly; benchmarks/bench_two_stage.py measures both kinds at each
@@ -210,7 +210,7 @@ class TwoStageSearch:
         return np.concatenate(out)
 
     def _matcher(self, head: str | MatchingHead | None) -> MatchingHead:
-        return head if isinstance(head, MatchingHead) else self.model.head(head)
+        return resolve_head(head, self.model)
 
     def _check_k(self, k: int, stage1_k: int | None) -> int:
         """The stage-1 K to use: 0 = exhaustive; None = the stage-1 head's default (exhaustive without one)."""
@@ -368,7 +368,7 @@ def gallery_search(model: ScanModel, gallery, regions: torch.Tensor | None = Non
     Stage-1 vectors stored in the gallery (``scan-viz index``) are used when the same head made them;
     otherwise they are computed here. ``regions``/``caption_emb``: embeddings the caller already has.
     """
-    from scan_viz.stage1 import find_stage1
+    from scan_viz.retrieval.stage1 import find_stage1
 
     stage1 = find_stage1(model)
     vectors = None if stage1 is None else load_image_vectors(gallery.root, stage1, len(gallery))

@@ -10,7 +10,6 @@ from typing import Sequence
 
 import numpy as np
 
-from scan_viz.config import CROSS_ATTNS, SCORING_DTYPES
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.limits import MAX_WORDS
 
@@ -21,15 +20,14 @@ DESCRIPTION = ("See how SCAN-family image-text matching models line words up wit
 
 
 def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    from scan_viz.heads import all_head_params, head_names, heads_declaring
+    from scan_viz.heads import SCORING_DTYPES, all_head_params, head_names, heads_declaring
 
     p.add_argument("--model", required=model_required,
                    help="official checkpoint file (needs --vocab), model directory, or a name under pretrained/"
                         + ("" if model_required else " (default: the bundled model)"))
     p.add_argument("--vocab", help="vocabulary JSON (official format) for an official checkpoint")
     p.add_argument("--head", help=f"matching head: {', '.join(head_names())} (default: the one the model was trained "
-                                  "with; scan = SCAN in the model's direction)")
-    p.add_argument("--cross-attn", choices=CROSS_ATTNS, help="direction of the scan head (override the model's)")
+                                  "with)")
     settings = p.add_argument_group("head settings (default: the model's own, else the paper's)")
     for param in all_head_params():  # generated from the heads' declarations
         kind = dict(choices=param.choices) if param.choices else dict(type=float, metavar="X")
@@ -44,17 +42,14 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
 
 
 def _load(args: argparse.Namespace):
-    from scan_viz.heads import all_head_params
+    from scan_viz.heads import all_head_params, choose_head
     from scan_viz.model import load_model
     from scan_viz.pipeline import DEFAULT_MODEL
 
     model = load_model(args.model or DEFAULT_MODEL, args.vocab)
-    overrides = {p.name: getattr(args, p.name) for p in all_head_params()}
-    name = args.head
-    if name is None and model.config.head == "scan":
-        # the model's own head spelled with its direction, as the app and its links name it
-        name = f"scan_{args.cross_attn or model.config.cross_attn}"
-    return model, model.head(name, cross_attn=args.cross_attn, **overrides)
+    # the head as the app and its links name it (a variant: SCAN's direction is part of its name)
+    name, overrides = choose_head(args.head, model.config, {p.name: getattr(args, p.name) for p in all_head_params()})
+    return model, model.head(name, **overrides)
 
 
 def _progress(label: str, stream=None):
@@ -124,8 +119,8 @@ def _save_npy(path: str, array: np.ndarray, stdout=None) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.gallery:
         return _eval_gallery(args)
-    from scan_viz.data import load_precomp
-    from scan_viz.metrics import evaluate, fold5_average, fold_slices
+    from scan_viz.evaluation.metrics import evaluate, fold5_average, fold_slices
+    from scan_viz.regions.store import load_precomp
 
     split = load_precomp(args.data, args.split)
     model, head = _load(args)
@@ -211,8 +206,8 @@ def _write_json(path: str | None, result: dict, stdout=None) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from scan_viz.images import load_image
     from scan_viz.limits import check_device, check_sentence
+    from scan_viz.regions.images import load_image
 
     # every check that needs no model comes first, cheapest first (an image's size is read from its header,
     # the sentence's length before NLTK loads), so a bad input is answered before torch loads
@@ -258,10 +253,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _domain_note(model, regions, gallery_dir) -> None:
-    """A note when the picture's regions are less like the gallery's than its own images' (scan_viz.domain)."""
-    from scan_viz.domain import embed_regions
+    """A note when the picture's regions are less like the gallery's than its own images' (scan_viz.regions.domain)."""
     from scan_viz.gallery import load_gallery
     from scan_viz.pipeline import gallery_domain_check
+    from scan_viz.regions.domain import embed_regions
 
     gallery = load_gallery(gallery_dir)
     check = gallery_domain_check(model, gallery)
@@ -281,7 +276,7 @@ def _print_metrics(result: dict) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from scan_viz.checkpoint import convert_official
+    from scan_viz.model.checkpoint import convert_official
 
     convert_official(args.checkpoint, args.vocab, args.out)
     print(f"wrote {args.out} (config.json, model.safetensors, vocab.json)")
@@ -335,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_convert)
 
-    from scan_viz.cli_scale import add_gallery_parser, add_index_parser, add_search_parser
+    from scan_viz.cli.scale import add_gallery_parser, add_index_parser, add_search_parser
 
     add_search_parser(sub)
     add_index_parser(sub)
@@ -352,7 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _checked(args: argparse.Namespace) -> int:
     """Refuse an unusable head setting before any file or model is read (or torch imported), then run."""
     from scan_viz.heads import all_head_params
-
     from scan_viz.io import STDOUT, check_output
 
     for param in all_head_params():

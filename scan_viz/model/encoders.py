@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from scan_viz.config import ScanConfig
+from scan_viz.model.config import ScanConfig
 
 EPS = 1e-8
 

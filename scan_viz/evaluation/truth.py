@@ -6,21 +6,17 @@ predicates the scene generator used to write the caption (:mod:`scan_viz.scenes.
 "above", "two", "big", "near" and "on the grass" mean here exactly what they meant when the caption was
 written. A caption is true of its own image and often of others: the captions of this world are short.
 
-Command line: ``python -m scan_viz.truth annotate --gallery DIR`` (or ``--annotations FILE``) adds the claims
+Command line: ``python -m scan_viz.gallery.annotate annotate --gallery DIR`` (or ``--annotations FILE``) adds the claims
 to an existing gallery.json (or a world's ``{split}_annotations.json``) in place, derived from the word links.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import sys
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from scan_viz.errors import ScanVizError, run_command
+from scan_viz.errors import ScanVizError
 from scan_viz.scenes.claims import claims_for
 from scan_viz.scenes.meaning import (NUMBER_WORDS, Group, position_of, relations, scene_groups, scene_objects,
                                      stuff_below, stuff_of)
@@ -210,7 +206,7 @@ def _checked(claims: Claims) -> Claims:
         ok = False
     if not ok:
         raise ScanVizError("a caption's claims are malformed; re-add them with "
-                           "`python -m scan_viz.truth annotate --gallery DIR`")
+                           "`python -m scan_viz.gallery.annotate annotate --gallery DIR`")
     return claims
 
 
@@ -271,64 +267,3 @@ def annotate_records(records: Sequence[dict[str, Any]]) -> int:
     for caption, claims in derived:
         caption["claims"] = claims
     return len(derived)
-
-
-def annotate_file(path: str | Path) -> dict[str, Any]:
-    """Add claims to a gallery.json or ``{split}_annotations.json`` in place (atomically); returns a summary.
-
-    The summary: ``{"captions", "images", "images_per_caption": {"mean", "median", "p90"}}``, how many
-    images each caption is true of.
-    """
-    from scan_viz.io import write_text_atomic
-
-    target = Path(path)
-    from scan_viz.gallery import MAX_RECORDS_BYTES
-    from scan_viz.safe_files import read_json
-
-    try:
-        data = read_json(target, "annotations file", max_bytes=MAX_RECORDS_BYTES)
-    except ScanVizError as exc:
-        raise ScanVizError(f"{exc}; give a gallery.json or a world's annotations file") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise ScanVizError(f"{target} has no image records; give a gallery.json or a world's annotations file")
-    records = data["images"]
-    n = annotate_records(records)
-    write_text_atomic(target, json.dumps(data, separators=(",", ":")))
-    per_caption = truth_matrix([c["claims"] for r in records for c in r["captions"]], records).sum(axis=1)
-    return {"captions": n, "images": len(records),
-            "images_per_caption": {"mean": float(per_caption.mean()) if n else float("nan"),
-                                   "median": float(np.median(per_caption)) if n else float("nan"),
-                                   "p90": float(np.percentile(per_caption, 90)) if n else float("nan")}}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m scan_viz.truth",
-                                     description="The truth check of the generated world's captions.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("annotate", help="add each caption's claims to a gallery or a world's annotations, in place")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--gallery", help="a gallery folder (its gallery.json is rewritten)")
-    src.add_argument("--annotations", help="a world's {split}_annotations.json")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-
-    def annotate() -> int:
-        from scan_viz.gallery import GALLERY_FILE
-
-        path = Path(args.gallery) / GALLERY_FILE if args.gallery else Path(args.annotations)
-        summary = annotate_file(path)
-        per = summary["images_per_caption"]
-        print(f"added claims to {summary['captions']} captions of {summary['images']} images in {path}; a caption "
-              f"is true of {per['mean']:.1f} images on average (median {per['median']:g}, 90th percentile "
-              f"{per['p90']:g})")
-        return 0
-
-    return run_command(annotate)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,36 +16,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from scan_viz.encoders import l2norm
-from scan_viz.errors import ScanVizError
+from scan_viz.model.encoders import l2norm
+from scan_viz.parts import find_trained_for, load_module_dir, save_module_dir, update_digest
 
 STAGE1_CONFIG = "stage1.json"
 STAGE1_WEIGHTS = "stage1.safetensors"
 STAGE1_FORMAT = "scan-viz-stage1/1"
-
-
-def model_fingerprint(model) -> str:
-    """sha256 (16 hex digits) of a ScanModel's encoder weights: which SCAN model a stage-1 head was trained on."""
-    digest = hashlib.sha256()
-    for encoder in (model.image_encoder, model.text_encoder):
-        update_digest(digest, encoder)
-    return digest.hexdigest()[:16]
-
-
-def update_digest(digest, module: nn.Module) -> None:
-    """Feed a module's weights (names and float32 values, in name order) into a hashlib digest."""
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
 
 
 def pool(emb: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -90,33 +72,6 @@ class Stage1Head(nn.Module):
 
     def caption_vectors(self, pooled: torch.Tensor) -> torch.Tensor:
         return l2norm(self.text_proj(self.text_pre(pooled)))
-
-
-# ------------------------------------------------------------------------------------------------ CMCE loss
-def cmce_loss(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, image_ids: torch.Tensor,
-              caption_ids: torch.Tensor, image_buffer: torch.Tensor, caption_buffer: torch.Tensor,
-              sigma: float) -> torch.Tensor:
-    """Cross-Modal Cross-Entropy: -log p(true identity) of each image vs the caption buffers, and vice versa.
-
-    image_vecs (b_i, D), caption_vecs (b_c, D), their identities (b_i,), (b_c,); buffers (n_identities, D)
-    carry no gradient. ``p(k | image v) = exp(S_k . v / sigma) / sum_j exp(S_j . v / sigma)`` with S the
-    caption buffer (and symmetrically for captions with the image buffer V). Returns the sum of both mean
-    cross-entropies.
-    """
-    image_logits = image_vecs @ caption_buffer.detach().T / sigma
-    caption_logits = caption_vecs @ image_buffer.detach().T / sigma
-    return F.cross_entropy(image_logits, image_ids) + F.cross_entropy(caption_logits, caption_ids)
-
-
-@torch.no_grad()
-def update_buffer(buffer: torch.Tensor, ids: torch.Tensor, vecs: torch.Tensor, momentum: float) -> None:
-    """In place: ``buffer[k] <- l2norm(momentum * buffer[k] + (1 - momentum) * mean of the batch's vectors of k)``."""
-    sums = torch.zeros_like(buffer).index_add_(0, ids, vecs.detach().to(buffer.dtype))
-    counts = torch.zeros(buffer.shape[0], dtype=buffer.dtype, device=buffer.device).index_add_(
-        0, ids, torch.ones_like(ids, dtype=buffer.dtype))
-    seen = counts > 0
-    mean = sums[seen] / counts[seen, None]
-    buffer[seen] = l2norm(momentum * buffer[seen] + (1 - momentum) * mean)
 
 
 # ------------------------------------------------------------------------------------------- saved heads
@@ -174,41 +129,6 @@ def load_stage1(directory: str | Path) -> Stage1:
                            "python -m scan_viz.train.stage1")
 
 
-def save_module_dir(directory: str | Path, module: nn.Module, weights_name: str, config: dict,
-                    config_name: str) -> None:
-    """A trained module as a folder: its weights (safetensors) and its ``config`` (JSON), swapped in atomically."""
-    from safetensors.torch import save_file
-
-    from scan_viz.io import write_dir_atomic
-
-    def write(tmp: Path) -> None:
-        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / weights_name))
-        (tmp / config_name).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-
-    write_dir_atomic(Path(directory), write)
-
-
-def load_module_dir(directory: str | Path, config_name: str, fmt: str, weights_name: str,
-                    build: Callable[[dict], tuple[nn.Module, Any]], what: str, retrain: str) -> Any:
-    """Read a :func:`save_module_dir` folder. ``build(config)`` makes (the module, the object to return that holds
-    it); the module gets the weights and is put in eval mode. Anything unreadable (a missing file, another format,
-    missing keys, wrong shapes) is a ScanVizError naming ``what`` and the ``retrain`` command."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    try:
-        config = json.loads((directory / config_name).read_text(encoding="utf-8"))
-        if not isinstance(config, dict) or config.get("format") != fmt:
-            raise ValueError(f"{config_name} is not a {fmt} file")
-        module, result = build(config)
-        module.load_state_dict(load_file(str(directory / weights_name)))
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
-        raise ScanVizError(f"{directory} is not a readable {what} ({exc}); retrain it with `{retrain}`") from None
-    module.eval()
-    return result
-
-
 def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:
     """The stage-1 head trained on exactly this model's encoders (by fingerprint), or None.
 
@@ -217,27 +137,6 @@ def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:
     """
     directory = find_trained_for(model, STAGE1_CONFIG, search_dirs)
     return None if directory is None else load_stage1(directory)
-
-
-def find_trained_for(model, config_name: str, search_dirs: list[Path] | None = None) -> Path | None:
-    """The first folder of ``search_dirs`` (default: every folder under ``pretrained/``) whose ``config_name``
-    JSON names this model's encoder fingerprint as its ``base_fingerprint``, or None."""
-    from scan_viz.model import PRETRAINED_DIR
-
-    if search_dirs is None:
-        search_dirs = sorted(p for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
-    candidates = [d for d in search_dirs if (d / config_name).is_file()]
-    if not candidates:
-        return None
-    fingerprint = model_fingerprint(model)
-    for directory in candidates:
-        try:
-            config = json.loads((directory / config_name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if config.get("base_fingerprint") == fingerprint:
-            return directory
-    return None
 
 
 RECALL_KS = (1, 5, 10, 20, 50, 100, 200, 500)

@@ -9,17 +9,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from scan_viz.config import SCORING_DTYPES, ScanConfig
-from scan_viz.encoders import build_encoders
-from scan_viz.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.errors import ScanVizError
-from scan_viz.heads import MatchingHead, create_head
+from scan_viz.heads import SCORING_DTYPES, MatchingHead, resolve_head
 from scan_viz.limits import check_device
+from scan_viz.model.config import ScanConfig
+from scan_viz.model.encoders import build_encoders
+from scan_viz.parts import PRETRAINED_DIR
+from scan_viz.heads.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.safe_files import LoadBudget, budget_or_default
 from scan_viz.text import EncodedCaption, Vocabulary, pad_ids
 from scan_viz.types import Alignment
 
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -60,14 +60,10 @@ class ScanModel:
     # ----------------------------------------------------------------- encoding
     def head(self, name: str | None = None, dtype: str | None = None, **overrides) -> MatchingHead:
         """A head by name (default: the one the model was trained with); keyword overrides are its settings
-        (e.g. lambda_softmax=4, beta=0.05), ``cross_attn`` sets the direction of ``scan``; ``dtype`` the dtype of
-        its region-word products. ``coattention`` is the re-ranker trained on this model's encoders (found under
-        pretrained/ by their fingerprint)."""
-        config = self.config
-        if overrides.get("cross_attn") is not None:
-            config = config.replace(cross_attn=overrides["cross_attn"])
-        overrides.pop("cross_attn", None)
-        return create_head(name, config, dtype=dtype, model=self, **overrides)
+        as the head declares them (e.g. lambda_softmax=4, beta=0.05); ``dtype`` the dtype of its region-word
+        products. ``coattention`` is the re-ranker trained on this model's encoders (found under pretrained/ by
+        their fingerprint)."""
+        return resolve_head(name, self, dtype=dtype, **overrides)
 
     def encoders(self, dtype: str = "float32", device: str = "cpu") -> tuple[torch.nn.Module, torch.nn.Module]:
         """(image encoder, text encoder) in ``dtype`` on ``device``, never changing the model's own float32 CPU
@@ -193,7 +189,7 @@ class ScanModel:
     # ------------------------------------------------------------------- saving
     def save(self, directory: str | Path) -> None:
         """The project's format: config.json + model.safetensors + vocab.json."""
-        from scan_viz.checkpoint import save_model_dir
+        from scan_viz.model.checkpoint import save_model_dir
 
         directory = Path(directory)
         save_model_dir(directory, self.config, self.image_encoder.float().state_dict(),
@@ -206,7 +202,7 @@ def _scoring_head(model: ScanModel, head: str | MatchingHead | None, dtype: str)
     run in bf16 and the embeddings stay float32."""
     if dtype not in SCORING_DTYPES:
         raise ScanVizError(f"dtype must be one of {', '.join(SCORING_DTYPES)}, got {dtype!r}")
-    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    matcher = resolve_head(head, model)
     if dtype == "bfloat16":
         return matcher.with_product_dtype(dtype), "float32"
     return matcher, dtype
@@ -226,7 +222,7 @@ def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None =
 
     What the weights expand to is checked before they are read and charged to ``budget`` (default: a fresh
     :class:`~scan_viz.safe_files.LoadBudget`)."""
-    from scan_viz.checkpoint import load_model_dir, load_official_checkpoint
+    from scan_viz.model.checkpoint import load_model_dir, load_official_checkpoint
 
     budget = budget_or_default(budget)  # one budget for the weights and the vocabulary
     path = Path(path_or_name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
 
 def add_search_parser(sub) -> None:
@@ -30,7 +29,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from scan_viz.io import write_output
     from scan_viz.model import load_model
     from scan_viz.pipeline import DEFAULT_MODEL
-    from scan_viz.search import gallery_search
+    from scan_viz.retrieval.search import gallery_search
 
     if args.k < 1:
         raise ScanVizError(f"-k must be at least 1, got {args.k}")
@@ -44,8 +43,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.image in gallery.ids:
             hits = search.search_image(args.image, args.k, args.stage1_k, args.head)
         elif os.path.lexists(args.image):  # load_image refuses a folder, a FIFO or a device as such
-            from scan_viz.images import load_image
             from scan_viz.pipeline import detect, detector_for
+            from scan_viz.regions.images import load_image
 
             regions = detect(detector_for(model, args.detector), load_image(args.image))
             hits = search.search_regions(regions.features, args.k, args.stage1_k, args.head)
@@ -134,7 +133,7 @@ def add_gallery_parser(sub) -> None:
 
 
 def cmd_gallery_build(args: argparse.Namespace) -> int:
-    from scan_viz.gallery_build import build_gallery
+    from scan_viz.gallery.build import build_gallery
 
     report = build_gallery(args.regions, args.out, captions=args.captions, images=args.images, ids=args.ids,
                            name=args.name, force=args.force, feature_dtype=args.feature_dtype,
@@ -146,7 +145,7 @@ def cmd_gallery_build(args: argparse.Namespace) -> int:
 
 
 def cmd_gallery_npz(args: argparse.Namespace) -> int:
-    from scan_viz.gallery_build import export_npz
+    from scan_viz.gallery.build import export_npz
 
     n_bytes = export_npz(args.regions, args.out, args.feature_dtype, _budget(args.memory_gb))
     print(f"wrote {args.out}: {n_bytes / 2**20:,.1f} MB of .npz files ({args.feature_dtype} features)")

@@ -29,9 +29,8 @@ import numpy as np
 
 from scan_viz.errors import ScanVizError
 from scan_viz.io import write_dir_atomic
-from scan_viz.safe_files import (MAX_FEATURE_DIM, MAX_NPZ_BYTES, MAX_REGIONS_PER_IMAGE, MAX_TSV_LINE_BYTES,
-                                  LoadBudget, OverBudget, budget_or_default, check_zip, load_npy, read_json, read_npz,
-                                  shown)
+from scan_viz.safe_files import (MAX_FEATURE_DIM, MAX_NPZ_BYTES, MAX_REGIONS_PER_IMAGE, MAX_TSV_LINE_BYTES, LoadBudget,
+                                 OverBudget, budget_or_default, check_zip, load_npy, read_json, read_npz, shown)
 from scan_viz.safe_paths import regular_file
 
 CAPTIONS_PER_IMAGE = 5

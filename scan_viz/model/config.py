@@ -1,7 +1,10 @@
-"""Model configuration: every hyperparameter under the same name as the official SCAN ``opt``.
+"""Model configuration: the encoders' and the training recipe's hyperparameters under the official SCAN ``opt``
+names, and the matching head with its settings (``head``, ``head_params``: the heads declare those).
 
 Keeping the official names means a ``config.json`` written here can be checked field by field against
-the ``opt`` Namespace stored in an official ``model_best.pth.tar``.
+the ``opt`` Namespace stored in an official ``model_best.pth.tar``; the checkpoint reader
+(:func:`scan_viz.model.checkpoint.config_from_values`) is the one place that files the official attention settings
+(the direction, the lambdas, ...) under the head they belong to.
 """
 from __future__ import annotations
 
@@ -11,15 +14,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from scan_viz.errors import ScanVizError
-from scan_viz.safe_files import read_json
-from scan_viz.safe_paths import MAX_CONFIG_BYTES
+from scan_viz.heads import DEFAULT_HEAD, all_head_params
 
-RAW_FEATURE_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm")
-AGG_FUNCS = ("LogSumExp", "Mean", "Max", "Sum")
-CROSS_ATTNS = ("t2i", "i2t")
 PRECOMP_ENC_TYPES = ("basic", "weight_norm")
-#: ``--dtype`` / ``dtype=``: bfloat16 runs the heads' region-word products in bf16 and the rest in float32
-SCORING_DTYPES = ("float32", "float64", "bfloat16")
 
 
 @dataclasses.dataclass
@@ -36,15 +33,9 @@ class ScanConfig:
     no_txtnorm: bool = False
     precomp_enc_type: str = "basic"
     vocab_size: int = 0
-    # cross attention
-    cross_attn: str = "t2i"
-    raw_feature_norm: str = "clipped_l2norm"
-    lambda_softmax: float = 9.0
-    agg_func: str = "LogSumExp"
-    lambda_lse: float = 6.0
-    # not official fields: the matching head the model was trained with (scan_viz.heads; "scan" = SCAN in
-    # cross_attn's direction) and the settings of a non-SCAN head by their declared names (SCAN's are the fields above)
-    head: str = "scan"
+    # not official fields: the matching head the model was trained with (scan_viz.heads) and the settings of the
+    # heads by their declared names (what is not here takes the declared default)
+    head: str = DEFAULT_HEAD
     head_params: dict = dataclasses.field(default_factory=dict)
     # loss and optimisation
     margin: float = 0.2
@@ -66,19 +57,20 @@ class ScanConfig:
 
     def validate(self) -> None:
         """Raise ScanVizError when a field has a value the model cannot use."""
-        from scan_viz.heads import head_spec  # the settings are declared once, by the SCAN head
-
         # A config may come from a visitor's file: messages name the field and what it accepts, never its value.
-        for param in head_spec("scan").params:
+        if not isinstance(self.head_params, dict):
+            raise ScanVizError("config: head_params must be a JSON object")
+        for param in all_head_params():  # the settings are declared once, by the heads
+            if param.name not in self.head_params:
+                continue
             try:
-                param.parse(getattr(self, param.name))
+                param.parse(self.head_params[param.name])
             except ScanVizError:
                 expected = (f"one of {', '.join(param.choices)}" if param.choices is not None
                             else f"a number from {param.low:g} to {param.high:g}")
                 raise ScanVizError(f"config: {param.name} must be {expected}") from None
-        for name, allowed in (("cross_attn", CROSS_ATTNS), ("precomp_enc_type", PRECOMP_ENC_TYPES)):
-            if getattr(self, name) not in allowed:
-                raise ScanVizError(f"config: {name} must be one of {', '.join(allowed)}")
+        if self.precomp_enc_type not in PRECOMP_ENC_TYPES:
+            raise ScanVizError(f"config: precomp_enc_type must be one of {', '.join(PRECOMP_ENC_TYPES)}")
         if int(self.max_violation_warmup) < 0:
             raise ScanVizError("config: max_violation_warmup must be 0 or more")
         for name in ("img_dim", "embed_size", "word_dim", "num_layers"):
@@ -134,13 +126,6 @@ class ScanConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ScanConfig":
-        values = read_json(path, "model config", max_bytes=MAX_CONFIG_BYTES)
-        if not isinstance(values, dict):
-            raise ScanVizError(f"model config {path} is not a JSON object")
-        return cls.from_dict(values)
 
 
 def _jsonable(value: Any) -> bool:

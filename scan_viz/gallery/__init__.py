@@ -6,7 +6,7 @@ Layout of a gallery folder (``examples/gallery``; the full reference is docs/gal
     gallery.json           {"format", "format_version", "name", "images": [{"id", "file", "width", "height",
                             "objects": [{"category", "box", "kind", "colour", ...}],
                             "captions": [{"text", "words": [{"word", "type", "boxes"}], "claims": {...}}]}]}
-    regions/               a scan_viz.data region store (features, boxes, labels via region_labels.json)
+    regions/               a scan_viz.regions.store region store (features, boxes, labels via region_labels.json)
 
 Version 1 (``"format": "scan-viz-gallery/1"``, no ``format_version``: the bundled gallery) needs every image's
 ``file``; version 2 (``"format": "scan-viz-gallery", "format_version": 2``, what :func:`write_gallery` writes)
@@ -14,7 +14,7 @@ lets a gallery have no images (no ``file``), as one built from the official prec
 
 Captions are numbered image by image (caption k of the flattened list belongs to ``caption_image[k]``).
 ``claims`` (optional; :mod:`scan_viz.scenes.claims`) say what a generated caption claims, so the truth check
-(:mod:`scan_viz.truth`) can tell which other images it is true of; ``python -m scan_viz.truth annotate`` adds them.
+(:mod:`scan_viz.evaluation.truth`) can tell which other images it is true of; ``python -m scan_viz.gallery.annotate annotate`` adds them.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from scan_viz.data import RegionStore, load_saved_regions
 from scan_viz.errors import ScanVizError
+from scan_viz.regions.store import RegionStore, load_saved_regions
 from scan_viz.safe_files import LoadBudget, OverBudget, budget_or_default, read_json
 from scan_viz.safe_paths import MB
 
@@ -91,7 +91,7 @@ class Gallery:
 
     def load_image(self, image_id: str) -> np.ndarray:
         """(H, W, 3) uint8 RGB."""
-        from scan_viz.images import load_image
+        from scan_viz.regions.images import load_image
 
         return load_image(self.image_path(image_id))
 
@@ -127,8 +127,8 @@ class Gallery:
 
     @functools.cached_property
     def scenes(self):
-        """Every image's :class:`scan_viz.truth.SceneFacts` (only for a gallery of the generated world)."""
-        from scan_viz.truth import SceneFacts
+        """Every image's :class:`scan_viz.evaluation.truth.SceneFacts` (only for a gallery of the generated world)."""
+        from scan_viz.evaluation.truth import SceneFacts
 
         return [SceneFacts.from_record(r) for r in self.records]
 
@@ -137,7 +137,7 @@ class Gallery:
         """(n_captions, n_images) bool: caption k is true of image i; None without claims. Computed once."""
         if not self.has_claims:
             return None
-        from scan_viz.truth import truth_matrix
+        from scan_viz.evaluation.truth import truth_matrix
 
         return truth_matrix(self.caption_claims, self.scenes)
 
@@ -229,8 +229,8 @@ def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]],
     """
     from PIL import Image
 
-    from scan_viz.data import save_regions
     from scan_viz.io import write_dir_atomic
+    from scan_viz.regions.store import save_regions
 
     def write(tmp: Path) -> None:
         if any(image is not None for image in images):

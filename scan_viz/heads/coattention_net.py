@@ -8,7 +8,7 @@ This is a small reconstruction of that idea on top of SCAN's encoders (not the p
 the caption's words, ``<start>`` and ``<end>`` included), both L2-normalised by the encoders, and ``lambda`` the
 spatial attention's inverse temperature (a fixed setting, saved with the weights):
 
-1. Word-to-region spatial attention (the cosines are :func:`scan_viz.similarity.region_word_similarity`'s)::
+1. Word-to-region spatial attention (the cosines are :func:`scan_viz.heads.similarity.region_word_similarity`'s)::
 
        alpha[w, r] = softmax_r(lambda * v_r . u_w)
 
@@ -50,8 +50,8 @@ import torch
 from torch import nn
 
 from scan_viz.errors import ScanVizError
-from scan_viz.similarity import masked_softmax, region_word_similarity
-from scan_viz.stage1 import find_trained_for, load_module_dir, save_module_dir, update_digest
+from scan_viz.heads.similarity import masked_softmax, region_word_similarity
+from scan_viz.parts import find_trained_for, load_module_dir, save_module_dir, update_digest
 
 COATTENTION_CONFIG = "coattention.json"
 COATTENTION_WEIGHTS = "coattention.safetensors"
@@ -97,7 +97,7 @@ class CoAttention(nn.Module):
         """Every pair of a block: regions (n_images, n_regions, d), words (n_captions, max_words, d),
         word_lengths (n_captions,), region_lengths (n_images,) or None -> logits (n_images, n_captions).
 
-        ``trace``: a dict that receives every intermediate under its name (what :mod:`scan_viz.walk` shows):
+        ``trace``: a dict that receives every intermediate under its name (what :mod:`scan_viz.heads.walk` shows):
         sims, alpha, attended (a), features (h), latent (q . tanh h), beta, pooled (z), logits, and, for display
         only, the norms of a, h and z. It records the tensors this computation makes; the scores are the same
         bit for bit with or without it."""

@@ -21,6 +21,9 @@ from scan_viz.errors import ScanVizError
 from scan_viz.limits import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from scan_viz.safe_paths import regular_file
 
+#: what a folder of images may hold (``scan-viz index``, ``scan-viz gallery build``): files with these suffixes
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
 #: Pillow's names of the formats load_image accepts (its JPEG opener also reads camera MPO files).
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: What a file's name promises: bytes of another format under one of these names are refused, so a page that
@@ -251,3 +254,19 @@ def image_to_jpeg_bytes(image: np.ndarray, quality: int = 90) -> bytes:
 
 
 __all__ = ["FORMATS", "fit_within", "image_to_jpeg_bytes", "image_to_png_bytes", "load_image"]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The folder's image files (by suffix), sorted; their stems become image ids and must be unique."""
+    if not folder.is_dir():
+        raise ScanVizError(f"{folder} is not a folder: give --images a folder of image files")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise ScanVizError(f"{seen[path.stem].name} and {path.name} would both be image id {path.stem!r}: "
+                               "rename one of them")
+        seen[path.stem] = path
+    if not files:
+        raise ScanVizError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files

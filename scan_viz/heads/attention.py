@@ -30,7 +30,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from scan_viz.similarity import EPS, length_mask, region_word_similarity
+from scan_viz.heads.similarity import EPS, length_mask, region_word_similarity
 
 __all__ = ["AttentionParams", "AttentionResult", "aggregate", "length_mask", "normalize_raw", "scan_attention"]
 
@@ -185,12 +185,12 @@ def scan_attention(
     regions: (n_images, n_regions, d) region embeddings; words: (n_captions, max_words, d) word
     embeddings (positions past ``word_lengths`` are ignored); word_lengths: (n_captions,) int;
     region_lengths: optional (n_images,) int for images with fewer than n_regions real regions.
-    product_dtype: the dtype of the region-word product (:func:`~scan_viz.similarity.region_word_similarity`).
+    product_dtype: the dtype of the region-word product (:func:`~scan_viz.heads.similarity.region_word_similarity`).
     Differentiable (used by training too).
     trace: an optional dict that receives the intermediates (``sims`` (n_img, k, n_cap, L), ``logits``
     lambda_softmax times the normalised cosines in the same layout, ``attention`` the softmax weights in the same
     layout, ``dot`` the query item's dot product with its attended vector, ``attended_norm`` that vector's norm,
-    ``relevance`` and ``scores`` as returned): what :mod:`scan_viz.walk` shows. Without it nothing is copied and
+    ``relevance`` and ``scores`` as returned): what :mod:`scan_viz.heads.walk` shows. Without it nothing is copied and
     the arithmetic is unchanged.
     """
     similarity = region_word_similarity(regions, words, word_lengths, region_lengths, product_dtype)

@@ -27,12 +27,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
 from scan_viz.io import atomic_path
+from scan_viz.model.config import ScanConfig
 from scan_viz.safe_files import (MAX_CHECKPOINT_BYTES, LoadBudget, budget_or_default, check_safetensors, check_zip,
-                                  read_json, shown)
-from scan_viz.safe_paths import regular_file
+                                 read_json, shown)
+from scan_viz.safe_paths import MAX_CONFIG_BYTES, regular_file
 
 __all__ = [
     "CONFIG_FILE", "IMAGE_PREFIX", "TEXT_PREFIX", "VOCAB_FILE", "WEIGHTS_FILE", "OfficialCheckpoint",
@@ -204,7 +204,7 @@ def load_official_checkpoint(path: str | os.PathLike, budget: LoadBudget | None 
                            f"got {_describe(opt)}")
     opt = _fill_from_weights({_text(key): value for key, value in opt.items()}, image_raw, text_raw)
     try:
-        config = ScanConfig.from_dict(opt)
+        config = config_from_values(opt)
     except ScanVizError as exc:
         raise ScanVizError(f"{source} has unusable training options: {exc}") from None
     image_state, text_state = _checked_states(config, image_raw, text_raw, source)
@@ -352,6 +352,11 @@ def write_official_checkpoint(path: str | os.PathLike, config: ScanConfig, image
     opt = argparse.Namespace(**{str(key): value for key, value in config.extra.items()})
     for name in config.field_names():
         setattr(opt, name, getattr(config, name))
+    from scan_viz.heads import head_settings, head_spec
+
+    settings = {**head_settings(config.head, config), **dict(head_spec(config.head).fixed)}
+    for name, value in settings.items():  # the official code reads them from opt
+        setattr(opt, name, value)
     checkpoint = {
         "epoch": int(epoch),
         "model": [OrderedDict(image), OrderedDict(text)],
@@ -398,7 +403,7 @@ def load_model_dir(directory: str | os.PathLike, budget: LoadBudget | None = Non
         if not needed.is_file():
             raise ScanVizError(f"model directory {directory} has no {needed.name}; it is not a complete scan-viz "
                                "model (re-create it with save_model_dir or by converting an official checkpoint)")
-    config = ScanConfig.load(config_path)
+    config = load_config(config_path)
     check_safetensors(weights_path, "model weights", budget=budget)
     try:
         tensors = load_file(str(weights_path), device="cpu")
@@ -458,3 +463,33 @@ def _write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     """Run ``write(tmp)`` on a temporary name next to ``path``, then rename it to ``path``."""
     with atomic_path(path) as tmp:
         write(tmp)
+
+
+def config_from_values(values: Mapping[str, Any]) -> ScanConfig:
+    """A ScanConfig from an official ``vars(opt)`` or a ``config.json``: the one place that maps the official names.
+
+    The official ``opt`` keeps the attention settings (``cross_attn``, ``lambda_softmax``, ``agg_func``, ...) at
+    its top level; here each top-level key that a head declares as a setting is filed under ``head_params``
+    (a ``head_params`` entry of the same name wins). A file that names no head is an official SCAN checkpoint.
+    """
+    from scan_viz.heads import all_head_params
+
+    values = dict(values)
+    head_params = values.get("head_params") or {}
+    if not isinstance(head_params, Mapping):
+        raise ScanVizError("config: head_params must be a JSON object")
+    head_params = dict(head_params)
+    for param in all_head_params():
+        if param.name in values:
+            head_params.setdefault(param.name, values.pop(param.name))
+    values["head_params"] = head_params
+    values.setdefault("head", "scan")
+    return ScanConfig.from_dict(values)
+
+
+def load_config(path: str | Path) -> ScanConfig:
+    """A model folder's ``config.json`` (bounded read; official names mapped by :func:`config_from_values`)."""
+    values = read_json(path, "model config", max_bytes=MAX_CONFIG_BYTES)
+    if not isinstance(values, dict):
+        raise ScanVizError(f"model config {path} is not a JSON object")
+    return config_from_values(values)

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from scan_viz.data import CAPTIONS_PER_IMAGE
 from scan_viz.errors import ScanVizError
+from scan_viz.regions.store import CAPTIONS_PER_IMAGE
 
 RECALL_KS = (1, 5, 10)
 METRIC_KEYS = ("r1", "r5", "r10", "medr", "meanr")

@@ -29,7 +29,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.transforms import offset_copy
 
 from scan_viz.errors import ScanVizError
-from scan_viz.images import fit_within, image_to_png_bytes
+from scan_viz.regions.images import fit_within, image_to_png_bytes
 from scan_viz.text import END, PAD, START, UNK
 from scan_viz.types import Alignment
 
@@ -66,7 +66,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     array = np.asarray(image)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
         raise ScanVizError(f"expected an (H, W, 3) uint8 RGB image, got {array.dtype} {array.shape}: "
-                           "load it with scan_viz.images.load_image")
+                           "load it with scan_viz.regions.images.load_image")
     return array
 
 

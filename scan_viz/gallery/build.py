@@ -4,7 +4,7 @@
     bottom-up-attention .tsv (boxes) / folder of .npz (boxes)        ----> gallery/ (docs/gallery-format.md)
     captions, optional images folder, optional ids file              --/
 
-The regions are read by :mod:`scan_viz.data`'s loaders (the ones the rest of the library uses), the folder is
+The regions are read by :mod:`scan_viz.regions.store`'s loaders (the ones the rest of the library uses), the folder is
 written by :func:`scan_viz.gallery.write_gallery` (atomically). The result opens in the app (``SCAN_VIZ_GALLERY``),
 ``scan-viz eval --gallery`` and ``scan-viz search``. Without boxes or images the gallery still serves retrieval,
 recall and the failure list; only the drawing needs both.
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from scan_viz.data import CAPTIONS_PER_IMAGE, RegionStore, load_precomp, load_regions
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import GALLERY_FILE, write_gallery
+from scan_viz.regions.store import CAPTIONS_PER_IMAGE, RegionStore, load_precomp, load_regions
 from scan_viz.safe_files import LoadBudget
 from scan_viz.safe_paths import MB, read_text
 
@@ -56,8 +56,8 @@ def read_regions(path: str | Path, budget: LoadBudget | None = None) -> tuple[Re
     """Region features in any format the library reads, and the captions an official precomp file comes with.
 
     ``{split}_ims.npy`` (official precomp) is read with ``{split}_caps.txt`` beside it, as the official loader
-    does (:func:`scan_viz.data.load_precomp`): its image ids are ``"0" .. "N-1"`` and its captions are returned.
-    Anything else goes to :func:`scan_viz.data.load_regions` (TSV, folder of TSV or ``.npz``, saved store), which
+    does (:func:`scan_viz.regions.store.load_precomp`): its image ids are ``"0" .. "N-1"`` and its captions are returned.
+    Anything else goes to :func:`scan_viz.regions.store.load_regions` (TSV, folder of TSV or ``.npz``, saved store), which
     charges what it reads into memory to ``budget`` (the ``.npy`` is memory-mapped, never charged).
     """
     path = Path(path)
@@ -129,8 +129,8 @@ def assign_captions(lines: list[str], ids: list[str], where: str) -> tuple[list[
 def read_images(folder: str | Path, store: RegionStore) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Each image of the store from ``folder`` (file stem = image id) as JPEG bytes (a JPEG file as it is, other
     formats re-encoded), and each image's (width, height)."""
-    from scan_viz.images import image_to_jpeg_bytes, load_image
-    from scan_viz.index import list_images
+    from scan_viz.regions.images import image_to_jpeg_bytes, load_image
+    from scan_viz.regions.images import list_images
 
     files = {p.stem: p for p in list_images(Path(folder))}
     missing = [row for row, image_id in enumerate(store.ids, 1) if image_id not in files]

@@ -1,7 +1,7 @@
 """How a matching head describes its computation as steps: plain data next to its math (no torch here).
 
 A head lists :class:`StepSpec` s in order (``MatchingHead.step_specs()``, built from its settings so the formulas
-say which normalisation and pooling it runs with); :func:`scan_viz.walk.steps` fills in each step's numbers
+say which normalisation and pooling it runs with); :func:`scan_viz.heads.walk.steps` fills in each step's numbers
 from one traced run of the head's own ``scores`` (the same code path as the model's score).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import dataclasses
 
 #: The axes a step's tensors are laid out along, by name.
 WORDS, REGIONS, DIMS = "words", "regions", "dimensions"
-#: What hovering one cell of a step's main tensor shows (:func:`scan_viz.learn.cell_formula`).
+#: What hovering one cell of a step's main tensor shows (:func:`scan_viz.render.learn.cell_formula`).
 CELL_KINDS = ("cosine", "normalise", "softmax", "argmax", "value")
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: recall under the official protocol, pointing accuracy, the truth check."""

@@ -1,0 +1,1 @@
+"""Regions: an image (or precomputed features) -> boxes and one feature vector per box."""
