@@ -75,9 +75,9 @@ def detector_name(value: object) -> str | None:
 
 @functools.lru_cache(maxsize=64)
 def _config_detector(config_file: str, mtime: int) -> str | None:
-    from scan_viz.model.config import ScanConfig
+    from scan_viz.model.checkpoint import load_config
 
-    return detector_name(ScanConfig.load(config_file).extra.get("detector"))
+    return detector_name(load_config(config_file).extra.get("detector"))
 
 
 def model_detector(model: str) -> str | None:
