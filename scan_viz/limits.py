@@ -23,8 +23,6 @@ a bad value is answered in about a second.
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 
 from scan_viz.errors import ScanVizError
 
@@ -54,25 +52,6 @@ def check_sentence(text: str) -> str:
     if n_words > MAX_WORDS:
         raise ScanVizError(f"the sentence has {n_words} words; the limit is {MAX_WORDS} words: shorten it")
     return text
-
-
-def check_lambda(name: str, value: object) -> float:
-    """``value`` as a float in :data:`LAMBDA_RANGE`, or ScanVizError naming ``name`` and the range."""
-    low, high = LAMBDA_RANGE
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ScanVizError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}") from None
-    if not math.isfinite(number) or not low <= number <= high:
-        raise ScanVizError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
-    return number
-
-
-def check_choice(name: str, value: object, allowed: Sequence[str]) -> str:
-    """``value`` when it is one of ``allowed``, else ScanVizError listing them."""
-    if value not in allowed:
-        raise ScanVizError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-    return str(value)
 
 
 def check_device(device: str) -> str:

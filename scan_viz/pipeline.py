@@ -153,17 +153,6 @@ class GalleryIndex:
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(c), float(scores[c])) for c in top]
 
-    def search_captions_for_regions(self, regions: Regions, k: int = 10, head: str | MatchingHead | None = None
-                                    ) -> list[tuple[int, float]]:
-        """An uploaded image's regions -> the top-k gallery captions."""
-        from scan_viz.heads.engine import score_matrix
-
-        matcher = resolve_head(head, self.model)
-        emb = self.model.encode_images(regions.features[None])
-        scores = score_matrix(matcher, emb, self.caption_emb, self.caption_lengths)[0]
-        top = np.argsort(-scores, kind="stable")[:k]
-        return [(int(c), float(scores[c])) for c in top]
-
 
 @dataclasses.dataclass
 class HeadComparison:

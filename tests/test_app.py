@@ -81,7 +81,7 @@ def library(model_dir: Path, gallery_dir: Path):
 def library_alignment(bundle, image_id: str, text: str, head: str | None = None, **settings) -> Alignment:
     """The library's alignment of a gallery pair under ``head`` (default: the model's own) with the model's
     settings, ``settings`` changed."""
-    from scan_viz.app.params import own_head
+    from scan_viz.heads import own_head
     from scan_viz.pipeline import explain, gallery_regions
 
     model, gallery = library(bundle.model, bundle.gallery)

@@ -189,10 +189,9 @@ def fixture_reranker(bundle, tmp_path, monkeypatch):
 
 
 def test_a_deep_link_opens_the_coattention_heads_steps(app, bundle, fixture_reranker):
-    from scan_viz.app.params import selectable_heads
-    from scan_viz.heads import head_names
+    from scan_viz.heads import selectable_heads
 
-    assert "coattention" in selectable_heads(head_names())  # the page offers it
+    assert "coattention" in selectable_heads()  # the page offers it
     image_id = bundle.image_ids[1]
     sentence = bundle.captions[image_id][0]
     at = open_learn(app, image=image_id, q=sentence, head="coattention", step="2")

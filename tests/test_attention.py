@@ -92,7 +92,7 @@ def test_gradients_flow_to_both_sides():
     regions.requires_grad_(True)
     words.requires_grad_(True)
     for cross_attn in ("t2i", "i2t"):
-        scores = scan_attention(regions, words, lengths, AttentionParams(cross_attn)).scores
+        scores = scan_attention(regions, words, lengths, AttentionParams(cross_attn, "clipped_l2norm", 9.0, "LogSumExp", 6.0)).scores
         regions.grad = words.grad = None
         scores.sum().backward()
         assert regions.grad.abs().sum() > 0 and words.grad.abs().sum() > 0
@@ -107,7 +107,7 @@ def test_gradients_match_reference():
     for cross_attn in ("t2i", "i2t"):
         r1, w1 = regions.clone().requires_grad_(True), words.clone().requires_grad_(True)
         r2, w2 = regions.clone().requires_grad_(True), words.clone().requires_grad_(True)
-        scan_attention(r1, w1, lengths, AttentionParams(cross_attn)).scores.sum().backward()
+        scan_attention(r1, w1, lengths, AttentionParams(cross_attn, "clipped_l2norm", 9.0, "LogSumExp", 6.0)).scores.sum().backward()
         xattn_score(r2, w2, lengths, cross_attn, "clipped_l2norm", 9.0, "LogSumExp", 6.0).sum().backward()
         torch.testing.assert_close(r1.grad, r2.grad, rtol=0, atol=1e-10)
         torch.testing.assert_close(w1.grad, w2.grad, rtol=0, atol=1e-10)
@@ -120,7 +120,7 @@ def test_helpers_reject_unknown_names():
     with pytest.raises(ValueError):
         aggregate(x, "Median", 1.0)
     with pytest.raises(ValueError):
-        scan_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.tensor([2]), AttentionParams("x2y"))
+        scan_attention(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.tensor([2]), AttentionParams("x2y", "clipped_l2norm", 9.0, "LogSumExp", 6.0))
 
 
 @pytest.mark.parametrize("norm,agg", list(itertools.product(RAW_FEATURE_NORMS, AGG_FUNCS)))

@@ -18,9 +18,14 @@ import pytest
 from PIL import Image
 
 from scan_viz.errors import ScanVizError
-from scan_viz.limits import (LAMBDA_RANGE, MAX_IMAGE_PIXELS, MAX_SENTENCE_CHARS, MAX_WORDS, check_device, check_lambda,
+from scan_viz.limits import (LAMBDA_RANGE, MAX_IMAGE_PIXELS, MAX_SENTENCE_CHARS, MAX_WORDS, check_device,
                              check_sentence)
+from scan_viz.heads import head_spec
 from scan_viz.model.config import ScanConfig
+
+#: the lambdas as the SCAN head declares them (the one check of their range)
+LAMBDA_SOFTMAX, LAMBDA_LSE = (next(p for p in head_spec("scan").params if p.name == n)
+                              for n in ("lambda_softmax", "lambda_lse"))
 
 REPO = Path(__file__).resolve().parent.parent
 BOUND_S = 5.0
@@ -46,12 +51,12 @@ def test_sentence_limits():
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1.0, 0.0, 0.49, 50.01, 1e9, "nine", None])
 def test_lambdas_out_of_range_are_refused(value):
     with pytest.raises(ScanVizError, match=r"lambda_softmax must be a number from 0\.5 to 50"):
-        check_lambda("lambda_softmax", value)
+        LAMBDA_SOFTMAX.parse(value)
 
 
 def test_lambda_range_ends_and_every_config_path():
     low, high = LAMBDA_RANGE
-    assert check_lambda("lambda_lse", low) == low and check_lambda("lambda_lse", str(high)) == high
+    assert LAMBDA_LSE.parse(low) == low and LAMBDA_LSE.parse(str(high)) == high
     config = ScanConfig()
     for bad in ({"lambda_softmax": math.nan}, {"lambda_lse": -2.0}, {"lambda_softmax": 1e4}):
         with pytest.raises(ScanVizError, match="config: lambda_"):

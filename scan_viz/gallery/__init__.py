@@ -108,9 +108,6 @@ class Gallery:
         boxes = self.regions.boxes[i] if self.regions.boxes is not None else None
         return np.asarray(self.regions.features[i]), boxes, labels
 
-    def ground_truth_boxes(self, image_id: str) -> list[dict[str, Any]]:
-        return self.records[self.index_of(image_id)].get("objects", [])
-
     def claims_of(self, text: str) -> dict[str, Any] | None:
         """The claims of the gallery caption ``text`` (case and spacing ignored), None if it is not one or has none.
 

@@ -39,13 +39,14 @@ LEAKY_SLOPE = 0.1  # "clipped" in the official code is LeakyReLU(0.1), not max(x
 
 @dataclasses.dataclass(frozen=True)
 class AttentionParams:
-    """The hyperparameters of one SCAN direction, under the paper's / official names."""
+    """The hyperparameters of one SCAN direction, under the paper's / official names (their defaults are declared
+    once, by the SCAN head: :mod:`scan_viz.heads.scan`)."""
 
-    cross_attn: str = "t2i"
-    raw_feature_norm: str = "clipped_l2norm"
-    lambda_softmax: float = 9.0
-    agg_func: str = "LogSumExp"
-    lambda_lse: float = 6.0
+    cross_attn: str
+    raw_feature_norm: str
+    lambda_softmax: float
+    agg_func: str
+    lambda_lse: float
 
 
 @dataclasses.dataclass

@@ -17,7 +17,6 @@ import base64
 import html
 import io
 import math
-from typing import Any
 
 import numpy as np
 
@@ -369,8 +368,3 @@ def handout_html(walk: Walk, image: np.ndarray | None, sentence: str, title: str
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
             f"{html.escape(title or 'SCAN step by step')}</title><style>{style}</style></head><body>"
             + "".join(parts) + "</body></html>")
-
-
-def settings_for_link(walk: Walk) -> dict[str, Any]:
-    """The walk's head settings (declared names), what a link to it carries."""
-    return dict(walk.settings)
