@@ -26,6 +26,10 @@ INJECTION_PAYLOADS = ("[Session expired - log in again](https://evil.example/log
                       "![t](https://evil.example/track.png)", "<script>alert(1)</script>",
                       "<img src=x onerror=alert(1)>", "[x](javascript:alert(1))")
 DETECTOR_REPRESENTATION = 32  # region features: 32 + 12 colour probabilities = 44-d
+#: The app's entry script, and the seconds an AppTest run of it may take (the first run loads the model and the
+#: gallery index).
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP_TIMEOUT = 120
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,6 @@ The deep-link parsing rules are tested without Streamlit.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -15,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from app_fixture import APP, png_bytes
+from app_fixture import APP_TIMEOUT as TIMEOUT
 from streamlit.testing.v1 import AppTest
 
-from app_fixture import app_fixture, png_bytes
-from scan_viz.app import evaluate, explore, models, retrieve, state, views
+from scan_viz.app import evaluate, explore, models, retrieve, state
 from scan_viz.app.bundle import NO_MATCH, search_gallery
 from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, link_changed, normalise_query,
                                  parse_explore_query)
@@ -28,23 +28,9 @@ from scan_viz.types import Alignment
 
 torch.set_num_threads(1)
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGES = {"Retrieve": "scan_viz/app/retrieve.py", "Evaluate": "scan_viz/app/evaluate.py",
          "Model": "scan_viz/app/models.py"}
-TIMEOUT = 120
-
-
-@pytest.fixture(scope="session")
-def bundle():
-    return app_fixture()
-
-
-@pytest.fixture
-def app(bundle, monkeypatch) -> AppTest:
-    """An AppTest of app.py serving the fixture bundle (not yet run)."""
-    for name, value in bundle.env().items():
-        monkeypatch.setenv(name, value)
-    return AppTest.from_file(APP, default_timeout=TIMEOUT)
+# the fixtures ``bundle`` (the fixture bundle) and ``app`` (an AppTest of app.py serving it) are in conftest.py
 
 
 def no_exception(at: AppTest) -> None:
@@ -92,6 +78,22 @@ def library_alignment(bundle, image_id: str, text: str, head: str | None = None,
 def chart_specs(at: AppTest) -> list[dict]:
     """The plotly figures on screen, as the JSON the browser gets."""
     return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def region_names(bundle, image_id: str) -> list[str]:
+    """The detector's label of each of the image's regions, as the gallery stores them."""
+    from scan_viz.pipeline import gallery_regions
+
+    return list(gallery_regions(library(bundle.model, bundle.gallery)[1], image_id).labels)
+
+
+def where_it_looks(weights: np.ndarray, names: list[str]) -> str:
+    """What the app says of one word's attention over the regions, re-stated: its strongest region and weight, or,
+    when no region gets 3 times its even share 1/n (at most halfway to all of it), that the map is flat."""
+    share, uniform = weights.max() / weights.sum(), 1 / len(weights)
+    if share < min(3 * uniform, (1 + uniform) / 2):
+        return f"flat: no region stands out (max {share:.2f}, uniform {uniform:.3f})"
+    return f"{names[int(weights.argmax())]} {weights.max():.2f}"
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -159,20 +161,23 @@ def test_read_upload_refuses_bad_bytes_with_one_line():
 # ----------------------------------------------------------------------------- Explore
 
 
-def test_deep_link_shows_one_panel_per_word_with_no_click(app, bundle):
+# the fixture's model is random: at its own lambda_softmax every word's attention is flat (at most 1.9 times the even
+# share); at 50 some words stand out (up to 13 times) and some fall between 2 and 3 times, so the flat rule is tested
+@pytest.mark.parametrize("lsm", [None, "50"])
+def test_deep_link_shows_one_panel_per_word_with_no_click(app, bundle, lsm):
     image_id = bundle.image_ids[1]
     sentence = bundle.captions[image_id][0]
-    at = open_link(app, image=image_id, q=sentence)
+    at = open_link(app, image=image_id, q=sentence, **({"lsm": lsm} if lsm else {}))
     no_exception(at)
     assert not at.error
     words = sentence.split()
     assert at.session_state[explore.PANELS_MARKER] == words
-    # each panel's caption (word, R, strongest region or the flat note) is the library's for this pair
-    _, gallery = library(bundle.model, bundle.gallery)
-    alignment = library_alignment(bundle, image_id, sentence)
-    expected = [p.caption for p in views.word_panels(gallery.load_image(image_id), alignment)]
-    assert panel_images(at) == expected and len(expected) == len(words)
-    assert expected[0].startswith(f"{words[0]} \u00b7 R = {alignment.word_relevance[1]:.2f} \u00b7 ")
+    # each panel's caption: the word, its R, and its strongest region with the weight (or the flat note)
+    alignment = library_alignment(bundle, image_id, sentence, **({"lambda_softmax": float(lsm)} if lsm else {}))
+    names = region_names(bundle, image_id)
+    expected = [f"{word} \u00b7 R = {alignment.word_relevance[i]:.2f} \u00b7 "
+                f"{where_it_looks(alignment.attention[i], names)}" for i, word in enumerate(words, start=1)]
+    assert panel_images(at) == expected
     assert score(at) == f"{alignment.score:.4f}"
     assert at.query_params["image"] == image_id and at.query_params["q"] == sentence
     assert {"Panels (PNG)", "Panels (SVG)", "Alignment (JSON)"} <= {b.label for b in at.download_button}
@@ -283,20 +288,33 @@ def test_interactive_tab_shows_the_library_figure(app, bundle):
 def test_image_to_text_tab_shows_the_regions_figure_and_table(app, bundle):
     at, image_id, sentence = open_tab(app, bundle, "Image \u2192 text", head="scan_i2t", k="5")
     alignment = library_alignment(bundle, image_id, sentence, head="scan_i2t")
+    names, words = region_names(bundle, image_id), sentence.split()
+    strongest = np.argsort(-alignment.region_relevance, kind="stable")[:5]  # the 5 regions of highest R
+    best = [int(alignment.attention[1:-1, r].argmax()) + 1 for r in strongest]  # the word each attends to most
+    expected = pd.DataFrame({"region": [f"{r}: {names[r]}" for r in strongest],
+                             "relevance": [round(float(alignment.region_relevance[r]), 4) for r in strongest],
+                             "most attended word": [words[w - 1] for w in best],
+                             "weight": [round(float(alignment.attention[w, r]), 4) for w, r in zip(best, strongest)]})
     shown = at.dataframe[0].value
-    pd.testing.assert_frame_equal(shown, pd.DataFrame(views.region_rows(alignment, 5)), check_dtype=False)
-    assert len(shown) == 5
+    pd.testing.assert_frame_equal(shown, expected, check_dtype=False)
     assert sum(im.proto.imgs[0].url.endswith(".png") for im in at.image) == 1  # the figure (thumbnails: JPEG)
 
 
 def test_relevance_tab_shows_the_library_values(app, bundle):
-    at, image_id, sentence = open_tab(app, bundle, "Relevance")
-    alignment = library_alignment(bundle, image_id, sentence)
-    rows = views.relevance_rows(alignment)
-    pd.testing.assert_frame_equal(at.dataframe[0].value, pd.DataFrame(rows), check_dtype=False)
-    [chart] = chart_specs(at)
-    assert chart["data"][0]["x"] == pytest.approx([float(r) for r in alignment.word_relevance[1:-1]], abs=1e-4)
-    assert [r["word"] for r in rows] == sentence.split()
+    at, image_id, sentence = open_tab(app, bundle, "Relevance", lsm="50")  # flat and peaked words: see above
+    alignment = library_alignment(bundle, image_id, sentence, lambda_softmax=50.0)
+    names, words = region_names(bundle, image_id), sentence.split()
+    tops = [int(alignment.attention[i].argmax()) for i in range(1, len(words) + 1)]
+    looks = [where_it_looks(alignment.attention[i], names) for i in range(1, len(words) + 1)]
+    expected = pd.DataFrame({"#": range(1, len(words) + 1), "word": words, "in vocabulary": True,
+                             "relevance": [round(float(r), 4) for r in alignment.word_relevance[1:-1]],
+                             "strongest region": [look if look.startswith("flat") else f"{top}: {names[top]}"
+                                                  for look, top in zip(looks, tops)],
+                             "weight": [round(float(alignment.attention[i, top]), 4) for i, top in enumerate(tops, 1)]})
+    pd.testing.assert_frame_equal(at.dataframe[0].value, expected, check_dtype=False)
+    [chart] = chart_specs(at)  # one bar per word, labelled by its place in the sentence, R as the library has it
+    assert chart["data"][0]["y"] == [f"{i}: {w}" for i, w in enumerate(words, start=1)]
+    assert chart["data"][0]["x"] == pytest.approx(alignment.word_relevance[1:-1].tolist(), abs=1e-12)
 
 
 def test_ablation_tab_shows_the_library_values(app, bundle):
@@ -568,8 +586,11 @@ def test_evaluate_metrics_equal_the_library_and_the_cli(app, bundle, tmp_path):
     cli = json.loads(out.read_text(encoding="utf-8"))
     result = library_evaluation(bundle)
     for numbers in (cli, result):
-        pd.testing.assert_frame_equal(at.dataframe[0].value, pd.DataFrame(views.recall_rows(numbers)),
-                                      check_dtype=False)
+        expected = pd.DataFrame([{"direction": name, "R@1": round(m["r1"], 1), "R@5": round(m["r5"], 1),
+                                  "R@10": round(m["r10"], 1), "medr": round(m["medr"], 1), "meanr": round(m["meanr"], 1)}
+                                 for name, m in (("image \u2192 text", numbers["i2t"]),
+                                                 ("text \u2192 image", numbers["t2i"]))])
+        pd.testing.assert_frame_equal(at.dataframe[0].value, expected, check_dtype=False)
         metrics = {m.label: m.value for m in at.metric}
         assert metrics["rsum"] == f"{numbers['rsum']:.1f}"
         assert metrics["Pointing accuracy"] == f"{numbers['pointing_accuracy']:.1f}%"

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
+from test_app import APP, PAGES, TIMEOUT, no_exception, open_link, panel_images, write_npz_regions
 from test_app_safety import assert_nothing_renders_as_a_link, outside_code_spans, page_text
 
 from app_fixture import INJECTION_PAYLOADS

@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from streamlit.testing.v1 import AppTest
+from test_app import no_exception
 
 from scan_viz.app import learn as page
 from scan_viz.app.params import parse_explore_query

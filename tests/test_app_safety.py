@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
+from test_app import APP, PAGES, TIMEOUT, no_exception, open_link, panel_images, score
 
 from app_fixture import INJECTION_PAYLOADS as PAYLOADS
 from app_fixture import png_bytes

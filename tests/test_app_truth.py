@@ -11,7 +11,6 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app_fixture import app_fixture
 from scan_viz.app.bundle import ground_truth_images
 from scan_viz.app.evaluate import PER_PAGE
 from scan_viz.app.retrieve import ALSO_TRUE, CROSS, TICK
@@ -25,11 +24,6 @@ torch.set_num_threads(1)
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 RETRIEVE, EVALUATE = "scan_viz/app/retrieve.py", "scan_viz/app/evaluate.py"
 TIMEOUT = 120
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return app_fixture()
 
 
 @pytest.fixture(scope="module")

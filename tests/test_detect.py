@@ -248,7 +248,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_detector(world: Path, tra
 
 def test_training_resumes_from_a_checkpoint_within_an_epoch(world: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from scan_viz.detect import train as train_module
+    from scan_viz.train import detector as train_module
 
     class Crash(Exception):
         pass

@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_fixture import app_fixture
 from scan_viz.cli import main
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return app_fixture()
 
 
 def _explain(bundle, image, text, out):

@@ -133,13 +133,13 @@ def test_caan_is_invariant_to_region_order_and_padding():
     assert not torch.allclose(head.scores(padded, words, lengths).scores, base, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["chan", "caan", "scan_t2i", "scan_i2t"])
-def test_every_head_trains(name):
+@pytest.mark.parametrize("name", head_names())
+def test_every_head_trains(name, build_head):
     """Scores are differentiable with padded words (no NaN gradients), as the training loop needs."""
     regions, words, lengths = random_block(seed=4)
     regions.requires_grad_(True)
     words.requires_grad_(True)
-    create_head(name, CONFIG).scores(regions, words, lengths, torch.tensor([5, 3, 4])).scores.sum().backward()
+    build_head(name).scores(regions, words, lengths, torch.tensor([5, 3, 4])).scores.sum().backward()
     assert torch.isfinite(regions.grad).all() and torch.isfinite(words.grad).all()
     assert regions.grad.abs().sum() > 0 and words.grad.abs().sum() > 0
 
@@ -147,12 +147,11 @@ def test_every_head_trains(name):
 # ----------------------------------------------------------------------------- bfloat16 products
 
 
-@pytest.mark.parametrize("name", ["scan_t2i", "scan_i2t", "chan", "caan"])
-def test_bfloat16_products_stay_close_to_float32(name):
-    regions, words, lengths = random_block(n_img=6, n_reg=12, n_cap=4, d=64, seed=6, dtype=torch.float32)
-    head = create_head(name, CONFIG)
-    full = head.scores(regions, words, lengths).scores
-    bf16 = create_head(name, CONFIG, dtype="bfloat16").scores(regions, words, lengths).scores
+@pytest.mark.parametrize("name", head_names())
+def test_bfloat16_products_stay_close_to_float32(name, build_head):
+    regions, words, lengths = random_block(n_img=6, n_reg=12, n_cap=4, d=16, seed=6, dtype=torch.float32)
+    full = build_head(name).scores(regions, words, lengths).scores
+    bf16 = build_head(name, dtype="bfloat16").scores(regions, words, lengths).scores
     assert bf16.dtype == torch.float32  # only the products ran in bf16
     assert not torch.equal(bf16, full)  # they did run in bf16
     torch.testing.assert_close(bf16, full, rtol=0, atol=0.02)
@@ -200,15 +199,33 @@ def test_bad_settings_are_one_line_errors():
         create_head("vse", CONFIG)
 
 
-def test_every_setting_is_declared_once_with_a_flag_and_help():
-    params = all_head_params()
-    names = [p.name for p in params]
-    assert len(names) == len(set(names))
-    assert {"lambda_softmax", "beta", "chan_agg", "lambda_pool"} <= set(names)
-    for param in params:
+@pytest.mark.parametrize("name", head_names())
+def test_each_heads_settings_are_what_the_cli_reads(name):
+    """Every setting a head declares is one ``scan-viz score`` option, with its declared default, that parses a
+    value in range into the head's settings and refuses one out of range."""
+    from scan_viz.cli import build_parser
+
+    score = build_parser()._subparsers._group_actions[0].choices["score"]
+    for param in head_spec(name).params:
+        [action] = [a for a in score._actions if param.flag in a.option_strings]  # one option, not one per head
         assert param.help and param.flag == "--" + param.name.replace("_", "-")
-        assert (param.choices is None) == (param.low is not None and param.high is not None)
         assert param.parse(param.default) == param.default
+        if param.is_number:
+            assert param.low <= param.default <= param.high and param.parse(str(param.high)) == param.high
+            with pytest.raises(ScanVizError, match=f"{param.name} must be a number from"):
+                param.parse(param.high * 2 + 1)
+        else:
+            assert param.default in param.choices
+            with pytest.raises(ScanVizError, match=f"{param.name} must be one of"):
+                param.parse("no-such-choice")
+        parsed = score.parse_args(["--model", "m", "--images", "i", "--captions", "c", "--out", "o",
+                                   param.flag, str(param.default)])
+        assert getattr(parsed, action.dest) in (param.default, str(param.default))
+
+
+def test_the_settings_the_cli_and_links_know_are_the_papers():
+    assert {"lambda_softmax", "lambda_lse", "agg_func", "raw_feature_norm", "beta", "chan_agg",
+            "lambda_inter", "lambda_intra", "lambda_pool"} <= {p.name for p in all_head_params()}
 
 
 def test_a_new_head_is_one_class_and_one_registration():
@@ -245,18 +262,24 @@ def test_a_new_head_is_one_class_and_one_registration():
 
 
 @pytest.mark.parametrize("name", head_names())
-def test_every_head_through_the_registry_to_every_view(tmp_path, monkeypatch, name):
+def test_every_head_through_the_registry_to_every_view(tmp_path, give_trained_heads, name):
     """name -> head -> scores -> Alignment -> every renderer: a new head is covered by registering it."""
+    _, _, _, ckpt, vocab, _, feats = _setup(tmp_path, seed=8)
+    through_every_view(give_trained_heads(load_model(ckpt, vocab)), feats, name)
+
+
+def test_a_head_registered_by_a_contributor_reaches_every_view(tmp_path, toy_head):
+    _, _, _, ckpt, vocab, _, feats = _setup(tmp_path, seed=8)
+    al = through_every_view(load_model(ckpt, vocab), feats, toy_head, toy_gain=2.0)
+    assert al.head_params == {"toy_gain": 2.0, "toy_pool": "max"} and al.word_relevance_label == "toy word score"
+
+
+def through_every_view(model, feats, name: str, **settings):
+    """Align a pair under head ``name`` and draw it with every renderer; what each shows is the head's."""
     from scan_viz import render
     from scan_viz.app import views
 
-    _, _, _, ckpt, vocab, _, feats = _setup(tmp_path, seed=8)
-    model = load_model(ckpt, vocab)
-    if head_spec(name).from_model is not None:  # trained weights of its own: give this model (random) ones
-        from tests.test_coattention import save_reranker_for
-
-        save_reranker_for(model, tmp_path / "pretrained", monkeypatch)
-    head = model.head(name)
+    head = model.head(name, **settings)
     sims = model.similarity(feats, CAPTIONS, head=head)
     n_regions = feats.shape[1]
     boxes = np.array([[4 * r, 2 * r, 4 * r + 20, 2 * r + 16] for r in range(n_regions)], dtype=np.float32)
@@ -277,11 +300,21 @@ def test_every_head_through_the_registry_to_every_view(tmp_path, monkeypatch, na
     assert len(titles) == len(content)
     label = al.word_relevance_label or al.attention_label
     assert all(label in t for t in titles)
-    charts = render.relevance_bar(al).axes
-    assert len(charts) == (al.word_relevance is not None) + (al.region_relevance is not None)
+    words = render.word_relevance_bars(al)
+    if al.word_relevance is not None:  # one bar per word the user wrote, the head's number, the head's label
+        assert words.values == pytest.approx(al.word_relevance[content].tolist(), abs=1e-12)
+        assert words.labels == [f"{i}: {al.words[i]}" for i in content] and words.axis == al.word_relevance_label
+    else:
+        assert words is None
+    regions = render.region_relevance_bars(al, 3)
+    if al.region_relevance is not None:
+        assert regions.values == pytest.approx(np.sort(al.region_relevance)[::-1][:3].tolist(), abs=1e-12)
+    else:
+        assert regions is None
     assert len(render.region_word_figure(image, al, top=3).axes) >= 3
     figure = render.plotly_alignment(image, al)
     assert len(figure.data) == n_regions + 2 and label in figure.layout.title.text
+    assert render.overview_image(image, al).shape == image.shape
     panels = views.word_panels(image, al)
     assert [p.word_index for p in panels] == content
     if al.word_relevance is not None:
@@ -293,6 +326,7 @@ def test_every_head_through_the_registry_to_every_view(tmp_path, monkeypatch, na
     if al.region_relevance is not None:
         top = views.region_rows(al, 2)
         assert [r[views.RELEVANCE] for r in top] == pytest.approx(np.sort(al.region_relevance)[::-1][:2], abs=1e-4)
+    return al
 
 
 # ----------------------------------------------------------------------------- the command line

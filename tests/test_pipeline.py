@@ -26,11 +26,6 @@ REAL_REGIONS = (36, 20, 7, 36, 1, 30, 12, 36, 3, 25, 36, 18)
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return app_fixture()
-
-
-@pytest.fixture(scope="module")
 def model(bundle):
     return load_model(bundle.model)
 
@@ -64,9 +59,11 @@ def direct_scores(model, gallery: Gallery, captions: list[str]) -> np.ndarray:
 def test_eval_gallery_json_equals_the_library(bundle, model, gallery, tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["eval", "--gallery", str(bundle.gallery), "--model", str(bundle.model), "--json", str(out)]) == 0
+    from scan_viz.heads import own_head
+
     got = json.loads(out.read_text(encoding="utf-8"))
     # the CLI names the model's own head with its direction, as the app does
-    expected = json.loads(json.dumps(evaluate_gallery(model, gallery, head=f"scan_{model.config.head_params['cross_attn']}")))
+    expected = json.loads(json.dumps(evaluate_gallery(model, gallery, head=own_head(model.config))))
     assert got == expected
     assert {"i2t", "t2i", "rsum", "pointing_accuracy", "pointing", "baselines"} <= set(got)
     printed = capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 
@@ -167,22 +168,79 @@ def test_region_word_figure_crops_and_shaded_words(image):
     assert render.figure_to_png(one).startswith(b"\x89PNG")
 
 
-def test_relevance_and_ablation_bars():
+def test_relevance_bars_show_the_heads_numbers_over_the_sentences_own_words():
     t2i, i2t = make_alignment(), make_alignment("i2t")
-    assert len(render.relevance_bar(t2i).axes[0].patches) == len(WORDS)
-    assert len(render.relevance_bar(i2t).axes[0].patches) == len(BOXES)
-    assert len(render.ablation_bar(["a", "zebra"], [-0.1, 0.02]).axes[0].patches) == 2
-    with pytest.raises(ScanVizError, match="labels"):
-        render.ablation_bar(["a"], [0.1, 0.2])
+    words = render.word_relevance_bars(t2i)
+    # <start>/<end> left out; each bar is labelled by its index in alignment.words, the value is R unrounded
+    assert words.labels == ["1: a", "2: zebra", "3: on", "4: red", "5: grass"]
+    assert words.values == pytest.approx(np.linspace(0.9, 0.1, 7)[1:6], abs=1e-15)
+    assert (words.title, words.axis) == ("R per word", "R")
+    assert render.word_relevance_bars(i2t) is None and render.region_relevance_bars(t2i, 3) is None
+    # regions: strongest first, capped at ``top``, labelled by the detector's label
+    regions = render.region_relevance_bars(i2t, 3)
+    assert regions.labels == ["0: sky", "1: zebra", "2: grass"] and regions.values == pytest.approx([0.9, 0.6333, 0.3667],
+                                                                                                     abs=1e-4)
+    assert regions.title == "R per region, top 3 regions"
+    assert render.region_relevance_bars(i2t, 3, title="R, top 3").title == "R, top 3"
 
 
-def test_png_and_svg_export():
-    figure = render.relevance_bar(make_alignment())
+def test_ablation_bars_keep_word_order_and_sort_regions_by_the_size_of_the_change():
+    alignment = make_alignment(words=["<start>", "a", "zebra", "<end>"])
+    ablation = {"score": 0.4, "words": [("a", 0.01), ("zebra", -0.2)],
+                "regions": [(0, 0.05), (1, -0.3), (2, 0.0), (3, 0.1)]}
+    words, regions = render.ablation_bars(alignment, ablation, top=3)
+    assert words.labels == ["1: a", "2: zebra"] and words.values == [0.01, -0.2]
+    assert words.colours == [render.GAIN, render.DROP]  # a gain green, a drop red
+    assert regions.labels == ["1: zebra", "3: tree", "0: sky"] and regions.values == [-0.3, 0.1, 0.05]
+    assert regions.title == "remove a region (3 largest changes)" and regions.axis == "\u0394 score"
+    unlabelled = render.ablation_bars(dataclasses.replace(alignment, region_labels=None), ablation, top=1)[1]
+    assert unlabelled.labels == ["1: region 1"]  # the name every other view gives an unlabelled region
+
+
+def test_plotly_bars_draw_the_bars_in_reading_order_with_labels_as_text():
+    bars = render.Bars(["1: <b>a</b>", "2: zebra"], [0.25, -0.5], "remove a word", "\u0394 score", signed=True)
+    [trace] = render.plotly_bars(bars).data
+    assert list(trace.y) == ["1: &lt;b&gt;a&lt;/b&gt;", "2: zebra"]  # plotly would render <b>: escaped
+    assert list(trace.x) == [0.25, -0.5] and list(trace.marker.color) == ["#2ca02c", "#d62728"]
+    figure = render.plotly_bars(bars)
+    assert figure.layout.yaxis.autorange == "reversed" and figure.layout.title.text == "remove a word"
+    assert list(render.plotly_bars(dataclasses.replace(bars, signed=False)).data[0].marker.color) == ["#1f77b4"] * 2
+
+
+def test_png_and_svg_export(image):
+    figure = render.word_panels(image, make_alignment())
     assert render.figure_to_png(figure, dpi=50).startswith(b"\x89PNG\r\n\x1a\n")
     root = ET.fromstring(render.figure_to_svg(figure))
     assert root.tag.endswith("svg")
     with pytest.raises(ScanVizError, match="matplotlib"):
         render.figure_to_png(object())  # type: ignore[arg-type]
+
+
+def test_labels_are_the_same_in_every_view(image):
+    alignment = make_alignment(words=["<start>", "a", "zebra", "a", "<end>"])
+    assert render.content_words(alignment) == [1, 2, 3]
+    assert [render.word_label(alignment, i) for i in (1, 2)] == ["a", "zebra (<unk>)"]
+    assert [render.word_label(alignment, i, numbered=True) for i in (1, 2, 3)] == ["a (1)", "zebra (<unk>)", "a (3)"]
+    assert render.region_label(alignment, 2) == "grass"
+    assert render.region_label(dataclasses.replace(alignment, region_labels=None), 2) == "region 2"
+    # the matplotlib panel titles (downloads, CLI) and the app's panel captions name a word the same way
+    titles = [axes.get_title() for axes in render.word_panels(image, alignment).axes]
+    captions = [panel.caption for panel in render.word_panel_images(image, alignment)]
+    assert titles[1] == "zebra (<unk>)\nR = 0.50" and captions[1].startswith("zebra (<unk>) \u00b7 R = 0.50 \u00b7 ")
+    # word, relevance (linspace(0.9, 0.1, 5)[1]), strongest region (word 1 -> region 1) and its weight
+    assert captions[0] == f"a \u00b7 R = 0.70 \u00b7 zebra {alignment.attention[1, 1]:.2f}"
+
+
+def test_boxes_are_scaled_from_the_picture_the_regions_were_found_in():
+    alignment = make_alignment()  # boxes in a 64 x 48 picture
+    half = np.zeros((24, 32, 3), np.uint8)
+    np.testing.assert_allclose(render.display_boxes(alignment, half), BOXES / 2)
+    unsized = dataclasses.replace(alignment, image_size=None)
+    np.testing.assert_allclose(render.display_boxes(unsized, half), BOXES)  # already in the drawn picture's pixels
+    original = np.zeros((96, 128, 3), np.uint8)  # or in the pixels of the original the drawn one was resized from
+    np.testing.assert_allclose(render.display_boxes(unsized, half, original), BOXES / 4)
+    with pytest.raises(ScanVizError, match="no region boxes"):
+        render.display_boxes(dataclasses.replace(alignment, boxes=None), half)
 
 
 def test_draw_boxes_returns_a_new_array(image):

@@ -27,7 +27,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_fixture import app_fixture
 from scan_viz.app import models, state, user_files
-from scan_viz.app.bundle import PATHS_OFF, Sources, check_visitor_sources, load_bundle, load_detector_for
+from scan_viz.app.bundle import Sources, check_visitor_sources, load_bundle, load_detector_for
 from scan_viz.app.user_files import Upload, stage_upload
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import ENV_ALLOWED_ROOTS, AllowedRoots
@@ -37,11 +37,6 @@ torch.set_num_threads(1)
 
 SECRET = "SECRET-LINE-CONTENT"
 FAST_S = 1.0
-
-
-@pytest.fixture(scope="session")
-def bundle():
-    return app_fixture()
 
 
 def refusal(action, seconds: float = FAST_S) -> str:
@@ -156,13 +151,18 @@ def test_outside_and_missing_paths_get_the_same_answer(server_files):
         assert refusal(lambda: roots.check(typed, "vocab")) == missing
 
 
-def test_allowed_files_and_folders_pass(bundle):
+def test_allowed_files_and_folders_pass_as_their_real_paths(bundle, tmp_path):
     roots = AllowedRoots.of(bundle.root)
-    assert roots.check(str(bundle.model / "vocab.json"), "vocab") == Path(os.path.realpath(bundle.model / "vocab.json"))
-    roots.check(str(bundle.model), "checkpoint")
-    roots.check(str(bundle.gallery), "gallery")
-    roots.check(str(bundle.gallery / "images"), "images")
-    roots.check(str(bundle.detector), "detector")
+    for typed, kind in ((bundle.model / "vocab.json", "vocab"), (bundle.model, "checkpoint"),
+                        (bundle.gallery, "gallery"), (bundle.gallery / "images", "images"),
+                        (bundle.detector, "detector")):
+        assert roots.check(str(typed), kind) == Path(os.path.realpath(typed))
+    # what is served is the real path: a link inside the root to an allowed folder resolves to that folder
+    (tmp_path / "alias").symlink_to(bundle.model, target_is_directory=True)
+    assert AllowedRoots.of(tmp_path, bundle.root).check(str(tmp_path / "alias"), "checkpoint") == \
+        Path(os.path.realpath(bundle.model))
+    # the same files, with the folders shared one level lower, are refused
+    assert "no such file" in refusal(lambda: AllowedRoots.of(bundle.gallery).check(str(bundle.model), "checkpoint"))
 
 
 def test_visitor_sources_need_allowed_roots(bundle, monkeypatch):
@@ -255,7 +255,7 @@ def test_path_form_is_off_by_default_and_no_server_path_is_shown(app, bundle):
     at.segmented_control(key="md_kind").set_value(models.SERVER).run()
     no_exception(at)
     assert not at.text_input and not at.error
-    assert any(ENV_ALLOWED_ROOTS in i.value and "Upload your own" in i.value for i in at.info)
+    assert any("SCAN_VIZ_ALLOWED_ROOTS=" in i.value and "Upload your own" in i.value for i in at.info)
     text = page_text(at)
     assert str(bundle.root) not in text and "/tmp" not in text
     # the card's cells and row labels are literal code spans (st.table renders Markdown)
@@ -421,5 +421,10 @@ def test_upload_folder_is_private_and_removed_with_the_session():
     assert not folder.path.exists()
 
 
-def test_paths_off_message_names_the_switch():
-    assert ENV_ALLOWED_ROOTS in PATHS_OFF and ENV_ALLOWED_ROOTS in models.PATHS_OFF_HELP
+def test_a_visitor_who_names_a_server_path_is_told_how_the_operator_turns_paths_on(bundle):
+    typed = Sources.user_data(str(bundle.model), None, str(bundle.gallery / "regions"), str(bundle.gallery / "images"))
+    with pytest.raises(ScanVizError) as refused:
+        check_visitor_sources(typed, roots=None)
+    message = str(refused.value)
+    assert "reading files on this server is off" in message and "SCAN_VIZ_ALLOWED_ROOTS" in message
+    assert "\n" not in message and str(bundle.root) not in message  # one line, no server path echoed

@@ -14,10 +14,12 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from app_fixture import app_fixture
 from streamlit.testing.v1 import AppTest
-from test_app import APP, TIMEOUT, no_exception
-from test_heads import test_every_head_through_the_registry_to_every_view as every_view
+from app_fixture import APP
+from app_fixture import APP_TIMEOUT as TIMEOUT
+from test_app import no_exception
+from test_heads import through_every_view
+from test_model import _setup
 
 from scan_viz.cli import main
 from scan_viz.heads import registry
@@ -68,11 +70,6 @@ def toy(tmp_path_factory):
     spec.loader.exec_module(module)
     yield module
     registry._HEADS.pop("toy", None)
-
-
-@pytest.fixture(scope="module")
-def bundle():
-    return app_fixture()
 
 
 def test_cli_score_eval_explain_and_train_take_the_toy_heads_flags(toy, bundle, tmp_path, capsys):
@@ -144,8 +141,11 @@ def test_sidebar_and_link_carry_the_toy_heads_settings(toy, bundle, monkeypatch)
     assert any("toyp" in str(getattr(w, "value", "")) for w in [*at.warning, *at.caption, *at.info, *at.markdown])
 
 
-def test_every_renderer_draws_the_toy_head(toy, tmp_path, monkeypatch):
-    every_view(tmp_path, monkeypatch, "toy")
+def test_every_renderer_draws_the_toy_head(toy, tmp_path):
+    from scan_viz.model import load_model
+
+    _, _, _, ckpt, vocab, _, feats = _setup(tmp_path, seed=8)
+    through_every_view(load_model(ckpt, vocab), feats, "toy")
 
 
 def test_the_toy_heads_scores_are_differentiable(toy):

@@ -28,7 +28,6 @@ ANY, ALSO_TRUE = "any", "also true"
 #: What the page showed, for tests: the number of failures listed for the chosen K and direction.
 FAILURES_MARKER = "evaluate_failures"
 PER_PAGE = 15
-POINTING_COLOURS = {"model": "#1f77b4", "random region": "#bbbbbb", "largest region": "#ff9f4a"}
 
 
 def run_evaluation(bundle: Bundle, settings: HeadSettings) -> dict | None:
@@ -93,19 +92,14 @@ def show_pointing(result: dict) -> None:
     if not result.get("pointing"):
         st.info("This gallery's captions carry no grounded words, so pointing accuracy cannot be measured.")
         return
-    import plotly.graph_objects as go
+    from scan_viz.render import pointing_figure
 
     base = result["baselines"]
     types = list(result["pointing"])
     rows = [{"word type": t, "pointing accuracy %": round(result["pointing"][t], 1), "words": result["counts"][t],
              "random region %": round(base["random"][t], 1), "largest region %": round(base["largest"][t], 1)}
             for t in types]
-    figure = go.Figure([go.Bar(name=name, x=types, y=[values[t] for t in types], marker_color=POINTING_COLOURS[name])
-                        for name, values in (("model", result["pointing"]), ("random region", base["random"]),
-                                             ("largest region", base["largest"]))])
-    figure.update_layout(barmode="group", height=320, yaxis_title="% of words", margin={"t": 30, "b": 30},
-                         title={"text": "Pointing accuracy per word type", "x": 0.0, "font": {"size": 14}})
-    st.plotly_chart(figure, width="stretch")
+    st.plotly_chart(pointing_figure(result["pointing"], base), width="stretch")
     st.dataframe(rows, hide_index=True, height="content")
     if result.get("stuff_words"):
         st.markdown("**Stuff words, one by one**")

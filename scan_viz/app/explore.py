@@ -19,10 +19,10 @@ from scan_viz.app.bundle import (NO_MATCH, Bundle, detector_name, drawing_note, 
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_FORMATS_TEXT, UPLOAD_TYPES
-from scan_viz.app.views import RELEVANCE, bar_figure, content_words, region_rows, relevance_rows, word_label
+from scan_viz.app.views import ablation_figures, ablation_note, bar_figure, region_rows, relevance_rows
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
-from scan_viz.render import FLAT_FACTOR
+from scan_viz.render import FLAT_FACTOR, content_words, region_relevance_bars, word_label, word_relevance_bars
 from scan_viz.types import Alignment, Regions
 
 SOURCE_KEY, IMAGE_KEY, UPLOAD_KEY = "ex_source", "ex_image", "ex_upload"
@@ -291,40 +291,22 @@ def show_i2t(picked: Picked, alignment: Alignment, bundle: Bundle, settings: Hea
 
 
 def show_relevance(alignment: Alignment) -> None:
-    rows = relevance_rows(alignment)
-    if alignment.word_relevance is not None:
-        label = alignment.word_relevance_label
-        st.plotly_chart(bar_figure([f"{r['#']}: {r['word']}" for r in rows], [r[RELEVANCE] for r in rows],
-                                   f"{label} per word", label), width="stretch")
-    if alignment.region_relevance is not None:
-        label = alignment.region_relevance_label
-        top = region_rows(alignment, 12)
-        st.plotly_chart(bar_figure([r["region"] for r in top], [r[RELEVANCE] for r in top],
-                                   f"{label} per region, top 12 regions", label), width="stretch")
-    st.dataframe(rows, hide_index=True, height="content")
+    for bars in (word_relevance_bars(alignment), region_relevance_bars(alignment, 12)):
+        if bars is not None:
+            st.plotly_chart(bar_figure(bars), width="stretch")
+    st.dataframe(relevance_rows(alignment), hide_index=True, height="content")
 
 
 def show_ablation(picked: Picked, alignment: Alignment, bundle: Bundle, settings: HeadSettings) -> None:
     result = state.ablation(bundle.key, picked.key, alignment.text, settings.key(), picked.regions)
-    words = result["words"]
     st.caption(f"Score {result['score']:.4f}. Each bar: the score after removing one word (left) or one region "
                "(right), minus the full score. A large drop marks what the match relies on.")
-    if words:
-        token, delta = min(words, key=lambda wd: wd[1])
-        if delta < 0:
-            st.markdown(f"The match relies most on {literal(token)}: removing it lowers the score by {-delta:.4f}.")
-        else:
-            st.markdown("Removing any single word raises the score: no word supports this match.")
-    left, right = st.columns(2)
-    with left:
-        st.plotly_chart(bar_figure([f"{i + 1}: {t}" for i, (t, _) in enumerate(words)], [d for _, d in words],
-                                   "remove a word", "\u0394 score", signed=True), width="stretch")
-    regions = sorted(result["regions"], key=lambda rd: -abs(rd[1]))[:12]
-    labels = alignment.region_labels or []
-    with right:
-        st.plotly_chart(bar_figure([f"{r}: {labels[r] if r < len(labels) else 'region'}" for r, _ in regions],
-                                   [d for _, d in regions], "remove a region (12 largest changes)", "\u0394 score",
-                                   signed=True), width="stretch")
+    note = ablation_note(result)
+    if note:
+        st.markdown(note)
+    for column, figure in zip(st.columns(2), ablation_figures(alignment, result, top=12)):
+        with column:
+            st.plotly_chart(figure, width="stretch")
 
 
 def gallery_rank_line(alignment: Alignment, picked: Picked, bundle: Bundle, settings: HeadSettings) -> str:
@@ -462,18 +444,12 @@ def show_compare(picked: Picked, sentence: str, bundle: Bundle, settings: HeadSe
                 st.image(overview_image(picked.image, al), width="stretch",
                          caption="lit: " + (al.region_relevance_label if al.region_relevance is not None
                                             else "attention received") + "; a box per word that picks a region")
-                words = content_words(al)
-                if al.word_relevance is not None:
-                    st.plotly_chart(bar_figure([f"{i}: {al.words[i]}" for i in words],
-                                               [float(al.word_relevance[i]) for i in words],
-                                               f"{al.word_relevance_label} per word", al.word_relevance_label),
-                                    width="stretch", key=f"cmp_words_{result.head.name}")
-                if al.region_relevance is not None:
-                    top = region_rows(al, 8)
-                    st.plotly_chart(bar_figure([r["region"] for r in top], [r[RELEVANCE] for r in top],
-                                               f"{al.region_relevance_label}, top 8 regions",
-                                               al.region_relevance_label),
-                                    width="stretch", key=f"cmp_regions_{result.head.name}")
+                bars = word_relevance_bars(al)
+                if bars is not None:
+                    st.plotly_chart(bar_figure(bars), width="stretch", key=f"cmp_words_{result.head.name}")
+                bars = region_relevance_bars(al, 8, title=f"{al.region_relevance_label}, top 8 regions")
+                if bars is not None:
+                    st.plotly_chart(bar_figure(bars), width="stretch", key=f"cmp_regions_{result.head.name}")
 
 
 def render() -> None:

@@ -3,7 +3,9 @@
 The SCAN paper (Lee et al., ECCV 2018, Fig. 5/6) shows each word's attention as the image darkened
 everywhere except the regions the word attends to. ``word_panels`` draws that figure, ``region_word_figure``
 the image-to-text view (each region's attention over the words), ``plotly_alignment`` an interactive
-version for the app. Matplotlib figures are built on ``matplotlib.figure.Figure`` with the Agg canvas,
+version for the app, ``word_panel_images`` the same panels as arrays for a screen; every bar chart is drawn from
+one :class:`Bars`. Labels, box scaling, the highlight colour and the flat-attention rule are decided once, below,
+for every view (docs/rendering.md). Matplotlib figures are built on ``matplotlib.figure.Figure`` with the Agg canvas,
 never pyplot, so drawing holds no global state and is safe from the app's threads.
 """
 
@@ -40,8 +42,8 @@ if TYPE_CHECKING:
 #: to see the rest of the scene.
 DIM_FLOOR = 0.15
 #: Outline of the strongest region; yellow reads on both the darkened and the bright parts of a panel.
-HIGHLIGHT = "#ffcc00"
-_HIGHLIGHT_RGB = (255, 204, 0)
+HIGHLIGHT_RGB: tuple[int, int, int] = (255, 204, 0)
+HIGHLIGHT = "#{:02x}{:02x}{:02x}".format(*HIGHLIGHT_RGB)
 #: Shades of the image-to-text view, weight 0 -> 1 (the light and dark ends of Oranges, both readable under text).
 SHADES = ListedColormap(colormaps["Oranges"](np.linspace(0.08, 0.88, 256)), name="scan_viz_shades")
 #: draw_boxes' colours (RGB), matplotlib's tab10.
@@ -59,7 +61,7 @@ _SPECIAL_WORDS = frozenset({START, END, PAD})
 FLAT_FACTOR = 3.0
 
 
-# ----------------------------------------------------------------------------- checks shared by the views
+# ----------------------------------------------------------------------------- what every view shows the same way
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -79,8 +81,13 @@ def _word_matrix(alignment: Alignment) -> np.ndarray:
     return matrix
 
 
-def _display_boxes(image: np.ndarray, alignment: Alignment) -> np.ndarray:
-    """(n_regions, 4) boxes in the pixels of ``image``, rescaled if it was resized from ``image_size``."""
+def display_boxes(alignment: Alignment, image: np.ndarray, original: np.ndarray | None = None) -> np.ndarray:
+    """(n_regions, 4) the alignment's boxes in the pixels of ``image``, the picture being drawn on.
+
+    The boxes are in the pixels of the picture the regions were found in: ``alignment.image_size`` (width,
+    height) when the alignment knows it, else ``original`` (the array ``image`` is a resized copy of), else
+    ``image`` itself. Every view (matplotlib, plotly, the app's panel arrays) scales boxes here.
+    """
     if alignment.boxes is None:
         raise ScanVizError("this alignment has no region boxes (precomputed features carry none): "
                            "explain an image run through the detector to draw it")
@@ -90,17 +97,27 @@ def _display_boxes(image: np.ndarray, alignment: Alignment) -> np.ndarray:
         raise ScanVizError(f"the alignment has {len(boxes)} boxes for {n_regions} regions: rebuild the alignment")
     if alignment.image_size:
         width, height = alignment.image_size
-        boxes = boxes * np.array([image.shape[1] / width, image.shape[0] / height] * 2)
-    return boxes
+    elif original is not None:
+        height, width = np.shape(original)[:2]
+    else:
+        return boxes
+    return boxes * np.array([image.shape[1] / width, image.shape[0] / height] * 2)
 
 
-def _region_label(alignment: Alignment, region: int) -> str:
+def region_label(alignment: Alignment, region: int) -> str:
+    """A region's name as every view shows it: its detector label, or ``region 3`` when it has none."""
     labels = alignment.region_labels
     return labels[region] if labels and region < len(labels) and labels[region] else f"region {region}"
 
 
-def _is_special(word: str) -> bool:
+def is_special(word: str) -> bool:
+    """``<start>``, ``<end>`` (and ``<pad>``): tokens SCAN attends with that the user did not write."""
     return word in _SPECIAL_WORDS
+
+
+def content_words(alignment: Alignment) -> list[int]:
+    """Indices into ``alignment.words`` of the sentence's own words (``<start>``/``<end>`` left out)."""
+    return [i for i, w in enumerate(alignment.words) if not is_special(w)]
 
 
 def _chosen(indices: Sequence[int] | None, count: int, default: list[int], what: str) -> list[int]:
@@ -115,29 +132,55 @@ def _chosen(indices: Sequence[int] | None, count: int, default: list[int], what:
 
 def _chosen_words(alignment: Alignment, words: Sequence[int] | None, show_specials: bool) -> list[int]:
     """The user's words by default; ``<start>``/``<end>`` only when asked (they take part in SCAN's attention)."""
-    default = [i for i, w in enumerate(alignment.words) if show_specials or not _is_special(w)]
+    default = list(range(len(alignment.words))) if show_specials else content_words(alignment)
     return _chosen(words, len(alignment.words), default, "word")
 
 
-def _word_name(alignment: Alignment, index: int) -> str:
+def word_label(alignment: Alignment, index: int, numbered: bool = False) -> str:
+    """A word as every view shows it: ``<unk>`` marked where the vocabulary lacks it (``zebra (<unk>)``);
+    ``numbered``: a repeated word gets its position (``a (1)``, ``a (7)``), so each word has its own label."""
     word = alignment.words[index]
     unknown = index < len(alignment.unknown) and alignment.unknown[index] and word != UNK
-    return f"{word} ({UNK})" if unknown else word
+    label = f"{word} ({UNK})" if unknown else word
+    if numbered and alignment.words.count(word) > 1:
+        label += f" ({index})"
+    return label
+
+
+def relevance_text(alignment: Alignment, index: int) -> str | None:
+    """What the head says about one word under its own label (``R = 0.52``), or None for a head without
+    per-word relevance."""
+    if alignment.word_relevance is None:
+        return None
+    return f"{alignment.word_relevance_label} = {float(np.asarray(alignment.word_relevance)[index]):.2f}"
+
+
+def peak_tag(alignment: Alignment, weights: np.ndarray, region: int) -> str:
+    """The tag on a word's strongest region: its label and the word's weight on it (``dog 0.61``)."""
+    return f"{region_label(alignment, region)} {float(weights[region]):.2f}"
+
+
+def strongest_regions(alignment: Alignment, top: int) -> list[int]:
+    """The ``top`` regions worth showing, strongest first: by the head's per-region relevance (SCAN i2t's R,
+    CAAN's weights), else by the attention they receive over all words (ties keep region order)."""
+    matrix = _word_matrix(alignment)
+    if alignment.region_relevance is not None and np.size(alignment.region_relevance) == matrix.shape[1]:
+        strength = np.asarray(alignment.region_relevance, dtype=np.float64).reshape(-1)
+    else:
+        strength = matrix.sum(axis=0)
+    return [int(k) for k in np.argsort(-strength, kind="stable")[: max(1, top)]]
 
 
 def word_caption(alignment: Alignment, index: int, sep: str = "\n") -> str:
     """A word (``<unk>`` marked) and what the head says about it: its relevance by the head's label
     (``R = 0.52``), or, for a head without per-word relevance, what its word map is."""
-    name = _word_name(alignment, index)
-    if alignment.word_relevance is not None:
-        value = float(np.asarray(alignment.word_relevance)[index])
-        return f"{name}{sep}{alignment.word_relevance_label} = {value:.2f}"
-    return f"{name}{sep}({alignment.attention_label})"
+    relevance = relevance_text(alignment, index)
+    return f"{word_label(alignment, index)}{sep}{relevance or f'({alignment.attention_label})'}"
 
 
 def region_caption(alignment: Alignment, region: int) -> str:
     """``3: dog`` plus the head's per-region relevance where it has one (``R = 0.41``)."""
-    text = f"{region}: {_region_label(alignment, region)}"
+    text = f"{region}: {region_label(alignment, region)}"
     if alignment.region_relevance is not None:
         text += f"  {alignment.region_relevance_label} = {float(np.asarray(alignment.region_relevance)[region]):.2f}"
     return text
@@ -256,7 +299,7 @@ def word_panels(image: np.ndarray, alignment: Alignment, words: list[int] | None
     unless the word's attention is flat (:func:`attention_peak`): then the title says so and nothing is outlined.
     """
     image = _check_image(image)
-    boxes = _display_boxes(image, alignment)
+    boxes = display_boxes(alignment, image)
     matrix = _word_matrix(alignment)
     chosen = _chosen_words(alignment, words, show_specials)
     cols = max(1, min(int(cols), len(chosen)))
@@ -282,7 +325,7 @@ def word_panels(image: np.ndarray, alignment: Alignment, words: list[int] | None
         x1, y1, x2, y2 = np.clip(boxes[top], 0, [width, height, width, height])
         axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=HIGHLIGHT, linewidth=2))
         if labels:
-            tag = axes.text(x1 + 2, y1 + 2, f"{_region_label(alignment, top)} {weights[top]:.2f}", fontsize=7,
+            tag = axes.text(x1 + 2, y1 + 2, peak_tag(alignment, weights, top), fontsize=7,
                             va="top", ha="left", color="black", clip_on=True,
                             bbox={"facecolor": HIGHLIGHT, "edgecolor": "none", "pad": 1.5, "alpha": 0.9})
             tags.append((axes, tag))
@@ -308,13 +351,51 @@ def _keep_inside(figure: Figure, tags: list[tuple[Any, Any]]) -> None:
             tag.set_position(axes.transData.inverted().transform((x + shift_x, y + shift_y)))
 
 
-def _default_regions(alignment: Alignment, matrix: np.ndarray, top: int) -> list[int]:
-    """The regions worth showing: by the head's per-region relevance, else by the attention they receive."""
-    if alignment.region_relevance is not None and np.size(alignment.region_relevance) == matrix.shape[1]:
-        strength = np.asarray(alignment.region_relevance, dtype=np.float64)
-    else:
-        strength = matrix.sum(axis=0)
-    return [int(k) for k in np.argsort(-strength, kind="stable")[: max(1, top)]]
+#: Longest side of a word panel drawn as an array (the app's screen), in pixels: the gallery's 320x256 scenes 1:1.
+PANEL_SIDE = 400
+
+
+@dataclasses.dataclass
+class WordPanel:
+    """One word's panel as an array: the image lit where the word attends, its strongest region outlined and
+    tagged unless the attention is flat (then ``flat`` is True and the caption says so)."""
+
+    word_index: int
+    word: str
+    caption: str
+    image: np.ndarray  # (h, w, 3) uint8
+    top_region: int
+    top_weight: float
+    flat: bool
+
+
+def word_panel_images(image: np.ndarray, alignment: Alignment, side: int = PANEL_SIDE) -> list[WordPanel]:
+    """:func:`word_panels` as one small array per word, each at most ``side`` pixels a side (OpenCV, no figure).
+
+    A grid of arrays encodes in tens of milliseconds where a matplotlib grid of a 640x480 photo takes over a
+    second, and separate images reflow with a window: the app shows these, the downloads and the command line
+    :func:`word_panels`. Same words, lighting, outline, tag and flat rule; the caption is one line,
+    ``dog · R = 0.52 · dog 0.61``.
+    """
+    original = _check_image(image)
+    shown, _ = fit_within(original, side, side)
+    boxes = display_boxes(alignment, shown, original)
+    matrix = _word_matrix(alignment)
+    panels = []
+    for i in content_words(alignment):
+        weights = matrix[i]
+        peak = attention_peak(weights)
+        top = peak.region
+        lit = panel_image(shown, weights, boxes)
+        where = peak_tag(alignment, weights, top)
+        if peak.flat:
+            where = peak.describe()
+        else:
+            lit = draw_boxes(lit, boxes[top:top + 1], [where], colours=[HIGHLIGHT_RGB], thickness=2)
+        relevance = relevance_text(alignment, i)
+        caption = " \u00b7 ".join(part for part in (word_label(alignment, i), relevance, where) if part)
+        panels.append(WordPanel(i, alignment.words[i], caption, lit, top, float(weights[top]), peak.flat))
+    return panels
 
 
 def region_word_figure(image: np.ndarray, alignment: Alignment, regions: list[int] | None = None, top: int = 8,
@@ -327,11 +408,11 @@ def region_word_figure(image: np.ndarray, alignment: Alignment, regions: list[in
     region's words stay pale; the weight is printed under the word.
     """
     image = _check_image(image)
-    boxes = _display_boxes(image, alignment)
+    boxes = display_boxes(alignment, image)
     matrix = _word_matrix(alignment)
-    chosen = _chosen(regions, matrix.shape[1], _default_regions(alignment, matrix, top), "region")
+    chosen = _chosen(regions, matrix.shape[1], strongest_regions(alignment, top), "region")
     shown = _chosen_words(alignment, None, show_specials)
-    names = [_word_name(alignment, i) for i in shown]
+    names = [word_label(alignment, i) for i in shown]
 
     # lay the sentence out once in points (same words for every region), then size the figure to fit it
     dpi, font_size, gap = 100.0, 10.0, 8.0
@@ -393,54 +474,100 @@ def region_word_figure(image: np.ndarray, alignment: Alignment, regions: list[in
     return figure
 
 
-def relevance_bar(alignment: Alignment) -> Figure:
-    """Bar charts of what the head scores per word and/or per region (SCAN's R, CHAN's best-region cosine,
-    CAAN's weights), one chart each, titled with the head's labels; specials grey, ``<unk>`` words orange."""
-    charts = []
-    if alignment.word_relevance is not None:
-        values = np.asarray(alignment.word_relevance, dtype=np.float64).reshape(-1)
-        if len(values) != len(alignment.words):
-            raise ScanVizError(f"{len(values)} relevance values for {len(alignment.words)} words: "
-                               "rebuild the alignment")
-        colours = ["#aaaaaa" if _is_special(w) else "#ff7f0e" if i < len(alignment.unknown) and alignment.unknown[i]
-                   else "#1f77b4" for i, w in enumerate(alignment.words)]
-        charts.append((values, [_word_name(alignment, i) for i in range(len(values))], colours,
-                       alignment.word_relevance_label, "word"))
-    if alignment.region_relevance is not None:
-        values = np.asarray(alignment.region_relevance, dtype=np.float64).reshape(-1)
-        charts.append((values, [f"{k}: {_region_label(alignment, k)}" for k in range(len(values))],
-                       ["#1f77b4"] * len(values), alignment.region_relevance_label, "region"))
-    if not charts:
-        raise ScanVizError(f"the {alignment.head} alignment has no per-word or per-region relevance to chart")
-    width = max(4.0, 0.45 * max(len(c[0]) for c in charts) + 1.5)
-    figure = _new_figure(width, 3.2 * len(charts), layout="constrained")
-    for slot, (values, names, colours, label, what) in enumerate(charts):
-        axes = figure.add_subplot(len(charts), 1, slot + 1)
-        axes.bar(np.arange(len(values)), values, color=colours)
-        many = len(values) > 6
-        axes.set_xticks(np.arange(len(values)), names, rotation=45 if many else 0, ha="right" if many else "center",
-                        fontsize=8)
-        axes.axhline(0, color="black", linewidth=0.6)
-        axes.set_ylabel(label)
-        axes.set_title(f"{alignment.head}: {label} per {what} (score {alignment.score:.3f})", fontsize=10)
+# ----------------------------------------------------------------------------- bar charts
+
+
+#: Bar colours: one colour for a plain chart; a signed chart (score changes) shows drops red, gains green.
+BAR, DROP, GAIN = "#1f77b4", "#d62728", "#2ca02c"
+DELTA_SCORE = "\u0394 score"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bars:
+    """One bar chart's data, in reading order (first label on top): what every bar chart is drawn from.
+
+    labels: one per bar (may hold a visitor's words: :func:`plotly_bars` escapes them); values: the bars' lengths;
+    title; axis: the value axis' title; signed: a score change, drops red and gains green (else one colour).
+    """
+
+    labels: list[str]
+    values: list[float]
+    title: str
+    axis: str
+    signed: bool = False
+
+    @property
+    def colours(self) -> list[str]:
+        return [(DROP if v < 0 else GAIN) if self.signed else BAR for v in self.values]
+
+
+def word_relevance_bars(alignment: Alignment) -> Bars | None:
+    """The head's per-word relevance (SCAN t2i's R, CHAN's best-region cosine, CAAN's word weights) over the
+    sentence's own words, labelled ``3: dog``; None for a head without it."""
+    if alignment.word_relevance is None:
+        return None
+    values = np.asarray(alignment.word_relevance, dtype=np.float64).reshape(-1)
+    if len(values) != len(alignment.words):
+        raise ScanVizError(f"{len(values)} relevance values for {len(alignment.words)} words: rebuild the alignment")
+    words = content_words(alignment)
+    label = alignment.word_relevance_label
+    return Bars([f"{i}: {alignment.words[i]}" for i in words], [float(values[i]) for i in words],
+                f"{label} per word", label)
+
+
+def region_relevance_bars(alignment: Alignment, top: int, title: str | None = None) -> Bars | None:
+    """The ``top`` regions by the head's per-region relevance (SCAN i2t's R, CAAN's region weights), strongest
+    first, labelled ``3: dog``; None for a head without it. title: by default ``R per region, top 12 regions``."""
+    if alignment.region_relevance is None:
+        return None
+    values = np.asarray(alignment.region_relevance, dtype=np.float64).reshape(-1)
+    label = alignment.region_relevance_label
+    regions = strongest_regions(alignment, top)
+    return Bars([f"{r}: {region_label(alignment, r)}" for r in regions], [float(values[r]) for r in regions],
+                title or f"{label} per region, top {top} regions", label)
+
+
+def ablation_bars(alignment: Alignment, ablation: dict[str, Any], top: int = 12) -> tuple[Bars, Bars]:
+    """The score change when each word is removed (sentence order) and when each of the ``top`` regions that
+    change it most is removed (largest change first), from :func:`scan_viz.pipeline.ablate`'s result."""
+    words = ablation["words"]  # [(word, change)] for the sentence's own words, in order
+    regions = sorted(ablation["regions"], key=lambda rd: -abs(rd[1]))[:top]  # [(region index, change)]
+    return (Bars([f"{i + 1}: {w}" for i, (w, _) in enumerate(words)], [d for _, d in words],
+                 "remove a word", DELTA_SCORE, signed=True),
+            Bars([f"{r}: {region_label(alignment, r)}" for r, _ in regions], [d for _, d in regions],
+                 f"remove a region ({top} largest changes)", DELTA_SCORE, signed=True))
+
+
+def plotly_bars(bars: Bars) -> go.Figure:
+    """A horizontal plotly bar chart of ``bars`` in reading order (first label on top); labels are HTML-escaped
+    (plotly renders a subset of HTML, ``<a href>``, ``<b>``, in them)."""
+    import plotly.graph_objects as go
+
+    figure = go.Figure(go.Bar(x=bars.values, y=[html.escape(label, quote=False) for label in bars.labels],
+                              orientation="h", marker_color=bars.colours,
+                              hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    figure.update_layout(title={"text": bars.title, "x": 0.0, "font": {"size": 14}},
+                         xaxis={"title": bars.axis, "tickformat": ".3~g"},
+                         yaxis={"autorange": "reversed", "type": "category"},
+                         height=max(220, 26 * len(bars.labels) + 90), margin={"l": 10, "r": 10, "t": 40, "b": 40})
     return figure
 
 
-def ablation_bar(labels: Sequence[str], deltas: Sequence[float] | np.ndarray,
-                 title: str = "score change when removed") -> Figure:
-    """Horizontal bars of the score change per removed word or region (drops red, gains green)."""
-    values = np.asarray(deltas, dtype=np.float64).reshape(-1)
-    if len(labels) != len(values) or len(values) == 0:
-        raise ScanVizError(f"got {len(labels)} labels and {len(values)} score changes: pass one change per label")
-    figure = _new_figure(6.0, 0.3 * len(values) + 1.2, layout="constrained")
-    axes = figure.add_subplot()
-    positions = np.arange(len(values))
-    axes.barh(positions, values, color=np.where(values < 0, "#d62728", "#2ca02c"))
-    axes.set_yticks(positions, [str(label) for label in labels], fontsize=8)
-    axes.invert_yaxis()  # first label on top, in reading order
-    axes.axvline(0, color="black", linewidth=0.6)
-    axes.set_xlabel("\u0394 score")
-    axes.set_title(title, fontsize=10)
+#: The pointing chart's colours: the model against its two baselines.
+POINTING_COLOURS = {"model": BAR, "random region": "#bbbbbb", "largest region": "#ff9f4a"}
+
+
+def pointing_figure(pointing: dict[str, float], baselines: dict[str, dict[str, float]]) -> go.Figure:
+    """Grouped bars of pointing accuracy (%) per word type: the model, a random region and the largest region
+    (``scan_viz.evaluation.metrics.evaluate_pointing``'s ``pointing`` and ``baselines``)."""
+    import plotly.graph_objects as go
+
+    types = list(pointing)
+    figure = go.Figure([go.Bar(name=name, x=types, y=[values[t] for t in types], marker_color=POINTING_COLOURS[name])
+                        for name, values in (("model", pointing), ("random region", baselines["random"]),
+                                             ("largest region", baselines["largest"]))])
+    figure.update_layout(barmode="group", height=320, yaxis_title="% of words", margin={"t": 30, "b": 30},
+                         title={"text": "Pointing accuracy per word type", "x": 0.0, "font": {"size": 14}})
     return figure
 
 
@@ -454,7 +581,7 @@ _FILL_ALPHA = (0.01, 0.6)
 
 
 def _fill(weight: float) -> str:
-    r, g, b = _HIGHLIGHT_RGB
+    r, g, b = HIGHLIGHT_RGB
     low, high = _FILL_ALPHA
     return f"rgba({r},{g},{b},{low + (high - low) * weight:.3f})"
 
@@ -465,7 +592,7 @@ def _region_style(weights: np.ndarray) -> dict[str, list]:
     The weights are not rescaled to the word's largest one: a word spread evenly over 36 regions (0.03 each)
     leaves the image almost untouched instead of painting every box as if it were the strongest.
     """
-    r, g, b = _HIGHLIGHT_RGB
+    r, g, b = HIGHLIGHT_RGB
     strength = np.clip(np.nan_to_num(np.asarray(weights, dtype=np.float64)), 0.0, 1.0)
     return {
         "fillcolor": [_fill(s) for s in strength],
@@ -488,7 +615,7 @@ def plotly_alignment(image: np.ndarray, alignment: Alignment, word: int | None =
     except ImportError:
         raise ScanVizError("the interactive view needs plotly: pip install plotly") from None
     image = _check_image(image)
-    boxes = _display_boxes(image, alignment)
+    boxes = display_boxes(alignment, image)
     matrix = _word_matrix(alignment)
     choices = _chosen_words(alignment, None, show_specials)
     current = _chosen([word] if word is not None else None, len(alignment.words), choices[:1], "word")[0]
@@ -505,7 +632,7 @@ def plotly_alignment(image: np.ndarray, alignment: Alignment, word: int | None =
     for region, (x1, y1, x2, y2) in enumerate(boxes):
         parts = [f"{escaped[i]} {matrix[i, region]:.2f}" for i in range(len(escaped))]
         lines = [" | ".join(parts[i:i + 6]) for i in range(0, len(parts), 6)]
-        label = html.escape(_region_label(alignment, region))
+        label = html.escape(region_label(alignment, region))
         figure.add_trace(go.Scatter(
             x=[x1, x2, x2, x1, x1], y=[y1, y1, y2, y2, y1], mode="lines", fill="toself",
             fillcolor=style["fillcolor"][region],
@@ -559,7 +686,7 @@ def overview_image(image: np.ndarray, alignment: Alignment) -> np.ndarray:
     sharing a region in one tag. So CHAN shows one box per word, SCAN t2i each word's strongest region.
     """
     image = _check_image(image)
-    boxes = _display_boxes(image, alignment)
+    boxes = display_boxes(alignment, image)
     matrix = _word_matrix(alignment)
     words = _chosen_words(alignment, None, show_specials=False)
     if alignment.region_relevance is not None and np.size(alignment.region_relevance) == matrix.shape[1]:
@@ -630,19 +757,36 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, labels: Sequence[str] | Non
 
 __all__ = [
     "FLAT_FACTOR",
+    "HIGHLIGHT",
+    "HIGHLIGHT_RGB",
+    "PANEL_SIDE",
+    "Bars",
     "Peak",
-    "ablation_bar",
+    "WordPanel",
+    "ablation_bars",
     "attention_map",
     "attention_peak",
+    "content_words",
+    "display_boxes",
     "draw_boxes",
     "figure_to_png",
     "figure_to_svg",
+    "is_special",
     "overview_image",
     "panel_image",
+    "peak_tag",
     "plotly_alignment",
+    "plotly_bars",
+    "pointing_figure",
     "region_caption",
+    "region_label",
+    "region_relevance_bars",
     "region_word_figure",
-    "relevance_bar",
+    "relevance_text",
+    "strongest_regions",
     "word_caption",
+    "word_label",
+    "word_panel_images",
     "word_panels",
+    "word_relevance_bars",
 ]

@@ -30,8 +30,6 @@ from scan_viz.retrieval.stage1 import Stage1, Stage1Head, choose_k, pool, recall
 ENCODE_BATCH = 1024
 
 
-@torch.no_grad()
-
 def cmce_loss(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, image_ids: torch.Tensor,
               caption_ids: torch.Tensor, image_buffer: torch.Tensor, caption_buffer: torch.Tensor,
               sigma: float) -> torch.Tensor:
@@ -58,6 +56,7 @@ def update_buffer(buffer: torch.Tensor, ids: torch.Tensor, vecs: torch.Tensor, m
     buffer[seen] = l2norm(momentum * buffer[seen] + (1 - momentum) * mean)
 
 
+@torch.no_grad()
 def pooled_inputs(model: ScanModel, features: np.ndarray, captions: list[str],
                   log=print) -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen encoders -> pooled (n_images, 2d) and (n_captions, 2d) inputs of the stage-1 head."""
