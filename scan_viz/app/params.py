@@ -10,8 +10,6 @@ key        value
 ``word``   the word the Interactive view shows, as the tokenizer writes it (Explore)
 ``k``      retrieval depth / regions in the image-to-text view, :data:`K_MIN`..:data:`K_MAX` (Explore)
 ``model``  a bundled model's name (never a path: a link cannot name a file on the server)
-``gallery``  a bundled gallery's name (``emoji``, ``photos``: :mod:`scan_viz.app.galleries`); the served model and
-           gallery are paired by the detector that made the gallery's region features
 ``head``   matching head by name, one of :func:`scan_viz.heads.selectable_heads`
 ``step``   the Learn page's step, 1-based (Learn)
 ``view``   ``present`` opens the Learn page in presentation mode (Learn)
@@ -23,6 +21,8 @@ key        value
            ``lsm`` (lambda_softmax), ``lse`` (lambda_lse), ``agg`` (agg_func), ``norm`` (raw_feature_norm),
            ``beta``, ``chan_agg``, ``lambda_inter``, ...; a setting that picks a head's variant (``dir``: SCAN's
            direction) names that variant (:func:`scan_viz.heads.variant_for`)
+``gallery``  a bundled gallery's name (``emoji``, ``photos``: :mod:`scan_viz.app.galleries`); the served model and
+           gallery are paired by the detector that made the gallery's region features
 =========  ==============================================================================================
 
 ``image`` and ``q`` are written whenever set, ``model`` whenever a bundled model is served, ``gallery`` whenever a
@@ -48,7 +48,9 @@ MAX_ID_CHARS = 200
 K_MIN, K_MAX = 1, 100
 DEFAULT_K = 10
 #: The keys of the pair and the view, in the order a written URL has them; the head settings' keys follow.
-PAIR_KEYS = ("image", "q", "word", "k", "search", "step", "view", "model", "gallery", "head", "compare")
+PAIR_KEYS = ("image", "q", "word", "k", "search", "step", "view", "model", "head", "compare")
+#: Keys added after the head settings' keys, in the order they came: the keys of a saved link keep their order.
+LATER_KEYS = ("gallery",)
 #: Retrieve's directions, as ``search=`` names them.
 SEARCH_DIRECTIONS = ("text", "image")
 #: Range of the Learn page's step (1-based; a step past a head's last shows its last).
@@ -68,10 +70,11 @@ def echo(value: str) -> str:
 
 
 def query_keys() -> tuple[str, ...]:
-    """Every link key in written order: the pair's, then each declared head setting's (generated)."""
+    """Every link key in written order: the pair's, then each declared head setting's (generated), then the later
+    ones (:data:`LATER_KEYS`)."""
     from scan_viz.heads import all_head_params
 
-    return PAIR_KEYS + tuple(p.url_key for p in all_head_params())
+    return PAIR_KEYS + tuple(p.url_key for p in all_head_params()) + LATER_KEYS
 
 
 QueryValue = str | Sequence[str]
@@ -254,7 +257,7 @@ def explore_query(params: ExploreParams) -> dict[str, str]:
     """The query parameters of a link, only the keys that are set, in :func:`query_keys` order."""
     from scan_viz.heads import all_head_params
 
-    values: dict[str, Any] = {key: getattr(params, key) for key in PAIR_KEYS}
+    values: dict[str, Any] = {key: getattr(params, key) for key in PAIR_KEYS + LATER_KEYS}
     given = dict(params.settings)
     values.update({p.url_key: given.get(p.name) for p in all_head_params()})
     return {key: _link_text(values[key]) for key in query_keys()
