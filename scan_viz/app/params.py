@@ -21,9 +21,12 @@ key        value
            ``lsm`` (lambda_softmax), ``lse`` (lambda_lse), ``agg`` (agg_func), ``norm`` (raw_feature_norm),
            ``beta``, ``chan_agg``, ``lambda_inter``, ...; a setting that picks a head's variant (``dir``: SCAN's
            direction) names that variant (:func:`scan_viz.heads.variant_for`)
+``gallery``  a bundled gallery's name (``emoji``, ``photos``: :mod:`scan_viz.app.galleries`); the served model and
+           gallery are paired by the detector that made the gallery's region features
 =========  ==============================================================================================
 
-``image`` and ``q`` are written whenever set, ``model`` whenever a bundled model is served, the rest only when
+``image`` and ``q`` are written whenever set, ``model`` whenever a bundled model is served, ``gallery`` whenever a
+bundled gallery other than the operator's is served, the rest only when
 they differ from the default (the model's own settings, K = 10, the first word). Values are checked by the
 same rules as the app's controls and the command line (the heads' declarations); a value that cannot be used is
 dropped with a one-line note. Nothing here imports Streamlit, so the rules are tested on their own.
@@ -46,6 +49,8 @@ K_MIN, K_MAX = 1, 100
 DEFAULT_K = 10
 #: The keys of the pair and the view, in the order a written URL has them; the head settings' keys follow.
 PAIR_KEYS = ("image", "q", "word", "k", "search", "step", "view", "model", "head", "compare")
+#: Keys added after the head settings' keys, in the order they came: the keys of a saved link keep their order.
+LATER_KEYS = ("gallery",)
 #: Retrieve's directions, as ``search=`` names them.
 SEARCH_DIRECTIONS = ("text", "image")
 #: Range of the Learn page's step (1-based; a step past a head's last shows its last).
@@ -65,10 +70,11 @@ def echo(value: str) -> str:
 
 
 def query_keys() -> tuple[str, ...]:
-    """Every link key in written order: the pair's, then each declared head setting's (generated)."""
+    """Every link key in written order: the pair's, then each declared head setting's (generated), then the later
+    ones (:data:`LATER_KEYS`)."""
     from scan_viz.heads import all_head_params
 
-    return PAIR_KEYS + tuple(p.url_key for p in all_head_params())
+    return PAIR_KEYS + tuple(p.url_key for p in all_head_params()) + LATER_KEYS
 
 
 QueryValue = str | Sequence[str]
@@ -87,6 +93,7 @@ class ExploreParams:
     step: int | None = None
     view: str | None = None
     model: str | None = None
+    gallery: str | None = None
     head: str | None = None
     compare: str | None = None
     settings: tuple[tuple[str, Any], ...] = ()
@@ -196,6 +203,12 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             found["model"] = model
         else:
             notes.append(f"the link's model={echo(values['model'])} is not a bundled model's name: ignored")
+    if "gallery" in values:
+        gallery = values["gallery"].strip()
+        if _MODEL_NAME.fullmatch(gallery) and len(gallery) <= MAX_ID_CHARS:
+            found["gallery"] = gallery
+        else:
+            notes.append(f"the link's gallery={echo(values['gallery'])} is not a bundled gallery's name: ignored")
     from scan_viz.heads import all_head_params, head_names, selectable_heads, variant_for
 
     settings = []
@@ -244,7 +257,7 @@ def explore_query(params: ExploreParams) -> dict[str, str]:
     """The query parameters of a link, only the keys that are set, in :func:`query_keys` order."""
     from scan_viz.heads import all_head_params
 
-    values: dict[str, Any] = {key: getattr(params, key) for key in PAIR_KEYS}
+    values: dict[str, Any] = {key: getattr(params, key) for key in PAIR_KEYS + LATER_KEYS}
     given = dict(params.settings)
     values.update({p.url_key: given.get(p.name) for p in all_head_params()})
     return {key: _link_text(values[key]) for key in query_keys()

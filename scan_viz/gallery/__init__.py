@@ -54,6 +54,8 @@ class Gallery:
     records: list[dict[str, Any]]
     regions: RegionStore
     region_labels: list[list[str]] | None
+    #: ``{"model", "detector"}`` that made the region features (gallery.json's ``indexed_with``), if it says
+    indexed_with: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.ids = [r["id"] for r in self.records]
@@ -196,7 +198,9 @@ def load_gallery(path: str | Path, budget: LoadBudget | None = None) -> Gallery:
         if not (isinstance(labels, list) and len(labels) == len(records)):
             raise ScanVizError(f"{root / REGIONS_DIR / LABELS_FILE} does not hold one list of region labels per "
                                f"image; {REBUILD_HINT}")
-    return Gallery(root, str(meta.get("name", root.name)), records, regions, labels)
+    indexed = meta.get("indexed_with")
+    return Gallery(root, str(meta.get("name", root.name)), records, regions, labels,
+                   indexed if isinstance(indexed, dict) else None)
 
 
 def _read_json(path: Path, budget: LoadBudget | None) -> Any:
@@ -211,9 +215,10 @@ def _read_json(path: Path, budget: LoadBudget | None) -> Any:
 def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]],
                   images: list[np.ndarray | bytes | None],
                   regions: RegionStore, region_labels: list[list[str]] | None, jpeg_quality: int = 90,
-                  feature_dtype: str = "float16") -> None:
+                  feature_dtype: str = "float16", indexed_with: dict[str, Any] | None = None) -> None:
     """Write a gallery atomically (format version 2): JPEG images, gallery.json, the region store (features in
-    ``feature_dtype``).
+    ``feature_dtype``). ``indexed_with``: ``{"model", "detector"}`` that made the region features, recorded in
+    gallery.json so that the app serves the gallery only with models that read them.
 
     An image given as ``bytes`` is an encoded JPEG written as it is, so the regions extracted from exactly those
     pixels stay the regions of the shipped file; an array is encoded at ``jpeg_quality``; None: the image has no
@@ -238,8 +243,10 @@ def write_gallery(out_dir: str | Path, name: str, records: list[dict[str, Any]],
             else:
                 Image.fromarray(image).save(tmp / rel, quality=jpeg_quality, optimize=True)
             out_records.append({**record, "file": rel})
-        (tmp / GALLERY_FILE).write_text(json.dumps({**gallery_header(name), "images": out_records},
-                                                   separators=(",", ":")), encoding="utf-8")
+        meta = {**gallery_header(name), "images": out_records}
+        if indexed_with is not None:
+            meta["indexed_with"] = indexed_with
+        (tmp / GALLERY_FILE).write_text(json.dumps(meta, separators=(",", ":")), encoding="utf-8")
         save_regions(regions, tmp / REGIONS_DIR, feature_dtype=feature_dtype)
         if region_labels is not None:
             (tmp / REGIONS_DIR / LABELS_FILE).write_text(json.dumps(region_labels, separators=(",", ":")),

@@ -15,7 +15,8 @@ from scan_viz.model.config import ScanConfig
 FULL = {"image": "test_000042", "q": "a red car", "word": "car", "k": "7", "search": "image", "step": "4",
         "view": "present", "model": "scan-emoji-i2t",
         "head": "scan_i2t", "compare": "scan_t2i,chan", "norm": "l2norm", "lsm": "4.5", "agg": "Mean", "lse": "20",
-        "beta": "0.05", "chan_agg": "Mean", "lambda_inter": "5", "lambda_intra": "6", "lambda_pool": "7"}
+        "beta": "0.05", "chan_agg": "Mean", "lambda_inter": "5", "lambda_intra": "6", "lambda_pool": "7",
+        "gallery": "photos"}
 CONFIG = ScanConfig(head_params={"cross_attn": "t2i", "lambda_softmax": 9.0, "lambda_lse": 6.0})
 
 
@@ -24,7 +25,7 @@ def test_every_key_round_trips_in_order():
     assert notes == []
     assert params == ExploreParams(
         image="test_000042", q="a red car", word="car", k=7, search="image", step=4, view="present",
-        model="scan-emoji-i2t", head="scan_i2t",
+        model="scan-emoji-i2t", gallery="photos", head="scan_i2t",
         compare="scan_t2i,chan", settings=(("raw_feature_norm", "l2norm"), ("lambda_softmax", 4.5),
                                            ("agg_func", "Mean"), ("lambda_lse", 20.0), ("beta", 0.05),
                                            ("chan_agg", "Mean"), ("lambda_inter", 5.0), ("lambda_intra", 6.0),
@@ -39,7 +40,7 @@ def test_the_link_keys_are_the_documented_ones_in_order():
     # written out by hand: a link someone saved must keep working, so a key may not change name or order
     assert query_keys() == ("image", "q", "word", "k", "search", "step", "view", "model", "head", "compare",
                             "dir", "norm", "lsm", "agg", "lse", "beta", "chan_agg", "lambda_inter", "lambda_intra",
-                            "lambda_pool")
+                            "lambda_pool", "gallery")
 
 
 def test_a_new_heads_settings_travel_in_links_with_no_other_edit(toy_head):
