@@ -54,6 +54,8 @@ class Gallery:
     records: list[dict[str, Any]]
     regions: RegionStore
     region_labels: list[list[str]] | None
+    #: ``{"model", "detector"}`` that made the region features (gallery.json's ``indexed_with``), if it says
+    indexed_with: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.ids = [r["id"] for r in self.records]
@@ -199,7 +201,9 @@ def load_gallery(path: str | Path, budget: LoadBudget | None = None) -> Gallery:
         if not (isinstance(labels, list) and len(labels) == len(records)):
             raise ScanVizError(f"{root / REGIONS_DIR / LABELS_FILE} does not hold one list of region labels per "
                                f"image; {REBUILD_HINT}")
-    return Gallery(root, str(meta.get("name", root.name)), records, regions, labels)
+    indexed = meta.get("indexed_with")
+    return Gallery(root, str(meta.get("name", root.name)), records, regions, labels,
+                   indexed if isinstance(indexed, dict) else None)
 
 
 def _read_json(path: Path, budget: LoadBudget | None) -> Any:

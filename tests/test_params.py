@@ -13,7 +13,7 @@ from scan_viz.heads import all_head_params
 from scan_viz.limits import MAX_WORDS
 
 FULL = {"image": "test_000042", "q": "a red car", "word": "car", "k": "7", "search": "image", "step": "4",
-        "view": "present", "model": "scan-emoji-i2t",
+        "view": "present", "model": "scan-emoji-i2t", "gallery": "photos",
         "head": "scan_i2t", "compare": "scan_t2i,chan", "norm": "l2norm", "lsm": "4.5", "agg": "Mean", "lse": "20",
         "beta": "0.05", "chan_agg": "Mean", "lambda_inter": "5", "lambda_intra": "6", "lambda_pool": "7"}
 CONFIG = ScanConfig(cross_attn="t2i", lambda_softmax=9.0, lambda_lse=6.0)
@@ -24,7 +24,7 @@ def test_every_key_round_trips_in_order():
     assert notes == []
     assert params == ExploreParams(
         image="test_000042", q="a red car", word="car", k=7, search="image", step=4, view="present",
-        model="scan-emoji-i2t", head="scan_i2t",
+        model="scan-emoji-i2t", gallery="photos", head="scan_i2t",
         compare="scan_t2i,chan", settings=(("raw_feature_norm", "l2norm"), ("lambda_softmax", 4.5),
                                            ("agg_func", "Mean"), ("lambda_lse", 20.0), ("beta", 0.05),
                                            ("chan_agg", "Mean"), ("lambda_inter", 5.0), ("lambda_intra", 6.0),

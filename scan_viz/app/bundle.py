@@ -174,7 +174,9 @@ VISITOR_LOAD_BYTES = 512 * MB
 
 
 def load_bundle(sources: Sources) -> Bundle:
-    """Load the model and the gallery the sources name, check that they fit, encode the gallery.
+    """Load the model and the gallery the sources name, check that they fit (the detector that made the gallery's
+    features is the one the model reads, where both say: :mod:`scan_viz.app.galleries`; the feature dimensions),
+    encode the gallery.
 
     Everything the files expand to is charged to one :class:`~scan_viz.safe_files.LoadBudget` for the whole load
     (model, vocabulary and regions together): :data:`VISITOR_LOAD_BYTES` when a visitor named any part of it,
@@ -190,6 +192,9 @@ def load_bundle(sources: Sources) -> Bundle:
         raise ScanVizError("no gallery: give a gallery folder, or region features and their images folder")
     if len(gallery) == 0:
         raise ScanVizError(f"the gallery {gallery.name} holds no images")
+    from scan_viz.app.galleries import check_pair
+
+    check_pair(sources.model_label(), model.config, gallery)  # another detector's features are never scored
     if gallery.regions.img_dim != model.config.img_dim:
         raise ScanVizError(f"the gallery's region features are {gallery.regions.img_dim}-d but the model takes "
                            f"{model.config.img_dim}-d: give the features of the extractor the model was trained on")
@@ -231,12 +236,17 @@ def operator_model(sources: Sources) -> bool:
 
 def visitor_inputs(sources: Sources) -> list[tuple[str, str]]:
     """(kind of input, value) of each field of ``sources`` that names something other than the operator's
-    (the environment's sources, or a bundled model); the kinds are those of scan_viz.safe_paths.ALLOWANCES."""
+    (the environment's sources, a bundled model or a bundled gallery); the kinds are those of
+    scan_viz.safe_paths.ALLOWANCES."""
+    from scan_viz.app.galleries import bundled_gallery_at
+
     operator = Sources.from_env()
     named = []
     for name, kind in VISITOR_INPUTS.items():
         value = getattr(sources, name)
         if value is None or value == getattr(operator, name) or (name == "model" and value in bundled_models()):
+            continue
+        if name == "gallery" and bundled_gallery_at(value) is not None:
             continue
         named.append((kind, value))
     return named

@@ -13,7 +13,7 @@ import os
 
 import streamlit as st
 
-from scan_viz.app import state, upload_guard, user_files
+from scan_viz.app import galleries, state, upload_guard, user_files
 from scan_viz.app.bundle import Bundle, Sources, bundled_metrics, bundled_models, model_card
 from scan_viz.app.explore import forget_pair
 from scan_viz.app.safe_text import literal, show_error
@@ -23,6 +23,8 @@ from scan_viz.errors import ScanVizError
 from scan_viz.safe_paths import ENV_ALLOWED_ROOTS, AllowedRoots
 
 KIND_KEY = "md_kind"
+#: The gallery choice that pairs the gallery with the picked model (:func:`scan_viz.app.galleries.gallery_for`).
+FOLLOWS_MODEL = "the one the model reads (paired by detector)"
 BUNDLED, UPLOAD, SERVER = "A bundled model", "Upload your own", "Files on this server"
 PATHS_OFF_HELP = (f"Reading files on this server is off. The operator turns it on by starting the app with "
                   f"`{ENV_ALLOWED_ROOTS}=/data/models{os.pathsep}/data/features` (the folders visitors may name). "
@@ -126,7 +128,8 @@ def switch_to(sources: Sources, uploads: state.UploadFolder | None = None) -> No
 
 
 def bundled_form(roots: AllowedRoots | None) -> None:
-    """A bundled model, on the default gallery or (where the operator allows server paths) another folder."""
+    """A bundled model, on a bundled gallery (by default the one made by the model's detector: the operator's
+    where it fits) or (where the operator allows server paths) another folder."""
     names = bundled_models()
     if not names:
         st.info("No bundled model yet: build them with `python -m scan_viz.train.bundle`, or upload your own.")
@@ -135,6 +138,11 @@ def bundled_form(roots: AllowedRoots | None) -> None:
     with st.form("md_bundled"):
         served = state.active_sources().model  # preselected: switching starts from what is served
         name = st.selectbox("Model", names, key="md_bundled_name", index=names.index(served) if served in names else 0)
+        offered = [g.name for g in galleries.offered_galleries()]
+        choice = st.selectbox("Gallery", [FOLLOWS_MODEL, *offered], key="md_bundled_gallery",
+                              help="A gallery's region features come from one detector; a model scores only the "
+                                   "features of the detector it was trained on, so each gallery is served with the "
+                                   "models that read them.")
         gallery = detector = ""
         if roots is not None:  # server paths: typed by the visitor, never prefilled with the server's own
             gallery = st.text_input("Gallery folder on this server (optional)", key="md_gallery",
@@ -142,8 +150,27 @@ def bundled_form(roots: AllowedRoots | None) -> None:
             detector = st.text_input("Detector folder on this server (optional)", key="md_detector_bundled",
                                      help="Leave empty for the detector the model's config names.")
         if st.form_submit_button("Load", type="primary"):
-            switch_to(Sources(model=name, gallery=gallery.strip() or operator.gallery,
-                              detector=detector.strip() or operator.detector))
+            try:
+                path = gallery.strip() or bundled_gallery_path(name, choice, operator)
+            except ScanVizError as exc:
+                show_error(exc)
+                return
+            # the operator's detector override belongs with the operator's gallery; elsewhere the model's own
+            switch_to(Sources(model=name, gallery=path, detector=detector.strip() or (
+                operator.detector if path == operator.gallery else None)))
+
+
+def bundled_gallery_path(model: str, choice: str, operator: Sources) -> str:
+    """The gallery folder of the bundled form's choice: a bundled gallery by name, or the one the model reads
+    (the operator's where it fits). ScanVizError when none fits, or the named one does not (said here, before
+    anything loads: the loader would report a bundled pair's failure as the server's)."""
+    if choice == FOLLOWS_MODEL:
+        return galleries.gallery_for(model, [operator.gallery])
+    found = galleries.offered_gallery(choice)
+    if found is None:
+        raise ScanVizError(f"the gallery {choice} is no longer offered: pick another")
+    galleries.check_named_pair(model, found)
+    return str(found.path)
 
 
 def upload_form() -> None:

@@ -10,6 +10,8 @@ key        value
 ``word``   the word the Interactive view shows, as the tokenizer writes it (Explore)
 ``k``      retrieval depth / regions in the image-to-text view, :data:`K_MIN`..:data:`K_MAX` (Explore)
 ``model``  a bundled model's name (never a path: a link cannot name a file on the server)
+``gallery``  a bundled gallery's name (``emoji``, ``photos``: :mod:`scan_viz.app.galleries`); the served model and
+           gallery are paired by the detector that made the gallery's region features
 ``head``   matching head by name (``scan_t2i``, ``scan_i2t``, ``chan``, ``caan``, ...)
 ``step``   the Learn page's step, 1-based (Learn)
 ``view``   ``present`` opens the Learn page in presentation mode (Learn)
@@ -22,7 +24,8 @@ key        value
            ``beta``, ``chan_agg``, ``lambda_inter``, ...; ``dir=t2i|i2t`` is read as ``head=scan_t2i|scan_i2t``
 =========  ==============================================================================================
 
-``image`` and ``q`` are written whenever set, ``model`` whenever a bundled model is served, the rest only when
+``image`` and ``q`` are written whenever set, ``model`` whenever a bundled model is served, ``gallery`` whenever a
+bundled gallery other than the operator's is served, the rest only when
 they differ from the default (the model's own settings, K = 10, the first word). Values are checked by the
 same rules as the app's controls and the command line (the heads' declarations); a value that cannot be used is
 dropped with a one-line note. Nothing here imports Streamlit, so the rules are tested on their own.
@@ -44,7 +47,7 @@ MAX_ID_CHARS = 200
 K_MIN, K_MAX = 1, 100
 DEFAULT_K = 10
 #: The keys of the pair and the view, in the order a written URL has them; the head settings' keys follow.
-PAIR_KEYS = ("image", "q", "word", "k", "search", "step", "view", "model", "head", "compare")
+PAIR_KEYS = ("image", "q", "word", "k", "search", "step", "view", "model", "gallery", "head", "compare")
 #: Retrieve's directions, as ``search=`` names them.
 SEARCH_DIRECTIONS = ("text", "image")
 #: Range of the Learn page's step (1-based; a step past a head's last shows its last).
@@ -86,6 +89,7 @@ class ExploreParams:
     step: int | None = None
     view: str | None = None
     model: str | None = None
+    gallery: str | None = None
     head: str | None = None
     compare: str | None = None
     settings: tuple[tuple[str, Any], ...] = ()
@@ -192,6 +196,12 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             found["model"] = model
         else:
             notes.append(f"the link's model={echo(values['model'])} is not a bundled model's name: ignored")
+    if "gallery" in values:
+        gallery = values["gallery"].strip()
+        if _MODEL_NAME.fullmatch(gallery) and len(gallery) <= MAX_ID_CHARS:
+            found["gallery"] = gallery
+        else:
+            notes.append(f"the link's gallery={echo(values['gallery'])} is not a bundled gallery's name: ignored")
     from scan_viz.heads import all_head_params, head_names
 
     heads = selectable_heads(head_names())

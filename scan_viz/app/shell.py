@@ -83,8 +83,8 @@ def guarded(where: str):
 
 
 def before_page(page) -> None:
-    """Apply a new link (model, head settings and, on Explore, the pair), load the served bundle (errors shown
-    once, here) and draw the head controls.
+    """Apply a new link (model and gallery, head settings and, on Explore, the pair), load the served bundle
+    (errors shown once, here) and draw the head controls.
 
     The link is read before the controls are drawn because it sets them, and Streamlit refuses to change a
     widget's value once the widget exists in a run. A reload is a new session, so it re-applies the URL.
@@ -95,8 +95,8 @@ def before_page(page) -> None:
     params = None
     if link_changed(query, st.session_state.get(state.LINK_KEY)):
         params, notes = parse_explore_query(query)
-        if params.model is not None:
-            state.apply_link_model(params.model, notes)
+        if params.model is not None or params.gallery is not None:
+            state.apply_link_model(params.model, notes, params.gallery)
         st.session_state[state.LINK_KEY] = normalise_query(query)
     bundle = state.current_bundle()
     if params is not None:

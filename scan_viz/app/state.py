@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 import numpy as np
 import streamlit as st
 
-from scan_viz.app import fair
+from scan_viz.app import fair, galleries
 from scan_viz.app.bundle import (Bundle, Sources, bundled_models, check_visitor_sources, load_bundle,
                                  load_detector_for, operator_failure, visitor_inputs)
-from scan_viz.app.params import (ExploreParams, HeadSettings, explore_query, normalise_query, own_head,
+from scan_viz.app.params import (ExploreParams, HeadSettings, echo, explore_query, normalise_query, own_head,
                                  selectable_heads, settings_fields)
 from scan_viz.app.safe_text import literal, show_error, without_bidi
 from scan_viz.app.views import word_panels
@@ -56,8 +56,9 @@ def active_sources() -> Sources:
 # operator's own (one entry), the bundled models a link may name with the operator's gallery (shared by every
 # session), and anything else a visitor loads (uploads, typed paths: kept in that session's state, so it is
 # released when the session ends and never seen by another).
-#: Bundled models kept loaded besides the operator's: all of them, so links cycling through them load each once.
-SHARED_BUNDLES = max(1, len(bundled_models()))
+#: Bundled models kept loaded besides the operator's: all of them, so links cycling through them load each once
+#: (each with the gallery it is paired with; a model that fits two galleries may take two entries).
+SHARED_BUNDLES = max(1, len(bundled_models())) + len(galleries.BUNDLED_GALLERIES)
 #: Session state key of the bundle this session loaded from its own files: (sources key, Bundle).
 OWN_BUNDLE_KEY = "_own_bundle"
 
@@ -79,11 +80,13 @@ def _shared_bundle(key: tuple) -> Bundle:
 
 def bundle_home(sources: Sources) -> str:
     """Where ``sources``' bundle is kept: ``operator`` (the environment's sources), ``shared`` (a bundled model
-    with the operator's gallery and detector, as a link names it) or ``session`` (everything else)."""
+    with the operator's gallery and detector, or with a bundled gallery, as a link names it) or ``session``
+    (everything else)."""
     operator = Sources.from_env()
     if sources == operator:
         return "operator"
-    if (sources.model in bundled_models() and sources.gallery == operator.gallery and sources.vocab is None
+    gallery_shared = sources.gallery == operator.gallery or galleries.bundled_gallery_at(sources.gallery) is not None
+    if (sources.model in bundled_models() and gallery_shared and sources.vocab is None
             and sources.regions is None and sources.images is None and sources.label is None
             and sources.detector in (None, operator.detector)):
         return "shared"
@@ -481,9 +484,13 @@ def page_start(title: str) -> tuple[Bundle, HeadSettings] | None:
 
 def link_fields(bundle: Bundle, settings: HeadSettings) -> dict[str, Any]:
     """What every page's link carries (ExploreParams fields): the served model when it is a bundled one (a link
-    never names a server path) and the head settings that differ from the model's own."""
+    never names a server path), the served gallery when it is a bundled one other than the operator's, and the
+    head settings that differ from the model's own."""
     model = bundle.sources.model if bundle.sources.model in bundled_models() else None
-    return {"model": model, **settings_fields(settings, model_settings(bundle), bundle.model.config)}
+    bundled = galleries.bundled_gallery_at(bundle.sources.gallery)
+    gallery = bundled.name if bundled is not None and bundle.sources.gallery != Sources.from_env().gallery else None
+    return {"model": model, "gallery": gallery,
+            **settings_fields(settings, model_settings(bundle), bundle.model.config)}
 
 
 def write_link(fields: dict[str, Any]) -> None:
@@ -494,17 +501,50 @@ def write_link(fields: dict[str, Any]) -> None:
     st.session_state[LINK_KEY] = wanted
 
 
-def apply_link_model(name: str, notes: list[str]) -> None:
-    """Serve the bundled model a link names (with the served gallery); a name that is not bundled, or a model
-    that does not fit the gallery, is a note and the served model stays."""
-    names = bundled_models()
-    if name not in names:
-        notes.append(f"the link's model {name!r} is not a bundled model ({', '.join(names) or 'none'}): ignored")
-        return
+def apply_link_model(name: str | None, notes: list[str], gallery: str | None = None) -> None:
+    """Serve the bundled model and the bundled gallery a link names, paired by detector
+    (:mod:`scan_viz.app.galleries`): a model alone keeps the served gallery where it fits, else gets the bundled
+    gallery its detector made; a gallery alone keeps the served model where it fits, else gets a bundled model
+    that reads its features. A name that is not bundled, a named pair that does not fit, or a model that cannot
+    serve the gallery is a note and what is served stays."""
     active, default = active_sources(), Sources.from_env()
-    if active.model == name:
+    names = bundled_models()
+    if name is not None and name not in names:
+        notes.append(f"the link's model {name!r} is not a bundled model ({', '.join(names) or 'none'}): ignored")
+        name = None
+    path = None
+    if gallery is not None:
+        found = galleries.offered_gallery(gallery)
+        if found is None:
+            offered = ", ".join(g.name for g in galleries.offered_galleries()) or "none"
+            notes.append(f"the link's gallery {echo(gallery)} is not a bundled gallery ({offered}): ignored")
+        else:
+            try:
+                if name is not None:
+                    galleries.check_named_pair(name, found)
+                path = str(found.path)
+            except ScanVizError as exc:
+                notes.append(f"the link's gallery {found.name!r} cannot be served with the model {name!r}: {exc}; "
+                             "ignored")
+    if name is None and path is None:
         return
-    wanted = default if default.model == name else Sources(model=name, gallery=active.gallery or default.gallery)
+    try:
+        if path is None:
+            path = galleries.gallery_for(name, [active.gallery, default.gallery])
+        elif name is None:
+            name = galleries.model_for(path, [active.model, default.model])
+    except ScanVizError as exc:
+        notes.append(f"the link's {'model' if gallery is None else 'gallery'} is not used: {exc}")
+        return
+    if active.model == name and active.gallery == path:
+        return
+    if default.model == name and default.gallery == path:
+        wanted = default
+    elif name in (active.model, default.model):  # its vocabulary, label and detector stay with it
+        base = active if name == active.model else default
+        wanted = dataclasses.replace(base, gallery=path, regions=None, images=None)
+    else:
+        wanted = Sources(model=name, gallery=path)
     try:
         load_sources(wanted)
     except ScanVizError as exc:
