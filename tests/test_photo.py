@@ -76,8 +76,9 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def test_scores_equal_conse_and_scan_restated(photo):
     """Plain re-statement, from GloVe's own file and the detector's class names:
-    region vector v_r = unit(sum_y p_ry s_y + w sum_c q_rc g_c), s_y = unit(mean of the (centred) GloVe vectors of
-    class y's name), g_c the same for colour c; word vector e_j = unit(GloVe(word) - mu), 0 for <start>/<end>;
+    region vector v_r = unit(sum_y p_ry s_y + w sum_c q_rc g_c) (not unit with no_imgnorm), s_y = unit(mean of the
+    (centred) GloVe vectors of class y's name), g_c the same for colour c; word vector e_j = unit(GloVe(word) - mu)
+    (times rank / (rank + sif_k) when sif_k > 0), 0 for <start>/<end>;
     SCAN t2i: s_rj = v_r . e_j, raw_feature_norm over the words, alpha_jr = softmax_r(lambda_softmax s'_rj),
     a_j = sum_r alpha_jr v_r, R_j = cos(e_j, a_j), score = log(sum_j exp(lambda_lse R_j)) / lambda_lse."""
     from scan_viz.photo.vectors import COLOUR_SPELLINGS, COLOUR_TERMS, name_words
@@ -105,8 +106,16 @@ def test_scores_equal_conse_and_scan_restated(photo):
 
     text = "A red cup of coffee on a saucer, with a spoon"
     tokens = [t.text for t in tokenize(text)]
-    e = np.stack([np.zeros(50)] + [unit(np.asarray(glove[row[t]], np.float64) - mu) if t in model.vocab.word2idx
-                                   else np.zeros(50) for t in tokens] + [np.zeros(50)])
+    sif_k = zero_shot["sif_k"]
+    assert config.no_txtnorm == (sif_k > 0)
+
+    def word(t: str) -> np.ndarray:  # unit GloVe vector, times rank / (rank + sif_k) with the SIF weighting
+        if t not in model.vocab.word2idx:
+            return np.zeros(50)
+        rank = row[t] + 1
+        return unit(np.asarray(glove[row[t]], np.float64) - mu) * (rank / (rank + sif_k) if sif_k > 0 else 1.0)
+
+    e = np.stack([np.zeros(50)] + [word(t) for t in tokens] + [np.zeros(50)])
     s = v @ e.T  # (regions, words)
     norm = config.raw_feature_norm
     if norm.startswith("clipped"):

@@ -41,6 +41,7 @@ DEFAULT_SETTINGS = {"raw_feature_norm": "clipped_l2norm", "lambda_softmax": 9.0,
                     "lambda_lse": 6.0}
 DEFAULT_COLOUR_WEIGHT = 1.0
 DEFAULT_CENTRE = True
+DEFAULT_SIF_K = 0.0
 
 
 def load_glove() -> tuple[list[str], np.ndarray]:
@@ -68,8 +69,10 @@ def imagenet_class_names() -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _vectors(centre: bool, n_words: int) -> tuple[Vocabulary, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
-    """(vocabulary, word vectors (V, 50), class-name vectors (1000, 50), colour vectors (11, 50), class names)."""
+def _vectors(centre: bool, n_words: int
+             ) -> tuple[Vocabulary, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], np.ndarray]:
+    """(vocabulary, word vectors (V, 50), class-name vectors (1000, 50), colour vectors (11, 50), class names,
+    each vocabulary word's frequency rank in GloVe (V,), 1 = most frequent)."""
     words, vectors = load_glove()
     row = {w: i for i, w in enumerate(words)}
     class_names = imagenet_class_names()
@@ -88,8 +91,9 @@ def _vectors(centre: bool, n_words: int) -> tuple[Vocabulary, np.ndarray, np.nda
     for word, index in vocab.word2idx.items():
         if word not in SPECIALS:
             embed[index] = lookup(word)
+    ranks = np.array([row[w] + 1 if w in row else 1 for w in vocab.word2idx], dtype=np.float64)
     return (vocab, embed, class_vectors(class_names, lookup, dim), colour_vectors(lookup, dim),
-            tuple(class_names))
+            tuple(class_names), ranks)
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,29 +103,35 @@ def _classifier_sha256() -> str:
 
 def make_model(settings: dict[str, Any] | None = None, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
                detector_settings: dict[str, Any] | None = None, centre: bool = DEFAULT_CENTRE,
-               n_words: int = N_WORDS, record: dict[str, Any] | None = None):
+               sif_k: float = DEFAULT_SIF_K, n_words: int = N_WORDS, record: dict[str, Any] | None = None):
     """The photo model (a ScanModel) and its detector's configuration, in memory.
 
     centre: subtract the mean vector of the vocabulary's words from every word, class-name and colour vector
-    first (GloVe vectors share a common direction, which makes every cosine positive and similar)."""
+    first (GloVe vectors share a common direction, which makes every cosine positive and similar).
+    sif_k: when > 0, each word vector is unit length times rank / (rank + sif_k), rank = its frequency rank in
+    GloVe, and the text encoder does not re-normalise (``no_txtnorm``): the smooth inverse frequency weight of
+    Arora et al. (ICLR 2017), a / (a + p(w)), with Zipf's p(w) ~ 1 / rank. Frequent words ("a", "the", "on")
+    get short vectors, so small cosines with every region and flat attention; R_j (a cosine) is unchanged."""
     from scan_viz.model import ScanModel
 
-    vocab, embed, class_vecs, colour_vecs, class_names = _vectors(centre, n_words)
+    vocab, embed, class_vecs, colour_vecs, class_names, ranks = _vectors(centre, n_words)
+    if sif_k > 0:
+        embed = embed / (np.linalg.norm(embed, axis=1, keepdims=True) + 1e-12) * (ranks / (ranks + sif_k))[:, None]
     dim = embed.shape[1]
     fc_weight = conse_matrix(class_vecs, colour_vecs, colour_weight)
     detector = PhotoDetectorConfig(**(detector_settings or {}), classifier_sha256=_classifier_sha256(),
                                    class_names=class_names)
-    values = {**DEFAULT_SETTINGS, **(settings or {})}
+    values = {**DEFAULT_SETTINGS, **(settings or {}), "no_txtnorm": sif_k > 0}
     config = ScanConfig(
         img_dim=detector.img_dim, embed_size=dim, word_dim=dim, vocab_size=len(vocab), cross_attn="t2i",
         head="scan", num_epochs=0, **values,
         extra={"detector": DETECTOR_NAME, "domain": DOMAIN, "text_encoder": "word_vectors",
                "zero_shot": {"recipe": "ConSE (Norouzi et al., ICLR 2014) region vectors over EfficientNet-lite0 "
                                        "ImageNet probabilities, GloVe 6B 50-d words, SCAN t2i attention",
-                             "top_t": detector.top_t, "colour_weight": colour_weight, "centred": centre,
+                             "top_t": detector.top_t, "colour_weight": colour_weight, "centred": centre, "sif_k": sif_k,
                              "vocabulary": n_words, "trained_on_captions": False, **(record or {})}})
     image_state = {"fc.weight": torch.from_numpy(fc_weight), "fc.bias": torch.zeros(dim)}
-    model = ScanModel(config, vocab, image_state, {"embed.weight": torch.from_numpy(embed.copy())})
+    model = ScanModel(config, vocab, image_state, {"embed.weight": torch.from_numpy(embed.astype(np.float32))})
     return model, detector
 
 
@@ -134,14 +144,16 @@ def build_model(out_dir: Path, detector_dir: Path, **kwargs: Any) -> None:
 
 
 #: what ``tune`` tries on the dev photos (detector first, then the model's vectors, then SCAN's settings)
-DETECTOR_GRID = [{"scoring": "crop", "n_proposals": 24, "n_regions": 12, "size_prior": prior} for prior in (0.0, 0.5)] + [
-    {"scoring": "roi", "n_proposals": 100, "n_regions": n, "recrop": True, "size_prior": prior}
-    for n in (12, 24) for prior in (0.0, 0.5, 1.0)]
-VECTOR_GRID = [{"centre": centre, "colour_weight": weight} for centre in (False, True) for weight in (0.0, 0.5, 1.0)]
-NORM_GRID = ("clipped_l2norm", "clipped", "no_norm")
+DETECTOR_GRID = [{"scoring": "roi", "n_proposals": 300, "n_regions": 12, "recrop": True, "size_prior": prior}
+                 for prior in (0.5, 1.0)]
+VECTOR_GRID = [{"centre": centre, "colour_weight": weight, "sif_k": sif}
+               for centre in (False, True) for weight in (0.5, 1.0) for sif in (0.0, 100.0, 1000.0)]
+NORM_GRID = ("clipped_l2norm", "clipped")
 IMGNORM_GRID = (False, True)
-LAMBDA_GRID = (1.0, 2.0, 4.0, 9.0, 20.0, 50.0)
+LAMBDA_GRID = (1.0, 2.0, 4.0, 6.0, 9.0, 14.0, 20.0, 50.0)
 CONTENT_TYPES = ("object", "person", "colour", "stuff")
+#: issue 19's goal: function words drawn flat (no outline) in at least this % of cases
+FLAT_GOAL = 80.0
 
 
 def _photo_gallery(root: Path, split: str, detector) -> "Gallery":
@@ -177,17 +189,26 @@ def _flat_balance(model, gallery, head) -> tuple[float, float]:
             100.0 * sum(not w["flat"] for w in content) / max(len(content), 1))
 
 
+def _pick_lambda(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The largest lambda_softmax whose function words are drawn flat at least FLAT_GOAL % of the time (so content
+    words get outlines as often as that allows); when none reaches it, the one with the most of both."""
+    reaching = [r for r in rows if r["dev_function_flat"] >= FLAT_GOAL]
+    if reaching:
+        return max(reaching, key=lambda r: r["lambda_softmax"])
+    return max(rows, key=lambda r: (r["dev_function_flat"] + r["dev_content_outlined"], -r["lambda_softmax"]))
+
+
 def tune(root: Path, log=print) -> dict[str, Any]:
     """Choose the detector, vector and SCAN settings on the DEV photos of ``root`` only (never the test ones).
 
-    Every combination of DETECTOR_GRID x VECTOR_GRID x NORM_GRID x IMGNORM_GRID x LAMBDA_GRID is scored by
-    J = (pointing % of content words) + ((function words drawn flat %) + (content words outlined %)) / 2: the
-    pointing goal and the flat-drawing goal weigh the same. Ties: the first in grid order (cheaper detectors
-    and smaller lambdas are listed first)."""
+    Each combination of DETECTOR_GRID x VECTOR_GRID x NORM_GRID x IMGNORM_GRID is scored by the pointing accuracy
+    of its dev content words (object, person, colour, stuff); softmax keeps the argmax, so lambda_softmax plays
+    no part in it. Its lambda_softmax is then :func:`_pick_lambda`'s. The best combination: highest pointing,
+    then function words' flat goal reached, then most content words outlined; ties: the first in grid order."""
     from scan_viz.photo.detector import PhotoDetector, load_classifier
 
     classifier = None
-    best: tuple[float, dict[str, Any]] | None = None
+    best: tuple[tuple, dict[str, Any]] | None = None
     log_rows = []
     for det_settings in DETECTOR_GRID:
         _, det_config = make_model(detector_settings=det_settings)
@@ -197,19 +218,23 @@ def tune(root: Path, log=print) -> dict[str, Any]:
             for norm, no_imgnorm in [(n, i) for n in NORM_GRID for i in IMGNORM_GRID]:
                 model, _ = make_model(settings={"raw_feature_norm": norm, "no_imgnorm": no_imgnorm},
                                       detector_settings=det_settings, **vec)
-                pointing = _content_pointing(model, dev, model.head())  # softmax keeps the argmax: no lambda
+                pointing = _content_pointing(model, dev, model.head())
+                rows = []
                 for lam in LAMBDA_GRID:
                     flat, outlined = _flat_balance(model, dev, model.head(lambda_softmax=lam))
-                    row = {"detector": det_settings, **vec, "raw_feature_norm": norm, "no_imgnorm": no_imgnorm,
-                           "lambda_softmax": lam, "dev_content_pointing": pointing, "dev_function_flat": flat,
-                           "dev_content_outlined": outlined, "J": pointing + (flat + outlined) / 2}
-                    log_rows.append(row)
-                    log(json.dumps(row))
-                    if best is None or row["J"] > best[0] + 1e-9:
-                        best = (row["J"], row)
+                    rows.append({"detector": det_settings, **vec, "raw_feature_norm": norm,
+                                 "no_imgnorm": no_imgnorm, "lambda_softmax": lam, "dev_content_pointing": pointing,
+                                 "dev_function_flat": flat, "dev_content_outlined": outlined})
+                    log(json.dumps(rows[-1]))
+                log_rows += rows
+                row = _pick_lambda(rows)
+                key = (round(pointing, 6), row["dev_function_flat"] >= FLAT_GOAL, row["dev_content_outlined"])
+                if best is None or key > best[0]:
+                    best = (key, row)
     assert best is not None
     chosen = best[1]
     return {"detector": chosen["detector"], "centre": chosen["centre"], "colour_weight": chosen["colour_weight"],
+            "sif_k": chosen["sif_k"],
             "scan": {"raw_feature_norm": chosen["raw_feature_norm"], "no_imgnorm": chosen["no_imgnorm"],
                      "lambda_softmax": chosen["lambda_softmax"]},
             "record": {"chosen_on": "dev photos of examples/photos (python -m scan_viz.photo tune)",
@@ -225,6 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=PRETRAINED_DIR / MODEL_NAME)
     p.add_argument("--detector-out", type=Path, default=PRETRAINED_DIR / DETECTOR_NAME)
     p.add_argument("--settings", type=Path, help="a tune result (JSON) to build with; default: the built-in settings")
+    p = sub.add_parser("build-gallery", help="write examples/photos/gallery.json + regions/ from its annotations")
+    p.add_argument("--photos", type=Path, default=PHOTOS_DIR)
+    p.add_argument("--model", default=MODEL_NAME)
+    p = sub.add_parser("evaluate", help="pointing per word type and flat function words on one split (JSON)")
+    p.add_argument("--photos", type=Path, default=PHOTOS_DIR)
+    p.add_argument("--model", default=MODEL_NAME)
+    p.add_argument("--split", default="test", choices=("dev", "test"))
+    p.add_argument("--out", type=Path, help="also write the JSON here")
     p = sub.add_parser("tune", help="choose the settings on the dev photos; JSON to --out (build-model --settings)")
     p.add_argument("--photos", type=Path, default=PHOTOS_DIR)
     p.add_argument("--out", type=Path, required=True)
@@ -236,9 +269,31 @@ def main(argv: list[str] | None = None) -> int:
                 chosen = json.loads(args.settings.read_text(encoding="utf-8"))
             build_model(args.out, args.detector_out, settings=chosen.get("scan"),
                         colour_weight=chosen.get("colour_weight", DEFAULT_COLOUR_WEIGHT),
-                        centre=chosen.get("centre", DEFAULT_CENTRE), detector_settings=chosen.get("detector"),
+                        centre=chosen.get("centre", DEFAULT_CENTRE), sif_k=chosen.get("sif_k", DEFAULT_SIF_K),
+                        detector_settings=chosen.get("detector"),
                         record=chosen.get("record"))
             print(f"wrote {args.out} and {args.detector_out}")
+        elif args.command == "build-gallery":
+            from scan_viz.model import load_model
+            from scan_viz.photo.evaluate import build_photo_gallery
+            from scan_viz.pipeline import detector_for
+
+            torch.set_num_threads(1)
+            model = load_model(args.model)
+            path = build_photo_gallery(detector_for(model), args.photos, Path(args.model).name,
+                                       str(model.config.extra["detector"]))
+            print(f"wrote {path} and {args.photos / 'regions'}")
+        elif args.command == "evaluate":
+            from scan_viz.gallery import load_gallery
+            from scan_viz.model import load_model
+            from scan_viz.photo.evaluate import evaluate_photos
+
+            torch.set_num_threads(1)
+            result = evaluate_photos(load_model(args.model), load_gallery(args.photos), args.split)
+            text = json.dumps(result, indent=1)
+            if args.out:
+                args.out.write_text(text + "\n", encoding="utf-8")
+            print(text)
         elif args.command == "tune":
             torch.set_num_threads(1)
             result = tune(args.photos, log=lambda line: print(line, file=sys.stderr))

@@ -39,7 +39,7 @@ class PhotoDetectorConfig:
     """Settings of the region extractor (chosen on the dev photos, ``python -m scan_viz.photo tune``).
 
     search_side: the photo's longer side for selective search (pixels); n_proposals: how many proposals are
-    classified (selective search's first ones, after dropping boxes under ``min_box`` of the photo's side);
+    classified (the largest, after dropping boxes under ``min_box`` of the photo's side and near-duplicates);
     crop_size: the classifier's input side; context: margin added around a box before cropping (fraction of
     its size, R-CNN's context padding); n_regions: at most this many regions after NMS at ``nms_iou``; top_t:
     ConSE's T, the classes kept per region. scoring: how proposals are classified before NMS, ``crop`` (each
@@ -51,7 +51,7 @@ class PhotoDetectorConfig:
     """
 
     search_side: int = 224
-    n_proposals: int = 24
+    n_proposals: int = 300
     min_box: float = 0.1
     crop_size: int = 160
     context: float = 0.08
@@ -161,7 +161,9 @@ class PhotoDetector:
         search = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
         search.setBaseImage(cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
         search.switchToSelectiveSearchFast()
-        rects = search.process()  # (n, 4) x, y, w, h, in selective search's own order
+        # selective search returns the same set of boxes on every run but not in the same order (measured: a seed
+        # and one thread do not fix it), so its order is replaced by a fixed one, largest first
+        rects = sorted((tuple(int(v) for v in r) for r in search.process()), key=lambda r: (-r[2] * r[3], r))
         boxes = [np.array([0.0, 0.0, width, height])]
         side = c.min_box * c.search_side
         for x, y, w, h in rects:
