@@ -2,7 +2,7 @@
 
 Timed per run, uncached, as Explore computes it for an upload: the detector's regions (selective search,
 EfficientNet-lite0 on the proposals' crops, colour names), the alignment of a sentence (``pipeline.explain``),
-and every word panel encoded as the page shows it (``render.word_panels`` -> JPEG bytes). Baseline, same run and
+and every word panel encoded as the page shows it (``app.views.word_panels`` -> JPEG bytes). Baseline, same run and
 same photo: the same steps under the bundled emoji model and its Faster R-CNN detector (``scan-emoji-t2i``).
 Photos: scikit-image's coffee, chelsea and astronaut resized to 640 x 480, in turn.
 The machine is shared (other jobs run beside it), so absolute seconds are noisy; the ratio is the comparison.
@@ -33,7 +33,7 @@ def upload_to_panels(model, detector, image: np.ndarray, text: str) -> tuple[flo
     """Seconds from pixels to every panel's JPEG bytes; and the number of regions."""
     from scan_viz.images import image_to_jpeg_bytes
     from scan_viz.pipeline import detect, explain
-    from scan_viz.render import word_panels
+    from scan_viz.app.views import word_panels  # the panels Explore shows (not the matplotlib figure)
 
     start = time.perf_counter()
     regions = detect(detector, image)
