@@ -68,3 +68,4 @@ def test_every_page_runs(app, page):
         assert any("Zero-shot" in m.value for m in at.markdown)
         shown = " ".join(str(v) for table in at.table for v in table.value.to_numpy().ravel())
         assert "never saw a caption" in shown and "word_vectors" in shown
+        assert any("photo-zeroshot-metrics.json" in m.value for m in at.markdown)  # its test-split metrics

@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=MODEL_NAME)
     p.add_argument("--split", default="test", choices=("dev", "test"))
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--record", action="store_true",
+                   help="also write pretrained/MODEL-metrics.json: the Evaluate page's metrics (retrieval and "
+                        "pointing) on this split, which the Model page's card shows")
     p = sub.add_parser("tune", help="choose the settings on the dev photos; JSON to --out (build-model --settings)")
     p.add_argument("--photos", type=Path, default=PHOTOS_DIR)
     p.add_argument("--out", type=Path, required=True)
@@ -289,8 +292,18 @@ def main(argv: list[str] | None = None) -> int:
             from scan_viz.photo.evaluate import evaluate_photos
 
             torch.set_num_threads(1)
-            result = evaluate_photos(load_model(args.model), load_gallery(args.photos), args.split)
+            model, gallery = load_model(args.model), load_gallery(args.photos)
+            result = evaluate_photos(model, gallery, args.split)
             text = json.dumps(result, indent=1)
+            if args.record:
+                from scan_viz.photo.evaluate import split_gallery
+                from scan_viz.pipeline import evaluate_gallery
+
+                card = evaluate_gallery(model, split_gallery(gallery, args.split))
+                card.update(split=args.split, function_words=result["function_words"],
+                            command=f"python -m scan_viz.photo evaluate --split {args.split} --record")
+                (PRETRAINED_DIR / f"{Path(args.model).name}-metrics.json").write_text(
+                    json.dumps(card, indent=1) + "\n", encoding="utf-8")
             if args.out:
                 args.out.write_text(text + "\n", encoding="utf-8")
             print(text)
