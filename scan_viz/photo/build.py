@@ -23,7 +23,8 @@ from scan_viz.config import ScanConfig
 from scan_viz.errors import ScanVizError
 from scan_viz.model import PRETRAINED_DIR
 from scan_viz.photo.detector import CONFIG_FILE, PhotoDetectorConfig, classifier_weights_path, file_sha256
-from scan_viz.photo.vectors import COLOUR_SPELLINGS, COLOUR_TERMS, class_vectors, colour_vectors, conse_matrix, name_words
+from scan_viz.photo.vectors import (COLOUR_SPELLINGS, COLOUR_TERMS, class_vectors, colour_vectors, conse_matrix,
+                                    name_words)
 from scan_viz.text import SPECIALS, Vocabulary
 
 MODEL_NAME = "photo-zeroshot"
@@ -156,8 +157,8 @@ CONTENT_TYPES = ("object", "person", "colour", "stuff")
 FLAT_GOAL = 80.0
 
 
-def _photo_gallery(root: Path, split: str, detector) -> "Gallery":
-    """The ``split`` photos of ``root/annotations.json`` with ``detector``'s regions, in memory."""
+def _photo_gallery(root: Path, split: str, detector):
+    """The ``split`` photos of ``root/annotations.json`` with ``detector``'s regions, as an in-memory Gallery."""
     from scan_viz.gallery import Gallery
     from scan_viz.photo.evaluate import ANNOTATIONS_FILE, photo_regions
     from scan_viz.safe_files import read_json

