@@ -22,8 +22,9 @@ from scan_viz.types import Regions
 
 
 #: A gallery of fewer calibration images than this gets no threshold (every picture passes): measured on the
-#: 7-photo gallery (examples/photos) under photo-zeroshot, its 4 calibration photos set a threshold of 0.78 that
-#: 15 emoji scenes passed (0.79-0.85) and a real photograph (scikit-image's motorcycle, 0.77) failed.
+#: 7-photo gallery (examples/photos) under the first (untuned) photo-zeroshot build, its 4 calibration photos set
+#: a threshold of 0.78 that 15 emoji scenes passed (0.79-0.85) and a real photograph (scikit-image's motorcycle,
+#: 0.77) failed.
 MIN_CALIBRATION = 5
 
 
