@@ -37,7 +37,10 @@ def detector_for(model: ScanModel, detector_dir: str | Path | None = None):
             raise ScanVizError("this model names no detector (it was trained on precomputed features): "
                                "give a detector folder whose region features fit the model")
         detector_dir = PRETRAINED_DIR / str(name)
-    detector = load_detector(detector_dir)
+    from scan_viz.photo.detector import is_photo_detector, load_photo_detector
+
+    # which kind of detector is the folder's own business: the photo model's (scan_viz.photo) or a trained one
+    detector = load_photo_detector(detector_dir) if is_photo_detector(detector_dir) else load_detector(detector_dir)
     img_dim = int(getattr(detector, "img_dim", model.config.img_dim))
     if img_dim != model.config.img_dim:
         raise ScanVizError(f"the detector gives {img_dim}-d region features but the model takes "
@@ -49,6 +52,8 @@ def detect(detector, image: np.ndarray) -> Regions:
     """One image (H, W, 3) uint8 -> its regions (features, boxes in the image's pixels, labels)."""
     from scan_viz.detect import extract_regions
 
+    if hasattr(detector, "regions"):  # scan_viz.photo.detector.PhotoDetector
+        return detector.regions(image)
     with torch.no_grad():
         return extract_regions(detector, [image])[0]
 

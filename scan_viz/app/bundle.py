@@ -292,12 +292,30 @@ def model_domain(model: ScanModel) -> str | None:
     return domain or None
 
 
+def model_label(model: ScanModel) -> str | None:
+    """The honest one-line label Explore shows beside a picture: what the model is and what it knows
+    (``extra["zero_shot"]`` marks a model that never saw a caption, e.g. ``photo-zeroshot``), or None when its
+    config says nothing."""
+    domain = model_domain(model)
+    if model.config.extra.get("zero_shot"):
+        return ("Zero-shot model: it never saw a caption, so its attention is the nearness of each word to the "
+                "names of what an ImageNet classifier sees in each region. " + (domain or "")).strip()
+    return f"This model knows {domain}." if domain else None
+
+
 def n_parameters(model: ScanModel) -> int:
     return int(sum(p.numel() for enc in (model.image_encoder, model.text_encoder) for p in enc.parameters()))
 
 
 def bundled_metrics(model_name: str) -> dict[str, Any] | None:
     """The bundled model's entry of ``pretrained/metrics.json`` (retrieval and pointing on the gallery), if any."""
+    own = METRICS_FILE.parent / f"{Path(model_name).name}-metrics.json"
+    if own.is_file():  # a model built apart from the emoji bundle (photo-zeroshot: python -m scan_viz.photo evaluate)
+        try:
+            entry = json.loads(own.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return {**entry, "_build": {}, "_source": own.name} if isinstance(entry, dict) else None
     try:
         report = json.loads(METRICS_FILE.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -329,6 +347,9 @@ def model_card(bundle: Bundle) -> dict[str, dict[str, Any]]:
     # a config may hold paths of the machine it was trained on (a detector folder): show names only
     extra = {k: Path(v).name if isinstance(v, str) and os.sep in v else v for k, v in extra.items()}
     card["Training"].update(extra)
+    zero_shot = config.extra.get("zero_shot")
+    if isinstance(zero_shot, dict):  # a model made without training (scan_viz.photo): its recipe, not a training run
+        card["Zero-shot"] = {k: v for k, v in zero_shot.items() if isinstance(v, (str, int, float, bool))}
     gallery = bundle.gallery
     card["Served"] = {
         "model": bundle.sources.model_label(),

@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 
 import numpy as np
 import streamlit as st
 
 from scan_viz.app import state, upload_guard
 from scan_viz.app.bundle import (NO_MATCH, Bundle, detector_name, drawing_note, is_own_caption, model_domain,
+                                 model_label,
                                  search_gallery)
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
@@ -187,8 +189,12 @@ def load_upload(bundle: Bundle, name: str, data: bytes) -> Picked | None:
         return None
     try:
         image = state.decoded_upload(key, data, name)
-        with st.spinner("Detecting regions\u2026"):
+        with st.status(f"Finding regions with {detector_name(bundle.model, bundle.sources)}\u2026",
+                       expanded=False) as progress:
+            started = time.perf_counter()
             regions = state.detected_regions(bundle.key, key, image)
+            progress.update(label=f"{len(regions)} regions found ({time.perf_counter() - started:.1f} s)",
+                            state="complete")
     except ScanVizError as exc:
         show_error(exc)
         st.session_state[UPLOAD_KEY] = None  # shown once; the uploader still holds the file to replace
@@ -390,6 +396,9 @@ def sentence_box(bundle: Bundle, picked: Picked | None):
         if picked is not None and picked.image is not None:
             st.image(state.shown_image(bundle.key, picked.key, picked.image), caption=literal(picked.title),
                      width="stretch")
+            label = model_label(bundle.model)
+            if label:  # what the served model is, beside the picture it is read by (issue 19)
+                st.caption(literal(label))
     return text_column
 
 

@@ -69,7 +69,9 @@ def show_card(bundle: Bundle) -> None:
     card_table(served, width=760)
     metrics = bundled_metrics(sources.model) if sources.model in bundled_models() else None
     if metrics:
-        st.markdown("**Metrics on the bundled gallery** (from `pretrained/metrics.json`)")
+        split = f" ({literal(metrics['split'])} images)" if isinstance(metrics.get("split"), str) else ""
+        source = literal(f"pretrained/{metrics.get('_source', 'metrics.json')}")
+        st.markdown(f"**Metrics on the bundled gallery**{split} (from {source})")
         st.dataframe(recall_rows(metrics), hide_index=True)
         extras = []
         if "rsum" in metrics:

@@ -88,8 +88,12 @@ def text_state_shapes(config: ScanConfig) -> dict[str, tuple[int, ...]]:
     Layer ``n > 0`` of a bi-GRU reads both directions of layer ``n - 1``, so its input is ``2 * embed_size``.
     With ``vocab_size == 0`` (unknown) the number of embedding rows is not checked.
     """
+    from scan_viz.model.encoders import text_encoder_kind
+
     embed = config.embed_size
     shapes: dict[str, tuple[int, ...]] = {"embed.weight": (config.vocab_size, config.word_dim)}
+    if text_encoder_kind(config) == "word_vectors":  # one vector per word, no GRU (scan_viz.photo)
+        return shapes
     directions = ("", "_reverse") if config.bi_gru else ("",)
     for layer in range(config.num_layers):
         in_size = config.word_dim if layer == 0 else embed * len(directions)

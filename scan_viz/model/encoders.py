@@ -77,12 +77,51 @@ class TextEncoder(nn.Module):
         return emb
 
 
-def build_encoders(config: ScanConfig) -> tuple[ImageEncoder, TextEncoder]:
+class WordVectorEncoder(nn.Module):
+    """Word ids ``(n_captions, max_len)`` + lengths -> each word's own vector ``(n_captions, max_len, word_dim)``.
+
+    No recurrence: a word is embedded alone, as in ConSE / DeViSE (the zero-shot photo model's words are GloVe
+    vectors, ``scan_viz.photo``). ``extra.text_encoder = "word_vectors"`` in a config selects it; its only
+    weight is ``embed.weight``, and ``word_dim`` must equal ``embed_size``. Positions past a caption's length
+    come out as zeros, as from :class:`TextEncoder`.
+    """
+
+    def __init__(self, vocab_size: int, word_dim: int, no_txtnorm: bool = False) -> None:
+        super().__init__()
+        self.no_txtnorm = no_txtnorm
+        self.embed = nn.Embedding(vocab_size, word_dim)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        emb = self.embed(ids)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        emb = emb * (positions[None, :] < lengths.to(ids.device)[:, None]).unsqueeze(-1).to(emb.dtype)
+        return emb if self.no_txtnorm else l2norm(emb, dim=-1)
+
+
+#: ``extra.text_encoder`` values: the official bi-/uni-GRU (default) or one vector per word
+TEXT_ENCODERS = ("gru", "word_vectors")
+
+
+def text_encoder_kind(config: ScanConfig) -> str:
+    """Which text encoder a config describes (``extra.text_encoder``, default ``gru``)."""
+    from scan_viz.errors import ScanVizError
+
+    kind = str(config.extra.get("text_encoder") or "gru")
+    if kind not in TEXT_ENCODERS:
+        raise ScanVizError(f"config: extra.text_encoder must be one of {', '.join(TEXT_ENCODERS)}")
+    if kind == "word_vectors" and config.word_dim != config.embed_size:
+        raise ScanVizError("config: a word_vectors text encoder needs word_dim equal to embed_size")
+    return kind
+
+
+def build_encoders(config: ScanConfig) -> tuple[ImageEncoder, TextEncoder | WordVectorEncoder]:
     """The pair of encoders a config describes (weights freshly initialised)."""
     if config.vocab_size < 1:
         raise ValueError("config.vocab_size must be set before building the text encoder")
     img = ImageEncoder(config.img_dim, config.embed_size, config.no_imgnorm,
                        weight_norm=config.precomp_enc_type == "weight_norm")
+    if text_encoder_kind(config) == "word_vectors":
+        return img, WordVectorEncoder(config.vocab_size, config.word_dim, config.no_txtnorm)
     txt = TextEncoder(config.vocab_size, config.word_dim, config.embed_size, config.num_layers,
                       config.bi_gru, config.no_txtnorm)
     return img, txt

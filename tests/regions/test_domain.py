@@ -72,3 +72,14 @@ def test_explain_notes_an_out_of_domain_picture_only(tmp_path, capsys, bundled):
     scene = gallery.image_path(gallery.ids[0])
     assert main(["explain", "--image", str(scene), "--text", "a red car", "--out", str(tmp_path / "b")]) == 0
     assert "out of domain" not in capsys.readouterr().out
+
+
+def test_a_gallery_too_small_to_calibrate_calls_nothing_out_of_domain():
+    """The 7-photo gallery leaves 4 calibration images: no threshold, so no note (a wrong one is worse)."""
+    from scan_viz.regions.domain import MIN_CALIBRATION
+
+    rng = np.random.default_rng(2)
+    gallery = unit(rng.standard_normal((7, 5, 8)))
+    check = DomainCheck.fit(gallery)
+    assert check.n_calibration == 4 < MIN_CALIBRATION and check.threshold == -np.inf
+    assert check.in_domain(unit(rng.standard_normal((5, 8))))

@@ -1,0 +1,5 @@
+import sys
+
+from scan_viz.photo.build import main
+
+sys.exit(main())
