@@ -310,7 +310,7 @@ def n_parameters(model: ScanModel) -> int:
 def bundled_metrics(model_name: str) -> dict[str, Any] | None:
     """The bundled model's entry of ``pretrained/metrics.json`` (retrieval and pointing on the gallery), if any."""
     own = METRICS_FILE.parent / f"{Path(model_name).name}-metrics.json"
-    if own.is_file():  # a model built apart from the emoji bundle (photo-zeroshot: python -m scan_viz.photo evaluate)
+    if own.is_file():  # a model built apart from the emoji bundle (photo-zeroshot: python -m scan_viz.train.photo evaluate)
         try:
             entry = json.loads(own.read_text(encoding="utf-8"))
         except (OSError, ValueError):

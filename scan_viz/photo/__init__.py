@@ -11,5 +11,5 @@ every other, loaded by ``load_model``), and the 1/Z of the paper disappears in t
 here was trained on a caption: the classifier saw ImageNet labels, the word vectors saw Wikipedia text.
 
 ``detector``: the region extractor (``pretrained/detector-photo``); ``vectors``: class names, colour terms and the
-ConSE matrix; ``build``: ``python -m scan_viz.photo build-model|build-gallery|tune``.
+ConSE matrix; ``build``: ``python -m scan_viz.train.photo build-model|build-gallery|tune``.
 """

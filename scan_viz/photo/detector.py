@@ -36,7 +36,7 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 @dataclasses.dataclass(frozen=True)
 class PhotoDetectorConfig:
-    """Settings of the region extractor (chosen on the dev photos, ``python -m scan_viz.photo tune``).
+    """Settings of the region extractor (chosen on the dev photos, ``python -m scan_viz.train.photo tune``).
 
     search_side: the photo's longer side for selective search (pixels); n_proposals: how many proposals are
     classified (the largest, after dropping boxes under ``min_box`` of the photo's side and near-duplicates);
@@ -91,7 +91,7 @@ class PhotoDetectorConfig:
                     raise ValueError(name)
         except (TypeError, ValueError):
             raise ScanVizError(f"{source}: a setting has a wrong type or value; rebuild it with "
-                               "`python -m scan_viz.photo build-model`") from None
+                               "`python -m scan_viz.train.photo build-model`") from None
         if len(config.class_names) != 1000 or tuple(config.colour_terms) != tuple(COLOUR_TERMS):
             raise ScanVizError(f"{source}: expected the 1,000 ImageNet class names and the 11 colour terms")
         return config

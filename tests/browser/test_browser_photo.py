@@ -20,7 +20,7 @@ PHOTOS = REPO / "examples" / "photos"
 DOCS_SHOT = REPO / "docs" / "photo-explore.png"
 
 if not (PHOTOS / "gallery.json").is_file():
-    pytest.skip("examples/photos has no gallery.json: python -m scan_viz.photo build-gallery", allow_module_level=True)
+    pytest.skip("examples/photos has no gallery.json: python -m scan_viz.train.photo build-gallery", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

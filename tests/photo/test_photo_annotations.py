@@ -20,7 +20,7 @@ from scan_viz.errors import ScanVizError
 from scan_viz.safe_files import read_json
 from scan_viz.text import tokenize
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTOS = REPO / "examples" / "photos"
 ANNOTATIONS = PHOTOS / "annotations.json"
 TOOL = REPO / "tools" / "make_photo_gallery.py"

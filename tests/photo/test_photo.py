@@ -13,7 +13,7 @@ from scan_viz.pipeline import detect, detector_for
 
 skimage_data = pytest.importorskip("skimage.data")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
 

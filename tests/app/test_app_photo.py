@@ -11,14 +11,14 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PHOTOS = REPO / "examples" / "photos"
 APP = str(REPO / "app.py")
 SENTENCE = "a brown cat with a pink nose"
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(not (PHOTOS / "gallery.json").is_file(),
-                                reason="examples/photos has no gallery.json: python -m scan_viz.photo build-gallery")
+                                reason="examples/photos has no gallery.json: python -m scan_viz.train.photo build-gallery")
 
 
 @pytest.fixture

