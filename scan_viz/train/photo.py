@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from scan_viz.model.config import ScanConfig
+from scan_viz.heads import DEFAULT_HEAD
+from scan_viz.model.checkpoint import config_from_values
 from scan_viz.errors import ScanVizError
 from scan_viz.model import PRETRAINED_DIR
 from scan_viz.photo.detector import CONFIG_FILE, PhotoDetectorConfig, classifier_weights_path, file_sha256
@@ -123,14 +124,15 @@ def make_model(settings: dict[str, Any] | None = None, colour_weight: float = DE
     detector = PhotoDetectorConfig(**(detector_settings or {}), classifier_sha256=_classifier_sha256(),
                                    class_names=class_names)
     values = {**DEFAULT_SETTINGS, **(settings or {}), "no_txtnorm": sif_k > 0}
-    config = ScanConfig(
-        img_dim=detector.img_dim, embed_size=dim, word_dim=dim, vocab_size=len(vocab), cross_attn="t2i",
-        head="scan", num_epochs=0, **values,
+    # SCAN in its default direction (text-to-image); the head's settings are filed by the checkpoint reader's rule
+    config = config_from_values(dict(
+        img_dim=detector.img_dim, embed_size=dim, word_dim=dim, vocab_size=len(vocab), head=DEFAULT_HEAD,
+        num_epochs=0, **values,
         extra={"detector": DETECTOR_NAME, "domain": DOMAIN, "text_encoder": "word_vectors",
                "zero_shot": {"recipe": "ConSE (Norouzi et al., ICLR 2014) region vectors over EfficientNet-lite0 "
                                        "ImageNet probabilities, GloVe 6B 50-d words, SCAN t2i attention",
                              "top_t": detector.top_t, "colour_weight": colour_weight, "centred": centre, "sif_k": sif_k,
-                             "vocabulary": n_words, "trained_on_captions": False, **(record or {})}})
+                             "vocabulary": n_words, "trained_on_captions": False, **(record or {})}}))
     image_state = {"fc.weight": torch.from_numpy(fc_weight), "fc.bias": torch.zeros(dim)}
     model = ScanModel(config, vocab, image_state, {"embed.weight": torch.from_numpy(embed.astype(np.float32))})
     return model, detector
