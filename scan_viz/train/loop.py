@@ -29,12 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from scan_viz.attention_grad import scan_scores_trainable
 from scan_viz.config import ScanConfig
 from scan_viz.data import PrecompSplit, load_precomp
 from scan_viz.encoders import ImageEncoder, TextEncoder, build_encoders
 from scan_viz.engine import score_matrix
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import MatchingHead, create_head
+from scan_viz.heads.scan import ScanHead
 from scan_viz.loss import contrastive_loss
 from scan_viz.metrics import evaluate
 from scan_viz.text import Vocabulary
@@ -215,13 +217,18 @@ TRAIN_BLOCK_BYTES = 4 * 1024**2
 
 
 def batch_scores(head: MatchingHead, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
-                 block_bytes: int = TRAIN_BLOCK_BYTES) -> torch.Tensor:
+                 block_bytes: int = TRAIN_BLOCK_BYTES, fused: bool = True) -> torch.Tensor:
     """The (n_images, n_captions) score matrix of a training batch, differentiable, in blocks of images.
 
-    regions (n_images, n_regions, d), words (n_captions, max_words, d). Every pair is independent, so scoring
-    a few images at a time computes exactly the same scores; on a CPU the blocks' intermediates stay in cache,
-    which measured about 1.7x faster for a step than one block (benchmarks/bench_training.py). On a GPU one block.
+    regions (n_images, n_regions, d), words (n_captions, max_words, d). A SCAN head (``fused``) goes through
+    :func:`scan_viz.attention_grad.scan_scores_trainable`: scan_attention's forward, stored nothing, a hand-written
+    backward that recomputes block by block (the head's region-word products in its ``product_dtype``). Other heads
+    (or ``fused=False``) run autograd through ``head.scores``: every pair is independent, so scoring a few images
+    at a time computes exactly the same scores; on a CPU the blocks' intermediates stay in cache. On a GPU one
+    block. Speeds: benchmarks/bench_training.py.
     """
+    if fused and isinstance(head, ScanHead):
+        return scan_scores_trainable(regions, words, lengths, head.attention_params, product_dtype=head.product_dtype)
     if regions.is_cuda:
         return head.scores(regions, words, lengths).scores
     per_image = regions.shape[1] * words.shape[0] * words.shape[1] * regions.element_size()
