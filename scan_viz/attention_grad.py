@@ -32,6 +32,7 @@ function with ``torch.autograd.gradcheck`` in float64, and against autograd thro
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from scan_viz.attention import (_BOUNDED_NORMS, LEAKY_SLOPE, AttentionParams, _masked_norm, _softmax_numerator,
                                 aggregate, normalize_raw, scan_attention)
@@ -110,87 +111,94 @@ def _query_over_context_backward(context, query, context_lengths, query_lengths,
                                  block_bytes):
     """Gradients of ``sum(grad * scores)`` w.r.t. context (C, k, d) and query (Q, n, d); grad (C, Q).
 
-    Query items attend over context items (t2i: words over regions; i2t: regions over words).
+    Query items attend over context items (t2i: words over regions; i2t: regions over words). The cosines of all
+    pairs are one matrix product, their gradient too; the element-wise steps between them walk blocks of context
+    sets small enough to stay in cache.
     """
     n_ctx_sets, n_ctx, dim = context.shape
     n_q_sets, n_q, _ = query.shape
-    g_context = torch.zeros_like(context)
-    g_query = torch.zeros_like(query)
     bounded = params.raw_feature_norm in _BOUNDED_NORMS
     hand_norm = params.raw_feature_norm in ("clipped_l2norm", "l2norm")
     clipped = params.raw_feature_norm.startswith("clipped")
     lam = params.lambda_softmax
+    sim = region_word_similarity(context, query, query_lengths, context_lengths, product_dtype)
+    all_sims, ctx_m, q_m = sim.sims, sim.regions, sim.words      # (C, k, Q, n); context / query, padding zeroed
+    q_valid = sim.word_valid                                      # (Q, n)
+    agg_valid = q_valid[None]
+    ctx_valid = sim.pair_region_valid                             # (C, k, 1, 1) or None
+    query_norm = _masked_norm(q_m, q_valid)[None]                 # |u|, (1, Q, n)
+    all_grams = ctx_m @ ctx_m.transpose(1, 2)                     # (C, k, k)
+    g_all_sims = torch.empty_like(all_sims)
+    g_grams = torch.empty_like(all_grams)
     g_query_norm = torch.zeros(n_q_sets, n_q, dtype=query.dtype, device=query.device)
     per_set = n_ctx * n_q_sets * n_q * context.element_size()
     starts, step = _blocks(n_ctx_sets, per_set, block_bytes)
     for s0 in starts:
-        ctx_b = context[s0:s0 + step]
-        cl = None if context_lengths is None else context_lengths[s0:s0 + step]
-        sim = region_word_similarity(ctx_b, query, query_lengths, cl, product_dtype)
-        sims, ctx_m, q_m = sim.sims, sim.regions, sim.words    # (Cb, k, Q, n); ctx / query with padding zeroed
+        sims = all_sims[s0:s0 + step]
         cb = sims.shape[0]
-        q_valid = sim.word_valid                                 # (Q, n)
-        # --- the forward, recomputed (the same functions as scan_attention's t2i branch)
+        cv = None if ctx_valid is None else ctx_valid[s0:s0 + cb]
+        # --- the forward, recomputed
         if hand_norm:
-            x = torch.nn.functional.leaky_relu(sims, LEAKY_SLOPE) if clipped else sims
+            x = F.leaky_relu(sims, LEAKY_SLOPE) if clipped else sims
             x_norm = torch.linalg.vector_norm(x, dim=3, keepdim=True)       # (Cb, k, Q, 1)
-            logits = normalize_raw(sims, params.raw_feature_norm, dim=3, valid=sim.pair_word_valid, scale=lam)
+            scale = lam / (x_norm + EPS)
+            logits = x * scale                   # normalize_raw's l2 branch, keeping |x| for the backward
         else:
             sims_leaf = sims.detach().requires_grad_()
             with torch.enable_grad():
                 logits_graph = normalize_raw(sims_leaf, params.raw_feature_norm, dim=3, valid=sim.pair_word_valid,
                                              scale=lam)
             logits = logits_graph.detach()
-        e, z = _softmax_numerator(logits, 1, sim.pair_region_valid, bounded, inplace=hand_norm)
+        e, z = _softmax_numerator(logits, 1, cv, bounded, inplace=hand_norm)
         attn = e.div_(z[:, None])                                # a: (Cb, k, Q, n), sums to 1 over k
         dot = (attn * sims).sum(dim=1)                           # (Cb, Q, n)
-        gram = ctx_m @ ctx_m.transpose(1, 2)                     # (Cb, k, k)
+        gram = all_grams[s0:s0 + cb]
         g_attn = (gram @ attn.view(cb, n_ctx, n_q_sets * n_q)).view_as(attn)   # G a
         attended_sq = (g_attn * attn).sum(dim=1).clamp(min=0)    # (Cb, Q, n)
-        query_norm = _masked_norm(q_m, q_valid)[None]            # (1, Q, n)
         den = query_norm * attended_sq.sqrt()
         rel = dot / den.clamp(min=EPS)
         # --- the aggregation's gradient by autograd: a (Cb, Q, n) tensor, small
-        rel_leaf = rel.detach().requires_grad_()
+        rel_leaf = rel.requires_grad_()
         with torch.enable_grad():
-            pooled = aggregate(rel_leaf, params.agg_func, params.lambda_lse, q_valid[None].expand_as(rel))
+            pooled = aggregate(rel_leaf, params.agg_func, params.lambda_lse, agg_valid.expand_as(rel))
             (g_rel,) = torch.autograd.grad(pooled, rel_leaf, grad[s0:s0 + cb])
+        rel = rel.detach()
         # --- relevance R = dot / (|u| sqrt(sq)); the clamp at EPS stops the gradient of the denominator
-        live = den > EPS
         g_dot = g_rel / den.clamp(min=EPS)
-        g_rel_r = torch.where(live, g_rel * rel, 0.0)
+        g_rel_r = torch.where(den > EPS, g_rel * rel, 0.0)
         g_sq = torch.where(attended_sq > 0, -0.5 * g_rel_r / attended_sq.clamp(min=EPS * EPS), 0.0)
         g_query_norm -= (g_rel_r / query_norm).sum(dim=0)
-        # --- g_context from the Gram matrix: 2 (sum_q g_sq a a^T) context
+        # --- the Gram matrix: g_G = sum_q g_sq a a^T
         weighted = attn * g_sq[:, None]
-        g_gram = weighted.view(cb, n_ctx, -1) @ attn.view(cb, n_ctx, -1).transpose(1, 2)   # (Cb, k, k)
-        g_context[s0:s0 + cb] += 2 * (g_gram @ ctx_m)
+        torch.bmm(weighted.view(cb, n_ctx, -1), attn.view(cb, n_ctx, -1).transpose(1, 2), out=g_grams[s0:s0 + cb])
         # --- g_a = g_dot s + 2 g_sq G a;  g_l = a (g_a - sum_c a g_a), sum_c a g_a = g_dot dot + 2 g_sq sq
         g_attn.mul_(2 * g_sq[:, None]).addcmul_(sims, g_dot[:, None])
         g_attn.sub_((g_dot * dot + 2 * g_sq * attended_sq)[:, None]).mul_(attn)     # now g_l
         g_logits = g_attn
+        g_sims = g_all_sims[s0:s0 + cb]
         # --- the normalisation's backward (over the query axis, dim 3), then the cosines' gradient
         if hand_norm:
             # l = lam x / (|x| + eps): g_x = lam / (|x| + eps) g_l - x (sum_q g_l x) lam / ((|x| + eps)^2 |x|)
-            scale = lam / (x_norm + EPS)
             inner = (g_logits * x).sum(dim=3, keepdim=True)
             coef = torch.where(x_norm > 0, inner * scale / ((x_norm + EPS) * x_norm.clamp(min=EPS)), 0.0)
-            g_sims = g_logits.mul_(scale).sub_(x * coef)
+            g_x = g_logits.mul_(scale).sub_(x.mul_(coef) if clipped else x * coef)
             if clipped:
-                g_sims = torch.where(sims > 0, g_sims, g_sims * LEAKY_SLOPE)
+                # LeakyReLU's own backward kernel: one pass, written straight into the gradient of all cosines
+                torch.ops.aten.leaky_relu_backward.grad_input(g_x, sims, LEAKY_SLOPE, False, grad_input=g_sims)
+            else:
+                g_sims.copy_(g_x)
         else:
-            (g_sims,) = torch.autograd.grad(logits_graph, sims_leaf, g_logits)
+            (g_norm,) = torch.autograd.grad(logits_graph, sims_leaf, g_logits)
+            g_sims.copy_(g_norm)
         g_sims.addcmul_(attn, g_dot[:, None])
-        # --- s = context . query
-        flat = g_sims.view(cb * n_ctx, n_q_sets * n_q)
-        g_context[s0:s0 + cb] += _matmul(flat, q_m.view(n_q_sets * n_q, dim), product_dtype).view(cb, n_ctx, dim)
-        g_query += _matmul(flat.t(), ctx_m.reshape(cb * n_ctx, dim), product_dtype).view(n_q_sets, n_q, dim)
-    # |u_q| = sqrt(sum u^2) at real query items
-    q_valid = torch.arange(n_q, device=query.device)[None] < query_lengths.to(query.device)[:, None]
-    q_norm = _masked_norm(query * q_valid[..., None], q_valid)
-    g_query += (g_query_norm / q_norm)[..., None] * query
+    # --- s = context . query: two matrix products over all pairs; the Gram matrices: 2 g_G context
+    flat = g_all_sims.view(n_ctx_sets * n_ctx, n_q_sets * n_q)
+    g_context = _matmul(flat, q_m.view(n_q_sets * n_q, dim), product_dtype).view(n_ctx_sets, n_ctx, dim)
+    g_context.baddbmm_(g_grams, ctx_m, alpha=2)
+    g_query = _matmul(flat.t(), ctx_m.reshape(n_ctx_sets * n_ctx, dim), product_dtype).view(n_q_sets, n_q, dim)
+    # |u_q| = sqrt(sum u^2) at real query items; padding gets no gradient
+    g_query += (g_query_norm / query_norm[0])[..., None] * q_m
     g_query *= q_valid[..., None]
-    if context_lengths is not None:
-        c_valid = torch.arange(n_ctx, device=context.device)[None] < context_lengths.to(context.device)[:, None]
-        g_context *= c_valid[..., None]
+    if sim.region_valid is not None:
+        g_context *= sim.region_valid[..., None]
     return g_context, g_query

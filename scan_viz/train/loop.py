@@ -169,6 +169,8 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
         sampler=sampler, num_workers=options.workers, collate_fn=collate_pairs, pin_memory=device.type == "cuda",
         persistent_workers=options.workers > 0, generator=torch.Generator().manual_seed(options.seed))
 
+    # the training step's head: its region-word products in --train-products; validation scores with ``head``
+    train_head = head.with_product_dtype(options.product_dtype) if options.product_dtype else head
     if run.epoch >= config.num_epochs:
         log(f"nothing to do: the run already has {run.epoch} of {config.num_epochs} epochs")
     else:
@@ -186,7 +188,7 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
         progress = EpochProgress(epoch, len(loader), options.progress, options.log_every, log)
         try:
             for step, batch in enumerate(loader, 1):
-                loss = _train_step(batch, image_encoder, text_encoder, head, optimizer, params, config, device,
+                loss = _train_step(batch, image_encoder, text_encoder, train_head, optimizer, params, config, device,
                                    max_violation)
                 run.eiters += 1
                 if not math.isfinite(loss):
