@@ -42,7 +42,7 @@ __all__ = ["BLOCK_BYTES", "ScanAttentionFunction", "scan_scores_trainable"]
 
 #: Bytes of one (context sets x context x query sets x query) block: a handful of tensors of this size are alive
 #: at once in the backward, and they should stay in the CPU's cache.
-BLOCK_BYTES = 1024**2
+BLOCK_BYTES = 4 * 1024**2
 
 
 def _blocks(n: int, per_item: int, block_bytes: int) -> tuple[range, int]:
