@@ -13,8 +13,10 @@ of 211-d features, embed 256, word_dim 128, bi-GRU, captions of 8-16 tokens), wi
   recomputing hand-written backward of :mod:`scan_viz.attention_grad`;
 - the same with the region-word products (forward, recomputation, the backward's matrix products) in bfloat16.
 
-It prints pairs/s (128 x 128 image-caption pairs per step) and the ratio to the baseline, plus the share of a step each phase
-takes, and how far each variant's loss and gradients are from the baseline's (same weights).
+It prints wall time and CPU time (this process, all threads) per step: on a shared machine the CPU time is the
+steadier measure, the wall time counts the waits for other processes. It prints pairs/s (128 x 128 image-caption
+pairs per step) and the ratios to the baseline, the share of a step each phase takes, and how far each variant's
+loss and gradients are from the baseline's (same weights).
 """
 from __future__ import annotations
 
@@ -88,26 +90,31 @@ def main() -> None:
           f"{float(lengths.float().mean()):.1f} tokens (max {int(lengths.max())})")
     print(f"vs baseline, |loss diff| / max |grad diff| (largest |grad| {grad_scale:.2e}): "
           + "; ".join(f"{name}: {d}" for name, d in zip(list(variants)[1:], diffs)))
-    print("| variant | s/step | pairs/s | vs baseline | encoders | head fwd | backward | clip+step |")
-    print("|---|---|---|---|---|---|---|---|")
-    base_rate = None
+    print("| variant | s/step | pairs/s | vs baseline | CPU s/step | vs baseline (CPU) | encoders | head fwd | backward "
+          "| clip+step |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    base_rate = base_cpu = None
     for name, fn in variants.items():
         optimizer = torch.optim.Adam(params, lr=2e-4)
         for _ in range(2):
             step(fn, optimizer)
-        phases = []
+        phases, cpu = [], []
         for _ in range(args.steps):
+            c0 = time.process_time()
             times, _, _ = step(fn, optimizer)
             t0 = time.perf_counter()
             optimizer.step()
             times[-1] += time.perf_counter() - t0
+            cpu.append(time.process_time() - c0)
             phases.append(times)
         mean = np.mean(phases, axis=0)
         total = float(mean.sum())
         rate = b * b / total
-        base_rate = base_rate or rate
+        cpu_step = float(np.mean(cpu))
+        base_rate, base_cpu = base_rate or rate, base_cpu or cpu_step
         share = " | ".join(f"{100 * v / total:.0f}%" for v in mean)
-        print(f"| {name} | {total:.3f} | {rate:,.0f} | {rate / base_rate:.2f}x | {share} |")
+        print(f"| {name} | {total:.3f} | {rate:,.0f} | {rate / base_rate:.2f}x | {cpu_step:.3f} | "
+              f"{base_cpu / cpu_step:.2f}x | {share} |")
 
 
 if __name__ == "__main__":
