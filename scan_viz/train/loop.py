@@ -224,12 +224,12 @@ def batch_scores(head: MatchingHead, regions: torch.Tensor, words: torch.Tensor,
 
     regions (n_images, n_regions, d), words (n_captions, max_words, d). A SCAN head (``fused``) goes through
     :func:`scan_viz.attention_grad.scan_scores_trainable`: scan_attention's forward, stored nothing, a hand-written
-    backward that recomputes block by block (the head's region-word products in its ``product_dtype``). Other heads
-    (or ``fused=False``) run autograd through ``head.scores``: every pair is independent, so scoring a few images
-    at a time computes exactly the same scores; on a CPU the blocks' intermediates stay in cache. On a GPU one
-    block. Speeds: benchmarks/bench_training.py.
+    backward that recomputes block by block (the head's region-word products in its ``product_dtype``); on a CPU
+    only, as it was measured there. Other heads (or ``fused=False``, or a GPU) run autograd through
+    ``head.scores``: every pair is independent, so scoring a few images at a time computes exactly the same scores;
+    on a CPU the blocks' intermediates stay in cache. On a GPU one block. Speeds: benchmarks/bench_training.py.
     """
-    if fused and isinstance(head, ScanHead):
+    if fused and isinstance(head, ScanHead) and not regions.is_cuda:  # its many small blocks: measured on CPU only
         return scan_scores_trainable(regions, words, lengths, head.attention_params, product_dtype=head.product_dtype)
     if regions.is_cuda:
         return head.scores(regions, words, lengths).scores
