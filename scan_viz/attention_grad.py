@@ -25,8 +25,9 @@ softmax over c, ``dot_q = sum_c a s``, ``sq_q = a^T G a`` with G the context's G
     g_l = a (g_a - sum_c a g_a)           g_s = g_dot a + (normalisation's backward of g_l)
     g_G = sum_q g_sq a a^T, so g_context += 2 g_G context;  s = context . query gives the two matrix products.
 
-The normalisation's backward is written out for the default ``clipped_l2norm`` and ``l2norm``; the other
-normalisations go through autograd for that step only. ``tests/test_attention_grad.py`` checks the whole
+The normalisation's backward is written out for the default ``clipped_l2norm`` and ``l2norm`` (whose recomputation
+is then written inline, ``lam * x / (|x| + eps)`` as in ``normalize_raw``, because the backward needs ``|x|``); the
+other normalisations call ``normalize_raw`` and go through autograd for that step only. ``tests/test_attention_grad.py`` checks the whole
 function with ``torch.autograd.gradcheck`` in float64, and against autograd through ``scan_attention``.
 """
 from __future__ import annotations
