@@ -7,11 +7,16 @@ of 211-d features, embed 256, word_dim 128, bi-GRU, captions of 8-16 tokens), wi
 (sum over negatives), Adam and gradient clipping:
 
 - baseline: the whole batch scored as one block (what the loop did before: ``head.scores(regions, words)``);
-- blocked: :func:`scan_viz.train.loop.batch_scores`, the images scored a few at a time so the intermediates
-  stay in the CPU's cache.
+- blocked autograd: ``batch_scores(..., fused=False)``, the images scored a few at a time so the intermediates
+  stay in the CPU's cache, autograd through them;
+- fused backward: :func:`scan_viz.train.loop.batch_scores` as training runs it, scan_attention's forward and the
+  recomputing hand-written backward of :mod:`scan_viz.heads.attention_grad`;
+- the same with the region-word products (forward, recomputation, the backward's matrix products) in bfloat16.
 
-It prints pairs/s (128 x 128 image-caption pairs per step) and the ratio, plus the share of a step each phase
-takes, and checks that both variants give the same loss and gradients.
+It prints wall time and CPU time (this process, all threads) per step: on a shared machine the CPU time is the
+steadier measure, the wall time counts the waits for other processes. It prints pairs/s (128 x 128 image-caption
+pairs per step) and the ratios to the baseline, the share of a step each phase takes, and how far each variant's
+loss and gradients are from the baseline's (same weights).
 """
 from __future__ import annotations
 
@@ -39,7 +44,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = ScanConfig(img_dim=211, embed_size=256, word_dim=128, bi_gru=True, vocab_size=240,
-                        cross_attn=args.cross_attn, lambda_softmax=9.0 if args.cross_attn == "t2i" else 4.0)
+                        head_params={"cross_attn": args.cross_attn,
+                                     "lambda_softmax": 9.0 if args.cross_attn == "t2i" else 4.0})
     image_encoder, text_encoder = build_encoders(config)
     head = create_head(None, config)
     params = list(text_encoder.parameters()) + list(image_encoder.parameters())
@@ -48,9 +54,12 @@ def main() -> None:
     lengths = torch.randint(8, 17, (b,))
     ids = torch.randint(4, 240, (b, int(lengths.max())))
 
+    bf16_head = head.with_product_dtype(torch.bfloat16)
     variants = {
         "baseline: one block": lambda r, w: head.scores(r, w, lengths).scores,
-        "blocked (batch_scores)": lambda r, w: batch_scores(head, r, w, lengths),
+        "blocked autograd": lambda r, w: batch_scores(head, r, w, lengths, fused=False),
+        "fused backward (batch_scores)": lambda r, w: batch_scores(head, r, w, lengths),
+        "fused, bf16 products": lambda r, w: batch_scores(bf16_head, r, w, lengths),
     }
 
     def step(score_fn, optimizer) -> tuple[np.ndarray, float, list[torch.Tensor]]:
@@ -70,33 +79,43 @@ def main() -> None:
     # same loss and gradients from the same weights (no optimizer step in between: lr 0)
     frozen = torch.optim.SGD(params, lr=0.0)
     checks = [step(fn, frozen) for fn in variants.values()]
-    loss_diff = abs(checks[0][1] - checks[1][1])
-    grad_diff = max(float((g0 - g1).abs().max()) for g0, g1 in zip(checks[0][2], checks[1][2]))
+    diffs = []
+    for check in checks[1:]:
+        loss_diff = abs(checks[0][1] - check[1])
+        grad_diff = max(float((g0 - g1).abs().max()) for g0, g1 in zip(checks[0][2], check[2]))
+        grad_scale = max(float(g0.abs().max()) for g0 in checks[0][2])
+        diffs.append(f"{loss_diff:.2e} / {grad_diff:.2e}")
 
     print(f"machine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"batch {b} x {b} pairs, 36 regions x 211-d, embed 256, {args.cross_attn}, captions "
           f"{float(lengths.float().mean()):.1f} tokens (max {int(lengths.max())})")
-    print(f"same loss and gradients: |loss diff| = {loss_diff:.2e}, max |grad diff| = {grad_diff:.2e}")
-    print("| variant | s/step | pairs/s | vs baseline | encoders | head fwd | backward | clip+step |")
-    print("|---|---|---|---|---|---|---|---|")
-    base_rate = None
+    print(f"vs baseline, |loss diff| / max |grad diff| (largest |grad| {grad_scale:.2e}): "
+          + "; ".join(f"{name}: {d}" for name, d in zip(list(variants)[1:], diffs)))
+    print("| variant | s/step | pairs/s | vs baseline | CPU s/step | vs baseline (CPU) | encoders | head fwd | backward "
+          "| clip+step |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    base_rate = base_cpu = None
     for name, fn in variants.items():
         optimizer = torch.optim.Adam(params, lr=2e-4)
         for _ in range(2):
             step(fn, optimizer)
-        phases = []
+        phases, cpu = [], []
         for _ in range(args.steps):
+            c0 = time.process_time()
             times, _, _ = step(fn, optimizer)
             t0 = time.perf_counter()
             optimizer.step()
             times[-1] += time.perf_counter() - t0
+            cpu.append(time.process_time() - c0)
             phases.append(times)
         mean = np.mean(phases, axis=0)
         total = float(mean.sum())
         rate = b * b / total
-        base_rate = base_rate or rate
+        cpu_step = float(np.mean(cpu))
+        base_rate, base_cpu = base_rate or rate, base_cpu or cpu_step
         share = " | ".join(f"{100 * v / total:.0f}%" for v in mean)
-        print(f"| {name} | {total:.3f} | {rate:,.0f} | {rate / base_rate:.2f}x | {share} |")
+        print(f"| {name} | {total:.3f} | {rate:,.0f} | {rate / base_rate:.2f}x | {cpu_step:.3f} | "
+              f"{base_cpu / cpu_step:.2f}x | {share} |")
 
 
 if __name__ == "__main__":

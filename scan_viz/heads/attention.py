@@ -112,12 +112,13 @@ def _softmax_numerator(logits: torch.Tensor, dim: int, valid: torch.Tensor | Non
     The division is folded into the quantities computed from it (dot products and quadratic forms),
     which saves a full pass over the (pairs x words x regions) tensor. Same value as torch.softmax.
     """
+    own = inplace
     if not bounded:
         masked = logits if valid is None else logits.masked_fill(~valid, float("-inf"))
         logits = logits - masked.amax(dim=dim, keepdim=True)
-        inplace = True
-    e = logits.exp_() if inplace else logits.exp()
-    if valid is not None:
+        own = True
+    e = logits.exp_() if own else logits.exp()
+    if valid is not None:  # not in place under autograd: exp's backward reads its output
         e = e.mul_(valid) if inplace else e * valid
     return e, e.sum(dim=dim)
 

@@ -124,6 +124,12 @@ class MatchingHead(abc.ABC):
                region_lengths: torch.Tensor | None = None, return_attention: bool = False) -> HeadOutput:
         """regions (n_images, n_regions, d), words (n_captions, max_words, d) -> HeadOutput. Differentiable."""
 
+    def training_scores(self, regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor
+                        ) -> torch.Tensor | None:
+        """(n_images, n_captions) scores for a training step through a head's own memory-saving backward, or None
+        when the head has none (the training loop then runs autograd through :meth:`scores`)."""
+        return None
+
     @abc.abstractmethod
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         """Peak intermediate memory one pair costs in :meth:`scores`, for sizing blocks."""

@@ -81,6 +81,16 @@ class ScanHead(MatchingHead):
             return HeadOutput(res.scores, res.attention, word_relevance=res.relevance)
         return HeadOutput(res.scores, res.attention, region_relevance=res.relevance)
 
+    def training_scores(self, regions, words, word_lengths):
+        """SCAN's attention with the hand-written backward that recomputes instead of storing
+        (:mod:`scan_viz.heads.attention_grad`); on a CPU only, where it was measured."""
+        if regions.is_cuda:
+            return None
+        from scan_viz.heads.attention_grad import scan_scores_trainable
+
+        return scan_scores_trainable(regions, words, word_lengths, self.attention_params,
+                                     product_dtype=self.product_dtype)
+
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         # sims, attention and two temporaries of the same (n_words x n_regions) shape are alive at once
         return 5 * n_regions * n_words * itemsize

@@ -32,10 +32,10 @@ from torch.utils.data import DataLoader
 from scan_viz.errors import ScanVizError
 from scan_viz.evaluation.metrics import evaluate
 from scan_viz.heads import MatchingHead, create_head
+from scan_viz.heads.engine import score_matrix
 from scan_viz.model.config import ScanConfig
 from scan_viz.model.encoders import ImageEncoder, TextEncoder, build_encoders
 from scan_viz.regions.store import PrecompSplit, load_precomp
-from scan_viz.heads.engine import score_matrix
 from scan_viz.text import Vocabulary
 from scan_viz.train.dataset import CaptionImagePairs, EncodedCaptionIds, EpochShuffle, collate_pairs
 from scan_viz.train.loss import contrastive_loss
@@ -167,6 +167,8 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
         sampler=sampler, num_workers=options.workers, collate_fn=collate_pairs, pin_memory=device.type == "cuda",
         persistent_workers=options.workers > 0, generator=torch.Generator().manual_seed(options.seed))
 
+    # the training step's head: its region-word products in --train-products; validation scores with ``head``
+    train_head = head.with_product_dtype(options.product_dtype) if options.product_dtype else head
     if run.epoch >= config.num_epochs:
         log(f"nothing to do: the run already has {run.epoch} of {config.num_epochs} epochs")
     else:
@@ -184,7 +186,7 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
         progress = EpochProgress(epoch, len(loader), options.progress, options.log_every, log)
         try:
             for step, batch in enumerate(loader, 1):
-                loss = _train_step(batch, image_encoder, text_encoder, head, optimizer, params, config, device,
+                loss = _train_step(batch, image_encoder, text_encoder, train_head, optimizer, params, config, device,
                                    max_violation)
                 run.eiters += 1
                 if not math.isfinite(loss):
@@ -215,13 +217,18 @@ TRAIN_BLOCK_BYTES = 4 * 1024**2
 
 
 def batch_scores(head: MatchingHead, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
-                 block_bytes: int = TRAIN_BLOCK_BYTES) -> torch.Tensor:
+                 block_bytes: int = TRAIN_BLOCK_BYTES, fused: bool = True) -> torch.Tensor:
     """The (n_images, n_captions) score matrix of a training batch, differentiable, in blocks of images.
 
-    regions (n_images, n_regions, d), words (n_captions, max_words, d). Every pair is independent, so scoring
-    a few images at a time computes exactly the same scores; on a CPU the blocks' intermediates stay in cache,
-    which measured about 1.7x faster for a step than one block (benchmarks/bench_training.py). On a GPU one block.
+    regions (n_images, n_regions, d), words (n_captions, max_words, d). A head with a backward of its own
+    (``fused``; :meth:`~scan_viz.heads.MatchingHead.training_scores`: SCAN's stores nothing and recomputes block
+    by block, on a CPU) goes through it. Other heads (or ``fused=False``, or a GPU) run autograd through
+    ``head.scores``: every pair is independent, so scoring a few images at a time computes exactly the same scores;
+    on a CPU the blocks' intermediates stay in cache. On a GPU one block. Speeds: benchmarks/bench_training.py.
     """
+    own = head.training_scores(regions, words, lengths) if fused else None
+    if own is not None:
+        return own
     if regions.is_cuda:
         return head.scores(regions, words, lengths).scores
     per_image = regions.shape[1] * words.shape[0] * words.shape[1] * regions.element_size()

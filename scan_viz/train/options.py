@@ -21,6 +21,8 @@ class TrainOptions:
     ``init_from``: a model (directory, or a name under pretrained/) whose encoder weights a new run starts from
     (fine-tuning, e.g. a CHAN or CAAN head on a trained SCAN model's encoders); the run then uses that model's
     vocabulary, and the model's encoder sizes must equal the config's.
+    ``product_dtype``: ``"bfloat16"`` runs the training step's region-word products in bfloat16 (the head's
+    ``product_dtype``; dev scoring stays float64); None keeps float32.
     ``progress``: per-iteration output (a tqdm bar on a terminal, plain lines every ``log_every`` iterations
     otherwise); epoch summaries are always logged through ``log``.
     """
@@ -37,6 +39,7 @@ class TrainOptions:
     init_from: str | Path | None = None
     log_every: int = 10
     progress: bool = True
+    product_dtype: str | None = None
     log: Callable[[str], None] = print
 
     def validate(self) -> None:
@@ -49,5 +52,7 @@ class TrainOptions:
             raise ScanVizError(f"--vocab-threshold must be at least 1, got {self.vocab_threshold}")
         if self.max_dev_captions is not None and self.max_dev_captions < 0:
             raise ScanVizError(f"--max-dev-captions must be 0 (keep all) or positive, got {self.max_dev_captions}")
+        if self.product_dtype not in (None, "float32", "bfloat16"):
+            raise ScanVizError(f"--train-products must be float32 or bfloat16, got {self.product_dtype!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ScanVizError(f"--device must be cpu or cuda, got {self.device!r}")
