@@ -39,7 +39,7 @@ from scan_viz.gallery import load_gallery
 from scan_viz.model import load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
 from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index, read_rows
-from scan_viz.stage1 import RECALL_KS, find_stage1
+from scan_viz.stage1 import CURVE_KS, find_stage1
 
 CHUNK = 2048
 
@@ -144,11 +144,11 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
     caps = model.encode_captions(captions)
     queries = stage1.caption_vectors(caps.emb, caps.lengths)
     # stage-1 recall@K over the queries (the true image is row caption_image, an original)
-    _, found = search.image_index.search(queries, max(RECALL_KS + tuple(ks)))
+    _, found = search.image_index.search(queries, max(CURVE_KS + tuple(ks)))
     hit_rank = np.array([np.flatnonzero(row == t)[0] if (row == t).any() else 10**9
                          for row, t in zip(found, caption_image)])
     result["stage1_recall"] = {kk: float(100 * (hit_rank < kk).mean())
-                               for kk in sorted(set(RECALL_KS + tuple(ks))) if kk <= n or kk in ks}
+                               for kk in sorted(set(CURVE_KS + tuple(ks))) if kk <= n or kk in ks}
     # two-stage at each K: per-query latency (query encoding included) and the final ranks
     two_ranks = {}
     result["two_stage"] = {}

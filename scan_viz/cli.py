@@ -125,26 +125,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.gallery:
         return _eval_gallery(args)
     from scan_viz.data import load_precomp
-    from scan_viz.metrics import evaluate, fold5_average, fold_slices
+    from scan_viz.metrics import evaluate, evaluate_fold5
 
     split = load_precomp(args.data, args.split)
     model, head = _load(args)
     feats = np.asarray(split.regions.features)
     budget = int(args.memory_gb * 1024**3)
 
-    def run(img_sl: slice, cap_sl: slice) -> dict:
-        sims = model.similarity(feats[img_sl], split.captions[cap_sl], dtype=args.dtype, device=args.device,
+    def score(img_sl: slice, cap_sl: slice) -> np.ndarray:
+        return model.similarity(feats[img_sl], split.captions[cap_sl], dtype=args.dtype, device=args.device,
                                 head=head, memory_budget=budget, progress=_progress("scoring"))
-        cap_img = np.asarray(split.caption_image[cap_sl]) - img_sl.start
-        return evaluate(sims, cap_img)
 
     n_img = len(split.regions)
     if args.fold5:
-        results = [run(img_sl, cap_sl) for img_sl, cap_sl in fold_slices(n_img)]
-        result = fold5_average(results)
+        metrics = evaluate_fold5(score, n_img, caption_image=split.caption_image)
     else:
-        result = run(slice(0, n_img), slice(0, len(split.captions)))
-    result["head"] = head.name
+        metrics = evaluate(score(slice(0, n_img), slice(0, len(split.captions))), split.caption_image)
+    result = {**metrics.to_dict(), "head": head.name}
     _print_metrics(result)
     _write_json(args.json, result, args.stdout)
     return 0

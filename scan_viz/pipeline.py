@@ -283,7 +283,7 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
         matcher = matcher.with_product_dtype(dtype)
     sims = model.similarity(gallery.regions.features, gallery.captions, head=matcher, progress=progress,
                             region_lengths=gallery.regions.n_boxes, dtype=dtype)
-    result = evaluate(sims, gallery.caption_image)
+    result = evaluate(sims, gallery.caption_image).to_dict()
     if gallery.regions.boxes is not None and any(gallery.caption_words):
         result.update(pointing_on_gallery(model, gallery, matcher))
     result["head"] = matcher.name
@@ -326,7 +326,7 @@ def truth_metrics(gallery: Gallery, sims: np.ndarray) -> dict[str, Any] | None:
         return None
     truth = gallery.truth.copy()
     truth[np.arange(len(gallery.captions)), gallery.caption_image] = True  # a caption's own image always counts
-    summary = evaluate_truth(sims, truth)
+    summary = evaluate_truth(sims, truth).to_dict()
     summary["images_per_caption"] = float(truth.sum(axis=1).mean())
     t2i_top, i2t_top = sims.argmax(axis=0), sims.argmax(axis=1)
     t2i_verdicts = [caption_holds(claims, gallery.scenes[int(top)])

@@ -27,6 +27,7 @@ from torch import nn
 
 from scan_viz.encoders import l2norm
 from scan_viz.errors import ScanVizError
+from scan_viz.metrics import answer_ranks
 
 STAGE1_CONFIG = "stage1.json"
 STAGE1_WEIGHTS = "stage1.safetensors"
@@ -240,18 +241,17 @@ def find_trained_for(model, config_name: str, search_dirs: list[Path] | None = N
     return None
 
 
-RECALL_KS = (1, 5, 10, 20, 50, 100, 200, 500)
+#: The K at which a stage-1 head's recall curve is measured (the screening depths search may choose from).
+CURVE_KS = (1, 5, 10, 20, 50, 100, 200, 500)
 
 
 def recall_curve(image_vectors: np.ndarray, caption_vectors: np.ndarray, caption_image: np.ndarray,
-                 ks: tuple[int, ...] = RECALL_KS) -> dict[int, float]:
+                 ks: tuple[int, ...] = CURVE_KS) -> dict[int, float]:
     """Stage-1 text -> image recall@K (percent): how often a caption's image is among its K nearest images.
 
     image_vectors (n_images, D), caption_vectors (n_captions, D), caption_image (n_captions,) image row of each.
     """
-    sims = caption_vectors @ image_vectors.T
-    own = sims[np.arange(len(caption_image)), caption_image]
-    ranks = (sims > own[:, None]).sum(axis=1)  # 0-based rank of the caption's own image
+    ranks = answer_ranks(caption_vectors @ image_vectors.T, caption_image)  # 0-based rank of the caption's image
     return {k: float(100.0 * (ranks < k).mean()) for k in ks if k <= image_vectors.shape[0]}
 
 

@@ -93,7 +93,7 @@ def test_padded_regions_take_no_part_in_evaluation_or_pointing(model, padded):
     result = evaluate_gallery(model, padded, details=True)
     direct = direct_scores(model, padded, padded.captions)
     np.testing.assert_allclose(result["sims"], direct, atol=1e-5)
-    expected = evaluate(direct, padded.caption_image)
+    expected = evaluate(direct, padded.caption_image).to_dict()
     for direction in ("i2t", "t2i"):
         assert result[direction] == pytest.approx(expected[direction])
     assert result["rsum"] == pytest.approx(expected["rsum"])

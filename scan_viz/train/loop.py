@@ -36,7 +36,7 @@ from scan_viz.engine import score_matrix
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import MatchingHead, create_head
 from scan_viz.loss import contrastive_loss
-from scan_viz.metrics import evaluate
+from scan_viz.metrics import RetrievalResult, evaluate
 from scan_viz.text import Vocabulary
 from scan_viz.train.dataset import CaptionImagePairs, EncodedCaptionIds, EpochShuffle, collate_pairs
 from scan_viz.train.options import TrainOptions
@@ -197,11 +197,11 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
         metrics = validate(image_encoder, text_encoder, head, dev_split, dev_caps, device, config.batch_size,
                            options.progress)
         run.epoch = epoch + 1
-        is_best = metrics["rsum"] > run.best_rsum
+        is_best = metrics.rsum > run.best_rsum
         if is_best:
-            run.best_rsum, run.best_epoch = metrics["rsum"], run.epoch
+            run.best_rsum, run.best_epoch = metrics.rsum, run.epoch
         record = {"epoch": run.epoch, "lr": lr, "max_violation": max_violation, "loss": progress.mean_loss,
-                  "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"], "best_rsum": run.best_rsum, "is_best": is_best,
+                  "i2t": metrics.i2t.to_dict(), "t2i": metrics.t2i.to_dict(), "rsum": metrics.rsum, "best_rsum": run.best_rsum, "is_best": is_best,
                   "eiters": run.eiters, "seconds": round(time.perf_counter() - started, 3)}
         _save_epoch(out, config, vocab, image_encoder, text_encoder, optimizer, run, is_best, record, options)
         log(_epoch_line(record, config.num_epochs))
@@ -251,7 +251,7 @@ def _train_step(batch: dict[str, torch.Tensor], image_encoder: ImageEncoder, tex
 
 def validate(image_encoder: ImageEncoder, text_encoder: TextEncoder, head: MatchingHead, split: PrecompSplit,
              captions: EncodedCaptionIds, device: torch.device, batch_size: int = 128,
-             progress: bool = False) -> dict:
+             progress: bool = False) -> RetrievalResult:
     """Dev retrieval metrics (:func:`scan_viz.metrics.evaluate`) of the encoders as they are now.
 
     As in the official validation, embeddings are computed in float32 and scored in float64.
