@@ -53,3 +53,12 @@ def test_stuff_words_are_reported_one_by_one():
         "sky": {"accuracy": 50.0, "count": 2, "random": pytest.approx(100 / 3), "largest": 0.0}}
     assert "stuff_words" not in evaluate_pointing([PointingItem(item.word_attention, regions, item.word_types,
                                                                 item.gt_boxes)])
+
+
+def test_items_without_words_or_boxes_are_skipped():
+    regions = np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float)
+    empty = PointingItem(np.zeros((0, 2)), regions, [], [])
+    no_box = PointingItem(np.array([[0.9, 0.1], [0.2, 0.8]]), regions, ["object", "colour"],
+                          [np.zeros((0, 4)), np.array([[50, 50, 60, 60]])])
+    res = evaluate_pointing([empty, no_box])
+    assert res["counts"] == {"colour": 1} and res["pointing"] == {"colour": 100.0}
