@@ -13,6 +13,7 @@ import numpy as np
 from scan_viz.config import CROSS_ATTNS, SCORING_DTYPES
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.limits import MAX_WORDS
+from scan_viz.progress import Progress
 
 #: ``--help``'s first paragraph (plain text: the module docstring is reStructuredText for the API docs).
 DESCRIPTION = ("See how SCAN-family image-text matching models line words up with image regions: score, evaluate, "
@@ -57,23 +58,6 @@ def _load(args: argparse.Namespace):
     return model, model.head(name, cross_attn=args.cross_attn, **overrides)
 
 
-def _progress(label: str, stream=None):
-    """A progress report on stderr: a percentage updated in place on a terminal, else a line every 10%."""
-    last = [-1]
-
-    def report(done: int, total: int) -> None:
-        out = stream or sys.stderr
-        pct = int(100 * done / max(total, 1))
-        if out.isatty():
-            if pct != last[0]:
-                last[0] = pct
-                print(f"\r{label}: {pct:3d}%", end="" if done < total else "\n", file=out, flush=True)
-        elif pct // 10 != last[0] // 10 or (done >= total and last[0] < 100):
-            last[0] = pct
-            print(f"{label}: {pct}% ({done:,} of {total:,})", file=out, flush=True)
-    return report
-
-
 def read_features(path: str) -> np.ndarray:
     """A (n_images, n_regions, img_dim) float array from .npy, memory-mapped once its header was checked."""
     from scan_viz.safe_files import load_npy
@@ -105,7 +89,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     captions = read_captions(args.captions)
     model, head = _load(args)
     sims = model.similarity(feats, captions, dtype=args.dtype, device=args.device, head=head,
-                            memory_budget=int(args.memory_gb * 1024**3), progress=_progress("scoring"))
+                            memory_budget=int(args.memory_gb * 1024**3), progress=Progress("scoring"))
     _save_npy(args.out, sims, args.stdout)
     print(f"wrote {args.out}: {sims.shape[0]} images x {sims.shape[1]} captions ({head.name}, {args.dtype})")
     return 0
@@ -134,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     def score(img_sl: slice, cap_sl: slice) -> np.ndarray:
         return model.similarity(feats[img_sl], split.captions[cap_sl], dtype=args.dtype, device=args.device,
-                                head=head, memory_budget=budget, progress=_progress("scoring"))
+                                head=head, memory_budget=budget, progress=Progress("scoring"))
 
     n_img = len(split.regions)
     if args.fold5:
@@ -158,7 +142,7 @@ def _eval_gallery(args: argparse.Namespace) -> int:
             if applies]
     print(f"evaluating {head.name} on {gallery.name}: {len(gallery):,} images x {len(gallery.captions):,} captions"
           + (f", then {' and '.join(then)}" if then else ""), file=sys.stderr, flush=True)
-    result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"), dtype=args.dtype)
+    result = evaluate_gallery(model, gallery, head, progress=Progress("scoring"), dtype=args.dtype)
     _print_metrics(result)
     _print_truth(result)
     if "pointing_accuracy" not in result:

@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -328,18 +327,3 @@ def _stage1_vectors(spec: IndexSpec, old, order: list[str], new_rows: dict, new_
     rows = iter(new_vectors)
     vectors = [old_vectors[old.index_of(i)] if i not in new_rows else next(rows) for i in order]
     return stage1, np.stack(vectors)
-
-
-def tqdm_progress(label: str) -> Callable[[int, int], None]:
-    """A tqdm bar on stderr (disabled when stderr is not a terminal)."""
-    from tqdm import tqdm
-
-    bar = [None]
-
-    def report(done: int, total: int) -> None:
-        if bar[0] is None:
-            bar[0] = tqdm(total=total, desc=label, unit="img", disable=not sys.stderr.isatty())
-        bar[0].update(done - bar[0].n)
-        if done >= total:
-            bar[0].close()
-    return report

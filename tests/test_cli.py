@@ -212,10 +212,10 @@ def test_progress_reports_lines_when_stderr_is_not_a_terminal(tmp_path):
     """Off a terminal (a log, a pipe) progress is a line every 10%, so a long `eval --gallery` shows it runs."""
     import io
 
-    from scan_viz.cli import _progress
+    from scan_viz.progress import Progress
 
     out = io.StringIO()
-    report = _progress("scoring", out)
+    report = Progress("scoring", out)
     for done in range(0, 1001, 50):
         report(done, 1000)
     lines = out.getvalue().splitlines()
