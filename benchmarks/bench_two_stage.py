@@ -36,6 +36,7 @@ import torch
 
 from scan_viz.engine import score_matrix
 from scan_viz.gallery import load_gallery
+from scan_viz.io import atomic_path
 from scan_viz.model import load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
 from scan_viz.search import EXACT_MAX, TwoStageSearch, build_index, read_rows
@@ -54,19 +55,18 @@ def perturbed_features(base: np.ndarray, n: int, noise: float, work: Path, seed:
     if path.is_file():
         return np.load(path, mmap_mode="r")
     std = base.reshape(-1, base.shape[-1]).std(axis=0)
-    tmp = path.with_suffix(".partial.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + base.shape[1:])
-    rng = np.random.default_rng(seed)
-    n_base = len(base)
-    for start in range(0, n, n_base):
-        rows = min(n_base, n - start)
-        block = base[:rows]
-        if start:
-            block = np.maximum(0, block + noise * std * rng.standard_normal(block.shape, dtype=np.float32))
-        out[start:start + rows] = block
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + base.shape[1:])
+        rng = np.random.default_rng(seed)
+        n_base = len(base)
+        for start in range(0, n, n_base):
+            rows = min(n_base, n - start)
+            block = base[:rows]
+            if start:
+                block = np.maximum(0, block + noise * std * rng.standard_normal(block.shape, dtype=np.float32))
+            out[start:start + rows] = block
+        out.flush()
+        del out
     return np.load(path, mmap_mode="r")
 
 
@@ -80,14 +80,13 @@ def embeddings(model, stage1, features: np.ndarray, work: Path, tag: str) -> tup
     vectors_path = work / f"vectors_{tag}_{stage1.fingerprint}.npy"
     if not regions_path.is_file():
         n, n_reg, _ = features.shape
-        tmp = regions_path.with_suffix(".partial.npy")
-        regions = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                            shape=(n, n_reg, model.config.embed_size))
-        for s in range(0, n, CHUNK):
-            regions[s:s + CHUNK] = model.encode_images(np.asarray(features[s:s + CHUNK], np.float32)).numpy()
-        regions.flush()
-        del regions
-        os.replace(tmp, regions_path)
+        with atomic_path(regions_path) as tmp:
+            regions = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                shape=(n, n_reg, model.config.embed_size))
+            for s in range(0, n, CHUNK):
+                regions[s:s + CHUNK] = model.encode_images(np.asarray(features[s:s + CHUNK], np.float32)).numpy()
+            regions.flush()
+            del regions
     regions = np.load(regions_path, mmap_mode="r")
     if not vectors_path.is_file():
         vectors = np.zeros((len(regions), stage1.head.dim), dtype=np.float32)
