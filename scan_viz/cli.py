@@ -262,10 +262,10 @@ def _print_metrics(result: dict) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from scan_viz.checkpoint import convert_official
+    from scan_viz.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, convert_official
 
     convert_official(args.checkpoint, args.vocab, args.out)
-    print(f"wrote {args.out} (config.json, model.safetensors, vocab.json)")
+    print(f"wrote {args.out} ({CONFIG_FILE}, {WEIGHTS_FILE}, {VOCAB_FILE})")
     return 0
 
 

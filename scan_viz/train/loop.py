@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from scan_viz.checkpoint import VOCAB_FILE
 from scan_viz.config import ScanConfig
 from scan_viz.data import PrecompSplit, load_precomp
 from scan_viz.encoders import ImageEncoder, TextEncoder, build_encoders
@@ -47,7 +48,6 @@ from scan_viz.train.state import (LAST_STATE, append_jsonl, atomic_path, load_la
 BEST_CHECKPOINT = "model_best.pth.tar"
 LAST_CHECKPOINT = "checkpoint.pth.tar"
 BEST_MODEL_DIR = "best"
-VOCAB_FILE = "vocab.json"
 LOG_FILE = "log.jsonl"
 #: config fields a resumed run may change: more (or fewer) epochs, and when the lr drops (the schedule of the
 #: epochs still to come; log.jsonl records each epoch's lr)
