@@ -70,14 +70,11 @@ def read_features(path: str) -> np.ndarray:
 
 
 def read_captions(path: str) -> list[str]:
-    """One caption per line (UTF-8); an empty line is an error naming its number."""
-    from scan_viz.safe_paths import MAX_JSON_BYTES, regular_file
+    """One caption per line (UTF-8, :func:`scan_viz.data.read_lines`); an empty line is an error naming its number."""
+    from scan_viz.data import read_lines
+    from scan_viz.safe_paths import MAX_JSON_BYTES
 
-    regular_file(path, "captions", MAX_JSON_BYTES)  # a FIFO or /dev/zero is refused, not read forever
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScanVizError(f"cannot read captions {path}: {exc}") from exc
+    lines = read_lines(path, "captions", MAX_JSON_BYTES)
     for number, line in enumerate(lines, 1):
         if not line.strip():
             raise ScanVizError(f"{path}: line {number} is empty; give one caption per line")

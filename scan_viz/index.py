@@ -48,13 +48,10 @@ def list_images(folder: Path) -> list[Path]:
 
 def read_captions_file(path: Path) -> dict[str, list[str]]:
     """``image_id<TAB>caption`` per line (UTF-8; blank lines skipped) -> {image_id: [captions]}."""
-    from scan_viz.safe_paths import MAX_JSON_BYTES, regular_file
+    from scan_viz.data import read_lines
+    from scan_viz.safe_paths import MAX_JSON_BYTES
 
-    regular_file(path, "captions", MAX_JSON_BYTES)  # a FIFO or /dev/zero is refused, not read forever
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScanVizError(f"cannot read captions {path}: {exc}") from None
+    lines = read_lines(path, "captions", MAX_JSON_BYTES)
     captions: dict[str, list[str]] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
