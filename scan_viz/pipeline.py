@@ -20,7 +20,7 @@ from scan_viz.heads import MatchingHead
 from scan_viz.limits import check_sentence
 from scan_viz.metrics import evaluate
 from scan_viz.model import PRETRAINED_DIR, ScanModel
-from scan_viz.pointing import PointingItem, evaluate_pointing
+from scan_viz.pointing import PointingItem, PointingResult, evaluate_pointing
 from scan_viz.types import Alignment, Regions
 
 DEFAULT_MODEL = "scan-emoji-t2i"
@@ -285,7 +285,7 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
                             region_lengths=gallery.regions.n_boxes, dtype=dtype)
     result = evaluate(sims, gallery.caption_image).to_dict()
     if gallery.regions.boxes is not None and any(gallery.caption_words):
-        result.update(pointing_on_gallery(model, gallery, matcher))
+        result.update(pointing_on_gallery(model, gallery, matcher).to_dict())
     result["head"] = matcher.name
     truth = truth_metrics(gallery, sims)
     if truth is None:
@@ -346,7 +346,7 @@ def truth_metrics(gallery: Gallery, sims: np.ndarray) -> dict[str, Any] | None:
             "i2t_top_verdict": i2t_verdicts}
 
 
-def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) -> dict[str, Any]:
+def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) -> PointingResult:
     """Pointing accuracy of every grounded word of every caption with its own image."""
     items = []
     regions_emb = model.encode_images(gallery.regions.features)

@@ -35,7 +35,7 @@ def test_bundled_model_retrieves_and_points_on_a_gallery_slice(gallery, name):
     assert result.rsum > RSUM_FLOOR[name], result  # chance on 100 images is about 2 x (1 + 5 + 10) = 32
 
     pointing = pointing_on_gallery(model, _first(gallery, N), model.head())
-    assert pointing["pointing"]["object"] > pointing["baselines"]["random"]["object"] + 20
+    assert pointing.per_type["object"] > pointing.random["object"] + 20
 
 
 def _first(gallery, n):

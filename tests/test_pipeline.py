@@ -112,7 +112,7 @@ def test_padded_regions_take_no_part_in_evaluation_or_pointing(model, padded):
                 word_attention=attention[[t + 1 for t, _ in grounded]], region_boxes=regions.boxes,
                 word_types=[w["type"] for _, w in grounded],
                 gt_boxes=[np.array([record["objects"][b]["box"] for b in w["boxes"]], float) for _, w in grounded]))
-    pointing = evaluate_pointing(items)
+    pointing = evaluate_pointing(items).to_dict()
     assert result["pointing_accuracy"] == pytest.approx(pointing["pointing_accuracy"])
     assert result["pointing"] == pytest.approx(pointing["pointing"])
     for baseline in ("random", "largest"):
