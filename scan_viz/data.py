@@ -51,7 +51,7 @@ PathLike = str | os.PathLike
 def read_lines(path: PathLike, what: str, max_bytes: int = MAX_TEXT_BYTES) -> list[str]:
     """The lines of a UTF-8 text file, each stripped: the one reader of caption (and id) files.
 
-    Split on ``\n`` only, as the official loader's binary-mode iteration does: a stray ``\r`` or Unicode line
+    Split on ``\\n`` only, as the official loader's binary-mode iteration does: a stray ``\\r`` or Unicode line
     separator inside a caption must not shift every later caption onto the wrong image. A final empty line (the
     file's closing newline) is not a line; other empty lines are kept, for the caller to judge.
     """
