@@ -6,9 +6,10 @@ alive without filling the log with redrawn bars (or nothing, with ``lines=False`
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress:
@@ -21,13 +22,15 @@ class Progress:
     def __init__(self, label: str, stream: TextIO | None = None, unit: str = "it", lines: bool = True,
                  leave: bool = True) -> None:
         self.label, self.stream, self.unit, self.lines, self.leave = label, stream, unit, lines, leave
-        self.bar: tqdm | None = None
+        self.bar: "tqdm | None" = None
         self.last = -1  # the last percentage printed as a line
 
     def __call__(self, done: int, total: int) -> None:
         out = self.stream or sys.stderr
         if out.isatty():
             if self.bar is None:
+                from tqdm import tqdm  # only for a terminal: the CLI's start (and its fast refusals) stay light
+
                 self.bar = tqdm(total=total, desc=self.label, unit=self.unit, file=out, leave=self.leave,
                                 dynamic_ncols=True)
             self.bar.total = total
