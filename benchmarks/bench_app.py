@@ -46,10 +46,11 @@ def percentiles(fn: Callable[[int], object], runs: int, warmup: int = 2) -> tupl
 def sources(use_fixture: bool):
     """(Sources, description) of the bundle to measure."""
     from scan_viz.app.bundle import Sources
+    from scan_viz.model.checkpoint import CONFIG_FILE
     from scan_viz.model import PRETRAINED_DIR
     from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
 
-    bundled = [PRETRAINED_DIR / DEFAULT_MODEL / "config.json", DEFAULT_GALLERY / "gallery.json"]
+    bundled = [PRETRAINED_DIR / DEFAULT_MODEL / CONFIG_FILE, DEFAULT_GALLERY / "gallery.json"]
     if not use_fixture and all(p.is_file() for p in bundled):
         return Sources(), f"bundled {DEFAULT_MODEL} on {DEFAULT_GALLERY.name}"
     sys.path.insert(0, str(REPO / "tests"))

@@ -198,7 +198,7 @@ def gallery_agreement(n_images: int, heads: list[str]) -> None:
     for head in heads:
         full = model.similarity(feats, caps, head=head, region_lengths=lengths)
         bf16 = model.similarity(feats, caps, head=head, region_lengths=lengths, dtype="bfloat16")
-        m32, m16 = evaluate(full, gallery.caption_image[keep]), evaluate(bf16, gallery.caption_image[keep])
+        m32, m16 = (evaluate(s, gallery.caption_image[keep]).to_dict() for s in (full, bf16))
         cells = {d: " ".join(f"{m32[d][k]:.1f}" for k in ("r1", "r5", "r10")) + " -> " +
                  " ".join(f"{m16[d][k]:.1f}" for k in ("r1", "r5", "r10")) for d in ("i2t", "t2i")}
         change = max(abs(m32[d][k] - m16[d][k]) for d in ("i2t", "t2i") for k in ("r1", "r5", "r10"))

@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from scan_viz.gallery import load_gallery
+from scan_viz.heads.engine import score_matrix
+from scan_viz.io import atomic_path
 from scan_viz.model import load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
-from scan_viz.heads.engine import score_matrix
 from scan_viz.retrieval.search import EXACT_MAX, TwoStageSearch, build_index, read_rows
-from scan_viz.retrieval.stage1 import RECALL_KS, find_stage1
+from scan_viz.retrieval.stage1 import CURVE_KS, find_stage1
 
 CHUNK = 2048
 
@@ -54,19 +55,18 @@ def perturbed_features(base: np.ndarray, n: int, noise: float, work: Path, seed:
     if path.is_file():
         return np.load(path, mmap_mode="r")
     std = base.reshape(-1, base.shape[-1]).std(axis=0)
-    tmp = path.with_suffix(".partial.npy")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + base.shape[1:])
-    rng = np.random.default_rng(seed)
-    n_base = len(base)
-    for start in range(0, n, n_base):
-        rows = min(n_base, n - start)
-        block = base[:rows]
-        if start:
-            block = np.maximum(0, block + noise * std * rng.standard_normal(block.shape, dtype=np.float32))
-        out[start:start + rows] = block
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + base.shape[1:])
+        rng = np.random.default_rng(seed)
+        n_base = len(base)
+        for start in range(0, n, n_base):
+            rows = min(n_base, n - start)
+            block = base[:rows]
+            if start:
+                block = np.maximum(0, block + noise * std * rng.standard_normal(block.shape, dtype=np.float32))
+            out[start:start + rows] = block
+        out.flush()
+        del out
     return np.load(path, mmap_mode="r")
 
 
@@ -80,14 +80,13 @@ def embeddings(model, stage1, features: np.ndarray, work: Path, tag: str) -> tup
     vectors_path = work / f"vectors_{tag}_{stage1.fingerprint}.npy"
     if not regions_path.is_file():
         n, n_reg, _ = features.shape
-        tmp = regions_path.with_suffix(".partial.npy")
-        regions = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                            shape=(n, n_reg, model.config.embed_size))
-        for s in range(0, n, CHUNK):
-            regions[s:s + CHUNK] = model.encode_images(np.asarray(features[s:s + CHUNK], np.float32)).numpy()
-        regions.flush()
-        del regions
-        os.replace(tmp, regions_path)
+        with atomic_path(regions_path) as tmp:
+            regions = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                shape=(n, n_reg, model.config.embed_size))
+            for s in range(0, n, CHUNK):
+                regions[s:s + CHUNK] = model.encode_images(np.asarray(features[s:s + CHUNK], np.float32)).numpy()
+            regions.flush()
+            del regions
     regions = np.load(regions_path, mmap_mode="r")
     if not vectors_path.is_file():
         vectors = np.zeros((len(regions), stage1.head.dim), dtype=np.float32)
@@ -144,11 +143,11 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
     caps = model.encode_captions(captions)
     queries = stage1.caption_vectors(caps.emb, caps.lengths)
     # stage-1 recall@K over the queries (the true image is row caption_image, an original)
-    _, found = search.image_index.search(queries, max(RECALL_KS + tuple(ks)))
+    _, found = search.image_index.search(queries, max(CURVE_KS + tuple(ks)))
     hit_rank = np.array([np.flatnonzero(row == t)[0] if (row == t).any() else 10**9
                          for row, t in zip(found, caption_image)])
     result["stage1_recall"] = {kk: float(100 * (hit_rank < kk).mean())
-                               for kk in sorted(set(RECALL_KS + tuple(ks))) if kk <= n or kk in ks}
+                               for kk in sorted(set(CURVE_KS + tuple(ks))) if kk <= n or kk in ks}
     # two-stage at each K: per-query latency (query encoding included) and the final ranks
     two_ranks = {}
     result["two_stage"] = {}

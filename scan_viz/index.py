@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -33,13 +32,10 @@ DEFAULT_CHUNK = 16
 
 def read_captions_file(path: Path) -> dict[str, list[str]]:
     """``image_id<TAB>caption`` per line (UTF-8; blank lines skipped) -> {image_id: [captions]}."""
-    from scan_viz.safe_paths import MAX_JSON_BYTES, regular_file
+    from scan_viz.regions.store import read_lines
+    from scan_viz.safe_paths import MAX_JSON_BYTES
 
-    regular_file(path, "captions", MAX_JSON_BYTES)  # a FIFO or /dev/zero is refused, not read forever
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScanVizError(f"cannot read captions {path}: {exc}") from None
+    lines = read_lines(path, "captions", MAX_JSON_BYTES)
     captions: dict[str, list[str]] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -312,18 +308,3 @@ def _stage1_vectors(spec: IndexSpec, old, order: list[str], new_rows: dict, new_
     rows = iter(new_vectors)
     vectors = [old_vectors[old.index_of(i)] if i not in new_rows else next(rows) for i in order]
     return stage1, np.stack(vectors)
-
-
-def tqdm_progress(label: str) -> Callable[[int, int], None]:
-    """A tqdm bar on stderr (disabled when stderr is not a terminal)."""
-    from tqdm import tqdm
-
-    bar = [None]
-
-    def report(done: int, total: int) -> None:
-        if bar[0] is None:
-            bar[0] = tqdm(total=total, desc=label, unit="img", disable=not sys.stderr.isatty())
-        bar[0].update(done - bar[0].n)
-        if done >= total:
-            bar[0].close()
-    return report

@@ -16,7 +16,7 @@ import torch
 
 from scan_viz.errors import ScanVizError
 from scan_viz.evaluation.metrics import evaluate
-from scan_viz.evaluation.pointing import PointingItem, evaluate_pointing
+from scan_viz.evaluation.pointing import PointingItem, PointingResult, evaluate_pointing
 from scan_viz.gallery import Gallery
 from scan_viz.heads import MatchingHead, resolve_head
 from scan_viz.limits import check_sentence
@@ -277,9 +277,9 @@ def evaluate_gallery(model: ScanModel, gallery: Gallery, head: str | MatchingHea
         matcher = matcher.with_product_dtype(dtype)
     sims = model.similarity(gallery.regions.features, gallery.captions, head=matcher, progress=progress,
                             region_lengths=gallery.regions.n_boxes, dtype=dtype)
-    result = evaluate(sims, gallery.caption_image)
+    result = evaluate(sims, gallery.caption_image).to_dict()
     if gallery.regions.boxes is not None and any(gallery.caption_words):
-        result.update(pointing_on_gallery(model, gallery, matcher))
+        result.update(pointing_on_gallery(model, gallery, matcher).to_dict())
     result["head"] = matcher.name
     truth = truth_metrics(gallery, sims)
     if truth is None:
@@ -320,7 +320,7 @@ def truth_metrics(gallery: Gallery, sims: np.ndarray) -> dict[str, Any] | None:
         return None
     truth = gallery.truth.copy()
     truth[np.arange(len(gallery.captions)), gallery.caption_image] = True  # a caption's own image always counts
-    summary = evaluate_truth(sims, truth)
+    summary = evaluate_truth(sims, truth).to_dict()
     summary["images_per_caption"] = float(truth.sum(axis=1).mean())
     t2i_top, i2t_top = sims.argmax(axis=0), sims.argmax(axis=1)
     t2i_verdicts = [caption_holds(claims, gallery.scenes[int(top)])
@@ -340,7 +340,7 @@ def truth_metrics(gallery: Gallery, sims: np.ndarray) -> dict[str, Any] | None:
             "i2t_top_verdict": i2t_verdicts}
 
 
-def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) -> dict[str, Any]:
+def pointing_on_gallery(model: ScanModel, gallery: Gallery, head: MatchingHead) -> PointingResult:
     """Pointing accuracy of every grounded word of every caption with its own image."""
     items = []
     regions_emb = model.encode_images(gallery.regions.features)

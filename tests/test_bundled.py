@@ -32,10 +32,10 @@ def test_bundled_model_retrieves_and_points_on_a_gallery_slice(gallery, name):
     model = load_model(name)
     sims = model.similarity(gallery.regions.features[:N], gallery.captions[:5 * N])
     result = evaluate(sims, gallery.caption_image[:5 * N])
-    assert result["rsum"] > RSUM_FLOOR[name], result  # chance on 100 images is about 2 x (1 + 5 + 10) = 32
+    assert result.rsum > RSUM_FLOOR[name], result  # chance on 100 images is about 2 x (1 + 5 + 10) = 32
 
     pointing = pointing_on_gallery(model, _first(gallery, N), model.head())
-    assert pointing["pointing"]["object"] > pointing["baselines"]["random"]["object"] + 20
+    assert pointing.per_type["object"] > pointing.random["object"] + 20
 
 
 def _first(gallery, n):

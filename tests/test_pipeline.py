@@ -89,7 +89,7 @@ def test_padded_regions_take_no_part_in_evaluation_or_pointing(model, padded):
     result = evaluate_gallery(model, padded, details=True)
     direct = direct_scores(model, padded, padded.captions)
     np.testing.assert_allclose(result["sims"], direct, atol=1e-5)
-    expected = evaluate(direct, padded.caption_image)
+    expected = evaluate(direct, padded.caption_image).to_dict()
     for direction in ("i2t", "t2i"):
         assert result[direction] == pytest.approx(expected[direction])
     assert result["rsum"] == pytest.approx(expected["rsum"])
@@ -108,7 +108,7 @@ def test_padded_regions_take_no_part_in_evaluation_or_pointing(model, padded):
                 word_attention=attention[[t + 1 for t, _ in grounded]], region_boxes=regions.boxes,
                 word_types=[w["type"] for _, w in grounded],
                 gt_boxes=[np.array([record["objects"][b]["box"] for b in w["boxes"]], float) for _, w in grounded]))
-    pointing = evaluate_pointing(items)
+    pointing = evaluate_pointing(items).to_dict()
     assert result["pointing_accuracy"] == pytest.approx(pointing["pointing_accuracy"])
     assert result["pointing"] == pytest.approx(pointing["pointing"])
     for baseline in ("random", "largest"):

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from scan_viz.gallery import load_gallery  # noqa: E402
 from scan_viz.io import write_dir_atomic  # noqa: E402
-from scan_viz.model.checkpoint import load_model_dir, write_official_checkpoint  # noqa: E402
+from scan_viz.model.checkpoint import VOCAB_FILE, load_model_dir, write_official_checkpoint  # noqa: E402
 
 MODEL = REPO / "pretrained" / "scan-emoji-t2i"
 GALLERY = REPO / "examples" / "gallery"
@@ -52,7 +52,7 @@ def make_example(out: Path, n_images: int = 20, seed: int = 17) -> None:
     def write(tmp: Path) -> None:
         # the model's config names the bundled detector by folder: kept, as the official opt keeps any extra flag
         write_official_checkpoint(tmp / "model_best.pth.tar", config, image_state, text_state, legacy=True)
-        shutil.copyfile(MODEL / "vocab.json", tmp / "vocab.json")
+        shutil.copyfile(MODEL / VOCAB_FILE, tmp / VOCAB_FILE)
         (tmp / "images").mkdir()
         lines, captions = [], []
         for row in rows:

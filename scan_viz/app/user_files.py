@@ -35,7 +35,7 @@ UPLOAD_PREFIX = "scan-viz-upload-"
 _UPLOADED_PATH = re.compile(rf"(?:/[^/\s'\"]+)*/{re.escape(UPLOAD_PREFIX)}[A-Za-z0-9_]+((?:/[A-Za-z0-9._-]+)*)")
 #: What a message calls the upload folder and its parts (the folders and the renamed vocabulary file).
 _UPLOADED_AS = {"": "your upload", MODEL_DIR: "your model files", REGIONS_DIR: "your region files",
-                IMAGES_DIR: "your images", "vocab.json": "your vocabulary file"}
+                IMAGES_DIR: "your images", VOCAB_FILE: "your vocabulary file"}
 #: Uploaded names become file names (and, for images and .npz files, image ids): a plain name, no path.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -139,7 +139,7 @@ def stage_upload(folder: Path, checkpoint: Sequence[Upload], vocab: Upload | Non
         model.write_bytes(checkpoint[0].data)
     vocab_path = None
     if vocab is not None:
-        vocab_path = folder / "vocab.json"
+        vocab_path = folder / VOCAB_FILE
         vocab_path.write_bytes(vocab.data)
     _write(folder / REGIONS_DIR, regions)
     _write(folder / IMAGES_DIR, images)

@@ -12,6 +12,7 @@ import numpy as np
 
 from scan_viz.errors import ScanVizError, run_command
 from scan_viz.limits import MAX_WORDS
+from scan_viz.progress import Progress
 
 #: ``--help``'s first paragraph (plain text: the module docstring is reStructuredText for the API docs).
 DESCRIPTION = ("See how SCAN-family image-text matching models line words up with image regions: score, evaluate, "
@@ -52,23 +53,6 @@ def _load(args: argparse.Namespace):
     return model, model.head(name, **overrides)
 
 
-def _progress(label: str, stream=None):
-    """A progress report on stderr: a percentage updated in place on a terminal, else a line every 10%."""
-    last = [-1]
-
-    def report(done: int, total: int) -> None:
-        out = stream or sys.stderr
-        pct = int(100 * done / max(total, 1))
-        if out.isatty():
-            if pct != last[0]:
-                last[0] = pct
-                print(f"\r{label}: {pct:3d}%", end="" if done < total else "\n", file=out, flush=True)
-        elif pct // 10 != last[0] // 10 or (done >= total and last[0] < 100):
-            last[0] = pct
-            print(f"{label}: {pct}% ({done:,} of {total:,})", file=out, flush=True)
-    return report
-
-
 def read_features(path: str) -> np.ndarray:
     """A (n_images, n_regions, img_dim) float array from .npy, memory-mapped once its header was checked."""
     from scan_viz.safe_files import load_npy
@@ -81,14 +65,11 @@ def read_features(path: str) -> np.ndarray:
 
 
 def read_captions(path: str) -> list[str]:
-    """One caption per line (UTF-8); an empty line is an error naming its number."""
-    from scan_viz.safe_paths import MAX_JSON_BYTES, regular_file
+    """One caption per line (UTF-8, :func:`scan_viz.regions.store.read_lines`); an empty line is an error naming its number."""
+    from scan_viz.regions.store import read_lines
+    from scan_viz.safe_paths import MAX_JSON_BYTES
 
-    regular_file(path, "captions", MAX_JSON_BYTES)  # a FIFO or /dev/zero is refused, not read forever
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScanVizError(f"cannot read captions {path}: {exc}") from exc
+    lines = read_lines(path, "captions", MAX_JSON_BYTES)
     for number, line in enumerate(lines, 1):
         if not line.strip():
             raise ScanVizError(f"{path}: line {number} is empty; give one caption per line")
@@ -100,7 +81,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     captions = read_captions(args.captions)
     model, head = _load(args)
     sims = model.similarity(feats, captions, dtype=args.dtype, device=args.device, head=head,
-                            memory_budget=int(args.memory_gb * 1024**3), progress=_progress("scoring"))
+                            memory_budget=int(args.memory_gb * 1024**3), progress=Progress("scoring"))
     _save_npy(args.out, sims, args.stdout)
     print(f"wrote {args.out}: {sims.shape[0]} images x {sims.shape[1]} captions ({head.name}, {args.dtype})")
     return 0
@@ -119,7 +100,7 @@ def _save_npy(path: str, array: np.ndarray, stdout=None) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.gallery:
         return _eval_gallery(args)
-    from scan_viz.evaluation.metrics import evaluate, fold5_average, fold_slices
+    from scan_viz.evaluation.metrics import evaluate, evaluate_fold5
     from scan_viz.regions.store import load_precomp
 
     split = load_precomp(args.data, args.split)
@@ -127,19 +108,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     feats = np.asarray(split.regions.features)
     budget = int(args.memory_gb * 1024**3)
 
-    def run(img_sl: slice, cap_sl: slice) -> dict:
-        sims = model.similarity(feats[img_sl], split.captions[cap_sl], dtype=args.dtype, device=args.device,
-                                head=head, memory_budget=budget, progress=_progress("scoring"))
-        cap_img = np.asarray(split.caption_image[cap_sl]) - img_sl.start
-        return evaluate(sims, cap_img)
+    def score(img_sl: slice, cap_sl: slice) -> np.ndarray:
+        return model.similarity(feats[img_sl], split.captions[cap_sl], dtype=args.dtype, device=args.device,
+                                head=head, memory_budget=budget, progress=Progress("scoring"))
 
     n_img = len(split.regions)
     if args.fold5:
-        results = [run(img_sl, cap_sl) for img_sl, cap_sl in fold_slices(n_img)]
-        result = fold5_average(results)
+        metrics = evaluate_fold5(score, n_img, caption_image=split.caption_image)
     else:
-        result = run(slice(0, n_img), slice(0, len(split.captions)))
-    result["head"] = head.name
+        metrics = evaluate(score(slice(0, n_img), slice(0, len(split.captions))), split.caption_image)
+    result = {**metrics.to_dict(), "head": head.name}
     _print_metrics(result)
     _write_json(args.json, result, args.stdout)
     return 0
@@ -156,7 +134,7 @@ def _eval_gallery(args: argparse.Namespace) -> int:
             if applies]
     print(f"evaluating {head.name} on {gallery.name}: {len(gallery):,} images x {len(gallery.captions):,} captions"
           + (f", then {' and '.join(then)}" if then else ""), file=sys.stderr, flush=True)
-    result = evaluate_gallery(model, gallery, head, progress=_progress("scoring"), dtype=args.dtype)
+    result = evaluate_gallery(model, gallery, head, progress=Progress("scoring"), dtype=args.dtype)
     _print_metrics(result)
     _print_truth(result)
     if "pointing_accuracy" not in result:
@@ -276,10 +254,10 @@ def _print_metrics(result: dict) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from scan_viz.model.checkpoint import convert_official
+    from scan_viz.model.checkpoint import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, convert_official
 
     convert_official(args.checkpoint, args.vocab, args.out)
-    print(f"wrote {args.out} (config.json, model.safetensors, vocab.json)")
+    print(f"wrote {args.out} ({CONFIG_FILE}, {WEIGHTS_FILE}, {VOCAB_FILE})")
     return 0
 
 

@@ -88,12 +88,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     import sys
 
     from scan_viz.errors import ScanVizError
-    from scan_viz.index import index_images, tqdm_progress
+    from scan_viz.index import index_images
+    from scan_viz.progress import Progress
 
     if args.chunk < 1 or args.workers < 1:
         raise ScanVizError("--chunk and --workers must be at least 1")
     result = index_images(args.images, args.out, args.model, args.captions, args.detector, args.ray, args.workers,
-                          args.chunk, progress=tqdm_progress("indexing"))
+                          args.chunk, progress=Progress("indexing", unit="img", lines=False))
     for failure in result.failed:
         print(f"skipped {failure['file']}: {failure['error']}", file=sys.stderr)
     print(f"wrote {result.gallery}: {result.added} images added, {result.kept} kept, {len(result.failed)} skipped "

@@ -20,16 +20,13 @@ import numpy as np
 
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import GALLERY_FILE, write_gallery
-from scan_viz.regions.store import CAPTIONS_PER_IMAGE, RegionStore, load_precomp, load_regions
+from scan_viz.regions.store import CAPTIONS_PER_IMAGE, RegionStore, load_precomp, load_regions, read_lines
 from scan_viz.safe_files import LoadBudget
-from scan_viz.safe_paths import MB, read_text
 
 PRECOMP_SUFFIX = "_ims.npy"
 #: Image files kept as they are (their pixels are the ones the features were extracted from); others are re-encoded.
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 FEATURE_DTYPES = ("float32", "float16")
-#: A captions or ids file: Flickr30K's 5,000 test captions are about 0.3 MB, COCO's 590,000 training ones 30 MB.
-MAX_TEXT_BYTES = 256 * MB
 
 
 @dataclasses.dataclass
@@ -68,16 +65,6 @@ def read_regions(path: str | Path, budget: LoadBudget | None = None) -> tuple[Re
         split = load_precomp(path.parent, path.name[:-len(PRECOMP_SUFFIX)])
         return split.regions, split.captions
     return load_regions(path, budget), None
-
-
-def read_lines(path: str | Path, what: str) -> list[str]:
-    """The lines of a UTF-8 text file split on ``\\n`` only (as the official loader), stripped; a final empty
-    line (the file's closing newline) is not a line."""
-    text = read_text(path, what, max_bytes=MAX_TEXT_BYTES)
-    lines = [line.strip() for line in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
 
 
 def read_ids(path: str | Path, n_images: int) -> list[str]:
@@ -129,8 +116,7 @@ def assign_captions(lines: list[str], ids: list[str], where: str) -> tuple[list[
 def read_images(folder: str | Path, store: RegionStore) -> tuple[list[bytes], list[tuple[int, int]]]:
     """Each image of the store from ``folder`` (file stem = image id) as JPEG bytes (a JPEG file as it is, other
     formats re-encoded), and each image's (width, height)."""
-    from scan_viz.regions.images import image_to_jpeg_bytes, load_image
-    from scan_viz.regions.images import list_images
+    from scan_viz.regions.images import image_to_jpeg_bytes, list_images, load_image
 
     files = {p.stem: p for p in list_images(Path(folder))}
     missing = [row for row, image_id in enumerate(store.ids, 1) if image_id not in files]

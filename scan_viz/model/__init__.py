@@ -11,11 +11,12 @@ import torch
 
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import SCORING_DTYPES, MatchingHead, resolve_head
+from scan_viz.heads.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.limits import check_device
-from scan_viz.model.config import ScanConfig
+from scan_viz.model.checkpoint import CONFIG_FILE, VOCAB_FILE
+from scan_viz.model.config import SCORING_DTYPES, ScanConfig
 from scan_viz.model.encoders import build_encoders
 from scan_viz.parts import PRETRAINED_DIR
-from scan_viz.heads.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.safe_files import LoadBudget, budget_or_default
 from scan_viz.text import EncodedCaption, Vocabulary, pad_ids
 from scan_viz.types import Alignment
@@ -194,7 +195,7 @@ class ScanModel:
         directory = Path(directory)
         save_model_dir(directory, self.config, self.image_encoder.float().state_dict(),
                        self.text_encoder.float().state_dict())
-        self.vocab.save(directory / "vocab.json")
+        self.vocab.save(directory / VOCAB_FILE)
 
 
 def _scoring_head(model: ScanModel, head: str | MatchingHead | None, dtype: str) -> tuple[MatchingHead, str]:
@@ -213,7 +214,7 @@ def bundled_models() -> list[str]:
     and co-attention folders beside them are parts of a model, not models)."""
     if not PRETRAINED_DIR.is_dir():
         return []
-    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / "config.json").is_file())
+    return sorted(p.name for p in PRETRAINED_DIR.iterdir() if (p / CONFIG_FILE).is_file())
 
 
 def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None = None,
@@ -230,7 +231,7 @@ def load_model(path_or_name: str | Path, vocab: str | Path | Vocabulary | None =
         path = PRETRAINED_DIR / str(path_or_name)
     if path.is_dir():
         config, image_state, text_state = load_model_dir(path, budget)
-        vocab = vocab if vocab is not None else path / "vocab.json"
+        vocab = vocab if vocab is not None else path / VOCAB_FILE
     elif path.is_file():
         if vocab is None:
             raise ScanVizError(f"{path} is an official checkpoint: pass its vocabulary JSON too (--vocab)")

@@ -31,9 +31,12 @@ from scan_viz.errors import ScanVizError
 from scan_viz.io import write_dir_atomic
 from scan_viz.safe_files import (MAX_FEATURE_DIM, MAX_NPZ_BYTES, MAX_REGIONS_PER_IMAGE, MAX_TSV_LINE_BYTES, LoadBudget,
                                  OverBudget, budget_or_default, check_zip, load_npy, read_json, read_npz, shown)
-from scan_viz.safe_paths import regular_file
+from scan_viz.safe_paths import MB, read_bytes, regular_file
 
 CAPTIONS_PER_IMAGE = 5
+#: A captions or ids file: Flickr30K's 5,000 test captions are about 0.3 MB, COCO's 590,000 training ones 30 MB.
+MAX_TEXT_BYTES = 256 * MB
+
 TSV_COLUMNS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 NPZ_KEYS = ("x", "bbox", "num_bbox", "image_h", "image_w")
 SAVED_FORMAT = "scan_viz.regions"
@@ -42,6 +45,24 @@ SAVED_VERSION = 1
 _TSV_NAME = re.compile(r".*\.tsv(\.\d+)?$")
 
 PathLike = str | os.PathLike
+
+
+def read_lines(path: PathLike, what: str, max_bytes: int = MAX_TEXT_BYTES) -> list[str]:
+    """The lines of a UTF-8 text file, each stripped: the one reader of caption (and id) files.
+
+    Split on ``\\n`` only, as the official loader's binary-mode iteration does: a stray ``\\r`` or Unicode line
+    separator inside a caption must not shift every later caption onto the wrong image. A final empty line (the
+    file's closing newline) is not a line; other empty lines are kept, for the caller to judge.
+    """
+    data = read_bytes(path, what, max_bytes)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScanVizError(f"{what} {path} is not UTF-8 text ({exc}); re-save it as UTF-8") from None
+    lines = [line.strip() for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 @dataclass
@@ -184,13 +205,7 @@ def load_precomp(data_dir: PathLike, split: str, max_captions: int | None = None
             f"{ims_path} holds {ims.dtype} {ims.shape}; expected float32 (n_images, n_regions, img_dim), "
             "e.g. (1000, 36, 2048)"
         )
-    try:
-        # Split on "\n" only, as the official loader's binary-mode iteration does: a stray "\r" or Unicode line
-        # separator inside a caption must not shift every later caption onto the wrong image.
-        with caps_path.open(encoding="utf-8", newline="\n") as f:
-            captions = [line.strip() for line in f]
-    except UnicodeDecodeError as exc:
-        raise ScanVizError(f"{caps_path} is not UTF-8 text ({exc}); re-save it as UTF-8") from None
+    captions = read_lines(caps_path, "captions")
 
     n_rows, n_captions = ims.shape[0], len(captions)
     if n_captions == 0 or n_captions % CAPTIONS_PER_IMAGE:

@@ -25,6 +25,7 @@ import torch
 from scan_viz.errors import ScanVizError
 from scan_viz.heads import MatchingHead, resolve_head
 from scan_viz.limits import check_sentence
+from scan_viz.evaluation.metrics import answer_ranks
 from scan_viz.model import ScanModel
 from scan_viz.heads.engine import score_matrix
 from scan_viz.retrieval.stage1 import Stage1
@@ -320,10 +321,9 @@ def candidate_scores(head: MatchingHead, regions: torch.Tensor, words: torch.Ten
 def rerank_ranks(candidates: np.ndarray, scores: np.ndarray, caption_image: np.ndarray) -> np.ndarray:
     """0-based rank of each caption's image after re-ranking its candidates by ``scores`` (ties: stage-1 order
     first), inf (a miss at every K) when stage 1 did not pass it on. candidates, scores (n_captions, K) -> float."""
-    order = np.argsort(-scores, axis=1, kind="stable")
-    reranked = np.take_along_axis(candidates, order, axis=1)
-    hit = reranked == np.asarray(caption_image)[:, None]
-    return np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
+    hit = candidates == np.asarray(caption_image)[:, None]
+    ranks = answer_ranks(scores, hit.argmax(axis=1), ties="earlier")
+    return np.where(hit.any(axis=1), ranks, np.inf)
 
 
 # ------------------------------------------------------------------------------------ galleries on disk

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from scan_viz.evaluation.metrics import answer_ranks
 from scan_viz.model.encoders import l2norm
 from scan_viz.parts import find_trained_for, load_module_dir, save_module_dir, update_digest
 
@@ -139,18 +140,17 @@ def find_stage1(model, search_dirs: list[Path] | None = None) -> Stage1 | None:
     return None if directory is None else load_stage1(directory)
 
 
-RECALL_KS = (1, 5, 10, 20, 50, 100, 200, 500)
+#: The K at which a stage-1 head's recall curve is measured (the screening depths search may choose from).
+CURVE_KS = (1, 5, 10, 20, 50, 100, 200, 500)
 
 
 def recall_curve(image_vectors: np.ndarray, caption_vectors: np.ndarray, caption_image: np.ndarray,
-                 ks: tuple[int, ...] = RECALL_KS) -> dict[int, float]:
+                 ks: tuple[int, ...] = CURVE_KS) -> dict[int, float]:
     """Stage-1 text -> image recall@K (percent): how often a caption's image is among its K nearest images.
 
     image_vectors (n_images, D), caption_vectors (n_captions, D), caption_image (n_captions,) image row of each.
     """
-    sims = caption_vectors @ image_vectors.T
-    own = sims[np.arange(len(caption_image)), caption_image]
-    ranks = (sims > own[:, None]).sum(axis=1)  # 0-based rank of the caption's own image
+    ranks = answer_ranks(caption_vectors @ image_vectors.T, caption_image)  # 0-based rank of the caption's image
     return {k: float(100.0 * (ranks < k).mean()) for k in ks if k <= image_vectors.shape[0]}
 
 

@@ -128,7 +128,8 @@ def bce_step(net: CoAttention, optimizer: torch.optim.Optimizer, regions: torch.
 
 def rerank_recall(ranks: np.ndarray) -> dict[str, float]:
     """R@1/5/10 (percent) from re-ranked 0-based ranks."""
-    return {k: v for k, v in recall_metrics(ranks).items() if k in ("r1", "r5", "r10")}
+    recalls = recall_metrics(ranks)
+    return {"r1": recalls.r1, "r5": recalls.r5, "r10": recalls.r10}
 
 
 def _recall_text(recall: dict[str, float]) -> str:

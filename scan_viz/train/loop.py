@@ -30,9 +30,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from scan_viz.errors import ScanVizError
-from scan_viz.evaluation.metrics import evaluate
+from scan_viz.evaluation.metrics import RetrievalResult, evaluate
 from scan_viz.heads import MatchingHead, create_head
 from scan_viz.heads.engine import score_matrix
+from scan_viz.model.checkpoint import VOCAB_FILE
 from scan_viz.model.config import ScanConfig
 from scan_viz.model.encoders import ImageEncoder, TextEncoder, build_encoders
 from scan_viz.regions.store import PrecompSplit, load_precomp
@@ -47,7 +48,6 @@ from scan_viz.train.state import (LAST_STATE, append_jsonl, atomic_path, load_la
 BEST_CHECKPOINT = "model_best.pth.tar"
 LAST_CHECKPOINT = "checkpoint.pth.tar"
 BEST_MODEL_DIR = "best"
-VOCAB_FILE = "vocab.json"
 LOG_FILE = "log.jsonl"
 #: config fields a resumed run may change: more (or fewer) epochs, and when the lr drops (the schedule of the
 #: epochs still to come; log.jsonl records each epoch's lr)
@@ -199,11 +199,11 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
         metrics = validate(image_encoder, text_encoder, head, dev_split, dev_caps, device, config.batch_size,
                            options.progress)
         run.epoch = epoch + 1
-        is_best = metrics["rsum"] > run.best_rsum
+        is_best = metrics.rsum > run.best_rsum
         if is_best:
-            run.best_rsum, run.best_epoch = metrics["rsum"], run.epoch
+            run.best_rsum, run.best_epoch = metrics.rsum, run.epoch
         record = {"epoch": run.epoch, "lr": lr, "max_violation": max_violation, "loss": progress.mean_loss,
-                  "i2t": metrics["i2t"], "t2i": metrics["t2i"], "rsum": metrics["rsum"], "best_rsum": run.best_rsum, "is_best": is_best,
+                  "i2t": metrics.i2t.to_dict(), "t2i": metrics.t2i.to_dict(), "rsum": metrics.rsum, "best_rsum": run.best_rsum, "is_best": is_best,
                   "eiters": run.eiters, "seconds": round(time.perf_counter() - started, 3)}
         _save_epoch(out, config, vocab, image_encoder, text_encoder, optimizer, run, is_best, record, options)
         log(_epoch_line(record, config.num_epochs))
@@ -258,7 +258,7 @@ def _train_step(batch: dict[str, torch.Tensor], image_encoder: ImageEncoder, tex
 
 def validate(image_encoder: ImageEncoder, text_encoder: TextEncoder, head: MatchingHead, split: PrecompSplit,
              captions: EncodedCaptionIds, device: torch.device, batch_size: int = 128,
-             progress: bool = False) -> dict:
+             progress: bool = False) -> RetrievalResult:
     """Dev retrieval metrics (:func:`scan_viz.evaluation.metrics.evaluate`) of the encoders as they are now.
 
     As in the official validation, embeddings are computed in float32 and scored in float64.

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
+from scan_viz.progress import Progress
+
 
 def _tqdm() -> Any | None:
     try:
@@ -59,11 +61,5 @@ def scoring_progress(enabled: bool) -> tuple[Callable[[int, int], None] | None, 
     """A ``progress(done, total)`` callback for the dev scoring (a bar on a terminal, else None) and a closer."""
     if not (enabled and use_bar()):
         return None, lambda: None
-    bar = _tqdm()(total=1, desc="validation", leave=False, dynamic_ncols=True)
-
-    def report(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return report, bar.close
+    bar = Progress("validation", lines=False, leave=False)
+    return bar, bar.close

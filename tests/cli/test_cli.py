@@ -87,7 +87,7 @@ def test_eval_json_matches_library(tmp_path):
     got = json.loads(out.read_text())
     model = load_model(TOY_MODEL)
     caps = (data / "test_caps.txt").read_text().splitlines()
-    expected = evaluate(model.similarity(np.load(data / "test_ims.npy"), caps))
+    expected = evaluate(model.similarity(np.load(data / "test_ims.npy"), caps)).to_dict()
     for direction in ("i2t", "t2i"):
         assert set(got[direction]) == {"r1", "r5", "r10", "medr", "meanr"}
         assert got[direction] == pytest.approx(expected[direction])
@@ -129,8 +129,8 @@ def test_eval_fold5_averages_folds(tmp_path):
     feats = np.load(data / "test_ims.npy")
     caps = (data / "test_caps.txt").read_text().splitlines()
     folds = [evaluate(model.similarity(feats[i], caps[c])) for i, c in fold_slices(10)]
-    assert got["rsum"] == pytest.approx(fold5_average(folds)["rsum"])
-    assert got["rsum"] == pytest.approx(np.mean([f["rsum"] for f in folds]))
+    assert got["rsum"] == pytest.approx(fold5_average(folds).rsum)
+    assert got["rsum"] == pytest.approx(np.mean([f.rsum for f in folds]))
 
 
 def _bad_inputs(official, tmp_path):
@@ -212,10 +212,10 @@ def test_progress_reports_lines_when_stderr_is_not_a_terminal(tmp_path):
     """Off a terminal (a log, a pipe) progress is a line every 10%, so a long `eval --gallery` shows it runs."""
     import io
 
-    from scan_viz.cli import _progress
+    from scan_viz.progress import Progress
 
     out = io.StringIO()
-    report = _progress("scoring", out)
+    report = Progress("scoring", out)
     for done in range(0, 1001, 50):
         report(done, 1000)
     lines = out.getvalue().splitlines()

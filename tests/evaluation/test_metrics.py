@@ -67,8 +67,8 @@ def test_ranks_match_official_loops_on_random_data():
     np.testing.assert_array_equal(i2t_ranks(sims), brute_i2t(sims, caption_image))
     np.testing.assert_array_equal(t2i_ranks(sims), brute_t2i(sims, caption_image))
     result = evaluate(sims)
-    assert_same_metrics(result, brute_evaluate(sims, caption_image))
-    assert 0 < result["i2t"]["r1"] < 100 and 0 < result["t2i"]["r1"] < 100
+    assert_same_metrics(result.to_dict(), brute_evaluate(sims, caption_image))
+    assert 0 < result.i2t.r1 < 100 and 0 < result.t2i.r1 < 100
 
 
 def test_arbitrary_caption_to_image_map():
@@ -77,7 +77,7 @@ def test_arbitrary_caption_to_image_map():
     sims = noisy_sims(rng, 12, caption_image)
     np.testing.assert_array_equal(i2t_ranks(sims, caption_image), brute_i2t(sims, caption_image))
     np.testing.assert_array_equal(t2i_ranks(sims, caption_image), brute_t2i(sims, caption_image))
-    assert_same_metrics(evaluate(sims, caption_image), brute_evaluate(sims, caption_image))
+    assert_same_metrics(evaluate(sims, caption_image).to_dict(), brute_evaluate(sims, caption_image))
 
 
 def test_blocks_give_the_same_ranks_as_the_full_matrix():
@@ -92,7 +92,7 @@ def test_blocks_give_the_same_ranks_as_the_full_matrix():
 
 def test_identity_like_scores_are_perfect():
     sims = np.repeat(np.eye(4, dtype=np.float32), 5, axis=1)
-    result = evaluate(sims)
+    result = evaluate(sims).to_dict()
     for direction in ("i2t", "t2i"):
         assert result[direction] == {"r1": 100.0, "r5": 100.0, "r10": 100.0, "medr": 1.0, "meanr": 1.0}
     assert result["rsum"] == 600.0
@@ -119,7 +119,7 @@ def test_ties_never_push_the_ground_truth_down():
 def test_recall_metrics_definitions():
     ranks = np.array([0, 0, 3, 4, 9, 12, 30, 1])
     metrics = recall_metrics(ranks)
-    assert metrics == pytest.approx({"r1": 25.0, "r5": 62.5, "r10": 75.0, "medr": 4.0, "meanr": 8.375})
+    assert metrics.to_dict() == pytest.approx({"r1": 25.0, "r5": 62.5, "r10": 75.0, "medr": 4.0, "meanr": 8.375})
 
 
 def test_fold_slices_cut_coco_5k_like_the_official_script():
@@ -139,14 +139,14 @@ def test_fold5_average_matches_per_fold_brute_force():
     for f in range(5):
         block = sims[f * 10:(f + 1) * 10, f * 50:(f + 1) * 50]
         want.append(brute_evaluate(block, np.arange(50) // 5))
-    averaged = evaluate_fold5(lambda images, captions: sims[images, captions], n_images)
+    averaged = evaluate_fold5(lambda images, captions: sims[images, captions], n_images).to_dict()
     for direction in ("i2t", "t2i"):
         for key in ("r1", "r5", "r10", "medr", "meanr"):
             assert averaged[direction][key] == pytest.approx(np.mean([w[direction][key] for w in want]))
     assert averaged["rsum"] == pytest.approx(np.mean([w["rsum"] for w in want]))
     assert (averaged["n_folds"], averaged["n_images"], averaged["n_captions"]) == (5, 10, 50)
     per_fold = [evaluate(sims[i, c]) for i, c in fold_slices(n_images)]
-    assert fold5_average(per_fold)["rsum"] == pytest.approx(averaged["rsum"])
+    assert fold5_average(per_fold).rsum == pytest.approx(averaged["rsum"])
     json.dumps(averaged)
 
 
@@ -188,11 +188,11 @@ def test_truth_aware_ranks_match_a_plain_loop():
     t2i, i2t = brute_truth_ranks(sims, truth)
     np.testing.assert_array_equal(t2i_truth_ranks(sims, truth), t2i)
     np.testing.assert_array_equal(i2t_truth_ranks(sims, truth), i2t)
-    result = evaluate_truth(sims, truth)
+    result = evaluate_truth(sims, truth).to_dict()
     assert_same_metrics(result, {"i2t": brute_metrics(i2t), "t2i": brute_metrics(t2i),
                                  "rsum": sum(brute_metrics(i2t)[k] + brute_metrics(t2i)[k] for k in ("r1", "r5", "r10"))})
     strict = evaluate(sims, caption_image)
-    assert result["rsum"] > strict["rsum"]  # more pairs count as hits
+    assert result["rsum"] > strict.rsum  # more pairs count as hits
 
 
 def test_truth_of_the_ground_truth_pairs_only_is_strict_recall():

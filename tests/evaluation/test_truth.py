@@ -230,7 +230,7 @@ def test_eval_gallery_reports_truth_aware_recall_mistakes_and_stuff_words(tmp_pa
                                                     region_lengths=gallery.regions.n_boxes)
     truth = np.array([[caption_holds(c, r).holds for r in gallery.records] for c in gallery.caption_claims])
     assert truth[np.arange(len(truth)), gallery.caption_image].all()
-    want = evaluate_truth(sims, truth)
+    want = evaluate_truth(sims, truth).to_dict()
     assert result["truth"]["rsum"] == pytest.approx(want["rsum"])
     assert result["truth"]["t2i"] == pytest.approx(want["t2i"])
     assert result["rsum"] <= result["truth"]["rsum"]

@@ -45,7 +45,7 @@ def quiet(**changes) -> TrainOptions:
 def dev_rsum(model: ScanModel, data: Path) -> float:
     features = np.load(data / "dev_ims.npy")
     captions = (data / "dev_caps.txt").read_text(encoding="utf-8").splitlines()
-    return evaluate(model.similarity(features, captions, dtype="float64"))["rsum"]
+    return evaluate(model.similarity(features, captions, dtype="float64")).rsum
 
 
 @pytest.fixture(scope="module", autouse=True)
