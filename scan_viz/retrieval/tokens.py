@@ -1,0 +1,286 @@
+"""Token-level stage 1: each query word retrieves its nearest regions, candidate images get an approximate MaxSim.
+
+Late-interaction retrieval (ColBERT; ColBERTv2 / PLAID, Santhanam et al. 2022) screens a collection with an index
+of its documents' token vectors instead of one pooled vector per document. Here the tokens are an image's region
+embeddings (the SCAN model's own, L2-normalised, so dot products are cosines) and the query tokens are a
+caption's word embeddings. CHAN's head is exactly a MaxSim (each word's best region), and SCAN t2i's attention
+with lambda_softmax 9 is close to it, so the screen's score is::
+
+    c_w(I) ~ max_{r in I} cos(u_w, q(v_r))        each word's best region, v_r replaced by its centroid q(v_r)
+    S(I)   = (1 / lambda) log sum_w exp(lambda c_w(I))     (``agg`` "lse", lambda = the model's lambda_lse)
+    S(I)   = sum_w c_w(I)                                   (``agg`` "sum": ColBERT's, CHAN-Mean's order)
+
+The index (PLAID's centroid interaction, without its residuals):
+
+- every region embedding is replaced by one of C centroids of a two-level spherical k-means (``n_coarse`` cells,
+  each split into up to ``n_fine`` centroids; assigning a region costs n_coarse + n_fine dot products, so indexing
+  1M images x 36 regions stays minutes on a CPU);
+- an inverted list per centroid holds the images that have a region there (each image once), int32;
+- ``codes`` (n_images, n_regions) keeps every region's centroid (uint16), 2 bytes per region.
+
+A query: the word-centroid cosines (L, C) in one product; each word *probes* its ``probe`` nearest centroids and
+takes, for every image in their lists, its best cosine among them (a scatter-max); an image with no region in a
+word's probed lists gets that word's ``probe``-th cosine (an upper bound of what it has, ColBERTv2's imputation).
+The ``refine`` x K best images by that bound are then scored exactly on their codes (every word, every region's
+centroid, no imputation) and the top K go to stage 2. Stage 2 re-scores them exactly with any head, so the screen
+only decides which images stage 2 sees.
+
+Memory per image: n_regions x (2 bytes of codes + at most 4 bytes of inverted-list entry) (about 216 bytes at
+36 regions), plus C x d float32 centroids once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from scan_viz.errors import ScanVizError
+
+TOKENS_FORMAT = "scan-viz-tokens/1"
+TOKENS_DIR = "tokens"
+TOKENS_META = "tokens.json"
+#: default coarse cells x fine centroids per cell (C = 4,096 centroids)
+N_COARSE, N_FINE = 64, 64
+#: default centroids each word probes, and how many times K images the bound passes to the exact code scoring
+PROBE, REFINE = 64, 4
+#: a centroid's code for a padded region (never a real centroid)
+PAD_CODE = np.iinfo(np.uint16).max
+BUILD_CHUNK = 2048  # images per chunk while assigning codes
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def spherical_kmeans(x: np.ndarray, k: int, iters: int = 15, seed: int = 0) -> np.ndarray:
+    """(k, d) unit centroids of unit vectors x (n, d) by FAISS's k-means (spherical: centroids re-normalised)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    k = max(1, min(k, len(x)))
+    km = faiss.Kmeans(x.shape[1], k, niter=iters, spherical=True, seed=seed, verbose=False,
+                      min_points_per_centroid=1, max_points_per_centroid=256)
+    km.train(x)
+    return _normalise(np.asarray(km.centroids, dtype=np.float32))
+
+
+@dataclasses.dataclass
+class TokenIndex:
+    """A gallery's token-level stage-1 index (see the module doc).
+
+    centroids (C, d) float32 unit vectors; codes (n_images, n_regions) uint16 (``PAD_CODE`` for padded regions);
+    list_offsets (C + 1,) int64 and list_images (n_entries,) int32: the images of centroid c are
+    ``list_images[list_offsets[c]:list_offsets[c + 1]]``, ascending, each once.
+    """
+
+    centroids: np.ndarray
+    codes: np.ndarray
+    list_offsets: np.ndarray
+    list_images: np.ndarray
+    agg: str = "lse"
+    lambda_lse: float = 6.0
+    fingerprint: str = ""
+
+    @property
+    def n_images(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.centroids.nbytes + self.codes.nbytes + self.list_offsets.nbytes + self.list_images.nbytes)
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, regions, n_boxes: np.ndarray | None = None, n_coarse: int = N_COARSE, n_fine: int = N_FINE,
+              agg: str = "lse", lambda_lse: float = 6.0, fingerprint: str = "", sample: int = 200_000,
+              seed: int = 0) -> "TokenIndex":
+        """Index region embeddings ``regions`` (n_images, n_regions, d): a tensor, an array or a float16 memory map
+        (read ``BUILD_CHUNK`` images at a time). n_boxes: (n_images,) real regions per image, or None (all)."""
+        if agg not in ("lse", "sum"):
+            raise ScanVizError(f"unknown token-screen aggregation {agg!r}: choose lse or sum")
+        n, n_reg, d = regions.shape
+        if n == 0:
+            raise ScanVizError("the gallery has no images to index")
+        rng = np.random.default_rng(seed)
+        # k-means sample: whole images' real regions, at most ``sample`` vectors
+        pick = np.sort(rng.choice(n, size=min(n, max(1, sample // n_reg)), replace=False))
+        train = np.concatenate([rows[:_real(n_boxes, i, n_reg)] for i, rows in
+                                zip(pick, _rows(regions, pick))]).astype(np.float32)
+        coarse = spherical_kmeans(train, n_coarse, seed=seed)
+        cell = (train @ coarse.T).argmax(axis=1)
+        fine = []
+        for c in range(len(coarse)):  # each cell split into up to n_fine centroids of its own sample vectors
+            members = train[cell == c]
+            fine.append(spherical_kmeans(members, min(n_fine, max(1, len(members) // 8)), seed=seed)
+                        if len(members) else coarse[c:c + 1])
+        starts = np.cumsum([0] + [len(f) for f in fine])
+        centroids = np.concatenate(fine).astype(np.float32)
+        if len(centroids) >= PAD_CODE:
+            raise ScanVizError(f"{len(centroids)} centroids do not fit a uint16 code: lower n_coarse x n_fine")
+        codes = np.empty((n, n_reg), dtype=np.uint16)
+        for s in range(0, n, BUILD_CHUNK):
+            block = np.asarray(_rows(regions, slice(s, s + BUILD_CHUNK)), dtype=np.float32)
+            codes[s:s + len(block)] = _assign(block.reshape(-1, d), coarse, fine, starts).reshape(len(block), n_reg)
+        if n_boxes is not None:
+            codes[np.arange(n_reg)[None, :] >= np.asarray(n_boxes)[:, None]] = PAD_CODE
+        offsets, images = _inverted_lists(codes, len(centroids))
+        return cls(centroids, codes, offsets, images, agg, float(lambda_lse), fingerprint)
+
+    # ------------------------------------------------------------------------------------------ searching
+    def word_centroid_sims(self, words: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(L, d) word embeddings -> (L, C) cosines with the centroids."""
+        w = np.ascontiguousarray(words.numpy() if torch.is_tensor(words) else words, dtype=np.float32)
+        return w @ self.centroids.T
+
+    def code_scores(self, sims: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The screen's score of images ``rows`` from their codes (every word, every region): (len(rows),)."""
+        codes = self.codes[rows].astype(np.int64)  # (N, n_reg)
+        valid = codes != PAD_CODE
+        per = sims[:, np.where(valid, codes, 0)]  # (L, N, n_reg)
+        per = np.where(valid[None], per, -np.inf).max(axis=2)  # (L, N): each word's best region (centroid)
+        return self._aggregate(per)
+
+    def _aggregate(self, per_word: np.ndarray) -> np.ndarray:
+        """(L, N) per-word best cosines -> (N,) scores."""
+        if self.agg == "sum":
+            return per_word.sum(axis=0)
+        lam = self.lambda_lse
+        top = per_word.max(axis=0)
+        return top + np.log(np.exp(lam * (per_word - top[None])).sum(axis=0)) / lam
+
+    def screen(self, words: np.ndarray | torch.Tensor, k: int, probe: int = PROBE,
+               refine: int = REFINE) -> tuple[np.ndarray, np.ndarray]:
+        """One caption's words (L, d) -> the k best image rows by the screen's score, best first, and their scores.
+
+        ``probe``: centroids each word looks up (C: every list, the exact centroid MaxSim of every image);
+        ``refine``: the bound's best ``refine`` x k images are scored exactly on their codes.
+        """
+        n = self.n_images
+        k = max(1, min(k, n))
+        sims = self.word_centroid_sims(words)  # (L, C)
+        n_words, n_centroids = sims.shape
+        probe = max(1, min(probe, n_centroids))
+        n_short = min(n, refine * k)
+        if n_short < n:
+            top = np.argpartition(-sims, probe - 1, axis=1)[:, :probe]  # (L, probe) each word's nearest centroids
+            bound = torch.from_numpy(np.take_along_axis(sims, top, axis=1).min(axis=1))  # (L,) imputed cosine
+            best = bound[:, None].repeat(1, n).reshape(-1)  # (L * n,)
+            starts, ends = self.list_offsets[top], self.list_offsets[top + 1]
+            lengths = (ends - starts).reshape(-1)
+            entries = _ranges(starts.reshape(-1), lengths)
+            word_of = np.repeat(np.repeat(np.arange(n_words), probe), lengths)
+            values = np.repeat(np.take_along_axis(sims, top, axis=1).reshape(-1), lengths)
+            target = torch.from_numpy(word_of * n + self.list_images[entries])
+            best.scatter_reduce_(0, target, torch.from_numpy(values.astype(np.float32)), reduce="amax")
+            approx = self._aggregate(best.reshape(n_words, n).numpy())
+            rows = np.argpartition(-approx, n_short - 1)[:n_short]
+        else:
+            rows = np.arange(n)
+        exact = self.code_scores(sims, rows)
+        order = np.argsort(-exact, kind="stable")[:k]
+        return rows[order], exact[order]
+
+    # ------------------------------------------------------------------------------------------ files
+    def save(self, directory: str | Path) -> None:
+        """As a folder of .npy arrays and a JSON header, swapped in atomically."""
+        from scan_viz.io import write_dir_atomic
+
+        def write(tmp: Path) -> None:
+            for name in ("centroids", "codes", "list_offsets", "list_images"):
+                np.save(tmp / f"{name}.npy", getattr(self, name))
+            meta = {"format": TOKENS_FORMAT, "n_images": self.n_images, "n_regions": int(self.codes.shape[1]),
+                    "n_centroids": int(len(self.centroids)), "agg": self.agg, "lambda_lse": self.lambda_lse,
+                    "fingerprint": self.fingerprint}
+            (tmp / TOKENS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+        write_dir_atomic(Path(directory), write)
+
+
+def load_token_index(directory: str | Path, fingerprint: str | None = None,
+                     n_images: int | None = None) -> TokenIndex | None:
+    """A saved :class:`TokenIndex`, or None when it is missing, damaged, or made for other encoders
+    (``fingerprint``) or another number of images."""
+    from scan_viz.safe_files import load_npy, read_json
+
+    directory = Path(directory)
+    if not (directory / TOKENS_META).is_file():
+        return None
+    try:
+        meta = read_json(directory / TOKENS_META, "token index header")
+        if not isinstance(meta, dict) or meta.get("format") != TOKENS_FORMAT:
+            return None
+        if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+            return None
+        if n_images is not None and meta.get("n_images") != n_images:
+            return None
+        arrays = {name: load_npy(directory / f"{name}.npy", f"token index {name}", kinds=kinds)
+                  for name, kinds in (("centroids", "f"), ("codes", "u"), ("list_offsets", "i"),
+                                      ("list_images", "i"))}
+        index = TokenIndex(arrays["centroids"].astype(np.float32), arrays["codes"].astype(np.uint16),
+                           arrays["list_offsets"].astype(np.int64), arrays["list_images"].astype(np.int32),
+                           str(meta["agg"]), float(meta["lambda_lse"]), str(meta.get("fingerprint", "")))
+    except (ScanVizError, KeyError, TypeError, ValueError):
+        return None
+    c = len(index.centroids)
+    real = index.codes[index.codes != PAD_CODE]
+    ok = (index.centroids.ndim == 2 and index.codes.ndim == 2 and index.list_offsets.shape == (c + 1,)
+          and index.list_offsets[0] == 0 and index.list_offsets[-1] == len(index.list_images)
+          and (np.diff(index.list_offsets) >= 0).all() and (real.size == 0 or real.max() < c)
+          and (index.list_images.size == 0 or (index.list_images.min() >= 0
+                                               and index.list_images.max() < index.n_images))
+          and index.agg in ("lse", "sum"))
+    return index if ok else None
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _real(n_boxes: np.ndarray | None, i: int, n_reg: int) -> int:
+    return n_reg if n_boxes is None else int(n_boxes[i])
+
+
+def _rows(regions, rows) -> np.ndarray | Iterator:
+    """Rows of a tensor / array / float16 memory map, as float32 numpy (a memory map read with pread)."""
+    if torch.is_tensor(regions):
+        idx = rows if isinstance(rows, slice) else torch.as_tensor(rows)
+        return regions[idx].float().numpy()
+    if isinstance(regions, np.memmap):
+        from scan_viz.search import read_rows
+
+        return read_rows(regions, rows).astype(np.float32)
+    return np.asarray(regions[rows], dtype=np.float32)
+
+
+def _assign(x: np.ndarray, coarse: np.ndarray, fine: list[np.ndarray], starts: np.ndarray) -> np.ndarray:
+    """Nearest centroid code of each vector (n, d): its best coarse cell, then the best fine centroid in it."""
+    cell = (x @ coarse.T).argmax(axis=1)
+    out = np.empty(len(x), dtype=np.uint16)
+    for c in np.unique(cell):
+        members = np.flatnonzero(cell == c)
+        out[members] = starts[c] + (x[members] @ fine[c].T).argmax(axis=1)
+    return out
+
+
+def _inverted_lists(codes: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (C + 1,), images (n_entries,) int32): the images having a region at each centroid, each once."""
+    n, n_reg = codes.shape
+    flat = codes.reshape(-1).astype(np.int64)
+    image = np.repeat(np.arange(n, dtype=np.int64), n_reg)
+    keep = flat != PAD_CODE
+    key = np.unique(flat[keep] * n + image[keep])  # sorted by centroid, then image; duplicates gone
+    centroid, images = key // n, (key % n).astype(np.int32)
+    offsets = np.zeros(n_centroids + 1, dtype=np.int64)
+    np.cumsum(np.bincount(centroid, minlength=n_centroids), out=offsets[1:])
+    return offsets, images
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(s, s + l)`` for each start s and length l (vectorised)."""
+    total = int(lengths.sum())
+    if not total:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    idx = np.arange(total, dtype=np.int64)
+    return idx + np.repeat(starts - (ends - lengths), lengths)
