@@ -38,6 +38,8 @@ EXACT_MAX = 200_000
 IVF_NPROBE = 32
 ENCODE_CHUNK = 2048  # images per chunk when encoding region features for exhaustive search
 STAGE2_CHUNK = 256  # candidates per stage-2 block of one query (see TwoStageSearch._candidate_scores)
+#: text -> image stage 1: one pooled vector per image (scan_viz.stage1) or region tokens (scan_viz.retrieval.tokens)
+SCREENS = ("tokens", "pooled")
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", seed: int = 0):
@@ -167,7 +169,8 @@ class TwoStageSearch:
     def __init__(self, model: ScanModel, ids: Sequence[str], features: np.ndarray, stage1: Stage1 | None,
                  n_boxes: np.ndarray | None = None, regions: torch.Tensor | np.ndarray | None = None,
                  image_vectors: np.ndarray | None = None, captions: Sequence[str] = (),
-                 caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None, index_kind: str = "auto") -> None:
+                 caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None, index_kind: str = "auto",
+                 screen: str = "pooled", token_index=None) -> None:
         if features.ndim != 3 or features.shape[2] != model.config.img_dim:
             raise ScanVizError(f"the gallery's regions are {features.shape[-1]}-d but the model takes "
                                f"{model.config.img_dim}-d features: pick a gallery made with the model's detector")
@@ -180,6 +183,11 @@ class TwoStageSearch:
         self._caption_emb = caption_emb
         self._caption_index = None
         self.image_index = None
+        if screen not in SCREENS:
+            raise ScanVizError(f"unknown stage 1 {screen!r}: choose {' or '.join(SCREENS)}")
+        #: text -> image stage 1: "pooled" (one vector per image) or "tokens" (scan_viz.retrieval.tokens; its index
+        #: is ``token_index`` or built from the region embeddings on the first token search)
+        self.screen, self.token_index = screen, token_index
         if stage1 is not None and n:
             if image_vectors is None:
                 image_vectors = self._image_vectors_in_chunks()
@@ -212,15 +220,20 @@ class TwoStageSearch:
     def _matcher(self, head: str | MatchingHead | None) -> MatchingHead:
         return head if isinstance(head, MatchingHead) else self.model.head(head)
 
-    def _check_k(self, k: int, stage1_k: int | None) -> int:
-        """The stage-1 K to use: 0 = exhaustive; None = the stage-1 head's default (exhaustive without one)."""
+    def _check_k(self, k: int, stage1_k: int | None, tokens: bool = False) -> int:
+        """The stage-1 K to use: 0 = exhaustive; None = the stage-1 head's default (exhaustive without one), or
+        with the token screen (``tokens``) the K of :func:`scan_viz.retrieval.tokens.default_k` for this gallery."""
         if k < 1:
             raise ScanVizError(f"k must be at least 1, got {k}")
+        if stage1_k is None and tokens:
+            from scan_viz.retrieval.tokens import default_k
+
+            return max(k, default_k(len(self.ids)))
         if stage1_k is None:
             return 0 if self.stage1 is None else max(k, self.stage1.default_k)
         if stage1_k < 0:
             raise ScanVizError(f"--stage1-k must be 0 (exhaustive) or a positive number, got {stage1_k}")
-        if stage1_k > 0 and self.stage1 is None:
+        if stage1_k > 0 and self.stage1 is None and not tokens:
             raise ScanVizError("this model has no stage-1 head trained on its encoders, so only exhaustive "
                                "search works: pass --stage1-k 0, or train one with `python -m scan_viz.train.stage1`")
         return stage1_k if stage1_k == 0 else max(k, stage1_k)
@@ -230,16 +243,36 @@ class TwoStageSearch:
                     head: str | MatchingHead | None = None) -> list[SearchHit]:
         """The top-k gallery images for a sentence, best first."""
         check_sentence(text)
-        stage1_k = self._check_k(k, stage1_k)
+        tokens = self.screen == "tokens" and len(self.ids) > 0
+        stage1_k = self._check_k(k, stage1_k, tokens)
         matcher = self._matcher(head)
         caps = self.model.encode_captions([text])
         if stage1_k == 0:
             return _rank(self.ids, self.exhaustive_scores(caps.emb, caps.lengths, matcher)[:, 0], k, None)
+        if tokens:
+            rows, _ = self.tokens().screen(caps.emb[0, :int(caps.lengths[0])], stage1_k)
+            scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
+            return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
         query = self.stage1.caption_vectors(caps.emb, caps.lengths)
         _, found = search_one(self.image_index, query, stage1_k)
         rows = found[0][found[0] >= 0]
         scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
         return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
+
+    def tokens(self):
+        """The token-level stage-1 index (:class:`scan_viz.retrieval.tokens.TokenIndex`), built on first use."""
+        if self.token_index is None:
+            from scan_viz.retrieval.tokens import TokenIndex, token_settings
+
+            self.token_index = TokenIndex.build(self._token_regions(), self.n_boxes, **token_settings(self.model))
+        return self.token_index
+
+    def _token_regions(self) -> torch.Tensor | np.ndarray:
+        """Every image's region embeddings, for building the token index (encoded here when none were given)."""
+        if self.regions is not None:
+            return self.regions
+        return torch.cat([self._regions_of(slice(s, s + ENCODE_CHUNK)).to(torch.float16)
+                          for s in range(0, len(self.ids), ENCODE_CHUNK)])
 
     def _candidate_scores(self, matcher: MatchingHead, rows: np.ndarray, words: torch.Tensor,
                           lengths: torch.Tensor) -> np.ndarray:

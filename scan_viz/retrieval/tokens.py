@@ -18,11 +18,11 @@ The index (PLAID's centroid interaction, without its residuals):
 - an inverted list per centroid holds the images that have a region there (each image once), int32;
 - ``codes`` (n_images, n_regions) keeps every region's centroid (uint16), 2 bytes per region.
 
-A query: the word-centroid cosines (L, C) in one product; each word *probes* its ``probe`` nearest centroids and
-takes, for every image in their lists, its best cosine among them (a scatter-max); an image with no region in a
-word's probed lists gets that word's ``probe``-th cosine (an upper bound of what it has, ColBERTv2's imputation).
-The ``refine`` x K best images by that bound are then scored exactly on their codes (every word, every region's
-centroid, no imputation) and the top K go to stage 2. Stage 2 re-scores them exactly with any head, so the screen
+A query: the word-centroid cosines (L, C) in one product; each word *probes* its ``probe`` nearest centroids,
+and every image in their lists collects the word's cosine there minus the word's ``probe``-th best (one weighted
+bincount over the lists: a cheap proxy of how many query words find a close region in it, ColBERT's candidate
+generation). The ``refine`` x K best images by that proxy are then scored exactly on their codes (every word,
+every region's centroid) and the top K go to stage 2. Stage 2 re-scores them exactly with any head, so the screen
 only decides which images stage 2 sees.
 
 Memory per image: n_regions x (2 bytes of codes + at most 4 bytes of inverted-list entry) (about 216 bytes at
@@ -131,58 +131,80 @@ class TokenIndex:
         return cls(centroids, codes, offsets, images, agg, float(lambda_lse), fingerprint)
 
     # ------------------------------------------------------------------------------------------ searching
-    def word_centroid_sims(self, words: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(L, d) word embeddings -> (L, C) cosines with the centroids."""
-        w = np.ascontiguousarray(words.numpy() if torch.is_tensor(words) else words, dtype=np.float32)
-        return w @ self.centroids.T
+    def word_centroid_sims(self, words: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(L, d) word embeddings -> (L, C) float32 cosines with the centroids."""
+        w = words.float() if torch.is_tensor(words) else torch.from_numpy(np.asarray(words, dtype=np.float32))
+        return w @ self._centroids_t
 
-    def code_scores(self, sims: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    @property
+    def _centroids_t(self) -> torch.Tensor:
+        if getattr(self, "_ct", None) is None or self._ct.shape[1] != len(self.centroids):
+            self._ct = torch.from_numpy(np.ascontiguousarray(self.centroids.T))
+        return self._ct
+
+    def code_scores(self, sims: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         """The screen's score of images ``rows`` from their codes (every word, every region): (len(rows),)."""
-        codes = self.codes[rows].astype(np.int64)  # (N, n_reg)
-        valid = codes != PAD_CODE
-        per = sims[:, np.where(valid, codes, 0)]  # (L, N, n_reg)
-        per = np.where(valid[None], per, -np.inf).max(axis=2)  # (L, N): each word's best region (centroid)
-        return self._aggregate(per)
+        codes = torch.from_numpy(self.codes[rows].astype(np.int64))  # (N, n_reg)
+        table = torch.cat([sims.T, torch.full((1, sims.shape[0]), float("-inf"))])  # (C + 1, L): row C = padding
+        per = table[codes.clamp(max=len(table) - 1)]  # (N, n_reg, L): PAD_CODE lands on the -inf row
+        return self._aggregate(per.amax(dim=1).T).numpy()  # each word's best region (centroid), pooled
 
-    def _aggregate(self, per_word: np.ndarray) -> np.ndarray:
+    def _aggregate(self, per_word: torch.Tensor) -> torch.Tensor:
         """(L, N) per-word best cosines -> (N,) scores."""
         if self.agg == "sum":
-            return per_word.sum(axis=0)
-        lam = self.lambda_lse
-        top = per_word.max(axis=0)
-        return top + np.log(np.exp(lam * (per_word - top[None])).sum(axis=0)) / lam
+            return per_word.sum(dim=0)
+        return torch.logsumexp(self.lambda_lse * per_word, dim=0) / self.lambda_lse
 
     def screen(self, words: np.ndarray | torch.Tensor, k: int, probe: int = PROBE,
                refine: int = REFINE) -> tuple[np.ndarray, np.ndarray]:
         """One caption's words (L, d) -> the k best image rows by the screen's score, best first, and their scores.
 
-        ``probe``: centroids each word looks up (C: every list, the exact centroid MaxSim of every image);
-        ``refine``: the bound's best ``refine`` x k images are scored exactly on their codes.
+        ``probe``: centroids each word looks up; ``refine``: how many times k images the probe pass keeps for the
+        exact code scoring (all images when that is the whole gallery).
+
+        The shortlist comes from :meth:`probe_scores`; it is then scored exactly on the codes.
         """
         n = self.n_images
         k = max(1, min(k, n))
         sims = self.word_centroid_sims(words)  # (L, C)
-        n_words, n_centroids = sims.shape
-        probe = max(1, min(probe, n_centroids))
         n_short = min(n, refine * k)
-        if n_short < n:
-            top = np.argpartition(-sims, probe - 1, axis=1)[:, :probe]  # (L, probe) each word's nearest centroids
-            bound = torch.from_numpy(np.take_along_axis(sims, top, axis=1).min(axis=1))  # (L,) imputed cosine
-            best = bound[:, None].repeat(1, n).reshape(-1)  # (L * n,)
-            starts, ends = self.list_offsets[top], self.list_offsets[top + 1]
-            lengths = (ends - starts).reshape(-1)
-            entries = _ranges(starts.reshape(-1), lengths)
-            word_of = np.repeat(np.repeat(np.arange(n_words), probe), lengths)
-            values = np.repeat(np.take_along_axis(sims, top, axis=1).reshape(-1), lengths)
-            target = torch.from_numpy(word_of * n + self.list_images[entries])
-            best.scatter_reduce_(0, target, torch.from_numpy(values.astype(np.float32)), reduce="amax")
-            approx = self._aggregate(best.reshape(n_words, n).numpy())
-            rows = np.argpartition(-approx, n_short - 1)[:n_short]
-        else:
-            rows = np.arange(n)
+        rows = np.arange(n) if n_short == n else \
+            np.argpartition(-self.probe_scores(sims, probe), n_short - 1)[:n_short]
         exact = self.code_scores(sims, rows)
         order = np.argsort(-exact, kind="stable")[:k]
         return rows[order], exact[order]
+
+    def probe_scores(self, sims: torch.Tensor, probe: int = PROBE) -> np.ndarray:
+        """(n_images,) float64, in the order of the screen's score with each word's best cosine taken over its
+        ``probe`` nearest centroids only, and b_w (the word's ``probe``-th best cosine) where none of them is in the
+        image (ColBERTv2's imputation).
+
+        With lse, ``S = (1/lambda) log sum_w exp(lambda c_w)`` and c_w = b_w + g_w (g_w >= 0, 0 when imputed), so
+        ``S`` grows with ``sum_w exp(lambda b_w) (exp(lambda g_w) - 1)``: a sum over the (word, image) pairs the
+        probed lists hold, never over every image and word. The best g_w per pair is a scatter-max over the
+        entries; each pair then counts once (the entry that holds its max).
+        """
+        n_words, n = sims.shape[0], self.n_images
+        probe = max(1, min(probe, sims.shape[1]))
+        top_sims, top = torch.topk(sims, probe, dim=1)  # (L, probe), descending
+        bound = top_sims[:, -1:]
+        gains = (top_sims - bound).reshape(-1).numpy()
+        top = top.reshape(-1).numpy()
+        starts, ends = self.list_offsets[top], self.list_offsets[top + 1]
+        lengths = ends - starts
+        images = np.concatenate([self.list_images[a:b] for a, b in zip(starts.tolist(), ends.tolist())])
+        key = torch.from_numpy(np.repeat(np.repeat(np.arange(n_words, dtype=np.int64) * n, probe), lengths) + images)
+        gain = torch.from_numpy(np.repeat(gains, lengths))
+        best = torch.zeros(n_words * n, dtype=gain.dtype)
+        best.scatter_reduce_(0, key, gain, reduce="amax")
+        first = (gain == best[key]).numpy()  # the entry holding its pair's max (a tie counts each equal entry)
+        key, gain = key.numpy()[first], gain.numpy()[first].astype(np.float64)
+        if self.agg == "sum":
+            weight = gain
+        else:
+            lam = self.lambda_lse
+            weight = np.exp(lam * (bound[:, 0] - bound.max()).double().numpy())[key // n] * np.expm1(lam * gain)
+        return np.bincount(images[first], weights=weight, minlength=n)
 
     # ------------------------------------------------------------------------------------------ files
     def save(self, directory: str | Path) -> None:
@@ -276,11 +298,15 @@ def _inverted_lists(codes: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np
     return offsets, images
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The concatenation of ``arange(s, s + l)`` for each start s and length l (vectorised)."""
-    total = int(lengths.sum())
-    if not total:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    idx = np.arange(total, dtype=np.int64)
-    return idx + np.repeat(starts - (ends - lengths), lengths)
+def token_settings(model) -> dict:
+    """The screen's aggregation for a SCAN model (its own: LogSumExp with its lambda_lse, else a sum) and the
+    encoders' fingerprint that a saved index must match."""
+    from scan_viz.stage1 import model_fingerprint
+
+    agg = "lse" if model.config.agg_func == "LogSumExp" else "sum"
+    return {"agg": agg, "lambda_lse": float(model.config.lambda_lse), "fingerprint": model_fingerprint(model)}
+
+
+def default_k(n_images: int) -> int:
+    """The screen's K for a gallery of ``n_images`` (provisional until measured on dev)."""
+    return int(min(n_images, max(100, round(0.002 * n_images))))
