@@ -395,15 +395,25 @@ def load_image_vectors(gallery_dir: Path, stage1: Stage1, n_images: int) -> np.n
 
 
 def gallery_search(model: ScanModel, gallery, regions: torch.Tensor | None = None,
-                   caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> TwoStageSearch:
+                   caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   screen: str = "pooled") -> TwoStageSearch:
     """Two-stage search over a loaded gallery with the stage-1 head trained on this model (if any).
 
     Stage-1 vectors stored in the gallery (``scan-viz index``) are used when the same head made them;
     otherwise they are computed here. ``regions``/``caption_emb``: embeddings the caller already has.
+    ``screen`` "tokens": text -> image stage 1 is the token screen (scan_viz.retrieval.tokens), from the gallery's
+    stored token index when this model's encoders made it, else built on the first search.
     """
     from scan_viz.stage1 import find_stage1
 
     stage1 = find_stage1(model)
     vectors = None if stage1 is None else load_image_vectors(gallery.root, stage1, len(gallery))
+    token_index = None
+    if screen == "tokens" and gallery.root is not None:
+        from scan_viz.retrieval.tokens import TOKENS_DIR, load_token_index, token_settings
+
+        token_index = load_token_index(Path(gallery.root) / TOKENS_DIR, token_settings(model)["fingerprint"],
+                                       len(gallery))
     return TwoStageSearch(model, gallery.ids, gallery.regions.features, stage1, n_boxes=gallery.regions.n_boxes,
-                          regions=regions, image_vectors=vectors, captions=gallery.captions, caption_emb=caption_emb)
+                          regions=regions, image_vectors=vectors, captions=gallery.captions, caption_emb=caption_emb,
+                          screen=screen, token_index=token_index)
