@@ -225,10 +225,11 @@ class TwoStageSearch:
         with the token screen (``tokens``) the K of :func:`scan_viz.retrieval.tokens.default_k` for this gallery."""
         if k < 1:
             raise ScanVizError(f"k must be at least 1, got {k}")
-        if stage1_k is None and tokens:
+        if stage1_k is None and tokens:  # a K that keeps the whole gallery screens nothing out: exhaustive
             from scan_viz.retrieval.tokens import default_k
 
-            return max(k, default_k(len(self.ids)))
+            rule_k = default_k(len(self.ids))
+            return 0 if rule_k >= len(self.ids) else max(k, rule_k)
         if stage1_k is None:
             return 0 if self.stage1 is None else max(k, self.stage1.default_k)
         if stage1_k < 0:

@@ -48,6 +48,25 @@ def test_code_scores_match_a_plain_maxsim_over_the_quantised_regions(agg):
     np.testing.assert_allclose(got, reference_scores(index, words), rtol=1e-5, atol=1e-5)
 
 
+def test_residuals_with_every_direction_give_the_plain_maxsim_of_the_regions():
+    """With as many residual directions as dimensions, centroid + mean + basis^T z is the region itself (to float16
+    rounding of z), so the refined score is the plain LSE-MaxSim over the real region embeddings."""
+    regions = toy_regions()
+    index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, agg="lse", lambda_lse=6.0, n_residual=16)
+    words = unit(np.random.default_rng(4).standard_normal((5, 16))).astype(np.float32)
+    got = index.code_scores(index.word_centroid_sims(words), np.arange(index.n_images), words)
+    best = np.einsum("nrd,ld->nlr", regions.astype(np.float64), words.astype(np.float64)).max(axis=2)
+    expected = np.log(np.exp(6.0 * best).sum(axis=1)) / 6.0
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    # and fewer directions: the score of the reconstructed regions, computed plainly
+    index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, n_residual=3)
+    rebuilt = (index.centroids[index.codes.astype(int)] + index.residual_mean
+               + index.residuals.astype(np.float64) @ index.residual_basis)
+    best = np.einsum("nrd,ld->nlr", rebuilt, words.astype(np.float64)).max(axis=2)
+    np.testing.assert_allclose(index.code_scores(index.word_centroid_sims(words), np.arange(60), words),
+                               np.log(np.exp(6.0 * best).sum(axis=1)) / 6.0, rtol=1e-5, atol=1e-5)
+
+
 def test_probing_every_centroid_gives_the_exact_score_order():
     """With probe = C every (word, image) pair is in the lists, so the probe pass is a monotone function of the
     exact score: S = b + log(sum_w exp(lambda (b_w - b)) + proxy) / lambda, b the largest b_w."""
@@ -62,13 +81,18 @@ def test_probing_every_centroid_gives_the_exact_score_order():
     np.testing.assert_allclose(rebuilt, index.code_scores(sims, np.arange(index.n_images)), rtol=1e-5, atol=1e-5)
 
 
-def test_screen_returns_the_best_images_by_code_score():
-    index = TokenIndex.build(toy_regions(n=200), None, n_coarse=4, n_fine=8)
+def test_screen_refines_the_probe_shortlist():
+    """probe = C: the probe pass ranks by the codes' exact score; its best refine x k images are then ranked by the
+    refined score (codes + residuals) and the best k come back."""
+    index = TokenIndex.build(toy_regions(n=200), None, n_coarse=4, n_fine=8, n_residual=4)
     words = unit(np.random.default_rng(3).standard_normal((6, 16))).astype(np.float32)
-    exact = index.code_scores(index.word_centroid_sims(words), np.arange(200))
-    rows, scores = index.screen(words, 10, probe=index.centroids.shape[0], refine=3)
-    np.testing.assert_allclose(scores, np.sort(exact)[::-1][:10], rtol=1e-6)
-    assert set(rows) == set(np.argsort(-exact, kind="stable")[:10])
+    sims = index.word_centroid_sims(words)
+    coarse = index.code_scores(sims, np.arange(200))
+    short = np.argsort(-coarse, kind="stable")[:30]
+    refined = index.code_scores(sims, short, words)
+    rows, scores = index.screen(words, 10, probe=index.centroids.shape[0], refine=3, shortlist=0)
+    np.testing.assert_allclose(scores, np.sort(refined)[::-1][:10], rtol=1e-6)
+    assert set(rows) == set(short[np.argsort(-refined, kind="stable")[:10]])
     # the whole gallery asked for: every image once, best first
     rows, scores = index.screen(words, 500)
     assert sorted(rows) == list(range(200)) and (np.diff(scores) <= 1e-7).all()
@@ -83,10 +107,10 @@ def test_inverted_lists_hold_each_image_of_a_centroid_once():
 
 
 def test_saved_index_round_trips_and_refuses_other_encoders(tmp_path):
-    index = TokenIndex.build(toy_regions(), None, n_coarse=4, n_fine=4, fingerprint="abc")
+    index = TokenIndex.build(toy_regions(), None, n_coarse=4, n_fine=4, fingerprint="abc", n_residual=4)
     index.save(tmp_path / "tokens")
     back = load_token_index(tmp_path / "tokens", "abc", index.n_images)
-    for name in ("centroids", "codes", "list_offsets", "list_images"):
+    for name in ("centroids", "codes", "list_offsets", "list_images", "residuals", "residual_basis", "residual_mean"):
         np.testing.assert_array_equal(getattr(back, name), getattr(index, name))
     assert load_token_index(tmp_path / "tokens", "other", index.n_images) is None
     assert load_token_index(tmp_path / "tokens", "abc", index.n_images + 1) is None

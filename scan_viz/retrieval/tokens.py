@@ -47,6 +47,11 @@ TOKENS_META = "tokens.json"
 N_COARSE, N_FINE = 64, 64
 #: default centroids each word probes, and how many times K images the bound passes to the exact code scoring
 PROBE, REFINE = 64, 4
+#: at least this many images go from the probe pass to the exact scoring (near-copies share their codes, so the
+#: probe pass cannot order them; the residuals can)
+SHORTLIST = 2000
+#: principal directions of the residuals (region - centroid) kept per region, float16 (0: codes only)
+N_RESIDUAL = 16
 #: a centroid's code for a padded region (never a real centroid)
 PAD_CODE = np.iinfo(np.uint16).max
 BUILD_CHUNK = 2048  # images per chunk while assigning codes
@@ -84,6 +89,11 @@ class TokenIndex:
     agg: str = "lse"
     lambda_lse: float = 6.0
     fingerprint: str = ""
+    #: optional residual detail: (n_images, n_regions, r) float16 coordinates of each region's residual (region -
+    #: its centroid - residual_mean) in the top-r principal directions ``residual_basis`` (r, d) of the residuals
+    residuals: np.ndarray | None = None
+    residual_basis: np.ndarray | None = None
+    residual_mean: np.ndarray | None = None
 
     @property
     def n_images(self) -> int:
@@ -91,13 +101,15 @@ class TokenIndex:
 
     @property
     def nbytes(self) -> int:
-        return int(self.centroids.nbytes + self.codes.nbytes + self.list_offsets.nbytes + self.list_images.nbytes)
+        extra = 0 if self.residuals is None else self.residuals.nbytes + self.residual_basis.nbytes
+        return int(self.centroids.nbytes + self.codes.nbytes + self.list_offsets.nbytes + self.list_images.nbytes
+                   + extra)
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
     def build(cls, regions, n_boxes: np.ndarray | None = None, n_coarse: int = N_COARSE, n_fine: int = N_FINE,
               agg: str = "lse", lambda_lse: float = 6.0, fingerprint: str = "", sample: int = 200_000,
-              seed: int = 0) -> "TokenIndex":
+              seed: int = 0, n_residual: int = N_RESIDUAL) -> "TokenIndex":
         """Index region embeddings ``regions`` (n_images, n_regions, d): a tensor, an array or a float16 memory map
         (read ``BUILD_CHUNK`` images at a time). n_boxes: (n_images,) real regions per image, or None (all)."""
         if agg not in ("lse", "sum"):
@@ -121,14 +133,24 @@ class TokenIndex:
         centroids = np.concatenate(fine).astype(np.float32)
         if len(centroids) >= PAD_CODE:
             raise ScanVizError(f"{len(centroids)} centroids do not fit a uint16 code: lower n_coarse x n_fine")
+        basis = mean = residuals = None
+        if n_residual:  # principal directions of the sample's residuals
+            res = train - centroids[_assign(train, coarse, fine, starts)]
+            mean = res.mean(axis=0)
+            basis = np.linalg.svd(res - mean, full_matrices=False)[2][:n_residual].astype(np.float32)
+            residuals = np.empty((n, n_reg, len(basis)), dtype=np.float16)
         codes = np.empty((n, n_reg), dtype=np.uint16)
         for s in range(0, n, BUILD_CHUNK):
-            block = np.asarray(_rows(regions, slice(s, s + BUILD_CHUNK)), dtype=np.float32)
-            codes[s:s + len(block)] = _assign(block.reshape(-1, d), coarse, fine, starts).reshape(len(block), n_reg)
+            block = np.asarray(_rows(regions, slice(s, s + BUILD_CHUNK)), dtype=np.float32).reshape(-1, d)
+            code = _assign(block, coarse, fine, starts)
+            codes[s:s + len(block) // n_reg] = code.reshape(-1, n_reg)
+            if n_residual:
+                residuals[s:s + len(block) // n_reg] = ((block - centroids[code] - mean) @ basis.T).reshape(
+                    -1, n_reg, len(basis))
         if n_boxes is not None:
             codes[np.arange(n_reg)[None, :] >= np.asarray(n_boxes)[:, None]] = PAD_CODE
         offsets, images = _inverted_lists(codes, len(centroids))
-        return cls(centroids, codes, offsets, images, agg, float(lambda_lse), fingerprint)
+        return cls(centroids, codes, offsets, images, agg, float(lambda_lse), fingerprint, residuals, basis, mean)
 
     # ------------------------------------------------------------------------------------------ searching
     def word_centroid_sims(self, words: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -142,11 +164,16 @@ class TokenIndex:
             self._ct = torch.from_numpy(np.ascontiguousarray(self.centroids.T))
         return self._ct
 
-    def code_scores(self, sims: torch.Tensor, rows: np.ndarray) -> np.ndarray:
-        """The screen's score of images ``rows`` from their codes (every word, every region): (len(rows),)."""
+    def code_scores(self, sims: torch.Tensor, rows: np.ndarray, words=None) -> np.ndarray:
+        """The screen's score of images ``rows`` from their codes (every word, every region): (len(rows),).
+        With ``words`` (L, d) and stored residuals, each region is its centroid plus its residual's projection."""
         codes = torch.from_numpy(self.codes[rows].astype(np.int64))  # (N, n_reg)
         table = torch.cat([sims.T, torch.full((1, sims.shape[0]), float("-inf"))])  # (C + 1, L): row C = padding
         per = table[codes.clamp(max=len(table) - 1)]  # (N, n_reg, L): PAD_CODE lands on the -inf row
+        if words is not None and self.residuals is not None:  # + the residual's part: u . (mean + basis^T z)
+            w = words.float() if torch.is_tensor(words) else torch.from_numpy(np.asarray(words, dtype=np.float32))
+            z = torch.from_numpy(self.residuals[rows].astype(np.float32))  # (N, n_reg, r)
+            per = per + z @ (torch.from_numpy(self.residual_basis) @ w.T) + (w @ torch.from_numpy(self.residual_mean))
         return self._aggregate(per.amax(dim=1).T).numpy()  # each word's best region (centroid), pooled
 
     def _aggregate(self, per_word: torch.Tensor) -> torch.Tensor:
@@ -155,8 +182,8 @@ class TokenIndex:
             return per_word.sum(dim=0)
         return torch.logsumexp(self.lambda_lse * per_word, dim=0) / self.lambda_lse
 
-    def screen(self, words: np.ndarray | torch.Tensor, k: int, probe: int = PROBE,
-               refine: int = REFINE) -> tuple[np.ndarray, np.ndarray]:
+    def screen(self, words: np.ndarray | torch.Tensor, k: int, probe: int = PROBE, refine: int = REFINE,
+               shortlist: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray]:
         """One caption's words (L, d) -> the k best image rows by the screen's score, best first, and their scores.
 
         ``probe``: centroids each word looks up; ``refine``: how many times k images the probe pass keeps for the
@@ -167,10 +194,10 @@ class TokenIndex:
         n = self.n_images
         k = max(1, min(k, n))
         sims = self.word_centroid_sims(words)  # (L, C)
-        n_short = min(n, refine * k)
+        n_short = min(n, max(refine * k, shortlist))
         rows = np.arange(n) if n_short == n else \
             np.argpartition(-self.probe_scores(sims, probe), n_short - 1)[:n_short]
-        exact = self.code_scores(sims, rows)
+        exact = self.code_scores(sims, rows, words)
         order = np.argsort(-exact, kind="stable")[:k]
         return rows[order], exact[order]
 
@@ -212,11 +239,14 @@ class TokenIndex:
         from scan_viz.io import write_dir_atomic
 
         def write(tmp: Path) -> None:
-            for name in ("centroids", "codes", "list_offsets", "list_images"):
-                np.save(tmp / f"{name}.npy", getattr(self, name))
+            for name in ("centroids", "codes", "list_offsets", "list_images", "residuals", "residual_basis",
+                         "residual_mean"):
+                if getattr(self, name) is not None:
+                    np.save(tmp / f"{name}.npy", getattr(self, name))
             meta = {"format": TOKENS_FORMAT, "n_images": self.n_images, "n_regions": int(self.codes.shape[1]),
                     "n_centroids": int(len(self.centroids)), "agg": self.agg, "lambda_lse": self.lambda_lse,
-                    "fingerprint": self.fingerprint}
+                    "fingerprint": self.fingerprint,
+                    "n_residual": 0 if self.residuals is None else int(self.residuals.shape[2])}
             (tmp / TOKENS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
         write_dir_atomic(Path(directory), write)
@@ -242,19 +272,26 @@ def load_token_index(directory: str | Path, fingerprint: str | None = None,
         arrays = {name: load_npy(directory / f"{name}.npy", f"token index {name}", kinds=kinds)
                   for name, kinds in (("centroids", "f"), ("codes", "u"), ("list_offsets", "i"),
                                       ("list_images", "i"))}
+        if int(meta.get("n_residual", 0)):
+            arrays.update({name: load_npy(directory / f"{name}.npy", f"token index {name}", kinds="f")
+                           for name in ("residuals", "residual_basis", "residual_mean")})
         index = TokenIndex(arrays["centroids"].astype(np.float32), arrays["codes"].astype(np.uint16),
                            arrays["list_offsets"].astype(np.int64), arrays["list_images"].astype(np.int32),
-                           str(meta["agg"]), float(meta["lambda_lse"]), str(meta.get("fingerprint", "")))
+                           str(meta["agg"]), float(meta["lambda_lse"]), str(meta.get("fingerprint", "")),
+                           arrays.get("residuals"), arrays.get("residual_basis"), arrays.get("residual_mean"))
     except (ScanVizError, KeyError, TypeError, ValueError):
         return None
-    c = len(index.centroids)
+    c, d = index.centroids.shape
     real = index.codes[index.codes != PAD_CODE]
     ok = (index.centroids.ndim == 2 and index.codes.ndim == 2 and index.list_offsets.shape == (c + 1,)
           and index.list_offsets[0] == 0 and index.list_offsets[-1] == len(index.list_images)
           and (np.diff(index.list_offsets) >= 0).all() and (real.size == 0 or real.max() < c)
           and (index.list_images.size == 0 or (index.list_images.min() >= 0
                                                and index.list_images.max() < index.n_images))
-          and index.agg in ("lse", "sum"))
+          and index.agg in ("lse", "sum")
+          and (index.residuals is None or (index.residuals.shape[:2] == index.codes.shape
+                                           and index.residual_basis.shape == (index.residuals.shape[2], d)
+                                           and index.residual_mean.shape == (d,))))
     return index if ok else None
 
 
