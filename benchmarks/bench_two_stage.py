@@ -249,9 +249,9 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
     if "tokens" in screens:  # first, so its RSS is not the pooled index's
         del vectors
         bench_tokens(model, head, features, regions_disk, captions, caption_image, warmup, n, args, work, result)
-        vectors = np.load(work / f"vectors_{n}_{args.noise:g}_{stage1.fingerprint}.npy")
+        if "pooled" in screens:
+            vectors = np.load(work / f"vectors_{n}_{args.noise:g}_{stage1.fingerprint}.npy")
     if "pooled" not in screens:
-        del vectors
         bench_exhaustive(model, head, features, regions_disk, captions, caption_image, n, args, result)
         result["rss_peak_gb"] = rss_gb()
         result["stage1_encode_s"] = encode_s
