@@ -148,7 +148,8 @@ def test_search_command_writes_json_and_rejects_bad_input(tmp_path, capsys):
     rows = json.loads(out.read_text(encoding="utf-8"))
     assert [r["id"] for r in rows] == [c for c, _ in index.search_captions(image_id, 2)]
     capsys.readouterr()
-    for bad, message in ((["--text", sentence, "--stage1-k", "5"], "--stage1-k 0"),
+    # the pooled stage 1 needs a stage-1 head (the token screen does not)
+    for bad, message in ((["--text", sentence, "--stage1", "pooled", "--stage1-k", "5"], "--stage1-k 0"),
                          (["--text", sentence, "-k", "0"], "at least 1"),
                          (["--text", "  "], "empty"),
                          (["--image", "no_such_image"], "neither an image id")):
