@@ -6,27 +6,29 @@ embeddings (the SCAN model's own, L2-normalised, so dot products are cosines) an
 caption's word embeddings. CHAN's head is exactly a MaxSim (each word's best region), and SCAN t2i's attention
 with lambda_softmax 9 is close to it, so the screen's score is::
 
-    c_w(I) ~ max_{r in I} cos(u_w, q(v_r))        each word's best region, v_r replaced by its centroid q(v_r)
+    c_w(I) ~ max_{r in I} cos(u_w, q(v_r))        each word's best region, v_r replaced by q(v_r) (below)
     S(I)   = (1 / lambda) log sum_w exp(lambda c_w(I))     (``agg`` "lse", lambda = the model's lambda_lse)
     S(I)   = sum_w c_w(I)                                   (``agg`` "sum": ColBERT's, CHAN-Mean's order)
 
-The index (PLAID's centroid interaction, without its residuals):
+The index (after PLAID's centroid interaction; its residuals are a few principal directions here, not PQ codes):
 
-- every region embedding is replaced by one of C centroids of a two-level spherical k-means (``n_coarse`` cells,
-  each split into up to ``n_fine`` centroids; assigning a region costs n_coarse + n_fine dot products, so indexing
-  1M images x 36 regions stays minutes on a CPU);
+- every region embedding gets one of C centroids of a two-level spherical k-means (``n_coarse`` cells, each split
+  into up to ``n_fine`` centroids; assigning a region costs n_coarse + n_fine dot products, so indexing 1M images
+  x 36 regions stays a matter of minutes on a CPU): ``codes`` (n_images, n_regions) uint16;
 - an inverted list per centroid holds the images that have a region there (each image once), int32;
-- ``codes`` (n_images, n_regions) keeps every region's centroid (uint16), 2 bytes per region.
+- ``residuals`` (n_images, n_regions, r) float16: region - centroid - mean residual, in the top-r principal
+  directions of the residuals, so q(v_r) = centroid + mean + basis^T z. Near-copies of an image share their codes;
+  the residuals are what tells them apart.
 
-A query: the word-centroid cosines (L, C) in one product; each word *probes* its ``probe`` nearest centroids,
-and every image in their lists collects the word's cosine there minus the word's ``probe``-th best (one weighted
-bincount over the lists: a cheap proxy of how many query words find a close region in it, ColBERT's candidate
-generation). The ``refine`` x K best images by that proxy are then scored exactly on their codes (every word,
-every region's centroid) and the top K go to stage 2. Stage 2 re-scores them exactly with any head, so the screen
-only decides which images stage 2 sees.
+A query (:meth:`TokenIndex.screen`): the word-centroid cosines (L, C) in one product; each word *probes* its
+``probe`` nearest centroids; every image in their lists gets, per word, its best cosine among them (a scatter-max)
+and the others the word's ``probe``-th cosine (ColBERTv2's imputation), pooled as S above
+(:meth:`TokenIndex.probe_scores`). The best max(``refine`` x K, ``shortlist``) images by that bound are scored on
+every region's centroid + residual (:meth:`TokenIndex.code_scores`) and the top K go to stage 2, which re-scores
+them exactly with any head: the screen only decides which images stage 2 sees.
 
-Memory per image: n_regions x (2 bytes of codes + at most 4 bytes of inverted-list entry) (about 216 bytes at
-36 regions), plus C x d float32 centroids once.
+Memory per image: n_regions x (2 bytes of codes + at most 4 bytes of inverted lists + 2r bytes of residuals):
+1,384 bytes measured at 100K images (36 regions, r = 16), plus C x d float32 centroids and r x d basis once.
 """
 from __future__ import annotations
 
