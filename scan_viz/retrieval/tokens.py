@@ -271,11 +271,14 @@ def load_token_index(directory: str | Path, fingerprint: str | None = None,
             return None
         if n_images is not None and meta.get("n_images") != n_images:
             return None
-        arrays = {name: load_npy(directory / f"{name}.npy", f"token index {name}", kinds=kinds)
+        # memory-mapped, then copied: a 1M-image index is over the 1 GiB cap of a whole-file read, and the copy is
+        # bounded by the file itself (the arrays' shapes are checked against each other below)
+        arrays = {name: load_npy(directory / f"{name}.npy", f"token index {name}", kinds=kinds, mmap=True)
                   for name, kinds in (("centroids", "f"), ("codes", "u"), ("list_offsets", "i"),
                                       ("list_images", "i"))}
         if int(meta.get("n_residual", 0)):
-            arrays.update({name: load_npy(directory / f"{name}.npy", f"token index {name}", kinds="f")
+            arrays.update({name: np.array(load_npy(directory / f"{name}.npy", f"token index {name}", kinds="f",
+                                                   mmap=True))
                            for name in ("residuals", "residual_basis", "residual_mean")})
         index = TokenIndex(arrays["centroids"].astype(np.float32), arrays["codes"].astype(np.uint16),
                            arrays["list_offsets"].astype(np.int64), arrays["list_images"].astype(np.int32),
