@@ -15,7 +15,8 @@ def add_search_parser(sub) -> None:
     query.add_argument("--image", help="a gallery image id or an image file (image -> captions)")
     p.add_argument("-k", type=int, default=10, help="results to return")
     p.add_argument("--stage1-k", type=int, default=None,
-                   help="candidates stage 1 passes to the head; 0 = exhaustive (default: the stage-1 head's K)")
+                   help="candidates stage 1 passes to the head; 0 = exhaustive (default: the token screen's K for the "
+                        "gallery size, or the stage-1 head's K with --stage1 pooled)")
     p.add_argument("--stage1", choices=("tokens", "pooled"), default="tokens",
                    help="text -> images stage 1: tokens (each word retrieves its nearest regions; default, K from the "
                         "gallery size) or pooled (one vector per image, the stage-1 head's K)")
