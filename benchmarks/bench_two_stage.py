@@ -39,7 +39,8 @@ from scan_viz.heads.engine import score_matrix
 from scan_viz.io import atomic_path
 from scan_viz.model import load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
-from scan_viz.retrieval.search import EXACT_MAX, TwoStageSearch, build_index, read_rows
+from scan_viz.regions.store import read_rows
+from scan_viz.retrieval.search import EXACT_MAX, TwoStageSearch, build_index
 from scan_viz.retrieval.stage1 import CURVE_KS, find_stage1
 
 CHUNK = 2048
@@ -123,6 +124,116 @@ def exhaustive_ranks(head, regions_disk: np.ndarray, words: torch.Tensor, length
     return above
 
 
+def p95(times: list[float]) -> float:
+    return float(np.percentile(times, 95)) * 1000
+
+
+def bench_tokens(model, head, features, regions_disk, captions, caption_image, warmup, n, args, work,
+                 result: dict) -> None:
+    """The token-level stage 1 (scan_viz.retrieval.tokens): index build, size, recall@K, two-stage latency and R@."""
+    from scan_viz.retrieval.tokens import TokenIndex, default_k, load_token_index, token_settings
+
+    settings = token_settings(model)
+    folder = work / f"tokens_{n}_{args.noise:g}_{settings['fingerprint']}"
+    t0 = time.perf_counter()
+    index = load_token_index(folder, settings["fingerprint"], n)
+    if index is None:
+        index = TokenIndex.build(regions_disk, **settings)
+        result["tokens_build_s"] = time.perf_counter() - t0
+        index.save(folder)
+    else:
+        result["tokens_load_s"] = time.perf_counter() - t0
+    result["tokens_ram_bytes_per_image"] = index.nbytes / n
+    result["tokens_centroids"] = int(len(index.centroids))
+    result["rss_tokens_index_gb"] = rss_gb()
+    ks = [int(k) for k in args.token_k.split(",")] if args.token_k else [default_k(n)]
+    result["token_ks"], result["token_default_k"] = ks, default_k(n)
+    search = TwoStageSearch(model, [str(i) for i in range(n)], features, None, regions=regions_disk,
+                            screen="tokens", token_index=index)
+    caps = model.encode_captions(captions)
+    top_k = max(CURVE_KS + tuple(ks))
+    times, hit_rank = [], []
+    for q in range(len(captions)):
+        t = time.perf_counter()
+        rows, _ = index.screen(caps.emb[q, :int(caps.lengths[q])], top_k)
+        times.append(time.perf_counter() - t)
+        where = np.flatnonzero(rows == caption_image[q])
+        hit_rank.append(where[0] if len(where) else 10**9)
+    hit_rank = np.array(hit_rank)
+    result["tokens_screen_p50_ms"] = p50(times)
+    result["tokens_recall"] = {kk: float(100 * (hit_rank < kk).mean())
+                               for kk in sorted(set(CURVE_KS + tuple(ks))) if kk <= n or kk in ks}
+    for text in warmup:
+        search.search_text(text, k=10, stage1_k=max(ks), head=head)
+    result["tokens_two_stage"], result["tokens_two_stage_ranks"] = {}, {}
+    for k in ks:
+        times, ranks = [], []
+        for text, truth in zip(captions, caption_image):
+            t = time.perf_counter()
+            hits = search.search_text(text, k=10, stage1_k=k, head=head)
+            times.append(time.perf_counter() - t)
+            ids = [int(h.id) for h in hits]
+            ranks.append(ids.index(truth) if truth in ids else 10**9)
+        result["tokens_two_stage"][k] = {"p50_ms": p50(times), "p95_ms": p95(times), **recalls(np.array(ranks))}
+        result["tokens_two_stage_ranks"][k] = ranks
+        print(f"  {n:,} images, token screen, K {k}: two-stage p50 {p50(times):.1f} ms, p95 {p95(times):.1f} ms, "
+              f"R@1/5/10 {recall_cell(result['tokens_two_stage'][k])}, stage-1 recall@K "
+              f"{result['tokens_recall'][k]:.1f}", flush=True)
+    result["rss_tokens_two_stage_gb"] = rss_gb()
+    del search, index
+
+
+def _subset(result: dict, ranks: np.ndarray) -> None:
+    """Exhaustive R@ of the first len(ranks) queries (at 1M the only exhaustive ranks), next to the two-stage R@ of
+    the same queries."""
+    m = len(ranks)
+    result["exhaustive_timed"], result["exhaustive_timed_queries_ranked"] = recalls(ranks), m
+    for key in ("two_stage_ranks", "tokens_two_stage_ranks"):
+        if key in result:
+            result[key.replace("_ranks", "_on_timed")] = {k: recalls(np.array(r[:m])) for k, r in result[key].items()}
+
+
+def bench_exhaustive(model, head, features, regions_disk, captions, caption_image, n, args, result: dict) -> None:
+    """Exhaustive search: p50 latency query by query, R@ of the timed queries, and (in RAM) of every query."""
+    caps = model.encode_captions(captions)
+    # exhaustive, per query: region embeddings in RAM (float32, the app's way) up to --exhaustive-max images;
+    # above it they stay on disk and each query streams them (--exhaustive-disk-queries queries)
+    in_ram = n <= args.exhaustive_max
+    n_timed = args.exhaustive_queries if in_ram else args.exhaustive_disk_queries
+    if n_timed:
+        regions = torch.from_numpy(np.asarray(regions_disk, dtype=np.float32)) if in_ram else regions_disk
+        timed = TwoStageSearch(model, [str(i) for i in range(n)], features, None, regions=regions)
+        times, ranks = [], []
+        for text, truth in zip(captions[:n_timed], caption_image[:n_timed]):
+            t = time.perf_counter()
+            hits = timed.search_text(text, k=10, stage1_k=0, head=head)
+            times.append(time.perf_counter() - t)
+            ids = [int(h.id) for h in hits]
+            ranks.append(ids.index(truth) if truth in ids else 10**9)
+            print(f"    exhaustive query {len(times)}/{n_timed}: {times[-1]:.1f} s", flush=True)
+        # R@ of the timed queries themselves (at 1M the only exhaustive ranks), next to the two-stage R@ of the
+        # same queries
+        _subset(result, np.array(ranks))
+        result["exhaustive_p50_ms"] = p50(times)
+        result["exhaustive_timed_queries"] = len(times)
+        result["exhaustive_regions"] = "RAM, float32" if in_ram else "disk, float16"
+        del regions, timed
+    n_ranked = min(args.exhaustive_disk_ranks, len(captions))
+    if not in_ram and n_ranked:  # the first queries' exhaustive ranks in one batched pass over the region file
+        t0 = time.perf_counter()
+        _subset(result, exhaustive_ranks(head, regions_disk, caps.emb[:n_ranked], caps.lengths[:n_ranked],
+                                         np.asarray(caption_image[:n_ranked])))
+        result["exhaustive_ranks_s"] = time.perf_counter() - t0
+    if in_ram:  # the exhaustive ranks of every query, batched (more threads: a quality number, not a latency)
+        before = torch.get_num_threads()
+        torch.set_num_threads(args.batch_threads)
+        t0 = time.perf_counter()
+        result["exhaustive"] = recalls(exhaustive_ranks(head, regions_disk, caps.emb, caps.lengths,
+                                                        np.asarray(caption_image)))
+        result["exhaustive_ranks_s"] = time.perf_counter() - t0
+        torch.set_num_threads(before)
+
+
 def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, work) -> dict:
     features = perturbed_features(base, n, args.noise, work)
     t0 = time.perf_counter()
@@ -134,6 +245,17 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
     result = {"images": n, "stage1_ks": ks, "queries": len(captions),
               "disk_bytes_per_image": int(features[0].nbytes + regions_disk[0].nbytes),
               "stage1_ram_bytes_per_image": int(vectors[0].nbytes)}
+    screens = args.screens.split(",")
+    if "tokens" in screens:  # first, so its RSS is not the pooled index's
+        del vectors
+        bench_tokens(model, head, features, regions_disk, captions, caption_image, warmup, n, args, work, result)
+        if "pooled" in screens:
+            vectors = np.load(work / f"vectors_{n}_{args.noise:g}_{stage1.fingerprint}.npy")
+    if "pooled" not in screens:
+        bench_exhaustive(model, head, features, regions_disk, captions, caption_image, n, args, result)
+        result["rss_peak_gb"] = rss_gb()
+        result["stage1_encode_s"] = encode_s
+        return result
     t0 = time.perf_counter()
     search = TwoStageSearch(model, [str(i) for i in range(n)], features, stage1, regions=regions_disk,
                             image_vectors=vectors)
@@ -162,7 +284,8 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
             ids = [int(h.id) for h in hits]
             ranks.append(ids.index(truth) if truth in ids else 10**9)
         two_ranks[k] = np.array(ranks)
-        result["two_stage"][k] = {"p50_ms": p50(times), **recalls(two_ranks[k])}
+        result.setdefault("two_stage_ranks", {})[k] = ranks
+        result["two_stage"][k] = {"p50_ms": p50(times), "p95_ms": p95(times), **recalls(two_ranks[k])}
         print(f"  {n:,} images, K {k}: two-stage p50 {p50(times):.1f} ms, R@1/5/10 "
               f"{recall_cell(result['two_stage'][k])}", flush=True)
     result["rss_two_stage_gb"] = rss_gb()  # peak so far: encoders, stage-1 index, queries
@@ -180,30 +303,7 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
         result[f"stage1_{kind}_recall_at_k"] = float(100 * np.mean([t in row for row, t in zip(top, caption_image)]))
         del index
     del vectors
-    # exhaustive, per query: region embeddings in RAM (float32, the app's way) up to --exhaustive-max images;
-    # above it they stay on disk and each query streams them (--exhaustive-disk-queries queries)
-    in_ram = n <= args.exhaustive_max
-    n_timed = args.exhaustive_queries if in_ram else args.exhaustive_disk_queries
-    if n_timed:
-        regions = torch.from_numpy(np.asarray(regions_disk, dtype=np.float32)) if in_ram else regions_disk
-        timed = TwoStageSearch(model, search.ids, features, None, regions=regions)
-        times = []
-        for text in captions[:n_timed]:
-            t = time.perf_counter()
-            timed.search_text(text, k=10, stage1_k=0, head=head)
-            times.append(time.perf_counter() - t)
-        result["exhaustive_p50_ms"] = p50(times)
-        result["exhaustive_timed_queries"] = len(times)
-        result["exhaustive_regions"] = "RAM, float32" if in_ram else "disk, float16"
-        del regions, timed
-    if in_ram:  # the exhaustive ranks of every query, batched (more threads: a quality number, not a latency)
-        before = torch.get_num_threads()
-        torch.set_num_threads(args.batch_threads)
-        t0 = time.perf_counter()
-        result["exhaustive"] = recalls(exhaustive_ranks(head, regions_disk, caps.emb, caps.lengths,
-                                                        np.asarray(caption_image)))
-        result["exhaustive_ranks_s"] = time.perf_counter() - t0
-        torch.set_num_threads(before)
+    bench_exhaustive(model, head, features, regions_disk, captions, caption_image, n, args, result)
     result["rss_peak_gb"] = rss_gb()
     result["stage1_encode_s"] = encode_s
     return result
@@ -233,6 +333,15 @@ def bench_indexing(n_images: int, model_name: str) -> dict:
     return out
 
 
+def _int_keys(r: dict) -> dict:
+    """A size's result read back from JSON: the K-keyed tables with int keys again."""
+    for key in ("two_stage", "stage1_recall", "tokens_two_stage", "tokens_recall", "two_stage_ranks",
+                "tokens_two_stage_ranks", "two_stage_on_timed", "tokens_two_stage_on_timed"):
+        if key in r:
+            r[key] = {int(k): v for k, v in r[key].items()}
+    return r
+
+
 def _without(argv: list[str], flag: str) -> list[str]:
     """argv without ``flag VALUE`` / ``flag=VALUE``."""
     out, skip = [], False
@@ -257,10 +366,19 @@ def main() -> None:
                     help="largest gallery whose region embeddings exhaustive search holds in RAM; above it, "
                          "--exhaustive-disk-queries queries stream them from disk and no exhaustive ranks are made")
     ap.add_argument("--exhaustive-disk-queries", type=int, default=3)
+    ap.add_argument("--exhaustive-disk-ranks", type=int, default=0,
+                    help="above --exhaustive-max: the exhaustive ranks of the first N queries, in one batched pass "
+                         "over the region file (compared with the two-stage ranks of the same N queries)")
     ap.add_argument("--batch-threads", type=int, default=max(1, os.cpu_count() or 1),
                     help="torch threads for the batched exhaustive ranks (not timed per query)")
     ap.add_argument("--stage1-k", default="",
                     help="comma-separated stage-1 K values to measure (default: the head's K, 2x and 4x it)")
+    ap.add_argument("--screens", default="tokens,pooled",
+                    help="stage-1 kinds to measure: tokens (scan_viz.retrieval.tokens), pooled, or both")
+    ap.add_argument("--token-k", default="",
+                    help="comma-separated K values for the token screen (default: its rule's K for the size)")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse a size's finished result (result_N.json under --work) instead of measuring it again")
     ap.add_argument("--noise", type=float, default=0.5, help="perturbation, in per-dimension stds")
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench-two-stage"))
@@ -296,37 +414,42 @@ def main() -> None:
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:
-        if len(sizes) == 1:
+        done = work / f"result_{n}_{args.noise:g}.json"
+        if args.resume and done.is_file():
+            r = _int_keys(json.loads(done.read_text(encoding="utf-8")))
+            print(f"{n:,} images: reused {done}", flush=True)
+        elif len(sizes) == 1:
             r = bench_size(model, stage1, base, captions, caption_image, warmup, n, args, work)
+            done.write_text(json.dumps(r) + "\n", encoding="utf-8")
         else:  # each size in a fresh process, so its RSS is its own (ru_maxrss is a lifetime peak)
             with tempfile.TemporaryDirectory() as tmp:
                 argv = [a for a in sys.argv[1:]]
                 argv = _without(_without(_without(argv, "--sizes"), "--json"), "--index-images")
                 subprocess.run([sys.executable, __file__, *argv, "--sizes", str(n), "--json", f"{tmp}/one.json"],
                                check=True)
-                r = json.loads(Path(f"{tmp}/one.json").read_text(encoding="utf-8"))["sizes"][0]
-                r["stage1_ks"] = [int(k) for k in r["stage1_ks"]]
-                r["two_stage"] = {int(k): v for k, v in r["two_stage"].items()}
-                r["stage1_recall"] = {int(k): v for k, v in r["stage1_recall"].items()}
+                r = _int_keys(json.loads(Path(f"{tmp}/one.json").read_text(encoding="utf-8"))["sizes"][0])
         results["sizes"].append(r)
         print(json.dumps(r), flush=True)
     if args.index_images:
         results["indexing"] = bench_indexing(args.index_images, args.model)
         print(json.dumps(results["indexing"]), flush=True)
-    print("| images | stage-1 index | exhaustive p50 | " + " | ".join(
-        f"two-stage K={k}: p50, R@1/5/10 (stage-1 recall@K)" for k in results["sizes"][0]["stage1_ks"])
-        + " | exhaustive R@1/5/10 | RSS two-stage / peak |")
-    print("|---" * (5 + len(results["sizes"][0]["stage1_ks"])) + "|")
+    print("| images | stage 1 | K | stage-1 recall@K | two-stage p50 / p95 | vs exhaustive p50 | two-stage R@1/5/10 "
+          "| exhaustive R@1/5/10 | timed queries: two-stage / exhaustive R@1/5/10 | RSS after two-stage / peak |")
+    print("|---" * 10 + "|")
     for r in results["sizes"]:
         ex = r.get("exhaustive_p50_ms")
-        cells = [f"{r['images']:,}", r["index"], f"{ex:,.1f} ms" if ex else "not run"]
-        for k in r["stage1_ks"]:
-            two = r["two_stage"][k]
-            speed = f", {ex / two['p50_ms']:.1f}x" if ex else ""
-            cells.append(f"{two['p50_ms']:.1f} ms{speed}, {recall_cell(two)} ({r['stage1_recall'][k]:.1f})")
-        cells.append(recall_cell(r["exhaustive"]) if "exhaustive" in r else "not run")
-        cells.append(f"{r['rss_two_stage_gb']:.2f} / {r['rss_peak_gb']:.2f} GB")
-        print("| " + " | ".join(cells) + " |")
+        for screen, table, recall, rss in (("tokens", "tokens_two_stage", "tokens_recall", "rss_tokens_two_stage_gb"),
+                                           ("pooled", "two_stage", "stage1_recall", "rss_two_stage_gb")):
+            for k, two in r.get(table, {}).items():
+                timed = r.get(f"{table}_on_timed", {}).get(k)
+                cells = [f"{r['images']:,}", screen if screen == "tokens" else f"pooled ({r['index']})", f"{k:,}",
+                         f"{r[recall][k]:.1f}", f"{two['p50_ms']:.1f} / {two['p95_ms']:.1f} ms",
+                         f"{ex / two['p50_ms']:.1f}x faster ({ex:,.0f} ms)" if ex else "not run", recall_cell(two),
+                         recall_cell(r["exhaustive"]) if "exhaustive" in r else "not run",
+                         f"{recall_cell(timed)} / {recall_cell(r['exhaustive_timed'])} "
+                         f"({r['exhaustive_timed_queries_ranked']} queries)" if timed else "",
+                         f"{r[rss]:.2f} / {r['rss_peak_gb']:.2f} GB"]
+                print("| " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

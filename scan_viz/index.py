@@ -263,6 +263,7 @@ def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[s
         records.append(record)
     store = RegionStore(ids=order, features=features, boxes=boxes, image_sizes=sizes)
     stage1_vectors = _stage1_vectors(spec, old, order, new_rows, vectors) if has_vectors else None
+    token_index = _token_index(spec, store)
 
     def write(tmp: Path) -> None:
         (tmp / "images").mkdir()
@@ -285,6 +286,9 @@ def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[s
             from scan_viz.retrieval.search import save_image_vectors
 
             save_image_vectors(tmp, stage1, vecs)
+        from scan_viz.retrieval.tokens import TOKENS_DIR
+
+        token_index.save(tmp / TOKENS_DIR)
 
     write_dir_atomic(out, write)
     return IndexResult(out, len(new_rows), len(old_ids), failed)
@@ -308,3 +312,17 @@ def _stage1_vectors(spec: IndexSpec, old, order: list[str], new_rows: dict, new_
     rows = iter(new_vectors)
     vectors = [old_vectors[old.index_of(i)] if i not in new_rows else next(rows) for i in order]
     return stage1, np.stack(vectors)
+
+
+def _token_index(spec: IndexSpec, store):
+    """The gallery's token-level stage-1 index (scan_viz.retrieval.tokens) over every row's region embeddings."""
+    import torch
+
+    from scan_viz.model import load_model
+    from scan_viz.retrieval.tokens import TokenIndex, token_settings
+
+    model = load_model(spec.model)
+    features = store.features
+    regions = torch.cat([model.encode_images(np.asarray(features[s:s + 2048], dtype=np.float32)).half()
+                         for s in range(0, len(features), 2048)])
+    return TokenIndex.build(regions, store.n_boxes, **token_settings(model))

@@ -14,7 +14,11 @@ def add_search_parser(sub) -> None:
     query.add_argument("--image", help="a gallery image id or an image file (image -> captions)")
     p.add_argument("-k", type=int, default=10, help="results to return")
     p.add_argument("--stage1-k", type=int, default=None,
-                   help="candidates stage 1 passes to the head; 0 = exhaustive (default: the stage-1 head's K)")
+                   help="candidates stage 1 passes to the head; 0 = exhaustive (default: the token screen's K for the "
+                        "gallery size, or the stage-1 head's K with --stage1 pooled)")
+    p.add_argument("--stage1", choices=("tokens", "pooled"), default="tokens",
+                   help="text -> images stage 1: tokens (each word retrieves its nearest regions; default, K from the "
+                        "gallery size) or pooled (one vector per image, the stage-1 head's K)")
     p.add_argument("--head", help="matching head that re-ranks (default: SCAN in the model's direction)")
     p.add_argument("--model", help="model directory or name under pretrained/ (default: the bundled model)")
     p.add_argument("--detector", help="detector folder for an image file (default: the one the model names)")
@@ -35,7 +39,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ScanVizError(f"-k must be at least 1, got {args.k}")
     gallery = load_gallery(args.gallery)
     model = load_model(args.model or DEFAULT_MODEL)
-    search = gallery_search(model, gallery)
+    search = gallery_search(model, gallery, screen=args.stage1)
     if args.text is not None:
         hits = search.search_text(args.text, args.k, args.stage1_k, args.head)
         rows = [h.to_json() for h in hits]

@@ -14,7 +14,7 @@ from scan_viz.heads import SCORING_DTYPES, MatchingHead, resolve_head
 from scan_viz.heads.engine import DEFAULT_MEMORY_BUDGET, score_matrix
 from scan_viz.limits import check_device
 from scan_viz.model.checkpoint import CONFIG_FILE, VOCAB_FILE
-from scan_viz.model.config import SCORING_DTYPES, ScanConfig
+from scan_viz.model.config import ScanConfig
 from scan_viz.model.encoders import build_encoders
 from scan_viz.parts import PRETRAINED_DIR
 from scan_viz.safe_files import LoadBudget, budget_or_default

@@ -565,3 +565,39 @@ def load_saved_regions(path: PathLike, budget: LoadBudget | None = None) -> Regi
                            image_sizes=arrays.get("image_sizes"), n_boxes=arrays["n_boxes"])
     except ScanVizError as exc:
         raise corrupt(str(exc)) from None
+
+
+def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
+    """``array[rows]`` of a C-ordered memory map, read with ``os.pread`` from its file instead of through the map.
+
+    A query re-reads a few hundred scattered rows of a file of gigabytes; faulting them in through the map makes
+    the kernel read around each fault and keeps every page it read resident in this process (a 1M-image gallery
+    reached 9 GB of RSS after 50 queries). Plain reads leave the file in the page cache only, shared and
+    reclaimable, and the process holds just the rows it asked for.
+    """
+    import os
+
+    if not array.flags.c_contiguous or array.filename is None:
+        return np.asarray(array[rows])
+    index = np.arange(array.shape[0])[rows]
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+    out = np.empty((len(index),) + array.shape[1:], dtype=array.dtype)
+    if not len(index):
+        return out
+    view = memoryview(out.reshape(-1).view(np.uint8))  # flat bytes: row i is view[i * row_bytes:(i + 1) * row_bytes]
+    # one read per run of consecutive rows (an exhaustive chunk is one run; scattered candidates are runs of one),
+    # in pieces of at most 1 GiB
+    firsts = np.r_[0, np.flatnonzero(np.diff(index) != 1) + 1]
+    sizes = np.diff(np.r_[firsts, len(index)]) * row_bytes
+    fd = os.open(array.filename, os.O_RDONLY)
+    try:
+        for done, where, left in zip((firsts * row_bytes).tolist(),
+                                     (array.offset + index[firsts] * row_bytes).tolist(), sizes.tolist()):
+            while left:
+                got = os.preadv(fd, [view[done:done + min(left, 1 << 30)]], where)
+                if got <= 0:
+                    raise ScanVizError(f"{array.filename} is shorter than its header says: re-index the gallery")
+                done, where, left = done + got, where + got, left - got
+    finally:
+        os.close(fd)
+    return out

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from scan_viz.errors import ScanVizError
-from scan_viz.heads import MatchingHead, resolve_head
-from scan_viz.limits import check_sentence
 from scan_viz.evaluation.metrics import answer_ranks
-from scan_viz.model import ScanModel
+from scan_viz.heads import MatchingHead, resolve_head
 from scan_viz.heads.engine import score_matrix
+from scan_viz.limits import check_sentence
+from scan_viz.model import ScanModel
+from scan_viz.regions.store import read_rows
 from scan_viz.retrieval.stage1 import Stage1
 
 #: Up to this many vectors stage 1 uses an exact inner-product index; above it an IVF index. An exact search
@@ -39,6 +40,8 @@ EXACT_MAX = 200_000
 IVF_NPROBE = 32
 ENCODE_CHUNK = 2048  # images per chunk when encoding region features for exhaustive search
 STAGE2_CHUNK = 256  # candidates per stage-2 block of one query (see TwoStageSearch._candidate_scores)
+#: text -> image stage 1: one pooled vector per image (scan_viz.retrieval.stage1) or region tokens (scan_viz.retrieval.tokens)
+SCREENS = ("tokens", "pooled")
 
 
 def build_index(vectors: np.ndarray, kind: str = "auto", seed: int = 0):
@@ -119,48 +122,12 @@ def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int]
             for i in order]
 
 
-def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
-    """``array[rows]`` of a C-ordered memory map, read with ``os.pread`` from its file instead of through the map.
-
-    A query re-reads a few hundred scattered rows of a file of gigabytes; faulting them in through the map makes
-    the kernel read around each fault and keeps every page it read resident in this process (a 1M-image gallery
-    reached 9 GB of RSS after 50 queries). Plain reads leave the file in the page cache only, shared and
-    reclaimable, and the process holds just the rows it asked for.
-    """
-    import os
-
-    if not array.flags.c_contiguous or array.filename is None:
-        return np.asarray(array[rows])
-    index = np.arange(array.shape[0])[rows]
-    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
-    out = np.empty((len(index),) + array.shape[1:], dtype=array.dtype)
-    if not len(index):
-        return out
-    view = memoryview(out.reshape(-1).view(np.uint8))  # flat bytes: row i is view[i * row_bytes:(i + 1) * row_bytes]
-    # one read per run of consecutive rows (an exhaustive chunk is one run; scattered candidates are runs of one),
-    # in pieces of at most 1 GiB
-    firsts = np.r_[0, np.flatnonzero(np.diff(index) != 1) + 1]
-    sizes = np.diff(np.r_[firsts, len(index)]) * row_bytes
-    fd = os.open(array.filename, os.O_RDONLY)
-    try:
-        for done, where, left in zip((firsts * row_bytes).tolist(),
-                                     (array.offset + index[firsts] * row_bytes).tolist(), sizes.tolist()):
-            while left:
-                got = os.preadv(fd, [view[done:done + min(left, 1 << 30)]], where)
-                if got <= 0:
-                    raise ScanVizError(f"{array.filename} is shorter than its header says: re-index the gallery")
-                done, where, left = done + got, where + got, left - got
-    finally:
-        os.close(fd)
-    return out
-
-
 class TwoStageSearch:
     """Text -> images and image -> captions over one gallery, exhaustive or two-stage.
 
     features: (n_images, n_regions, img_dim) raw region features, any float dtype (a memory map is fine);
     regions: optional precomputed region embeddings (n_images, n_regions, d), a tensor or an array (a float16
-    memory map keeps a large gallery on disk, read row by row with :func:`read_rows`); without them the needed rows
+    memory map keeps a large gallery on disk, read row by row with :func:`scan_viz.regions.store.read_rows`); without them the needed rows
     are encoded per query; n_boxes: (n_images,) real regions per image or None; image_vectors: optional
     precomputed stage-1 image vectors (n_images, dim); captions: the gallery's captions (image -> text).
     """
@@ -168,7 +135,8 @@ class TwoStageSearch:
     def __init__(self, model: ScanModel, ids: Sequence[str], features: np.ndarray, stage1: Stage1 | None,
                  n_boxes: np.ndarray | None = None, regions: torch.Tensor | np.ndarray | None = None,
                  image_vectors: np.ndarray | None = None, captions: Sequence[str] = (),
-                 caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None, index_kind: str = "auto") -> None:
+                 caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None, index_kind: str = "auto",
+                 screen: str = "pooled", token_index=None) -> None:
         if features.ndim != 3 or features.shape[2] != model.config.img_dim:
             raise ScanVizError(f"the gallery's regions are {features.shape[-1]}-d but the model takes "
                                f"{model.config.img_dim}-d features: pick a gallery made with the model's detector")
@@ -181,6 +149,11 @@ class TwoStageSearch:
         self._caption_emb = caption_emb
         self._caption_index = None
         self.image_index = None
+        if screen not in SCREENS:
+            raise ScanVizError(f"unknown stage 1 {screen!r}: choose {' or '.join(SCREENS)}")
+        #: text -> image stage 1: "pooled" (one vector per image) or "tokens" (scan_viz.retrieval.tokens; its index
+        #: is ``token_index`` or built from the region embeddings on the first token search)
+        self.screen, self.token_index = screen, token_index
         if stage1 is not None and n:
             if image_vectors is None:
                 image_vectors = self._image_vectors_in_chunks()
@@ -213,15 +186,21 @@ class TwoStageSearch:
     def _matcher(self, head: str | MatchingHead | None) -> MatchingHead:
         return resolve_head(head, self.model)
 
-    def _check_k(self, k: int, stage1_k: int | None) -> int:
-        """The stage-1 K to use: 0 = exhaustive; None = the stage-1 head's default (exhaustive without one)."""
+    def _check_k(self, k: int, stage1_k: int | None, tokens: bool = False) -> int:
+        """The stage-1 K to use: 0 = exhaustive; None = the stage-1 head's default (exhaustive without one), or
+        with the token screen (``tokens``) the K of :func:`scan_viz.retrieval.tokens.default_k` for this gallery."""
         if k < 1:
             raise ScanVizError(f"k must be at least 1, got {k}")
+        if stage1_k is None and tokens:  # a K that keeps the whole gallery screens nothing out: exhaustive
+            from scan_viz.retrieval.tokens import default_k
+
+            rule_k = default_k(len(self.ids))
+            return 0 if rule_k >= len(self.ids) else max(k, rule_k)
         if stage1_k is None:
             return 0 if self.stage1 is None else max(k, self.stage1.default_k)
         if stage1_k < 0:
             raise ScanVizError(f"--stage1-k must be 0 (exhaustive) or a positive number, got {stage1_k}")
-        if stage1_k > 0 and self.stage1 is None:
+        if stage1_k > 0 and self.stage1 is None and not tokens:
             raise ScanVizError("this model has no stage-1 head trained on its encoders, so only exhaustive "
                                "search works: pass --stage1-k 0, or train one with `python -m scan_viz.train.stage1`")
         return stage1_k if stage1_k == 0 else max(k, stage1_k)
@@ -231,16 +210,36 @@ class TwoStageSearch:
                     head: str | MatchingHead | None = None) -> list[SearchHit]:
         """The top-k gallery images for a sentence, best first."""
         check_sentence(text)
-        stage1_k = self._check_k(k, stage1_k)
+        tokens = self.screen == "tokens" and len(self.ids) > 0
+        stage1_k = self._check_k(k, stage1_k, tokens)
         matcher = self._matcher(head)
         caps = self.model.encode_captions([text])
         if stage1_k == 0:
             return _rank(self.ids, self.exhaustive_scores(caps.emb, caps.lengths, matcher)[:, 0], k, None)
+        if tokens:
+            rows, _ = self.tokens().screen(caps.emb[0, :int(caps.lengths[0])], stage1_k)
+            scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
+            return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
         query = self.stage1.caption_vectors(caps.emb, caps.lengths)
         _, found = search_one(self.image_index, query, stage1_k)
         rows = found[0][found[0] >= 0]
         scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
         return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
+
+    def tokens(self):
+        """The token-level stage-1 index (:class:`scan_viz.retrieval.tokens.TokenIndex`), built on first use."""
+        if self.token_index is None:
+            from scan_viz.retrieval.tokens import TokenIndex, token_settings
+
+            self.token_index = TokenIndex.build(self._token_regions(), self.n_boxes, **token_settings(self.model))
+        return self.token_index
+
+    def _token_regions(self) -> torch.Tensor | np.ndarray:
+        """Every image's region embeddings, for building the token index (encoded here when none were given)."""
+        if self.regions is not None:
+            return self.regions
+        return torch.cat([self._regions_of(slice(s, s + ENCODE_CHUNK)).to(torch.float16)
+                          for s in range(0, len(self.ids), ENCODE_CHUNK)])
 
     def _candidate_scores(self, matcher: MatchingHead, rows: np.ndarray, words: torch.Tensor,
                           lengths: torch.Tensor) -> np.ndarray:
@@ -362,15 +361,25 @@ def load_image_vectors(gallery_dir: Path, stage1: Stage1, n_images: int) -> np.n
 
 
 def gallery_search(model: ScanModel, gallery, regions: torch.Tensor | None = None,
-                   caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> TwoStageSearch:
+                   caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   screen: str = "pooled") -> TwoStageSearch:
     """Two-stage search over a loaded gallery with the stage-1 head trained on this model (if any).
 
     Stage-1 vectors stored in the gallery (``scan-viz index``) are used when the same head made them;
     otherwise they are computed here. ``regions``/``caption_emb``: embeddings the caller already has.
+    ``screen`` "tokens": text -> image stage 1 is the token screen (scan_viz.retrieval.tokens), from the gallery's
+    stored token index when this model's encoders made it, else built on the first search.
     """
     from scan_viz.retrieval.stage1 import find_stage1
 
     stage1 = find_stage1(model)
     vectors = None if stage1 is None else load_image_vectors(gallery.root, stage1, len(gallery))
+    token_index = None
+    if screen == "tokens" and gallery.root is not None:
+        from scan_viz.retrieval.tokens import TOKENS_DIR, load_token_index, token_settings
+
+        token_index = load_token_index(Path(gallery.root) / TOKENS_DIR, token_settings(model)["fingerprint"],
+                                       len(gallery))
     return TwoStageSearch(model, gallery.ids, gallery.regions.features, stage1, n_boxes=gallery.regions.n_boxes,
-                          regions=regions, image_vectors=vectors, captions=gallery.captions, caption_emb=caption_emb)
+                          regions=regions, image_vectors=vectors, captions=gallery.captions, caption_emb=caption_emb,
+                          screen=screen, token_index=token_index)

@@ -238,7 +238,7 @@ def tune(root: Path, log=print) -> dict[str, Any]:
     chosen = best[1]
     return {"detector": chosen["detector"], "centre": chosen["centre"], "colour_weight": chosen["colour_weight"],
             "sif_k": chosen["sif_k"],
-            "scan": {"raw_feature_norm": chosen["raw_feature_norm"], "no_imgnorm": chosen["no_imgnorm"],
+            "head_settings": {"raw_feature_norm": chosen["raw_feature_norm"], "no_imgnorm": chosen["no_imgnorm"],
                      "lambda_softmax": chosen["lambda_softmax"]},
             "record": {"chosen_on": "dev photos of examples/photos (python -m scan_viz.train.photo tune)",
                        "dev_images": len(dev), **{k: chosen[k] for k in ("dev_content_pointing", "dev_function_flat",
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen: dict[str, Any] = {}
             if args.settings:
                 chosen = json.loads(args.settings.read_text(encoding="utf-8"))
-            build_model(args.out, args.detector_out, settings=chosen.get("scan"),
+            build_model(args.out, args.detector_out, settings=chosen.get("head_settings"),
                         colour_weight=chosen.get("colour_weight", DEFAULT_COLOUR_WEIGHT),
                         centre=chosen.get("centre", DEFAULT_CENTRE), sif_k=chosen.get("sif_k", DEFAULT_SIF_K),
                         detector_settings=chosen.get("detector"),

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_stage1 import tiny_model
 
 from scan_viz.errors import ScanVizError
 from scan_viz.parts import model_fingerprint
 from scan_viz.retrieval.search import EXACT_MAX, TwoStageSearch, build_index
 from scan_viz.retrieval.stage1 import Stage1, Stage1Head
-from test_stage1 import tiny_model
 
 N_IMAGES, N_REGIONS = 40, 6
 TEXT = "a red car on the grass"
@@ -127,11 +127,12 @@ def test_ivf_index_probing_every_list_equals_the_exact_index():
 def test_search_command_writes_json_and_rejects_bad_input(tmp_path, capsys):
     import json
 
+    from app_fixture import app_fixture
+
     from scan_viz.cli import main
     from scan_viz.gallery import load_gallery
     from scan_viz.model import load_model
     from scan_viz.pipeline import GalleryIndex
-    from app_fixture import app_fixture
 
     fixture = app_fixture()
     image_id = fixture.image_ids[2]
@@ -149,7 +150,8 @@ def test_search_command_writes_json_and_rejects_bad_input(tmp_path, capsys):
     rows = json.loads(out.read_text(encoding="utf-8"))
     assert [r["id"] for r in rows] == [c for c, _ in index.search_captions(image_id, 2)]
     capsys.readouterr()
-    for bad, message in ((["--text", sentence, "--stage1-k", "5"], "--stage1-k 0"),
+    # the pooled stage 1 needs a stage-1 head (the token screen does not)
+    for bad, message in ((["--text", sentence, "--stage1", "pooled", "--stage1-k", "5"], "--stage1-k 0"),
                          (["--text", sentence, "-k", "0"], "at least 1"),
                          (["--text", "  "], "empty"),
                          (["--image", "no_such_image"], "neither an image id")):
@@ -198,7 +200,7 @@ def test_search_command_prints_a_readable_table_and_json_to_stdout(tmp_path):
 
 def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):
     """Stage 2 reads its candidates' rows from a float16 file with pread: the same values as indexing the map."""
-    from scan_viz.retrieval.search import read_rows
+    from scan_viz.regions.store import read_rows
 
     values = np.random.default_rng(0).standard_normal((40, 5, 6)).astype(np.float16)
     np.save(tmp_path / "regions.npy", values)

@@ -1,0 +1,370 @@
+"""Token-level stage 1: each query word retrieves its nearest regions, candidate images get an approximate MaxSim.
+
+Late-interaction retrieval (ColBERT; ColBERTv2 / PLAID, Santhanam et al. 2022) screens a collection with an index
+of its documents' token vectors instead of one pooled vector per document. Here the tokens are an image's region
+embeddings (the SCAN model's own, L2-normalised, so dot products are cosines) and the query tokens are a
+caption's word embeddings. CHAN's head is exactly a MaxSim (each word's best region), and SCAN t2i's attention
+with lambda_softmax 9 is close to it, so the screen's score is::
+
+    c_w(I) ~ max_{r in I} cos(u_w, q(v_r))        each word's best region, v_r replaced by q(v_r) (below)
+    S(I)   = (1 / lambda) log sum_w exp(lambda c_w(I))     (``agg`` "lse", lambda = the model's lambda_lse)
+    S(I)   = sum_w c_w(I)                                   (``agg`` "sum": ColBERT's, CHAN-Mean's order)
+
+The index (after PLAID's centroid interaction; its residuals are a few principal directions here, not PQ codes):
+
+- every region embedding gets one of C centroids of a two-level spherical k-means (``n_coarse`` cells, each split
+  into up to ``n_fine`` centroids; assigning a region costs n_coarse + n_fine dot products, so indexing 1M images
+  x 36 regions stays a matter of minutes on a CPU): ``codes`` (n_images, n_regions) uint16;
+- an inverted list per centroid holds the images that have a region there (each image once), int32;
+- ``residuals`` (n_images, n_regions, r) float16: region - centroid - mean residual, in the top-r principal
+  directions of the residuals, so q(v_r) = centroid + mean + basis^T z. Near-copies of an image share their codes;
+  the residuals are what tells them apart.
+
+A query (:meth:`TokenIndex.screen`): the word-centroid cosines (L, C) in one product; each word *probes* its
+``probe`` nearest centroids; every image in their lists gets, per word, its best cosine among them (a scatter-max)
+and the others the word's ``probe``-th cosine (ColBERTv2's imputation), pooled as S above
+(:meth:`TokenIndex.probe_scores`). The best max(``refine`` x K, ``shortlist``) images by that bound are scored on
+every region's centroid + residual (:meth:`TokenIndex.code_scores`) and the top K go to stage 2, which re-scores
+them exactly with any head: the screen only decides which images stage 2 sees.
+
+Memory per image: n_regions x (2 bytes of codes + at most 4 bytes of inverted lists + 2r bytes of residuals):
+1,384 bytes measured at 100K images (36 regions, r = 16), plus C x d float32 centroids and r x d basis once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from scan_viz.errors import ScanVizError
+
+TOKENS_FORMAT = "scan-viz-tokens/1"
+TOKENS_DIR = "tokens"
+TOKENS_META = "tokens.json"
+#: default coarse cells x fine centroids per cell (C = 4,096 centroids)
+N_COARSE, N_FINE = 64, 64
+#: default centroids each word probes, and how many times K images the bound passes to the exact code scoring
+PROBE, REFINE = 64, 4
+#: at least this many images go from the probe pass to the exact scoring (near-copies share their codes, so the
+#: probe pass cannot order them; the residuals can)
+SHORTLIST = 2000
+#: principal directions of the residuals (region - centroid) kept per region, float16 (0: codes only)
+N_RESIDUAL = 16
+#: a centroid's code for a padded region (never a real centroid)
+PAD_CODE = np.iinfo(np.uint16).max
+BUILD_CHUNK = 2048  # images per chunk while assigning codes
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def spherical_kmeans(x: np.ndarray, k: int, iters: int = 15, seed: int = 0) -> np.ndarray:
+    """(k, d) unit centroids of unit vectors x (n, d) by FAISS's k-means (spherical: centroids re-normalised)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    k = max(1, min(k, len(x)))
+    km = faiss.Kmeans(x.shape[1], k, niter=iters, spherical=True, seed=seed, verbose=False,
+                      min_points_per_centroid=1, max_points_per_centroid=256)
+    km.train(x)
+    return _normalise(np.asarray(km.centroids, dtype=np.float32))
+
+
+@dataclasses.dataclass
+class TokenIndex:
+    """A gallery's token-level stage-1 index (see the module doc).
+
+    centroids (C, d) float32 unit vectors; codes (n_images, n_regions) uint16 (``PAD_CODE`` for padded regions);
+    list_offsets (C + 1,) int64 and list_images (n_entries,) int32: the images of centroid c are
+    ``list_images[list_offsets[c]:list_offsets[c + 1]]``, ascending, each once.
+    """
+
+    centroids: np.ndarray
+    codes: np.ndarray
+    list_offsets: np.ndarray
+    list_images: np.ndarray
+    agg: str = "lse"
+    lambda_lse: float = 6.0
+    fingerprint: str = ""
+    #: optional residual detail: (n_images, n_regions, r) float16 coordinates of each region's residual (region -
+    #: its centroid - residual_mean) in the top-r principal directions ``residual_basis`` (r, d) of the residuals
+    residuals: np.ndarray | None = None
+    residual_basis: np.ndarray | None = None
+    residual_mean: np.ndarray | None = None
+
+    @property
+    def n_images(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.residuals is None else self.residuals.nbytes + self.residual_basis.nbytes
+        return int(self.centroids.nbytes + self.codes.nbytes + self.list_offsets.nbytes + self.list_images.nbytes
+                   + extra)
+
+    # ------------------------------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, regions, n_boxes: np.ndarray | None = None, n_coarse: int = N_COARSE, n_fine: int = N_FINE,
+              agg: str = "lse", lambda_lse: float = 6.0, fingerprint: str = "", sample: int = 200_000,
+              seed: int = 0, n_residual: int = N_RESIDUAL) -> "TokenIndex":
+        """Index region embeddings ``regions`` (n_images, n_regions, d): a tensor, an array or a float16 memory map
+        (read ``BUILD_CHUNK`` images at a time). n_boxes: (n_images,) real regions per image, or None (all)."""
+        if agg not in ("lse", "sum"):
+            raise ScanVizError(f"unknown token-screen aggregation {agg!r}: choose lse or sum")
+        n, n_reg, d = regions.shape
+        if n == 0:
+            raise ScanVizError("the gallery has no images to index")
+        rng = np.random.default_rng(seed)
+        # k-means sample: whole images' real regions, at most ``sample`` vectors
+        pick = np.sort(rng.choice(n, size=min(n, max(1, sample // n_reg)), replace=False))
+        train = np.concatenate([rows[:_real(n_boxes, i, n_reg)] for i, rows in
+                                zip(pick, _rows(regions, pick))]).astype(np.float32)
+        coarse = spherical_kmeans(train, n_coarse, seed=seed)
+        cell = (train @ coarse.T).argmax(axis=1)
+        fine = []
+        for c in range(len(coarse)):  # each cell split into up to n_fine centroids of its own sample vectors
+            members = train[cell == c]
+            fine.append(spherical_kmeans(members, min(n_fine, max(1, len(members) // 8)), seed=seed)
+                        if len(members) else coarse[c:c + 1])
+        starts = np.cumsum([0] + [len(f) for f in fine])
+        centroids = np.concatenate(fine).astype(np.float32)
+        if len(centroids) >= PAD_CODE:
+            raise ScanVizError(f"{len(centroids)} centroids do not fit a uint16 code: lower n_coarse x n_fine")
+        basis = mean = residuals = None
+        if n_residual:  # principal directions of the sample's residuals
+            res = train - centroids[_assign(train, coarse, fine, starts)]
+            mean = res.mean(axis=0)
+            basis = np.linalg.svd(res - mean, full_matrices=False)[2][:n_residual].astype(np.float32)
+            residuals = np.empty((n, n_reg, len(basis)), dtype=np.float16)
+        codes = np.empty((n, n_reg), dtype=np.uint16)
+        for s in range(0, n, BUILD_CHUNK):
+            block = np.asarray(_rows(regions, slice(s, s + BUILD_CHUNK)), dtype=np.float32).reshape(-1, d)
+            code = _assign(block, coarse, fine, starts)
+            codes[s:s + len(block) // n_reg] = code.reshape(-1, n_reg)
+            if n_residual:
+                residuals[s:s + len(block) // n_reg] = ((block - centroids[code] - mean) @ basis.T).reshape(
+                    -1, n_reg, len(basis))
+        if n_boxes is not None:
+            codes[np.arange(n_reg)[None, :] >= np.asarray(n_boxes)[:, None]] = PAD_CODE
+        offsets, images = _inverted_lists(codes, len(centroids))
+        return cls(centroids, codes, offsets, images, agg, float(lambda_lse), fingerprint, residuals, basis, mean)
+
+    # ------------------------------------------------------------------------------------------ searching
+    def word_centroid_sims(self, words: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(L, d) word embeddings -> (L, C) float32 cosines with the centroids."""
+        w = words.float() if torch.is_tensor(words) else torch.from_numpy(np.asarray(words, dtype=np.float32))
+        return w @ self._centroids_t
+
+    @property
+    def _centroids_t(self) -> torch.Tensor:
+        if getattr(self, "_ct", None) is None or self._ct.shape[1] != len(self.centroids):
+            self._ct = torch.from_numpy(np.ascontiguousarray(self.centroids.T))
+        return self._ct
+
+    def code_scores(self, sims: torch.Tensor, rows: np.ndarray, words=None) -> np.ndarray:
+        """The screen's score of images ``rows`` from their codes (every word, every region): (len(rows),).
+        With ``words`` (L, d) and stored residuals, each region is its centroid plus its residual's projection."""
+        codes = torch.from_numpy(self.codes[rows].astype(np.int64))  # (N, n_reg)
+        table = torch.cat([sims.T, torch.full((1, sims.shape[0]), float("-inf"))])  # (C + 1, L): row C = padding
+        per = table[codes.clamp(max=len(table) - 1)]  # (N, n_reg, L): PAD_CODE lands on the -inf row
+        if words is not None and self.residuals is not None:  # + the residual's part: u . (mean + basis^T z)
+            w = words.float() if torch.is_tensor(words) else torch.from_numpy(np.asarray(words, dtype=np.float32))
+            z = torch.from_numpy(self.residuals[rows].astype(np.float32))  # (N, n_reg, r)
+            per = per + z @ (torch.from_numpy(self.residual_basis) @ w.T) + (w @ torch.from_numpy(self.residual_mean))
+        return self._aggregate(per.amax(dim=1).T).numpy()  # each word's best region (centroid), pooled
+
+    def _aggregate(self, per_word: torch.Tensor) -> torch.Tensor:
+        """(L, N) per-word best cosines -> (N,) scores."""
+        if self.agg == "sum":
+            return per_word.sum(dim=0)
+        return torch.logsumexp(self.lambda_lse * per_word, dim=0) / self.lambda_lse
+
+    def screen(self, words: np.ndarray | torch.Tensor, k: int, probe: int = PROBE, refine: int = REFINE,
+               shortlist: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray]:
+        """One caption's words (L, d) -> the k best image rows by the screen's score, best first, and their scores.
+
+        ``probe``: centroids each word looks up; ``refine``: how many times k images the probe pass keeps for the
+        exact code scoring (all images when that is the whole gallery).
+
+        The shortlist comes from :meth:`probe_scores`; it is then scored exactly on the codes.
+        """
+        n = self.n_images
+        k = max(1, min(k, n))
+        sims = self.word_centroid_sims(words)  # (L, C)
+        n_short = min(n, max(refine * k, shortlist))
+        rows = np.arange(n) if n_short == n else \
+            np.argpartition(-self.probe_scores(sims, probe), n_short - 1)[:n_short]
+        exact = self.code_scores(sims, rows, words)
+        order = np.argsort(-exact, kind="stable")[:k]
+        return rows[order], exact[order]
+
+    def probe_scores(self, sims: torch.Tensor, probe: int = PROBE) -> np.ndarray:
+        """(n_images,) float64, in the order of the screen's score with each word's best cosine taken over its
+        ``probe`` nearest centroids only, and b_w (the word's ``probe``-th best cosine) where none of them is in the
+        image (ColBERTv2's imputation).
+
+        With lse, ``S = (1/lambda) log sum_w exp(lambda c_w)`` and c_w = b_w + g_w (g_w >= 0, 0 when imputed), so
+        ``S`` grows with ``sum_w exp(lambda b_w) (exp(lambda g_w) - 1)``: a sum over the (word, image) pairs the
+        probed lists hold, never over every image and word. The best g_w per pair is a scatter-max over the
+        entries; each pair then counts once (the entry that holds its max).
+        """
+        n_words, n = sims.shape[0], self.n_images
+        probe = max(1, min(probe, sims.shape[1]))
+        top_sims, top = torch.topk(sims, probe, dim=1)  # (L, probe), descending
+        bound = top_sims[:, -1:]
+        gains = (top_sims - bound).reshape(-1).numpy()
+        top = top.reshape(-1).numpy()
+        starts, ends = self.list_offsets[top], self.list_offsets[top + 1]
+        lengths = ends - starts
+        images = np.concatenate([self.list_images[a:b] for a, b in zip(starts.tolist(), ends.tolist())])
+        key = torch.from_numpy(np.repeat(np.repeat(np.arange(n_words, dtype=np.int64) * n, probe), lengths) + images)
+        gain = torch.from_numpy(np.repeat(gains, lengths))
+        best = torch.zeros(n_words * n, dtype=gain.dtype)
+        best.scatter_reduce_(0, key, gain, reduce="amax")
+        first = (gain == best[key]).numpy()  # the entry holding its pair's max (a tie counts each equal entry)
+        key, gain = key.numpy()[first], gain.numpy()[first].astype(np.float64)
+        if self.agg == "sum":
+            weight = gain
+        else:
+            lam = self.lambda_lse
+            weight = np.exp(lam * (bound[:, 0] - bound.max()).double().numpy())[key // n] * np.expm1(lam * gain)
+        return np.bincount(images[first], weights=weight, minlength=n)
+
+    # ------------------------------------------------------------------------------------------ files
+    def save(self, directory: str | Path) -> None:
+        """As a folder of .npy arrays and a JSON header, swapped in atomically."""
+        from scan_viz.io import write_dir_atomic
+
+        def write(tmp: Path) -> None:
+            for name in ("centroids", "codes", "list_offsets", "list_images", "residuals", "residual_basis",
+                         "residual_mean"):
+                if getattr(self, name) is not None:
+                    np.save(tmp / f"{name}.npy", getattr(self, name))
+            meta = {"format": TOKENS_FORMAT, "n_images": self.n_images, "n_regions": int(self.codes.shape[1]),
+                    "n_centroids": int(len(self.centroids)), "agg": self.agg, "lambda_lse": self.lambda_lse,
+                    "fingerprint": self.fingerprint,
+                    "n_residual": 0 if self.residuals is None else int(self.residuals.shape[2])}
+            (tmp / TOKENS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+        write_dir_atomic(Path(directory), write)
+
+
+def load_token_index(directory: str | Path, fingerprint: str | None = None,
+                     n_images: int | None = None) -> TokenIndex | None:
+    """A saved :class:`TokenIndex`, or None when it is missing, damaged, or made for other encoders
+    (``fingerprint``) or another number of images."""
+    from scan_viz.safe_files import load_npy, read_json
+
+    directory = Path(directory)
+    if not (directory / TOKENS_META).is_file():
+        return None
+    try:
+        meta = read_json(directory / TOKENS_META, "token index header")
+        if not isinstance(meta, dict) or meta.get("format") != TOKENS_FORMAT:
+            return None
+        if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+            return None
+        if n_images is not None and meta.get("n_images") != n_images:
+            return None
+        # memory-mapped, then copied: a 1M-image index is over the 1 GiB cap of a whole-file read, and the copy is
+        # bounded by the file itself (the arrays' shapes are checked against each other below)
+        arrays = {name: load_npy(directory / f"{name}.npy", f"token index {name}", kinds=kinds, mmap=True)
+                  for name, kinds in (("centroids", "f"), ("codes", "u"), ("list_offsets", "i"),
+                                      ("list_images", "i"))}
+        if int(meta.get("n_residual", 0)):
+            arrays.update({name: np.array(load_npy(directory / f"{name}.npy", f"token index {name}", kinds="f",
+                                                   mmap=True))
+                           for name in ("residuals", "residual_basis", "residual_mean")})
+        index = TokenIndex(arrays["centroids"].astype(np.float32), arrays["codes"].astype(np.uint16),
+                           arrays["list_offsets"].astype(np.int64), arrays["list_images"].astype(np.int32),
+                           str(meta["agg"]), float(meta["lambda_lse"]), str(meta.get("fingerprint", "")),
+                           arrays.get("residuals"), arrays.get("residual_basis"), arrays.get("residual_mean"))
+    except (ScanVizError, KeyError, TypeError, ValueError):
+        return None
+    c, d = index.centroids.shape
+    real = index.codes[index.codes != PAD_CODE]
+    ok = (index.centroids.ndim == 2 and index.codes.ndim == 2 and index.list_offsets.shape == (c + 1,)
+          and index.list_offsets[0] == 0 and index.list_offsets[-1] == len(index.list_images)
+          and (np.diff(index.list_offsets) >= 0).all() and (real.size == 0 or real.max() < c)
+          and (index.list_images.size == 0 or (index.list_images.min() >= 0
+                                               and index.list_images.max() < index.n_images))
+          and index.agg in ("lse", "sum")
+          and (index.residuals is None or (index.residuals.shape[:2] == index.codes.shape
+                                           and index.residual_basis.shape == (index.residuals.shape[2], d)
+                                           and index.residual_mean.shape == (d,))))
+    return index if ok else None
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _real(n_boxes: np.ndarray | None, i: int, n_reg: int) -> int:
+    return n_reg if n_boxes is None else int(n_boxes[i])
+
+
+def _rows(regions, rows) -> np.ndarray | Iterator:
+    """Rows of a tensor / array / float16 memory map, as float32 numpy (a memory map read with pread)."""
+    if torch.is_tensor(regions):
+        idx = rows if isinstance(rows, slice) else torch.as_tensor(rows)
+        return regions[idx].float().numpy()
+    if isinstance(regions, np.memmap):
+        from scan_viz.regions.store import read_rows
+
+        return read_rows(regions, rows).astype(np.float32)
+    return np.asarray(regions[rows], dtype=np.float32)
+
+
+def _assign(x: np.ndarray, coarse: np.ndarray, fine: list[np.ndarray], starts: np.ndarray) -> np.ndarray:
+    """Nearest centroid code of each vector (n, d): its best coarse cell, then the best fine centroid in it."""
+    cell = (x @ coarse.T).argmax(axis=1)
+    out = np.empty(len(x), dtype=np.uint16)
+    for c in np.unique(cell):
+        members = np.flatnonzero(cell == c)
+        out[members] = starts[c] + (x[members] @ fine[c].T).argmax(axis=1)
+    return out
+
+
+def _inverted_lists(codes: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets (C + 1,), images (n_entries,) int32): the images having a region at each centroid, each once."""
+    n, n_reg = codes.shape
+    flat = codes.reshape(-1).astype(np.int64)
+    image = np.repeat(np.arange(n, dtype=np.int64), n_reg)
+    keep = flat != PAD_CODE
+    key = np.unique(flat[keep] * n + image[keep])  # sorted by centroid, then image; duplicates gone
+    centroid, images = key // n, (key % n).astype(np.int32)
+    offsets = np.zeros(n_centroids + 1, dtype=np.int64)
+    np.cumsum(np.bincount(centroid, minlength=n_centroids), out=offsets[1:])
+    return offsets, images
+
+
+def token_settings(model) -> dict:
+    """The screen's aggregation for a SCAN model (its own: LogSumExp with its lambda_lse, else a sum) and the
+    encoders' fingerprint that a saved index must match."""
+    from scan_viz.parts import model_fingerprint
+
+    agg = "lse" if model.config.agg_func == "LogSumExp" else "sum"
+    return {"agg": agg, "lambda_lse": float(model.config.lambda_lse), "fingerprint": model_fingerprint(model)}
+
+
+#: (gallery size, K) measured on DEV queries by benchmarks/token_k_rule.py (perturbed copies of the 1,000 dev images,
+#: 200 dev captions; the smallest K whose screen keeps >= 99% of exhaustive SCAN's top 10): keep@K at 1,000 images
+#: 97.7 (K 50) / 99.6 (100); at 10,000: 98.7 (500) / 99.2 (700) / 99.5 (1,000)
+K_RULE = ((1_000, 100), (10_000, 700))
+
+
+def default_k(n_images: int) -> int:
+    """The token screen's K for a gallery of ``n_images``: :data:`K_RULE` interpolated in log-log space (beyond its
+    largest size, extrapolated with its last slope; below its smallest, that size's K), at most the gallery."""
+    sizes = np.log([n for n, _ in K_RULE])
+    ks = np.log([k for _, k in K_RULE])
+    x = np.log(max(1, n_images))
+    if x <= sizes[0]:
+        k = K_RULE[0][1]
+    else:
+        i = min(int(np.searchsorted(sizes, x)), len(sizes) - 1)
+        slope = (ks[i] - ks[i - 1]) / (sizes[i] - sizes[i - 1])
+        k = np.exp(ks[i - 1] + slope * (x - sizes[i - 1]))
+    return int(min(n_images, max(1, round(k))))
