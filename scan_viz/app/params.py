@@ -197,18 +197,13 @@ def parse_explore_query(query: Mapping[str, QueryValue]) -> tuple[ExploreParams,
             found["view"] = values["view"].strip().lower()
         else:
             notes.append(f"the link's view={echo(values['view'])} is not one of {', '.join(VIEWS)}: ignored")
-    if "model" in values:
-        model = values["model"].strip()
-        if _MODEL_NAME.fullmatch(model) and len(model) <= MAX_ID_CHARS:
-            found["model"] = model
-        else:
-            notes.append(f"the link's model={echo(values['model'])} is not a bundled model's name: ignored")
-    if "gallery" in values:
-        gallery = values["gallery"].strip()
-        if _MODEL_NAME.fullmatch(gallery) and len(gallery) <= MAX_ID_CHARS:
-            found["gallery"] = gallery
-        else:
-            notes.append(f"the link's gallery={echo(values['gallery'])} is not a bundled gallery's name: ignored")
+    for key in ("model", "gallery"):  # a bundled one's name, never a path
+        if key in values:
+            name = values[key].strip()
+            if _MODEL_NAME.fullmatch(name) and len(name) <= MAX_ID_CHARS:
+                found[key] = name
+            else:
+                notes.append(f"the link's {key}={echo(values[key])} is not a bundled {key}'s name: ignored")
     from scan_viz.heads import all_head_params, head_names, selectable_heads, variant_for
 
     settings = []

@@ -176,7 +176,7 @@ def _content_pointing(model, gallery, head) -> float:
     """Pointing accuracy (%) over every grounded object, person, colour and stuff word together."""
     from scan_viz.pipeline import pointing_on_gallery
 
-    result = pointing_on_gallery(model, gallery, head)
+    result = pointing_on_gallery(model, gallery, head).to_dict()
     counts = result["counts"]
     n = sum(counts.get(t, 0) for t in CONTENT_TYPES)
     return sum(result["pointing"].get(t, 0.0) * counts.get(t, 0) for t in CONTENT_TYPES) / max(n, 1)

@@ -16,7 +16,7 @@ import torch
 from scan_viz.regions.store import RegionStore, save_regions
 from scan_viz.errors import ScanVizError
 from scan_viz.gallery import GALLERY_FILE, LABELS_FILE, REGIONS_DIR, Gallery, gallery_header
-from scan_viz.heads import MatchingHead
+from scan_viz.heads import MatchingHead, resolve_head
 from scan_viz.model import ScanModel
 from scan_viz.safe_files import read_json
 
@@ -109,9 +109,9 @@ def evaluate_photos(model: ScanModel, gallery: Gallery, split: str, head: Matchi
     one split of the photo gallery."""
     from scan_viz.pipeline import pointing_on_gallery
 
-    matcher = head if isinstance(head, MatchingHead) else model.head(head)
+    matcher = resolve_head(head, model)
     part = split_gallery(gallery, split)
-    result = pointing_on_gallery(model, part, matcher)
+    result = pointing_on_gallery(model, part, matcher).to_dict()
     function = word_peaks(model, part, matcher, "function")
     result["function_words"] = {"n": len(function), "flat": sum(w["flat"] for w in function),
                                 "flat_percent": 100.0 * sum(w["flat"] for w in function) / max(len(function), 1)}

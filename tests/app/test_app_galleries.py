@@ -256,7 +256,7 @@ def test_evaluate_measures_the_paired_gallery(two):
         no_exception(at)
     assert not at.error and served(at) == (PHOTO_MODEL, two.photos_name)
     model = load_model(PHOTO_MODEL)
-    expected = pointing_on_gallery(model, load_gallery(two.photos), model.head())
+    expected = pointing_on_gallery(model, load_gallery(two.photos), model.head()).to_dict()
     pointing = next(d.value for d in at.dataframe if "word type" in d.value.columns)
     assert pointing["words"].tolist() == list(expected["counts"].values())
     assert pointing["pointing accuracy %"].tolist() == [round(v, 1) for v in expected["pointing"].values()]

@@ -167,7 +167,7 @@ def test_the_annotations_are_a_gallery_that_pointing_reads(records, tmp_path):
 
     vocab = Vocabulary.build(gallery.captions, threshold=1)
     model = ScanModel(ScanConfig(img_dim=8, embed_size=16, word_dim=8), vocab)
-    result = pointing_on_gallery(model, gallery, model.head())
+    result = pointing_on_gallery(model, gallery, model.head()).to_dict()
     expected: dict[str, int] = {}
     for record in records:
         for caption in record["captions"]:
