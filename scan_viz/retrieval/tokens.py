@@ -343,10 +343,12 @@ def _inverted_lists(codes: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np
 def token_settings(model) -> dict:
     """The screen's aggregation for a SCAN model (its own: LogSumExp with its lambda_lse, else a sum) and the
     encoders' fingerprint that a saved index must match."""
+    from scan_viz.heads import DEFAULT_HEAD, head_settings
     from scan_viz.parts import model_fingerprint
 
-    agg = "lse" if model.config.agg_func == "LogSumExp" else "sum"
-    return {"agg": agg, "lambda_lse": float(model.config.lambda_lse), "fingerprint": model_fingerprint(model)}
+    scan = head_settings(DEFAULT_HEAD, model.config)  # the model's SCAN pooling (the declared default if none)
+    agg = "lse" if scan["agg_func"] == "LogSumExp" else "sum"
+    return {"agg": agg, "lambda_lse": float(scan["lambda_lse"]), "fingerprint": model_fingerprint(model)}
 
 
 #: (gallery size, K) measured on DEV queries by benchmarks/token_k_rule.py (perturbed copies of the 1,000 dev images,
