@@ -90,7 +90,6 @@ def _in_child(args: tuple) -> tuple[dict, float]:
 
 def interleaved_throughput(runs: dict[tuple[str, str], tuple], reps: int) -> dict[tuple[str, str], float]:
     """pairs/s of each (head, dtype): ``runs`` maps it to (head object, GalleryIndex); rounds alternate heads."""
-    from scan_viz.heads import own_head
     from scan_viz.heads.engine import score_matrix
 
     best = {key: float("inf") for key in runs}
@@ -139,6 +138,8 @@ def main() -> None:
             indexes[model_name] = GalleryIndex.build(model, speed_gallery)
         runs[(head, "float32")] = (model.head(head), indexes[model_name])
         runs[(head, "bfloat16")] = (model.head(head, dtype="bfloat16"), indexes[model_name])
+        from scan_viz.heads import own_head
+
         trained = own_head(model.config)
         rows.append({"head": head, "model": Path(model_name).name, "trained_head": trained,
                      "i2t": result["i2t"], "t2i": result["t2i"], "rsum": result["rsum"],
