@@ -35,8 +35,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from scan_viz.heads import native
 from scan_viz.heads.attention import (_BOUNDED_NORMS, LEAKY_SLOPE, AttentionParams, _masked_norm, _softmax_numerator,
                                       aggregate, normalize_raw, scan_attention)
+from scan_viz.heads.attention_pairs import kernel_scores, kernel_usable, pair_inputs
 from scan_viz.heads.similarity import EPS, region_word_similarity
 
 __all__ = ["BLOCK_BYTES", "ScanAttentionFunction", "scan_scores_trainable"]
@@ -59,16 +61,25 @@ class ScanAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, regions, words, word_lengths, region_lengths, params, product_dtype, block_bytes):
-        with torch.no_grad():
-            per_image = regions.shape[1] * words.shape[0] * words.shape[1] * regions.element_size()
-            starts, step = _blocks(regions.shape[0], per_image, block_bytes)
-            scores = torch.cat([
-                scan_attention(regions[s:s + step], words, word_lengths, params,
-                               None if region_lengths is None else region_lengths[s:s + step],
-                               product_dtype=product_dtype).scores
-                for s in starts])
-        ctx.save_for_backward(regions, words, word_lengths, region_lengths)
         ctx.params, ctx.product_dtype, ctx.block_bytes = params, product_dtype, block_bytes
+        ctx.kernel = None
+        with torch.no_grad():
+            if (params.agg_func in native.AGGREGATIONS
+                    and kernel_usable(params.cross_attn, params.raw_feature_norm, regions, words)):
+                # the per-pair C kernel: the cosines are kept for its backward (one matrix product saved)
+                ctx.kernel = pair_inputs(regions, words, word_lengths, region_lengths, params.cross_attn,
+                                         product_dtype)
+                scores = kernel_scores(ctx.kernel, params.cross_attn, params.raw_feature_norm, params.agg_func,
+                                       params.lambda_softmax, params.lambda_lse)
+            else:
+                per_image = regions.shape[1] * words.shape[0] * words.shape[1] * regions.element_size()
+                starts, step = _blocks(regions.shape[0], per_image, block_bytes)
+                scores = torch.cat([
+                    scan_attention(regions[s:s + step], words, word_lengths, params,
+                                   None if region_lengths is None else region_lengths[s:s + step],
+                                   product_dtype=product_dtype).scores
+                    for s in starts])
+        ctx.save_for_backward(regions, words, word_lengths, region_lengths)
         return scores
 
     @staticmethod
@@ -83,8 +94,11 @@ class ScanAttentionFunction(torch.autograd.Function):
             if query_lengths is None:
                 query_lengths = torch.full((regions.shape[0],), regions.shape[1], dtype=torch.int64)
             grad = grad_scores.t()
-        g_context, g_query = _query_over_context_backward(context, query, context_lengths, query_lengths, grad,
-                                                          params, ctx.product_dtype, ctx.block_bytes)
+        if ctx.kernel is not None:
+            g_context, g_query = _kernel_backward(ctx.kernel, grad, params, ctx.product_dtype)
+        else:
+            g_context, g_query = _query_over_context_backward(context, query, context_lengths, query_lengths, grad,
+                                                              params, ctx.product_dtype, ctx.block_bytes)
         g_regions, g_words = (g_context, g_query) if params.cross_attn == "t2i" else (g_query, g_context)
         return g_regions, g_words, None, None, None, None, None
 
@@ -192,14 +206,35 @@ def _query_over_context_backward(context, query, context_lengths, query_lengths,
             (g_norm,) = torch.autograd.grad(logits_graph, sims_leaf, g_logits)
             g_sims.copy_(g_norm)
         g_sims.addcmul_(attn, g_dot[:, None])
-    # --- s = context . query: two matrix products over all pairs; the Gram matrices: 2 g_G context
-    flat = g_all_sims.view(n_ctx_sets * n_ctx, n_q_sets * n_q)
-    g_context = _matmul(flat, q_m.view(n_q_sets * n_q, dim), product_dtype).view(n_ctx_sets, n_ctx, dim)
+    return _products_backward(g_all_sims, g_grams, g_query_norm, ctx_m, q_m, q_m_norm=query_norm[0], q_valid=q_valid,
+                              ctx_valid=sim.region_valid, product_dtype=product_dtype)
+
+
+def _products_backward(g_sims, g_grams, g_query_norm, ctx_m, q_m, q_m_norm, q_valid, ctx_valid, product_dtype):
+    """From the gradients of the cosines (C, k, Q, n), the Gram matrices and the query norms to those of the
+    context (C, k, d) and query (Q, n, d) embeddings: ``s = context . query`` gives two matrix products over all
+    pairs, ``G = context context^T`` gives ``2 g_G context``, ``|u| = sqrt(sum u^2)`` gives ``g_|u| u / |u|``."""
+    n_ctx_sets, n_ctx, dim = ctx_m.shape
+    n_q_sets, n_q, _ = q_m.shape
+    flat = g_sims.view(n_ctx_sets * n_ctx, n_q_sets * n_q)
+    g_context = _matmul(flat, q_m.reshape(n_q_sets * n_q, dim), product_dtype).view(n_ctx_sets, n_ctx, dim)
     g_context.baddbmm_(g_grams, ctx_m, alpha=2)
     g_query = _matmul(flat.t(), ctx_m.reshape(n_ctx_sets * n_ctx, dim), product_dtype).view(n_q_sets, n_q, dim)
-    # |u_q| = sqrt(sum u^2) at real query items; padding gets no gradient
-    g_query += (g_query_norm / query_norm[0])[..., None] * q_m
+    # padding gets no gradient
+    g_query += (g_query_norm / q_m_norm)[..., None] * q_m
     g_query *= q_valid[..., None]
-    if sim.region_valid is not None:
-        g_context *= sim.region_valid[..., None]
+    if ctx_valid is not None:
+        g_context *= ctx_valid[..., None]
     return g_context, g_query
+
+
+def _kernel_backward(inputs, grad, params, product_dtype):
+    """The backward through the per-pair C kernel (:mod:`scan_viz.heads.native`): it recomputes each pair's forward
+    from the saved cosines and writes the cosines' gradient; the matrix products are :func:`_products_backward`'s."""
+    g_sims, g_grams, g_qnorm = native.pairs_backward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid,
+                                                     inputs.cvalid, grad.to(inputs.sims.dtype),
+                                                     params.raw_feature_norm, params.agg_func,
+                                                     params.lambda_softmax, params.lambda_lse)
+    ctx_valid = None if bool(inputs.cvalid.all()) else inputs.cvalid.bool()
+    return _products_backward(g_sims, g_grams, g_qnorm, inputs.context, inputs.query, inputs.qnorm,
+                              inputs.qvalid.bool(), ctx_valid, product_dtype)

@@ -1,0 +1,69 @@
+"""SCAN's attention through the per-pair C kernel (:mod:`scan_viz.heads.native`): the inputs it takes, its scores.
+
+Both directions are "query items attend over context items": t2i has words attending over the regions of an image
+(context = regions, query = words), i2t regions over the words of a caption (context = words, query = regions).
+:func:`pair_inputs` lays a block out that way: the cosines as (context sets, context items, query sets, query
+items), the context sets' Gram matrices, the query items' norms and both validity masks, all as the tensor code
+(:func:`scan_viz.heads.attention.scan_attention`) computes them, so the kernel starts from the same numbers.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from scan_viz.heads import native
+from scan_viz.heads.similarity import region_word_similarity
+
+__all__ = ["PairInputs", "kernel_usable", "kernel_scores", "pair_inputs"]
+
+
+@dataclasses.dataclass
+class PairInputs:
+    """A block as query items over context items (see the module doc); ``context`` / ``query`` with padding
+    zeroed, as the cosines were computed from them."""
+
+    sims: torch.Tensor     # (C, k, Q, n)
+    gram: torch.Tensor     # (C, k, k)
+    qnorm: torch.Tensor    # (Q, n), 1 at padded query items
+    qvalid: torch.Tensor   # (Q, n), 1.0 / 0.0
+    cvalid: torch.Tensor   # (C, k), 1.0 / 0.0
+    context: torch.Tensor  # (C, k, d)
+    query: torch.Tensor    # (Q, n, d)
+
+
+def kernel_usable(cross_attn: str, norm: str, regions: torch.Tensor, words: torch.Tensor) -> bool:
+    """Whether the C kernel computes this block (CPU, float32/64, a normalisation it implements, built)."""
+    n_context, n_query = ((regions.shape[1], words.shape[1]) if cross_attn == "t2i"
+                          else (words.shape[1], regions.shape[1]))
+    return native.usable(norm, regions, n_context, n_query) and words.dtype == regions.dtype
+
+
+def pair_inputs(regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor,
+                region_lengths: torch.Tensor | None, cross_attn: str,
+                product_dtype: torch.dtype | None = None) -> PairInputs:
+    """The block's cosines and masks in the query-over-context layout of ``cross_attn``."""
+    if cross_attn == "t2i":
+        context, query, context_lengths, query_lengths = regions, words, region_lengths, word_lengths
+    else:
+        context, query, context_lengths, query_lengths = words, regions, word_lengths, region_lengths
+        if query_lengths is None:
+            query_lengths = torch.full((regions.shape[0],), regions.shape[1], dtype=torch.int64)
+    sim = region_word_similarity(context, query, query_lengths, context_lengths, product_dtype)
+    ctx_m, q_m = sim.regions, sim.words  # context / query with padding zeroed
+    dtype = sim.sims.dtype
+    q_valid = sim.word_valid
+    sq = q_m.pow(2).sum(dim=-1)
+    qnorm = torch.where(q_valid, sq, torch.ones_like(sq)).sqrt()
+    cvalid = (torch.ones(ctx_m.shape[:2], dtype=dtype) if sim.region_valid is None
+              else sim.region_valid.to(dtype))
+    return PairInputs(sim.sims.contiguous(), (ctx_m @ ctx_m.transpose(1, 2)).contiguous(), qnorm.contiguous(),
+                      q_valid.to(dtype).contiguous(), cvalid.contiguous(), ctx_m, q_m)
+
+
+def kernel_scores(inputs: PairInputs, cross_attn: str, norm: str, agg: str, lam: float,
+                  lse: float) -> torch.Tensor:
+    """(n_images, n_captions) scores of the block from its pair inputs."""
+    scores = native.pairs_forward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid, inputs.cvalid, norm, agg,
+                                  lam, lse)
+    return scores if cross_attn == "t2i" else scores.t()

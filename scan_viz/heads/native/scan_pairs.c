@@ -1,0 +1,286 @@
+/* SCAN's attention, one (context set, query set) pair at a time: the forward's scores and the backward's gradients.
+ *
+ * The math is that of scan_viz/heads/attention.py (forward) and scan_viz/heads/attention_grad.py (backward, with the
+ * derivation in its module doc); this file only changes where the numbers live. A pair's (k x n) tile of cosines
+ * and every intermediate of that pair stay in a few KB of stack, so each pair is read once and written once,
+ * instead of ~20 element-wise passes over (C x k x Q x n) tensors. Tiles are padded to a multiple of L = 16 query
+ * items (zeros, invalid), so every inner loop is a fixed-width vector loop.
+ *
+ * Layout (all contiguous, row-major): sims (C, k, Q, n): context item r of set c against query item w of set q;
+ * gram (C, k, k) the context sets' Gram matrices; qnorm (Q, n) |query item| (1 at padded items); qvalid (Q, n) and
+ * cvalid (C, k) 1/0; grad (C, Q); out: scores (C, Q), g_sims (C, k, Q, n), g_gram (C, k, k) (accumulated),
+ * g_qnorm (Q, n) (accumulated). One call is single-threaded: the caller splits the context sets over threads.
+ * norm: 0 l2norm, 1 clipped_l2norm (LeakyReLU 0.1 first). agg: 0 LogSumExp, 1 Mean, 2 Max, 3 Sum.
+ * Included twice by scan_pairs_all.c, for float (SUFFIX f32) and double (f64).
+ */
+#ifndef SCAN_PAIRS_ONCE
+#define SCAN_PAIRS_ONCE
+#include <stdlib.h>
+#include <string.h>
+#define EPS 1e-8
+#define SLOPE 0.1
+#define L 16
+#define R 4 /* rows of a register block */
+#define MAXK 1024
+#define MAXN 1024
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define PAD(v) (((v) + L - 1) / L * L)
+#endif
+
+/* a block of L lanes (GCC/Clang vector extension), loaded and stored unaligned */
+typedef T CAT(Lanes_, SUFFIX) __attribute__((vector_size(L * sizeof(T))));
+#define Lanes CAT(Lanes_, SUFFIX)
+static inline Lanes CAT(load_, SUFFIX)(const T *p) { Lanes v; memcpy(&v, p, sizeof v); return v; }
+static inline void CAT(store_, SUFFIX)(T *p, Lanes v) { memcpy(p, &v, sizeof v); }
+#define LOAD CAT(load_, SUFFIX)
+#define STORE CAT(store_, SUFFIX)
+
+typedef struct {
+    int k, n, np, kp, norm, agg;
+    T lam, lse;
+    T *s, *x, *attn, *ga;        /* (k, np) */
+    T *at, *bt;                  /* (np, kp): attn and g_sq-weighted attn, transposed (backward) */
+    T *xnorm;                    /* (k) */
+    T *qn, *qv;                  /* (np) the pair's query norms and validity, padded */
+    T *dot, *sq, *den, *rel, *g_rel, *g_dot, *g_sq, *shift;  /* (np) */
+} CAT(Tile_, SUFFIX);
+#define Tile CAT(Tile_, SUFFIX)
+
+static Tile *CAT(tile_new_, SUFFIX)(int k, int n, int norm, int agg, T lam, T lse) {
+    Tile *t = (Tile *)calloc(1, sizeof(Tile));
+    if (t == NULL) return NULL;
+    int np = PAD(n), kp = PAD(k);
+    size_t total = (size_t)4 * k * np + (size_t)2 * np * kp + k + 10 * (size_t)np;
+    T *buf = (T *)aligned_alloc(64, PAD(total) * sizeof(T));
+    if (buf == NULL) { free(t); return NULL; }
+    memset(buf, 0, PAD(total) * sizeof(T));
+    t->k = k; t->n = n; t->np = np; t->kp = kp; t->norm = norm; t->agg = agg; t->lam = lam; t->lse = lse;
+    t->s = buf; t->x = t->s + k * np; t->attn = t->x + k * np; t->ga = t->attn + k * np;
+    t->at = t->ga + k * np; t->bt = t->at + np * kp;
+    t->qn = t->bt + np * kp; t->qv = t->qn + np; t->dot = t->qv + np; t->sq = t->dot + np; t->den = t->sq + np;
+    t->rel = t->den + np; t->g_rel = t->rel + np; t->g_dot = t->g_rel + np; t->g_sq = t->g_dot + np;
+    t->shift = t->g_sq + np; t->xnorm = t->shift + np;
+    return t;
+}
+
+static void CAT(tile_free_, SUFFIX)(Tile *t) { free(t->s); free(t); }
+
+/* The forward of one pair; leaves its intermediates in the tile and returns the pooled score. */
+static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, long row_stride,
+                                    const T *restrict gram, const T *restrict qnorm, const T *restrict qvalid,
+                                    const T *restrict cvalid) {
+    const int k = t->k, n = t->n, np = t->np;
+    const T lam = t->lam;
+    T *restrict s = t->s, *restrict x = t->x, *restrict attn = t->attn, *restrict ga = t->ga;
+    T *restrict qn = t->qn, *restrict qv = t->qv;
+    for (int w = 0; w < np; w++) { qn[w] = w < n ? qnorm[w] : 1; qv[w] = w < n ? qvalid[w] : 0; }
+    T z[MAXN];
+    for (int w = 0; w < np; w++) z[w] = 0;
+    for (int r = 0; r < k; r++) {
+        const T *row = sims + r * row_stride;
+        T *sr = s + r * np, *xr = x + r * np, *ar = attn + r * np;
+        for (int w = 0; w < n; w++) sr[w] = row[w];
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int w = 0; w < np; w++) {
+            T v = sr[w];
+            T xv = (t->norm == 1 && v < 0) ? (T)SLOPE * v : v;
+            xr[w] = xv;
+            acc += xv * xv;
+        }
+        T xn = SQRT(acc);
+        t->xnorm[r] = xn;
+        T scale = lam / (xn + (T)EPS), cv = cvalid[r];
+#pragma omp simd
+        for (int w = 0; w < np; w++) {
+            T e = EXP(xr[w] * scale) * cv;
+            ar[w] = e;
+            z[w] += e;
+        }
+    }
+    T *restrict dot = t->dot, *restrict sq = t->sq;
+    for (int w = 0; w < np; w++) { z[w] = 1 / z[w]; dot[w] = 0; sq[w] = 0; }
+    for (int r = 0; r < k; r++) {
+        T *ar = attn + r * np, *sr = s + r * np;
+#pragma omp simd
+        for (int w = 0; w < np; w++) {
+            T a = ar[w] * z[w];
+            ar[w] = a;
+            dot[w] += a * sr[w];
+        }
+    }
+    /* ga = G a: for each row r and lane block, accumulate over t in registers */
+    for (int wb = 0; wb < np; wb += L) {
+        Lanes sqv = LOAD(sq + wb);
+        for (int r0 = 0; r0 < k; r0 += R) {
+            /* R rows at once: independent accumulators hide the multiply-add latency */
+            int m = k - r0 < R ? k - r0 : R;
+            Lanes acc[R];
+            for (int i = 0; i < R; i++) acc[i] = (Lanes){0};
+            for (int u = 0; u < k; u++) {
+                Lanes a = LOAD(attn + u * np + wb);
+                for (int i = 0; i < R; i++) acc[i] += gram[(long)(r0 + (i < m ? i : 0)) * k + u] * a;
+            }
+            for (int i = 0; i < m; i++) {
+                STORE(ga + (r0 + i) * np + wb, acc[i]);
+                sqv += acc[i] * LOAD(attn + (r0 + i) * np + wb);
+            }
+        }
+        STORE(sq + wb, sqv);
+    }
+    T *restrict den = t->den, *restrict rel = t->rel;
+    for (int w = 0; w < np; w++) {
+        if (sq[w] < 0) sq[w] = 0;
+        den[w] = qn[w] * SQRT(sq[w]);
+        rel[w] = dot[w] / (den[w] > (T)EPS ? den[w] : (T)EPS);
+    }
+    if (t->agg == 0) {
+        T acc = 0;
+        for (int w = 0; w < np; w++) acc += EXP(rel[w] * t->lse) * qv[w];
+        return LOG(acc) / t->lse;
+    }
+    if (t->agg == 1 || t->agg == 3) {
+        T acc = 0, m = 0;
+        for (int w = 0; w < np; w++) { acc += rel[w] * qv[w]; m += qv[w]; }
+        return t->agg == 3 ? acc : acc / (m > 0 ? m : 1);
+    }
+    T best = -INFINITY;
+    for (int w = 0; w < np; w++)
+        if (qv[w] != 0 && rel[w] > best) best = rel[w];
+    return best;
+}
+
+int CAT(scan_pairs_forward_, SUFFIX)(const T *sims, const T *gram, const T *qnorm, const T *qvalid, const T *cvalid,
+                                     T *scores, int C, int k, int Q, int n, int norm, int agg, T lam, T lse) {
+    if (k > MAXK || n > MAXN || k < 1 || n < 1) return 1;
+    long row_stride = (long)Q * n;
+    {
+        Tile *t = CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse);
+        if (t == NULL) return 2;
+        for (int c = 0; c < C; c++)
+            for (int q = 0; q < Q; q++)
+                scores[(long)c * Q + q] = CAT(pair_forward_, SUFFIX)(
+                    t, sims + (long)c * k * row_stride + (long)q * n, row_stride, gram + (long)c * k * k,
+                    qnorm + (long)q * n, qvalid + (long)q * n, cvalid + (long)c * k);
+        CAT(tile_free_, SUFFIX)(t);
+    }
+    return 0;
+}
+
+/* The backward of one pair (after its forward): writes the pair's g_sims, adds to g_gram and g_qnorm. */
+static void CAT(pair_backward_, SUFFIX)(Tile *restrict t, T score, T g, T *restrict out, long row_stride,
+                                        T *restrict gG, T *restrict gq) {
+    const int k = t->k, n = t->n, np = t->np, kp = t->kp;
+    const T lam = t->lam;
+    T *restrict qv = t->qv, *restrict qn = t->qn, *restrict rel = t->rel, *restrict g_rel = t->g_rel;
+    T *restrict den = t->den, *restrict sq = t->sq, *restrict dot = t->dot;
+    T *restrict g_dot = t->g_dot, *restrict g_sq = t->g_sq, *restrict shift = t->shift;
+    if (t->agg == 0) {
+        T acc = 0;
+        for (int w = 0; w < np; w++) { g_rel[w] = EXP(rel[w] * t->lse) * qv[w]; acc += g_rel[w]; }
+        for (int w = 0; w < np; w++) g_rel[w] *= g / acc;
+    } else if (t->agg == 1 || t->agg == 3) {
+        T m = 0;
+        for (int w = 0; w < np; w++) m += qv[w];
+        T f = t->agg == 1 ? g / (m > 0 ? m : 1) : g;
+        for (int w = 0; w < np; w++) g_rel[w] = f * qv[w];
+    } else {
+        int best = -1;
+        for (int w = 0; w < np; w++)
+            if (qv[w] != 0 && rel[w] == score) { best = w; break; }
+        for (int w = 0; w < np; w++) g_rel[w] = w == best ? g : 0;
+    }
+    /* R = dot / (|u| sqrt(sq)); the clamp at EPS stops the denominator's gradient */
+    for (int w = 0; w < np; w++) {
+        T d = den[w] > (T)EPS ? den[w] : (T)EPS;
+        g_dot[w] = g_rel[w] / d;
+        T grr = den[w] > (T)EPS ? g_rel[w] * rel[w] : 0;
+        g_sq[w] = sq[w] > 0 ? (T)-0.5 * grr / (sq[w] > (T)(EPS * EPS) ? sq[w] : (T)(EPS * EPS)) : 0;
+        if (w < n) gq[w] -= grr / qn[w];
+        shift[w] = g_dot[w] * dot[w] + 2 * g_sq[w] * sq[w];
+    }
+    /* g_G += sum_w g_sq[w] a_w a_w^T, from the transposed tiles: rank-1 updates, a row of g_G in registers */
+    T *restrict at = t->at, *restrict bt = t->bt;
+    const T *attn = t->attn;
+    for (int r = 0; r < k; r++)
+        for (int w = 0; w < n; w++) {
+            T a = attn[r * np + w];
+            at[w * kp + r] = a;
+            bt[w * kp + r] = a * g_sq[w];
+        }
+    for (int r0 = 0; r0 < k; r0 += R) {
+        int m = k - r0 < R ? k - r0 : R;
+        for (int ub = 0; ub < kp; ub += L) {
+            Lanes acc[R];
+            for (int i = 0; i < R; i++) acc[i] = (Lanes){0};
+            for (int w = 0; w < n; w++) {
+                Lanes a = LOAD(at + w * kp + ub);
+                const T *b = bt + w * kp + r0;
+                for (int i = 0; i < R; i++) acc[i] += b[i] * a;
+            }
+            int mu = k - ub < L ? k - ub : L;
+            for (int i = 0; i < m; i++) {
+                T part[L];
+                STORE(part, acc[i]);
+                T *row = gG + (long)(r0 + i) * k + ub;
+                for (int j = 0; j < mu; j++) row[j] += part[j];
+            }
+        }
+    }
+    /* g_l = a (g_a - shift), g_a = 2 g_sq G a + g_dot s; the normalisation's and LeakyReLU's backward; plus the
+       direct path through dot (g_dot a) */
+    const T *s = t->s, *x = t->x, *ga = t->ga;
+    for (int r = 0; r < k; r++) {
+        const T *ar = attn + r * np, *sr = s + r * np, *xr = x + r * np, *gar = ga + r * np;
+        T xn = t->xnorm[r];
+        T scale = lam / (xn + (T)EPS);
+        T gl[MAXN], inner = 0;
+#pragma omp simd reduction(+ : inner)
+        for (int w = 0; w < np; w++) {
+            T v = ar[w] * (2 * g_sq[w] * gar[w] + g_dot[w] * sr[w] - shift[w]);
+            gl[w] = v;
+            inner += v * xr[w];
+        }
+        T coef = xn > 0 ? inner * scale / ((xn + (T)EPS) * (xn > (T)EPS ? xn : (T)EPS)) : 0;
+        T *orow = out + r * row_stride;
+#pragma omp simd
+        for (int w = 0; w < np; w++) {
+            T gx = gl[w] * scale - xr[w] * coef;
+            if (t->norm == 1 && sr[w] <= 0) gx *= (T)SLOPE;
+            gl[w] = gx + ar[w] * g_dot[w];
+        }
+        for (int w = 0; w < n; w++) orow[w] = gl[w];
+    }
+}
+
+int CAT(scan_pairs_backward_, SUFFIX)(const T *sims, const T *gram, const T *qnorm, const T *qvalid,
+                                      const T *cvalid, const T *grad, T *g_sims, T *g_gram, T *g_qnorm, int C, int k,
+                                      int Q, int n, int norm, int agg, T lam, T lse) {
+    if (k > MAXK || n > MAXN || k < 1 || n < 1) return 1;
+    long row_stride = (long)Q * n;
+    {
+        Tile *t = CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse);
+        if (t == NULL) return 2;
+        T *gq = g_qnorm;
+        for (int c = 0; c < C; c++)
+            for (int q = 0; q < Q; q++) {
+                long at = (long)c * k * row_stride + (long)q * n;
+                T g = grad[(long)c * Q + q];
+                if (g == 0) { /* every gradient term is linear in g: nothing to add, a zero tile to write */
+                    for (int r = 0; r < k; r++) memset(g_sims + at + r * row_stride, 0, sizeof(T) * n);
+                    continue;
+                }
+                T score = CAT(pair_forward_, SUFFIX)(t, sims + at, row_stride, gram + (long)c * k * k,
+                                                     qnorm + (long)q * n, qvalid + (long)q * n, cvalid + (long)c * k);
+                CAT(pair_backward_, SUFFIX)(t, score, g, g_sims + at, row_stride,
+                                            g_gram + (long)c * k * k, gq + (long)q * n);
+            }
+        CAT(tile_free_, SUFFIX)(t);
+    }
+    return 0;
+}
+#undef Tile
+#undef Lanes
+#undef LOAD
+#undef STORE

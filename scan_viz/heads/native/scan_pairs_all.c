@@ -1,0 +1,25 @@
+/* Both precisions of scan_pairs.c in one shared library. */
+#include <math.h>
+/* glibc's vector maths (libmvec) declares its SIMD variants only under -ffast-math's __FAST_MATH__; we keep IEEE
+   infinities (-fno-finite-math-only), so declare the two variants the loops need here. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__FAST_MATH__) && !defined(SCAN_NO_MVEC)
+__attribute__((__simd__("notinbranch"))) float expf(float);
+__attribute__((__simd__("notinbranch"))) double exp(double);
+#endif
+#define T float
+#define SUFFIX f32
+#define EXP expf
+#define SQRT sqrtf
+#define LOG logf
+#include "scan_pairs.c"
+#undef T
+#undef SUFFIX
+#undef EXP
+#undef SQRT
+#undef LOG
+#define T double
+#define SUFFIX f64
+#define EXP exp
+#define SQRT sqrt
+#define LOG log
+#include "scan_pairs.c"

@@ -1,0 +1,114 @@
+"""The per-pair C kernel (scan_viz/heads/native) against the tensor code it replaces, and gradcheck through it."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scan_viz.heads import native
+from scan_viz.heads.attention import AttentionParams, scan_attention
+from scan_viz.heads.attention_grad import scan_scores_trainable
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason=f"C kernel not built: {native.status()}")
+
+
+def _block(dtype, n_img=5, n_cap=4, k=7, n=6, d=10, seed=0, padded_regions=False):
+    g = torch.Generator().manual_seed(seed)
+    regions = F.normalize(torch.randn(n_img, k, d, generator=g, dtype=dtype), dim=-1)
+    words = F.normalize(torch.randn(n_cap, n, d, generator=g, dtype=dtype), dim=-1)
+    lengths = torch.tensor([n, n - 2, 1, n - 1][:n_cap])
+    region_lengths = torch.tensor([k, k - 3, 2, k, 1][:n_img]) if padded_regions else None
+    return regions, words, lengths, region_lengths
+
+
+CASES = [(cross, norm, agg) for cross in ("t2i", "i2t") for norm in sorted(native.NORMS)
+         for agg in sorted(native.AGGREGATIONS)]
+
+
+def _scores(regions, words, lengths, region_lengths, params):
+    with torch.no_grad():
+        return scan_attention(regions, words, lengths, params, region_lengths).scores
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("cross,norm,agg", CASES)
+def test_kernel_scores_equal_tensor_code(cross, norm, agg, padded, monkeypatch):
+    params = AttentionParams(cross, norm, 9.0 if cross == "t2i" else 4.0, agg, 6.0)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
+        block = _block(dtype, padded_regions=padded)
+        kernel = _scores(*block, params)
+        with monkeypatch.context() as m:
+            m.setattr(native, "library", lambda: None)
+            tensor = _scores(*block, params)
+        assert kernel.shape == tensor.shape == (5, 4)
+        assert torch.allclose(kernel, tensor, atol=tol, rtol=0), float((kernel - tensor).abs().max())
+
+
+@pytest.mark.parametrize("cross,norm,agg", CASES)
+def test_kernel_gradients_equal_tensor_code(cross, norm, agg, monkeypatch):
+    params = AttentionParams(cross, norm, 9.0 if cross == "t2i" else 4.0, agg, 6.0)
+    regions, words, lengths, region_lengths = _block(torch.float64, padded_regions=True)
+    weights = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def grads():
+        r, w = regions.clone().requires_grad_(), words.clone().requires_grad_()
+        (scan_scores_trainable(r, w, lengths, params, region_lengths) * weights).sum().backward()
+        return r.grad, w.grad
+
+    kernel = grads()
+    with monkeypatch.context() as m:
+        m.setattr(native, "library", lambda: None)
+        tensor = grads()
+    for a, b in zip(kernel, tensor):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0), float((a - b).abs().max())
+        assert float(a.abs().max()) > 0
+
+
+@pytest.mark.parametrize("cross", ["t2i", "i2t"])
+def test_kernel_gradcheck(cross):
+    params = AttentionParams(cross, "clipped_l2norm", 9.0 if cross == "t2i" else 4.0, "LogSumExp", 6.0)
+    regions, words, lengths, region_lengths = _block(torch.float64, 3, 3, 5, 4, 6, padded_regions=True)
+    regions.requires_grad_()
+    words.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda r, w: scan_scores_trainable(r, w, lengths, params, region_lengths), (regions, words))
+
+
+def test_zero_gradient_pairs_are_skipped_exactly(monkeypatch):
+    """Pairs whose gradient is 0 (most, under the hardest-negative loss) are skipped: no number changes."""
+    params = AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0)
+    regions, words, lengths, _ = _block(torch.float64)
+    weights = torch.zeros(5, 4, dtype=torch.float64)
+    weights[1, 2], weights[4, 0] = 1.5, -0.5
+
+    def grads():
+        r, w = regions.clone().requires_grad_(), words.clone().requires_grad_()
+        (scan_scores_trainable(r, w, lengths, params) * weights).sum().backward()
+        return r.grad, w.grad
+
+    kernel = grads()
+    with monkeypatch.context() as m:
+        m.setattr(native, "library", lambda: None)
+        tensor = grads()
+    for a, b in zip(kernel, tensor):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
+    assert float(kernel[0][[0, 2, 3]].abs().max()) == 0.0 and float(kernel[0][1].abs().max()) > 0
+
+
+def test_switched_off_reports_why(monkeypatch):
+    monkeypatch.setenv("SCAN_VIZ_NATIVE", "0")
+    monkeypatch.setattr(native, "_state", {})
+    assert native.library() is None
+    assert "SCAN_VIZ_NATIVE=0" in native.status()
+    assert not native.usable("clipped_l2norm", torch.zeros(1, 2, 3), 2, 2)
+
+
+def test_build_failure_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("SCAN_VIZ_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_state", {})
+    assert native.library() is None
+    assert "compiling scan_pairs.c failed" in native.status()
+    # the tensor code still scores
+    params = AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0)
+    assert _scores(*_block(torch.float64), params).shape == (5, 4)
