@@ -130,7 +130,7 @@ def _query_over_context_backward(context, query, context_lengths, query_lengths,
     pairs are one matrix product, their gradient too; the element-wise steps between them walk blocks of context
     sets small enough to stay in cache.
     """
-    n_ctx_sets, n_ctx, dim = context.shape
+    n_ctx_sets, n_ctx, _ = context.shape
     n_q_sets, n_q, _ = query.shape
     bounded = params.raw_feature_norm in _BOUNDED_NORMS
     hand_norm = params.raw_feature_norm in ("clipped_l2norm", "l2norm")

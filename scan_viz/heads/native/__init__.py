@@ -82,7 +82,8 @@ def _compile(out: Path) -> str | None:
     error = ""
     try:
         for args in attempts:
-            done = subprocess.run([compiler, *args], capture_output=True, text=True, timeout=120)
+            done = subprocess.run([compiler, *args], capture_output=True, text=True, timeout=120,
+                                  check=False)
             if done.returncode == 0:
                 os.replace(tmp, out)
                 return None
