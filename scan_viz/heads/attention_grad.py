@@ -228,13 +228,40 @@ def _products_backward(g_sims, g_grams, g_query_norm, ctx_m, q_m, q_m_norm, q_va
     return g_context, g_query
 
 
+#: below this share of pairs with a non-zero gradient (the hardest-negative loss: about 3 per image), the backward
+#: works on those pairs only: their gradient tiles and small matrix products instead of all-pairs ones
+LISTED_PAIRS_SHARE = 0.25
+
+
 def _kernel_backward(inputs, grad, params, product_dtype):
     """The backward through the per-pair C kernel (:mod:`scan_viz.heads.native`): it recomputes each pair's forward
-    from the saved cosines and writes the cosines' gradient; the matrix products are :func:`_products_backward`'s."""
-    g_sims, g_grams, g_qnorm = native.pairs_backward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid,
-                                                     inputs.cvalid, grad.to(inputs.sims.dtype),
-                                                     params.raw_feature_norm, params.agg_func,
-                                                     params.lambda_softmax, params.lambda_lse)
+    from the saved cosines and writes the cosines' gradient; the matrix products are :func:`_products_backward`'s.
+    Pairs whose gradient is 0 add nothing; when they are most pairs, only the others are visited."""
+    grad = grad.to(inputs.sims.dtype)
+    norm, agg, lam, lse = params.raw_feature_norm, params.agg_func, params.lambda_softmax, params.lambda_lse
     ctx_valid = None if bool(inputs.cvalid.all()) else inputs.cvalid.bool()
-    return _products_backward(g_sims, g_grams, g_qnorm, inputs.context, inputs.query, inputs.qnorm,
-                              inputs.qvalid.bool(), ctx_valid, product_dtype)
+    pair_c, pair_q = torch.nonzero(grad, as_tuple=True)
+    if pair_c.numel() > LISTED_PAIRS_SHARE * grad.numel():
+        g_sims, g_grams, g_qnorm = native.pairs_backward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid,
+                                                         inputs.cvalid, grad, norm, agg, lam, lse)
+        return _products_backward(g_sims, g_grams, g_qnorm, inputs.context, inputs.query, inputs.qnorm,
+                                  inputs.qvalid.bool(), ctx_valid, product_dtype)
+    tiles, g_grams, g_qnorm = native.listed_pairs_backward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid,
+                                                           inputs.cvalid, pair_c, pair_q, grad[pair_c, pair_q],
+                                                           norm, agg, lam, lse)
+    ctx_m, q_m = inputs.context, inputs.query
+    # pair p's tile (k x n) times its query items (n x d) / its context items (k x d), added up per set
+    g_context = torch.zeros_like(ctx_m).index_add_(0, pair_c, _bmm(tiles, q_m[pair_q], product_dtype))
+    g_context.baddbmm_(g_grams, ctx_m, alpha=2)
+    g_query = torch.zeros_like(q_m).index_add_(0, pair_q, _bmm(tiles.transpose(1, 2), ctx_m[pair_c], product_dtype))
+    g_query += (g_qnorm / inputs.qnorm)[..., None] * q_m
+    g_query *= inputs.qvalid[..., None]
+    if ctx_valid is not None:
+        g_context *= ctx_valid[..., None]
+    return g_context, g_query
+
+
+def _bmm(left: torch.Tensor, right: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
+    if product_dtype is not None and product_dtype != left.dtype:
+        return torch.bmm(left.to(product_dtype), right.to(product_dtype)).to(left.dtype)
+    return torch.bmm(left, right)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from scan_viz.model.config import ScanConfig
+from scan_viz.model.gru import packed_gru
 
 EPS = 1e-8
 
@@ -63,12 +64,19 @@ class TextEncoder(nn.Module):
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         self.rnn = nn.GRU(word_dim, embed_size, num_layers, batch_first=True, bidirectional=bi_gru)
 
+    #: training on a CPU runs the GRU through :func:`scan_viz.model.gru.packed_gru` (the same outputs, a hand-written
+    #: backward); False keeps autograd through ``nn.GRU`` (benchmarks/bench_training.py's baseline)
+    hand_backward: bool = True
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)
-        packed = pack_padded_sequence(x, lengths.detach().cpu().to(torch.int64), batch_first=True,
-                                      enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        emb, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        if self.hand_backward and torch.is_grad_enabled() and x.device.type == "cpu" and not self.rnn.dropout:
+            emb = packed_gru(self.rnn, x, lengths.detach().cpu().to(torch.int64))
+        else:
+            packed = pack_padded_sequence(x, lengths.detach().cpu().to(torch.int64), batch_first=True,
+                                          enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            emb, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
         if self.bi_gru:
             half = emb.shape[2] // 2
             emb = (emb[:, :, :half] + emb[:, :, half:]) / 2

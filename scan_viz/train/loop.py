@@ -216,16 +216,34 @@ def train(config: ScanConfig, data_dir: str | Path, out_dir: str | Path,
 TRAIN_BLOCK_BYTES = 4 * 1024**2
 
 
-def batch_scores(head: MatchingHead, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
-                 block_bytes: int = TRAIN_BLOCK_BYTES, fused: bool = True) -> torch.Tensor:
-    """The (n_images, n_captions) score matrix of a training batch, differentiable, in blocks of images.
+#: captions of a training batch are scored in this many groups of similar length (``batch_scores``)
+LENGTH_GROUPS = 4
 
-    regions (n_images, n_regions, d), words (n_captions, max_words, d). A head with a backward of its own
-    (``fused``; :meth:`~scan_viz.heads.MatchingHead.training_scores`: SCAN's stores nothing and recomputes block
-    by block, on a CPU) goes through it. Other heads (or ``fused=False``, or a GPU) run autograd through
-    ``head.scores``: every pair is independent, so scoring a few images at a time computes exactly the same scores;
-    on a CPU the blocks' intermediates stay in cache. On a GPU one block. Speeds: benchmarks/bench_training.py.
+
+def batch_scores(head: MatchingHead, regions: torch.Tensor, words: torch.Tensor, lengths: torch.Tensor,
+                 block_bytes: int = TRAIN_BLOCK_BYTES, fused: bool = True,
+                 length_groups: int = LENGTH_GROUPS) -> torch.Tensor:
+    """The (n_images, n_captions) score matrix of a training batch, differentiable.
+
+    regions (n_images, n_regions, d), words (n_captions, max_words, d). Every pair is independent, so how the
+    pairs are grouped changes no score:
+
+    * the captions are sorted by length and scored in ``length_groups`` groups, each padded only to its own
+      longest caption (the scoring engine's rule; padded words are about a quarter of a batch's words otherwise);
+    * a head with a backward of its own (``fused``; :meth:`~scan_viz.heads.MatchingHead.training_scores`: SCAN's
+      per-pair kernel, on a CPU) goes through it; other heads (or ``fused=False``) run autograd through
+      ``head.scores``, a few images at a time on a CPU so the intermediates stay in cache; on a GPU one block.
+
+    Speeds: benchmarks/bench_training.py.
     """
+    n_cap = words.shape[0]
+    if length_groups > 1 and n_cap > 1 and not regions.is_cuda:
+        order = torch.argsort(lengths.cpu(), stable=True)
+        parts = []
+        for idx in torch.tensor_split(order, min(length_groups, n_cap)):
+            longest = int(lengths[idx].max())
+            parts.append(batch_scores(head, regions, words[idx, :longest], lengths[idx], block_bytes, fused, 1))
+        return torch.cat(parts, dim=1)[:, torch.argsort(order)]
     own = head.training_scores(regions, words, lengths) if fused else None
     if own is not None:
         return own

@@ -74,19 +74,24 @@ def test_kernel_gradcheck(cross):
         lambda r, w: scan_scores_trainable(r, w, lengths, params, region_lengths), (regions, words))
 
 
-def test_zero_gradient_pairs_are_skipped_exactly(monkeypatch):
+@pytest.mark.parametrize("cross", ["t2i", "i2t"])
+def test_zero_gradient_pairs_are_skipped_exactly(cross, monkeypatch):
     """Pairs whose gradient is 0 (most, under the hardest-negative loss) are skipped: no number changes."""
-    params = AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0)
-    regions, words, lengths, _ = _block(torch.float64)
+    params = AttentionParams(cross, "clipped_l2norm", 9.0, "LogSumExp", 6.0)
+    regions, words, lengths, region_lengths = _block(torch.float64, padded_regions=True)
     weights = torch.zeros(5, 4, dtype=torch.float64)
     weights[1, 2], weights[4, 0] = 1.5, -0.5
 
     def grads():
         r, w = regions.clone().requires_grad_(), words.clone().requires_grad_()
-        (scan_scores_trainable(r, w, lengths, params) * weights).sum().backward()
+        (scan_scores_trainable(r, w, lengths, params, region_lengths) * weights).sum().backward()
         return r.grad, w.grad
 
+    listed = []
+    monkeypatch.setattr(native, "listed_pairs_backward",
+                        lambda *a, f=native.listed_pairs_backward: listed.append(int(a[5].numel())) or f(*a))
     kernel = grads()
+    assert listed == [2]  # 2 of 20 pairs: only those were visited
     with monkeypatch.context() as m:
         m.setattr(native, "library", lambda: None)
         tensor = grads()

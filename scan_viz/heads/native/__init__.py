@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AGGREGATIONS", "NORMS", "library", "pairs_backward", "pairs_forward", "status", "usable"]
+__all__ = ["AGGREGATIONS", "NORMS", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward", "status",
+           "usable"]
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("scan_pairs_all.c", "scan_pairs.c")
@@ -105,6 +106,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         backward = getattr(lib, f"scan_pairs_backward_{suffix}")
         backward.argtypes = [p] * 9 + [i] * 6 + [real, real]
         backward.restype = i
+        listed = getattr(lib, f"scan_pairs_backward_list_{suffix}")
+        listed.argtypes = [p] * 11 + [i] * 6 + [real, real]
+        listed.restype = i
     return lib
 
 
@@ -220,3 +224,34 @@ def pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, 
              for i, (a, b) in enumerate(parts)]
     _run(calls)
     return g_sims, g_gram, g_qnorm.sum(dim=0)
+
+
+def listed_pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
+                          cvalid: torch.Tensor, pair_c: torch.Tensor, pair_q: torch.Tensor, grad: torch.Tensor,
+                          norm: str, agg: str, lam: float,
+                          lse: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`pairs_backward` for the listed pairs only (``pair_c`` sorted, int64; ``grad`` their gradients): the
+    gradient tiles (P, k, n) of those pairs' cosines, and the gradients of gram (C, k, k) and qnorm (Q, n)."""
+    lib = library()
+    pair_c, pair_q, grad = pair_c.contiguous(), pair_q.contiguous(), grad.contiguous()
+    _check(sims, gram, qnorm, qvalid, cvalid, grad)
+    n_ctx, k, n_q, n = sims.shape
+    n_pairs = int(pair_c.numel())
+    tiles = torch.empty(n_pairs, k, n, dtype=sims.dtype)
+    g_gram = torch.zeros_like(gram)
+    # threads take whole context sets (a set's Gram gradient is written by one thread)
+    bounds = [0]
+    for a, b in _chunks(n_ctx)[:-1]:
+        bounds.append(int(torch.searchsorted(pair_c, b)))
+    bounds.append(n_pairs)
+    parts = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    g_qnorm = torch.zeros(max(1, len(parts)), n_q, n, dtype=sims.dtype)
+    fn = lib.scan_pairs_backward_list_f32 if sims.dtype == torch.float32 else lib.scan_pairs_backward_list_f64
+    calls = [lambda a=a, b=b, i=i: fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid),
+                                      _ptr(pair_c[a:b]), _ptr(pair_q[a:b]), _ptr(grad[a:b]), _ptr(tiles[a:b]),
+                                      _ptr(g_gram), _ptr(g_qnorm[i]), b - a, k, n_q, n, NORMS[norm],
+                                      AGGREGATIONS[agg], lam, lse)
+             for i, (a, b) in enumerate(parts)]
+    if calls:
+        _run(calls)
+    return tiles, g_gram, g_qnorm.sum(dim=0)

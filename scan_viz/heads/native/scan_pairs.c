@@ -280,6 +280,27 @@ int CAT(scan_pairs_backward_, SUFFIX)(const T *sims, const T *gram, const T *qno
     }
     return 0;
 }
+
+/* The backward of listed pairs only (the others have a zero gradient): pair p is (cs[p], qs[p]) with gradient
+   g[p]; its (k x n) gradient tile goes to tiles + p * k * n (row stride n), not into a full g_sims. */
+int CAT(scan_pairs_backward_list_, SUFFIX)(const T *sims, const T *gram, const T *qnorm, const T *qvalid,
+                                           const T *cvalid, const long *cs, const long *qs, const T *g, T *tiles,
+                                           T *g_gram, T *g_qnorm, int P, int k, int Q, int n, int norm, int agg,
+                                           T lam, T lse) {
+    if (k > MAXK || n > MAXN || k < 1 || n < 1) return 1;
+    long row_stride = (long)Q * n;
+    Tile *t = CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse);
+    if (t == NULL) return 2;
+    for (int p = 0; p < P; p++) {
+        long c = cs[p], q = qs[p];
+        T score = CAT(pair_forward_, SUFFIX)(t, sims + c * k * row_stride + q * n, row_stride, gram + c * k * k,
+                                             qnorm + q * n, qvalid + q * n, cvalid + c * k);
+        CAT(pair_backward_, SUFFIX)(t, score, g[p], tiles + (long)p * k * n, n, g_gram + c * k * k,
+                                    g_qnorm + q * n);
+    }
+    CAT(tile_free_, SUFFIX)(t);
+    return 0;
+}
 #undef Tile
 #undef Lanes
 #undef LOAD

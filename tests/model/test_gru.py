@@ -1,0 +1,64 @@
+"""The training GRU (scan_viz/model/gru.py) against nn.GRU on packed sequences: outputs, gradients, gradcheck."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from scan_viz.model.encoders import TextEncoder
+from scan_viz.model.gru import packed_gru
+
+
+def _reference(rnn, x, lengths):
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    out, _ = rnn(packed)
+    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+
+
+@pytest.mark.parametrize("bidirectional,layers", [(False, 1), (True, 1), (True, 2)])
+def test_outputs_and_gradients_equal_packed_nn_gru(bidirectional, layers):
+    torch.manual_seed(0)
+    rnn = nn.GRU(5, 4, layers, batch_first=True, bidirectional=bidirectional).double()
+    lengths = torch.tensor([6, 2, 5, 1])
+    x = torch.randn(4, 6, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(4, 6, 4 * (2 if bidirectional else 1), dtype=torch.float64)
+    weights[1, 3] = float("nan")  # past caption 1's length: no gradient comes back from there, even a NaN one
+    results = []
+    for fn in (_reference, packed_gru):
+        out = fn(rnn, x, lengths)
+        params = [x, *rnn.parameters()]
+        results.append((out, torch.autograd.grad((out * weights).sum(), params)))
+    (ref, ref_grads), (got, got_grads) = results
+    assert torch.allclose(got, ref, atol=1e-12, rtol=0)
+    assert float(got[1, 2:].abs().max()) == 0.0  # past the caption's length: zeros, as pad_packed_sequence gives
+    for a, b in zip(got_grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0), float((a - b).abs().max())
+
+
+def test_gradcheck():
+    torch.manual_seed(1)
+    rnn = nn.GRU(3, 2, 1, batch_first=True, bidirectional=True).double()
+    lengths = torch.tensor([4, 2, 3])
+    x = torch.randn(3, 4, 3, dtype=torch.float64, requires_grad=True)
+    w_ih, w_hh = rnn.weight_ih_l0, rnn.weight_hh_l0_reverse
+    assert torch.autograd.gradcheck(lambda x, a, b: packed_gru(rnn, x, lengths), (x, w_ih, w_hh))
+
+
+def test_text_encoder_uses_it_only_under_autograd(monkeypatch):
+    import scan_viz.model.encoders as encoders
+
+    calls = []
+    monkeypatch.setattr(encoders, "packed_gru", lambda *a: calls.append(1) or packed_gru(*a))
+    torch.manual_seed(2)
+    encoder = TextEncoder(20, 6, 5, bi_gru=True)
+    ids, lengths = torch.randint(1, 20, (3, 5)), torch.tensor([5, 3, 1])
+    with torch.no_grad():
+        plain = encoder(ids, lengths)
+    assert calls == []
+    trained = encoder(ids, lengths)
+    assert calls == [1]
+    encoder.hand_backward = False
+    autograd = encoder(ids, lengths)
+    assert calls == [1]
+    assert torch.allclose(trained, plain, atol=1e-6) and torch.allclose(autograd, plain, atol=1e-6)
