@@ -1,17 +1,20 @@
 """Training throughput of `scan-viz train`: one optimisation step as the loop takes it, before vs after.
 
-    python benchmarks/bench_training.py [--threads 1] [--steps 6] [--cross-attn t2i]
+    python benchmarks/bench_training.py [--threads 1] [--steps 6] [--cross-attn t2i] [--max-violation]
 
-Both variants run in this process on the same synthetic batch at the bundled model's sizes (batch 128, 36 regions
+All variants run in this process on the same synthetic batch at the bundled model's sizes (batch 128, 36 regions
 of 211-d features, embed 256, word_dim 128, bi-GRU, captions of 8-16 tokens), with the same encoders, head, loss
-(sum over negatives), Adam and gradient clipping:
+(sum over negatives, or the hardest negative with ``--max-violation``), Adam and gradient clipping:
 
-- baseline: the whole batch scored as one block (what the loop did before: ``head.scores(regions, words)``);
-- blocked autograd: ``batch_scores(..., fused=False)``, the images scored a few at a time so the intermediates
-  stay in the CPU's cache, autograd through them;
-- fused backward: :func:`scan_viz.train.loop.batch_scores` as training runs it, scan_attention's forward and the
-  recomputing hand-written backward of :mod:`scan_viz.heads.attention_grad`;
-- the same with the region-word products (forward, recomputation, the backward's matrix products) in bfloat16.
+- baseline: the whole batch scored as one block with autograd through ``head.scores`` and ``nn.GRU`` (what the
+  loop did before issue 20);
+- blocked autograd: ``batch_scores(..., fused=False)``: captions in length groups, images a few at a time, autograd;
+- kernel backward, nn.GRU autograd: ``batch_scores``: SCAN's per-pair C kernel (:mod:`scan_viz.heads.native`)
+  forward and backward, captions in length groups; the text encoder as before;
+- kernel + GRU backward (as trained): the same plus the text encoder's hand-written GRU backward
+  (:mod:`scan_viz.model.gru`): what ``scan-viz train`` runs on a CPU;
+- the same with the region-word products (forward and the backward's matrix products) in bfloat16
+  (``scan-viz train --train-products bfloat16``).
 
 It prints wall time and CPU time (this process, all threads) per step: on a shared machine the CPU time is the
 steadier measure, the wall time counts the waits for other processes. It prints pairs/s (128 x 128 image-caption

@@ -117,3 +117,17 @@ def test_build_failure_falls_back(monkeypatch, tmp_path):
     # the tensor code still scores
     params = AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0)
     assert _scores(*_block(torch.float64), params).shape == (5, 4)
+
+
+@pytest.mark.parametrize("cross", ["t2i", "i2t"])
+def test_large_lambda_stays_finite_in_float32(cross, monkeypatch):
+    """exp(lambda_softmax) overflows float32 above 88; the kernel subtracts each softmax's maximum first."""
+    params = AttentionParams(cross, "clipped_l2norm", 200.0, "LogSumExp", 6.0)
+    block64 = _block(torch.float64, padded_regions=True)
+    with monkeypatch.context() as m:
+        m.setattr(native, "library", lambda: None)
+        expected = _scores(*block64, params)  # float64 tensor code: exp(200) ** 2 still fits
+    block32 = [None if t is None else (t.float() if t.is_floating_point() else t) for t in block64]
+    got = _scores(*block32, params)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), expected, atol=1e-5, rtol=0)

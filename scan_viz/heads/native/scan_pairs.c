@@ -75,8 +75,8 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
     T *restrict s = t->s, *restrict x = t->x, *restrict attn = t->attn, *restrict ga = t->ga;
     T *restrict qn = t->qn, *restrict qv = t->qv;
     for (int w = 0; w < np; w++) { qn[w] = w < n ? qnorm[w] : 1; qv[w] = w < n ? qvalid[w] : 0; }
-    T z[MAXN];
-    for (int w = 0; w < np; w++) z[w] = 0;
+    T z[MAXN], top[MAXN];
+    for (int w = 0; w < np; w++) { z[w] = 0; top[w] = -INFINITY; }
     for (int r = 0; r < k; r++) {
         const T *row = sims + r * row_stride;
         T *sr = s + r * np, *xr = x + r * np, *ar = attn + r * np;
@@ -91,10 +91,23 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
         }
         T xn = SQRT(acc);
         t->xnorm[r] = xn;
-        T scale = lam / (xn + (T)EPS), cv = cvalid[r];
+        T scale = lam / (xn + (T)EPS);
+        int real = cvalid[r] != 0;
 #pragma omp simd
         for (int w = 0; w < np; w++) {
-            T e = EXP(xr[w] * scale) * cv;
+            T l = xr[w] * scale;  /* the logit */
+            ar[w] = l;
+            top[w] = (real && l > top[w]) ? l : top[w];
+        }
+    }
+    /* softmax over the context items, its maximum subtracted first: exp(lambda) overflows float32 for
+       lambda > 88 and its square (in |attended|^2 / z^2 of the tensor code) far sooner */
+    for (int w = 0; w < np; w++) top[w] = top[w] == -INFINITY ? 0 : top[w];
+    for (int r = 0; r < k; r++) {
+        T *ar = attn + r * np, cv = cvalid[r];
+#pragma omp simd
+        for (int w = 0; w < np; w++) {
+            T e = EXP(ar[w] - top[w]) * cv;
             ar[w] = e;
             z[w] += e;
         }
