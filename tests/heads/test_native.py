@@ -131,3 +131,10 @@ def test_large_lambda_stays_finite_in_float32(cross, monkeypatch):
     got = _scores(*block32, params)
     assert torch.isfinite(got).all()
     assert torch.allclose(got.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_loading_the_kernel_keeps_subnormal_floats():
+    """The kernel is built without -ffast-math, whose startup code would flush subnormals to zero process-wide."""
+    assert native.library() is not None
+    tiny = torch.tensor([1e-40], dtype=torch.float32)
+    assert float(tiny * 1.0) > 0

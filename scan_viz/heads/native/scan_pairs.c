@@ -104,10 +104,11 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
        lambda > 88 and its square (in |attended|^2 / z^2 of the tensor code) far sooner */
     for (int w = 0; w < np; w++) top[w] = top[w] == -INFINITY ? 0 : top[w];
     for (int r = 0; r < k; r++) {
-        T *ar = attn + r * np, cv = cvalid[r];
+        T *ar = attn + r * np;
+        int real = cvalid[r] != 0;
 #pragma omp simd
         for (int w = 0; w < np; w++) {
-            T e = EXP(ar[w] - top[w]) * cv;
+            T e = real ? EXP(ar[w] - top[w]) : 0;  /* a select: exp() of a padded item may overflow, inf * 0 */
             ar[w] = e;
             z[w] += e;
         }

@@ -1,7 +1,7 @@
 /* Both precisions of scan_pairs.c in one shared library. */
 #include <math.h>
-/* glibc's vector maths (libmvec) declares its SIMD variants only under -ffast-math's __FAST_MATH__; we keep IEEE
-   infinities (-fno-finite-math-only), so declare the two variants the loops need here. */
+/* glibc's vector maths (libmvec) declares its SIMD variants only under -ffast-math's __FAST_MATH__, which this build
+   does not use (see FLAGS in __init__.py), so declare the two variants the loops need here. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__FAST_MATH__) && !defined(SCAN_NO_MVEC)
 __attribute__((__simd__("notinbranch"))) float expf(float);
 __attribute__((__simd__("notinbranch"))) double exp(double);
