@@ -217,12 +217,12 @@ static void CAT(pair_backward_, SUFFIX)(Tile *restrict t, T score, T g, T *restr
     /* g_G += sum_w g_sq[w] a_w a_w^T, from the transposed tiles: rank-1 updates, a row of g_G in registers */
     T *restrict at = t->at, *restrict bt = t->bt;
     const T *attn = t->attn;
-    for (int r = 0; r < k; r++)
-        for (int w = 0; w < n; w++) {
-            T a = attn[r * np + w];
-            at[w * kp + r] = a;
-            bt[w * kp + r] = a * g_sq[w];
-        }
+    for (int w = 0; w < n; w++) {
+        T *atw = at + w * kp, *btw = bt + w * kp, gs = g_sq[w];
+        for (int r = 0; r < k; r++) atw[r] = attn[r * np + w];  /* contiguous stores, strided loads from L1 */
+#pragma omp simd
+        for (int r = 0; r < k; r++) btw[r] = atw[r] * gs;
+    }
     for (int r0 = 0; r0 < k; r0 += R) {
         int m = k - r0 < R ? k - r0 : R;
         for (int ub = 0; ub < kp; ub += L) {
