@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from scan_viz.heads.attention import (_BOUNDED_NORMS, LEAKY_SLOPE, AttentionParams, _masked_norm, _softmax_numerator,
-                                      aggregate, normalize_raw, scan_attention)
+from scan_viz.heads.attention import (LEAKY_SLOPE, AttentionParams, _masked_norm, _softmax_numerator, aggregate,
+                                      normalize_raw, scan_attention, softmax_is_bounded)
 from scan_viz.heads.similarity import EPS, region_word_similarity
 
 __all__ = ["BLOCK_BYTES", "ScanAttentionFunction", "scan_scores_trainable"]
@@ -118,7 +118,7 @@ def _query_over_context_backward(context, query, context_lengths, query_lengths,
     """
     n_ctx_sets, n_ctx, dim = context.shape
     n_q_sets, n_q, _ = query.shape
-    bounded = params.raw_feature_norm in _BOUNDED_NORMS
+    bounded = softmax_is_bounded(params)
     hand_norm = params.raw_feature_norm in ("clipped_l2norm", "l2norm")
     clipped = params.raw_feature_norm.startswith("clipped")
     lam = params.lambda_softmax
