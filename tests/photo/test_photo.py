@@ -189,5 +189,6 @@ def test_bundled_files_are_what_the_build_writes():
     assert config["extra"]["detector"] == "detector-photo" and config["extra"]["text_encoder"] == "word_vectors"
     assert config["img_dim"] == (len(detector["class_names"]) + len(detector["object_class_names"])
                                  + len(detector["colour_terms"]))
-    assert detector["objects"] == "nanodet.json" and (PRETRAINED_DIR / "detector-photo" / "nanodet.safetensors").is_file()
+    assert detector["objects"] == "nanodet.json"
+    assert (PRETRAINED_DIR / "detector-photo" / "nanodet.safetensors").is_file()
     assert config["extra"]["zero_shot"]["trained_on_captions"] is False
