@@ -1,7 +1,7 @@
 """Upload latency of the zero-shot photo model: a 640 x 480 photo to every Explore panel. Target: p50 < 2 s.
 
-Timed per run, uncached, as Explore computes it for an upload: the detector's regions (selective search,
-EfficientNet-lite0 on the proposals' crops, colour names), the alignment of a sentence (``pipeline.explain``),
+Timed per run, uncached, as Explore computes it for an upload: the detector's regions (NanoDet's boxes, selective
+search, EfficientNet-lite0 on the proposals' crops, colour names), the alignment of a sentence (``pipeline.explain``),
 and every word panel encoded as the page shows it (``app.views.word_panels`` -> JPEG bytes). Baseline, same run and
 same photo: the same steps under the bundled emoji model and its Faster R-CNN detector (``scan-emoji-t2i``).
 Photos: scikit-image's coffee, chelsea and astronaut resized to 640 x 480, in turn.

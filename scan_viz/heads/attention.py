@@ -108,6 +108,15 @@ def normalize_raw(attn: torch.Tensor, norm: str, dim: int, valid: torch.Tensor |
 # After these normalisations |attn| <= 1, so exp(lambda_softmax * attn) cannot overflow for any
 # sensible lambda; "clipped" and "no_norm" pass raw cosines on and get the max subtracted first.
 _BOUNDED_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm")
+#: the largest lambda_softmax for which a bounded norm skips the max subtraction: the attended vector's squared
+#: norm is divided by z ** 2, z a sum of up to thousands of exp(lambda_softmax), which passes float32's 3.4e38 near
+#: lambda_softmax 40 (NaN scores; the photo model's 50 hit it). Above it the max is subtracted: the same softmax.
+MAX_UNSHIFTED_LAMBDA = 20.0
+
+
+def softmax_is_bounded(params: AttentionParams) -> bool:
+    """Whether the softmax numerator may skip the max subtraction (a bounded norm and a moderate lambda_softmax)."""
+    return params.raw_feature_norm in _BOUNDED_NORMS and params.lambda_softmax <= MAX_UNSHIFTED_LAMBDA
 
 
 def _softmax_numerator(logits: torch.Tensor, dim: int, valid: torch.Tensor | None, bounded: bool,
@@ -216,7 +225,7 @@ def scan_attention(
     inplace = not torch.is_grad_enabled()
     if trace is not None:
         trace["sims"] = sims.clone()
-    bounded = params.raw_feature_norm in _BOUNDED_NORMS
+    bounded = softmax_is_bounded(params)
     if params.cross_attn == "t2i":
         # normalise over words (query axis) for each region, then softmax over regions (context axis)
         logits = normalize_raw(sims, params.raw_feature_norm, dim=3, valid=wv, scale=params.lambda_softmax)

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from scan_viz.heads import native
-from scan_viz.heads.attention import (_BOUNDED_NORMS, LEAKY_SLOPE, AttentionParams, _masked_norm, _softmax_numerator,
-                                      aggregate, normalize_raw, scan_attention)
+from scan_viz.heads.attention import (LEAKY_SLOPE, AttentionParams, _masked_norm, _softmax_numerator, aggregate,
+                                      normalize_raw, scan_attention, softmax_is_bounded)
 from scan_viz.heads.attention_pairs import kernel_scores, kernel_usable, pair_inputs
 from scan_viz.heads.similarity import EPS, region_word_similarity
 
@@ -132,7 +132,7 @@ def _query_over_context_backward(context, query, context_lengths, query_lengths,
     """
     n_ctx_sets, n_ctx, _ = context.shape
     n_q_sets, n_q, _ = query.shape
-    bounded = params.raw_feature_norm in _BOUNDED_NORMS
+    bounded = softmax_is_bounded(params)
     hand_norm = params.raw_feature_norm in ("clipped_l2norm", "l2norm")
     clipped = params.raw_feature_norm.startswith("clipped")
     lam = params.lambda_softmax

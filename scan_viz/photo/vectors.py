@@ -93,8 +93,13 @@ def colour_vectors(lookup: Callable[[str], np.ndarray | None], dim: int) -> np.n
     return out
 
 
-def conse_matrix(class_vecs: np.ndarray, colour_vecs: np.ndarray, colour_weight: float) -> np.ndarray:
-    """(dim, n_classes + n_colours): the image encoder's ``fc.weight``. A region's feature [p_top-T; q_colours]
-    maps to ``sum_t p_t s(y_t) + colour_weight * sum_c q_c g(c)``, ConSE's region vector (up to 1/Z, which the
-    encoder's l2 normalisation removes) plus its colour names."""
-    return np.concatenate([class_vecs, colour_weight * colour_vecs], axis=0).T.astype(np.float32)
+def conse_matrix(class_vecs: np.ndarray, colour_vecs: np.ndarray, colour_weight: float,
+                 object_vecs: np.ndarray | None = None, object_weight: float = 1.0) -> np.ndarray:
+    """(dim, n_classes + n_object_classes + n_colours): the image encoder's ``fc.weight``. A region's feature
+    [p_top-T; o; q_colours] maps to ``sum_t p_t s(y_t) + object_weight * sum_k o_k s(k) + colour_weight * sum_c
+    q_c g(c)``: ConSE's region vector (up to 1/Z, which the encoder's l2 normalisation removes), the same sum over
+    the object detector's class scores o (its class names' vectors s(k)), and the colour names."""
+    if object_vecs is None:
+        object_vecs = np.zeros((0, class_vecs.shape[1]), dtype=np.float32)
+    return np.concatenate([class_vecs, object_weight * object_vecs, colour_weight * colour_vecs],
+                          axis=0).T.astype(np.float32)

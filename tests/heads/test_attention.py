@@ -54,6 +54,19 @@ def test_float32_close_to_float64_reference(cross_attn):
 
 
 @pytest.mark.parametrize("cross_attn", ["t2i", "i2t"])
+@pytest.mark.parametrize("norm", ["clipped_l2norm", "softmax"])
+def test_float32_with_a_large_lambda_softmax_stays_finite(cross_attn, norm):
+    """exp(50) summed over regions, then squared, passes float32's range: the max must be subtracted (the photo
+    model's lambda_softmax is 50); the scores still equal the float64 reference."""
+    regions, words, lengths = _embeddings(n_reg=12, max_words=8, dim=50, seed=4)
+    params = AttentionParams(cross_attn, norm, 50.0, "LogSumExp", 6.0)
+    ours = scan_attention(regions.float(), words.float(), lengths, params).scores.double()
+    ref = xattn_score(regions, words, lengths, cross_attn, norm, 50.0, "LogSumExp", 6.0)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("cross_attn", ["t2i", "i2t"])
 def test_returned_attention_is_the_official_func_attention(cross_attn):
     regions, words, lengths = _embeddings(seed=2)
     params = AttentionParams(cross_attn, "clipped_l2norm", 9.0, "Mean", 6.0)

@@ -39,12 +39,18 @@ def test_installed_weights_offline_give_the_known_classes(photo):
     assert top_classes(detector, chelsea.features[0], 1)[0] in CAT_CLASSES
     coffee = detect(detector, skimage_data.coffee())
     assert set(top_classes(detector, coffee.features[0], 2)) & {"espresso", "cup", "coffee mug"}
-    # the features are ConSE's input: top-T probabilities (renormalised) then colour fractions, each summing to 1
-    n_classes = len(detector.config.class_names)
+    # the features are ConSE's input: top-T probabilities (renormalised), the object detector's class scores
+    # (0 where it found nothing), then colour fractions summing to 1
+    n_classes, n_objects = len(detector.config.class_names), len(detector.config.object_class_names)
+    assert n_objects == 80 and detector.config.object_class_names[15] == "cat"
     for regions in (chelsea, coffee):
         assert np.allclose(regions.features[:, :n_classes].sum(1), 1, atol=1e-5)
-        assert np.allclose(regions.features[:, n_classes:].sum(1), 1, atol=1e-5)
+        assert np.allclose(regions.features[:, n_classes + n_objects:].sum(1), 1, atol=1e-5)
         assert ((regions.features[:, :n_classes] > 0).sum(1) <= detector.config.top_t).all()
+        objects = regions.features[:, n_classes:n_classes + n_objects]
+        assert ((objects == 0) | (objects >= detector.config.object_floor)).all()
+    # NanoDet's cup is an object region of its own, labelled with its COCO class; the whole photo keeps ImageNet's
+    assert any(label.startswith("cup ") for label in coffee.labels[1:])
 
 
 def test_a_changed_classifier_file_is_refused(monkeypatch, tmp_path):
@@ -76,8 +82,9 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def test_scores_equal_conse_and_scan_restated(photo):
     """Plain re-statement, from GloVe's own file and the detector's class names:
-    region vector v_r = unit(sum_y p_ry s_y + w sum_c q_rc g_c) (not unit with no_imgnorm), s_y = unit(mean of the
-    (centred) GloVe vectors of class y's name), g_c the same for colour c; word vector e_j = unit(GloVe(word) - mu)
+    region vector v_r = unit(sum_y p_ry s_y + w_o sum_k o_rk s_k + w sum_c q_rc g_c) (not unit with no_imgnorm),
+    s_y = unit(mean of the (centred) GloVe vectors of class y's name), s_k the same for the object detector's COCO
+    class k (o_rk: its score), g_c for colour c; word vector e_j = unit(GloVe(word) - mu)
     (times rank / (rank + sif_k) when sif_k > 0), 0 for <start>/<end>;
     SCAN t2i: s_rj = v_r . e_j, raw_feature_norm over the words, alpha_jr = softmax_r(lambda_softmax s'_rj),
     a_j = sum_r alpha_jr v_r, R_j = cos(e_j, a_j), score = log(sum_j exp(lambda_lse R_j)) / lambda_lse."""
@@ -98,11 +105,15 @@ def test_scores_equal_conse_and_scan_restated(photo):
         return unit(np.mean(known, 0)) if known else np.zeros(50)
 
     classes = np.stack([phrase(name_words(n)) for n in detector.config.class_names])
+    objects = np.stack([phrase(name_words(n)) for n in detector.config.object_class_names])
     colours = np.stack([phrase(COLOUR_SPELLINGS.get(c, (c,))) for c in COLOUR_TERMS])
     regions = detect(detector, skimage_data.coffee())
     x = regions.features.astype(np.float64)
-    n_classes = len(classes)
-    v = x[:, :n_classes] @ classes + zero_shot["colour_weight"] * x[:, n_classes:] @ colours
+    n_classes, n_objects = len(classes), len(objects)
+    o = x[:, n_classes:n_classes + n_objects]
+    assert o.max() > 0.3  # NanoDet's cup: the object term is exercised
+    v = (x[:, :n_classes] @ classes + zero_shot["object_weight"] * o @ objects
+         + zero_shot["colour_weight"] * x[:, n_classes + n_objects:] @ colours)
     v = v if config.no_imgnorm else unit(v)
 
     text = "A red cup of coffee on a saucer, with a spoon"
@@ -176,5 +187,8 @@ def test_bundled_files_are_what_the_build_writes():
     config = json.loads((PRETRAINED_DIR / "photo-zeroshot" / "config.json").read_text())
     detector = json.loads((PRETRAINED_DIR / "detector-photo" / "photo_detector.json").read_text())
     assert config["extra"]["detector"] == "detector-photo" and config["extra"]["text_encoder"] == "word_vectors"
-    assert config["img_dim"] == len(detector["class_names"]) + len(detector["colour_terms"])
+    assert config["img_dim"] == (len(detector["class_names"]) + len(detector["object_class_names"])
+                                 + len(detector["colour_terms"]))
+    assert detector["objects"] == "nanodet.json"
+    assert (PRETRAINED_DIR / "detector-photo" / "nanodet.safetensors").is_file()
     assert config["extra"]["zero_shot"]["trained_on_captions"] is False
