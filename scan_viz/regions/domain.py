@@ -11,6 +11,13 @@ JPEGs 0.88-0.98. A gallery too small to calibrate (under MIN_CALIBRATION images,
 zero-shot photo model) gets no threshold, so no note: a photo under the emoji model is still called out of domain,
 but an emoji scene under the photo model is not (the emoji model's own check, asked the other way round, also
 passes scikit-image's cat photo, chelsea, as an emoji scene: a wrong note on the first photo a reader tries).
+
+For that direction a model whose config says it expects photographs (``extra["pictures"] == "photographs"``, the
+zero-shot photo model) gets a pixel check instead, :func:`row_flatness`: the emoji scenes are rendered over
+vertical colour gradients whose rows are exactly one colour, so far more horizontal than vertical neighbours are
+exactly equal, while a photograph's sensor noise and texture make the two about as likely. Measured by
+``python tools/measure_drawing_check.py`` (threshold chosen on one half, error rates on the other: see
+:data:`DRAWN_THRESHOLD`).
 """
 from __future__ import annotations
 
@@ -19,6 +26,9 @@ import dataclasses
 import numpy as np
 
 from scan_viz.types import Regions
+
+#: The side a picture is fitted within before :func:`row_flatness` (bounds its cost on a 25-megapixel upload).
+FLATNESS_SIDE = 640
 
 
 #: A gallery of fewer calibration images than this gets no threshold (every picture passes): measured on the
@@ -80,3 +90,43 @@ def embed_regions(model, regions: Regions) -> np.ndarray:
     """(n_regions, d) the model's unit region embeddings of one picture's regions."""
     return np.asarray(model.encode_images(regions.features[None])[0, : len(regions)].float().numpy())
 
+
+
+#: :func:`row_flatness` at or above this calls a picture a generated drawing: the midpoint of the gap on the fit
+#: half of tools/measure_drawing_check.py (23 installed sample photos split by position, 12 fit / 11 held out, each
+#: also as JPEG q50/75/90 and halved; gallery scenes 0-499 fit / 500-999 held out, as shipped and JPEG q75/85).
+#: Fit half: photos <= 0.062, scenes >= 0.072. Held out: 0 of 1,500 scene files and 0 of 200 fresh renders (PNG and
+#: JPEG q75) missed; 6 of 55 photo files wrongly called drawings: scikit-image's retina microscope image
+#: (microaneurysms, 0.070-0.096) in 4 of its 5 versions and its camera man halved (0.070). The gap is narrow.
+DRAWN_THRESHOLD = 0.067
+
+
+def row_flatness(image: np.ndarray) -> float:
+    """How much likelier a picture's horizontal neighbours are exactly equal in colour than its vertical ones.
+
+    ``image``: (H, W, 3) uint8, fitted within FLATNESS_SIDE first. The fraction of horizontally adjacent pixel
+    pairs with equal RGB minus the fraction of vertically adjacent ones: the bundled emoji scenes' gradient skies
+    and grounds have rows of one colour (and keep them through JPEG and resizing), photographs are about equal
+    both ways (a JPEG's flat sky or a blown-out highlight is flat in both directions).
+    """
+    from scan_viz.regions.images import fit_within
+
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=2)
+    image = fit_within(np.ascontiguousarray(image[..., :3]), FLATNESS_SIDE, FLATNESS_SIDE)[0]
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        return 0.0
+    horizontal = (image[:, 1:] == image[:, :-1]).all(axis=2).mean()
+    vertical = (image[1:] == image[:-1]).all(axis=2).mean()
+    return float(horizontal - vertical)
+
+
+def looks_drawn(image: np.ndarray) -> bool:
+    """Whether a picture looks like a generated emoji-scene drawing rather than a photograph (:func:`row_flatness`)."""
+    return row_flatness(image) >= DRAWN_THRESHOLD
+
+
+def expects_photographs(extra: dict) -> bool:
+    """Whether a model's config (``extra``) says its pictures are photographs, so a drawing gets a note."""
+    return str(extra.get("pictures") or "").strip().lower() == "photographs"
