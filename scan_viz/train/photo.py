@@ -151,7 +151,7 @@ def make_model(settings: dict[str, Any] | None = None, colour_weight: float = DE
     config = config_from_values(dict(
         img_dim=detector.img_dim, embed_size=dim, word_dim=dim, vocab_size=len(vocab), head=DEFAULT_HEAD,
         num_epochs=0, **values,
-        extra={"detector": DETECTOR_NAME, "domain": DOMAIN, "text_encoder": "word_vectors",
+        extra={"detector": DETECTOR_NAME, "domain": DOMAIN, "pictures": "photographs", "text_encoder": "word_vectors",
                "zero_shot": {"recipe": "ConSE (Norouzi et al., ICLR 2014) region vectors over EfficientNet-lite0 "
                                        "ImageNet probabilities, GloVe 6B 50-d words, SCAN t2i attention",
                              "top_t": detector.top_t, "colour_weight": colour_weight,
