@@ -16,14 +16,14 @@ import streamlit as st
 
 from scan_viz.app import state, upload_guard
 from scan_viz.app.bundle import (NO_MATCH, Bundle, detector_name, drawing_note, is_own_caption, model_domain,
-                                 model_label,
-                                 search_gallery)
+                                 model_label, search_gallery)
 from scan_viz.app.params import DEFAULT_K, K_MAX, ExploreParams, HeadSettings
 from scan_viz.app.safe_text import literal, plain, show_error
 from scan_viz.app.uploads import MAX_UPLOAD_MB, UPLOAD_FORMATS_TEXT, UPLOAD_TYPES
 from scan_viz.app.views import ablation_figures, ablation_note, bar_figure, region_rows, relevance_rows
 from scan_viz.errors import ScanVizError
 from scan_viz.limits import check_sentence
+from scan_viz.regions.domain import DRAWN_MEASURED, DRAWN_THRESHOLD
 from scan_viz.render import FLAT_FACTOR, content_words, region_relevance_bars, word_label, word_relevance_bars
 from scan_viz.types import Alignment, Regions
 
@@ -203,6 +203,15 @@ def load_upload(bundle: Bundle, name: str, data: bytes) -> Picked | None:
         show_error(f"the detector found no regions in {name}: try another image")
         return None
     in_domain = state.shown(lambda: state.upload_in_domain(bundle.key, key, regions))
+    flatness = state.upload_row_flatness(bundle.key, key, image)
+    if flatness is not None and flatness >= DRAWN_THRESHOLD:
+        st.session_state[DOMAIN_MARKER] = False
+        st.warning(f"Out of domain: this looks like a generated drawing, not a photograph, and this model was built "
+                   f"for photographs. {flatness:.1%} more of its side-by-side pixel pairs than of its stacked ones "
+                   f"are exactly one colour, as in a rendered gradient; the check calls {DRAWN_THRESHOLD:.1%} or more "
+                   f"a drawing, which in our measurement {DRAWN_MEASURED}. Here its attention and scores carry "
+                   "little meaning.", icon=":material/info:")
+        return Picked(f"upload:{key}", image, regions, None, name)
     st.session_state[DOMAIN_MARKER] = in_domain
     if in_domain is False:
         domain = model_domain(bundle.model)

@@ -259,6 +259,17 @@ def upload_in_domain(bundle_key: tuple, image_key: str, _regions: Regions) -> bo
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
+def upload_row_flatness(bundle_key: tuple, image_key: str, _image: np.ndarray) -> float | None:
+    """An upload's :func:`scan_viz.regions.domain.row_flatness` when the served model expects photographs (its
+    config's ``extra["pictures"]``), else None: the pixel check that tells a generated drawing from a photo."""
+    from scan_viz.regions.domain import expects_photographs, row_flatness
+
+    if not expects_photographs(bundle_by_key(bundle_key).model.config.extra):
+        return None
+    return row_flatness(_image)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
 @fair.heavy
 def alignment(bundle_key: tuple, image_key: str, text: str, settings: tuple, _regions: Regions) -> Alignment:
     """The alignment of ``text`` with an image's regions under the head ``settings`` (HeadSettings.key())."""

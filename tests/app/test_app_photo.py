@@ -69,3 +69,23 @@ def test_every_page_runs(app, page):
         shown = " ".join(str(v) for table in at.table for v in table.value.to_numpy().ravel())
         assert "never saw a caption" in shown and "word_vectors" in shown
         assert any("photo-zeroshot-metrics.json" in m.value for m in at.markdown)  # its test-split metrics
+
+
+def test_an_emoji_scene_upload_gets_the_drawing_note_and_a_photo_none(app):
+    """The photo gallery is too small to calibrate the embedding check; the pixel check (row_flatness) speaks."""
+    from scan_viz.app import explore
+
+    at = app.run()
+    at.segmented_control(key=explore.SOURCE_KEY).set_value(explore.UPLOAD).run()
+    at.text_input(key=explore.Q_KEY).input("a bird in the sky").run()
+    scene = REPO / "examples" / "gallery" / "images" / "test_000000.jpg"
+    at.file_uploader[0].set_value((scene.name, scene.read_bytes(), "image/jpeg")).run()
+    no_exception(at)
+    assert at.session_state[explore.DOMAIN_MARKER] is False
+    [note] = [w.value for w in at.warning if "Out of domain" in w.value]
+    assert "generated drawing, not a photograph" in note and "6 of 55 held-out photo files" in note
+    photo = PHOTOS / "images" / "chelsea.jpg"
+    at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/jpeg")).run()
+    no_exception(at)
+    assert at.session_state[explore.DOMAIN_MARKER] is not False
+    assert not any("Out of domain" in w.value for w in at.warning)

@@ -83,3 +83,47 @@ def test_a_gallery_too_small_to_calibrate_calls_nothing_out_of_domain():
     check = DomainCheck.fit(gallery)
     assert check.n_calibration == 4 < MIN_CALIBRATION and check.threshold == -np.inf
     assert check.in_domain(unit(rng.standard_normal((5, 8))))
+
+
+SCENE = REPO / "examples" / "gallery" / "images" / "test_000000.jpg"  # the lowest-scoring scene of the measured half
+PHOTOS = sorted((REPO / "examples" / "photos" / "images").glob("*.jpg"))
+
+
+def jpeg_again(image: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def test_a_bundled_emoji_scene_looks_drawn_and_bundled_photos_do_not():
+    from scan_viz.regions.domain import looks_drawn
+    from scan_viz.regions.images import load_image
+
+    scene = load_image(SCENE)
+    assert looks_drawn(scene) and looks_drawn(jpeg_again(scene, 75))
+    assert len(PHOTOS) == 7
+    for photo in PHOTOS:
+        assert not looks_drawn(load_image(photo)), photo.name
+
+
+def test_row_flatness_counts_rows_of_one_colour_not_flat_areas():
+    from scan_viz.regions.domain import row_flatness
+
+    gradient = np.repeat(np.arange(100, dtype=np.uint8)[:, None, None], 3, axis=2).repeat(80, axis=1)
+    assert row_flatness(gradient) == pytest.approx(1.0)  # every row one colour, every column changing
+    assert row_flatness(gradient.transpose(1, 0, 2)) == pytest.approx(-1.0)
+    assert row_flatness(np.full((50, 60, 3), 7, np.uint8)) == 0.0  # flat both ways: no sign of a drawing
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert abs(row_flatness(noise)) < 0.01
+
+
+def test_only_the_photo_model_expects_photographs():
+    from scan_viz.model import load_model
+    from scan_viz.regions.domain import expects_photographs
+
+    assert expects_photographs(load_model("photo-zeroshot").config.extra)
+    assert not expects_photographs(load_model("scan-emoji-t2i").config.extra)
