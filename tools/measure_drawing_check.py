@@ -59,7 +59,8 @@ def photo_files() -> list[tuple[str, Path]]:
     import sklearn.datasets
 
     found = [(f"skimage {n}", Path(skimage.__file__).parent / "data" / n) for n in SKIMAGE_PHOTOS]
-    found += [(f"sklearn {n}", Path(sklearn.datasets.__file__).parent / "images" / n) for n in ("china.jpg", "flower.jpg")]
+    found += [(f"sklearn {n}", Path(sklearn.datasets.__file__).parent / "images" / n)
+              for n in ("china.jpg", "flower.jpg")]
     found.append(("matplotlib grace_hopper.jpg", Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
     return sorted(found)
 
