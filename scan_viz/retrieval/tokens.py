@@ -212,8 +212,7 @@ class TokenIndex:
                 basis_w = torch.from_numpy(self.residual_basis) @ w.T  # (r, L)
                 if self.residual_scale is not None:  # int8 steps: the step size folded into the (r, L) product
                     basis_w = basis_w * torch.from_numpy(self.residual_scale)[:, None]
-                per = (per + z @ basis_w
-                       + (w @ torch.from_numpy(self.residual_mean)))
+                per = per + z @ basis_w + (w @ torch.from_numpy(self.residual_mean))
         return self._aggregate(per.amax(dim=1).T).numpy()  # each word's best region (centroid), pooled
 
     def _pq_sims(self, w: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
@@ -487,7 +486,7 @@ def residual_codes(name: str) -> dict:
             return {"n_residual": 0, "pq_m": 0, "residual_int8": int8, key: int(stem[len(prefix):])}
     if name == "none":
         return {"n_residual": 0, "pq_m": 0, "residual_int8": False}
-    raise ScanVizError(f"unknown residual codes {name!r}: choose none, pcaR or pqM (e.g. pca16, pq32)")
+    raise ScanVizError(f"unknown residual codes {name!r}: choose none, pcaR, pcaRi8 or pqM (e.g. pca32i8, pq32)")
 
 
 def codes_name(index: TokenIndex) -> str:
