@@ -131,18 +131,24 @@ def p95(times: list[float]) -> float:
 def bench_tokens(model, head, features, regions_disk, captions, caption_image, warmup, n, args, work,
                  result: dict) -> None:
     """The token-level stage 1 (scan_viz.retrieval.tokens): index build, size, recall@K, two-stage latency and R@."""
-    from scan_viz.retrieval.tokens import TokenIndex, default_k, load_token_index, token_settings
+    from scan_viz.retrieval.tokens import (TokenIndex, codes_name, default_k, load_token_index, residual_codes,
+                                           token_settings)
 
     settings = token_settings(model)
     folder = work / f"tokens_{n}_{args.noise:g}_{settings['fingerprint']}"
     t0 = time.perf_counter()
     index = load_token_index(folder, settings["fingerprint"], n)
     if index is None:
-        index = TokenIndex.build(regions_disk, **settings)
+        index = TokenIndex.build(regions_disk, **settings, **residual_codes(args.token_codes))
         result["tokens_build_s"] = time.perf_counter() - t0
+        index.save(folder)
+    elif codes_name(index) != args.token_codes:  # the saved centroids and lists, other residual codes
+        index = index.with_residuals(regions_disk, **residual_codes(args.token_codes))
+        result["tokens_recode_s"] = time.perf_counter() - t0
         index.save(folder)
     else:
         result["tokens_load_s"] = time.perf_counter() - t0
+    result["tokens_codes"] = codes_name(index)
     result["tokens_ram_bytes_per_image"] = index.nbytes / n
     result["tokens_centroids"] = int(len(index.centroids))
     result["rss_tokens_index_gb"] = rss_gb()
@@ -161,8 +167,15 @@ def bench_tokens(model, head, features, regions_disk, captions, caption_image, w
         hit_rank.append(where[0] if len(where) else 10**9)
     hit_rank = np.array(hit_rank)
     result["tokens_screen_p50_ms"] = p50(times)
+    # the curve: the top kk of the largest K's screen (its shortlist is the largest K's); at each K of --token-k,
+    # the screen two-stage search runs at that K (its own, smaller shortlist: max(REFINE x K, SHORTLIST))
     result["tokens_recall"] = {kk: float(100 * (hit_rank < kk).mean())
                                for kk in sorted(set(CURVE_KS + tuple(ks))) if kk <= n or kk in ks}
+    for k in ks:
+        if k < top_k:
+            result["tokens_recall"][k] = float(100 * np.mean([
+                caption_image[q] in index.screen(caps.emb[q, :int(caps.lengths[q])], k)[0]
+                for q in range(len(captions))]))
     for text in warmup:
         search.search_text(text, k=10, stage1_k=max(ks), head=head)
     result["tokens_two_stage"], result["tokens_two_stage_ranks"] = {}, {}
@@ -183,11 +196,19 @@ def bench_tokens(model, head, features, regions_disk, captions, caption_image, w
     del search, index
 
 
-def _subset(result: dict, ranks: np.ndarray) -> None:
+def recall_at(ranks: np.ndarray, ks) -> dict[int, float]:
+    """Exhaustive search's own recall@K (the true image among its top K): what a screen that ranked exactly like
+    the exhaustive score would reach at each K."""
+    return {int(k): float(100 * (ranks < k).mean()) for k in sorted(set(ks))}
+
+
+def _subset(result: dict, ranks: np.ndarray, full: bool = False) -> None:
     """Exhaustive R@ of the first len(ranks) queries (at 1M the only exhaustive ranks), next to the two-stage R@ of
-    the same queries."""
+    the same queries; ``full``: ranks among every image (not only within a top 10), so recall@K too."""
     m = len(ranks)
     result["exhaustive_timed"], result["exhaustive_timed_queries_ranked"] = recalls(ranks), m
+    if full:
+        result["exhaustive_timed_recall_at"] = recall_at(ranks, CURVE_KS + tuple(result.get("token_ks", ())))
     for key in ("two_stage_ranks", "tokens_two_stage_ranks"):
         if key in result:
             result[key.replace("_ranks", "_on_timed")] = {k: recalls(np.array(r[:m])) for k, r in result[key].items()}
@@ -222,14 +243,15 @@ def bench_exhaustive(model, head, features, regions_disk, captions, caption_imag
     if not in_ram and n_ranked:  # the first queries' exhaustive ranks in one batched pass over the region file
         t0 = time.perf_counter()
         _subset(result, exhaustive_ranks(head, regions_disk, caps.emb[:n_ranked], caps.lengths[:n_ranked],
-                                         np.asarray(caption_image[:n_ranked])))
+                                         np.asarray(caption_image[:n_ranked])), full=True)
         result["exhaustive_ranks_s"] = time.perf_counter() - t0
     if in_ram:  # the exhaustive ranks of every query, batched (more threads: a quality number, not a latency)
         before = torch.get_num_threads()
         torch.set_num_threads(args.batch_threads)
         t0 = time.perf_counter()
-        result["exhaustive"] = recalls(exhaustive_ranks(head, regions_disk, caps.emb, caps.lengths,
-                                                        np.asarray(caption_image)))
+        ranks = exhaustive_ranks(head, regions_disk, caps.emb, caps.lengths, np.asarray(caption_image))
+        result["exhaustive"] = recalls(ranks)
+        result["exhaustive_recall_at"] = recall_at(ranks, CURVE_KS + tuple(result.get("token_ks", ())))
         result["exhaustive_ranks_s"] = time.perf_counter() - t0
         torch.set_num_threads(before)
 
@@ -336,7 +358,8 @@ def bench_indexing(n_images: int, model_name: str) -> dict:
 def _int_keys(r: dict) -> dict:
     """A size's result read back from JSON: the K-keyed tables with int keys again."""
     for key in ("two_stage", "stage1_recall", "tokens_two_stage", "tokens_recall", "two_stage_ranks",
-                "tokens_two_stage_ranks", "two_stage_on_timed", "tokens_two_stage_on_timed"):
+                "tokens_two_stage_ranks", "two_stage_on_timed", "tokens_two_stage_on_timed", "exhaustive_recall_at",
+                "exhaustive_timed_recall_at"):
         if key in r:
             r[key] = {int(k): v for k, v in r[key].items()}
     return r
@@ -377,6 +400,9 @@ def main() -> None:
                     help="stage-1 kinds to measure: tokens (scan_viz.retrieval.tokens), pooled, or both")
     ap.add_argument("--token-k", default="",
                     help="comma-separated K values for the token screen (default: its rule's K for the size)")
+    ap.add_argument("--token-codes", default="", help="the token screen's residual codes: none, pcaR or pqM "
+                                                      "(default: the library's, N_RESIDUAL and RESIDUAL_INT8 "
+                                                      "of scan_viz.retrieval.tokens)")
     ap.add_argument("--resume", action="store_true",
                     help="reuse a size's finished result (result_N.json under --work) instead of measuring it again")
     ap.add_argument("--noise", type=float, default=0.5, help="perturbation, in per-dimension stds")
@@ -388,6 +414,10 @@ def main() -> None:
                     help="only write the sizes' feature, region and vector files into --work, then exit (a later run "
                          "measures RSS without the generation's page cache)")
     args = ap.parse_args()
+    if not args.token_codes:
+        from scan_viz.retrieval.tokens import N_RESIDUAL, RESIDUAL_INT8
+
+        args.token_codes = f"pca{N_RESIDUAL}" + ("i8" if RESIDUAL_INT8 else "")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
@@ -450,6 +480,11 @@ def main() -> None:
                          f"({r['exhaustive_timed_queries_ranked']} queries)" if timed else "",
                          f"{r[rss]:.2f} / {r['rss_peak_gb']:.2f} GB"]
                 print("| " + " | ".join(cells) + " |")
+    for r in results["sizes"]:
+        for key, what in (("exhaustive_recall_at", "every query"), ("exhaustive_timed_recall_at", "ranked queries")):
+            if key in r:
+                print(f"{r['images']:,} images, exhaustive search's own recall@K ({what}): "
+                      + ", ".join(f"{k}: {v:.1f}" for k, v in r[key].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 

@@ -10,15 +10,17 @@ with lambda_softmax 9 is close to it, so the screen's score is::
     S(I)   = (1 / lambda) log sum_w exp(lambda c_w(I))     (``agg`` "lse", lambda = the model's lambda_lse)
     S(I)   = sum_w c_w(I)                                   (``agg`` "sum": ColBERT's, CHAN-Mean's order)
 
-The index (after PLAID's centroid interaction; its residuals are a few principal directions here, not PQ codes):
+The index (after PLAID's centroid interaction and residual compression):
 
 - every region embedding gets one of C centroids of a two-level spherical k-means (``n_coarse`` cells, each split
   into up to ``n_fine`` centroids; assigning a region costs n_coarse + n_fine dot products, so indexing 1M images
   x 36 regions stays a matter of minutes on a CPU): ``codes`` (n_images, n_regions) uint16;
 - an inverted list per centroid holds the images that have a region there (each image once), int32;
-- ``residuals`` (n_images, n_regions, r) float16: region - centroid - mean residual, in the top-r principal
-  directions of the residuals, so q(v_r) = centroid + mean + basis^T z. Near-copies of an image share their codes;
-  the residuals are what tells them apart.
+- ``residuals`` (n_images, n_regions, r) int8: region - centroid - mean residual, in the top-r principal
+  directions of the residuals, in steps of ``residual_scale`` (r,), so q(v_r) = centroid + mean + basis^T (scale z).
+  Near-copies of an image share their codes; the residuals are what tells them apart. (Also kept, for comparison:
+  float16 coordinates, and a product quantiser of the residuals, Jegou et al. 2011, ``pq_codes`` / ``pq_codebooks``;
+  ``benchmarks/token_codes.py`` measures them against each other and against the exact regions.)
 
 A query (:meth:`TokenIndex.screen`): the word-centroid cosines (L, C) in one product; each word *probes* its
 ``probe`` nearest centroids; every image in their lists gets, per word, its best cosine among them (a scatter-max)
@@ -27,8 +29,8 @@ and the others the word's ``probe``-th cosine (ColBERTv2's imputation), pooled a
 every region's centroid + residual (:meth:`TokenIndex.code_scores`) and the top K go to stage 2, which re-scores
 them exactly with any head: the screen only decides which images stage 2 sees.
 
-Memory per image: n_regions x (2 bytes of codes + at most 4 bytes of inverted lists + 2r bytes of residuals):
-1,384 bytes measured at 100K images (36 regions, r = 16), plus C x d float32 centroids and r x d basis once.
+Memory per image: n_regions x (2 bytes of codes + at most 4 bytes of inverted lists + r bytes of residuals):
+1,385 bytes measured at 100K images (36 regions, r = 32 int8), plus C x d float32 centroids and r x d basis once.
 """
 from __future__ import annotations
 
@@ -52,8 +54,12 @@ PROBE, REFINE = 64, 4
 #: at least this many images go from the probe pass to the exact scoring (near-copies share their codes, so the
 #: probe pass cannot order them; the residuals can)
 SHORTLIST = 2000
-#: principal directions of the residuals (region - centroid) kept per region, float16 (0: codes only)
-N_RESIDUAL = 16
+#: residual codes kept per region: the residual's coordinates in its top N_RESIDUAL principal directions, int8
+#: (chosen on dev queries with benchmarks/token_codes.py: at the same bytes as 16 float16 directions, 32 int8 ones
+#: reached the recall of re-scoring with the exact regions; PQ at 64 bytes was no better and 4x slower to score)
+N_RESIDUAL, RESIDUAL_INT8 = 32, True
+#: the arrays of the residual codes (principal directions, or PQ), saved and loaded with the index
+RESIDUAL_ARRAYS = ("residuals", "residual_basis", "residual_mean", "residual_scale", "pq_codes", "pq_codebooks")
 #: a centroid's code for a padded region (never a real centroid)
 PAD_CODE = np.iinfo(np.uint16).max
 BUILD_CHUNK = 2048  # images per chunk while assigning codes
@@ -96,6 +102,12 @@ class TokenIndex:
     residuals: np.ndarray | None = None
     residual_basis: np.ndarray | None = None
     residual_mean: np.ndarray | None = None
+    #: int8 ``residuals``: (r,) float32, the coordinate of one step in each direction (float16 ones: None)
+    residual_scale: np.ndarray | None = None
+    #: or residual product quantisation: (n_images, n_regions, m) uint8 codes into ``pq_codebooks`` (m, 256,
+    #: d / m) float32; region ~ centroid + concat_j pq_codebooks[j, pq_codes[..., j]]
+    pq_codes: np.ndarray | None = None
+    pq_codebooks: np.ndarray | None = None
 
     @property
     def n_images(self) -> int:
@@ -103,7 +115,8 @@ class TokenIndex:
 
     @property
     def nbytes(self) -> int:
-        extra = 0 if self.residuals is None else self.residuals.nbytes + self.residual_basis.nbytes
+        extra = sum(a.nbytes for a in (self.residuals, self.residual_basis, self.residual_scale, self.pq_codes,
+                                       self.pq_codebooks) if a is not None)
         return int(self.centroids.nbytes + self.codes.nbytes + self.list_offsets.nbytes + self.list_images.nbytes
                    + extra)
 
@@ -111,9 +124,14 @@ class TokenIndex:
     @classmethod
     def build(cls, regions, n_boxes: np.ndarray | None = None, n_coarse: int = N_COARSE, n_fine: int = N_FINE,
               agg: str = "lse", lambda_lse: float = 6.0, fingerprint: str = "", sample: int = 200_000,
-              seed: int = 0, n_residual: int = N_RESIDUAL) -> "TokenIndex":
+              seed: int = 0, n_residual: int = N_RESIDUAL, pq_m: int = 0,
+              residual_int8: bool = RESIDUAL_INT8) -> "TokenIndex":
         """Index region embeddings ``regions`` (n_images, n_regions, d): a tensor, an array or a float16 memory map
-        (read ``BUILD_CHUNK`` images at a time). n_boxes: (n_images,) real regions per image, or None (all)."""
+        (read ``BUILD_CHUNK`` images at a time). n_boxes: (n_images,) real regions per image, or None (all).
+
+        Residual codes (``benchmarks/token_codes.py`` compares them): ``pq_m`` > 0, a product quantiser of the
+        residuals (``pq_m`` sub-vectors of d / pq_m dimensions, 256 codewords each, one byte per sub-vector); else
+        ``n_residual`` > 0 principal directions, int8 steps (``residual_int8``) or float16; else none."""
         if agg not in ("lse", "sum"):
             raise ScanVizError(f"unknown token-screen aggregation {agg!r}: choose lse or sum")
         n, n_reg, d = regions.shape
@@ -135,24 +153,37 @@ class TokenIndex:
         centroids = np.concatenate(fine).astype(np.float32)
         if len(centroids) >= PAD_CODE:
             raise ScanVizError(f"{len(centroids)} centroids do not fit a uint16 code: lower n_coarse x n_fine")
-        basis = mean = residuals = None
-        if n_residual:  # principal directions of the sample's residuals
-            res = train - centroids[_assign(train, coarse, fine, starts)]
-            mean = res.mean(axis=0)
-            basis = np.linalg.svd(res - mean, full_matrices=False)[2][:n_residual].astype(np.float32)
-            residuals = np.empty((n, n_reg, len(basis)), dtype=np.float16)
+        fit = train - centroids[_assign(train, coarse, fine, starts)] if (n_residual or pq_m) else None
+        codec = _ResidualCodec.fit(fit, n_residual, pq_m, seed, residual_int8) if fit is not None else _ResidualCodec()
         codes = np.empty((n, n_reg), dtype=np.uint16)
         for s in range(0, n, BUILD_CHUNK):
             block = np.asarray(_rows(regions, slice(s, s + BUILD_CHUNK)), dtype=np.float32).reshape(-1, d)
             code = _assign(block, coarse, fine, starts)
             codes[s:s + len(block) // n_reg] = code.reshape(-1, n_reg)
-            if n_residual:
-                residuals[s:s + len(block) // n_reg] = ((block - centroids[code] - mean) @ basis.T).reshape(
-                    -1, n_reg, len(basis))
+            codec.encode(block - centroids[code], s, n, n_reg)
         if n_boxes is not None:
             codes[np.arange(n_reg)[None, :] >= np.asarray(n_boxes)[:, None]] = PAD_CODE
         offsets, images = _inverted_lists(codes, len(centroids))
-        return cls(centroids, codes, offsets, images, agg, float(lambda_lse), fingerprint, residuals, basis, mean)
+        return cls(centroids, codes, offsets, images, agg, float(lambda_lse), fingerprint, **codec.fields())
+
+    def with_residuals(self, regions, n_residual: int = 0, pq_m: int = 0, residual_int8: bool = False,
+                       sample: int = 200_000, seed: int = 0) -> "TokenIndex":
+        """This index (same centroids, codes and lists) with other residual codes: ``n_residual`` principal
+        directions, or a product quantiser of ``pq_m`` one-byte sub-vectors, or none. For comparing codes
+        on one set of centroids (``benchmarks/token_codes.py``); ``regions`` are the ones the index was built from."""
+        n, n_reg, d = regions.shape
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(n, size=min(n, max(1, sample // n_reg)), replace=False))
+        real = self.codes[pick] != PAD_CODE
+        fit = (np.asarray(_rows(regions, pick), dtype=np.float32)[real]
+               - self.centroids[self.codes[pick][real].astype(np.int64)]) if (n_residual or pq_m) else None
+        codec = _ResidualCodec.fit(fit, n_residual, pq_m, seed, residual_int8) if fit is not None else _ResidualCodec()
+        if fit is not None:
+            for s in range(0, n, BUILD_CHUNK):
+                block = np.asarray(_rows(regions, slice(s, s + BUILD_CHUNK)), dtype=np.float32).reshape(-1, d)
+                code = self.codes[s:s + BUILD_CHUNK].reshape(-1).astype(np.int64)
+                codec.encode(block - self.centroids[np.minimum(code, len(self.centroids) - 1)], s, n, n_reg)
+        return dataclasses.replace(self, **codec.fields())
 
     # ------------------------------------------------------------------------------------------ searching
     def word_centroid_sims(self, words: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -168,15 +199,32 @@ class TokenIndex:
 
     def code_scores(self, sims: torch.Tensor, rows: np.ndarray, words=None) -> np.ndarray:
         """The screen's score of images ``rows`` from their codes (every word, every region): (len(rows),).
-        With ``words`` (L, d) and stored residuals, each region is its centroid plus its residual's projection."""
+        With ``words`` (L, d) and stored residual codes, each region is its centroid plus its decoded residual."""
         codes = torch.from_numpy(self.codes[rows].astype(np.int64))  # (N, n_reg)
         table = torch.cat([sims.T, torch.full((1, sims.shape[0]), float("-inf"))])  # (C + 1, L): row C = padding
         per = table[codes.clamp(max=len(table) - 1)]  # (N, n_reg, L): PAD_CODE lands on the -inf row
-        if words is not None and self.residuals is not None:  # + the residual's part: u . (mean + basis^T z)
+        if words is not None and (self.residuals is not None or self.pq_codes is not None):
             w = words.float() if torch.is_tensor(words) else torch.from_numpy(np.asarray(words, dtype=np.float32))
-            z = torch.from_numpy(self.residuals[rows].astype(np.float32))  # (N, n_reg, r)
-            per = per + z @ (torch.from_numpy(self.residual_basis) @ w.T) + (w @ torch.from_numpy(self.residual_mean))
+            if self.pq_codes is not None:
+                per = per + self._pq_sims(w, rows)
+            else:  # + the residual's part: u . (mean + basis^T z)
+                z = torch.from_numpy(self.residuals[rows].astype(np.float32))  # (N, n_reg, r)
+                basis_w = torch.from_numpy(self.residual_basis) @ w.T  # (r, L)
+                if self.residual_scale is not None:  # int8 steps: the step size folded into the (r, L) product
+                    basis_w = basis_w * torch.from_numpy(self.residual_scale)[:, None]
+                per = per + z @ basis_w + (w @ torch.from_numpy(self.residual_mean))
         return self._aggregate(per.amax(dim=1).T).numpy()  # each word's best region (centroid), pooled
+
+    def _pq_sims(self, w: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """(N, n_reg, L) cosines of words w (L, d) with the PQ-decoded residuals of images ``rows``: each word's
+        products with every codeword (m, 256, L) once, then per region a sum of m table entries (an
+        ``embedding_bag``, FAISS's asymmetric distance computation for inner products)."""
+        m, ksub, sub = self.pq_codebooks.shape
+        table = torch.einsum("jcs,ljs->jcl", torch.from_numpy(self.pq_codebooks), w.reshape(len(w), m, sub))
+        codes = torch.from_numpy(self.pq_codes[rows].astype(np.int64))  # (N, n_reg, m)
+        flat = (codes + torch.arange(m) * ksub).reshape(-1, m)
+        out = torch.nn.functional.embedding_bag(flat, table.reshape(m * ksub, -1), mode="sum")
+        return out.reshape(codes.shape[0], codes.shape[1], -1)
 
     def _aggregate(self, per_word: torch.Tensor) -> torch.Tensor:
         """(L, N) per-word best cosines -> (N,) scores."""
@@ -241,14 +289,15 @@ class TokenIndex:
         from scan_viz.io import write_dir_atomic
 
         def write(tmp: Path) -> None:
-            for name in ("centroids", "codes", "list_offsets", "list_images", "residuals", "residual_basis",
-                         "residual_mean"):
+            for name in ("centroids", "codes", "list_offsets", "list_images") + RESIDUAL_ARRAYS:
                 if getattr(self, name) is not None:
                     np.save(tmp / f"{name}.npy", getattr(self, name))
             meta = {"format": TOKENS_FORMAT, "n_images": self.n_images, "n_regions": int(self.codes.shape[1]),
                     "n_centroids": int(len(self.centroids)), "agg": self.agg, "lambda_lse": self.lambda_lse,
                     "fingerprint": self.fingerprint,
-                    "n_residual": 0 if self.residuals is None else int(self.residuals.shape[2])}
+                    "n_residual": 0 if self.residuals is None else int(self.residuals.shape[2]),
+                    "residual_int8": self.residual_scale is not None,
+                    "pq_m": 0 if self.pq_codes is None else int(self.pq_codes.shape[2])}
             (tmp / TOKENS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
         write_dir_atomic(Path(directory), write)
@@ -276,14 +325,16 @@ def load_token_index(directory: str | Path, fingerprint: str | None = None,
         arrays = {name: load_npy(directory / f"{name}.npy", f"token index {name}", kinds=kinds, mmap=True)
                   for name, kinds in (("centroids", "f"), ("codes", "u"), ("list_offsets", "i"),
                                       ("list_images", "i"))}
-        if int(meta.get("n_residual", 0)):
-            arrays.update({name: np.array(load_npy(directory / f"{name}.npy", f"token index {name}", kinds="f",
-                                                   mmap=True))
-                           for name in ("residuals", "residual_basis", "residual_mean")})
+        int8 = bool(meta.get("residual_int8", False))
+        extra = ((("residuals", "i" if int8 else "f"), ("residual_basis", "f"), ("residual_mean", "f"))
+                 + ((("residual_scale", "f"),) if int8 else ())) if int(meta.get("n_residual", 0)) \
+            else (("pq_codes", "u"), ("pq_codebooks", "f")) if int(meta.get("pq_m", 0)) else ()
+        arrays.update({name: np.array(load_npy(directory / f"{name}.npy", f"token index {name}", kinds=kinds,
+                                               mmap=True)) for name, kinds in extra})
         index = TokenIndex(arrays["centroids"].astype(np.float32), arrays["codes"].astype(np.uint16),
                            arrays["list_offsets"].astype(np.int64), arrays["list_images"].astype(np.int32),
                            str(meta["agg"]), float(meta["lambda_lse"]), str(meta.get("fingerprint", "")),
-                           arrays.get("residuals"), arrays.get("residual_basis"), arrays.get("residual_mean"))
+                           **{name: arrays.get(name) for name in RESIDUAL_ARRAYS})
     except (ScanVizError, KeyError, TypeError, ValueError):
         return None
     c, d = index.centroids.shape
@@ -296,11 +347,78 @@ def load_token_index(directory: str | Path, fingerprint: str | None = None,
           and index.agg in ("lse", "sum")
           and (index.residuals is None or (index.residuals.shape[:2] == index.codes.shape
                                            and index.residual_basis.shape == (index.residuals.shape[2], d)
-                                           and index.residual_mean.shape == (d,))))
+                                           and index.residual_mean.shape == (d,)
+                                           and index.residuals.dtype == (np.float16 if index.residual_scale is None
+                                                                         else np.int8)
+                                           and (index.residual_scale is None
+                                                or index.residual_scale.shape == (index.residuals.shape[2],))))
+          and (index.pq_codes is None or (index.pq_codes.shape[:2] == index.codes.shape
+                                          and index.pq_codes.dtype == np.uint8 and index.pq_codebooks.ndim == 3
+                                          and index.pq_codebooks.shape[0] == index.pq_codes.shape[2]
+                                          and index.pq_codebooks.shape[1] <= 256
+                                          and index.pq_codebooks.shape[0] * index.pq_codebooks.shape[2] == d)))
     return index if ok else None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+class _ResidualCodec:
+    """The residual codes of a build (region - its centroid, (n, d) float32 blocks): fitted on a sample, filled
+    block by block, handed to :class:`TokenIndex` as its fields."""
+
+    def __init__(self, basis=None, mean=None, pq=None, scale=None):
+        self.basis, self.mean, self.pq, self.scale, self.out = basis, mean, pq, scale, None
+
+    @classmethod
+    def fit(cls, res: np.ndarray, n_residual: int, pq_m: int, seed: int, int8: bool = False) -> "_ResidualCodec":
+        if pq_m:
+            import faiss
+
+            d = res.shape[1]
+            if d % pq_m:
+                raise ScanVizError(f"residual PQ needs the embedding size ({d}) divisible by pq_m ({pq_m})")
+            pq = faiss.ProductQuantizer(d, pq_m, 8)  # 8 bits: one uint8 code per sub-vector
+            pq.cp.seed, pq.cp.niter = seed, 20
+            if len(res) < pq.ksub:  # a small gallery: repeated rows (FAISS's k-means needs a point per codeword)
+                res = np.resize(res, (pq.ksub, d))
+            pq.train(np.ascontiguousarray(res, dtype=np.float32))
+            return cls(pq=pq)
+        mean = res.mean(axis=0)  # principal directions of the sample's residuals
+        basis = np.linalg.svd(res - mean, full_matrices=False)[2][:n_residual].astype(np.float32)
+        # int8: 127 steps cover the sample's largest coordinate in each direction (outside it, clipped)
+        scale = np.maximum(np.abs((res - mean) @ basis.T).max(axis=0), 1e-12).astype(np.float32) / 127 if int8 \
+            else None
+        return cls(basis, mean, scale=scale)
+
+    def encode(self, res: np.ndarray, start: int, n: int, n_reg: int) -> None:
+        """Codes of residuals (n_images_in_block x n_reg, d) of the images from ``start``, into (n, n_reg, ...)."""
+        if self.pq is None and self.basis is None:
+            return
+        if self.pq is not None:
+            if self.out is None:
+                self.out = np.empty((n, n_reg, self.pq.M), dtype=np.uint8)
+            code = self.pq.compute_codes(np.ascontiguousarray(res, dtype=np.float32))
+        else:
+            if self.out is None:
+                self.out = np.empty((n, n_reg, len(self.basis)), dtype=np.float16 if self.scale is None else np.int8)
+            code = (res - self.mean) @ self.basis.T
+            if self.scale is not None:
+                code = np.clip(np.rint(code / self.scale), -127, 127)
+        self.out[start:start + len(res) // n_reg] = code.reshape(len(res) // n_reg, n_reg, -1)
+
+    def fields(self) -> dict:
+        """Every residual field of :class:`TokenIndex` (None where this codec has none)."""
+        out = dict.fromkeys(RESIDUAL_ARRAYS)
+        if self.pq is not None:
+            import faiss
+
+            books = faiss.vector_to_array(self.pq.centroids).reshape(self.pq.M, self.pq.ksub, self.pq.dsub)
+            out.update(pq_codes=self.out, pq_codebooks=books.astype(np.float32))
+        elif self.basis is not None:
+            out.update(residuals=self.out, residual_basis=self.basis, residual_mean=self.mean,
+                       residual_scale=self.scale)
+        return out
+
+
 def _real(n_boxes: np.ndarray | None, i: int, n_reg: int) -> int:
     return n_reg if n_boxes is None else int(n_boxes[i])
 
@@ -355,6 +473,29 @@ def token_settings(model) -> dict:
 #: 200 dev captions; the smallest K whose screen keeps >= 99% of exhaustive SCAN's top 10): keep@K at 1,000 images
 #: 97.7 (K 50) / 99.6 (100); at 10,000: 98.7 (500) / 99.2 (700) / 99.5 (1,000)
 K_RULE = ((1_000, 100), (10_000, 700))
+
+
+def residual_codes(name: str) -> dict:
+    """Residual codes by name, as keyword arguments of :meth:`TokenIndex.build` / :meth:`TokenIndex.with_residuals`:
+    ``none`` (centroids only), ``pcaR`` (R principal directions, float16), ``pcaRi8`` (the same, int8),
+    ``pqM`` (PQ, M one-byte sub-vectors)."""
+    int8 = name.startswith("pca") and name.endswith("i8")
+    stem = name[:-2] if int8 else name
+    for prefix, key in (("pca", "n_residual"), ("pq", "pq_m")):
+        if stem.startswith(prefix) and stem[len(prefix):].isdigit() and int(stem[len(prefix):]) > 0:
+            return {"n_residual": 0, "pq_m": 0, "residual_int8": int8, key: int(stem[len(prefix):])}
+    if name == "none":
+        return {"n_residual": 0, "pq_m": 0, "residual_int8": False}
+    raise ScanVizError(f"unknown residual codes {name!r}: choose none, pcaR, pcaRi8 or pqM (e.g. pca32i8, pq32)")
+
+
+def codes_name(index: TokenIndex) -> str:
+    """The name (:func:`residual_codes`) of an index's residual codes."""
+    if index.pq_codes is not None:
+        return f"pq{index.pq_codes.shape[2]}"
+    if index.residuals is None:
+        return "none"
+    return f"pca{index.residuals.shape[2]}" + ("i8" if index.residual_scale is not None else "")
 
 
 def default_k(n_images: int) -> int:

@@ -52,19 +52,83 @@ def test_residuals_with_every_direction_give_the_plain_maxsim_of_the_regions():
     """With as many residual directions as dimensions, centroid + mean + basis^T z is the region itself (to float16
     rounding of z), so the refined score is the plain LSE-MaxSim over the real region embeddings."""
     regions = toy_regions()
-    index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, agg="lse", lambda_lse=6.0, n_residual=16)
+    index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, agg="lse", lambda_lse=6.0, n_residual=16,
+                             residual_int8=False)
+    assert index.pq_codes is None and index.residuals.dtype == np.float16
     words = unit(np.random.default_rng(4).standard_normal((5, 16))).astype(np.float32)
     got = index.code_scores(index.word_centroid_sims(words), np.arange(index.n_images), words)
     best = np.einsum("nrd,ld->nlr", regions.astype(np.float64), words.astype(np.float64)).max(axis=2)
     expected = np.log(np.exp(6.0 * best).sum(axis=1)) / 6.0
     np.testing.assert_allclose(got, expected, atol=2e-3)
     # and fewer directions: the score of the reconstructed regions, computed plainly
-    index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, n_residual=3)
+    index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, n_residual=3, residual_int8=False)
     rebuilt = (index.centroids[index.codes.astype(int)] + index.residual_mean
                + index.residuals.astype(np.float64) @ index.residual_basis)
     best = np.einsum("nrd,ld->nlr", rebuilt, words.astype(np.float64)).max(axis=2)
     np.testing.assert_allclose(index.code_scores(index.word_centroid_sims(words), np.arange(60), words),
                                np.log(np.exp(6.0 * best).sum(axis=1)) / 6.0, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("agg", ["lse", "sum"])
+def test_int8_residuals_score_the_regions_they_reconstruct(agg):
+    """int8 steps along the principal directions: the refined score is the plain MaxSim over centroid + mean +
+    basis^T (steps x scale); with every direction that is the region to within half a step per direction."""
+    regions = toy_regions()
+    words = unit(np.random.default_rng(9).standard_normal((5, 16))).astype(np.float32)
+    for n_residual in (3, 16):
+        index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, agg=agg, n_residual=n_residual,
+                                 residual_int8=True)
+        assert index.residuals.dtype == np.int8 and index.residual_scale.shape == (n_residual,)
+        rebuilt = (index.centroids[index.codes.astype(int)] + index.residual_mean
+                   + (index.residuals * index.residual_scale.astype(np.float64)) @ index.residual_basis)
+        got = index.code_scores(index.word_centroid_sims(words), np.arange(60), words)
+        np.testing.assert_allclose(got, plain_maxsim(rebuilt, words, agg), rtol=1e-5, atol=1e-5)
+    step = np.abs(rebuilt - regions).max()
+    assert step <= 0.5 * np.linalg.norm(index.residual_scale) + 1e-6
+    np.testing.assert_allclose(got, plain_maxsim(regions, words, agg), atol=5 * step)
+
+
+def pq_rebuilt(index: TokenIndex) -> np.ndarray:
+    """(n, n_reg, d) float64: each region as its centroid + its PQ-decoded residual, decoded plainly."""
+    m = index.pq_codebooks.shape[0]
+    parts = [index.pq_codebooks[j][index.pq_codes[..., j].astype(int)] for j in range(m)]  # m x (n, n_reg, d / m)
+    return index.centroids[index.codes.astype(int)].astype(np.float64) + np.concatenate(parts, axis=-1)
+
+
+def plain_maxsim(regions: np.ndarray, words: np.ndarray, agg: str = "lse", lam: float = 6.0) -> np.ndarray:
+    """(n,) the screen's pooling of each word's best region, float64."""
+    best = np.einsum("nrd,ld->nlr", regions.astype(np.float64), words.astype(np.float64)).max(axis=2)
+    return best.sum(axis=1) if agg == "sum" else np.log(np.exp(lam * best).sum(axis=1)) / lam
+
+
+@pytest.mark.parametrize("agg", ["lse", "sum"])
+def test_pq_refine_score_is_a_plain_maxsim_over_the_pq_reconstructed_regions(agg):
+    regions = toy_regions(n=80)
+    index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, agg=agg, n_residual=0, pq_m=4)
+    assert index.pq_codes.shape == (80, 6, 4) and index.pq_codes.dtype == np.uint8 and index.residuals is None
+    words = unit(np.random.default_rng(5).standard_normal((5, 16))).astype(np.float32)
+    got = index.code_scores(index.word_centroid_sims(words), np.arange(80), words)
+    np.testing.assert_allclose(got, plain_maxsim(pq_rebuilt(index), words, agg), rtol=1e-5, atol=1e-5)
+    # the PQ codes are finer than the centroids alone: the reconstruction is closer to the regions
+    centroid_only = index.centroids[index.codes.astype(int)]
+    assert np.linalg.norm(pq_rebuilt(index) - regions) < 0.5 * np.linalg.norm(centroid_only - regions)
+
+
+def test_pq_codes_that_reconstruct_exactly_give_the_plain_maxsim_of_the_regions():
+    """A gallery with no more residual sub-vectors than codewords (40 x 6 = 240 <= 256) is coded exactly, so the
+    refined score is the plain LSE-MaxSim over the real region embeddings; rows in any order, padding ignored."""
+    regions = toy_regions(n=40)
+    index = TokenIndex.build(regions, None, n_coarse=4, n_fine=4, n_residual=0, pq_m=2)
+    np.testing.assert_allclose(pq_rebuilt(index), regions, atol=1e-5)
+    words = unit(np.random.default_rng(6).standard_normal((7, 16))).astype(np.float32)
+    rows = np.random.default_rng(7).permutation(40)
+    got = index.code_scores(index.word_centroid_sims(words), rows, words)
+    np.testing.assert_allclose(got, plain_maxsim(regions[rows], words), rtol=1e-5, atol=1e-5)
+    n_boxes = np.array([6, 2] * 20)
+    index = TokenIndex.build(regions, n_boxes, n_coarse=4, n_fine=4, n_residual=0, pq_m=2)
+    got = index.code_scores(index.word_centroid_sims(words), np.arange(40), words)
+    expected = [plain_maxsim(regions[i:i + 1, :b], words)[0] for i, b in enumerate(n_boxes)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_probing_every_centroid_gives_the_exact_score_order():
@@ -107,16 +171,64 @@ def test_inverted_lists_hold_each_image_of_a_centroid_once():
 
 
 def test_saved_index_round_trips_and_refuses_other_encoders(tmp_path):
-    index = TokenIndex.build(toy_regions(), None, n_coarse=4, n_fine=4, fingerprint="abc", n_residual=4)
+    index = TokenIndex.build(toy_regions(), None, n_coarse=4, n_fine=4, fingerprint="abc", n_residual=4,
+                             residual_int8=False)
     index.save(tmp_path / "tokens")
     back = load_token_index(tmp_path / "tokens", "abc", index.n_images)
     for name in ("centroids", "codes", "list_offsets", "list_images", "residuals", "residual_basis", "residual_mean"):
         np.testing.assert_array_equal(getattr(back, name), getattr(index, name))
+    assert back.pq_codes is None
     assert load_token_index(tmp_path / "tokens", "other", index.n_images) is None
     assert load_token_index(tmp_path / "tokens", "abc", index.n_images + 1) is None
     assert load_token_index(tmp_path / "missing") is None
     np.save(tmp_path / "tokens" / "list_images.npy", np.full(5, 10**6, dtype=np.int32))  # damaged: out of range
     assert load_token_index(tmp_path / "tokens", "abc") is None
+
+
+def test_saved_int8_index_round_trips(tmp_path):
+    index = TokenIndex.build(toy_regions(), None, n_coarse=4, n_fine=4, fingerprint="abc", n_residual=5,
+                             residual_int8=True)
+    index.save(tmp_path / "tokens")
+    back = load_token_index(tmp_path / "tokens", "abc", index.n_images)
+    for name in ("residuals", "residual_basis", "residual_mean", "residual_scale"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(index, name))
+    assert back.residuals.dtype == np.int8 and back.nbytes == index.nbytes
+    np.save(tmp_path / "tokens" / "residual_scale.npy", np.ones(4, dtype=np.float32))  # 4 != 5 directions
+    assert load_token_index(tmp_path / "tokens", "abc") is None
+
+
+def test_saved_pq_index_round_trips_and_damaged_codes_are_refused(tmp_path):
+    index = TokenIndex.build(toy_regions(), None, n_coarse=4, n_fine=4, fingerprint="abc", n_residual=0, pq_m=4)
+    index.save(tmp_path / "tokens")
+    back = load_token_index(tmp_path / "tokens", "abc", index.n_images)
+    for name in ("codes", "pq_codes", "pq_codebooks"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(index, name))
+    assert back.residuals is None and back.nbytes == index.nbytes
+    words = unit(np.random.default_rng(8).standard_normal((3, 16))).astype(np.float32)
+    np.testing.assert_array_equal(back.screen(words, 5)[0], index.screen(words, 5)[0])
+    np.save(tmp_path / "tokens" / "pq_codebooks.npy", np.zeros((4, 256, 3), dtype=np.float32))  # 4 x 3 != d
+    assert load_token_index(tmp_path / "tokens", "abc") is None
+    np.save(tmp_path / "tokens" / "pq_codebooks.npy", index.pq_codebooks)
+    np.save(tmp_path / "tokens" / "pq_codes.npy", index.pq_codes[:10])  # fewer rows than images
+    assert load_token_index(tmp_path / "tokens", "abc") is None
+
+
+def test_residual_codes_by_name():
+    from scan_viz.errors import ScanVizError
+    from scan_viz.retrieval.tokens import codes_name, residual_codes
+
+    assert residual_codes("pq32") == {"n_residual": 0, "pq_m": 32, "residual_int8": False}
+    assert residual_codes("pca16") == {"n_residual": 16, "pq_m": 0, "residual_int8": False}
+    assert residual_codes("pca32i8") == {"n_residual": 32, "pq_m": 0, "residual_int8": True}
+    assert residual_codes("none") == {"n_residual": 0, "pq_m": 0, "residual_int8": False}
+    for bad in ("pq", "pq0", "opq8", "pca-1", "pq8i8", "i8"):
+        with pytest.raises(ScanVizError):
+            residual_codes(bad)
+    index = TokenIndex.build(toy_regions(), None, n_coarse=4, n_fine=4, **residual_codes("pca3"))
+    assert codes_name(index) == "pca3"
+    assert codes_name(index.with_residuals(toy_regions(), **residual_codes("pq8"))) == "pq8"
+    assert codes_name(index.with_residuals(toy_regions(), **residual_codes("pca5i8"))) == "pca5i8"
+    assert codes_name(index.with_residuals(toy_regions())) == "none"
 
 
 def test_default_k_grows_with_the_gallery_and_never_exceeds_it():
