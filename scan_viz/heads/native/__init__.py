@@ -15,8 +15,10 @@ and the backward with ``torch.autograd.gradcheck``. Deliberate difference: the c
 
 Built once per source/flags/CPU into ``$SCAN_VIZ_NATIVE_DIR`` (default ``~/.cache/scan-viz/native``), written
 atomically. Without a compiler, or with ``SCAN_VIZ_NATIVE=0``, :func:`library` returns None and every caller
-uses the tensor code. The shared library is called through ctypes, which releases the GIL, so
-:func:`pairs_forward` / :func:`pairs_backward` split the context sets over ``torch.get_num_threads()`` threads.
+uses the tensor code. The kernel runs on one thread: the matrix products around it use torch's threads, and
+splitting the kernel's pairs over a second thread (ctypes releases the GIL) measured no faster with 2 threads
+(scoring d = 1024: 166-168K pairs/s split, 174-191K on one thread; torch's OpenMP workers keep spinning after each
+matrix product).
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -157,29 +158,14 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 def _chunks(n: int) -> list[tuple[int, int]]:
-    parts = max(1, min(torch.get_num_threads(), n))
-    bounds = [n * i // parts for i in range(parts + 1)]
-    return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    with _lock:
-        pool = _state.get("pool")
-        if pool is None or _state.get("workers") != workers:
-            if pool is not None:
-                pool.shutdown(wait=False)  # type: ignore[union-attr]
-            pool = _state["pool"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan-pairs")
-            _state["workers"] = workers
-        return pool  # type: ignore[return-value]
+    """The context sets one call of the kernel takes: all of them (see the module doc: one thread)."""
+    return [(0, n)] if n > 0 else []
 
 
 def _run(calls) -> None:
-    if len(calls) == 1:
-        codes = [calls[0]()]
-    else:
-        codes = list(_pool(len(calls)).map(lambda call: call(), calls))
+    codes = [call() for call in calls]
     if any(codes):
-        raise ValueError("scan_pairs: a tile is larger than the kernel's limit")
+        raise ValueError("scan_pairs: a tile is larger than the kernel's limit or memory ran out")
 
 
 def _check(*tensors: torch.Tensor) -> None:
