@@ -54,6 +54,8 @@ def test_a_models_markdown_strings_show_as_text_on_the_model_card(server, page, 
     wait_until_idle(page)
 
     cells = page.locator('[data-testid="stTable"] td, [data-testid="stTable"] th')
+    # the card's tables render one after another: wait for the last of the hostile strings' rows to be drawn
+    sync_api.expect(cells.filter(has_text="evil.example/login").first).to_be_visible()
     shown = cells.all_inner_texts()
     for text in (LINK, *EXTRA, *EXTRA.values()):
         assert text in shown, (text, shown)  # the characters as written, not rendered

@@ -1,6 +1,9 @@
 """The per-pair C kernel (scan_viz/heads/native) against the tensor code it replaces, and gradcheck through it."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -134,7 +137,16 @@ def test_large_lambda_stays_finite_in_float32(cross, monkeypatch):
 
 
 def test_loading_the_kernel_keeps_subnormal_floats():
-    """The kernel is built without -ffast-math, whose startup code would flush subnormals to zero process-wide."""
-    assert native.library() is not None
-    tiny = torch.tensor([1e-40], dtype=torch.float32)
-    assert float(tiny * 1.0) > 0
+    """The kernel is built without -ffast-math, whose startup code would flush subnormals to zero process-wide.
+
+    Checked in a fresh interpreter: another library loaded earlier in a test session may have switched it already.
+    """
+    code = ("import torch\n"
+            "tiny = torch.tensor([1e-40], dtype=torch.float32)\n"
+            "before = float(tiny * 1.0) > 0\n"
+            "from scan_viz.heads import native\n"
+            "assert native.library() is not None, native.status()\n"
+            "print(before, float(tiny * 1.0) > 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
