@@ -37,7 +37,7 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
                               help=f"{param.help}{bounds}; heads: {', '.join(heads_declaring(param.name))}")
     p.add_argument("--dtype", choices=SCORING_DTYPES, default="float32",
                    help="bfloat16: region-word products in bf16 (about 2x faster on CPUs with AMX/AVX512-BF16 and "
-                        "on GPUs), the rest in float32")
+                        "on GPUs; emulated and far slower on CPUs without AVX-512), the rest in float32")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--memory-gb", type=float, default=2.0, help="memory budget for a block of pairs")
 
@@ -50,6 +50,12 @@ def _load(args: argparse.Namespace):
     model = load_model(args.model or DEFAULT_MODEL, args.vocab)
     # the head as the app and its links name it (a variant: SCAN's direction is part of its name)
     name, overrides = choose_head(args.head, model.config, {p.name: getattr(args, p.name) for p in all_head_params()})
+    if args.dtype == "bfloat16":
+        from scan_viz.heads.similarity import bfloat16_emulated_note
+
+        note = bfloat16_emulated_note(args.device)
+        if note:
+            print(note, file=sys.stderr)
     return model, model.head(name, **overrides)
 
 

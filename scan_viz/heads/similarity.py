@@ -12,10 +12,27 @@ hands back float32 cosines: everything after it stays in float32.
 from __future__ import annotations
 
 import dataclasses
+import platform
 
 import torch
 
 EPS = 1e-8
+
+
+def bfloat16_emulated_note(device: str = "cpu") -> str | None:
+    """One line for a user who asked for bfloat16 products on a CPU that runs them emulated, else None.
+
+    torch's CPU matrix products are fast in bfloat16 with AVX-512 (AVX512-BF16 or AMX); on an x86 CPU that torch
+    reports as AVX2 or older they go through an emulated path. Measured on this project's AVX2 machine (an AMD EPYC,
+    torch 2.14.1, 2 threads, 2,048 x 2,048 products): 0.30 GFLOP/s in bfloat16 against 141 in float32.
+    """
+    if str(device).startswith("cuda") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return None
+    return (f"note: this CPU has no AVX-512 (torch reports {capability}), so bfloat16 products run emulated, "
+            "hundreds of times slower than float32 here")
 
 
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

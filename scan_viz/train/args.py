@@ -72,7 +72,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                           "bundled name), e.g. to train a CHAN or CAAN head on a trained SCAN model")
     run.add_argument("--train-products", choices=("float32", "bfloat16"), default=None,
                      help="dtype of the training step's region-word products (bfloat16: faster on CPUs with AMX or "
-                          "AVX512-BF16; dev scoring stays float64)")
+                          "AVX512-BF16, emulated and far slower without AVX-512; dev scoring stays float64)")
     run.add_argument("--log-every", type=int, default=10, help="iterations between progress lines")
     run.add_argument("--no-progress", action="store_true", help="no per-iteration output, epoch lines only")
 

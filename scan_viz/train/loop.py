@@ -442,6 +442,12 @@ def run_training(args: argparse.Namespace) -> TrainResult:
     from scan_viz.train.args import config_from_args, options_from_args
 
     options = options_from_args(args)
+    if options.product_dtype == "bfloat16":
+        from scan_viz.heads.similarity import bfloat16_emulated_note
+
+        note = bfloat16_emulated_note(args.device)
+        if note:
+            options.log(note)
     img_dim = args.img_dim
     if img_dim is None:
         img_dim = int(load_precomp(_check_data_dir(args.data), options.train_split).regions.features.shape[2])

@@ -9,7 +9,7 @@ import torch
 from scan_viz import ScanVizError, load_model
 from scan_viz.heads import (HeadParam, MatchingHead, all_head_params, create_head, head_names, head_settings, head_spec,
                             register_head)
-from scan_viz.heads.similarity import region_word_similarity
+from scan_viz.heads.similarity import bfloat16_emulated_note, region_word_similarity
 from scan_viz.model.config import ScanConfig
 from test_model import CAPTIONS, _reference_images, _reference_text, _setup
 
@@ -155,6 +155,18 @@ def test_bfloat16_products_stay_close_to_float32(name, build_head):
     assert bf16.dtype == torch.float32  # only the products ran in bf16
     assert not torch.equal(bf16, full)  # they did run in bf16
     torch.testing.assert_close(bf16, full, rtol=0, atol=0.02)
+
+
+@pytest.mark.parametrize("machine, capability, device, said", [
+    ("x86_64", "AVX2", "cpu", True), ("x86_64", "NO AVX", "cpu", True), ("x86_64", "AVX512", "cpu", False),
+    ("x86_64", "AVX2", "cuda", False), ("aarch64", "DEFAULT", "cpu", False)])
+def test_bfloat16_note_only_where_bf16_is_emulated(monkeypatch, machine, capability, device, said):
+    monkeypatch.setattr("platform.machine", lambda: machine)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    note = bfloat16_emulated_note(device)
+    assert (note is not None) == said
+    if said:
+        assert capability in note and "\n" not in note
 
 
 def test_bfloat16_product_is_the_rounded_product():
@@ -332,7 +344,7 @@ def through_every_view(model, feats, name: str, **settings):
 # ----------------------------------------------------------------------------- the command line
 
 
-def test_cli_flags_are_generated_from_the_declarations(tmp_path, capsys):
+def test_cli_flags_are_generated_from_the_declarations(tmp_path, capsys, monkeypatch):
     from scan_viz.cli import build_parser, main
 
     score = build_parser()._subparsers._group_actions[0].choices["score"]
@@ -348,10 +360,15 @@ def test_cli_flags_are_generated_from_the_declarations(tmp_path, capsys):
     model = load_model(ckpt, vocab)
     expected = model.similarity(feats, CAPTIONS[:4], dtype="float64", head=model.head("chan", beta=0.2))
     np.testing.assert_allclose(np.load(tmp_path / "s.npy"), expected, rtol=0, atol=1e-12)
+    capsys.readouterr()
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert main(base + ["--head", "caan", "--dtype", "bfloat16"]) == 0
+    assert "bfloat16 products run emulated" in capsys.readouterr().err  # said, and the scores still come
     bf16 = np.load(tmp_path / "s.npy")
     assert np.abs(bf16 - model.similarity(feats, CAPTIONS[:4], head="caan")).max() < 0.03
-    capsys.readouterr()
+    assert main(base + ["--head", "caan"]) == 0
+    assert "emulated" not in capsys.readouterr().err  # float32: nothing to say
     assert main(base + ["--head", "scan_t2i", "--beta", "0.2"]) == 2
     assert "the scan_t2i head has no setting beta" in capsys.readouterr().err
     assert main(base + ["--head", "chan", "--beta", "2"]) == 2

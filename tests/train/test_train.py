@@ -156,6 +156,16 @@ def test_cli_trains_with_workers(data, tmp_path, capsys):
     assert set(record["i2t"]) >= {"r1", "r5", "r10"} and math.isfinite(record["rsum"])
 
 
+def test_cli_says_when_bfloat16_products_are_emulated(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    code = main(["train", "--data", str(data), "--out", str(tmp_path / "bf16"), "--embed-size", "16", "--word-dim", "8",
+                 "--num-epochs", "1", "--batch-size", "40", "--workers", "0", "--no-progress",
+                 "--train-products", "bfloat16"])
+    out = capsys.readouterr().out
+    assert code == 0 and "torch reports AVX2" in out and "epoch 1/1" in out
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_trains_on_cuda(data, tmp_path):
     result = train(tiny_config(num_epochs=2), data, tmp_path / "cuda", quiet(device="cuda"))
