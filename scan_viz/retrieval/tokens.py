@@ -25,7 +25,8 @@ The index (after PLAID's centroid interaction and residual compression):
 A query (:meth:`TokenIndex.screen`): the word-centroid cosines (L, C) in one product; each word *probes* its
 ``probe`` nearest centroids; every image in their lists gets, per word, its best cosine among them (a scatter-max)
 and the others the word's ``probe``-th cosine (ColBERTv2's imputation), pooled as S above
-(:meth:`TokenIndex.probe_scores`). The best max(``refine`` x K, ``shortlist``) images by that bound are scored on
+(:meth:`TokenIndex.probe_scores`; a C walk over the probed lists, ``scan_viz/heads/native/token_probe.c``, with the
+tensor code's scatter-max kept for machines without a compiler). The best max(``refine`` x K, ``shortlist``) images by that bound are scored on
 every region's centroid + residual (:meth:`TokenIndex.code_scores`) and the top K go to stage 2, which re-scores
 them exactly with any head: the screen only decides which images stage 2 sees.
 
@@ -265,23 +266,31 @@ class TokenIndex:
         probe = max(1, min(probe, sims.shape[1]))
         top_sims, top = torch.topk(sims, probe, dim=1)  # (L, probe), descending
         bound = top_sims[:, -1:]
-        gains = (top_sims - bound).reshape(-1).numpy()
-        top = top.reshape(-1).numpy()
+        gains = (top_sims - bound).numpy()  # (L, probe): g_w at each probed centroid, best first
+        if self.agg == "sum":
+            weights = gains.astype(np.float64)
+        else:  # exp(lambda b_w) (exp(lambda g_w) - 1), scaled by the largest b_w's term
+            lam = self.lambda_lse
+            weights = np.exp(lam * (bound - bound.max()).double().numpy()) * np.expm1(lam * gains.astype(np.float64))
+        top = top.numpy()
+        from scan_viz.heads import native
+
+        walked = native.token_probe_scores(self.list_offsets, self.list_images, top, weights, n)
+        if walked is not None:  # the C walk: each (word, image) pair counted at its first, best entry
+            return walked
+        top = top.reshape(-1)
         starts, ends = self.list_offsets[top], self.list_offsets[top + 1]
         lengths = ends - starts
         images = np.concatenate([self.list_images[a:b] for a, b in zip(starts.tolist(), ends.tolist())])
         key = torch.from_numpy(np.repeat(np.repeat(np.arange(n_words, dtype=np.int64) * n, probe), lengths) + images)
-        gain = torch.from_numpy(np.repeat(gains, lengths))
+        gain = torch.from_numpy(np.repeat(gains.reshape(-1), lengths))
         best = torch.zeros(n_words * n, dtype=gain.dtype)
         best.scatter_reduce_(0, key, gain, reduce="amax")
-        first = (gain == best[key]).numpy()  # the entry holding its pair's max (a tie counts each equal entry)
-        key, gain = key.numpy()[first], gain.numpy()[first].astype(np.float64)
-        if self.agg == "sum":
-            weight = gain
-        else:
-            lam = self.lambda_lse
-            weight = np.exp(lam * (bound[:, 0] - bound.max()).double().numpy())[key // n] * np.expm1(lam * gain)
-        return np.bincount(images[first], weights=weight, minlength=n)
+        held = torch.nonzero(gain == best[key])[:, 0]  # the entries holding their pair's max
+        # of equal entries (two centroids of one word at the same cosine) the first: each pair counts once
+        earliest = torch.full((n_words * n,), len(key)).scatter_reduce_(0, key[held], held, reduce="amin")
+        first = held[earliest[key[held]] == held].numpy()
+        return np.bincount(images[first], weights=np.repeat(weights.reshape(-1), lengths)[first], minlength=n)
 
     # ------------------------------------------------------------------------------------------ files
     def save(self, directory: str | Path) -> None:

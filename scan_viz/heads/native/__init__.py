@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 __all__ = ["AGGREGATIONS", "NORMS", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward", "status",
-           "usable"]
+           "token_probe_scores", "usable"]
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("scan_pairs_all.c", "scan_pairs.c")
+SOURCES = ("scan_pairs_all.c", "scan_pairs.c", "token_probe.c")
 #: the raw-feature normalisations the kernel implements, by their code in scan_pairs.c
 NORMS = {"l2norm": 0, "clipped_l2norm": 1}
 #: the aggregations, by their code in scan_pairs.c
@@ -113,6 +113,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         listed = getattr(lib, f"scan_pairs_backward_list_{suffix}")
         listed.argtypes = [p] * 11 + [i] * 6 + [real, real]
         listed.restype = i
+    lib.token_probe_scores.argtypes = [p] * 4 + [ctypes.c_int64] * 2 + [p] * 2
+    lib.token_probe_scores.restype = None
     return lib
 
 
@@ -244,3 +246,35 @@ def listed_pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.T
     if calls:
         _run(calls)
     return tiles, g_gram, g_qnorm.sum(dim=0)
+
+
+def token_probe_scores(offsets, images, centroids, weights, n_images: int):
+    """The token screen's probe pass (``token_probe.c``; :meth:`scan_viz.retrieval.tokens.TokenIndex.probe_scores`
+    is the caller and holds the tensor-code version): (n_images,) float64 sums of each word's weight at the first
+    (best) probed centroid whose list holds the image, or None when the kernel is not in use.
+
+    offsets (C + 1,) int64, images int32: the inverted lists; centroids (n_words, probe) int64, each word's best
+    first; weights (n_words, probe) float64. The lists' offsets must rise and their image rows lie in
+    [0, n_images): what :func:`scan_viz.retrieval.tokens.load_token_index` checks once per index (a per-query check
+    would read the whole lists again).
+    """
+    import numpy as np
+
+    lib = library()
+    if lib is None:
+        return None
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    images = np.ascontiguousarray(images, dtype=np.int32)
+    centroids = np.ascontiguousarray(centroids, dtype=np.int64)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    if centroids.shape != weights.shape or centroids.ndim != 2:
+        raise ValueError("token_probe_scores: centroids and weights must both be (n_words, probe)")
+    if centroids.size and (centroids.min() < 0 or centroids.max() >= len(offsets) - 1):
+        raise ValueError("token_probe_scores: a centroid is outside the inverted lists")
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[-1] != len(images):
+        raise ValueError("token_probe_scores: the list offsets do not end at the lists' length")
+    out = np.zeros(n_images, dtype=np.float64)
+    stamp = np.zeros(n_images, dtype=np.int32)
+    lib.token_probe_scores(offsets.ctypes.data, images.ctypes.data, centroids.ctypes.data, weights.ctypes.data,
+                           centroids.shape[0], centroids.shape[1], stamp.ctypes.data, out.ctypes.data)
+    return out

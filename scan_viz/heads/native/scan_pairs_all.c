@@ -1,4 +1,4 @@
-/* Both precisions of scan_pairs.c in one shared library. */
+/* Both precisions of scan_pairs.c, and the token screen's probe pass (token_probe.c), in one shared library. */
 #include <math.h>
 /* glibc's vector maths (libmvec) declares its SIMD variants only under -ffast-math's __FAST_MATH__, which this build
    does not use (see FLAGS in __init__.py), so declare the two variants the loops need here. */
@@ -23,3 +23,4 @@ __attribute__((__simd__("notinbranch"))) double exp(double);
 #define SQRT sqrt
 #define LOG log
 #include "scan_pairs.c"
+#include "token_probe.c"
