@@ -128,11 +128,9 @@ def p95(times: list[float]) -> float:
     return float(np.percentile(times, 95)) * 1000
 
 
-def bench_tokens(model, head, features, regions_disk, captions, caption_image, warmup, n, args, work,
-                 result: dict) -> None:
-    """The token-level stage 1 (scan_viz.retrieval.tokens): index build, size, recall@K, two-stage latency and R@."""
-    from scan_viz.retrieval.tokens import (TokenIndex, codes_name, default_k, load_token_index, residual_codes,
-                                           token_settings)
+def token_index(model, regions_disk, n, args, work, result: dict):
+    """The size's token index under ``work``: loaded, or built (or re-coded) and saved; times go into ``result``."""
+    from scan_viz.retrieval.tokens import TokenIndex, codes_name, load_token_index, residual_codes, token_settings
 
     settings = token_settings(model)
     folder = work / f"tokens_{n}_{args.noise:g}_{settings['fingerprint']}"
@@ -148,6 +146,15 @@ def bench_tokens(model, head, features, regions_disk, captions, caption_image, w
         index.save(folder)
     else:
         result["tokens_load_s"] = time.perf_counter() - t0
+    return index
+
+
+def bench_tokens(model, head, features, regions_disk, captions, caption_image, warmup, n, args, work,
+                 result: dict) -> None:
+    """The token-level stage 1 (scan_viz.retrieval.tokens): index build, size, recall@K, two-stage latency and R@."""
+    from scan_viz.retrieval.tokens import codes_name, default_k
+
+    index = token_index(model, regions_disk, n, args, work, result)
     result["tokens_codes"] = codes_name(index)
     result["tokens_ram_bytes_per_image"] = index.nbytes / n
     result["tokens_centroids"] = int(len(index.centroids))
@@ -411,8 +418,9 @@ def main() -> None:
     ap.add_argument("--index-images", type=int, default=0, help="also measure indexing throughput on N images")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--prepare", action="store_true",
-                    help="only write the sizes' feature, region and vector files into --work, then exit (a later run "
-                         "measures RSS without the generation's page cache)")
+                    help="only write the sizes' feature, region and vector files (and, with the token screen, its "
+                         "index) into --work, then exit (a later run measures RSS without the generation's page "
+                         "cache or the index build)")
     args = ap.parse_args()
     if not args.token_codes:
         from scan_viz.retrieval.tokens import N_RESIDUAL, RESIDUAL_INT8
@@ -439,8 +447,14 @@ def main() -> None:
     if args.prepare:
         for n in [int(s) for s in args.sizes.split(",")]:
             t0 = time.perf_counter()
-            embeddings(model, stage1, perturbed_features(base, n, args.noise, work), work, f"{n}_{args.noise:g}")
+            regions, _ = embeddings(model, stage1, perturbed_features(base, n, args.noise, work), work,
+                                    f"{n}_{args.noise:g}")
             print(f"prepared {n:,} images in {time.perf_counter() - t0:.0f} s", flush=True)
+            if "tokens" in args.screens.split(","):
+                t0 = time.perf_counter()
+                token_index(model, regions, n, args, work, {})  # built here, so the measured run only loads it
+                print(f"token index of {n:,} images ready in {time.perf_counter() - t0:.0f} s, peak RSS "
+                      f"{rss_gb():.2f} GB", flush=True)
         return
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:
