@@ -14,7 +14,10 @@ of 211-d features, embed 256, word_dim 128, bi-GRU, captions of 8-16 tokens), wi
 - kernel + GRU backward (as trained): the same plus the text encoder's hand-written GRU backward
   (:mod:`scan_viz.model.gru`): what ``scan-viz train`` runs on a CPU;
 - the same with the region-word products (forward and the backward's matrix products) in bfloat16
-  (``scan-viz train --train-products bfloat16``).
+  (``scan-viz train --train-products bfloat16``); left out on a CPU where bf16 products are emulated;
+- tensor-code backward + GRU backward: ``scan-viz train`` with ``SCAN_VIZ_NATIVE=0`` (or no C compiler): the
+  hand-written recomputing backward in PyTorch ops instead of the kernel. Which of the two is faster depends on the
+  CPU (docs/speed.md).
 
 It prints wall time and CPU time (this process, all threads) per step: on a shared machine the CPU time is the
 steadier measure, the wall time counts the waits for other processes. It prints pairs/s (128 x 128 image-caption
@@ -30,12 +33,23 @@ import time
 import numpy as np
 import torch
 
-from scan_viz.heads import create_head
+from scan_viz.heads import create_head, native
 from scan_viz.heads.similarity import bfloat16_emulated_note
 from scan_viz.model.config import ScanConfig
 from scan_viz.model.encoders import build_encoders
 from scan_viz.train.loop import batch_scores
 from scan_viz.train.loss import contrastive_loss
+
+
+def without_kernel(fn):
+    """``fn()`` as it runs with ``SCAN_VIZ_NATIVE=0``: SCAN's training function then takes its hand-written
+    tensor-code backward (:mod:`scan_viz.heads.attention_grad`; the forward decides, and the backward follows it)."""
+    saved = native._state.get("lib")
+    native._state["lib"] = None
+    try:
+        return fn()
+    finally:
+        native._state["lib"] = saved
 
 
 def main() -> None:
@@ -68,6 +82,8 @@ def main() -> None:
         "kernel backward, nn.GRU autograd": (lambda r, w: batch_scores(head, r, w, lengths), False),
         "kernel + GRU backward (as trained)": (lambda r, w: batch_scores(head, r, w, lengths), True),
         "same, bf16 products": (lambda r, w: batch_scores(bf16_head, r, w, lengths), True),
+        "tensor-code backward + GRU backward (SCAN_VIZ_NATIVE=0)": (lambda r, w: without_kernel(
+            lambda: batch_scores(head, r, w, lengths)), True),
     }
     emulated = bfloat16_emulated_note()
     if emulated:  # minutes per step where bf16 products are emulated: measure the rest
