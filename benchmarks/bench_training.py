@@ -44,12 +44,8 @@ from scan_viz.train.loss import contrastive_loss
 def without_kernel(fn):
     """``fn()`` as it runs with ``SCAN_VIZ_NATIVE=0``: SCAN's training function then takes its hand-written
     tensor-code backward (:mod:`scan_viz.heads.attention_grad`; the forward decides, and the backward follows it)."""
-    saved = native._state.get("lib")
-    native._state["lib"] = None
-    try:
+    with native.disabled():
         return fn()
-    finally:
-        native._state["lib"] = saved
 
 
 def main() -> None:

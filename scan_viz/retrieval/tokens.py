@@ -26,8 +26,8 @@ A query (:meth:`TokenIndex.screen`): the word-centroid cosines (L, C) in one pro
 ``probe`` nearest centroids; every image in their lists gets, per word, its best cosine among them (a scatter-max)
 and the others the word's ``probe``-th cosine (ColBERTv2's imputation), pooled as S above
 (:meth:`TokenIndex.probe_scores`; a C walk over the probed lists, ``scan_viz/heads/native/token_probe.c``, with the
-tensor code's scatter-max kept for machines without a compiler). The best max(``refine`` x K, ``shortlist``) images by that bound are scored on
-every region's centroid + residual (:meth:`TokenIndex.code_scores`) and the top K go to stage 2, which re-scores
+tensor code's scatter-max kept for machines without a compiler). The best max(``refine`` x K, ``shortlist``)
+images by that bound are scored on every region's centroid + residual (:meth:`TokenIndex.code_scores`) and the top K go to stage 2, which re-scores
 them exactly with any head: the screen only decides which images stage 2 sees.
 
 Memory per image: n_regions x (2 bytes of codes + at most 4 bytes of inverted lists + r bytes of residuals):

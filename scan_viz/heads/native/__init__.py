@@ -1,5 +1,8 @@
 """SCAN's attention as a per-pair C kernel (``scan_pairs.c``), built with the machine's C compiler on first use.
 
+The same library holds the token screen's probe pass (``token_probe.c``, called by
+:meth:`scan_viz.retrieval.tokens.TokenIndex.probe_scores`), so one build, one cache and one off switch serve both.
+
 Why C: on a CPU, SCAN's attention is about twenty element-wise passes over (images x regions x captions x words)
 tensors between two matrix products, and each pass streams the whole tensor through memory. The kernel walks the
 pairs instead: one pair's (k x n) tile of cosines and all of its intermediates stay in a few KB, so the cosines
@@ -22,6 +25,7 @@ matrix product).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -34,8 +38,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AGGREGATIONS", "NORMS", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward", "status",
-           "token_probe_scores", "usable"]
+__all__ = ["AGGREGATIONS", "NORMS", "disabled", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward",
+           "status", "token_probe_scores", "usable"]
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("scan_pairs_all.c", "scan_pairs.c", "token_probe.c")
@@ -142,6 +146,21 @@ def library() -> ctypes.CDLL | None:
                     reason = f"loading the compiled kernel failed: {exc}"
         _state["lib"], _state["reason"] = lib, reason
         return lib
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within the block every caller takes the tensor code, as with ``SCAN_VIZ_NATIVE=0`` (benchmarks and tests
+    compare the two paths in one process)."""
+    library()
+    with _lock:
+        saved = _state["lib"]
+        _state["lib"] = None
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["lib"] = saved
 
 
 def status() -> str:
@@ -269,10 +288,10 @@ def token_probe_scores(offsets, images, centroids, weights, n_images: int):
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     if centroids.shape != weights.shape or centroids.ndim != 2:
         raise ValueError("token_probe_scores: centroids and weights must both be (n_words, probe)")
-    if centroids.size and (centroids.min() < 0 or centroids.max() >= len(offsets) - 1):
-        raise ValueError("token_probe_scores: a centroid is outside the inverted lists")
     if offsets.ndim != 1 or len(offsets) < 1 or offsets[-1] != len(images):
         raise ValueError("token_probe_scores: the list offsets do not end at the lists' length")
+    if centroids.size and (centroids.min() < 0 or centroids.max() >= len(offsets) - 1):
+        raise ValueError("token_probe_scores: a centroid is outside the inverted lists")
     out = np.zeros(n_images, dtype=np.float64)
     stamp = np.zeros(n_images, dtype=np.int32)
     lib.token_probe_scores(offsets.ctypes.data, images.ctypes.data, centroids.ctypes.data, weights.ctypes.data,
