@@ -14,8 +14,9 @@ import torch
 from scan_viz.heads import MatchingHead
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-# Pairs per block when memory allows more: small blocks keep the element-wise passes in cache,
-# which measured faster on CPU than one huge block (see benchmarks/bench_scoring.py).
+# Pairs per block when memory allows more and the head names no size (MatchingHead.block_pairs): small blocks keep
+# the element-wise passes in cache, which measured faster on CPU than one huge block (see
+# benchmarks/bench_scoring.py).
 CPU_BLOCK_PAIRS = 4096
 CUDA_BLOCK_PAIRS = 1 << 18
 
@@ -42,7 +43,7 @@ def score_matrix(
         return out
     itemsize = words.element_size()
     if block_pairs is None:
-        block_pairs = CUDA_BLOCK_PAIRS if words.is_cuda else CPU_BLOCK_PAIRS
+        block_pairs = head.block_pairs(words.device.type) or (CUDA_BLOCK_PAIRS if words.is_cuda else CPU_BLOCK_PAIRS)
     lengths = word_lengths.to("cpu", torch.int64)
     order = torch.argsort(lengths, stable=True)
     total, done = n_img * n_cap, 0

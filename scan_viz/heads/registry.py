@@ -134,6 +134,11 @@ class MatchingHead(abc.ABC):
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         """Peak intermediate memory one pair costs in :meth:`scores`, for sizing blocks."""
 
+    def block_pairs(self, device: str) -> int | None:
+        """How many pairs a block of :func:`scan_viz.heads.engine.score_matrix` should hold on ``device`` (the
+        memory budget still caps it), or None for the engine's default."""
+        return None
+
     def hyperparameters(self) -> dict[str, Any]:
         """The settings that determine the head's scores, by their declared names (for exports)."""
         return dict(self.settings)

@@ -17,6 +17,10 @@ LAMBDA_LOW, LAMBDA_HIGH = LAMBDA_RANGE
 #: the options of the official code's ``opt`` (attention.py implements each)
 RAW_FEATURE_NORMS = ("softmax", "l2norm", "clipped_l2norm", "l1norm", "clipped_l1norm", "clipped", "no_norm")
 AGG_FUNCS = ("LogSumExp", "Mean", "Max", "Sum")
+#: pairs per scoring block through the C kernel on a CPU. Measured with scan_viz.heads.engine.score_matrix (36
+#: regions, d = 1,024, 12-word captions, 2 threads, AVX2 machine): 6.5-7.0 us/pair at 4,096 pairs, 6.2-6.9 at 16,384,
+#: 8.5-9.6 at 32,768
+KERNEL_BLOCK_PAIRS = 16384
 #: SCAN's directions: text-to-image (words attend over regions) and image-to-text
 CROSS_ATTNS = ("t2i", "i2t")
 #: the direction, under the official name; ``dir`` in links (``?dir=i2t``) and ``--cross-attn`` on the command line
@@ -90,6 +94,21 @@ class ScanHead(MatchingHead):
 
         return scan_scores_trainable(regions, words, word_lengths, self.attention_params,
                                      product_dtype=self.product_dtype)
+
+    def block_pairs(self, device: str) -> int | None:
+        """Larger blocks on a CPU where the scores go through the per-pair C kernel (:mod:`scan_viz.heads.native`):
+        it reads each pair's cosines once, so a block need not fit in cache, and the per-image Gram matrices and
+        per-caption norms of a block are shared by more pairs."""
+        import torch
+
+        from scan_viz.heads import native
+
+        params = self.attention_params
+        if (str(device) == "cpu" and self.product_dtype in (None, torch.float32)
+                and params.raw_feature_norm in native.NORMS and params.agg_func in native.AGGREGATIONS
+                and native.library() is not None):
+            return KERNEL_BLOCK_PAIRS
+        return None
 
     def bytes_per_pair(self, n_regions: int, n_words: int, itemsize: int) -> int:
         # sims, attention and two temporaries of the same (n_words x n_regions) shape are alive at once

@@ -150,3 +150,47 @@ def test_loading_the_kernel_keeps_subnormal_floats():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True"]
+
+
+@pytest.mark.parametrize("cross", ["t2i", "i2t"])
+def test_threads_split_the_pairs_without_changing_results(cross):
+    """A call big enough for several threads (OpenMP) gives one thread's results: scores and cosine gradients to
+    the bit (each pair is one thread's), the Gram gradients too (a context set is one thread's), the query norms'
+    gradients up to the order of one sum over threads."""
+    if native.threads() == 0:
+        pytest.skip("kernel built without OpenMP")
+    from scan_viz.heads.attention_pairs import pair_inputs
+
+    g = torch.Generator().manual_seed(3)
+    regions = F.normalize(torch.randn(37, 9, 12, generator=g, dtype=torch.float64), dim=-1)
+    words = F.normalize(torch.randn(11, 7, 12, generator=g, dtype=torch.float64), dim=-1)
+    lengths = torch.randint(1, 8, (11,), generator=g)
+    region_lengths = torch.randint(1, 10, (37,), generator=g)
+    inputs = pair_inputs(regions, words, lengths, region_lengths, cross)
+    args = (inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid, inputs.cvalid)
+    n_ctx, n_q = inputs.sims.shape[0], inputs.sims.shape[2]
+    assert n_ctx * n_q >= 256  # scan_pairs.c's PARALLEL_PAIRS: the team is woken
+    grad = torch.randn(n_ctx, n_q, generator=g, dtype=torch.float64)
+    grad[grad < -0.5] = 0  # some pairs skipped
+    pair_c, pair_q = torch.nonzero(grad, as_tuple=True)
+    saved = torch.get_num_threads()
+    results = {}
+    try:
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            assert native.threads() == n_threads
+            results[n_threads] = (
+                native.pairs_forward(*args, "clipped_l2norm", "LogSumExp", 9.0, 6.0),
+                native.pairs_backward(*args, grad, "clipped_l2norm", "LogSumExp", 9.0, 6.0),
+                native.listed_pairs_backward(*args, pair_c, pair_q, grad[pair_c, pair_q], "clipped_l2norm",
+                                             "LogSumExp", 9.0, 6.0))
+    finally:
+        torch.set_num_threads(saved)
+    one = results[1]
+    for n_threads in (2, 3):
+        scores, (g_sims, g_gram, g_qnorm), (tiles, l_gram, l_qnorm) = results[n_threads]
+        assert torch.equal(scores, one[0])
+        assert torch.equal(g_sims, one[1][0]) and torch.equal(g_gram, one[1][1])
+        assert torch.allclose(g_qnorm, one[1][2], atol=1e-13, rtol=0)
+        assert torch.equal(tiles, one[2][0]) and torch.equal(l_gram, one[2][1])
+        assert torch.allclose(l_qnorm, one[2][2], atol=1e-13, rtol=0)

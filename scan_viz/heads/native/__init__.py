@@ -18,10 +18,15 @@ and the backward with ``torch.autograd.gradcheck``. Deliberate difference: the c
 
 Built once per source/flags/CPU into ``$SCAN_VIZ_NATIVE_DIR`` (default ``~/.cache/scan-viz/native``), written
 atomically. Without a compiler, or with ``SCAN_VIZ_NATIVE=0``, :func:`library` returns None and every caller
-uses the tensor code. The kernel runs on one thread: the matrix products around it use torch's threads, and
-splitting the kernel's pairs over a second thread (ctypes releases the GIL) measured no faster with 2 threads
-(scoring d = 1024: 166-168K pairs/s split, 174-191K on one thread; torch's OpenMP workers keep spinning after each
-matrix product).
+uses the tensor code.
+
+Threads: built with ``-fopenmp`` (when the compiler takes it), a call splits its pairs over the calling thread's
+OpenMP team, up to ``torch.get_num_threads()`` threads. The library links ``libgomp.so.1`` by that name, and torch
+has already loaded its own copy under it, so the kernel runs on torch's worker threads. An earlier split over
+Python threads measured no faster on 2 cores: torch's OpenMP workers keep spinning for a while after each matrix
+product, so a second set of threads competed with them (AVX2 machine, d = 1,024, 36 x 13 tiles: 2.9 us/pair on one
+thread, 3.0 split over two; 1.6 with ``OMP_WAIT_POLICY=PASSIVE``, which the library must not set for its caller).
+Without ``-fopenmp`` the kernel runs on the calling thread.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["AGGREGATIONS", "NORMS", "disabled", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward",
-           "status", "token_probe_scores", "usable"]
+           "status", "threads", "token_probe_scores", "usable"]
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("scan_pairs_all.c", "scan_pairs.c", "token_probe.c")
@@ -51,7 +56,7 @@ AGGREGATIONS = {"LogSumExp": 0, "Mean": 1, "Max": 2, "Sum": 3}
 #: whose startup code would switch the whole process (torch included) to flushing subnormal floats to zero, and
 #: not -ffinite-math-only (the kernel relies on IEEE infinities)
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
-         "-freciprocal-math", "-fopenmp-simd", "-Wno-psabi", "-shared", "-fPIC")
+         "-freciprocal-math", "-fopenmp-simd", "-fno-tree-loop-distribute-patterns", "-Wno-psabi", "-shared", "-fPIC")
 #: largest k and n a tile may have (scan_pairs.c's MAXK / MAXN)
 MAX_ITEMS = 1024
 
@@ -86,8 +91,10 @@ def _compile(out: Path) -> str | None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
-    attempts = ([*FLAGS, "-o", tmp, str(HERE / SOURCES[0]), "-lmvec", "-lm"],
-                [*FLAGS, "-DSCAN_NO_MVEC", "-o", tmp, str(HERE / SOURCES[0]), "-lm"])
+    base = [*FLAGS, "-o", tmp, str(HERE / SOURCES[0])]
+    # OpenMP threads and glibc's vector maths when the toolchain has them, each dropped in turn when it does not
+    attempts = ([*base, "-fopenmp", "-lmvec", "-lm"], [*base, "-fopenmp", "-DSCAN_NO_MVEC", "-lm"],
+                [*base, "-lmvec", "-lm"], [*base, "-DSCAN_NO_MVEC", "-lm"])
     error = ""
     try:
         for args in attempts:
@@ -117,6 +124,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         listed = getattr(lib, f"scan_pairs_backward_list_{suffix}")
         listed.argtypes = [p] * 11 + [i] * 6 + [real, real]
         listed.restype = i
+    lib.scan_pairs_threads.argtypes = []
+    lib.scan_pairs_threads.restype = ctypes.c_int
     lib.token_probe_scores.argtypes = [p] * 4 + [ctypes.c_int64] * 2 + [p] * 2
     lib.token_probe_scores.restype = None
     return lib
@@ -168,6 +177,13 @@ def status() -> str:
     return "C kernel in use" if library() is not None else f"tensor code ({_state.get('reason')})"
 
 
+def threads() -> int:
+    """How many OpenMP threads a call of the kernel may use from this thread (``torch.set_num_threads`` sets it):
+    0 when the kernel was built without OpenMP or is not in use."""
+    lib = library()
+    return 0 if lib is None else int(lib.scan_pairs_threads())
+
+
 def usable(norm: str, tensor: torch.Tensor, n_context: int, n_query: int) -> bool:
     """Whether the kernel computes this case: a CPU float32/float64 tensor, a normalisation it implements."""
     return (norm in NORMS and tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64)
@@ -178,14 +194,8 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def _chunks(n: int) -> list[tuple[int, int]]:
-    """The context sets one call of the kernel takes: all of them (see the module doc: one thread)."""
-    return [(0, n)] if n > 0 else []
-
-
-def _run(calls) -> None:
-    codes = [call() for call in calls]
-    if any(codes):
+def _run(code: int) -> None:
+    if code:
         raise ValueError("scan_pairs: a tile is larger than the kernel's limit or memory ran out")
 
 
@@ -204,10 +214,8 @@ def pairs_forward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, q
     n_ctx, k, n_q, n = sims.shape
     scores = torch.empty(n_ctx, n_q, dtype=sims.dtype)
     fn = lib.scan_pairs_forward_f32 if sims.dtype == torch.float32 else lib.scan_pairs_forward_f64
-    calls = [lambda a=a, b=b: fn(_ptr(sims[a:b]), _ptr(gram[a:b]), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid[a:b]),
-                                 _ptr(scores[a:b]), b - a, k, n_q, n, NORMS[norm], AGGREGATIONS[agg], lam, lse)
-             for a, b in _chunks(n_ctx)]
-    _run(calls)
+    _run(fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(scores), n_ctx, k, n_q, n,
+            NORMS[norm], AGGREGATIONS[agg], lam, lse))
     return scores
 
 
@@ -225,15 +233,11 @@ def pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, 
     n_ctx, k, n_q, n = sims.shape
     g_sims = torch.empty_like(sims)
     g_gram = torch.zeros_like(gram)
-    parts = _chunks(n_ctx)
-    g_qnorm = torch.zeros(len(parts), n_q, n, dtype=sims.dtype)
+    g_qnorm = torch.zeros(n_q, n, dtype=sims.dtype)
     fn = lib.scan_pairs_backward_f32 if sims.dtype == torch.float32 else lib.scan_pairs_backward_f64
-    calls = [lambda a=a, b=b, i=i: fn(_ptr(sims[a:b]), _ptr(gram[a:b]), _ptr(qnorm), _ptr(qvalid),
-                                      _ptr(cvalid[a:b]), _ptr(grad[a:b]), _ptr(g_sims[a:b]), _ptr(g_gram[a:b]),
-                                      _ptr(g_qnorm[i]), b - a, k, n_q, n, NORMS[norm], AGGREGATIONS[agg], lam, lse)
-             for i, (a, b) in enumerate(parts)]
-    _run(calls)
-    return g_sims, g_gram, g_qnorm.sum(dim=0)
+    _run(fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(grad), _ptr(g_sims),
+            _ptr(g_gram), _ptr(g_qnorm), n_ctx, k, n_q, n, NORMS[norm], AGGREGATIONS[agg], lam, lse))
+    return g_sims, g_gram, g_qnorm
 
 
 def listed_pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
@@ -249,22 +253,13 @@ def listed_pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.T
     n_pairs = int(pair_c.numel())
     tiles = torch.empty(n_pairs, k, n, dtype=sims.dtype)
     g_gram = torch.zeros_like(gram)
-    # threads take whole context sets (a set's Gram gradient is written by one thread)
-    bounds = [0]
-    for a, b in _chunks(n_ctx)[:-1]:
-        bounds.append(int(torch.searchsorted(pair_c, b)))
-    bounds.append(n_pairs)
-    parts = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-    g_qnorm = torch.zeros(max(1, len(parts)), n_q, n, dtype=sims.dtype)
-    fn = lib.scan_pairs_backward_list_f32 if sims.dtype == torch.float32 else lib.scan_pairs_backward_list_f64
-    calls = [lambda a=a, b=b, i=i: fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid),
-                                      _ptr(pair_c[a:b]), _ptr(pair_q[a:b]), _ptr(grad[a:b]), _ptr(tiles[a:b]),
-                                      _ptr(g_gram), _ptr(g_qnorm[i]), b - a, k, n_q, n, NORMS[norm],
-                                      AGGREGATIONS[agg], lam, lse)
-             for i, (a, b) in enumerate(parts)]
-    if calls:
-        _run(calls)
-    return tiles, g_gram, g_qnorm.sum(dim=0)
+    g_qnorm = torch.zeros(n_q, n, dtype=sims.dtype)
+    if n_pairs:
+        fn = lib.scan_pairs_backward_list_f32 if sims.dtype == torch.float32 else lib.scan_pairs_backward_list_f64
+        _run(fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(pair_c), _ptr(pair_q),
+                _ptr(grad), _ptr(tiles), _ptr(g_gram), _ptr(g_qnorm), n_pairs, k, n_q, n, NORMS[norm],
+                AGGREGATIONS[agg], lam, lse))
+    return tiles, g_gram, g_qnorm
 
 
 def token_probe_scores(offsets, images, centroids, weights, n_images: int):

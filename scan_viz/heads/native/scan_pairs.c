@@ -9,7 +9,8 @@
  * Layout (all contiguous, row-major): sims (C, k, Q, n): context item r of set c against query item w of set q;
  * gram (C, k, k) the context sets' Gram matrices; qnorm (Q, n) |query item| (1 at padded items); qvalid (Q, n) and
  * cvalid (C, k) 1/0; grad (C, Q); out: scores (C, Q), g_sims (C, k, Q, n), g_gram (C, k, k) (accumulated),
- * g_qnorm (Q, n) (accumulated). One call is single-threaded: the caller splits the context sets over threads.
+ * g_qnorm (Q, n) (accumulated). Built with -fopenmp, a call splits its pairs over the calling thread's OpenMP team
+ * (see the entry points at the end); each thread has its own tile.
  * norm: 0 l2norm, 1 clipped_l2norm (LeakyReLU 0.1 first). agg: 0 LogSumExp, 1 Mean, 2 Max, 3 Sum.
  * Included twice by scan_pairs_all.c, for float (SUFFIX f32) and double (f64).
  */
@@ -17,12 +18,43 @@
 #define SCAN_PAIRS_ONCE
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#else /* built without -fopenmp: one thread */
+static inline int omp_get_num_threads(void) { return 1; }
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_max_threads(void) { return 1; }
+#endif
+/* the threads a call may use: the calling thread's OpenMP team size (0: built without OpenMP) */
+int scan_pairs_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 0;
+#endif
+}
+/* fewer pairs than this run on the calling thread (waking the team costs more than they take) */
+#define PARALLEL_PAIRS 256
+/* [lo, hi) of n items for thread id of nth: contiguous, in thread order */
+static inline void share(long n, int id, int nth, long *lo, long *hi) { *lo = n * id / nth; *hi = n * (id + 1) / nth; }
+/* per-thread accumulators of g_qnorm (Q x n each; thread 0 adds into out directly), summed in thread order after
+   the parallel region so a result does not depend on which thread finished first */
+static int partial_new(int nth, long size, size_t item, void **parts) {
+    for (int i = 0; i < nth; i++) parts[i] = NULL;
+    for (int i = 1; i < nth; i++) {
+        parts[i] = calloc((size_t)size, item);
+        if (parts[i] == NULL) return 1;
+    }
+    return 0;
+}
 #define EPS 1e-8
 #define SLOPE 0.1
 #define L 16
 #define R 4 /* rows of a register block */
+#define RB 6 /* rows of a two-vector register block */
 #define MAXK 1024
 #define MAXN 1024
+#define MAXTHREADS 256
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define PAD(v) (((v) + L - 1) / L * L)
@@ -39,14 +71,28 @@
 #define VL ((int)(VBYTES / sizeof(T)))
 typedef T CAT(Lanes_, SUFFIX) __attribute__((vector_size(VBYTES)));
 #define Lanes CAT(Lanes_, SUFFIX)
+typedef IT CAT(Bits_, SUFFIX) __attribute__((vector_size(VBYTES)));  /* the same lanes as integers, for masks */
+#define Bits CAT(Bits_, SUFFIX)
 static inline Lanes CAT(load_, SUFFIX)(const T *p) { Lanes v; memcpy(&v, p, sizeof v); return v; }
 static inline void CAT(store_, SUFFIX)(T *p, Lanes v) { memcpy(p, &v, sizeof v); }
+/* a where m is all ones, b where it is 0, lane by lane (m from a vector comparison) */
+static inline Lanes CAT(select_, SUFFIX)(Bits m, Lanes a, Lanes b) {
+    Bits ia, ib;
+    memcpy(&ia, &a, sizeof ia);
+    memcpy(&ib, &b, sizeof ib);
+    ia = (ia & m) | (ib & ~m);
+    memcpy(&a, &ia, sizeof a);
+    return a;
+}
 #define LOAD CAT(load_, SUFFIX)
 #define STORE CAT(store_, SUFFIX)
+#define SELECT CAT(select_, SUFFIX)
 
 typedef struct {
     int k, n, np, kp, norm, agg;
+    int wide;                    /* set per pair: whether np items may be read from each of its rows (see below) */
     T lam, lse;
+    IT *lanes;                   /* (np) all bits set at items < n, 0 after */
     T *s, *x, *attn, *ga;        /* (k, np) */
     T *at, *bt;                  /* (np, kp): attn and g_sq-weighted attn, transposed (backward) */
     T *xnorm;                    /* (k) */
@@ -58,8 +104,9 @@ typedef struct {
 static Tile *CAT(tile_new_, SUFFIX)(int k, int n, int norm, int agg, T lam, T lse) {
     Tile *t = (Tile *)calloc(1, sizeof(Tile));
     if (t == NULL) return NULL;
-    int np = PAD(n), kp = PAD(k);
-    size_t total = (size_t)4 * k * np + (size_t)2 * np * kp + k + 10 * (size_t)np;
+    int kstep = 2 * VL > L ? 2 * VL : L;  /* kp: whole two-vector blocks (the backward's Gram gradient) */
+    int np = PAD(n), kp = (k + kstep - 1) / kstep * kstep;
+    size_t total = (size_t)4 * k * np + (size_t)2 * np * kp + k + 11 * (size_t)np;
     T *buf = (T *)aligned_alloc(64, PAD(total) * sizeof(T));
     if (buf == NULL) { free(t); return NULL; }
     memset(buf, 0, PAD(total) * sizeof(T));
@@ -68,7 +115,8 @@ static Tile *CAT(tile_new_, SUFFIX)(int k, int n, int norm, int agg, T lam, T ls
     t->at = t->ga + k * np; t->bt = t->at + np * kp;
     t->qn = t->bt + np * kp; t->qv = t->qn + np; t->dot = t->qv + np; t->sq = t->dot + np; t->den = t->sq + np;
     t->rel = t->den + np; t->g_rel = t->rel + np; t->g_dot = t->g_rel + np; t->g_sq = t->g_dot + np;
-    t->shift = t->g_sq + np; t->xnorm = t->shift + np;
+    t->shift = t->g_sq + np; t->xnorm = t->shift + np; t->lanes = (IT *)(t->xnorm + k);
+    for (int w = 0; w < n; w++) t->lanes[w] = ~(IT)0;
     return t;
 }
 
@@ -83,12 +131,25 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
     T *restrict s = t->s, *restrict x = t->x, *restrict attn = t->attn, *restrict ga = t->ga;
     T *restrict qn = t->qn, *restrict qv = t->qv;
     for (int w = 0; w < np; w++) { qn[w] = w < n ? qnorm[w] : 1; qv[w] = w < n ? qvalid[w] : 0; }
-    T z[MAXN], top[MAXN];
-    for (int w = 0; w < np; w++) { z[w] = 0; top[w] = -INFINITY; }
+    T top[MAXN];
+    /* three passes over the rows, so no row waits on the previous one's square root and division */
+    T rowsq[MAXK], scale[MAXK];
     for (int r = 0; r < k; r++) {
         const T *row = sims + r * row_stride;
-        T *sr = s + r * np, *xr = x + r * np, *ar = attn + r * np;
-        for (int w = 0; w < n; w++) sr[w] = row[w];
+        T *sr = s + r * np, *xr = x + r * np;
+        if (t->wide) { /* whole vectors, the items after n (the next set's) masked to 0 */
+            for (int wb = 0; wb < np; wb += VL) {
+                Lanes v = LOAD(row + wb);
+                Bits bits, keep;
+                memcpy(&bits, &v, sizeof bits);
+                memcpy(&keep, t->lanes + wb, sizeof keep);
+                bits &= keep;
+                memcpy(&v, &bits, sizeof v);
+                STORE(sr + wb, v);
+            }
+        } else { /* lanes n.. of the tile stay 0 */
+            for (int w = 0; w < n; w++) sr[w] = row[w];
+        }
         T acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int w = 0; w < np; w++) {
@@ -97,59 +158,95 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
             xr[w] = xv;
             acc += xv * xv;
         }
-        T xn = SQRT(acc);
-        t->xnorm[r] = xn;
-        T scale = lam / (xn + (T)EPS);
-        int real = cvalid[r] != 0;
-#pragma omp simd
-        for (int w = 0; w < np; w++) {
-            T l = xr[w] * scale;  /* the logit */
-            ar[w] = l;
-            top[w] = (real && l > top[w]) ? l : top[w];
-        }
+        rowsq[r] = acc;
     }
-    /* softmax over the context items, its maximum subtracted first: exp(lambda) overflows float32 for
-       lambda > 88 and its square (in |attended|^2 / z^2 of the tensor code) far sooner */
-    for (int w = 0; w < np; w++) top[w] = top[w] == -INFINITY ? 0 : top[w];
+#pragma omp simd
+    for (int r = 0; r < k; r++) {
+        T xn = SQRT(rowsq[r]);
+        t->xnorm[r] = xn;
+        scale[r] = lam / (xn + (T)EPS);
+    }
+    /* the logits, and their maximum over the real context items: lanes outer, rows inner, so the running maximum
+       (and below, the softmax's sum and the dot products) stays in a register */
+    const Lanes zero = (Lanes){0};
+    for (int wb = 0; wb < np; wb += VL) {
+        Lanes tp = zero - (T)INFINITY;
+        for (int r = 0; r < k; r++) {
+            Lanes l = LOAD(x + r * np + wb) * scale[r];
+            STORE(attn + r * np + wb, l);
+            if (cvalid[r] != 0) tp = SELECT((Bits)(l > tp), l, tp);
+        }
+        /* softmax over the context items, its maximum subtracted first: exp(lambda) overflows float32 for
+           lambda > 88 and its square (in |attended|^2 / z^2 of the tensor code) far sooner */
+        STORE(top + wb, SELECT((Bits)(tp == -(T)INFINITY), zero, tp));
+    }
     for (int r = 0; r < k; r++) {
         T *ar = attn + r * np;
         int real = cvalid[r] != 0;
 #pragma omp simd
-        for (int w = 0; w < np; w++) {
-            T e = real ? EXP(ar[w] - top[w]) : 0;  /* a select: exp() of a padded item may overflow, inf * 0 */
-            ar[w] = e;
-            z[w] += e;
-        }
+        for (int w = 0; w < np; w++)
+            ar[w] = real ? EXP(ar[w] - top[w]) : 0;  /* a select: exp() of a padded item may overflow, inf * 0 */
     }
     T *restrict dot = t->dot, *restrict sq = t->sq;
-    for (int w = 0; w < np; w++) { z[w] = 1 / z[w]; dot[w] = 0; sq[w] = 0; }
-    for (int r = 0; r < k; r++) {
-        T *ar = attn + r * np, *sr = s + r * np;
-#pragma omp simd
-        for (int w = 0; w < np; w++) {
-            T a = ar[w] * z[w];
-            ar[w] = a;
-            dot[w] += a * sr[w];
-        }
-    }
-    /* ga = G a: for each row r and lane block, accumulate over t in registers */
     for (int wb = 0; wb < np; wb += VL) {
-        Lanes sqv = LOAD(sq + wb);
-        for (int r0 = 0; r0 < k; r0 += R) {
-            /* R rows at once: independent accumulators hide the multiply-add latency */
-            int m = k - r0 < R ? k - r0 : R;
-            Lanes acc[R];
-            for (int i = 0; i < R; i++) acc[i] = (Lanes){0};
-            for (int u = 0; u < k; u++) {
-                Lanes a = LOAD(attn + u * np + wb);
-                for (int i = 0; i < R; i++) acc[i] += gram[(long)(r0 + (i < m ? i : 0)) * k + u] * a;
-            }
-            for (int i = 0; i < m; i++) {
-                STORE(ga + (r0 + i) * np + wb, acc[i]);
-                sqv += acc[i] * LOAD(attn + (r0 + i) * np + wb);
-            }
+        Lanes z = zero, d = zero;
+        for (int r = 0; r < k; r++) z += LOAD(attn + r * np + wb);
+        z = 1 / z;
+        for (int r = 0; r < k; r++) {
+            Lanes a = LOAD(attn + r * np + wb) * z;
+            STORE(attn + r * np + wb, a);
+            d += a * LOAD(s + r * np + wb);
         }
-        STORE(sq + wb, sqv);
+        STORE(dot + wb, d);
+        STORE(sq + wb, zero);
+    }
+    /* ga = G a and sq = a . G a, in register blocks: RB rows x two vectors of lanes, accumulated over u (12
+       independent accumulators hide the multiply-add latency; 4 one-vector accumulators ran at half the rate) */
+    if (np % (2 * VL) == 0) {
+        for (int wb = 0; wb < np; wb += 2 * VL) {
+            Lanes sq0 = LOAD(sq + wb), sq1 = LOAD(sq + wb + VL);
+            for (int r0 = 0; r0 < k; r0 += RB) {
+                int m = k - r0 < RB ? k - r0 : RB;
+                Lanes acc0[RB], acc1[RB];
+                for (int i = 0; i < RB; i++) acc0[i] = acc1[i] = (Lanes){0};
+                for (int u = 0; u < k; u++) {
+                    Lanes a0 = LOAD(attn + u * np + wb), a1 = LOAD(attn + u * np + wb + VL);
+                    for (int i = 0; i < RB; i++) {
+                        T gv = gram[(long)(r0 + (i < m ? i : 0)) * k + u];
+                        acc0[i] += gv * a0;
+                        acc1[i] += gv * a1;
+                    }
+                }
+                for (int i = 0; i < m; i++) {
+                    T *gar = ga + (r0 + i) * np + wb;
+                    const T *ar = attn + (r0 + i) * np + wb;
+                    STORE(gar, acc0[i]);
+                    STORE(gar + VL, acc1[i]);
+                    sq0 += acc0[i] * LOAD(ar);
+                    sq1 += acc1[i] * LOAD(ar + VL);
+                }
+            }
+            STORE(sq + wb, sq0);
+            STORE(sq + wb + VL, sq1);
+        }
+    } else { /* one vector of lanes (np = VL): 2 * RB rows */
+        for (int wb = 0; wb < np; wb += VL) {
+            Lanes sqv = LOAD(sq + wb);
+            for (int r0 = 0; r0 < k; r0 += 2 * RB) {
+                int m = k - r0 < 2 * RB ? k - r0 : 2 * RB;
+                Lanes acc[2 * RB];
+                for (int i = 0; i < 2 * RB; i++) acc[i] = (Lanes){0};
+                for (int u = 0; u < k; u++) {
+                    Lanes a = LOAD(attn + u * np + wb);
+                    for (int i = 0; i < 2 * RB; i++) acc[i] += gram[(long)(r0 + (i < m ? i : 0)) * k + u] * a;
+                }
+                for (int i = 0; i < m; i++) {
+                    STORE(ga + (r0 + i) * np + wb, acc[i]);
+                    sqv += acc[i] * LOAD(attn + (r0 + i) * np + wb);
+                }
+            }
+            STORE(sq + wb, sqv);
+        }
     }
     T *restrict den = t->den, *restrict rel = t->rel;
     for (int w = 0; w < np; w++) {
@@ -173,21 +270,34 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
     return best;
 }
 
+/* Every pair's score. Threads (OpenMP, the team of the library torch runs its own threads on, so no second set of
+   workers competes with torch's) take contiguous runs of pairs. */
 int CAT(scan_pairs_forward_, SUFFIX)(const T *sims, const T *gram, const T *qnorm, const T *qvalid, const T *cvalid,
                                      T *scores, int C, int k, int Q, int n, int norm, int agg, T lam, T lse) {
     if (k > MAXK || n > MAXN || k < 1 || n < 1) return 1;
-    long row_stride = (long)Q * n;
+    long row_stride = (long)Q * n, total = (long)C * Q, end = (long)C * k * row_stride;
+    int failed = 0;
+#pragma omp parallel if (total >= PARALLEL_PAIRS) reduction(| : failed)
     {
-        Tile *t = CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse);
-        if (t == NULL) return 2;
-        for (int c = 0; c < C; c++)
-            for (int q = 0; q < Q; q++)
-                scores[(long)c * Q + q] = CAT(pair_forward_, SUFFIX)(
-                    t, sims + (long)c * k * row_stride + (long)q * n, row_stride, gram + (long)c * k * k,
-                    qnorm + (long)q * n, qvalid + (long)q * n, cvalid + (long)c * k);
-        CAT(tile_free_, SUFFIX)(t);
+        long lo, hi;
+        share(total, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        if (hi > lo) {
+            Tile *t = CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse);
+            if (t == NULL) {
+                failed = 1;
+            } else {
+                for (long p = lo; p < hi; p++) {
+                    long c = p / Q, q = p % Q;
+                    t->wide = (c * k + k - 1) * row_stride + q * n + t->np <= end;
+                    scores[p] = CAT(pair_forward_, SUFFIX)(t, sims + c * k * row_stride + q * n, row_stride,
+                                                           gram + c * k * k, qnorm + q * n, qvalid + q * n,
+                                                           cvalid + c * k);
+                }
+                CAT(tile_free_, SUFFIX)(t);
+            }
+        }
     }
-    return 0;
+    return failed ? 2 : 0;
 }
 
 /* The backward of one pair (after its forward): writes the pair's g_sims, adds to g_gram and g_qnorm. */
@@ -231,20 +341,26 @@ static void CAT(pair_backward_, SUFFIX)(Tile *restrict t, T score, T g, T *restr
 #pragma omp simd
         for (int r = 0; r < k; r++) btw[r] = atw[r] * gs;
     }
-    for (int r0 = 0; r0 < k; r0 += R) {
-        int m = k - r0 < R ? k - r0 : R;
-        for (int ub = 0; ub < kp; ub += VL) {
-            Lanes acc[R];
-            for (int i = 0; i < R; i++) acc[i] = (Lanes){0};
+    /* register blocks of RB rows x two vectors (12 accumulators; see the forward's G a), over the columns < k */
+    for (int r0 = 0; r0 < k; r0 += RB) {
+        int m = k - r0 < RB ? k - r0 : RB;
+        for (int ub = 0; ub < k; ub += 2 * VL) {  /* kp is a multiple of 2 VL: both vectors lie in the row */
+            Lanes acc0[RB], acc1[RB];
+            for (int i = 0; i < RB; i++) acc0[i] = acc1[i] = (Lanes){0};
             for (int w = 0; w < n; w++) {
-                Lanes a = LOAD(at + w * kp + ub);
+                Lanes a0 = LOAD(at + w * kp + ub), a1 = LOAD(at + w * kp + ub + VL);
                 const T *b = bt + w * kp + r0;
-                for (int i = 0; i < R; i++) acc[i] += b[i] * a;
+                for (int i = 0; i < RB; i++) {
+                    T bv = b[i < m ? i : 0];
+                    acc0[i] += bv * a0;
+                    acc1[i] += bv * a1;
+                }
             }
-            int mu = k - ub < VL ? k - ub : VL;
+            int mu = k - ub < 2 * VL ? k - ub : 2 * VL;
             for (int i = 0; i < m; i++) {
-                T part[VBYTES / sizeof(T)];
-                STORE(part, acc[i]);
+                T part[2 * VBYTES / sizeof(T)];
+                STORE(part, acc0[i]);
+                STORE(part + VL, acc1[i]);
                 T *row = gG + (long)(r0 + i) * k + ub;
                 for (int j = 0; j < mu; j++) row[j] += part[j];
             }
@@ -276,55 +392,97 @@ static void CAT(pair_backward_, SUFFIX)(Tile *restrict t, T score, T g, T *restr
     }
 }
 
+/* Sum the per-thread g_qnorm accumulators into out (thread order) and free them. */
+static void CAT(partial_sum_, SUFFIX)(int nth, long size, void **parts, T *out) {
+    for (int i = 1; i < nth; i++) {
+        T *part = (T *)parts[i];
+        if (part != NULL)
+            for (long j = 0; j < size; j++) out[j] += part[j];
+        free(part);
+    }
+}
+
 int CAT(scan_pairs_backward_, SUFFIX)(const T *sims, const T *gram, const T *qnorm, const T *qvalid,
                                       const T *cvalid, const T *grad, T *g_sims, T *g_gram, T *g_qnorm, int C, int k,
                                       int Q, int n, int norm, int agg, T lam, T lse) {
     if (k > MAXK || n > MAXN || k < 1 || n < 1) return 1;
     long row_stride = (long)Q * n;
-    {
-        Tile *t = CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse);
-        if (t == NULL) return 2;
-        T *gq = g_qnorm;
-        for (int c = 0; c < C; c++)
-            for (int q = 0; q < Q; q++) {
-                long at = (long)c * k * row_stride + (long)q * n;
-                T g = grad[(long)c * Q + q];
-                if (g == 0) { /* every gradient term is linear in g: nothing to add, a zero tile to write */
-                    for (int r = 0; r < k; r++) memset(g_sims + at + r * row_stride, 0, sizeof(T) * n);
-                    continue;
+    /* threads take whole context sets: a set's Gram gradient is written by one thread */
+    int nth = (long)C * Q >= PARALLEL_PAIRS ? omp_get_max_threads() : 1;
+    nth = nth < C ? nth : C;
+    nth = nth < MAXTHREADS ? nth : MAXTHREADS;
+    void *parts[MAXTHREADS];
+    int failed = partial_new(nth, (long)Q * n, sizeof(T), parts);
+    if (!failed) {
+#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : failed)
+        {
+            int id = omp_get_thread_num();
+            long lo, hi;
+            share(C, id, omp_get_num_threads(), &lo, &hi);
+            T *gq = id == 0 ? g_qnorm : (T *)parts[id];
+            Tile *t = hi > lo ? CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse) : NULL;
+            if (hi > lo && t == NULL) failed = 1;
+            for (long c = lo; t != NULL && c < hi; c++)
+                for (int q = 0; q < Q; q++) {
+                    long at = c * k * row_stride + (long)q * n;
+                    T g = grad[c * Q + q];
+                    if (g == 0) { /* every gradient term is linear in g: nothing to add, a zero tile to write */
+                        for (int r = 0; r < k; r++) memset(g_sims + at + r * row_stride, 0, sizeof(T) * n);
+                        continue;
+                    }
+                    t->wide = at + (long)(k - 1) * row_stride + t->np <= (long)C * k * row_stride;
+                    T score = CAT(pair_forward_, SUFFIX)(t, sims + at, row_stride, gram + c * k * k,
+                                                         qnorm + (long)q * n, qvalid + (long)q * n, cvalid + c * k);
+                    CAT(pair_backward_, SUFFIX)(t, score, g, g_sims + at, row_stride, g_gram + c * k * k,
+                                                gq + (long)q * n);
                 }
-                T score = CAT(pair_forward_, SUFFIX)(t, sims + at, row_stride, gram + (long)c * k * k,
-                                                     qnorm + (long)q * n, qvalid + (long)q * n, cvalid + (long)c * k);
-                CAT(pair_backward_, SUFFIX)(t, score, g, g_sims + at, row_stride,
-                                            g_gram + (long)c * k * k, gq + (long)q * n);
-            }
-        CAT(tile_free_, SUFFIX)(t);
+            if (t != NULL) CAT(tile_free_, SUFFIX)(t);
+        }
     }
-    return 0;
+    CAT(partial_sum_, SUFFIX)(nth, (long)Q * n, parts, g_qnorm);
+    return failed ? 2 : 0;
 }
 
 /* The backward of listed pairs only (the others have a zero gradient): pair p is (cs[p], qs[p]) with gradient
-   g[p]; its (k x n) gradient tile goes to tiles + p * k * n (row stride n), not into a full g_sims. */
+   g[p]; its (k x n) gradient tile goes to tiles + p * k * n (row stride n), not into a full g_sims. cs is sorted;
+   threads take runs of pairs that start and end at a change of cs (a set's Gram gradient is written by one thread). */
 int CAT(scan_pairs_backward_list_, SUFFIX)(const T *sims, const T *gram, const T *qnorm, const T *qvalid,
                                            const T *cvalid, const long *cs, const long *qs, const T *g, T *tiles,
                                            T *g_gram, T *g_qnorm, int P, int k, int Q, int n, int norm, int agg,
                                            T lam, T lse) {
     if (k > MAXK || n > MAXN || k < 1 || n < 1) return 1;
     long row_stride = (long)Q * n;
-    Tile *t = CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse);
-    if (t == NULL) return 2;
-    for (int p = 0; p < P; p++) {
-        long c = cs[p], q = qs[p];
-        T score = CAT(pair_forward_, SUFFIX)(t, sims + c * k * row_stride + q * n, row_stride, gram + c * k * k,
-                                             qnorm + q * n, qvalid + q * n, cvalid + c * k);
-        CAT(pair_backward_, SUFFIX)(t, score, g[p], tiles + (long)p * k * n, n, g_gram + c * k * k,
-                                    g_qnorm + q * n);
+    int nth = P >= PARALLEL_PAIRS / 4 ? omp_get_max_threads() : 1;  /* a listed pair costs a forward and a backward */
+    nth = nth < MAXTHREADS ? nth : MAXTHREADS;
+    void *parts[MAXTHREADS];
+    int failed = partial_new(nth, (long)Q * n, sizeof(T), parts);
+    if (!failed) {
+#pragma omp parallel num_threads(nth) if (nth > 1) reduction(| : failed)
+        {
+            int id = omp_get_thread_num(), team = omp_get_num_threads();
+            long lo, hi;
+            share(P, id, team, &lo, &hi);
+            while (lo > 0 && lo < P && cs[lo] == cs[lo - 1]) lo++;  /* the same rule moves the previous run's end */
+            while (hi > 0 && hi < P && cs[hi] == cs[hi - 1]) hi++;
+            T *gq = id == 0 ? g_qnorm : (T *)parts[id];
+            Tile *t = hi > lo ? CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse) : NULL;
+            if (hi > lo && t == NULL) failed = 1;
+            for (long p = lo; t != NULL && p < hi; p++) {
+                long c = cs[p], q = qs[p];
+                T score = CAT(pair_forward_, SUFFIX)(t, sims + c * k * row_stride + q * n, row_stride,
+                                                     gram + c * k * k, qnorm + q * n, qvalid + q * n, cvalid + c * k);
+                CAT(pair_backward_, SUFFIX)(t, score, g[p], tiles + p * k * n, n, g_gram + c * k * k, gq + q * n);
+            }
+            if (t != NULL) CAT(tile_free_, SUFFIX)(t);
+        }
     }
-    CAT(tile_free_, SUFFIX)(t);
-    return 0;
+    CAT(partial_sum_, SUFFIX)(nth, (long)Q * n, parts, g_qnorm);
+    return failed ? 2 : 0;
 }
 #undef Tile
 #undef Lanes
+#undef Bits
+#undef SELECT
 #undef LOAD
 #undef STORE
 #undef VL

@@ -7,17 +7,20 @@ __attribute__((__simd__("notinbranch"))) float expf(float);
 __attribute__((__simd__("notinbranch"))) double exp(double);
 #endif
 #define T float
+#define IT int
 #define SUFFIX f32
 #define EXP expf
 #define SQRT sqrtf
 #define LOG logf
 #include "scan_pairs.c"
 #undef T
+#undef IT
 #undef SUFFIX
 #undef EXP
 #undef SQRT
 #undef LOG
 #define T double
+#define IT long long
 #define SUFFIX f64
 #define EXP exp
 #define SQRT sqrt
