@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from scan_viz.heads import native
-from scan_viz.heads.attention_pairs import kernel_scores, kernel_usable, pair_inputs
+from scan_viz.heads.attention_pairs import direct_scores, kernel_scores, kernel_usable, pair_inputs
 from scan_viz.heads.similarity import EPS, length_mask, region_word_similarity
 
 __all__ = ["AttentionParams", "AttentionResult", "aggregate", "length_mask", "normalize_raw", "scan_attention"]
@@ -213,6 +213,11 @@ def scan_attention(
             and params.agg_func in native.AGGREGATIONS
             and kernel_usable(params.cross_attn, params.raw_feature_norm, regions, words)):
         # scores only: the per-pair C kernel computes the same arithmetic (scan_viz/heads/native)
+        if params.cross_attn == "t2i" and words.shape[0] == 1 and product_dtype in (None, regions.dtype):
+            # one caption (a search's stage 2, one pair): cosines and attended vectors from the embeddings
+            return AttentionResult(direct_scores(regions, words, word_lengths, region_lengths,
+                                                 params.raw_feature_norm, params.agg_func, params.lambda_softmax,
+                                                 params.lambda_lse))
         inputs = pair_inputs(regions, words, word_lengths, region_lengths, params.cross_attn, product_dtype)
         return AttentionResult(kernel_scores(inputs, params.cross_attn, params.raw_feature_norm, params.agg_func,
                                              params.lambda_softmax, params.lambda_lse))

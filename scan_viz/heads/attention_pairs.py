@@ -15,7 +15,7 @@ import torch
 from scan_viz.heads import native
 from scan_viz.heads.similarity import region_word_similarity
 
-__all__ = ["PairInputs", "kernel_usable", "kernel_scores", "pair_inputs"]
+__all__ = ["PairInputs", "direct_scores", "kernel_usable", "kernel_scores", "pair_inputs"]
 
 
 @dataclasses.dataclass
@@ -67,3 +67,25 @@ def kernel_scores(inputs: PairInputs, cross_attn: str, norm: str, agg: str, lam:
     scores = native.pairs_forward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid, inputs.cvalid, norm, agg,
                                   lam, lse)
     return scores if cross_attn == "t2i" else scores.t()
+
+
+def direct_scores(regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor,
+                  region_lengths: torch.Tensor | None, norm: str, agg: str, lam: float, lse: float) -> torch.Tensor:
+    """(n_images, 1) t2i scores of ONE caption against a block of images through the kernel's direct path
+    (:func:`scan_viz.heads.native.pairs_forward_direct`): no cosine block and no Gram matrices in PyTorch first.
+    For one caption the images' Gram matrices (k^2 d each) cost more than the caption's cosines and attended
+    vectors together (2 k n d per image); stage 2 of a search scores one caption against K images."""
+    n_img, n_reg, _ = regions.shape
+    n = int(word_lengths[0])
+    query = words[0, :n].contiguous()  # the caption's real words: no padded word to mask
+    context = regions
+    cvalid = torch.ones(n_img, n_reg, dtype=regions.dtype)
+    if region_lengths is not None:
+        valid = torch.arange(n_reg)[None, :] < region_lengths.to("cpu")[:, None]
+        context = regions * valid[:, :, None].to(regions.dtype)
+        cvalid = valid.to(regions.dtype)
+    qnorm = query.pow(2).sum(dim=-1).sqrt()
+    qvalid = torch.ones(n, dtype=regions.dtype)
+    scores = native.pairs_forward_direct(context.contiguous(), query, qnorm.contiguous(), qvalid,
+                                         cvalid.contiguous(), norm, agg, lam, lse)
+    return scores[:, None]

@@ -194,3 +194,32 @@ def test_threads_split_the_pairs_without_changing_results(cross):
         assert torch.allclose(g_qnorm, one[1][2], atol=1e-13, rtol=0)
         assert torch.equal(tiles, one[2][0]) and torch.equal(l_gram, one[2][1])
         assert torch.allclose(l_qnorm, one[2][2], atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize("dim", [10, 32])  # 10: rows copied to whole vectors; 32: read in place
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("norm,agg", [(norm, agg) for norm in sorted(native.NORMS) for agg in sorted(native.AGGREGATIONS)])
+def test_one_caption_direct_path_equals_tensor_code(norm, agg, padded, dim, monkeypatch):
+    """One caption against a block of images (a search's stage 2) takes the kernel's direct path: cosines and
+    attended vectors from the embeddings, no Gram matrices. It must give the tensor code's scores."""
+    from scan_viz.heads.attention_pairs import direct_scores
+
+    params = AttentionParams("t2i", norm, 9.0, agg, 6.0)
+    calls = []
+    monkeypatch.setattr(native, "pairs_forward", lambda *a, **k: calls.append(a))  # the cosine-block path: unused
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
+        g = torch.Generator().manual_seed(5)
+        regions = F.normalize(torch.randn(11, 7, dim, generator=g, dtype=dtype), dim=-1)
+        words = F.normalize(torch.randn(1, 6, dim, generator=g, dtype=dtype), dim=-1)
+        words[0, 4:] = torch.randn(2, dim, generator=g, dtype=dtype)  # padding, not zero: must be ignored
+        lengths = torch.tensor([4])
+        region_lengths = torch.tensor([7, 3, 1, 7, 5, 7, 2, 7, 6, 7, 4]) if padded else None
+        kernel = _scores(regions, words, lengths, region_lengths, params)
+        direct = direct_scores(regions, words, lengths, region_lengths, norm, agg, 9.0, 6.0)
+        with monkeypatch.context() as m:
+            m.setattr(native, "library", lambda: None)
+            tensor = _scores(regions, words, lengths, region_lengths, params)
+        assert kernel.shape == tensor.shape == (11, 1)
+        assert torch.equal(kernel, direct)
+        assert torch.allclose(kernel, tensor, atol=tol, rtol=0), float((kernel - tensor).abs().max())
+    assert calls == []

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["AGGREGATIONS", "NORMS", "disabled", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward",
-           "status", "threads", "token_probe_scores", "usable"]
+           "pairs_forward_direct", "status", "threads", "token_probe_scores", "usable"]
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("scan_pairs_all.c", "scan_pairs.c", "token_probe.c")
@@ -121,6 +121,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         backward = getattr(lib, f"scan_pairs_backward_{suffix}")
         backward.argtypes = [p] * 9 + [i] * 6 + [real, real]
         backward.restype = i
+        direct = getattr(lib, f"scan_pairs_forward_direct_{suffix}")
+        direct.argtypes = [p] * 6 + [i] * 6 + [real, real]
+        direct.restype = i
         listed = getattr(lib, f"scan_pairs_backward_list_{suffix}")
         listed.argtypes = [p] * 11 + [i] * 6 + [real, real]
         listed.restype = i
@@ -215,6 +218,24 @@ def pairs_forward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, q
     scores = torch.empty(n_ctx, n_q, dtype=sims.dtype)
     fn = lib.scan_pairs_forward_f32 if sims.dtype == torch.float32 else lib.scan_pairs_forward_f64
     _run(fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(scores), n_ctx, k, n_q, n,
+            NORMS[norm], AGGREGATIONS[agg], lam, lse))
+    return scores
+
+
+def pairs_forward_direct(context: torch.Tensor, query: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
+                         cvalid: torch.Tensor, norm: str, agg: str, lam: float, lse: float) -> torch.Tensor:
+    """(C,) scores of ONE query set against C context sets, from the embeddings (no cosines or Gram matrices
+    computed first; see ``scan_pairs_forward_direct`` in scan_pairs.c): context (C, k, d) and query (n, d) with
+    padding zeroed, qnorm / qvalid (n,), cvalid (C, k)."""
+    lib = library()
+    _check(context, query, qnorm, qvalid, cvalid)
+    n_ctx, k, dim = context.shape
+    n = query.shape[0]
+    if query.shape[1] != dim or qnorm.shape != (n,) or qvalid.shape != (n,) or cvalid.shape != (n_ctx, k):
+        raise ValueError("scan_pairs_direct: shapes do not match")
+    scores = torch.empty(n_ctx, dtype=context.dtype)
+    fn = lib.scan_pairs_forward_direct_f32 if context.dtype == torch.float32 else lib.scan_pairs_forward_direct_f64
+    _run(fn(_ptr(context), _ptr(query), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(scores), n_ctx, k, n, dim,
             NORMS[norm], AGGREGATIONS[agg], lam, lse))
     return scores
 

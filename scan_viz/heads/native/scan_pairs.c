@@ -50,7 +50,6 @@ static int partial_new(int nth, long size, size_t item, void **parts) {
 #define EPS 1e-8
 #define SLOPE 0.1
 #define L 16
-#define R 4 /* rows of a register block */
 #define RB 6 /* rows of a two-vector register block */
 #define MAXK 1024
 #define MAXN 1024
@@ -88,6 +87,46 @@ static inline Lanes CAT(select_, SUFFIX)(Bits m, Lanes a, Lanes b) {
 #define STORE CAT(store_, SUFFIX)
 #define SELECT CAT(select_, SUFFIX)
 
+/* out[r * os + j] = sum_u a[r * as + u] * b[u * bs + j] for r < rows, j < lanes (a multiple of VL), in register
+   blocks of RB rows x two vectors of lanes (12 independent accumulators hide the multiply-add latency; 4 one-vector
+   accumulators ran at half the rate), or 2 RB rows x one vector when lanes is an odd number of vectors */
+static void CAT(block_mul_, SUFFIX)(T *restrict out, long os, const T *restrict a, long as, const T *restrict b,
+                                    long bs, int rows, int inner, int lanes) {
+    if (lanes % (2 * VL) == 0) {
+        for (int wb = 0; wb < lanes; wb += 2 * VL)
+            for (int r0 = 0; r0 < rows; r0 += RB) {
+                int m = rows - r0 < RB ? rows - r0 : RB;
+                Lanes acc0[RB], acc1[RB];
+                for (int i = 0; i < RB; i++) acc0[i] = acc1[i] = (Lanes){0};
+                for (int u = 0; u < inner; u++) {
+                    Lanes b0 = LOAD(b + u * bs + wb), b1 = LOAD(b + u * bs + wb + VL);
+                    for (int i = 0; i < RB; i++) {
+                        T av = a[(r0 + (i < m ? i : 0)) * as + u];
+                        acc0[i] += av * b0;
+                        acc1[i] += av * b1;
+                    }
+                }
+                for (int i = 0; i < m; i++) {
+                    STORE(out + (r0 + i) * os + wb, acc0[i]);
+                    STORE(out + (r0 + i) * os + wb + VL, acc1[i]);
+                }
+            }
+    } else {
+        for (int wb = 0; wb < lanes; wb += VL)
+            for (int r0 = 0; r0 < rows; r0 += 2 * RB) {
+                int m = rows - r0 < 2 * RB ? rows - r0 : 2 * RB;
+                Lanes acc[2 * RB];
+                for (int i = 0; i < 2 * RB; i++) acc[i] = (Lanes){0};
+                for (int u = 0; u < inner; u++) {
+                    Lanes bv = LOAD(b + u * bs + wb);
+                    for (int i = 0; i < 2 * RB; i++) acc[i] += a[(r0 + (i < m ? i : 0)) * as + u] * bv;
+                }
+                for (int i = 0; i < m; i++) STORE(out + (r0 + i) * os + wb, acc[i]);
+            }
+    }
+}
+#define BLOCK_MUL CAT(block_mul_, SUFFIX)
+
 typedef struct {
     int k, n, np, kp, norm, agg;
     int wide;                    /* set per pair: whether np items may be read from each of its rows (see below) */
@@ -122,21 +161,13 @@ static Tile *CAT(tile_new_, SUFFIX)(int k, int n, int norm, int agg, T lam, T ls
 
 static void CAT(tile_free_, SUFFIX)(Tile *t) { free(t->s); free(t); }
 
-/* The forward of one pair; leaves its intermediates in the tile and returns the pooled score. */
-static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, long row_stride,
-                                    const T *restrict gram, const T *restrict qnorm, const T *restrict qvalid,
-                                    const T *restrict cvalid) {
+/* A pair's cosines into the tile: k rows of n from sims (row stride row_stride); lanes n.. of the tile are 0. */
+static void CAT(pair_load_, SUFFIX)(Tile *restrict t, const T *restrict sims, long row_stride) {
     const int k = t->k, n = t->n, np = t->np;
-    const T lam = t->lam;
-    T *restrict s = t->s, *restrict x = t->x, *restrict attn = t->attn, *restrict ga = t->ga;
-    T *restrict qn = t->qn, *restrict qv = t->qv;
-    for (int w = 0; w < np; w++) { qn[w] = w < n ? qnorm[w] : 1; qv[w] = w < n ? qvalid[w] : 0; }
-    T top[MAXN];
-    /* three passes over the rows, so no row waits on the previous one's square root and division */
-    T rowsq[MAXK], scale[MAXK];
+    T *restrict s = t->s;
     for (int r = 0; r < k; r++) {
         const T *row = sims + r * row_stride;
-        T *sr = s + r * np, *xr = x + r * np;
+        T *sr = s + r * np;
         if (t->wide) { /* whole vectors, the items after n (the next set's) masked to 0 */
             for (int wb = 0; wb < np; wb += VL) {
                 Lanes v = LOAD(row + wb);
@@ -150,6 +181,23 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
         } else { /* lanes n.. of the tile stay 0 */
             for (int w = 0; w < n; w++) sr[w] = row[w];
         }
+    }
+}
+
+/* From the tile's cosines: the normalisation, the attention (softmax over the context items) and each query item's
+   dot product with its attended vector (the tile's attn and dot); the caller fills sq, |attended|^2. */
+static void CAT(pair_attend_, SUFFIX)(Tile *restrict t, const T *restrict qnorm, const T *restrict qvalid,
+                                      const T *restrict cvalid) {
+    const int k = t->k, n = t->n, np = t->np;
+    const T lam = t->lam;
+    T *restrict s = t->s, *restrict x = t->x, *restrict attn = t->attn;
+    T *restrict qn = t->qn, *restrict qv = t->qv;
+    for (int w = 0; w < np; w++) { qn[w] = w < n ? qnorm[w] : 1; qv[w] = w < n ? qvalid[w] : 0; }
+    T top[MAXN];
+    /* three passes over the rows, so no row waits on the previous one's square root and division */
+    T rowsq[MAXK], scale[MAXK];
+    for (int r = 0; r < k; r++) {
+        T *sr = s + r * np, *xr = x + r * np;
         T acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int w = 0; w < np; w++) {
@@ -187,7 +235,7 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
         for (int w = 0; w < np; w++)
             ar[w] = real ? EXP(ar[w] - top[w]) : 0;  /* a select: exp() of a padded item may overflow, inf * 0 */
     }
-    T *restrict dot = t->dot, *restrict sq = t->sq;
+    T *restrict dot = t->dot;
     for (int wb = 0; wb < np; wb += VL) {
         Lanes z = zero, d = zero;
         for (int r = 0; r < k; r++) z += LOAD(attn + r * np + wb);
@@ -198,56 +246,26 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
             d += a * LOAD(s + r * np + wb);
         }
         STORE(dot + wb, d);
-        STORE(sq + wb, zero);
     }
-    /* ga = G a and sq = a . G a, in register blocks: RB rows x two vectors of lanes, accumulated over u (12
-       independent accumulators hide the multiply-add latency; 4 one-vector accumulators ran at half the rate) */
-    if (np % (2 * VL) == 0) {
-        for (int wb = 0; wb < np; wb += 2 * VL) {
-            Lanes sq0 = LOAD(sq + wb), sq1 = LOAD(sq + wb + VL);
-            for (int r0 = 0; r0 < k; r0 += RB) {
-                int m = k - r0 < RB ? k - r0 : RB;
-                Lanes acc0[RB], acc1[RB];
-                for (int i = 0; i < RB; i++) acc0[i] = acc1[i] = (Lanes){0};
-                for (int u = 0; u < k; u++) {
-                    Lanes a0 = LOAD(attn + u * np + wb), a1 = LOAD(attn + u * np + wb + VL);
-                    for (int i = 0; i < RB; i++) {
-                        T gv = gram[(long)(r0 + (i < m ? i : 0)) * k + u];
-                        acc0[i] += gv * a0;
-                        acc1[i] += gv * a1;
-                    }
-                }
-                for (int i = 0; i < m; i++) {
-                    T *gar = ga + (r0 + i) * np + wb;
-                    const T *ar = attn + (r0 + i) * np + wb;
-                    STORE(gar, acc0[i]);
-                    STORE(gar + VL, acc1[i]);
-                    sq0 += acc0[i] * LOAD(ar);
-                    sq1 += acc1[i] * LOAD(ar + VL);
-                }
-            }
-            STORE(sq + wb, sq0);
-            STORE(sq + wb + VL, sq1);
-        }
-    } else { /* one vector of lanes (np = VL): 2 * RB rows */
-        for (int wb = 0; wb < np; wb += VL) {
-            Lanes sqv = LOAD(sq + wb);
-            for (int r0 = 0; r0 < k; r0 += 2 * RB) {
-                int m = k - r0 < 2 * RB ? k - r0 : 2 * RB;
-                Lanes acc[2 * RB];
-                for (int i = 0; i < 2 * RB; i++) acc[i] = (Lanes){0};
-                for (int u = 0; u < k; u++) {
-                    Lanes a = LOAD(attn + u * np + wb);
-                    for (int i = 0; i < 2 * RB; i++) acc[i] += gram[(long)(r0 + (i < m ? i : 0)) * k + u] * a;
-                }
-                for (int i = 0; i < m; i++) {
-                    STORE(ga + (r0 + i) * np + wb, acc[i]);
-                    sqv += acc[i] * LOAD(attn + (r0 + i) * np + wb);
-                }
-            }
-            STORE(sq + wb, sqv);
-        }
+}
+
+/* sq = a . G a for every query item, from the context set's Gram matrix (and ga = G a, kept for the backward) */
+static void CAT(pair_gram_sq_, SUFFIX)(Tile *restrict t, const T *restrict gram) {
+    const int k = t->k, np = t->np;
+    T *restrict ga = t->ga, *restrict sq = t->sq;
+    const T *restrict attn = t->attn;
+    BLOCK_MUL(ga, np, gram, k, attn, np, k, k, np);
+    for (int wb = 0; wb < np; wb += VL) {
+        Lanes acc = (Lanes){0};
+        for (int r = 0; r < k; r++) acc += LOAD(ga + r * np + wb) * LOAD(attn + r * np + wb);
+        STORE(sq + wb, acc);
     }
+}
+
+/* The relevances R and the pooled score, from the tile's dot and sq. */
+static T CAT(pair_pool_, SUFFIX)(Tile *restrict t) {
+    const int np = t->np;
+    T *restrict qn = t->qn, *restrict qv = t->qv, *restrict dot = t->dot, *restrict sq = t->sq;
     T *restrict den = t->den, *restrict rel = t->rel;
     for (int w = 0; w < np; w++) {
         if (sq[w] < 0) sq[w] = 0;
@@ -268,6 +286,16 @@ static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, lo
     for (int w = 0; w < np; w++)
         if (qv[w] != 0 && rel[w] > best) best = rel[w];
     return best;
+}
+
+/* The forward of one pair; leaves its intermediates in the tile and returns the pooled score. */
+static T CAT(pair_forward_, SUFFIX)(Tile *restrict t, const T *restrict sims, long row_stride,
+                                    const T *restrict gram, const T *restrict qnorm, const T *restrict qvalid,
+                                    const T *restrict cvalid) {
+    CAT(pair_load_, SUFFIX)(t, sims, row_stride);
+    CAT(pair_attend_, SUFFIX)(t, qnorm, qvalid, cvalid);
+    CAT(pair_gram_sq_, SUFFIX)(t, gram);
+    return CAT(pair_pool_, SUFFIX)(t);
 }
 
 /* Every pair's score. Threads (OpenMP, the team of the library torch runs its own threads on, so no second set of
@@ -295,6 +323,70 @@ int CAT(scan_pairs_forward_, SUFFIX)(const T *sims, const T *gram, const T *qnor
                 }
                 CAT(tile_free_, SUFFIX)(t);
             }
+        }
+    }
+    return failed ? 2 : 0;
+}
+
+/* The scores of ONE query set (a caption's words, t2i) against C context sets (images' regions) from the embeddings
+   themselves, not from precomputed cosines and Gram matrices: a pair's cosines are its (k x d) x (d x n) product,
+   and |attended|^2 is the squared norm of attn^T V (n x d), the attended vectors as the official code forms them.
+   That costs 2 k n d per pair against k^2 d per context set for its Gram matrix, which pays off only when many
+   query sets share it: here one caption meets K candidate images (stage 2 of a search). The rest of the arithmetic
+   is pair_attend / pair_pool's. context (C, k, d) and query (n, d) with padding zeroed; qnorm, qvalid (n); cvalid
+   (C, k); scores (C). Threads take contiguous runs of context sets. */
+int CAT(scan_pairs_forward_direct_, SUFFIX)(const T *context, const T *query, const T *qnorm, const T *qvalid,
+                                            const T *cvalid, T *scores, int C, int k, int n, int d, int norm,
+                                            int agg, T lam, T lse) {
+    if (k > MAXK || n > MAXN || k < 1 || n < 1 || d < 1) return 1;
+    const int dp = (d + 2 * VL - 1) / (2 * VL) * (2 * VL);  /* d in whole two-vector blocks, zero-padded */
+    int failed = 0;
+#pragma omp parallel if (C >= 8) reduction(| : failed)
+    {
+        long lo, hi;
+        share(C, omp_get_thread_num(), omp_get_num_threads(), &lo, &hi);
+        if (hi > lo) {
+            Tile *t = CAT(tile_new_, SUFFIX)(k, n, norm, agg, lam, lse);
+            const int np = t == NULL ? PAD(n) : t->np, kp = t == NULL ? 0 : t->kp;
+            /* the query transposed (dp x np), a context set padded to dp (k x dp), the attended vectors (np x dp) */
+            T *ut = (T *)calloc((size_t)dp * np, sizeof(T));
+            T *vp = dp == d ? NULL : (T *)calloc((size_t)k * dp, sizeof(T));
+            T *att = (T *)calloc((size_t)np * dp, sizeof(T));
+            if (t == NULL || ut == NULL || att == NULL || (dp != d && vp == NULL)) {
+                failed = 1;
+            } else {
+                for (int w = 0; w < n; w++)
+                    for (int j = 0; j < d; j++) ut[(long)j * np + w] = query[(long)w * d + j];
+                for (long c = lo; c < hi; c++) {
+                    const T *v = context + c * k * d;
+                    if (vp != NULL) {
+                        for (int r = 0; r < k; r++) memcpy(vp + (long)r * dp, v + (long)r * d, sizeof(T) * d);
+                        v = vp;
+                    }
+                    BLOCK_MUL(t->s, np, v, dp, ut, np, k, dp, np);  /* lanes n.. are 0: ut's columns there are */
+                    CAT(pair_attend_, SUFFIX)(t, qnorm, qvalid, cvalid + c * k);
+                    for (int w = 0; w < n; w++)
+                        for (int r = 0; r < k; r++) t->at[w * kp + r] = t->attn[r * np + w];
+                    BLOCK_MUL(att, dp, t->at, kp, v, dp, n, k, dp);
+                    for (int w = 0; w < np; w++) {
+                        Lanes acc = (Lanes){0};
+                        if (w < n)
+                            for (int j = 0; j < dp; j += VL) {
+                                Lanes a = LOAD(att + (long)w * dp + j);
+                                acc += a * a;
+                            }
+                        T part[VBYTES / sizeof(T)], sum = 0;
+                        STORE(part, acc);
+                        for (int i = 0; i < VL; i++) sum += part[i];
+                        t->sq[w] = sum;
+                    }
+                    scores[c] = CAT(pair_pool_, SUFFIX)(t);
+                }
+            }
+            free(ut);
+            free(vp);
+            free(att);
+            if (t != NULL) CAT(tile_free_, SUFFIX)(t);
         }
     }
     return failed ? 2 : 0;
@@ -483,6 +575,7 @@ int CAT(scan_pairs_backward_list_, SUFFIX)(const T *sims, const T *gram, const T
 #undef Lanes
 #undef Bits
 #undef SELECT
+#undef BLOCK_MUL
 #undef LOAD
 #undef STORE
 #undef VL
