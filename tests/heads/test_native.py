@@ -198,7 +198,8 @@ def test_threads_split_the_pairs_without_changing_results(cross):
 
 @pytest.mark.parametrize("dim", [10, 32])  # 10: rows copied to whole vectors; 32: read in place
 @pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("norm,agg", [(norm, agg) for norm in sorted(native.NORMS) for agg in sorted(native.AGGREGATIONS)])
+@pytest.mark.parametrize("norm,agg", [(norm, agg) for norm in sorted(native.NORMS)
+                                      for agg in sorted(native.AGGREGATIONS)])
 def test_one_caption_direct_path_equals_tensor_code(norm, agg, padded, dim, monkeypatch):
     """One caption against a block of images (a search's stage 2) takes the kernel's direct path: cosines and
     attended vectors from the embeddings, no Gram matrices. It must give the tensor code's scores."""
