@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from scan_viz.heads import native
-from scan_viz.heads.similarity import region_word_similarity
+from scan_viz.heads.similarity import length_mask, region_word_similarity
 
 __all__ = ["PairInputs", "direct_scores", "kernel_usable", "kernel_scores", "pair_inputs"]
 
@@ -81,7 +81,7 @@ def direct_scores(regions: torch.Tensor, words: torch.Tensor, word_lengths: torc
     context = regions
     cvalid = torch.ones(n_img, n_reg, dtype=regions.dtype)
     if region_lengths is not None:
-        valid = torch.arange(n_reg)[None, :] < region_lengths.to("cpu")[:, None]
+        valid = length_mask(region_lengths.to(regions.device), n_reg)
         context = regions * valid[:, :, None].to(regions.dtype)
         cvalid = valid.to(regions.dtype)
     qnorm = query.pow(2).sum(dim=-1).sqrt()

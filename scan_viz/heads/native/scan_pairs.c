@@ -87,11 +87,11 @@ static inline Lanes CAT(select_, SUFFIX)(Bits m, Lanes a, Lanes b) {
 #define STORE CAT(store_, SUFFIX)
 #define SELECT CAT(select_, SUFFIX)
 
-/* out[r * os + j] = sum_u a[r * as + u] * b[u * bs + j] for r < rows, j < lanes (a multiple of VL), in register
+/* out[r * os + j] = sum_u a[r * as + u * aus] * b[u * bs + j] for r < rows, j < lanes (a multiple of VL), in register
    blocks of RB rows x two vectors of lanes (12 independent accumulators hide the multiply-add latency; 4 one-vector
    accumulators ran at half the rate), or 2 RB rows x one vector when lanes is an odd number of vectors */
-static void CAT(block_mul_, SUFFIX)(T *restrict out, long os, const T *restrict a, long as, const T *restrict b,
-                                    long bs, int rows, int inner, int lanes) {
+static void CAT(block_mul_, SUFFIX)(T *restrict out, long os, const T *restrict a, long as, long aus,
+                                    const T *restrict b, long bs, int rows, int inner, int lanes) {
     if (lanes % (2 * VL) == 0) {
         for (int wb = 0; wb < lanes; wb += 2 * VL)
             for (int r0 = 0; r0 < rows; r0 += RB) {
@@ -101,7 +101,7 @@ static void CAT(block_mul_, SUFFIX)(T *restrict out, long os, const T *restrict 
                 for (int u = 0; u < inner; u++) {
                     Lanes b0 = LOAD(b + u * bs + wb), b1 = LOAD(b + u * bs + wb + VL);
                     for (int i = 0; i < RB; i++) {
-                        T av = a[(r0 + (i < m ? i : 0)) * as + u];
+                        T av = a[(r0 + (i < m ? i : 0)) * as + u * aus];
                         acc0[i] += av * b0;
                         acc1[i] += av * b1;
                     }
@@ -119,7 +119,7 @@ static void CAT(block_mul_, SUFFIX)(T *restrict out, long os, const T *restrict 
                 for (int i = 0; i < 2 * RB; i++) acc[i] = (Lanes){0};
                 for (int u = 0; u < inner; u++) {
                     Lanes bv = LOAD(b + u * bs + wb);
-                    for (int i = 0; i < 2 * RB; i++) acc[i] += a[(r0 + (i < m ? i : 0)) * as + u] * bv;
+                    for (int i = 0; i < 2 * RB; i++) acc[i] += a[(r0 + (i < m ? i : 0)) * as + u * aus] * bv;
                 }
                 for (int i = 0; i < m; i++) STORE(out + (r0 + i) * os + wb, acc[i]);
             }
@@ -134,6 +134,7 @@ typedef struct {
     IT *lanes;                   /* (np) all bits set at items < n, 0 after */
     T *s, *x, *attn, *ga;        /* (k, np) */
     T *at, *bt;                  /* (np, kp): attn and g_sq-weighted attn, transposed (backward) */
+    T *gg;                       /* (k, kp): a pair's Gram gradient (backward) */
     T *xnorm;                    /* (k) */
     T *qn, *qv;                  /* (np) the pair's query norms and validity, padded */
     T *dot, *sq, *den, *rel, *g_rel, *g_dot, *g_sq, *shift;  /* (np) */
@@ -145,14 +146,14 @@ static Tile *CAT(tile_new_, SUFFIX)(int k, int n, int norm, int agg, T lam, T ls
     if (t == NULL) return NULL;
     int kstep = 2 * VL > L ? 2 * VL : L;  /* kp: whole two-vector blocks (the backward's Gram gradient) */
     int np = PAD(n), kp = (k + kstep - 1) / kstep * kstep;
-    size_t total = (size_t)4 * k * np + (size_t)2 * np * kp + k + 11 * (size_t)np;
+    size_t total = (size_t)4 * k * np + (size_t)2 * np * kp + (size_t)k * kp + k + 11 * (size_t)np;
     T *buf = (T *)aligned_alloc(64, PAD(total) * sizeof(T));
     if (buf == NULL) { free(t); return NULL; }
     memset(buf, 0, PAD(total) * sizeof(T));
     t->k = k; t->n = n; t->np = np; t->kp = kp; t->norm = norm; t->agg = agg; t->lam = lam; t->lse = lse;
     t->s = buf; t->x = t->s + k * np; t->attn = t->x + k * np; t->ga = t->attn + k * np;
     t->at = t->ga + k * np; t->bt = t->at + np * kp;
-    t->qn = t->bt + np * kp; t->qv = t->qn + np; t->dot = t->qv + np; t->sq = t->dot + np; t->den = t->sq + np;
+    t->gg = t->bt + np * kp; t->qn = t->gg + k * kp; t->qv = t->qn + np; t->dot = t->qv + np; t->sq = t->dot + np; t->den = t->sq + np;
     t->rel = t->den + np; t->g_rel = t->rel + np; t->g_dot = t->g_rel + np; t->g_sq = t->g_dot + np;
     t->shift = t->g_sq + np; t->xnorm = t->shift + np; t->lanes = (IT *)(t->xnorm + k);
     for (int w = 0; w < n; w++) t->lanes[w] = ~(IT)0;
@@ -254,12 +255,19 @@ static void CAT(pair_gram_sq_, SUFFIX)(Tile *restrict t, const T *restrict gram)
     const int k = t->k, np = t->np;
     T *restrict ga = t->ga, *restrict sq = t->sq;
     const T *restrict attn = t->attn;
-    BLOCK_MUL(ga, np, gram, k, attn, np, k, k, np);
+    BLOCK_MUL(ga, np, gram, k, 1, attn, np, k, k, np);
     for (int wb = 0; wb < np; wb += VL) {
         Lanes acc = (Lanes){0};
         for (int r = 0; r < k; r++) acc += LOAD(ga + r * np + wb) * LOAD(attn + r * np + wb);
         STORE(sq + wb, acc);
     }
+}
+
+/* The attention transposed into the tile's at (n rows of kp; columns k.. stay 0): row w holds query item w's weights. */
+static void CAT(pair_attn_t_, SUFFIX)(Tile *restrict t) {
+    const int k = t->k, n = t->n, np = t->np, kp = t->kp;
+    for (int w = 0; w < n; w++)
+        for (int r = 0; r < k; r++) t->at[w * kp + r] = t->attn[r * np + w];  /* contiguous stores, loads from L1 */
 }
 
 /* The relevances R and the pooled score, from the tile's dot and sq. */
@@ -363,11 +371,10 @@ int CAT(scan_pairs_forward_direct_, SUFFIX)(const T *context, const T *query, co
                         for (int r = 0; r < k; r++) memcpy(vp + (long)r * dp, v + (long)r * d, sizeof(T) * d);
                         v = vp;
                     }
-                    BLOCK_MUL(t->s, np, v, dp, ut, np, k, dp, np);  /* lanes n.. are 0: ut's columns there are */
+                    BLOCK_MUL(t->s, np, v, dp, 1, ut, np, k, dp, np);  /* lanes n.. are 0: ut's columns there are */
                     CAT(pair_attend_, SUFFIX)(t, qnorm, qvalid, cvalid + c * k);
-                    for (int w = 0; w < n; w++)
-                        for (int r = 0; r < k; r++) t->at[w * kp + r] = t->attn[r * np + w];
-                    BLOCK_MUL(att, dp, t->at, kp, v, dp, n, k, dp);
+                    CAT(pair_attn_t_, SUFFIX)(t);
+                    BLOCK_MUL(att, dp, t->at, kp, 1, v, dp, n, k, dp);
                     for (int w = 0; w < np; w++) {
                         Lanes acc = (Lanes){0};
                         if (w < n)
@@ -424,39 +431,22 @@ static void CAT(pair_backward_, SUFFIX)(Tile *restrict t, T score, T g, T *restr
         if (w < n) gq[w] -= grr / qn[w];
         shift[w] = g_dot[w] * dot[w] + 2 * g_sq[w] * sq[w];
     }
-    /* g_G += sum_w g_sq[w] a_w a_w^T, from the transposed tiles: rank-1 updates, a row of g_G in registers */
-    T *restrict at = t->at, *restrict bt = t->bt;
+    /* g_G += sum_w g_sq[w] a_w a_w^T: the product (bt^T at) of the transposed tiles, then added to g_G */
+    T *restrict at = t->at, *restrict bt = t->bt, *restrict gg = t->gg;
     const T *attn = t->attn;
+    CAT(pair_attn_t_, SUFFIX)(t);
     for (int w = 0; w < n; w++) {
-        T *atw = at + w * kp, *btw = bt + w * kp, gs = g_sq[w];
-        for (int r = 0; r < k; r++) atw[r] = attn[r * np + w];  /* contiguous stores, strided loads from L1 */
+        const T *atw = at + w * kp;
+        T *btw = bt + w * kp, gs = g_sq[w];
 #pragma omp simd
         for (int r = 0; r < k; r++) btw[r] = atw[r] * gs;
     }
-    /* register blocks of RB rows x two vectors (12 accumulators; see the forward's G a), over the columns < k */
-    for (int r0 = 0; r0 < k; r0 += RB) {
-        int m = k - r0 < RB ? k - r0 : RB;
-        for (int ub = 0; ub < k; ub += 2 * VL) {  /* kp is a multiple of 2 VL: both vectors lie in the row */
-            Lanes acc0[RB], acc1[RB];
-            for (int i = 0; i < RB; i++) acc0[i] = acc1[i] = (Lanes){0};
-            for (int w = 0; w < n; w++) {
-                Lanes a0 = LOAD(at + w * kp + ub), a1 = LOAD(at + w * kp + ub + VL);
-                const T *b = bt + w * kp + r0;
-                for (int i = 0; i < RB; i++) {
-                    T bv = b[i < m ? i : 0];
-                    acc0[i] += bv * a0;
-                    acc1[i] += bv * a1;
-                }
-            }
-            int mu = k - ub < 2 * VL ? k - ub : 2 * VL;
-            for (int i = 0; i < m; i++) {
-                T part[2 * VBYTES / sizeof(T)];
-                STORE(part, acc0[i]);
-                STORE(part + VL, acc1[i]);
-                T *row = gG + (long)(r0 + i) * k + ub;
-                for (int j = 0; j < mu; j++) row[j] += part[j];
-            }
-        }
+    BLOCK_MUL(gg, kp, bt, 1, kp, at, kp, k, n, kp);
+    for (int r = 0; r < k; r++) {
+        T *row = gG + (long)r * k;
+        const T *part = gg + (long)r * kp;
+#pragma omp simd
+        for (int u = 0; u < k; u++) row[u] += part[u];
     }
     /* g_l = a (g_a - shift), g_a = 2 g_sq G a + g_dot s; the normalisation's and LeakyReLU's backward; plus the
        direct path through dot (g_dot a) */
