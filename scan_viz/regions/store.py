@@ -21,6 +21,7 @@ import binascii
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -589,15 +590,43 @@ def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
     # in pieces of at most 1 GiB
     firsts = np.r_[0, np.flatnonzero(np.diff(index) != 1) + 1]
     sizes = np.diff(np.r_[firsts, len(index)]) * row_bytes
+    runs = list(zip((firsts * row_bytes).tolist(), (array.offset + index[firsts] * row_bytes).tolist(),
+                    sizes.tolist()))
     fd = os.open(array.filename, os.O_RDONLY)
-    try:
-        for done, where, left in zip((firsts * row_bytes).tolist(),
-                                     (array.offset + index[firsts] * row_bytes).tolist(), sizes.tolist()):
+
+    def read(part: list[tuple[int, int, int]]) -> None:
+        for done, where, left in part:
             while left:
                 got = os.preadv(fd, [view[done:done + min(left, 1 << 30)]], where)
                 if got <= 0:
                     raise ScanVizError(f"{array.filename} is shorter than its header says: re-index the gallery")
                 done, where, left = done + got, where + got, left - got
+
+    try:
+        if len(runs) < PARALLEL_READ_RUNS:
+            read(runs)
+        else:  # many scattered rows (a search's candidates): several reads in flight at once
+            parts = [runs[i::READ_THREADS] for i in range(READ_THREADS)]
+            for future in [_read_pool().submit(read, part) for part in parts]:
+                future.result()
     finally:
         os.close(fd)
     return out
+
+
+#: scattered reads of at least this many runs of rows go to READ_THREADS threads: a file's pages that are not in the
+#: page cache then arrive several at a time. Measured on this project's 2-core VM (virtio disk), 2,000 scattered
+#: 18 KB rows of a 1M-image region file, cache dropped: 150-190 ms with one reader, 85-99 ms with 8 (80 ms with 16).
+PARALLEL_READ_RUNS, READ_THREADS = 64, 8
+_pool_lock = threading.Lock()
+_pool: list = []
+
+
+def _read_pool():
+    """The process's reader threads (created on first use; ``os.preadv`` releases the GIL while it waits)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _pool_lock:
+        if not _pool:
+            _pool.append(ThreadPoolExecutor(READ_THREADS, thread_name_prefix="scan-viz-read"))
+        return _pool[0]

@@ -201,19 +201,30 @@ class TokenIndex:
     def code_scores(self, sims: torch.Tensor, rows: np.ndarray, words=None) -> np.ndarray:
         """The screen's score of images ``rows`` from their codes (every word, every region): (len(rows),).
         With ``words`` (L, d) and stored residual codes, each region is its centroid plus its decoded residual."""
+        residual = words is not None and (self.residuals is not None or self.pq_codes is not None)
+        w = None
+        if residual:
+            w = words.float() if torch.is_tensor(words) else torch.from_numpy(np.asarray(words, dtype=np.float32))
+        if residual and self.pq_codes is None:  # the residual's part: u . (mean + basis^T z)
+            basis_w = torch.from_numpy(self.residual_basis) @ w.T  # (r, L)
+            if self.residual_scale is not None:  # int8 steps: the step size folded into the (r, L) product
+                basis_w = basis_w * torch.from_numpy(self.residual_scale)[:, None]
+            mean_w = w @ torch.from_numpy(self.residual_mean)
+            if self.residuals.dtype == np.int8:  # the C pass (token_probe.c), None without the kernel
+                from scan_viz.heads import native
+
+                best = native.token_code_best(rows, self.codes, self.residuals, sims.T.contiguous(),
+                                              len(self.centroids), basis_w, mean_w)
+                if best is not None:
+                    return self._aggregate(best.T).numpy()
         codes = torch.from_numpy(self.codes[rows].astype(np.int64))  # (N, n_reg)
         table = torch.cat([sims.T, torch.full((1, sims.shape[0]), float("-inf"))])  # (C + 1, L): row C = padding
         per = table[codes.clamp(max=len(table) - 1)]  # (N, n_reg, L): PAD_CODE lands on the -inf row
-        if words is not None and (self.residuals is not None or self.pq_codes is not None):
-            w = words.float() if torch.is_tensor(words) else torch.from_numpy(np.asarray(words, dtype=np.float32))
-            if self.pq_codes is not None:
-                per = per + self._pq_sims(w, rows)
-            else:  # + the residual's part: u . (mean + basis^T z)
-                z = torch.from_numpy(self.residuals[rows].astype(np.float32))  # (N, n_reg, r)
-                basis_w = torch.from_numpy(self.residual_basis) @ w.T  # (r, L)
-                if self.residual_scale is not None:  # int8 steps: the step size folded into the (r, L) product
-                    basis_w = basis_w * torch.from_numpy(self.residual_scale)[:, None]
-                per = per + z @ basis_w + (w @ torch.from_numpy(self.residual_mean))
+        if residual and self.pq_codes is not None:
+            per = per + self._pq_sims(w, rows)
+        elif residual:
+            z = torch.from_numpy(self.residuals[rows].astype(np.float32))  # (N, n_reg, r)
+            per = per + z @ basis_w + mean_w
         return self._aggregate(per.amax(dim=1).T).numpy()  # each word's best region (centroid), pooled
 
     def _pq_sims(self, w: torch.Tensor, rows: np.ndarray) -> torch.Tensor:

@@ -208,3 +208,13 @@ def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):
     for rows in (np.array([7, 0, 39, 7]), slice(3, 11), slice(0, 40, 9), np.array([], dtype=np.int64), slice(36, 50),
                  slice(39, 40), slice(5, 5), slice(None), np.array([3, 4, 5, 9, 10, 11, 2])):
         np.testing.assert_array_equal(read_rows(mapped, rows), values[rows])
+    # scattered rows (a search's candidates) are read by several threads at once: same values, in the asked order
+    from scan_viz.regions.store import PARALLEL_READ_RUNS
+
+    many = np.random.default_rng(1).standard_normal((1000, 5, 6)).astype(np.float16)
+    np.save(tmp_path / "many.npy", many)
+    mapped = np.load(tmp_path / "many.npy", mmap_mode="r")
+    for rows in (np.random.default_rng(2).permutation(1000)[:300], slice(0, 1000, 2),
+                 np.r_[np.arange(0, 1000, 3), [5, 5, 999, 0]]):
+        assert len(np.arange(1000)[rows]) >= PARALLEL_READ_RUNS
+        np.testing.assert_array_equal(read_rows(mapped, rows), many[rows])

@@ -146,6 +146,41 @@ def test_probing_every_centroid_gives_the_exact_score_order():
 
 
 @pytest.mark.parametrize("agg", ["lse", "sum"])
+def test_code_scoring_in_c_equals_the_tensor_code(agg):
+    """The C pass over the int8 residual codes (token_probe.c's token_code_best) gives the tensor code's scores: rows
+    in any order and repeated, padded regions skipped (an image of padding only scores -inf in both), to float32
+    rounding (the residual sums run in another order)."""
+    from scan_viz.heads import native
+
+    if native.library() is None:
+        pytest.skip(f"no C kernel here: {native.status()}")
+    regions = toy_regions(n=300, n_reg=8)
+    n_boxes = np.array([8, 3, 5, 1] * 75)
+    index = TokenIndex.build(regions, n_boxes, n_coarse=4, n_fine=4, agg=agg, lambda_lse=6.0, n_residual=8,
+                             residual_int8=True)
+    assert index.residuals.dtype == np.int8 and (index.codes[1, 3:] == PAD_CODE).all()
+    words = unit(np.random.default_rng(8).standard_normal((11, 16))).astype(np.float32)
+    sims = index.word_centroid_sims(words)
+    rows = np.concatenate([np.random.default_rng(9).permutation(300), [5, 5, 0]])
+    walked = index.code_scores(sims, rows, words)
+    with native.disabled():
+        assert native.token_code_best(rows, index.codes, index.residuals, sims.T, len(index.centroids),
+                                      torch.zeros(8, 11), torch.zeros(11)) is None
+        tensor = index.code_scores(sims, rows, words)
+    assert walked.shape == tensor.shape == (303,) and np.isfinite(tensor).all()
+    np.testing.assert_allclose(walked, tensor, rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(walked, index.code_scores(sims, rows))  # the residuals count
+    padded = index.codes.copy()
+    padded[7] = PAD_CODE
+    best = native.token_code_best(np.array([7, 6]), padded, index.residuals, sims.T, len(index.centroids),
+                                  torch.zeros(8, 11), torch.zeros(11))
+    assert torch.isneginf(best[0]).all() and torch.isfinite(best[1]).all()
+    with pytest.raises(ValueError, match="outside the index"):
+        native.token_code_best(np.array([300]), index.codes, index.residuals, sims.T, len(index.centroids),
+                               torch.zeros(8, 11), torch.zeros(11))
+
+
+@pytest.mark.parametrize("agg", ["lse", "sum"])
 @pytest.mark.parametrize("probe", [2, 5, 16])
 def test_probe_walk_in_c_equals_the_scatter_max(agg, probe):
     """The C walk over the probed lists (first, best entry per word and image) gives the tensor code's sums to the

@@ -1,7 +1,7 @@
 """SCAN's attention as a per-pair C kernel (``scan_pairs.c``), built with the machine's C compiler on first use.
 
-The same library holds the token screen's probe pass (``token_probe.c``, called by
-:meth:`scan_viz.retrieval.tokens.TokenIndex.probe_scores`), so one build, one cache and one off switch serve both.
+The same library holds the token screen's probe pass and its code scoring (``token_probe.c``, called by
+:meth:`scan_viz.retrieval.tokens.TokenIndex.probe_scores` and ``code_scores``), so one build, one cache and one off switch serve both.
 
 Why C: on a CPU, SCAN's attention is about twenty element-wise passes over (images x regions x captions x words)
 tensors between two matrix products, and each pass streams the whole tensor through memory. The kernel walks the
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["AGGREGATIONS", "NORMS", "disabled", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward",
-           "pairs_forward_direct", "status", "threads", "token_probe_scores", "usable"]
+           "pairs_forward_direct", "status", "threads", "token_code_best", "token_probe_scores", "usable"]
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("scan_pairs_all.c", "scan_pairs.c", "token_probe.c")
@@ -131,6 +131,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.scan_pairs_threads.restype = ctypes.c_int
     lib.token_probe_scores.argtypes = [p] * 4 + [ctypes.c_int64] * 2 + [p] * 2
     lib.token_probe_scores.restype = None
+    lib.token_code_best.argtypes = [p, ctypes.c_int64, p, p, ctypes.c_int64, ctypes.c_int64, p, ctypes.c_int64, p, p,
+                                    ctypes.c_int64, p]
+    lib.token_code_best.restype = i
     return lib
 
 
@@ -313,3 +316,47 @@ def token_probe_scores(offsets, images, centroids, weights, n_images: int):
     lib.token_probe_scores(offsets.ctypes.data, images.ctypes.data, centroids.ctypes.data, weights.ctypes.data,
                            centroids.shape[0], centroids.shape[1], stamp.ctypes.data, out.ctypes.data)
     return out
+
+
+def token_code_best(rows, codes, residuals, table: torch.Tensor, n_centroids: int, basis_w: torch.Tensor,
+                    mean_w: torch.Tensor):
+    """The token screen's code scoring with int8 residuals (``token_code_best`` in ``token_probe.c``;
+    :meth:`scan_viz.retrieval.tokens.TokenIndex.code_scores` is the caller and holds the tensor code): (N, L) float32,
+    each listed image's best (centroid + residual) cosine per word over its real regions, or None when the kernel is
+    not in use.
+
+    rows (N,) int64 image rows; codes (n_images, n_reg) uint16, codes >= ``n_centroids`` are padding; residuals
+    (n_images, n_reg, r) int8; table (>= n_centroids, L) float32 word-centroid cosines; basis_w (r, L) float32;
+    mean_w (L,) float32. Rows must lie in [0, n_images). The words are padded here to a multiple of 8 lanes.
+    """
+    import numpy as np
+
+    lib = library()
+    if lib is None:
+        return None
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    codes = np.ascontiguousarray(codes)
+    residuals = np.ascontiguousarray(residuals)
+    if codes.dtype != np.uint16 or residuals.dtype != np.int8 or residuals.shape[:2] != codes.shape:
+        raise ValueError("token_code_best: codes must be (n_images, n_reg) uint16 and residuals (n_images, n_reg, r) "
+                         "int8")
+    n_words = int(mean_w.shape[0])
+    lanes = -(-n_words // 8) * 8
+    if not 1 <= n_words <= MAX_ITEMS:  # token_probe.c's TOKEN_MAX_LANES
+        return None
+    if (table.ndim != 2 or table.shape[1] != n_words or table.shape[0] < n_centroids
+            or tuple(basis_w.shape) != (residuals.shape[2], n_words)):
+        raise ValueError("token_code_best: table, basis_w and mean_w do not match")
+    if rows.size and (rows.min() < 0 or rows.max() >= len(codes)):
+        raise ValueError("token_code_best: a row is outside the index")
+
+    def padded(t: torch.Tensor) -> torch.Tensor:  # words along the last axis, zero lanes up to a multiple of 8
+        return torch.nn.functional.pad(t.detach().to(torch.float32), (0, lanes - n_words)).contiguous()
+
+    table, basis_w, mean_w = padded(table[:n_centroids]), padded(basis_w), padded(mean_w)
+    out = torch.empty(len(rows), lanes, dtype=torch.float32)
+    if len(rows):
+        _run(lib.token_code_best(rows.ctypes.data, len(rows), codes.ctypes.data, residuals.ctypes.data,
+                                 codes.shape[1], residuals.shape[2], _ptr(table), int(n_centroids), _ptr(basis_w),
+                                 _ptr(mean_w), lanes, _ptr(out)))
+    return out[:, :n_words]

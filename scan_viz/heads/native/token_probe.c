@@ -9,6 +9,7 @@
 
    offsets: (C + 1,) int64 list bounds; images: the lists' image rows, int32; centroids: (n_words * probe,) int64;
    stamp: (n_images,) int32 scratch, all 0 on entry; out: (n_images,) float64, added to. */
+#include <math.h>
 #include <stdint.h>
 
 void token_probe_scores(const int64_t *offsets, const int32_t *images, const int64_t *centroids,
@@ -29,4 +30,82 @@ void token_probe_scores(const int64_t *offsets, const int32_t *images, const int
             }
         }
     }
+}
+
+/* The token screen's exact code scoring (TokenIndex.code_scores) with int8 residual codes: for each listed image and
+   each word, the best over the image's regions of
+
+       table[code, w] + (sum_k z[k] basis_w[k, w]) + mean_w[w]
+
+   (the cosine of the word with the region's centroid plus the one with its decoded residual; the tensor code adds
+   them in this order). A padded region (code >= n_centroids) is skipped, so an image with none gets -inf, as the
+   tensor code's -inf row gives. The tensor code forms (images x regions x words) arrays in memory; this keeps one
+   region's sums and the image's running maxima in vector registers, words along the lanes. The residual sum runs
+   over k in order; the tensor code's matrix product may sum in another order (float rounding).
+
+   rows: (n_rows,) int64 image rows; codes: (n_images, n_reg) uint16; residuals: (n_images, n_reg, r) int8;
+   table: (n_centroids, n_lanes) float32; basis_w: (r, n_lanes) float32 (the int8 step sizes folded in);
+   mean_w: (n_lanes,) float32; out: (n_rows, n_lanes) float32. The words are padded to n_lanes, a multiple of 8
+   (the caller's padding lanes are 0 and its results there are ignored). Returns 1 when n_lanes is not a multiple
+   of 8 or exceeds the kernel's limit. */
+#define TOKEN_MAX_LANES 1024
+
+typedef float tok_v8 __attribute__((vector_size(32)));
+typedef float tok_v8u __attribute__((vector_size(32), aligned(4)));  /* for loads and stores at any float */
+typedef int tok_i8 __attribute__((vector_size(32)));
+
+static inline __attribute__((always_inline)) void token_code_image(
+    const uint16_t *code, const int8_t *z, int64_t n_reg, int64_t r, const float *table, int64_t n_centroids,
+    const float *basis_w, const float *mean_w, int64_t nv, float *out)
+{
+    tok_v8 best[TOKEN_MAX_LANES / 8], acc[TOKEN_MAX_LANES / 8];
+    const tok_v8 minus_inf = (tok_v8){0} - INFINITY;
+    for (int64_t v = 0; v < nv; v++)
+        best[v] = minus_inf;
+    for (int64_t j = 0; j < n_reg; j++, z += r) {
+        if ((int64_t)code[j] >= n_centroids)
+            continue;
+        for (int64_t v = 0; v < nv; v++)
+            acc[v] = (tok_v8){0};
+        for (int64_t k = 0; k < r; k++) {
+            const tok_v8 zk = (tok_v8){0} + (float)z[k];
+            const tok_v8u *bw = (const tok_v8u *)(basis_w + k * nv * 8);
+            for (int64_t v = 0; v < nv; v++)
+                acc[v] += zk * bw[v];
+        }
+        const tok_v8u *t = (const tok_v8u *)(table + (int64_t)code[j] * nv * 8);
+        const tok_v8u *m = (const tok_v8u *)mean_w;
+        for (int64_t v = 0; v < nv; v++) {
+            const tok_v8 value = (t[v] + acc[v]) + m[v];
+            const tok_i8 more = value > best[v];
+            best[v] = (tok_v8)(((tok_i8)value & more) | ((tok_i8)best[v] & ~more));
+        }
+    }
+    tok_v8u *o = (tok_v8u *)out;
+    for (int64_t v = 0; v < nv; v++)
+        o[v] = best[v];
+}
+
+int token_code_best(const int64_t *rows, int64_t n_rows, const uint16_t *codes, const int8_t *residuals,
+                    int64_t n_reg, int64_t r, const float *table, int64_t n_centroids, const float *basis_w,
+                    const float *mean_w, int64_t n_lanes, float *out)
+{
+    if (n_lanes < 8 || n_lanes > TOKEN_MAX_LANES || n_lanes % 8)
+        return 1;
+    const int64_t nv = n_lanes / 8;
+#pragma omp parallel for schedule(static) if (n_rows >= 2048)
+    for (int64_t i = 0; i < n_rows; i++) {
+        const uint16_t *code = codes + rows[i] * n_reg;
+        const int8_t *z = residuals + rows[i] * n_reg * r;
+        float *o = out + i * n_lanes;
+        /* a constant lane count lets the compiler keep acc and best in registers (captions of up to 32 words) */
+        switch (nv) {
+        case 1: token_code_image(code, z, n_reg, r, table, n_centroids, basis_w, mean_w, 1, o); break;
+        case 2: token_code_image(code, z, n_reg, r, table, n_centroids, basis_w, mean_w, 2, o); break;
+        case 3: token_code_image(code, z, n_reg, r, table, n_centroids, basis_w, mean_w, 3, o); break;
+        case 4: token_code_image(code, z, n_reg, r, table, n_centroids, basis_w, mean_w, 4, o); break;
+        default: token_code_image(code, z, n_reg, r, table, n_centroids, basis_w, mean_w, nv, o);
+        }
+    }
+    return 0;
 }
