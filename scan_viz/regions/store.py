@@ -619,14 +619,15 @@ def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
 #: 18 KB rows of a 1M-image region file, cache dropped: 150-190 ms with one reader, 85-99 ms with 8 (80 ms with 16).
 PARALLEL_READ_RUNS, READ_THREADS = 64, 8
 _pool_lock = threading.Lock()
-_pool: list = []
+_pool: dict = {}
 
 
 def _read_pool():
-    """The process's reader threads (created on first use; ``os.preadv`` releases the GIL while it waits)."""
+    """The process's reader threads (created on first use; ``os.preadv`` releases the GIL while it waits). A process
+    forked after they started (a DataLoader worker) has none of them: it makes its own."""
     from concurrent.futures import ThreadPoolExecutor
 
     with _pool_lock:
-        if not _pool:
-            _pool.append(ThreadPoolExecutor(READ_THREADS, thread_name_prefix="scan-viz-read"))
-        return _pool[0]
+        if _pool.get("pid") != os.getpid():
+            _pool.update(pid=os.getpid(), pool=ThreadPoolExecutor(READ_THREADS, thread_name_prefix="scan-viz-read"))
+        return _pool["pool"]

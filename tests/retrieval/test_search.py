@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -218,3 +219,9 @@ def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):
                  np.r_[np.arange(0, 1000, 3), [5, 5, 999, 0]]):
         assert len(np.arange(1000)[rows]) >= PARALLEL_READ_RUNS
         np.testing.assert_array_equal(read_rows(mapped, rows), many[rows])
+    if hasattr(os, "fork"):  # a process forked after the reader threads started makes its own (no hang)
+        child = os.fork()
+        if child == 0:
+            signal.alarm(20)
+            os._exit(0 if np.array_equal(read_rows(mapped, slice(0, 1000, 2)), many[::2]) else 1)
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
