@@ -19,6 +19,7 @@ from scan_viz.heads.engine import score_matrix
 from scan_viz.gallery import load_gallery
 from scan_viz.model import load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
+from scan_viz.retrieval.query_map import find_query_map, map_words
 from scan_viz.retrieval.tokens import TokenIndex, token_settings
 from scan_viz.retrieval.stage1 import find_stage1
 
@@ -52,11 +53,16 @@ def main() -> None:
     print("pooled stage 1: top-10 results shared %.1f%%, identical top-10 sets %.1f%%"
           % agreement(np.argsort(-pooled, axis=1, kind="stable")[:, :args.k]))
     index = TokenIndex.build(regions, None, **token_settings(model))
-    t = time.perf_counter()
-    candidates = [index.screen(caps.emb[q, :int(caps.lengths[q])], args.k)[0] for q in range(len(pick))]
-    per_query = (time.perf_counter() - t) / len(pick) * 1000
-    print("token stage 1: top-10 results shared %.1f%%, identical top-10 sets %.1f%% (screen %.1f ms a query)"
-          % (agreement(candidates) + (per_query,)))
+    query_map = find_query_map(model)
+    for name, mapping in (("words as they are", None), ("the distilled query map", query_map)):
+        if name != "words as they are" and mapping is None:
+            continue
+        t = time.perf_counter()
+        candidates = [index.screen(map_words(mapping, caps.emb[q, :int(caps.lengths[q])]), args.k)[0]
+                      for q in range(len(pick))]
+        per_query = (time.perf_counter() - t) / len(pick) * 1000
+        print(f"token stage 1, {name}: top-10 results shared %.1f%%, identical top-10 sets %.1f%% "
+              "(screen %.1f ms a query)" % (agreement(candidates) + (per_query,)))
 
 
 if __name__ == "__main__":

@@ -161,14 +161,18 @@ def bench_tokens(model, head, features, regions_disk, captions, caption_image, w
     result["rss_tokens_index_gb"] = rss_gb()
     ks = [int(k) for k in args.token_k.split(",")] if args.token_k else [default_k(n)]
     result["token_ks"], result["token_default_k"] = ks, default_k(n)
+    from scan_viz.retrieval.query_map import query_map_option
+
+    query_map = query_map_option(model, args.query_map)
+    result["tokens_query_map"] = None if query_map is None else str(query_map.path)
     search = TwoStageSearch(model, [str(i) for i in range(n)], features, None, regions=regions_disk,
-                            screen="tokens", token_index=index)
+                            screen="tokens", token_index=index, query_map=query_map)
     caps = model.encode_captions(captions)
     top_k = max(CURVE_KS + tuple(ks))
     times, hit_rank = [], []
     for q in range(len(captions)):
         t = time.perf_counter()
-        rows, _ = index.screen(caps.emb[q, :int(caps.lengths[q])], top_k)
+        rows, _ = index.screen(search.screen_words(caps.emb[q, :int(caps.lengths[q])]), top_k)
         times.append(time.perf_counter() - t)
         where = np.flatnonzero(rows == caption_image[q])
         hit_rank.append(where[0] if len(where) else 10**9)
@@ -181,7 +185,7 @@ def bench_tokens(model, head, features, regions_disk, captions, caption_image, w
     for k in ks:
         if k < top_k:
             result["tokens_recall"][k] = float(100 * np.mean([
-                caption_image[q] in index.screen(caps.emb[q, :int(caps.lengths[q])], k)[0]
+                caption_image[q] in index.screen(search.screen_words(caps.emb[q, :int(caps.lengths[q])]), k)[0]
                 for q in range(len(captions))]))
     for text in warmup:
         search.search_text(text, k=10, stage1_k=max(ks), head=head)
@@ -416,6 +420,9 @@ def main() -> None:
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bench-two-stage"))
     ap.add_argument("--index-images", type=int, default=0, help="also measure indexing throughput on N images")
+    ap.add_argument("--query-map", default="auto", choices=("auto", "none"),
+                    help="token screen: the query words through the model's distilled map (auto: as search does, "
+                         "when the model has one) or as they are (none)")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--prepare", action="store_true",
                     help="only write the sizes' feature, region and vector files (and, with the token screen, its "

@@ -32,6 +32,7 @@ import torch
 from scan_viz.model import load_model
 from scan_viz.pipeline import DEFAULT_GALLERY, DEFAULT_MODEL
 from scan_viz.regions.store import read_rows
+from scan_viz.retrieval.query_map import query_map_option
 from scan_viz.retrieval.stage1 import find_stage1
 from scan_viz.retrieval.tokens import TokenIndex, load_token_index, residual_codes, token_settings
 
@@ -80,6 +81,9 @@ def main() -> None:
                                                                   "regions (read from disk per query)")
     ap.add_argument("--full-queries", type=int, default=0)
     ap.add_argument("--json", help="write the measurements here")
+    ap.add_argument("--query-map", default="none", choices=("auto", "none"),
+                    help="the query words through the model's distilled map (auto) or as they are (none, the "
+                         "measurements that chose the codes)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import faiss
@@ -100,6 +104,10 @@ def main() -> None:
     print(f"token index {folder.name}: {len(index.centroids)} centroids ({time.perf_counter() - t0:.0f} s)",
           flush=True)
     emb, lengths, truth = queries(args.split, args.queries, args.data, model)
+    query_map = query_map_option(model, args.query_map)
+    if query_map is not None:  # the screen's words (the exact re-scoring below scores these too)
+        emb = np.stack([np.pad(query_map(torch.from_numpy(emb[q, :int(lengths[q])])).numpy(),
+                               ((0, emb.shape[1] - int(lengths[q])), (0, 0))) for q in range(len(emb))])
     ks = [int(k) for k in args.ks.split(",")]
     pools = [tuple(int(x) for x in p.split(":")) for p in args.pools.split(",")]
     pool_of = {(r, s, k): min(n, max(r * k, s)) for r, s in pools for k in ks}

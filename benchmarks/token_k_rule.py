@@ -29,6 +29,7 @@ from scan_viz.pipeline import DEFAULT_MODEL  # noqa: E402
 from scan_viz.regions.store import load_precomp  # noqa: E402
 from scan_viz.regions.store import read_rows  # noqa: E402
 from scan_viz.retrieval.stage1 import find_stage1  # noqa: E402
+from scan_viz.retrieval.query_map import map_words, query_map_option  # noqa: E402
 from scan_viz.retrieval.tokens import TokenIndex, load_token_index, token_settings  # noqa: E402
 
 
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.5)
     ap.add_argument("--work", required=True)
     ap.add_argument("--json", help="write the measurements here")
+    ap.add_argument("--query-map", default="auto", choices=("auto", "none"),
+                    help="the screen's query words through the model's distilled map (auto, what search does) or not")
     args = ap.parse_args()
     torch.set_num_threads(1)
     work = Path(args.work)
@@ -56,7 +59,9 @@ def main() -> None:
     head = model.head()
     ks = [int(k) for k in args.ks.split(",")]
     settings = token_settings(model)
-    out = {"target": args.target, "queries": args.queries, "sizes": {}}
+    query_map = query_map_option(model, args.query_map)
+    out = {"target": args.target, "queries": args.queries, "sizes": {},
+           "query_map": None if query_map is None else str(query_map.path)}
     for n in [int(s) for s in args.sizes.split(",")]:
         features = perturbed_features(base, n, args.noise, work)
         regions, _ = embeddings(model, stage1, features, work, f"dev_{n}_{args.noise:g}")
@@ -71,7 +76,8 @@ def main() -> None:
         top10 = np.argsort(-scores, axis=0, kind="stable")[:10].T  # (queries, 10)
         exhaustive_s = time.perf_counter() - t
         kmax = min(n, max(ks))
-        screened = [index.screen(caps.emb[q, :int(caps.lengths[q])], kmax)[0] for q in range(len(pick))]
+        screened = [index.screen(map_words(query_map, caps.emb[q, :int(caps.lengths[q])]), kmax)[0]
+                    for q in range(len(pick))]
         keep = {}
         for k in ks:
             if k > n:

@@ -136,7 +136,7 @@ class TwoStageSearch:
                  n_boxes: np.ndarray | None = None, regions: torch.Tensor | np.ndarray | None = None,
                  image_vectors: np.ndarray | None = None, captions: Sequence[str] = (),
                  caption_emb: tuple[torch.Tensor, torch.Tensor] | None = None, index_kind: str = "auto",
-                 screen: str = "pooled", token_index=None) -> None:
+                 screen: str = "pooled", token_index=None, query_map="auto") -> None:
         if features.ndim != 3 or features.shape[2] != model.config.img_dim:
             raise ScanVizError(f"the gallery's regions are {features.shape[-1]}-d but the model takes "
                                f"{model.config.img_dim}-d features: pick a gallery made with the model's detector")
@@ -154,6 +154,13 @@ class TwoStageSearch:
         #: text -> image stage 1: "pooled" (one vector per image) or "tokens" (scan_viz.retrieval.tokens; its index
         #: is ``token_index`` or built from the region embeddings on the first token search)
         self.screen, self.token_index = screen, token_index
+        #: the token screen's query map (scan_viz.retrieval.query_map): "auto" finds the one distilled for this
+        #: model (none: the words as they are), None for none, or a QueryMap
+        if query_map == "auto":
+            from scan_viz.retrieval.query_map import find_query_map
+
+            query_map = find_query_map(model) if screen == "tokens" else None
+        self.query_map = query_map
         if stage1 is not None and n:
             if image_vectors is None:
                 image_vectors = self._image_vectors_in_chunks()
@@ -217,7 +224,7 @@ class TwoStageSearch:
         if stage1_k == 0:
             return _rank(self.ids, self.exhaustive_scores(caps.emb, caps.lengths, matcher)[:, 0], k, None)
         if tokens:
-            rows, _ = self.tokens().screen(caps.emb[0, :int(caps.lengths[0])], stage1_k)
+            rows, _ = self.tokens().screen(self.screen_words(caps.emb[0, :int(caps.lengths[0])]), stage1_k)
             scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
             return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
         query = self.stage1.caption_vectors(caps.emb, caps.lengths)
@@ -225,6 +232,13 @@ class TwoStageSearch:
         rows = found[0][found[0] >= 0]
         scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
         return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
+
+    def screen_words(self, words: torch.Tensor) -> torch.Tensor:
+        """One caption's real word embeddings (L, d) as the token screen looks them up: through the query map when
+        there is one (stage 2 always scores the words as they are)."""
+        from scan_viz.retrieval.query_map import map_words
+
+        return map_words(self.query_map, words)
 
     def tokens(self):
         """The token-level stage-1 index (:class:`scan_viz.retrieval.tokens.TokenIndex`), built on first use."""

@@ -63,6 +63,18 @@ def test_recall_curve_and_choose_k():
     assert choose_k(curve, 60.0) == 2 and choose_k(curve, 101.0) == 3
 
 
+def toy_data_and_model(folder, n_train: int, n_dev: int):
+    """The toy world's precomputed layout under ``folder`` and an untrained model whose vocabulary covers its
+    training captions (the set-up of the trainers' tests)."""
+    from scan_viz.train.toy import make_precomp
+
+    torch.set_num_threads(1)
+    data = make_precomp(folder, n_train=n_train, n_dev=n_dev)
+    captions = (data / "train_caps.txt").read_text(encoding="utf-8").splitlines()
+    torch.manual_seed(0)
+    return data, ScanModel(ScanConfig(img_dim=16, embed_size=32, word_dim=16), Vocabulary.build(captions, threshold=1))
+
+
 def tiny_model(seed: int = 0) -> ScanModel:
     torch.manual_seed(seed)
     vocab = Vocabulary.build(["a red car", "a dog on the grass"], threshold=1)
@@ -89,13 +101,9 @@ def test_trainer_keeps_the_best_dev_epoch_and_reports_its_curve(tmp_path):
     from scan_viz.errors import ScanVizError
     from scan_viz.regions.store import load_precomp
     from scan_viz.train.stage1 import pooled_inputs, train_stage1
-    from scan_viz.train.toy import make_precomp
 
-    torch.set_num_threads(1)
-    data = make_precomp(tmp_path / "toy", n_train=40, n_dev=14)
-    torch.manual_seed(0)
+    data, model = toy_data_and_model(tmp_path / "toy", n_train=40, n_dev=14)
     captions = (data / "train_caps.txt").read_text(encoding="utf-8").splitlines()
-    model = ScanModel(ScanConfig(img_dim=16, embed_size=32, word_dim=16), Vocabulary.build(captions, threshold=1))
     logs: list[str] = []
     stage1 = train_stage1(model, "toy", data, dim=32, epochs=3, batch_size=16, lr=1e-2, sigma=0.1,
                           target_recall=50.0, log=logs.append)
