@@ -20,6 +20,21 @@ from scan_viz.errors import ScanVizError
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 
 
+#: the largest width (embedding size, vector size, hidden layer) a saved part's config may declare: the module is
+#: built from these numbers before its weights are read, so they bound what loading it allocates (a 4,096 x 4,096
+#: float32 matrix is 64 MB)
+MAX_PART_WIDTH = 4096
+
+
+def part_width(config: dict, key: str, default: int | None = None) -> int:
+    """``config[key]`` as a width in [0, MAX_PART_WIDTH]; a ValueError names it otherwise (load_module_dir turns
+    that into the part's one-line error)."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PART_WIDTH:
+        raise ValueError(f"{key} must be an integer from 0 to {MAX_PART_WIDTH:,}, not {str(value)[:40]!r}")
+    return value
+
+
 def model_fingerprint(model) -> str:
     """sha256 (16 hex digits) of a ScanModel's encoder weights: which SCAN model a stage-1 head was trained on."""
     digest = hashlib.sha256()
@@ -57,14 +72,17 @@ def load_module_dir(directory: str | Path, config_name: str, fmt: str, weights_n
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from scan_viz.safe_files import read_json
+
     directory = Path(directory)
     try:
-        config = json.loads((directory / config_name).read_text(encoding="utf-8"))
+        config = read_json(directory / config_name, config_name)
         if not isinstance(config, dict) or config.get("format") != fmt:
             raise ValueError(f"{config_name} is not a {fmt} file")
         module, result = build(config)
         module.load_state_dict(load_file(str(directory / weights_name)))
-    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError,
+            ScanVizError) as exc:
         raise ScanVizError(f"{directory} is not a readable {what} ({exc}); retrain it with `{retrain}`") from None
     module.eval()
     return result
@@ -78,11 +96,15 @@ def find_trained_for(model, config_name: str, search_dirs: list[Path] | None = N
     candidates = [d for d in search_dirs if (d / config_name).is_file()]
     if not candidates:
         return None
+    from scan_viz.safe_files import read_json
+
     fingerprint = model_fingerprint(model)
     for directory in candidates:
         try:
-            config = json.loads((directory / config_name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            config = read_json(directory / config_name, config_name)
+        except (OSError, ValueError, ScanVizError):
+            continue
+        if not isinstance(config, dict):
             continue
         if config.get("base_fingerprint") == fingerprint:
             return directory

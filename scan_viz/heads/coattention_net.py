@@ -51,7 +51,7 @@ from torch import nn
 
 from scan_viz.errors import ScanVizError
 from scan_viz.heads.similarity import masked_softmax, region_word_similarity
-from scan_viz.parts import find_trained_for, load_module_dir, save_module_dir, update_digest
+from scan_viz.parts import find_trained_for, load_module_dir, part_width, save_module_dir, update_digest
 
 COATTENTION_CONFIG = "coattention.json"
 COATTENTION_WEIGHTS = "coattention.safetensors"
@@ -190,7 +190,7 @@ class CoAttentionReranker:
 
 def load_coattention(directory: str | Path) -> CoAttentionReranker:
     def build(c: dict) -> tuple[CoAttention, CoAttentionReranker]:
-        net = CoAttention(int(c["embed_size"]), int(c["dim"]), float(c["lambda_spatial"]))
+        net = CoAttention(part_width(c, "embed_size"), part_width(c, "dim"), float(c["lambda_spatial"]))
         return net, CoAttentionReranker(net, str(c["base_model"]), str(c["base_fingerprint"]), str(c.get("init", "")),
                                         c.get("training"), c.get("metrics"), Path(directory))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from scan_viz.parts import find_trained_for, load_module_dir, save_module_dir
+from scan_viz.parts import find_trained_for, load_module_dir, part_width, save_module_dir
 
 QUERY_MAP_CONFIG = "query_map.json"
 QUERY_MAP_WEIGHTS = "query_map.safetensors"
@@ -64,7 +64,7 @@ class QueryMap:
 
 def load_query_map(directory: str | Path) -> QueryMap:
     def build(c: dict) -> tuple[QueryMapModule, QueryMap]:
-        module = QueryMapModule(int(c["dim"]))
+        module = QueryMapModule(part_width(c, "dim"))
         return module, QueryMap(module, str(c["base_model"]), str(c["base_fingerprint"]), c.get("training"),
                                 Path(directory))
 

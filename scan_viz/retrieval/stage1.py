@@ -24,7 +24,7 @@ from torch import nn
 
 from scan_viz.evaluation.metrics import answer_ranks
 from scan_viz.model.encoders import l2norm
-from scan_viz.parts import find_trained_for, load_module_dir, save_module_dir, update_digest
+from scan_viz.parts import find_trained_for, load_module_dir, part_width, save_module_dir, update_digest
 
 STAGE1_CONFIG = "stage1.json"
 STAGE1_WEIGHTS = "stage1.safetensors"
@@ -121,7 +121,7 @@ class Stage1:
 
 def load_stage1(directory: str | Path) -> Stage1:
     def build(c: dict) -> tuple[Stage1Head, Stage1]:
-        head = Stage1Head(int(c["embed_size"]), int(c["dim"]), int(c.get("hidden", 0)))
+        head = Stage1Head(part_width(c, "embed_size"), part_width(c, "dim"), part_width(c, "hidden", 0))
         return head, Stage1(head, str(c["base_model"]), str(c["base_fingerprint"]), float(c["sigma"]),
                             {int(k): float(v) for k, v in c["recall_curve"].items()}, int(c["default_k"]),
                             Path(directory), c.get("training"))

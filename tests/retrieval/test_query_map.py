@@ -83,6 +83,11 @@ def test_saved_map_round_trips_and_is_found_only_for_its_model(tmp_path):
         load_query_map(tmp_path / "tiny-query-map")
     with pytest.raises(ValueError, match="auto or none"):
         query_map_option(model, "yes")
+    # a config declaring a huge map is refused before anything is allocated for it (10^7 x 10^7 floats)
+    (tmp_path / "tiny-query-map" / "query_map.json").write_text(
+        '{"format": "scan-viz-query-map/1", "dim": 10000000, "base_model": "t", "base_fingerprint": "f"}')
+    with pytest.raises(ScanVizError, match="dim must be an integer from 0 to 4,096"):
+        load_query_map(tmp_path / "tiny-query-map")
 
 
 def test_search_screens_with_the_map_and_scores_with_the_words(tmp_path):

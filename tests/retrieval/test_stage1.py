@@ -120,3 +120,20 @@ def test_trainer_keeps_the_best_dev_epoch_and_reports_its_curve(tmp_path):
     with pytest.raises(ScanVizError, match="16-d"):
         wrong = ScanModel(ScanConfig(img_dim=8, embed_size=32, word_dim=16), Vocabulary.build(captions, threshold=1))
         train_stage1(wrong, "toy", data, epochs=1, log=lambda _: None)
+
+
+def test_saved_head_declaring_huge_layers_is_refused_before_building(tmp_path):
+    """A stage-1 config's widths size the layers built before the weights are read: one past the bound is a one-line
+    error, not a many-GB allocation."""
+    import json
+
+    from scan_viz.errors import ScanVizError
+
+    model = tiny_model()
+    Stage1(Stage1Head(32, 8, 0), "tiny", model_fingerprint(model), 0.04, {1: 10.0}, 1).save(tmp_path / "s")
+    config = json.loads((tmp_path / "s" / "stage1.json").read_text(encoding="utf-8"))
+    for key, value in (("hidden", 10**6), ("dim", -1), ("embed_size", "32"), ("dim", True)):
+        bad = {**config, key: value}
+        (tmp_path / "s" / "stage1.json").write_text(json.dumps(bad), encoding="utf-8")
+        with pytest.raises(ScanVizError, match=f"{key} must be an integer from 0 to 4,096"):
+            load_stage1(tmp_path / "s")

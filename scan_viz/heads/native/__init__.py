@@ -1,7 +1,8 @@
 """SCAN's attention as a per-pair C kernel (``scan_pairs.c``), built with the machine's C compiler on first use.
 
 The same library holds the token screen's probe pass and its code scoring (``token_probe.c``, called by
-:meth:`scan_viz.retrieval.tokens.TokenIndex.probe_scores` and ``code_scores``), so one build, one cache and one off switch serve both.
+:meth:`scan_viz.retrieval.tokens.TokenIndex.probe_scores` and ``code_scores``), so one build, one cache and one off
+switch serve both.
 
 Why C: on a CPU, SCAN's attention is about twenty element-wise passes over (images x regions x captions x words)
 tensors between two matrix products, and each pass streams the whole tensor through memory. The kernel walks the
