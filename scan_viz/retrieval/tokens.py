@@ -240,9 +240,7 @@ class TokenIndex:
 
     def _aggregate(self, per_word: torch.Tensor) -> torch.Tensor:
         """(L, N) per-word best cosines -> (N,) scores."""
-        if self.agg == "sum":
-            return per_word.sum(dim=0)
-        return torch.logsumexp(self.lambda_lse * per_word, dim=0) / self.lambda_lse
+        return pool_words(per_word, self.agg, self.lambda_lse, dim=0)
 
     def screen(self, words: np.ndarray | torch.Tensor, k: int, probe: int = PROBE, refine: int = REFINE,
                shortlist: int = SHORTLIST) -> tuple[np.ndarray, np.ndarray]:
@@ -476,6 +474,18 @@ def _inverted_lists(codes: np.ndarray, n_centroids: int) -> tuple[np.ndarray, np
     offsets = np.zeros(n_centroids + 1, dtype=np.int64)
     np.cumsum(np.bincount(centroid, minlength=n_centroids), out=offsets[1:])
     return offsets, images
+
+
+def pool_words(per_word: torch.Tensor, agg: str, lambda_lse: float, dim: int,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The screen's score from each word's best cosine, pooled over the words' axis ``dim``: LogSumExp with
+    ``lambda_lse`` (``agg`` "lse") or a sum; ``valid`` (broadcastable, bool) leaves padded words out."""
+    if agg == "sum":
+        return (per_word if valid is None else per_word * valid).sum(dim=dim)
+    z = lambda_lse * per_word
+    if valid is not None:
+        z = z.masked_fill(~valid, float("-inf"))
+    return torch.logsumexp(z, dim=dim) / lambda_lse
 
 
 def token_settings(model) -> dict:

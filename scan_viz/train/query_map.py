@@ -25,7 +25,7 @@ from scan_viz.model import ScanModel, load_model
 from scan_viz.parts import model_fingerprint
 from scan_viz.regions.store import load_precomp
 from scan_viz.retrieval.query_map import QueryMap, QueryMapModule
-from scan_viz.retrieval.tokens import token_settings
+from scan_viz.retrieval.tokens import pool_words, token_settings
 
 ENCODE_BATCH = 1024
 
@@ -35,16 +35,14 @@ def screen_scores(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Ten
     """The token screen's exact score (no codes) of every caption with every image: (n_captions, n_images).
 
     words (C, L, d) unit rows (padding anything), lengths (C,); regions (I, R, d) unit rows, region_lengths (I,) or
-    None. Each word's best region cosine, pooled as the screen pools (:meth:`TokenIndex._aggregate`)."""
+    None. Each word's best region cosine, pooled as the screen pools (:func:`scan_viz.retrieval.tokens.pool_words`)."""
     cos = torch.einsum("cld,ird->cilr", words, regions)
     if region_lengths is not None:
         real = torch.arange(regions.shape[1])[None, :] < region_lengths[:, None]  # (I, R)
         cos = cos.masked_fill(~real[None, :, None, :], float("-inf"))
     best = cos.amax(dim=3)  # (C, I, L)
     valid = (torch.arange(words.shape[1])[None, :] < lengths[:, None])[:, None, :]
-    if agg == "sum":
-        return (best * valid).sum(dim=2)
-    return torch.logsumexp((lambda_lse * best).masked_fill(~valid, float("-inf")), dim=2) / lambda_lse
+    return pool_words(best, agg, lambda_lse, dim=2, valid=valid)
 
 
 @torch.no_grad()
