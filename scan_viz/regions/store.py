@@ -616,7 +616,8 @@ def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
 
 #: scattered reads of at least this many runs of rows go to READ_THREADS threads: a file's pages that are not in the
 #: page cache then arrive several at a time. Measured on this project's 2-core VM (virtio disk), 2,000 scattered
-#: 18 KB rows of a 1M-image region file, cache dropped: 150-190 ms with one reader, 85-99 ms with 8 (80 ms with 16).
+#: 18 KB rows of a 1M-image region file, cache dropped: 117-190 ms with one reader, 82-99 ms with 8; rows already
+#: cached cost 2-4 ms more per 2,000 with 8 readers than with one (docs/search.md).
 PARALLEL_READ_RUNS, READ_THREADS = 64, 8
 _pool_lock = threading.Lock()
 _pool: dict = {}
