@@ -149,9 +149,10 @@ def token_index(model, regions_disk, n, args, work, result: dict):
     return index
 
 
-def bench_tokens(model, head, features, regions_disk, captions, caption_image, warmup, n, args, work,
+def bench_tokens(model, head, features, regions_disk, regions_stage2, captions, caption_image, warmup, n, args, work,
                  result: dict) -> None:
-    """The token-level stage 1 (scan_viz.retrieval.tokens): index build, size, recall@K, two-stage latency and R@."""
+    """The token-level stage 1 (scan_viz.retrieval.tokens): index build, size, recall@K, two-stage latency and R@
+    (stage 2 reads ``regions_stage2``: the file, or the same float16 embeddings in RAM)."""
     from scan_viz.retrieval.tokens import codes_name, default_k
 
     index = token_index(model, regions_disk, n, args, work, result)
@@ -165,7 +166,7 @@ def bench_tokens(model, head, features, regions_disk, captions, caption_image, w
 
     query_map = query_map_option(model, args.query_map)
     result["tokens_query_map"] = None if query_map is None else str(query_map.path)
-    search = TwoStageSearch(model, [str(i) for i in range(n)], features, None, regions=regions_disk,
+    search = TwoStageSearch(model, [str(i) for i in range(n)], features, None, regions=regions_stage2,
                             screen="tokens", token_index=index, query_map=query_map)
     caps = model.encode_captions(captions)
     top_k = max(CURVE_KS + tuple(ks))
@@ -273,24 +274,29 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
     regions_disk, vectors = embeddings(model, stage1, features, work, f"{n}_{args.noise:g}")
     encode_s = time.perf_counter() - t0
     head = model.head()
+    # two-stage search's region embeddings: the float16 file, read per query (default), or the same float16 numbers
+    # loaded into RAM once (--stage2-regions ram), as a server that holds its gallery in memory does
+    regions_stage2 = regions_disk if args.stage2_regions == "disk" else np.load(regions_disk.filename)
     ks = [int(k) for k in args.stage1_k.split(",")] if args.stage1_k else \
         [stage1.default_k, 2 * stage1.default_k, 4 * stage1.default_k]
     result = {"images": n, "stage1_ks": ks, "queries": len(captions),
               "disk_bytes_per_image": int(features[0].nbytes + regions_disk[0].nbytes),
-              "stage1_ram_bytes_per_image": int(vectors[0].nbytes)}
+              "stage1_ram_bytes_per_image": int(vectors[0].nbytes), "stage2_regions": f"{args.stage2_regions}, float16"}
     screens = args.screens.split(",")
     if "tokens" in screens:  # first, so its RSS is not the pooled index's
         del vectors
-        bench_tokens(model, head, features, regions_disk, captions, caption_image, warmup, n, args, work, result)
+        bench_tokens(model, head, features, regions_disk, regions_stage2, captions, caption_image, warmup, n, args,
+                     work, result)
         if "pooled" in screens:
             vectors = np.load(work / f"vectors_{n}_{args.noise:g}_{stage1.fingerprint}.npy")
     if "pooled" not in screens:
+        del regions_stage2
         bench_exhaustive(model, head, features, regions_disk, captions, caption_image, n, args, result)
         result["rss_peak_gb"] = rss_gb()
         result["stage1_encode_s"] = encode_s
         return result
     t0 = time.perf_counter()
-    search = TwoStageSearch(model, [str(i) for i in range(n)], features, stage1, regions=regions_disk,
+    search = TwoStageSearch(model, [str(i) for i in range(n)], features, stage1, regions=regions_stage2,
                             image_vectors=vectors)
     result["index_build_s"] = time.perf_counter() - t0
     result["index"] = type(search.image_index).__name__
@@ -335,7 +341,7 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
         _, top = index.search(queries, ks[0])
         result[f"stage1_{kind}_recall_at_k"] = float(100 * np.mean([t in row for row, t in zip(top, caption_image)]))
         del index
-    del vectors
+    del vectors, search, regions_stage2
     bench_exhaustive(model, head, features, regions_disk, captions, caption_image, n, args, result)
     result["rss_peak_gb"] = rss_gb()
     result["stage1_encode_s"] = encode_s
@@ -423,6 +429,10 @@ def main() -> None:
     ap.add_argument("--query-map", default="auto", choices=("auto", "none"),
                     help="token screen: the query words through the model's distilled map (auto: as search does, "
                          "when the model has one) or as they are (none)")
+    ap.add_argument("--stage2-regions", default="disk", choices=("disk", "ram"),
+                    help="where two-stage search reads the candidates' float16 region embeddings: the memory-mapped "
+                         "file, with pread per query (disk), or loaded into RAM once (ram; the exhaustive run holds "
+                         "them in RAM too, as float32)")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--prepare", action="store_true",
                     help="only write the sizes' feature, region and vector files (and, with the token screen, its "

@@ -15,7 +15,7 @@ import torch
 from scan_viz.heads import native
 from scan_viz.heads.similarity import length_mask, region_word_similarity
 
-__all__ = ["PairInputs", "direct_scores", "kernel_usable", "kernel_scores", "pair_inputs"]
+__all__ = ["PairInputs", "direct_half_scores", "direct_scores", "kernel_usable", "kernel_scores", "pair_inputs"]
 
 
 @dataclasses.dataclass
@@ -89,3 +89,21 @@ def direct_scores(regions: torch.Tensor, words: torch.Tensor, word_lengths: torc
     scores = native.pairs_forward_direct(context.contiguous(), query, qnorm.contiguous(), qvalid,
                                          cvalid.contiguous(), norm, agg, lam, lse)
     return scores[:, None]
+
+
+def direct_half_scores(table, rows, words: torch.Tensor, word_lengths: torch.Tensor,
+                       region_lengths: torch.Tensor | None, norm: str, agg: str, lam: float, lse: float):
+    """:func:`direct_scores` for images whose regions are float16 rows of ``table`` (N, k, d), the rows ``rows``
+    (:func:`scan_viz.heads.native.pairs_forward_direct_half`): (len(rows),) float32 numpy scores, the same numbers as
+    :func:`direct_scores` on the rows widened to float32; None where the kernel does not compute this case."""
+    n_reg = int(table.shape[1])
+    n = int(word_lengths[0])
+    if (words.dtype != torch.float32 or words.device.type != "cpu" or norm not in native.NORMS
+            or agg not in native.AGGREGATIONS or not 0 < n <= native.MAX_ITEMS or not 0 < n_reg <= native.MAX_ITEMS):
+        return None
+    query = words[0, :n].detach().contiguous()
+    cvalid = (torch.ones(len(rows), n_reg) if region_lengths is None
+              else length_mask(region_lengths, n_reg).to(torch.float32))
+    scores = native.pairs_forward_direct_half(table, rows, query, query.pow(2).sum(dim=-1).sqrt().contiguous(),
+                                              torch.ones(n), cvalid.contiguous(), norm, agg, lam, lse)
+    return None if scores is None else scores.numpy()

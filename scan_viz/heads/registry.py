@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 from scan_viz.errors import ScanVizError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
     from scan_viz.model.config import ScanConfig
@@ -128,6 +129,14 @@ class MatchingHead(abc.ABC):
                         ) -> torch.Tensor | None:
         """(n_images, n_captions) scores for a training step through a head's own memory-saving backward, or None
         when the head has none (the training loop then runs autograd through :meth:`scores`)."""
+        return None
+
+    def half_row_scores(self, table, rows, words: torch.Tensor, word_lengths: torch.Tensor,
+                        region_lengths: torch.Tensor | None = None) -> np.ndarray | None:
+        """ONE caption's scores (len(rows),) with images whose region embeddings are float16 rows of ``table``
+        ((N, n_regions, d), an array or tensor: a search's candidates as read from a gallery's file, or a gallery
+        held in memory), scored where they lie; or None when the head has no such path, and the caller widens the
+        rows to float32 and calls :meth:`scores`. The scores must equal :meth:`scores`' on the widened rows."""
         return None
 
     @abc.abstractmethod

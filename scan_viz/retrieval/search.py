@@ -8,7 +8,8 @@ embeddings), so the two differ only where stage 1 missed an image: stage 1's rec
 and K comes from the curve measured when the stage-1 head was trained. ``stage1_k=0`` is exhaustive search.
 
 Region features may be a float16 memory map (a large gallery stays on disk); stage 2 reads and encodes only
-the K candidates' rows.
+the K candidates' rows. Float16 region embeddings (a file, or an array held in memory) are scored as float16 rows by
+heads that can (SCAN t2i through the C kernel, which widens each image's rows as it scores them), else widened first.
 """
 from __future__ import annotations
 
@@ -109,8 +110,10 @@ NON_FINITE_MESSAGE = ("the gallery's region features hold NaN or infinite values
                       "rebuild the gallery from its images (scan-viz index)")
 
 
-def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int] | None) -> list[SearchHit]:
-    """Best k by score; ties keep the earlier (stage-1) order.
+def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int] | None,
+          rows: np.ndarray | None = None) -> list[SearchHit]:
+    """Best k by score; ties keep the earlier (stage-1) order. ``rows``: score i is of ``ids[rows[i]]`` (a stage-2
+    candidate list), else of ``ids[i]``.
 
     A NaN or infinite score is refused rather than ranked or written (``"score": NaN`` is not JSON): it comes from
     NaN or infinite region features, which a memory-mapped gallery is not scanned for when it loads.
@@ -118,8 +121,8 @@ def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int]
     if not np.isfinite(scores).all():
         raise ScanVizError(NON_FINITE_MESSAGE)
     order = np.argsort(-scores, kind="stable")[:k]
-    return [SearchHit(ids[i], float(scores[i]), None if stage1_ranks is None else int(stage1_ranks[i]))
-            for i in order]
+    return [SearchHit(ids[i if rows is None else rows[i]], float(scores[i]),
+                      None if stage1_ranks is None else int(stage1_ranks[i])) for i in order]
 
 
 class TwoStageSearch:
@@ -226,12 +229,12 @@ class TwoStageSearch:
         if tokens:
             rows, _ = self.tokens().screen(self.screen_words(caps.emb[0, :int(caps.lengths[0])]), stage1_k)
             scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
-            return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
+            return _rank(self.ids, scores, k, range(1, len(rows) + 1), rows)
         query = self.stage1.caption_vectors(caps.emb, caps.lengths)
         _, found = search_one(self.image_index, query, stage1_k)
         rows = found[0][found[0] >= 0]
         scores = self._candidate_scores(matcher, rows, caps.emb, caps.lengths)
-        return _rank([self.ids[r] for r in rows], scores, k, range(1, len(rows) + 1))
+        return _rank(self.ids, scores, k, range(1, len(rows) + 1), rows)
 
     def screen_words(self, words: torch.Tensor) -> torch.Tensor:
         """One caption's real word embeddings (L, d) as the token screen looks them up: through the query map when
@@ -257,12 +260,37 @@ class TwoStageSearch:
 
     def _candidate_scores(self, matcher: MatchingHead, rows: np.ndarray, words: torch.Tensor,
                           lengths: torch.Tensor) -> np.ndarray:
-        """Stage 2 for one caption: its scores with the gallery rows ``rows``, read, widened and scored
-        ``STAGE2_CHUNK`` rows at a time so each chunk's float32 embeddings and attention stay in the CPU's cache
-        (one 1,000-image block measured 2.3x slower per image than 500 images on a 32 MB L3 cache)."""
-        parts = [score_matrix(matcher, self._regions_of(chunk), words, lengths, self._region_lengths(chunk))[:, 0]
-                 for chunk in np.split(rows, range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK))]
+        """Stage 2 for one caption: its scores with the gallery rows ``rows``.
+
+        Float16 region embeddings (a file on disk, read once for all candidates, or an array in memory) go to the
+        head's float16 path where it has one (:meth:`MatchingHead.half_row_scores`: SCAN t2i through the C kernel,
+        which widens each image's rows as it scores them). Otherwise the rows are widened and scored
+        ``STAGE2_CHUNK`` at a time, so each chunk's float32 embeddings and attention stay in the CPU's cache (one
+        1,000-image block measured 2.3x slower per image than 500 images on a 32 MB L3 cache)."""
+        table, at = self._half_rows(rows)
+        if table is not None:
+            scores = matcher.half_row_scores(table, at, words, lengths, self._region_lengths(rows))
+            if scores is not None:
+                return scores
+        parts = []
+        for chunk in np.split(np.arange(len(rows)), range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK)):
+            regions = (self._regions_of(rows[chunk]) if table is None
+                       else torch.as_tensor(table[at[chunk]]).float())
+            parts.append(score_matrix(matcher, regions, words, lengths, self._region_lengths(rows[chunk]))[:, 0])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+    def _half_rows(self, rows: np.ndarray):
+        """Float16 region embeddings holding the gallery rows ``rows``, as (table, rows of the table): the rows read
+        from a float16 file (one read of all of them), or a float16 array or tensor in memory and ``rows`` itself;
+        (None, None) when the embeddings are not float16."""
+        if isinstance(self.regions, np.memmap) and self.regions.dtype == np.float16:
+            return read_rows(self.regions, rows), np.arange(len(rows))
+        if (isinstance(self.regions, np.ndarray) and self.regions.dtype == np.float16
+                and self.regions.flags.c_contiguous):
+            return self.regions, rows
+        if torch.is_tensor(self.regions) and self.regions.dtype == torch.float16 and self.regions.is_contiguous():
+            return self.regions, rows
+        return None, None
 
     def exhaustive_scores(self, words: torch.Tensor, lengths: torch.Tensor, matcher: MatchingHead) -> np.ndarray:
         """Scores of every gallery image with some captions: (n_images, n_captions), in image chunks."""

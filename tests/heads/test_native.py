@@ -224,3 +224,35 @@ def test_one_caption_direct_path_equals_tensor_code(norm, agg, padded, dim, monk
         assert torch.equal(kernel, direct)
         assert torch.allclose(kernel, tensor, atol=tol, rtol=0), float((kernel - tensor).abs().max())
     assert calls == []
+
+
+@pytest.mark.parametrize("dim", [10, 32, 36])  # 10, 36: not whole widening blocks of 8 (a scalar tail)
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("norm,agg", [(norm, agg) for norm in sorted(native.NORMS)
+                                      for agg in sorted(native.AGGREGATIONS)])
+def test_float16_rows_score_as_the_widened_rows(norm, agg, padded, dim):
+    """The kernel's float16 entry point scores listed rows of a float16 table where they lie (in any order, one row
+    twice): the same numbers as the float32 direct path on those rows widened, with padded regions holding
+    non-zero values that must be ignored."""
+    import numpy as np
+
+    from scan_viz.heads.attention_pairs import direct_half_scores, direct_scores
+
+    if native.library() is None or not hasattr(native.library(), "scan_pairs_forward_direct_half_f32"):
+        pytest.skip("the compiler has no _Float16")
+    g = torch.Generator().manual_seed(7)
+    table = F.normalize(torch.randn(9, 7, dim, generator=g), dim=-1).half()
+    rows = np.array([8, 0, 3, 3, 5, 1])
+    words = F.normalize(torch.randn(1, 6, dim, generator=g), dim=-1)
+    words[0, 5:] = 3.0  # padding, not zero: must be ignored
+    lengths = torch.tensor([5])
+    region_lengths = torch.tensor([7, 3, 1, 7, 5, 2]) if padded else None
+    widened = table[torch.from_numpy(rows)].float()
+    direct = direct_scores(widened, words, lengths, region_lengths, norm, agg, 9.0, 6.0)[:, 0].numpy()
+    for source in (table, table.numpy()):  # a tensor in memory, or an array (a file's rows as read)
+        half = direct_half_scores(source, rows, words, lengths, region_lengths, norm, agg, 9.0, 6.0)
+        assert half.shape == (6,) and half.dtype == np.float32
+        np.testing.assert_array_equal(half, direct)
+    with pytest.raises(ValueError, match="outside the table"):
+        native.pairs_forward_direct_half(table, np.array([9]), words[0, :5].contiguous(), torch.ones(5),
+                                         torch.ones(5), torch.ones(1, 7), norm, agg, 9.0, 6.0)

@@ -80,6 +80,31 @@ def test_exhaustive_and_full_stage1_give_the_exhaustive_ranking(setup):
     assert [h.id for h in on_disk.search_text(TEXT, k=7, stage1_k=0)] == expected
 
 
+def test_float16_regions_are_scored_where_they_lie_as_their_widened_values(setup, tmp_path, monkeypatch):
+    """Float16 region embeddings (a gallery's file, read once per query; an array or a tensor in memory) go to SCAN's
+    float16 kernel path: the same hits and scores as the same numbers widened to float32 and scored chunk by chunk.
+    A head without that path (CHAN) gets the widened rows."""
+    from scan_viz.heads import native
+
+    model, features, n_boxes, stage1, _, ids = setup
+    half = model.encode_images(features.astype(np.float32)).half()
+    np.save(tmp_path / "regions.npy", half.numpy())
+    widened = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=half.float())
+    sources = {"file": np.load(tmp_path / "regions.npy", mmap_mode="r"), "array": half.numpy(), "tensor": half}
+    calls = []
+    kernel = native.pairs_forward_direct_half
+    monkeypatch.setattr(native, "pairs_forward_direct_half", lambda *a, **k: calls.append(len(a[1])) or kernel(*a, **k))
+    for name, source in sources.items():
+        search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=source)
+        for head in ("scan", "chan"):
+            got = search.search_text(TEXT, k=7, stage1_k=20, head=head)
+            want = widened.search_text(TEXT, k=7, stage1_k=20, head=head)
+            assert [(h.id, h.stage1_rank) for h in got] == [(h.id, h.stage1_rank) for h in want], (name, head)
+            assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-6), (name, head)
+    if native.library() is not None and hasattr(native.library(), "scan_pairs_forward_direct_half_f32"):
+        assert calls == [20, 20, 20]  # SCAN, once per source, all 20 candidates in one call; CHAN never
+
+
 def test_image_query_reranks_captions_with_exhaustive_scores(setup):
     model, features, n_boxes, stage1, _, ids = setup
     captions = ["a red car", "a dog on the grass", "a car", "the grass", "a red dog", "a dog"]

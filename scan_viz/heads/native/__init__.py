@@ -45,7 +45,8 @@ from pathlib import Path
 import torch
 
 __all__ = ["AGGREGATIONS", "NORMS", "disabled", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward",
-           "pairs_forward_direct", "status", "threads", "token_code_best", "token_probe_scores", "usable"]
+           "pairs_forward_direct", "pairs_forward_direct_half", "status", "threads", "token_code_best",
+           "token_probe_scores", "usable"]
 
 HERE = Path(__file__).resolve().parent
 SOURCES = ("scan_pairs_all.c", "scan_pairs.c", "token_probe.c")
@@ -128,6 +129,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         listed = getattr(lib, f"scan_pairs_backward_list_{suffix}")
         listed.argtypes = [p] * 11 + [i] * 6 + [real, real]
         listed.restype = i
+    half = getattr(lib, "scan_pairs_forward_direct_half_f32", None)  # absent where the compiler has no _Float16
+    if half is not None:
+        half.argtypes = [p] * 7 + [i] * 6 + [ctypes.c_float] * 2
+        half.restype = i
     lib.scan_pairs_threads.argtypes = []
     lib.scan_pairs_threads.restype = ctypes.c_int
     lib.token_probe_scores.argtypes = [p] * 4 + [ctypes.c_int64] * 2 + [p] * 2
@@ -244,6 +249,44 @@ def pairs_forward_direct(context: torch.Tensor, query: torch.Tensor, qnorm: torc
     return scores
 
 
+def pairs_forward_direct_half(table, rows, query: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
+                              cvalid: torch.Tensor, norm: str, agg: str, lam: float, lse: float) -> torch.Tensor | None:
+    """:func:`pairs_forward_direct` with the context sets in float16, scored where they lie: ``table`` (N, k, d)
+    float16 (a C-ordered array or CPU tensor, e.g. a search's candidate rows as read from the gallery's file, or a
+    gallery held in memory), ``rows`` (C,) the sets of ``table`` to score; query (n, d) float32, qnorm / qvalid (n,),
+    cvalid (C, k) of the listed sets (the kernel zeroes their invalid regions as it widens them). (C,) float32
+    scores, or None when the library has no float16 entry point (a compiler without ``_Float16``)."""
+    import numpy as np
+
+    lib = library()
+    fn = None if lib is None else getattr(lib, "scan_pairs_forward_direct_half_f32", None)
+    if fn is None:
+        return None
+    if torch.is_tensor(table):
+        if table.dtype != torch.float16 or table.device.type != "cpu" or not table.is_contiguous():
+            raise ValueError("scan_pairs_direct_half: the table must be a contiguous CPU float16 tensor")
+        address = table.data_ptr()
+    else:
+        if table.dtype != np.float16 or not table.flags.c_contiguous:
+            raise ValueError("scan_pairs_direct_half: the table must be a C-ordered float16 array")
+        address = table.ctypes.data
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    _check(query, qnorm, qvalid, cvalid)
+    if query.dtype != torch.float32 or table.ndim != 3:
+        raise ValueError("scan_pairs_direct_half: float32 words and an (N, k, d) table")
+    n_all, k, dim = table.shape
+    n_ctx, n = len(rows), query.shape[0]
+    if query.shape[1] != dim or qnorm.shape != (n,) or qvalid.shape != (n,) or cvalid.shape != (n_ctx, k):
+        raise ValueError("scan_pairs_direct_half: shapes do not match")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_all):
+        raise ValueError("scan_pairs_direct_half: a row is outside the table")
+    scores = torch.empty(n_ctx, dtype=torch.float32)
+    if n_ctx:
+        _run(fn(address, rows.ctypes.data, _ptr(query), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(scores), n_ctx,
+                k, n, dim, NORMS[norm], AGGREGATIONS[agg], lam, lse))
+    return scores
+
+
 def pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
                    cvalid: torch.Tensor, grad: torch.Tensor, norm: str, agg: str, lam: float,
                    lse: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -343,7 +386,7 @@ def token_code_best(rows, codes, residuals, table: torch.Tensor, n_centroids: in
                          "int8")
     n_words = int(mean_w.shape[0])
     lanes = -(-n_words // 8) * 8
-    if not 1 <= n_words <= MAX_ITEMS:  # token_probe.c's TOKEN_MAX_LANES
+    if not 1 <= n_words <= MAX_ITEMS or residuals.shape[2] > MAX_ITEMS:  # token_probe.c's TOKEN_MAX_LANES / _R
         return None
     if (table.ndim != 2 or table.shape[1] != n_words or table.shape[0] < n_centroids
             or tuple(basis_w.shape) != (residuals.shape[2], n_words)):

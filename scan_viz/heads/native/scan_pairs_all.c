@@ -6,6 +6,14 @@
 __attribute__((__simd__("notinbranch"))) float expf(float);
 __attribute__((__simd__("notinbranch"))) double exp(double);
 #endif
+/* IEEE float16 (GCC 12+ and Clang on x86-64 and AArch64; widened with the CPU's conversion instructions where
+   -march=native has them, F16C on x86): the half-row entry point exists only where the compiler has the type */
+#if defined(__FLT16_MAX__)
+#define HALF_T _Float16
+#define HALF_ROWS
+#else
+#define HALF_T unsigned short
+#endif
 #define T float
 #define IT int
 #define SUFFIX f32
@@ -13,6 +21,7 @@ __attribute__((__simd__("notinbranch"))) double exp(double);
 #define SQRT sqrtf
 #define LOG logf
 #include "scan_pairs.c"
+#undef HALF_ROWS
 #undef T
 #undef IT
 #undef SUFFIX

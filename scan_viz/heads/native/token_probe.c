@@ -41,42 +41,63 @@ void token_probe_scores(const int64_t *offsets, const int32_t *images, const int
    them in this order). A padded region (code >= n_centroids) is skipped, so an image with none gets -inf, as the
    tensor code's -inf row gives. The tensor code forms (images x regions x words) arrays in memory; this keeps one
    region's sums and the image's running maxima in vector registers, words along the lanes. The residual sum runs
-   over k in order; the tensor code's matrix product may sum in another order (float rounding).
+   over k in TOKEN_CHAINS interleaved partial sums, added at the end; the tensor code's matrix product may sum in
+   another order (float rounding).
 
    rows: (n_rows,) int64 image rows; codes: (n_images, n_reg) uint16; residuals: (n_images, n_reg, r) int8;
    table: (n_centroids, n_lanes) float32; basis_w: (r, n_lanes) float32 (the int8 step sizes folded in);
    mean_w: (n_lanes,) float32; out: (n_rows, n_lanes) float32. The words are padded to n_lanes, a multiple of 8
    (the caller's padding lanes are 0 and its results there are ignored). Returns 1 when n_lanes is not a multiple
-   of 8 or exceeds the kernel's limit. */
+   of 8 or exceeds the kernel's limit, or r exceeds TOKEN_MAX_R. */
 #define TOKEN_MAX_LANES 1024
 
 typedef float tok_v8 __attribute__((vector_size(32)));
 typedef float tok_v8u __attribute__((vector_size(32), aligned(4)));  /* for loads and stores at any float */
 typedef int tok_i8 __attribute__((vector_size(32)));
 
+/* residual directions a region may have (the index's N_RESIDUAL is 32) */
+#define TOKEN_MAX_R 1024
+/* independent partial sums per lane block: a residual sum is one chain of r multiply-adds per block, and with one
+   accumulator each step waited for the last (4 cycles), so 2 blocks of 16 words ran at a quarter of the core's
+   multiply-add rate: 1.4 us per image of 36 regions (r = 32), measured */
+#define TOKEN_CHAINS 4
+
 static inline __attribute__((always_inline)) void token_code_image(
     const uint16_t *code, const int8_t *z, int64_t n_reg, int64_t r, const float *table, int64_t n_centroids,
     const float *basis_w, const float *mean_w, int64_t nv, float *out)
 {
-    tok_v8 best[TOKEN_MAX_LANES / 8], acc[TOKEN_MAX_LANES / 8];
+    tok_v8 best[TOKEN_MAX_LANES / 8], acc[TOKEN_CHAINS][TOKEN_MAX_LANES / 8];
+    float zf[TOKEN_MAX_R];
     const tok_v8 minus_inf = (tok_v8){0} - INFINITY;
     for (int64_t v = 0; v < nv; v++)
         best[v] = minus_inf;
     for (int64_t j = 0; j < n_reg; j++, z += r) {
         if ((int64_t)code[j] >= n_centroids)
             continue;
-        for (int64_t v = 0; v < nv; v++)
-            acc[v] = (tok_v8){0};
-        for (int64_t k = 0; k < r; k++) {
-            const tok_v8 zk = (tok_v8){0} + (float)z[k];
+        for (int64_t k = 0; k < r; k++)  /* widened once, in vector registers */
+            zf[k] = (float)z[k];
+        for (int c = 0; c < TOKEN_CHAINS; c++)
+            for (int64_t v = 0; v < nv; v++)
+                acc[c][v] = (tok_v8){0};
+        int64_t k = 0;
+        for (; k + TOKEN_CHAINS <= r; k += TOKEN_CHAINS)
+            for (int c = 0; c < TOKEN_CHAINS; c++) {
+                const tok_v8 zk = (tok_v8){0} + zf[k + c];
+                const tok_v8u *bw = (const tok_v8u *)(basis_w + (k + c) * nv * 8);
+                for (int64_t v = 0; v < nv; v++)
+                    acc[c][v] += zk * bw[v];
+            }
+        for (; k < r; k++) {
+            const tok_v8 zk = (tok_v8){0} + zf[k];
             const tok_v8u *bw = (const tok_v8u *)(basis_w + k * nv * 8);
             for (int64_t v = 0; v < nv; v++)
-                acc[v] += zk * bw[v];
+                acc[0][v] += zk * bw[v];
         }
         const tok_v8u *t = (const tok_v8u *)(table + (int64_t)code[j] * nv * 8);
         const tok_v8u *m = (const tok_v8u *)mean_w;
         for (int64_t v = 0; v < nv; v++) {
-            const tok_v8 value = (t[v] + acc[v]) + m[v];
+            const tok_v8 sum = (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]);
+            const tok_v8 value = (t[v] + sum) + m[v];
             const tok_i8 more = value > best[v];
             best[v] = (tok_v8)(((tok_i8)value & more) | ((tok_i8)best[v] & ~more));
         }
@@ -90,7 +111,7 @@ int token_code_best(const int64_t *rows, int64_t n_rows, const uint16_t *codes, 
                     int64_t n_reg, int64_t r, const float *table, int64_t n_centroids, const float *basis_w,
                     const float *mean_w, int64_t n_lanes, float *out)
 {
-    if (n_lanes < 8 || n_lanes > TOKEN_MAX_LANES || n_lanes % 8)
+    if (n_lanes < 8 || n_lanes > TOKEN_MAX_LANES || n_lanes % 8 || r < 0 || r > TOKEN_MAX_R)
         return 1;
     const int64_t nv = n_lanes / 8;
 #pragma omp parallel for schedule(static) if (n_rows >= 2048)
@@ -98,6 +119,12 @@ int token_code_best(const int64_t *rows, int64_t n_rows, const uint16_t *codes, 
         const uint16_t *code = codes + rows[i] * n_reg;
         const int8_t *z = residuals + rows[i] * n_reg * r;
         float *o = out + i * n_lanes;
+        if (i + 2 < n_rows) { /* rows lie anywhere in the index: ask for the one after next now */
+            const char *next = (const char *)(residuals + rows[i + 2] * n_reg * r);
+            for (int64_t b = 0; b < n_reg * r; b += 64)
+                __builtin_prefetch(next + b, 0, 0);
+            __builtin_prefetch(codes + rows[i + 2] * n_reg, 0, 0);
+        }
         /* a constant lane count lets the compiler keep acc and best in registers (captions of up to 32 words) */
         switch (nv) {
         case 1: token_code_image(code, z, n_reg, r, table, n_centroids, basis_w, mean_w, 1, o); break;
