@@ -41,6 +41,9 @@ EXACT_MAX = 200_000
 IVF_NPROBE = 32
 ENCODE_CHUNK = 2048  # images per chunk when encoding region features for exhaustive search
 STAGE2_CHUNK = 256  # candidates per stage-2 block of one query (see TwoStageSearch._candidate_scores)
+#: candidates' float16 rows read from a region file at a time for the heads that score float16 rows (36 MB at 36 x
+#: 256 regions): one read for K = 2,000, and a bounded buffer at any K (the rule's K is 32,000 at 1M images)
+HALF_READ_CHUNK = 2048
 #: text -> image stage 1: one pooled vector per image (scan_viz.retrieval.stage1) or region tokens (scan_viz.retrieval.tokens)
 SCREENS = ("tokens", "pooled")
 
@@ -262,35 +265,37 @@ class TwoStageSearch:
                           lengths: torch.Tensor) -> np.ndarray:
         """Stage 2 for one caption: its scores with the gallery rows ``rows``.
 
-        Float16 region embeddings (a file on disk, read once for all candidates, or an array in memory) go to the
-        head's float16 path where it has one (:meth:`MatchingHead.half_row_scores`: SCAN t2i through the C kernel,
-        which widens each image's rows as it scores them). Otherwise the rows are widened and scored
-        ``STAGE2_CHUNK`` at a time, so each chunk's float32 embeddings and attention stay in the CPU's cache (one
-        1,000-image block measured 2.3x slower per image than 500 images on a 32 MB L3 cache)."""
-        table, at = self._half_rows(rows)
-        if table is not None:
-            scores = matcher.half_row_scores(table, at, words, lengths, self._region_lengths(rows))
-            if scores is not None:
-                return scores
-        parts = []
-        for chunk in np.split(np.arange(len(rows)), range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK)):
-            regions = (self._regions_of(rows[chunk]) if table is None
-                       else torch.as_tensor(table[at[chunk]]).float())
-            parts.append(score_matrix(matcher, regions, words, lengths, self._region_lengths(rows[chunk]))[:, 0])
+        Float16 region embeddings (an array or tensor in memory, or a file on disk, read ``HALF_READ_CHUNK`` rows
+        at a time) go to the head's float16 path where it has one (:meth:`MatchingHead.half_row_scores`: SCAN t2i
+        through the C kernel, which widens each image's rows as it scores them). Otherwise the rows are widened and
+        scored ``STAGE2_CHUNK`` at a time, so each chunk's float32 embeddings and attention stay in the CPU's cache
+        (one 1,000-image block measured 2.3x slower per image than 500 images on a 32 MB L3 cache)."""
+        in_memory = ((isinstance(self.regions, np.ndarray) and not isinstance(self.regions, np.memmap)
+                      and self.regions.dtype == np.float16 and self.regions.flags.c_contiguous)
+                     or (torch.is_tensor(self.regions) and self.regions.dtype == torch.float16
+                         and self.regions.is_contiguous()))
+        if in_memory:  # scored where they lie
+            return self._half_scores(matcher, self.regions, rows, rows, words, lengths)
+        if isinstance(self.regions, np.memmap) and self.regions.dtype == np.float16:
+            parts = [self._half_scores(matcher, read_rows(self.regions, chunk), np.arange(len(chunk)), chunk, words,
+                                       lengths)
+                     for chunk in np.split(rows, range(HALF_READ_CHUNK, len(rows), HALF_READ_CHUNK))]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        parts = [score_matrix(matcher, self._regions_of(chunk), words, lengths, self._region_lengths(chunk))[:, 0]
+                 for chunk in np.split(rows, range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK))]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
-    def _half_rows(self, rows: np.ndarray):
-        """Float16 region embeddings holding the gallery rows ``rows``, as (table, rows of the table): the rows read
-        from a float16 file (one read of all of them), or a float16 array or tensor in memory and ``rows`` itself;
-        (None, None) when the embeddings are not float16."""
-        if isinstance(self.regions, np.memmap) and self.regions.dtype == np.float16:
-            return read_rows(self.regions, rows), np.arange(len(rows))
-        if (isinstance(self.regions, np.ndarray) and self.regions.dtype == np.float16
-                and self.regions.flags.c_contiguous):
-            return self.regions, rows
-        if torch.is_tensor(self.regions) and self.regions.dtype == torch.float16 and self.regions.is_contiguous():
-            return self.regions, rows
-        return None, None
+    def _half_scores(self, matcher: MatchingHead, table, at: np.ndarray, rows: np.ndarray, words: torch.Tensor,
+                     lengths: torch.Tensor) -> np.ndarray:
+        """Scores of the gallery rows ``rows``, whose float16 embeddings are ``table[at]``: the head's float16 path,
+        or those rows widened ``STAGE2_CHUNK`` at a time."""
+        scores = matcher.half_row_scores(table, at, words, lengths, self._region_lengths(rows))
+        if scores is not None:
+            return scores
+        parts = [score_matrix(matcher, torch.as_tensor(table[at[chunk]]).float(), words, lengths,
+                              self._region_lengths(rows[chunk]))[:, 0]
+                 for chunk in np.split(np.arange(len(rows)), range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK))]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
     def exhaustive_scores(self, words: torch.Tensor, lengths: torch.Tensor, matcher: MatchingHead) -> np.ndarray:
         """Scores of every gallery image with some captions: (n_images, n_captions), in image chunks."""

@@ -101,8 +101,17 @@ def test_float16_regions_are_scored_where_they_lie_as_their_widened_values(setup
             want = widened.search_text(TEXT, k=7, stage1_k=20, head=head)
             assert [(h.id, h.stage1_rank) for h in got] == [(h.id, h.stage1_rank) for h in want], (name, head)
             assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-6), (name, head)
-    if native.library() is not None and hasattr(native.library(), "scan_pairs_forward_direct_half_f32"):
+    kernel_built = native.library() is not None and hasattr(native.library(), "scan_pairs_forward_direct_half_f32")
+    if kernel_built:
         assert calls == [20, 20, 20]  # SCAN, once per source, all 20 candidates in one call; CHAN never
+    # a file is read a bounded number of rows at a time, whatever K is
+    monkeypatch.setattr("scan_viz.retrieval.search.HALF_READ_CHUNK", 7)
+    calls.clear()
+    search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=sources["file"])
+    got = search.search_text(TEXT, k=7, stage1_k=20)
+    want = widened.search_text(TEXT, k=7, stage1_k=20)
+    assert [(h.id, h.stage1_rank, h.score) for h in got] == [(h.id, h.stage1_rank, h.score) for h in want]
+    assert calls == ([7, 7, 6] if kernel_built else [])
 
 
 def test_image_query_reranks_captions_with_exhaustive_scores(setup):
