@@ -263,7 +263,7 @@ def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[s
         records.append(record)
     store = RegionStore(ids=order, features=features, boxes=boxes, image_sizes=sizes)
     stage1_vectors = _stage1_vectors(spec, old, order, new_rows, vectors) if has_vectors else None
-    token_index = _token_index(spec, store)
+    token_index, region_embeddings = _token_index(spec, store)
 
     def write(tmp: Path) -> None:
         (tmp / "images").mkdir()
@@ -286,9 +286,10 @@ def _assemble(out: Path, old, files: list[Path], work: Path, caption_map: dict[s
             from scan_viz.retrieval.search import save_image_vectors
 
             save_image_vectors(tmp, stage1, vecs)
-        from scan_viz.retrieval.tokens import TOKENS_DIR
+        from scan_viz.retrieval.tokens import TOKENS_DIR, save_region_embeddings
 
         token_index.save(tmp / TOKENS_DIR)
+        save_region_embeddings(tmp / TOKENS_DIR, region_embeddings)
 
     write_dir_atomic(out, write)
     return IndexResult(out, len(new_rows), len(old_ids), failed)
@@ -315,7 +316,8 @@ def _stage1_vectors(spec: IndexSpec, old, order: list[str], new_rows: dict, new_
 
 
 def _token_index(spec: IndexSpec, store):
-    """The gallery's token-level stage-1 index (scan_viz.retrieval.tokens) over every row's region embeddings."""
+    """The gallery's token-level stage-1 index (scan_viz.retrieval.tokens) over every row's region embeddings, and
+    those embeddings (float16), which the gallery keeps next to the index for stage 2."""
     import torch
 
     from scan_viz.model import load_model
@@ -323,6 +325,8 @@ def _token_index(spec: IndexSpec, store):
 
     model = load_model(spec.model)
     features = store.features
-    regions = torch.cat([model.encode_images(np.asarray(features[s:s + 2048], dtype=np.float32)).half()
-                         for s in range(0, len(features), 2048)])
-    return TokenIndex.build(regions, store.n_boxes, **token_settings(model))
+    # from the features as the gallery stores them (float16), so the index and the stored embeddings are those of
+    # the features every later reader sees
+    regions = torch.cat([model.encode_images(np.asarray(features[s:s + 2048], dtype=np.float16).astype(np.float32))
+                         .half() for s in range(0, len(features), 2048)])
+    return TokenIndex.build(regions, store.n_boxes, **token_settings(model)), regions

@@ -87,6 +87,39 @@ def test_bad_images_are_reported_and_skipped_and_old_images_kept(fixture, tmp_pa
     assert [h.id for h in index.two_stage.search_text("a red car", 5)] == expected
 
 
+def test_region_embeddings_are_stored_with_the_token_index_and_read_by_search(fixture, tmp_path):
+    """`scan-viz index` keeps the gallery's region embeddings (float16, the token index's encoders) next to the token
+    index; search reads its candidates' rows from that file instead of encoding their features per query, and
+    answers as the encoding path does. A file that does not match is ignored."""
+    import torch
+
+    from scan_viz.model import load_model
+    from scan_viz.retrieval.search import gallery_search
+    from scan_viz.retrieval.tokens import REGIONS_FILE, TOKENS_DIR
+
+    ids = fixture.image_ids
+    out = tmp_path / "gallery"
+    index_images(image_folder(fixture, tmp_path / "images", ids[:6]), out, str(fixture.model), chunk=3)
+    model = load_model(fixture.model)
+    gallery = load_gallery(out)
+    stored = np.load(out / TOKENS_DIR / REGIONS_FILE)
+    with torch.no_grad():
+        encoded = model.encode_images(np.asarray(gallery.regions.features, dtype=np.float32))
+    assert stored.dtype == np.float16 and stored.shape == tuple(encoded.shape)
+    np.testing.assert_array_equal(stored, encoded.half().numpy())
+    search = gallery_search(model, gallery, screen="tokens")
+    assert isinstance(search.regions, np.memmap) and search.regions.dtype == np.float16
+    hits = search.search_text("a red car", k=4, stage1_k=5)
+    (out / TOKENS_DIR / REGIONS_FILE).unlink()  # without the file: each query encodes its candidates' features
+    plain = gallery_search(model, load_gallery(out), screen="tokens")
+    assert plain.regions is None
+    again = plain.search_text("a red car", k=4, stage1_k=5)
+    assert [(h.id, h.stage1_rank) for h in hits] == [(h.id, h.stage1_rank) for h in again]
+    assert [h.score for h in hits] == pytest.approx([h.score for h in again], abs=2e-3)  # float16 rows
+    np.save(out / TOKENS_DIR / REGIONS_FILE, stored[:, :2])  # another shape: not these regions, ignored
+    assert gallery_search(model, load_gallery(out), screen="tokens").regions is None
+
+
 def test_empty_or_colliding_folders_are_user_errors(tmp_path):
     with pytest.raises(ScanVizError, match="no image files"):
         list_images(tmp_path)

@@ -415,7 +415,9 @@ def gallery_search(model: ScanModel, gallery, regions: torch.Tensor | None = Non
     Stage-1 vectors stored in the gallery (``scan-viz index``) are used when the same head made them;
     otherwise they are computed here. ``regions``/``caption_emb``: embeddings the caller already has.
     ``screen`` "tokens": text -> image stage 1 is the token screen (scan_viz.retrieval.tokens), from the gallery's
-    stored token index when this model's encoders made it, else built on the first search.
+    stored token index when this model's encoders made it, else built on the first search; the region embeddings
+    stored next to that index (float16, ``scan-viz index`` writes them) are then stage 2's, read per query, unless
+    the caller gives ``regions``.
     """
     from scan_viz.retrieval.stage1 import find_stage1
 
@@ -423,10 +425,12 @@ def gallery_search(model: ScanModel, gallery, regions: torch.Tensor | None = Non
     vectors = None if stage1 is None else load_image_vectors(gallery.root, stage1, len(gallery))
     token_index = None
     if screen == "tokens" and gallery.root is not None:
-        from scan_viz.retrieval.tokens import TOKENS_DIR, load_token_index, token_settings
+        from scan_viz.retrieval.tokens import TOKENS_DIR, load_region_embeddings, load_token_index, token_settings
 
-        token_index = load_token_index(Path(gallery.root) / TOKENS_DIR, token_settings(model)["fingerprint"],
-                                       len(gallery))
+        folder = Path(gallery.root) / TOKENS_DIR
+        token_index = load_token_index(folder, token_settings(model)["fingerprint"], len(gallery))
+        if token_index is not None and regions is None:
+            regions = load_region_embeddings(folder, token_index, model.config.embed_size)
     return TwoStageSearch(model, gallery.ids, gallery.regions.features, stage1, n_boxes=gallery.regions.n_boxes,
                           regions=regions, image_vectors=vectors, captions=gallery.captions, caption_emb=caption_emb,
                           screen=screen, token_index=token_index)

@@ -321,6 +321,34 @@ class TokenIndex:
         write_dir_atomic(Path(directory), write)
 
 
+#: the gallery's region embeddings as the index's encoders made them, float16 (n_images, n_regions, d), saved next to
+#: the index by ``scan-viz index``: stage 2 then reads its candidates' rows instead of encoding their features per
+#: query (scan_viz.retrieval.search.gallery_search)
+REGIONS_FILE = "regions.npy"
+
+
+def save_region_embeddings(directory: str | Path, regions: torch.Tensor | np.ndarray) -> None:
+    """Write the region embeddings (n_images, n_regions, d) as float16 into a saved index's folder."""
+    array = regions.detach().cpu().numpy() if torch.is_tensor(regions) else np.asarray(regions)
+    np.save(Path(directory) / REGIONS_FILE, np.ascontiguousarray(array, dtype=np.float16))
+
+
+def load_region_embeddings(directory: str | Path, index: TokenIndex, dim: int) -> np.ndarray | None:
+    """The region embeddings saved next to ``index`` (read-only memory map, float16), or None when there are none or
+    they do not match it: (index.n_images, the index's regions per image, ``dim``)."""
+    from scan_viz.safe_files import load_npy
+
+    path = Path(directory) / REGIONS_FILE
+    if not path.is_file():
+        return None
+    try:
+        regions = load_npy(path, "region embeddings", mmap=True, kinds="f")
+    except ScanVizError:
+        return None
+    expected = (index.n_images, int(index.codes.shape[1]), dim)
+    return regions if regions.dtype == np.float16 and regions.shape == expected else None
+
+
 def load_token_index(directory: str | Path, fingerprint: str | None = None,
                      n_images: int | None = None) -> TokenIndex | None:
     """A saved :class:`TokenIndex`, or None when it is missing, damaged, or made for other encoders
