@@ -10,6 +10,7 @@ surface form of a word can be highlighted.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from nltk.tokenize import NLTKWordTokenizer
 
 from scan_viz.errors import ScanVizError
 from scan_viz.safe_files import LoadBudget, read_json
@@ -39,7 +39,14 @@ _QUOTE_SOURCES: dict[str, tuple[str, ...]] = {
     "''": ("''", '"'),
 }
 
-_word_tokenizer = NLTKWordTokenizer()
+@functools.cache
+def _word_tokenizer():
+    """NLTK's word tokenizer, imported on first use: ``import nltk`` loads its whole package (collocations, SciPy's
+    statistics, scikit-learn's wrappers: about 1.7 s on this project's machine), which a command that refuses its
+    arguments, or never tokenizes, should not wait for."""
+    from nltk.tokenize import NLTKWordTokenizer
+
+    return NLTKWordTokenizer()
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ def tokenize(text: str) -> list[Token]:
     """
     lowered, origin = _lowered_with_offsets(text)
     # Punkt drops trailing whitespace from the last sentence; the leading whitespace is kept.
-    words = _word_tokenizer.tokenize(lowered.rstrip())
+    words = _word_tokenizer().tokenize(lowered.rstrip())
     return [
         Token(word, origin[start], origin[start] if end == start else origin[end - 1] + 1)
         for word, (start, end) in zip(words, _align(lowered, words))
