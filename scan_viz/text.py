@@ -39,6 +39,7 @@ _QUOTE_SOURCES: dict[str, tuple[str, ...]] = {
     "''": ("''", '"'),
 }
 
+
 @functools.cache
 def _word_tokenizer():
     """NLTK's word tokenizer, imported on first use: ``import nltk`` loads its whole package (collocations, SciPy's

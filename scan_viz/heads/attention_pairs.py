@@ -76,19 +76,23 @@ def direct_scores(regions: torch.Tensor, words: torch.Tensor, word_lengths: torc
     For one caption the images' Gram matrices (k^2 d each) cost more than the caption's cosines and attended
     vectors together (2 k n d per image); stage 2 of a search scores one caption against K images."""
     n_img, n_reg, _ = regions.shape
-    n = int(word_lengths[0])
-    query = words[0, :n].contiguous()  # the caption's real words: no padded word to mask
+    query, qnorm, qvalid = _one_caption(words, word_lengths)
     context = regions
     cvalid = torch.ones(n_img, n_reg, dtype=regions.dtype)
     if region_lengths is not None:
         valid = length_mask(region_lengths.to(regions.device), n_reg)
         context = regions * valid[:, :, None].to(regions.dtype)
         cvalid = valid.to(regions.dtype)
-    qnorm = query.pow(2).sum(dim=-1).sqrt()
-    qvalid = torch.ones(n, dtype=regions.dtype)
-    scores = native.pairs_forward_direct(context.contiguous(), query, qnorm.contiguous(), qvalid,
-                                         cvalid.contiguous(), norm, agg, lam, lse)
+    scores = native.pairs_forward_direct(context.contiguous(), query, qnorm, qvalid, cvalid.contiguous(), norm, agg,
+                                         lam, lse)
     return scores[:, None]
+
+
+def _one_caption(words: torch.Tensor, word_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first caption's real words (n, d), no padded word to mask, with their norms and validity (all 1), as the
+    kernel's direct path takes them."""
+    query = words[0, :int(word_lengths[0])].detach().contiguous()
+    return query, query.pow(2).sum(dim=-1).sqrt().contiguous(), torch.ones(len(query), dtype=words.dtype)
 
 
 def direct_half_scores(table, rows, words: torch.Tensor, word_lengths: torch.Tensor,
@@ -101,9 +105,9 @@ def direct_half_scores(table, rows, words: torch.Tensor, word_lengths: torch.Ten
     if (words.dtype != torch.float32 or words.device.type != "cpu" or norm not in native.NORMS
             or agg not in native.AGGREGATIONS or not 0 < n <= native.MAX_ITEMS or not 0 < n_reg <= native.MAX_ITEMS):
         return None
-    query = words[0, :n].detach().contiguous()
+    query, qnorm, qvalid = _one_caption(words, word_lengths)
     cvalid = (torch.ones(len(rows), n_reg) if region_lengths is None
               else length_mask(region_lengths, n_reg).to(torch.float32))
-    scores = native.pairs_forward_direct_half(table, rows, query, query.pow(2).sum(dim=-1).sqrt().contiguous(),
-                                              torch.ones(n), cvalid.contiguous(), norm, agg, lam, lse)
+    scores = native.pairs_forward_direct_half(table, rows, query, qnorm, qvalid, cvalid.contiguous(), norm, agg, lam,
+                                              lse)
     return None if scores is None else scores.numpy()

@@ -281,9 +281,7 @@ class TwoStageSearch:
                                        lengths)
                      for chunk in np.split(rows, range(HALF_READ_CHUNK, len(rows), HALF_READ_CHUNK))]
             return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-        parts = [score_matrix(matcher, self._regions_of(chunk), words, lengths, self._region_lengths(chunk))[:, 0]
-                 for chunk in np.split(rows, range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK))]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return self._chunk_scores(matcher, rows, words, lengths, lambda at: self._regions_of(rows[at]))
 
     def _half_scores(self, matcher: MatchingHead, table, at: np.ndarray, rows: np.ndarray, words: torch.Tensor,
                      lengths: torch.Tensor) -> np.ndarray:
@@ -292,9 +290,14 @@ class TwoStageSearch:
         scores = matcher.half_row_scores(table, at, words, lengths, self._region_lengths(rows))
         if scores is not None:
             return scores
-        parts = [score_matrix(matcher, torch.as_tensor(table[at[chunk]]).float(), words, lengths,
-                              self._region_lengths(rows[chunk]))[:, 0]
-                 for chunk in np.split(np.arange(len(rows)), range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK))]
+        return self._chunk_scores(matcher, rows, words, lengths, lambda part: torch.as_tensor(table[at[part]]).float())
+
+    def _chunk_scores(self, matcher: MatchingHead, rows: np.ndarray, words: torch.Tensor, lengths: torch.Tensor,
+                      regions_of) -> np.ndarray:
+        """Scores of the gallery rows ``rows`` through ``matcher.scores``, ``STAGE2_CHUNK`` rows at a time;
+        ``regions_of(positions)`` gives the float32 region embeddings of ``rows[positions]``."""
+        parts = [score_matrix(matcher, regions_of(part), words, lengths, self._region_lengths(rows[part]))[:, 0]
+                 for part in np.split(np.arange(len(rows)), range(STAGE2_CHUNK, len(rows), STAGE2_CHUNK))]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
     def exhaustive_scores(self, words: torch.Tensor, lengths: torch.Tensor, matcher: MatchingHead) -> np.ndarray:
