@@ -50,22 +50,29 @@ def rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
+def perturbed_blocks(base: np.ndarray, n: int, noise: float, seed: int = 0):
+    """(start, rows as float16) in order: the originals, then perturbed copies (see the module doc), one copy of
+    ``base`` at a time, without holding the gallery anywhere."""
+    std = base.reshape(-1, base.shape[-1]).std(axis=0)
+    rng = np.random.default_rng(seed)
+    n_base = len(base)
+    for start in range(0, n, n_base):
+        rows = min(n_base, n - start)
+        block = base[:rows]
+        if start:
+            block = np.maximum(0, block + noise * std * rng.standard_normal(block.shape, dtype=np.float32))
+        yield start, block.astype(np.float16)
+
+
 def perturbed_features(base: np.ndarray, n: int, noise: float, work: Path, seed: int = 0) -> np.ndarray:
-    """(n, n_regions, img_dim) float16 memmap: the originals, then perturbed copies (see the module doc)."""
+    """(n, n_regions, img_dim) float16 memmap of :func:`perturbed_blocks`."""
     path = work / f"features_{n}_{noise:g}.npy"
     if path.is_file():
         return np.load(path, mmap_mode="r")
-    std = base.reshape(-1, base.shape[-1]).std(axis=0)
     with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n,) + base.shape[1:])
-        rng = np.random.default_rng(seed)
-        n_base = len(base)
-        for start in range(0, n, n_base):
-            rows = min(n_base, n - start)
-            block = base[:rows]
-            if start:
-                block = np.maximum(0, block + noise * std * rng.standard_normal(block.shape, dtype=np.float32))
-            out[start:start + rows] = block
+        for start, block in perturbed_blocks(base, n, noise, seed):
+            out[start:start + len(block)] = block
         out.flush()
         del out
     return np.load(path, mmap_mode="r")
@@ -149,10 +156,26 @@ def token_index(model, regions_disk, n, args, work, result: dict):
     return index
 
 
+def region_grams_file(regions_disk: np.ndarray, path: Path) -> np.ndarray:
+    """The Gram matrices of a region file's images (``scan_viz.retrieval.tokens.region_grams``), float32 memmap,
+    made once under --work."""
+    from scan_viz.retrieval.tokens import region_grams
+
+    if not path.is_file():
+        n, k = regions_disk.shape[:2]
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, k, k))
+            region_grams(regions_disk, out=out)
+            out.flush()
+            del out
+    return np.load(path, mmap_mode="r")
+
+
 def bench_tokens(model, head, features, regions_disk, regions_stage2, captions, caption_image, warmup, n, args, work,
-                 result: dict) -> None:
+                 result: dict, grams=None) -> None:
     """The token-level stage 1 (scan_viz.retrieval.tokens): index build, size, recall@K, two-stage latency and R@
-    (stage 2 reads ``regions_stage2``: the file, or the same float16 embeddings in RAM)."""
+    (stage 2 reads ``regions_stage2``: the file, or the same float16 embeddings in RAM; and ``grams``, their Gram
+    matrices, where given)."""
     from scan_viz.retrieval.tokens import codes_name, default_k
 
     index = token_index(model, regions_disk, n, args, work, result)
@@ -167,7 +190,7 @@ def bench_tokens(model, head, features, regions_disk, regions_stage2, captions, 
     query_map = query_map_option(model, args.query_map)
     result["tokens_query_map"] = None if query_map is None else str(query_map.path)
     search = TwoStageSearch(model, [str(i) for i in range(n)], features, None, regions=regions_stage2,
-                            screen="tokens", token_index=index, query_map=query_map)
+                            screen="tokens", token_index=index, query_map=query_map, grams=grams)
     caps = model.encode_captions(captions)
     top_k = max(CURVE_KS + tuple(ks))
     times, hit_rank = [], []
@@ -277,27 +300,32 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
     # two-stage search's region embeddings: the float16 file, read per query (default), or the same float16 numbers
     # loaded into RAM once (--stage2-regions ram), as a server that holds its gallery in memory does
     regions_stage2 = regions_disk if args.stage2_regions == "disk" else np.load(regions_disk.filename)
+    grams = None
+    if args.stage2_grams == "yes" and args.stage2_regions == "ram":  # in RAM beside the regions (made once on disk)
+        path = Path(str(regions_disk.filename).replace("regions_", "grams_", 1))
+        grams = np.load(region_grams_file(regions_disk, path).filename)
     ks = [int(k) for k in args.stage1_k.split(",")] if args.stage1_k else \
         [stage1.default_k, 2 * stage1.default_k, 4 * stage1.default_k]
     result = {"images": n, "stage1_ks": ks, "queries": len(captions),
               "disk_bytes_per_image": int(features[0].nbytes + regions_disk[0].nbytes),
-              "stage1_ram_bytes_per_image": int(vectors[0].nbytes), "stage2_regions": f"{args.stage2_regions}, float16"}
+              "stage1_ram_bytes_per_image": int(vectors[0].nbytes), "stage2_regions": f"{args.stage2_regions}, float16",
+              "stage2_grams": "yes" if grams is not None else "no"}
     screens = args.screens.split(",")
     if "tokens" in screens:  # first, so its RSS is not the pooled index's
         del vectors
         bench_tokens(model, head, features, regions_disk, regions_stage2, captions, caption_image, warmup, n, args,
-                     work, result)
+                     work, result, grams)
         if "pooled" in screens:
             vectors = np.load(work / f"vectors_{n}_{args.noise:g}_{stage1.fingerprint}.npy")
     if "pooled" not in screens:
-        del regions_stage2
+        del regions_stage2, grams
         bench_exhaustive(model, head, features, regions_disk, captions, caption_image, n, args, result)
         result["rss_peak_gb"] = rss_gb()
         result["stage1_encode_s"] = encode_s
         return result
     t0 = time.perf_counter()
     search = TwoStageSearch(model, [str(i) for i in range(n)], features, stage1, regions=regions_stage2,
-                            image_vectors=vectors)
+                            image_vectors=vectors, grams=grams)
     result["index_build_s"] = time.perf_counter() - t0
     result["index"] = type(search.image_index).__name__
     del vectors  # as in `scan-viz search`: only the index keeps the stage-1 vectors
@@ -341,7 +369,7 @@ def bench_size(model, stage1, base, captions, caption_image, warmup, n, args, wo
         _, top = index.search(queries, ks[0])
         result[f"stage1_{kind}_recall_at_k"] = float(100 * np.mean([t in row for row, t in zip(top, caption_image)]))
         del index
-    del vectors, search, regions_stage2
+    del vectors, search, regions_stage2, grams
     bench_exhaustive(model, head, features, regions_disk, captions, caption_image, n, args, result)
     result["rss_peak_gb"] = rss_gb()
     result["stage1_encode_s"] = encode_s
@@ -433,6 +461,11 @@ def main() -> None:
                     help="where two-stage search reads the candidates' float16 region embeddings: the memory-mapped "
                          "file, with pread per query (disk), or loaded into RAM once (ram; the exhaustive run holds "
                          "them in RAM too, as float32)")
+    ap.add_argument("--stage2-grams", default="yes", choices=("yes", "no"),
+                    help="with --stage2-regions ram: whether stage 2 also holds the images' Gram matrices in RAM "
+                         "(float32, scan_viz.retrieval.tokens.region_grams), from which SCAN t2i takes each attended "
+                         "vector's norm (with the regions read from disk they are not used: read per query they made "
+                         "search slower)")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--prepare", action="store_true",
                     help="only write the sizes' feature, region and vector files (and, with the token screen, its "

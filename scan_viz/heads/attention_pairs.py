@@ -96,10 +96,12 @@ def _one_caption(words: torch.Tensor, word_lengths: torch.Tensor) -> tuple[torch
 
 
 def direct_half_scores(table, rows, words: torch.Tensor, word_lengths: torch.Tensor,
-                       region_lengths: torch.Tensor | None, norm: str, agg: str, lam: float, lse: float):
+                       region_lengths: torch.Tensor | None, norm: str, agg: str, lam: float, lse: float, gram=None):
     """:func:`direct_scores` for images whose regions are float16 rows of ``table`` (N, k, d), the rows ``rows``
     (:func:`scan_viz.heads.native.pairs_forward_direct_half`): (len(rows),) float32 numpy scores, the same numbers as
-    :func:`direct_scores` on the rows widened to float32; None where the kernel does not compute this case."""
+    :func:`direct_scores` on the rows widened to float32 (to float rounding where ``gram``, the rows' Gram matrices
+    (N, k, k) float32, is given: :func:`scan_viz.retrieval.tokens.region_grams`); None where the kernel does not
+    compute this case."""
     n_reg = int(table.shape[1])
     n = int(word_lengths[0])
     if (words.dtype != torch.float32 or words.device.type != "cpu" or norm not in native.NORMS
@@ -109,5 +111,5 @@ def direct_half_scores(table, rows, words: torch.Tensor, word_lengths: torch.Ten
     cvalid = (torch.ones(len(rows), n_reg) if region_lengths is None
               else length_mask(region_lengths, n_reg).to(torch.float32))
     scores = native.pairs_forward_direct_half(table, rows, query, qnorm, qvalid, cvalid.contiguous(), norm, agg, lam,
-                                              lse)
+                                              lse, gram=gram)
     return None if scores is None else scores.numpy()

@@ -132,11 +132,13 @@ class MatchingHead(abc.ABC):
         return None
 
     def half_row_scores(self, table, rows, words: torch.Tensor, word_lengths: torch.Tensor,
-                        region_lengths: torch.Tensor | None = None) -> np.ndarray | None:
+                        region_lengths: torch.Tensor | None = None, gram=None) -> np.ndarray | None:
         """ONE caption's scores (len(rows),) with images whose region embeddings are float16 rows of ``table``
         ((N, n_regions, d), an array or tensor: a search's candidates as read from a gallery's file, or a gallery
         held in memory), scored where they lie; or None when the head has no such path, and the caller widens the
-        rows to float32 and calls :meth:`scores`. The scores must equal :meth:`scores`' on the widened rows."""
+        rows to float32 and calls :meth:`scores`. The scores must equal :meth:`scores`' on the widened rows.
+        ``gram``: optional (N, n_regions, n_regions) float32, each row's Gram matrix
+        (:func:`scan_viz.retrieval.tokens.region_grams`), for a head that can use it; others ignore it."""
         return None
 
     @abc.abstractmethod

@@ -85,16 +85,17 @@ class ScanHead(MatchingHead):
             return HeadOutput(res.scores, res.attention, word_relevance=res.relevance)
         return HeadOutput(res.scores, res.attention, region_relevance=res.relevance)
 
-    def half_row_scores(self, table, rows, words, word_lengths, region_lengths=None):
+    def half_row_scores(self, table, rows, words, word_lengths, region_lengths=None, gram=None):
         """t2i, one caption, scores only (no gradient): the C kernel's float16 entry point
-        (:func:`scan_viz.heads.attention_pairs.direct_half_scores`), when it computes this case."""
+        (:func:`scan_viz.heads.attention_pairs.direct_half_scores`), when it computes this case; with the rows' Gram
+        matrices (``gram``) each attended vector's norm comes from them."""
         if self.cross_attn != "t2i" or words.shape[0] != 1 or self.product_dtype not in (None, words.dtype):
             return None
         from scan_viz.heads.attention_pairs import direct_half_scores
 
         p = self.attention_params
         return direct_half_scores(table, rows, words, word_lengths, region_lengths, p.raw_feature_norm, p.agg_func,
-                                  p.lambda_softmax, p.lambda_lse)
+                                  p.lambda_softmax, p.lambda_lse, gram=gram)
 
     def training_scores(self, regions, words, word_lengths):
         """SCAN's attention with the hand-written backward that recomputes instead of storing

@@ -256,3 +256,40 @@ def test_float16_rows_score_as_the_widened_rows(norm, agg, padded, dim):
     with pytest.raises(ValueError, match="outside the table"):
         native.pairs_forward_direct_half(table, np.array([9]), words[0, :5].contiguous(), torch.ones(5),
                                          torch.ones(5), torch.ones(1, 7), norm, agg, 9.0, 6.0)
+
+
+@pytest.mark.parametrize("dim", [10, 32, 36])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("norm,agg", [(norm, agg) for norm in sorted(native.NORMS)
+                                      for agg in sorted(native.AGGREGATIONS)])
+def test_float16_rows_with_their_gram_matrices_score_as_the_widened_rows(norm, agg, padded, dim):
+    """With each row's stored Gram matrix (``region_grams``) the kernel takes an
+    attended vector's squared norm as a . G a instead of forming the vector: the same scores as the float32 direct
+    path on the widened rows, to float32 rounding, in any order and with one row twice. A Gram table of another
+    shape is refused."""
+    import numpy as np
+
+    from scan_viz.heads.attention_pairs import direct_half_scores, direct_scores
+    from scan_viz.retrieval.tokens import region_grams
+
+    if native.library() is None or not hasattr(native.library(), "scan_pairs_forward_direct_half_gram_f32"):
+        pytest.skip("the compiler has no _Float16")
+    g = torch.Generator().manual_seed(11)
+    table = F.normalize(torch.randn(9, 7, dim, generator=g), dim=-1).half()
+    n_boxes = np.array([7, 3, 1, 7, 5, 2, 7, 4, 6]) if padded else None
+    grams = region_grams(table, n_boxes)
+    assert grams.shape == (9, 7, 7) and grams.dtype == np.float32
+    rows = np.array([8, 0, 3, 3, 5, 1])
+    words = F.normalize(torch.randn(1, 6, dim, generator=g), dim=-1)
+    words[0, 5:] = 3.0
+    lengths = torch.tensor([5])
+    region_lengths = None if n_boxes is None else torch.from_numpy(n_boxes[rows])
+    widened = table[torch.from_numpy(rows)].float()
+    direct = direct_scores(widened, words, lengths, region_lengths, norm, agg, 9.0, 6.0)[:, 0].numpy()
+    for source, gram in ((table, torch.from_numpy(grams)), (table.numpy(), grams)):
+        scores = direct_half_scores(source, rows, words, lengths, region_lengths, norm, agg, 9.0, 6.0, gram=gram)
+        assert scores.shape == (6,) and scores.dtype == np.float32
+        np.testing.assert_allclose(scores, direct, rtol=2e-6, atol=2e-6)
+    with pytest.raises(ValueError, match="Gram matrices do not match"):
+        native.pairs_forward_direct_half(table, rows, words[0, :5].contiguous(), torch.ones(5), torch.ones(5),
+                                         torch.ones(6, 7), norm, agg, 9.0, 6.0, gram=grams[:8])

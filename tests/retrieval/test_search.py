@@ -114,6 +114,38 @@ def test_float16_regions_are_scored_where_they_lie_as_their_widened_values(setup
     assert calls == ([7, 7, 6] if kernel_built else [])
 
 
+def test_gram_matrices_in_memory_give_the_same_hits(setup, tmp_path, monkeypatch):
+    """With the regions' Gram matrices (``region_grams``) beside float16 regions in memory, SCAN's stage 2 passes
+    them to the kernel and answers as without them, to float rounding. Gram matrices of another shape, or with the
+    regions on disk, are refused."""
+    from scan_viz.heads import native
+    from scan_viz.retrieval.tokens import region_grams
+
+    model, features, n_boxes, stage1, _, ids = setup
+    half = model.encode_images(features.astype(np.float32)).half()
+    grams = region_grams(half, n_boxes)
+    plain = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=half)
+    want = plain.search_text(TEXT, k=7, stage1_k=20)
+    seen = []
+    kernel = native.pairs_forward_direct_half
+    monkeypatch.setattr(native, "pairs_forward_direct_half",
+                        lambda *a, **k: seen.append(k.get("gram") is not None) or kernel(*a, **k))
+    for regions, table in ((half, grams), (half.numpy(), torch.from_numpy(grams))):
+        seen.clear()
+        search = TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=regions, grams=table)
+        got = search.search_text(TEXT, k=7, stage1_k=20)
+        assert [(h.id, h.stage1_rank) for h in got] == [(h.id, h.stage1_rank) for h in want]
+        assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-6)
+        if native.library() is not None and hasattr(native.library(), "scan_pairs_forward_direct_half_gram_f32"):
+            assert seen == [True]
+    np.save(tmp_path / "regions.npy", half.numpy())
+    np.save(tmp_path / "grams.npy", grams)
+    for regions, table in ((half, grams[:, :3]), (np.load(tmp_path / "regions.npy", mmap_mode="r"), grams),
+                           (half, np.load(tmp_path / "grams.npy", mmap_mode="r"))):
+        with pytest.raises(ScanVizError, match="Gram matrices are taken in memory"):
+            TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=regions, grams=table)
+
+
 def test_image_query_reranks_captions_with_exhaustive_scores(setup):
     model, features, n_boxes, stage1, _, ids = setup
     captions = ["a red car", "a dog on the grass", "a car", "the grass", "a red dog", "a dog"]

@@ -133,6 +133,9 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     if half is not None:
         half.argtypes = [p] * 7 + [i] * 6 + [ctypes.c_float] * 2
         half.restype = i
+        gram = lib.scan_pairs_forward_direct_half_gram_f32
+        gram.argtypes = [p] * 8 + [i] * 6 + [ctypes.c_float] * 2
+        gram.restype = i
     lib.scan_pairs_threads.argtypes = []
     lib.scan_pairs_threads.restype = ctypes.c_int
     lib.token_probe_scores.argtypes = [p] * 4 + [ctypes.c_int64] * 2 + [p] * 2
@@ -249,27 +252,37 @@ def pairs_forward_direct(context: torch.Tensor, query: torch.Tensor, qnorm: torc
     return scores
 
 
+def _address(table, dtype: torch.dtype, what: str) -> int:
+    """The data address of a contiguous CPU tensor or C-ordered array of ``dtype``."""
+    import numpy as np
+
+    if torch.is_tensor(table):
+        if table.dtype != dtype or table.device.type != "cpu" or not table.is_contiguous():
+            raise ValueError(f"scan_pairs_direct_half: {what} must be a contiguous CPU {dtype} tensor")
+        return table.data_ptr()
+    if table.dtype != np.dtype(str(dtype).removeprefix("torch.")) or not table.flags.c_contiguous:
+        raise ValueError(f"scan_pairs_direct_half: {what} must be a C-ordered {dtype} array")
+    return table.ctypes.data
+
+
 def pairs_forward_direct_half(table, rows, query: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
-                              cvalid: torch.Tensor, norm: str, agg: str, lam: float, lse: float) -> torch.Tensor | None:
+                              cvalid: torch.Tensor, norm: str, agg: str, lam: float, lse: float,
+                              gram=None) -> torch.Tensor | None:
     """:func:`pairs_forward_direct` with the context sets in float16, scored where they lie: ``table`` (N, k, d)
     float16 (a C-ordered array or CPU tensor, e.g. a search's candidate rows as read from the gallery's file, or a
     gallery held in memory), ``rows`` (C,) the sets of ``table`` to score; query (n, d) float32, qnorm / qvalid (n,),
-    cvalid (C, k) of the listed sets (the kernel zeroes their invalid regions as it widens them). (C,) float32
-    scores, or None when the library has no float16 entry point (a compiler without ``_Float16``)."""
+    cvalid (C, k) of the listed sets (the kernel zeroes their invalid regions as it widens them). ``gram``: optional
+    (N, k, k) float32, each set's Gram matrix (of its rows as widened, invalid regions zeroed), which replaces the
+    product of the attention with the regions (``scan_pairs_forward_direct_half_gram``). (C,) float32 scores, or None
+    when the library has no float16 entry point (a compiler without ``_Float16``)."""
     import numpy as np
 
     lib = library()
-    fn = None if lib is None else getattr(lib, "scan_pairs_forward_direct_half_f32", None)
+    name = "scan_pairs_forward_direct_half_f32" if gram is None else "scan_pairs_forward_direct_half_gram_f32"
+    fn = None if lib is None else getattr(lib, name, None)
     if fn is None:
         return None
-    if torch.is_tensor(table):
-        if table.dtype != torch.float16 or table.device.type != "cpu" or not table.is_contiguous():
-            raise ValueError("scan_pairs_direct_half: the table must be a contiguous CPU float16 tensor")
-        address = table.data_ptr()
-    else:
-        if table.dtype != np.float16 or not table.flags.c_contiguous:
-            raise ValueError("scan_pairs_direct_half: the table must be a C-ordered float16 array")
-        address = table.ctypes.data
+    address = _address(table, torch.float16, "the table")
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     _check(query, qnorm, qvalid, cvalid)
     if query.dtype != torch.float32 or table.ndim != 3:
@@ -278,12 +291,18 @@ def pairs_forward_direct_half(table, rows, query: torch.Tensor, qnorm: torch.Ten
     n_ctx, n = len(rows), query.shape[0]
     if query.shape[1] != dim or qnorm.shape != (n,) or qvalid.shape != (n,) or cvalid.shape != (n_ctx, k):
         raise ValueError("scan_pairs_direct_half: shapes do not match")
+    if gram is not None and tuple(gram.shape) != (n_all, k, k):
+        raise ValueError("scan_pairs_direct_half: the Gram matrices do not match the table")
     if rows.size and (rows.min() < 0 or rows.max() >= n_all):
         raise ValueError("scan_pairs_direct_half: a row is outside the table")
     scores = torch.empty(n_ctx, dtype=torch.float32)
     if n_ctx:
-        _run(fn(address, rows.ctypes.data, _ptr(query), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(scores), n_ctx,
-                k, n, dim, NORMS[norm], AGGREGATIONS[agg], lam, lse))
+        tail = (_ptr(query), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(scores), n_ctx, k, n, dim, NORMS[norm],
+                AGGREGATIONS[agg], lam, lse)
+        if gram is None:
+            _run(fn(address, rows.ctypes.data, *tail))
+        else:
+            _run(fn(address, rows.ctypes.data, _address(gram, torch.float32, "the Gram matrices"), *tail))
     return scores
 
 

@@ -368,8 +368,8 @@ static inline void CAT(widen_, SUFFIX)(T *restrict out, const HALF_T *restrict h
 }
 
 static inline __attribute__((always_inline)) int CAT(direct_run_, SUFFIX)(
-    const T *context, const HALF_T *half, const long *rows, const T *query, const T *qnorm, const T *qvalid,
-    const T *cvalid, T *scores, int C, int k, int n, int d, int norm, int agg, T lam, T lse) {
+    const T *context, const HALF_T *half, const long *rows, const T *gram, const T *query, const T *qnorm,
+    const T *qvalid, const T *cvalid, T *scores, int C, int k, int n, int d, int norm, int agg, T lam, T lse) {
     if (k > MAXK || n > MAXN || k < 1 || n < 1 || d < 1) return 1;
     const int dp = (d + 2 * VL - 1) / (2 * VL) * (2 * VL);  /* d in whole two-vector blocks, zero-padded */
     int failed = 0;
@@ -411,6 +411,11 @@ static inline __attribute__((always_inline)) int CAT(direct_run_, SUFFIX)(
                     }
                     BLOCK_MUL(t->s, np, v, dp, 1, ut, np, k, dp, np);  /* lanes n.. are 0: ut's columns there are */
                     CAT(pair_attend_, SUFFIX)(t, qnorm, qvalid, cvalid + c * k);
+                    if (gram != NULL) {  /* the set's stored Gram matrix: sq = a . G a, k^2 n instead of k n d */
+                        CAT(pair_gram_sq_, SUFFIX)(t, gram + (half != NULL ? rows[c] : c) * k * k);
+                        scores[c] = CAT(pair_pool_, SUFFIX)(t);
+                        continue;
+                    }
                     CAT(pair_attn_t_, SUFFIX)(t);
                     BLOCK_MUL(att, dp, t->at, kp, 1, v, dp, n, k, dp);
                     for (int w = 0; w < np; w++) {
@@ -441,8 +446,8 @@ static inline __attribute__((always_inline)) int CAT(direct_run_, SUFFIX)(
 int CAT(scan_pairs_forward_direct_, SUFFIX)(const T *context, const T *query, const T *qnorm, const T *qvalid,
                                             const T *cvalid, T *scores, int C, int k, int n, int d, int norm,
                                             int agg, T lam, T lse) {
-    return CAT(direct_run_, SUFFIX)(context, NULL, NULL, query, qnorm, qvalid, cvalid, scores, C, k, n, d, norm, agg,
-                                    lam, lse);
+    return CAT(direct_run_, SUFFIX)(context, NULL, NULL, NULL, query, qnorm, qvalid, cvalid, scores, C, k, n, d, norm,
+                                    agg, lam, lse);
 }
 
 #ifdef HALF_ROWS
@@ -452,8 +457,20 @@ int CAT(scan_pairs_forward_direct_, SUFFIX)(const T *context, const T *query, co
 int CAT(scan_pairs_forward_direct_half_, SUFFIX)(const HALF_T *half, const long *rows, const T *query,
                                                  const T *qnorm, const T *qvalid, const T *cvalid, T *scores, int C,
                                                  int k, int n, int d, int norm, int agg, T lam, T lse) {
-    return CAT(direct_run_, SUFFIX)(NULL, half, rows, query, qnorm, qvalid, cvalid, scores, C, k, n, d, norm, agg, lam,
-                                    lse);
+    return CAT(direct_run_, SUFFIX)(NULL, half, rows, NULL, query, qnorm, qvalid, cvalid, scores, C, k, n, d, norm, agg,
+                                    lam, lse);
+}
+
+/* The same with each set's Gram matrix stored beside its rows: gram (any number of sets, k, k) in T, set c's being
+   gram's row rows[c] (the Gram matrix of half's row rows[c] as widened, invalid regions zeroed). |attended|^2 is then
+   a . G a, k^2 n per pair, instead of the squared norm of attn^T V, k n d: the pair's cosines are the only product
+   over d left. */
+int CAT(scan_pairs_forward_direct_half_gram_, SUFFIX)(const HALF_T *half, const long *rows, const T *gram,
+                                                      const T *query, const T *qnorm, const T *qvalid, const T *cvalid,
+                                                      T *scores, int C, int k, int n, int d, int norm, int agg, T lam,
+                                                      T lse) {
+    return CAT(direct_run_, SUFFIX)(NULL, half, rows, gram, query, qnorm, qvalid, cvalid, scores, C, k, n, d, norm,
+                                    agg, lam, lse);
 }
 #endif
 
