@@ -42,7 +42,7 @@ IVF_NPROBE = 32
 ENCODE_CHUNK = 2048  # images per chunk when encoding region features for exhaustive search
 STAGE2_CHUNK = 256  # candidates per stage-2 block of one query (see TwoStageSearch._candidate_scores)
 #: candidates' float16 rows read from a region file at a time for the heads that score float16 rows (36 MB at 36 x
-#: 256 regions): one read for K = 2,000, and a bounded buffer at any K (the rule's K is 32,000 at 1M images)
+#: 256 regions): one read for K = 2,000, two for the rule's 3,000 at 100K-1M images, and a bounded buffer at any K
 HALF_READ_CHUNK = 2048
 #: text -> image stage 1: one pooled vector per image (scan_viz.retrieval.stage1) or region tokens (scan_viz.retrieval.tokens)
 SCREENS = ("tokens", "pooled")
