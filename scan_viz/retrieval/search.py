@@ -128,6 +128,15 @@ def _rank(ids: Sequence, scores: np.ndarray, k: int, stage1_ranks: Sequence[int]
                       None if stage1_ranks is None else int(stage1_ranks[i])) for i in order]
 
 
+def _half_in_memory(regions) -> bool:
+    """Whether region embeddings are float16 rows in memory (a C-ordered array that is no memory map, or a
+    contiguous CPU tensor), which stage 2 scores where they lie."""
+    if torch.is_tensor(regions):
+        return regions.dtype == torch.float16 and regions.device.type == "cpu" and regions.is_contiguous()
+    return (isinstance(regions, np.ndarray) and not isinstance(regions, np.memmap) and regions.dtype == np.float16
+            and regions.flags.c_contiguous)
+
+
 class TwoStageSearch:
     """Text -> images and image -> captions over one gallery, exhaustive or two-stage.
 
@@ -155,9 +164,9 @@ class TwoStageSearch:
         self.n_boxes = None if n_boxes is None or (np.asarray(n_boxes) == features.shape[1]).all() \
             else np.asarray(n_boxes, dtype=np.int64)
         self.regions = regions
-        if grams is not None and (regions is None or tuple(grams.shape) != (n, features.shape[1], features.shape[1])
-                                  or grams.dtype not in (np.float32, torch.float32)
-                                  or isinstance(grams, np.memmap) or isinstance(regions, np.memmap)):
+        if grams is not None and (not _half_in_memory(regions) or isinstance(grams, np.memmap)
+                                  or tuple(grams.shape) != (n, features.shape[1], features.shape[1])
+                                  or grams.dtype not in (np.float32, torch.float32)):
             raise ScanVizError("Gram matrices are taken in memory, float32, beside float16 region embeddings in "
                                "memory, one (n_regions x n_regions) matrix per image")
         self.grams = grams
@@ -280,11 +289,7 @@ class TwoStageSearch:
         through the C kernel, which widens each image's rows as it scores them). Otherwise the rows are widened and
         scored ``STAGE2_CHUNK`` at a time, so each chunk's float32 embeddings and attention stay in the CPU's cache
         (one 1,000-image block measured 2.3x slower per image than 500 images on a 32 MB L3 cache)."""
-        in_memory = ((isinstance(self.regions, np.ndarray) and not isinstance(self.regions, np.memmap)
-                      and self.regions.dtype == np.float16 and self.regions.flags.c_contiguous)
-                     or (torch.is_tensor(self.regions) and self.regions.dtype == torch.float16
-                         and self.regions.is_contiguous()))
-        if in_memory:  # scored where they lie
+        if _half_in_memory(self.regions):  # scored where they lie
             return self._half_scores(matcher, self.regions, rows, rows, words, lengths, self.grams)
         if isinstance(self.regions, np.memmap) and self.regions.dtype == np.float16:
             parts = [self._half_scores(matcher, read_rows(self.regions, chunk), np.arange(len(chunk)), chunk, words,

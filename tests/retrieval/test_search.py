@@ -116,8 +116,8 @@ def test_float16_regions_are_scored_where_they_lie_as_their_widened_values(setup
 
 def test_gram_matrices_in_memory_give_the_same_hits(setup, tmp_path, monkeypatch):
     """With the regions' Gram matrices (``region_grams``) beside float16 regions in memory, SCAN's stage 2 passes
-    them to the kernel and answers as without them, to float rounding. Gram matrices of another shape, or with the
-    regions on disk, are refused."""
+    them to the kernel and answers as without them, to float rounding. Gram matrices of another shape, on disk, or
+    beside regions on disk or in float32 (which would never use them), are refused."""
     from scan_viz.heads import native
     from scan_viz.retrieval.tokens import region_grams
 
@@ -141,7 +141,7 @@ def test_gram_matrices_in_memory_give_the_same_hits(setup, tmp_path, monkeypatch
     np.save(tmp_path / "regions.npy", half.numpy())
     np.save(tmp_path / "grams.npy", grams)
     for regions, table in ((half, grams[:, :3]), (np.load(tmp_path / "regions.npy", mmap_mode="r"), grams),
-                           (half, np.load(tmp_path / "grams.npy", mmap_mode="r"))):
+                           (half, np.load(tmp_path / "grams.npy", mmap_mode="r")), (half.float(), grams)):
         with pytest.raises(ScanVizError, match="Gram matrices are taken in memory"):
             TwoStageSearch(model, ids, features, stage1, n_boxes=n_boxes, regions=regions, grams=table)
 

@@ -260,7 +260,7 @@ def _address(table, dtype: torch.dtype, what: str) -> int:
         if table.dtype != dtype or table.device.type != "cpu" or not table.is_contiguous():
             raise ValueError(f"scan_pairs_direct_half: {what} must be a contiguous CPU {dtype} tensor")
         return table.data_ptr()
-    if table.dtype != np.dtype(str(dtype).removeprefix("torch.")) or not table.flags.c_contiguous:
+    if table.dtype != {torch.float16: np.float16, torch.float32: np.float32}[dtype] or not table.flags.c_contiguous:
         raise ValueError(f"scan_pairs_direct_half: {what} must be a C-ordered {dtype} array")
     return table.ctypes.data
 
