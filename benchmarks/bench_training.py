@@ -20,7 +20,10 @@ of 211-d features, embed 256, word_dim 128, bi-GRU, captions of 8-16 tokens), wi
   CPU (docs/speed.md).
 
 It prints wall time and CPU time (this process, all threads) per step: on a shared machine the CPU time is the
-steadier measure, the wall time counts the waits for other processes. It prints pairs/s (128 x 128 image-caption
+steadier measure, the wall time counts the waits for other processes. Of the CPU time it also prints the system
+(kernel) part: the baseline's (images x regions x captions x words) intermediates are fresh allocations of tens of
+MB each, which glibc maps from the kernel and returns to it every step, so that step spends much of its time in
+page faults (docs/speed.md). It prints pairs/s (128 x 128 image-caption
 pairs per step) and the ratios to the baseline, the share of a step each phase takes, and how far each variant's
 loss and gradients are from the baseline's (same weights).
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import time
 
 import numpy as np
@@ -117,15 +121,16 @@ def main() -> None:
           f"{float(lengths.float().mean()):.1f} tokens (max {int(lengths.max())})")
     print(f"vs baseline, |loss diff| / max |grad diff| (largest |grad| {grad_scale:.2e}): "
           + "; ".join(f"{name}: {d}" for name, d in zip(list(variants)[1:], diffs)))
-    print("| variant | s/step | pairs/s | vs baseline | CPU s/step | vs baseline (CPU) | encoders | head fwd | backward "
-          "| clip+step |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| variant | s/step | pairs/s | vs baseline | CPU s/step | vs baseline (CPU) | of which system | encoders "
+          "| head fwd | backward | clip+step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     base_rate = base_cpu = None
     for name, fn in variants.items():
         optimizer = torch.optim.Adam(params, lr=2e-4)
         for _ in range(2):
             step(fn, optimizer)
         phases, cpu = [], []
+        sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         for _ in range(args.steps):
             c0 = time.process_time()
             times, _, _ = step(fn, optimizer)
@@ -138,10 +143,11 @@ def main() -> None:
         total = float(mean.sum())
         rate = b * b / total
         cpu_step = float(np.mean(cpu))
+        sys_step = (resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0) / args.steps
         base_rate, base_cpu = base_rate or rate, base_cpu or cpu_step
         share = " | ".join(f"{100 * v / total:.0f}%" for v in mean)
         print(f"| {name} | {total:.3f} | {rate:,.0f} | {rate / base_rate:.2f}x | {cpu_step:.3f} | "
-              f"{base_cpu / cpu_step:.2f}x | {share} |")
+              f"{base_cpu / cpu_step:.2f}x | {sys_step:.3f} | {share} |")
 
 
 if __name__ == "__main__":

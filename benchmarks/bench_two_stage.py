@@ -147,8 +147,10 @@ def token_index(model, regions_disk, n, args, work, result: dict):
         index = TokenIndex.build(regions_disk, **settings, **residual_codes(args.token_codes))
         result["tokens_build_s"] = time.perf_counter() - t0
         index.save(folder)
-    elif codes_name(index) != args.token_codes:  # the saved centroids and lists, other residual codes
-        index = index.with_residuals(regions_disk, **residual_codes(args.token_codes))
+    elif codes_name(index) != args.token_codes or not index.fitted_to(settings["query_moment"]):
+        # the saved centroids and lists, other residual codes (or codes fitted otherwise)
+        index = index.with_residuals(regions_disk, **residual_codes(args.token_codes),
+                                     query_moment=settings["query_moment"])
         result["tokens_recode_s"] = time.perf_counter() - t0
         index.save(folder)
     else:

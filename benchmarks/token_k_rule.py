@@ -3,7 +3,8 @@
 Dev galleries are built as ``bench_two_stage.py`` builds its test galleries: the dev split's region features
 (``--data DIR/dev_ims.npy``, from ``python -m scan_viz.scenes --dev 1000 --seed 0`` and the bundled detector) and
 perturbed copies of them up to each size (the originals first, so dev caption j's true image is row j // 5). For
-``--queries`` seeded dev captions every image is scored exhaustively (SCAN, the bundled model), and for each K of
+``--queries`` seeded dev captions every image is scored exhaustively (SCAN, the bundled model; the scores are kept in
+``--work`` and read again by a later run with the same gallery, model and captions), and for each K of
 ``--ks`` the screen is run as search runs it (``TokenIndex.screen(words, K)``, the query map applied). Per K:
 
 - stage-1 recall@K: the caption's true image among the screen's K;
@@ -42,7 +43,8 @@ from scan_viz.regions.store import load_precomp  # noqa: E402
 from scan_viz.regions.store import read_rows  # noqa: E402
 from scan_viz.retrieval.stage1 import find_stage1  # noqa: E402
 from scan_viz.retrieval.query_map import map_words, query_map_option  # noqa: E402
-from scan_viz.retrieval.tokens import TokenIndex, load_token_index, token_settings  # noqa: E402
+from scan_viz.retrieval.tokens import (TokenIndex, codes_name, load_token_index, residual_codes,  # noqa: E402
+                                      token_settings)
 
 
 def dev_regions(model, base: np.ndarray, n: int, noise: float, path: Path) -> np.ndarray:
@@ -107,9 +109,20 @@ def main() -> None:
         if index is None:
             index = TokenIndex.build(regions, **settings)
             index.save(folder)
+        elif not index.fitted_to(settings["query_moment"]):  # saved before the query fit: its residuals re-fitted
+            index = index.with_residuals(regions, **residual_codes(codes_name(index)),
+                                         query_moment=settings["query_moment"])
+            index.save(folder)
         t = time.perf_counter()
-        scores = np.concatenate([score_matrix(head, torch.from_numpy(read_rows(regions, slice(s, s + CHUNK))).float(),
-                                              caps.emb, caps.lengths) for s in range(0, n, CHUNK)])
+        # the exhaustive scores depend on the gallery, the model and the captions only: kept in --work for reruns
+        cached = work / f"exhaustive_{tag}_{args.queries}_{settings['fingerprint']}.npy"
+        if cached.is_file():
+            scores = np.load(cached)
+        else:
+            scores = np.concatenate([score_matrix(head, torch.from_numpy(read_rows(regions, slice(s, s + CHUNK))).float(),
+                                                  caps.emb, caps.lengths) for s in range(0, n, CHUNK)])
+            with atomic_path(cached) as tmp, open(tmp, "wb") as f:
+                np.save(f, scores)
         exhaustive_s = time.perf_counter() - t
         top10 = np.argsort(-scores, axis=0, kind="stable")[:10].T  # (queries, 10)
         truth_score = scores[truth, np.arange(len(pick))]

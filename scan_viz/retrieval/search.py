@@ -42,7 +42,7 @@ IVF_NPROBE = 32
 ENCODE_CHUNK = 2048  # images per chunk when encoding region features for exhaustive search
 STAGE2_CHUNK = 256  # candidates per stage-2 block of one query (see TwoStageSearch._candidate_scores)
 #: candidates' float16 rows read from a region file at a time for the heads that score float16 rows (36 MB at 36 x
-#: 256 regions): one read for K = 2,000, two for the rule's 2,500 at 100K-1M images, and a bounded buffer at any K
+#: 256 regions): one read for the rule's K = 1,500 at 100K-1M images, and a bounded buffer at any K
 HALF_READ_CHUNK = 2048
 #: text -> image stage 1: one pooled vector per image (scan_viz.retrieval.stage1) or region tokens (scan_viz.retrieval.tokens)
 SCREENS = ("tokens", "pooled")
@@ -147,7 +147,7 @@ class TwoStageSearch:
     precomputed stage-1 image vectors (n_images, dim); captions: the gallery's captions (image -> text); grams:
     optional Gram matrices (n_images, n_regions, n_regions) float32 of float16 ``regions`` held in memory
     (:func:`scan_viz.retrieval.tokens.region_grams`), which SCAN t2i's stage 2 then uses instead of forming each
-    attended vector (measured at 100K: K = 2,500 in 40.3-40.5 ms instead of 44.9-45.6; read from disk beside a region
+    attended vector (measured at 100K with the codes before: K = 2,500 in 40.3-40.5 ms instead of 44.9-45.6; read from disk beside a region
     file they made a query slower, 104.9 against 90.0 ms at K = 3,000, so they are taken in memory only).
     """
 

@@ -18,6 +18,10 @@ The index (after PLAID's centroid interaction and residual compression):
 - an inverted list per centroid holds the images that have a region there (each image once), int32;
 - ``residuals`` (n_images, n_regions, r) int8: region - centroid - mean residual, in the top-r principal
   directions of the residuals, in steps of ``residual_scale`` (r,), so q(v_r) = centroid + mean + basis^T (scale z).
+  With a query map that carries its words' second moment M = E[u u^T] (``residual_fit`` "query"), the directions
+  are those of the residuals whitened by M^(1/2): they keep what the screen's query words can see, the error
+  u . (res - decoded) that the scores inherit, instead of the residuals' own largest directions; the stored basis
+  is then B M^(-1/2) (B the principal directions of res M^(1/2)), and q(v_r) has the same form.
   Near-copies of an image share their codes; the residuals are what tells them apart. (Also kept, for comparison:
   float16 coordinates, and a product quantiser of the residuals, Jegou et al. 2011, ``pq_codes`` / ``pq_codebooks``;
   ``benchmarks/token_codes.py`` measures them against each other and against the exact regions.)
@@ -51,7 +55,9 @@ TOKENS_META = "tokens.json"
 #: default coarse cells x fine centroids per cell (C = 4,096 centroids)
 N_COARSE, N_FINE = 64, 64
 #: default centroids each word probes, and how many times K images the bound passes to the exact code scoring
-PROBE, REFINE = 64, 4
+#: (REFINE 6 since the query-fitted codes: on the 100K dev gallery the probe pass's shortlist, not the codes, then
+#: kept the true image out of the top K; recall@2,000 94.8% with 4, 96.3% with 5: docs/search.md)
+PROBE, REFINE = 64, 6
 #: at least this many images go from the probe pass to the exact scoring (near-copies share their codes, so the
 #: probe pass cannot order them; the residuals can)
 SHORTLIST = 2000
@@ -59,6 +65,9 @@ SHORTLIST = 2000
 #: (chosen on dev queries with benchmarks/token_codes.py: at the same bytes as 16 float16 directions, 32 int8 ones
 #: reached the recall of re-scoring with the exact regions; PQ at 64 bytes was no better and 4x slower to score)
 N_RESIDUAL, RESIDUAL_INT8 = 32, True
+#: the query moment's eigenvalues are floored at this share of its largest before its square roots are taken
+#: (dev recall@K with the query fit was flat for floors 1e-4 to 1e-3 and lower at 1e-2 and 1e-1: docs/search.md)
+MOMENT_FLOOR = 1e-3
 #: the arrays of the residual codes (principal directions, or PQ), saved and loaded with the index
 RESIDUAL_ARRAYS = ("residuals", "residual_basis", "residual_mean", "residual_scale", "pq_codes", "pq_codebooks")
 #: a centroid's code for a padded region (never a real centroid)
@@ -100,6 +109,8 @@ class TokenIndex:
     fingerprint: str = ""
     #: optional residual detail: (n_images, n_regions, r) float16 coordinates of each region's residual (region -
     #: its centroid - residual_mean) in the top-r principal directions ``residual_basis`` (r, d) of the residuals
+    #: (``residual_fit`` "pca"), or of the residuals whitened by the query words' second moment ("query"; the
+    #: module doc); either way region ~ centroid + residual_mean + residual_basis^T z
     residuals: np.ndarray | None = None
     residual_basis: np.ndarray | None = None
     residual_mean: np.ndarray | None = None
@@ -109,6 +120,8 @@ class TokenIndex:
     #: d / m) float32; region ~ centroid + concat_j pq_codebooks[j, pq_codes[..., j]]
     pq_codes: np.ndarray | None = None
     pq_codebooks: np.ndarray | None = None
+    #: how the principal-direction residuals were fitted: "pca" (the residuals' own) or "query" (whitened)
+    residual_fit: str = "pca"
 
     @property
     def n_images(self) -> int:
@@ -121,18 +134,26 @@ class TokenIndex:
         return int(self.centroids.nbytes + self.codes.nbytes + self.list_offsets.nbytes + self.list_images.nbytes
                    + extra)
 
+    def fitted_to(self, query_moment: np.ndarray | None) -> bool:
+        """Whether the principal-direction residual codes were fitted as a build with ``query_moment`` fits them
+        (True for other codes): a saved index from before the query fit still works, with codes fitted to the
+        residuals alone."""
+        return self.residuals is None or self.residual_fit == ("pca" if query_moment is None else "query")
+
     # ------------------------------------------------------------------------------------------ building
     @classmethod
     def build(cls, regions, n_boxes: np.ndarray | None = None, n_coarse: int = N_COARSE, n_fine: int = N_FINE,
               agg: str = "lse", lambda_lse: float = 6.0, fingerprint: str = "", sample: int = 200_000,
               seed: int = 0, n_residual: int = N_RESIDUAL, pq_m: int = 0,
-              residual_int8: bool = RESIDUAL_INT8) -> "TokenIndex":
+              residual_int8: bool = RESIDUAL_INT8, query_moment: np.ndarray | None = None) -> "TokenIndex":
         """Index region embeddings ``regions`` (n_images, n_regions, d): a tensor, an array or a float16 memory map
         (read ``BUILD_CHUNK`` images at a time). n_boxes: (n_images,) real regions per image, or None (all).
 
         Residual codes (``benchmarks/token_codes.py`` compares them): ``pq_m`` > 0, a product quantiser of the
         residuals (``pq_m`` sub-vectors of d / pq_m dimensions, 256 codewords each, one byte per sub-vector); else
-        ``n_residual`` > 0 principal directions, int8 steps (``residual_int8``) or float16; else none."""
+        ``n_residual`` > 0 principal directions, int8 steps (``residual_int8``) or float16; else none.
+        ``query_moment`` (d, d): the second moment of the screen's query words (:func:`token_settings` takes it
+        from the model's query map); the principal directions are then fitted to it (the module doc)."""
         if agg not in ("lse", "sum"):
             raise ScanVizError(f"unknown token-screen aggregation {agg!r}: choose lse or sum")
         n, n_reg, d = regions.shape
@@ -155,7 +176,8 @@ class TokenIndex:
         if len(centroids) >= PAD_CODE:
             raise ScanVizError(f"{len(centroids)} centroids do not fit a uint16 code: lower n_coarse x n_fine")
         fit = train - centroids[_assign(train, coarse, fine, starts)] if (n_residual or pq_m) else None
-        codec = _ResidualCodec.fit(fit, n_residual, pq_m, seed, residual_int8) if fit is not None else _ResidualCodec()
+        codec = _ResidualCodec.fit(fit, n_residual, pq_m, seed, residual_int8, query_moment) if fit is not None \
+            else _ResidualCodec()
         codes = np.empty((n, n_reg), dtype=np.uint16)
         for s in range(0, n, BUILD_CHUNK):
             block = np.asarray(_rows(regions, slice(s, s + BUILD_CHUNK)), dtype=np.float32).reshape(-1, d)
@@ -168,17 +190,19 @@ class TokenIndex:
         return cls(centroids, codes, offsets, images, agg, float(lambda_lse), fingerprint, **codec.fields())
 
     def with_residuals(self, regions, n_residual: int = 0, pq_m: int = 0, residual_int8: bool = False,
-                       sample: int = 200_000, seed: int = 0) -> "TokenIndex":
+                       sample: int = 200_000, seed: int = 0, query_moment: np.ndarray | None = None) -> "TokenIndex":
         """This index (same centroids, codes and lists) with other residual codes: ``n_residual`` principal
         directions, or a product quantiser of ``pq_m`` one-byte sub-vectors, or none. For comparing codes
-        on one set of centroids (``benchmarks/token_codes.py``); ``regions`` are the ones the index was built from."""
+        on one set of centroids (``benchmarks/token_codes.py``), or for re-fitting a saved index's codes to a query
+        moment (``query_moment``, as :meth:`build`); ``regions`` are the ones the index was built from."""
         n, n_reg, d = regions.shape
         rng = np.random.default_rng(seed)
         pick = np.sort(rng.choice(n, size=min(n, max(1, sample // n_reg)), replace=False))
         real = self.codes[pick] != PAD_CODE
         fit = (np.asarray(_rows(regions, pick), dtype=np.float32)[real]
                - self.centroids[self.codes[pick][real].astype(np.int64)]) if (n_residual or pq_m) else None
-        codec = _ResidualCodec.fit(fit, n_residual, pq_m, seed, residual_int8) if fit is not None else _ResidualCodec()
+        codec = _ResidualCodec.fit(fit, n_residual, pq_m, seed, residual_int8, query_moment) if fit is not None \
+            else _ResidualCodec()
         if fit is not None:
             for s in range(0, n, BUILD_CHUNK):
                 block = np.asarray(_rows(regions, slice(s, s + BUILD_CHUNK)), dtype=np.float32).reshape(-1, d)
@@ -315,7 +339,8 @@ class TokenIndex:
                     "fingerprint": self.fingerprint,
                     "n_residual": 0 if self.residuals is None else int(self.residuals.shape[2]),
                     "residual_int8": self.residual_scale is not None,
-                    "pq_m": 0 if self.pq_codes is None else int(self.pq_codes.shape[2])}
+                    "pq_m": 0 if self.pq_codes is None else int(self.pq_codes.shape[2]),
+                    "residual_fit": self.residual_fit}
             (tmp / TOKENS_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
         write_dir_atomic(Path(directory), write)
@@ -403,7 +428,8 @@ def load_token_index(directory: str | Path, fingerprint: str | None = None,
         index = TokenIndex(arrays["centroids"].astype(np.float32), arrays["codes"].astype(np.uint16),
                            arrays["list_offsets"].astype(np.int64), arrays["list_images"].astype(np.int32),
                            str(meta["agg"]), float(meta["lambda_lse"]), str(meta.get("fingerprint", "")),
-                           **{name: arrays.get(name) for name in RESIDUAL_ARRAYS})
+                           **{name: arrays.get(name) for name in RESIDUAL_ARRAYS},
+                           residual_fit="query" if meta.get("residual_fit") == "query" else "pca")
     except (ScanVizError, KeyError, TypeError, ValueError):
         return None
     c, d = index.centroids.shape
@@ -434,11 +460,14 @@ class _ResidualCodec:
     """The residual codes of a build (region - its centroid, (n, d) float32 blocks): fitted on a sample, filled
     block by block, handed to :class:`TokenIndex` as its fields."""
 
-    def __init__(self, basis=None, mean=None, pq=None, scale=None):
+    def __init__(self, basis=None, mean=None, pq=None, scale=None, encoder=None, fit="pca"):
         self.basis, self.mean, self.pq, self.scale, self.out = basis, mean, pq, scale, None
+        # z = (res - mean) @ encoder.T; the stored basis decodes (the same matrix for "pca")
+        self.encoder, self.fit_name = (basis if encoder is None else encoder), fit
 
     @classmethod
-    def fit(cls, res: np.ndarray, n_residual: int, pq_m: int, seed: int, int8: bool = False) -> "_ResidualCodec":
+    def fit(cls, res: np.ndarray, n_residual: int, pq_m: int, seed: int, int8: bool = False,
+            query_moment: np.ndarray | None = None) -> "_ResidualCodec":
         if pq_m:
             import faiss
 
@@ -451,12 +480,20 @@ class _ResidualCodec:
                 res = np.resize(res, (pq.ksub, d))
             pq.train(np.ascontiguousarray(res, dtype=np.float32))
             return cls(pq=pq)
-        mean = res.mean(axis=0)  # principal directions of the sample's residuals
-        basis = np.linalg.svd(res - mean, full_matrices=False)[2][:n_residual].astype(np.float32)
+        mean = res.mean(axis=0)
+        centred = res - mean
+        if query_moment is None:  # principal directions of the sample's residuals
+            basis = encoder = np.linalg.svd(centred, full_matrices=False)[2][:n_residual].astype(np.float32)
+        else:  # of the residuals whitened by the query moment: u . res = (M^-1/2 u) . (M^1/2 res)
+            if np.shape(query_moment) != (res.shape[1],) * 2:
+                raise ScanVizError(f"the query moment is {np.shape(query_moment)}, the regions {res.shape[1]}-d")
+            half, inverse_half = moment_roots(query_moment)
+            directions = np.linalg.svd(centred @ half, full_matrices=False)[2][:n_residual]
+            encoder, basis = (directions @ half).astype(np.float32), (directions @ inverse_half).astype(np.float32)
         # int8: 127 steps cover the sample's largest coordinate in each direction (outside it, clipped)
-        scale = np.maximum(np.abs((res - mean) @ basis.T).max(axis=0), 1e-12).astype(np.float32) / 127 if int8 \
+        scale = np.maximum(np.abs(centred @ encoder.T).max(axis=0), 1e-12).astype(np.float32) / 127 if int8 \
             else None
-        return cls(basis, mean, scale=scale)
+        return cls(basis, mean, scale=scale, encoder=encoder, fit="pca" if query_moment is None else "query")
 
     def encode(self, res: np.ndarray, start: int, n: int, n_reg: int) -> None:
         """Codes of residuals (n_images_in_block x n_reg, d) of the images from ``start``, into (n, n_reg, ...)."""
@@ -469,7 +506,7 @@ class _ResidualCodec:
         else:
             if self.out is None:
                 self.out = np.empty((n, n_reg, len(self.basis)), dtype=np.float16 if self.scale is None else np.int8)
-            code = (res - self.mean) @ self.basis.T
+            code = (res - self.mean) @ self.encoder.T
             if self.scale is not None:
                 code = np.clip(np.rint(code / self.scale), -127, 127)
         self.out[start:start + len(res) // n_reg] = code.reshape(len(res) // n_reg, n_reg, -1)
@@ -485,7 +522,22 @@ class _ResidualCodec:
         elif self.basis is not None:
             out.update(residuals=self.out, residual_basis=self.basis, residual_mean=self.mean,
                        residual_scale=self.scale)
+        out["residual_fit"] = self.fit_name if self.basis is not None else "pca"
         return out
+
+
+def moment_roots(moment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """M^(1/2) and M^(-1/2) (float64) of a symmetric second-moment matrix M (d, d), its eigenvalues floored at
+    :data:`MOMENT_FLOOR` x the largest (a direction no query word uses would otherwise get an infinite weight)."""
+    moment = np.asarray(moment, dtype=np.float64)
+    if moment.ndim != 2 or moment.shape[0] != moment.shape[1] or not np.isfinite(moment).all():
+        raise ScanVizError(f"the query moment must be a finite (d, d) matrix, not {moment.shape}")
+    values, vectors = np.linalg.eigh((moment + moment.T) / 2)
+    top = float(values.max())
+    if top <= 0:
+        raise ScanVizError("the query moment has no positive eigenvalue")
+    values = np.maximum(values, MOMENT_FLOOR * top)
+    return (vectors * np.sqrt(values)) @ vectors.T, (vectors / np.sqrt(values)) @ vectors.T
 
 
 def _real(n_boxes: np.ndarray | None, i: int, n_reg: int) -> int:
@@ -540,25 +592,32 @@ def pool_words(per_word: torch.Tensor, agg: str, lambda_lse: float, dim: int,
 
 
 def token_settings(model) -> dict:
-    """The screen's aggregation for a SCAN model (its own: LogSumExp with its lambda_lse, else a sum) and the
-    encoders' fingerprint that a saved index must match."""
+    """The screen's aggregation for a SCAN model (its own: LogSumExp with its lambda_lse, else a sum), the
+    encoders' fingerprint that a saved index must match, and the second moment of the screen's query words
+    (``query_moment``, (d, d) float32, from the model's query map where it has one that carries it; else None), which
+    a build fits its residual codes to."""
     from scan_viz.heads import DEFAULT_HEAD, head_settings
     from scan_viz.parts import model_fingerprint
 
     scan = head_settings(DEFAULT_HEAD, model.config)  # the model's SCAN pooling (the declared default if none)
     agg = "lse" if scan["agg_func"] == "LogSumExp" else "sum"
-    return {"agg": agg, "lambda_lse": float(scan["lambda_lse"]), "fingerprint": model_fingerprint(model)}
+    from scan_viz.retrieval.query_map import find_query_map
+
+    query_map = find_query_map(model)
+    moment = None if query_map is None else query_map.word_moment
+    return {"agg": agg, "lambda_lse": float(scan["lambda_lse"]), "fingerprint": model_fingerprint(model),
+            "query_moment": None if moment is None else moment.numpy()}
 
 
 #: (gallery size, K) measured on DEV queries by benchmarks/token_k_rule.py (perturbed copies of the 1,000 dev images,
-#: 1,000 seeded dev captions, 500 at 1M; each K screened as search screens it, with the int8 codes and the distilled
-#: query map): the smallest K whose screen meets issue 20's quality criteria there. Up to 100,000 images: stage-1
-#: recall@K >= 95% of the true image, two-stage R@10 within 0.5 point of exhaustive, and >= 90% of exhaustive's top
-#: 10 kept (recall@K at 1,000 images: 93.8 (K 50) / 97.9 (100); 10,000: 94.4 (200) / 95.5 (300); 100,000: 93.9
-#: (2,000) / 94.8 (2,250) / 95.2 (2,500)). At 1,000,000 the issue asks R@10 within 1 point only, which dev meets
-#: from K = 1,000 (R@10 11.2 against 11.2; keep@K 56%): the rule keeps 100,000's K, so K never shrinks as a gallery
-#: grows (dev at 2,000 and 3,000: R@10 11.4 both; recall@K 62.8 / 69.0%). Beyond 1M, unmeasured: the same K.
-K_RULE = ((1_000, 100), (10_000, 300), (100_000, 2_500), (1_000_000, 2_500))
+#: 1,000 seeded dev captions; each K screened as search screens it, with the int8 codes fitted to the query map's
+#: words, the distilled query map and REFINE): the smallest K whose screen meets issue 20's quality criteria there. Up
+#: to 100,000 images: stage-1 recall@K >= 95% of the true image, two-stage R@10 within 0.5 point of exhaustive, and
+#: >= 90% of exhaustive's top 10 kept (recall@K at 1,000 images: 98.1 (K 100); 10,000: 92.3 (100) / 96.1 (200);
+#: 100,000: 93.6 (1,250) / 95.5 (1,500)). At 1,000,000 the issue asks R@10 within 1 point only, which dev met from
+#: K = 1,000 with the codes before the query fit (500 captions; R@10 11.2 against 11.2): the rule keeps 100,000's K,
+#: so K never shrinks as a gallery grows. Beyond 1M, unmeasured: the same K.
+K_RULE = ((1_000, 100), (10_000, 200), (100_000, 1_500), (1_000_000, 1_500))
 
 
 def residual_codes(name: str) -> dict:

@@ -7,6 +7,13 @@ encoders stay frozen: their outputs are computed once. Each step takes ``--batch
 each image's captions; the teacher is the model's own head (SCAN) scoring every caption with every image of the
 batch, the student the screen's LSE-MaxSim with the mapped words (:func:`screen_scores`); the loss is the
 cross-entropy between softmax(teacher / tau) and softmax(student / tau) over the batch's images, per caption.
+
+After training, the map's mapped words are measured once over every training caption: their second moment
+E[u u^T] is saved with the map (``word_moment``), and token indexes fit their residual codes to it. ``--moment-only``
+measures just that for the map already in ``--out`` (same data), leaving its weights as they are:
+
+    python -m scan_viz.train.query_map --model scan-emoji-t2i --data DIR --out pretrained/scan-emoji-t2i-query-map \
+        --moment-only
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from scan_viz.heads.engine import score_matrix
 from scan_viz.model import ScanModel, load_model
 from scan_viz.parts import model_fingerprint
 from scan_viz.regions.store import load_precomp
-from scan_viz.retrieval.query_map import QueryMap, QueryMapModule
+from scan_viz.retrieval.query_map import QueryMap, QueryMapModule, load_query_map, word_moment
 from scan_viz.retrieval.tokens import pool_words, token_settings
 
 ENCODE_BATCH = 1024
@@ -107,7 +114,26 @@ def distill_query_map(model: ScanModel, model_name: str, data: Path, epochs: int
                 "epochs": epochs, "batch_size": batch_size, "lr": lr, "tau": tau, "seed": seed,
                 "loss": "cross-entropy of softmax(screen / tau) against softmax(SCAN / tau) over the batch's images",
                 "loss_per_epoch": history, "command": "python -m scan_viz.train.query_map"}
-    return QueryMap(module.eval(), model_name, model_fingerprint(model), training)
+    query_map = QueryMap(module.eval(), model_name, model_fingerprint(model), training)
+    return query_map.with_word_moment(word_moment(query_map, words, lengths), _moment_note(data, n_images, len(keep)))
+
+
+def _moment_note(data: Path, n_images: int, n_captions: int) -> dict:
+    return {"data": str(data), "split": "train", "images": n_images, "captions": n_captions,
+            "what": "E[u u^T] of the mapped words of every caption of these images"}
+
+
+def add_word_moment(model: ScanModel, query_map: QueryMap, data: Path, max_images: int | None = None,
+                    log=print) -> QueryMap:
+    """``query_map`` (weights unchanged) with the second moment of its mapped words over the training captions of
+    the first ``max_images`` training images of ``data`` (all by default)."""
+    split = load_precomp(data, "train")
+    n_images = len(split.regions.features) if max_images is None else min(max_images, len(split.regions.features))
+    keep = np.flatnonzero(np.asarray(split.caption_image) < n_images)
+    caps = model.encode_captions([split.captions[i] for i in keep])
+    log(f"measuring the mapped words of {len(keep):,} training captions")
+    return query_map.with_word_moment(word_moment(query_map, caps.emb, caps.lengths),
+                                      _moment_note(data, n_images, len(keep)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,10 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau", type=float, default=0.05, help="softmax temperature of both score lists")
     p.add_argument("--max-images", type=int, help="train on the first N training images only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--moment-only", action="store_true",
+                   help="measure only the mapped words' second moment for the map already in --out")
     args = p.parse_args(argv)
 
     def run(a: argparse.Namespace) -> int:
         model = load_model(a.model)
+        if a.moment_only:
+            query_map = load_query_map(a.out)
+            if query_map.base_fingerprint != model_fingerprint(model):
+                raise ScanVizError(f"{a.out} was trained for other encoders than {a.model}'s")
+            query_map = add_word_moment(model, query_map, Path(a.data), a.max_images)
+            query_map.save(a.out)
+            print(json.dumps({"out": a.out, "word_moment": query_map.training["word_moment"]}))
+            return 0
         query_map = distill_query_map(model, Path(a.model).name, Path(a.data), a.epochs, a.batch_size, a.lr, a.tau,
                                       a.max_images, a.seed)
         query_map.save(a.out)

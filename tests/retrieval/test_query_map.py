@@ -90,6 +90,38 @@ def test_saved_map_round_trips_and_is_found_only_for_its_model(tmp_path):
         load_query_map(tmp_path / "tiny-query-map")
 
 
+def test_word_moment_is_the_mapped_words_second_moment_and_is_saved(tmp_path):
+    """E[u u^T] over the real words only (padding left out), each word mapped; saved with the map and loaded back; a
+    map saved without one loads without one; the bundled map carries one, which token indexes fit their codes to."""
+    from scan_viz.model import load_model
+    from scan_viz.retrieval.query_map import word_moment
+    from scan_viz.retrieval.tokens import token_settings
+
+    model = tiny_model()
+    module = QueryMapModule(32)
+    with torch.no_grad():
+        module.weight.add_(0.1 * torch.randn(32, 32, generator=torch.Generator().manual_seed(2)))
+    plain = QueryMap(module, "tiny", model_fingerprint(model), {"epochs": 1})
+    assert plain.word_moment is None
+    words = torch.randn(3, 5, 32, generator=torch.Generator().manual_seed(3))
+    lengths = torch.tensor([5, 2, 3])
+    real = torch.cat([module(words[c, :int(lengths[c])]).detach().double() for c in range(3)])
+    got = word_moment(plain, words, lengths, batch=2)
+    torch.testing.assert_close(got.double(), real.T @ real / len(real), rtol=1e-6, atol=1e-7)
+    with_moment = plain.with_word_moment(got, {"captions": 3})
+    assert with_moment.training == {"epochs": 1, "word_moment": {"captions": 3}}
+    with_moment.save(tmp_path / "m")
+    back = load_query_map(tmp_path / "m")
+    torch.testing.assert_close(back.word_moment, got)
+    torch.testing.assert_close(back(words[0]), module(words[0]).detach())
+    plain.save(tmp_path / "p")
+    assert load_query_map(tmp_path / "p").word_moment is None
+    with pytest.raises(ScanVizError, match="no caption words"):
+        word_moment(plain, words, torch.zeros(3, dtype=torch.int64))
+    bundled = token_settings(load_model("scan-emoji-t2i"))["query_moment"]
+    assert bundled.shape == (256, 256) and abs(float(np.trace(bundled)) - 1.0) < 1e-4  # unit words
+
+
 def test_search_screens_with_the_map_and_scores_with_the_words(tmp_path):
     """The map changes which images the screen passes on, never stage 2's scores: a map that turns every word
     around (-I) makes the screen pass the images least like the caption, each still scored exactly."""

@@ -88,6 +88,50 @@ def test_int8_residuals_score_the_regions_they_reconstruct(agg):
     np.testing.assert_allclose(got, plain_maxsim(regions, words, agg), atol=5 * step)
 
 
+def test_query_fitted_residuals_keep_what_the_query_words_see(tmp_path):
+    """Residuals whose largest spread lies where no query word looks (dims 0-7) and queries that live in dims 8-15:
+    principal directions of the residuals spend their few directions on dims 0-7, directions fitted to the queries'
+    second moment on dims 8-15. Fitted to the queries, the code scores are much closer to the plain LSE-MaxSim of
+    the regions; either way each score is the plain MaxSim of the regions the codes rebuild (centroid + mean +
+    basis^T z); and the fit is saved with the index."""
+    rng = np.random.default_rng(3)
+    spread = np.r_[np.full(8, 3.0), np.full(8, 1.0)]
+    regions = unit(toy_regions(n=80) + 0.3 * spread * rng.standard_normal((80, 6, 16))).astype(np.float32)
+    queries = np.zeros((400, 16))
+    queries[:, 8:] = rng.standard_normal((400, 8))
+    queries = unit(queries)
+    moment = (queries.T @ queries / len(queries)).astype(np.float32)
+    words = queries[:5].astype(np.float32)
+    errors = {}
+    for fit, m in (("pca", None), ("query", moment)):
+        index = TokenIndex.build(regions, None, n_coarse=2, n_fine=2, n_residual=4, residual_int8=True,
+                                 query_moment=m, fingerprint="abc")
+        assert index.residual_fit == fit and index.fitted_to(m) and not index.fitted_to(moment if m is None else None)
+        got = index.code_scores(index.word_centroid_sims(words), np.arange(80), words)
+        rebuilt = (index.centroids[index.codes.astype(int)] + index.residual_mean
+                   + (index.residuals * index.residual_scale.astype(np.float64)) @ index.residual_basis)
+        np.testing.assert_allclose(got, plain_maxsim(rebuilt, words), rtol=1e-5, atol=1e-5)
+        errors[fit] = np.abs(got - plain_maxsim(regions, words)).mean()
+    assert errors["query"] < 0.5 * errors["pca"]
+    index.save(tmp_path / "tokens")
+    back = load_token_index(tmp_path / "tokens", "abc", 80)
+    assert back.residual_fit == "query" and back.fitted_to(moment)
+    np.testing.assert_array_equal(back.residual_basis, index.residual_basis)
+
+
+def test_query_moment_roots_are_floored_and_checked():
+    from scan_viz.errors import ScanVizError
+    from scan_viz.retrieval.tokens import MOMENT_FLOOR, moment_roots
+
+    moment = np.diag([4.0, 1.0, 0.0])
+    half, inverse_half = moment_roots(moment)
+    np.testing.assert_allclose(half @ half, np.diag([4.0, 1.0, 4.0 * MOMENT_FLOOR]), atol=1e-12)
+    np.testing.assert_allclose(half @ inverse_half, np.eye(3), atol=1e-9)
+    for bad in (np.zeros((3, 3)), np.ones((2, 3)), np.full((2, 2), np.nan)):
+        with pytest.raises(ScanVizError, match="query moment"):
+            moment_roots(bad)
+
+
 def pq_rebuilt(index: TokenIndex) -> np.ndarray:
     """(n, n_reg, d) float64: each region as its centroid + its PQ-decoded residual, decoded plainly."""
     m = index.pq_codebooks.shape[0]
