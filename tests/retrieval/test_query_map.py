@@ -122,6 +122,34 @@ def test_word_moment_is_the_mapped_words_second_moment_and_is_saved(tmp_path):
     assert bundled.shape == (256, 256) and abs(float(np.trace(bundled)) - 1.0) < 1e-4  # unit words
 
 
+def test_moment_only_adds_the_moment_to_a_saved_map_and_keeps_its_weights(tmp_path, capsys):
+    """``python -m scan_viz.train.query_map --moment-only``: the map in --out gets the second moment of its mapped
+    words over every training caption, its weights unchanged; a map made for other encoders is refused with one
+    error line and exit status 2."""
+    from scan_viz.regions.store import load_precomp
+    from scan_viz.retrieval.query_map import word_moment
+    from scan_viz.train.query_map import main
+
+    data, model = toy_data_and_model(tmp_path / "toy", n_train=16, n_dev=4)
+    model.save(tmp_path / "model")
+    module = QueryMapModule(32)
+    with torch.no_grad():
+        module.weight.add_(0.1 * torch.randn(32, 32, generator=torch.Generator().manual_seed(4)))
+    QueryMap(module, "toy", model_fingerprint(model), {"epochs": 1}).save(tmp_path / "map")
+    argv = ["--model", str(tmp_path / "model"), "--data", str(data), "--out", str(tmp_path / "map"), "--moment-only"]
+    assert main(argv) == 0
+    back = load_query_map(tmp_path / "map")
+    torch.testing.assert_close(back.module.weight, module.weight.detach())
+    caps = model.encode_captions(load_precomp(data, "train").captions)
+    torch.testing.assert_close(back.word_moment, word_moment(back, caps.emb, caps.lengths))
+    assert back.training["word_moment"]["captions"] == len(caps.lengths) and back.training["epochs"] == 1
+    QueryMap(module, "other", "not-this-model", None).save(tmp_path / "other")
+    capsys.readouterr()
+    assert main(argv[:-2] + [str(tmp_path / "other"), "--moment-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "other encoders" in err and len(err.splitlines()) == 1
+
+
 def test_search_screens_with_the_map_and_scores_with_the_words(tmp_path):
     """The map changes which images the screen passes on, never stage 2's scores: a map that turns every word
     around (-I) makes the screen pass the images least like the caption, each still scored exactly."""
