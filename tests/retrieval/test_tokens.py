@@ -248,6 +248,40 @@ def test_probe_walk_in_c_equals_the_scatter_max(agg, probe):
                                   np.ones((1, 1)), index.n_images)
 
 
+def test_probe_walk_on_threads_equals_the_scatter_max():
+    """Above the kernel's PROBE_PARALLEL (65,536 images) each OpenMP thread walks its share of the images (its part
+    of every list, found by binary search); the sums are still the tensor code's to the bit, on 1 and 2 threads,
+    at an image count that is not a multiple of 64."""
+    from scan_viz.heads import native
+    from scan_viz.retrieval.tokens import _inverted_lists
+
+    if native.library() is None:
+        pytest.skip(f"no C kernel here: {native.status()}")
+    n, n_centroids, probe = 70_001, 64, 5
+    rng = np.random.default_rng(11)
+    codes = rng.integers(0, n_centroids, (n, 3), dtype=np.uint16)
+    codes[::7, 2] = PAD_CODE
+    offsets, images = _inverted_lists(codes, n_centroids)
+    centroids = np.stack([rng.choice(n_centroids, probe, replace=False) for _ in range(4)]).astype(np.int64)
+    weights = rng.random((4, probe))
+    weights[1, 2] = weights[1, 1]  # a tie between two of a word's centroids: the earlier one counts
+    expected = np.zeros(n)
+    for w in range(4):  # each word adds the weight of its first listed centroid holding the image, words in order
+        met = np.zeros(n, dtype=bool)
+        for j in range(probe):
+            listed = images[offsets[centroids[w, j]]:offsets[centroids[w, j] + 1]]
+            new = listed[~met[listed]]
+            expected[new] += weights[w, j]
+            met[new] = True
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            np.testing.assert_array_equal(native.token_probe_scores(offsets, images, centroids, weights, n), expected)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_screen_refines_the_probe_shortlist():
     """probe = C: the probe pass ranks by the codes' exact score; its best refine x k images are then ranked by the
     refined score (codes + residuals) and the best k come back."""
@@ -284,6 +318,14 @@ def test_saved_index_round_trips_and_refuses_other_encoders(tmp_path):
     assert load_token_index(tmp_path / "tokens", "other", index.n_images) is None
     assert load_token_index(tmp_path / "tokens", "abc", index.n_images + 1) is None
     assert load_token_index(tmp_path / "missing") is None
+    lists = back.list_images.copy()
+    first = int(np.argmax(np.diff(back.list_offsets) >= 2))  # a list of two or more images, its first two swapped
+    at = back.list_offsets[first]
+    lists[at:at + 2] = lists[at:at + 2][::-1].copy()
+    np.save(tmp_path / "tokens" / "list_images.npy", lists)  # the probe pass's threads need rising lists
+    assert load_token_index(tmp_path / "tokens", "abc") is None
+    np.save(tmp_path / "tokens" / "list_images.npy", back.list_images)
+    assert load_token_index(tmp_path / "tokens", "abc") is not None
     np.save(tmp_path / "tokens" / "list_images.npy", np.full(5, 10**6, dtype=np.int32))  # damaged: out of range
     assert load_token_index(tmp_path / "tokens", "abc") is None
 

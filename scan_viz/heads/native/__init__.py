@@ -138,7 +138,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         gram.restype = i
     lib.scan_pairs_threads.argtypes = []
     lib.scan_pairs_threads.restype = ctypes.c_int
-    lib.token_probe_scores.argtypes = [p] * 4 + [ctypes.c_int64] * 2 + [p] * 2
+    lib.token_probe_scores.argtypes = [p] * 4 + [ctypes.c_int64] * 3 + [p] * 2
     lib.token_probe_scores.restype = None
     lib.token_code_best.argtypes = [p, ctypes.c_int64, p, p, ctypes.c_int64, ctypes.c_int64, p, ctypes.c_int64, p, p,
                                     ctypes.c_int64, p]
@@ -356,8 +356,9 @@ def token_probe_scores(offsets, images, centroids, weights, n_images: int):
 
     offsets (C + 1,) int64, images int32: the inverted lists; centroids (n_words, probe) int64, each word's best
     first; weights (n_words, probe) float64. The lists' offsets must rise and their image rows lie in
-    [0, n_images): what :func:`scan_viz.retrieval.tokens.load_token_index` checks once per index (a per-query check
-    would read the whole lists again).
+    [0, n_images) and rise within each list (threads split the lists by binary search): what
+    :func:`scan_viz.retrieval.tokens.load_token_index` checks once per index (a per-query check would read the whole
+    lists again).
     """
     import numpy as np
 
@@ -375,9 +376,9 @@ def token_probe_scores(offsets, images, centroids, weights, n_images: int):
     if centroids.size and (centroids.min() < 0 or centroids.max() >= len(offsets) - 1):
         raise ValueError("token_probe_scores: a centroid is outside the inverted lists")
     out = np.zeros(n_images, dtype=np.float64)
-    stamp = np.zeros(n_images, dtype=np.int32)
+    bits = np.empty((n_images + 63) // 64, dtype=np.uint64)  # cleared by the kernel, per word
     lib.token_probe_scores(offsets.ctypes.data, images.ctypes.data, centroids.ctypes.data, weights.ctypes.data,
-                           centroids.shape[0], centroids.shape[1], stamp.ctypes.data, out.ctypes.data)
+                           centroids.shape[0], centroids.shape[1], n_images, bits.ctypes.data, out.ctypes.data)
     return out
 
 
