@@ -595,8 +595,11 @@ def read_rows(array: np.memmap, rows: np.ndarray | slice) -> np.ndarray:
     fd = os.open(array.filename, os.O_RDONLY)
     try:
         if len(runs) >= ANNOUNCE_RUNS and hasattr(os, "posix_fadvise"):
-            for _, where, size in runs:
-                os.posix_fadvise(fd, where, size, os.POSIX_FADV_WILLNEED)
+            try:
+                for _, where, size in runs:
+                    os.posix_fadvise(fd, where, size, os.POSIX_FADV_WILLNEED)
+            except OSError:  # only a hint: a file system that refuses it is read as it is
+                pass
         for done, where, left in runs:
             while left:
                 got = os.preadv(fd, [view[done:done + min(left, 1 << 30)]], where)

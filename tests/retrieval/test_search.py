@@ -284,3 +284,24 @@ def test_read_rows_equals_the_memmap_rows_without_mapping_them(tmp_path):
                  np.r_[np.arange(0, 1000, 3), [5, 5, 999, 0]]):
         assert len(np.arange(1000)[rows]) >= ANNOUNCE_RUNS
         np.testing.assert_array_equal(read_rows(mapped, rows), many[rows])
+
+
+def test_read_rows_reads_on_where_the_file_system_refuses_the_hint(tmp_path, monkeypatch):
+    """Announcing rows is only a hint: where posix_fadvise fails (or the OS has none) the rows are read all the same."""
+    from scan_viz.regions.store import read_rows
+
+    many = np.random.default_rng(3).standard_normal((500, 4, 3)).astype(np.float16)
+    np.save(tmp_path / "many.npy", many)
+    mapped = np.load(tmp_path / "many.npy", mmap_mode="r")
+    rows = np.random.default_rng(4).permutation(500)[:200]
+    asked = []
+
+    def refuse(fd, offset, length, advice):
+        asked.append(offset)
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "posix_fadvise", refuse, raising=False)
+    np.testing.assert_array_equal(read_rows(mapped, rows), many[rows])
+    assert asked  # the hint was tried
+    monkeypatch.delattr(os, "posix_fadvise")
+    np.testing.assert_array_equal(read_rows(mapped, rows), many[rows])
