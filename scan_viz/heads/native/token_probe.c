@@ -10,7 +10,7 @@
    Which images a word has met is one bit per image (a 1M-image gallery: 125 KB, which stays in the core's L2
    cache; an int32 stamp per image did not, and cost a second cache miss per entry), cleared per word. The entry
    PROBE_AHEAD places on is prefetched: the lists' images lie far apart in out[], so each addition is a cache miss
-   the loop otherwise waits for (1M images, 5.2M entries per query: 57-67 ms -> 32-36 ms on one core, measured).
+   the loop otherwise waits for (1M images, 5.2M entries per query: 56-67 ms -> 32 ms on one core, measured).
 
    With OpenMP threads (more than PROBE_PARALLEL images), thread t owns the images of one share of [0, n_images),
    cut at multiples of 64 so that no two threads write one word of bits, and walks only its part of each list,
