@@ -10,14 +10,15 @@ of 211-d features, embed 256, word_dim 128, bi-GRU, captions of 8-16 tokens), wi
   loop did before issue 20);
 - blocked autograd: ``batch_scores(..., fused=False)``: captions in length groups, images a few at a time, autograd;
 - kernel backward, nn.GRU autograd: ``batch_scores``: SCAN's per-pair C kernel (:mod:`scan_viz.heads.native`)
-  forward and backward, captions in length groups; the text encoder as before;
-- kernel + GRU backward (as trained): the same plus the text encoder's hand-written GRU backward
-  (:mod:`scan_viz.model.gru`): what ``scan-viz train`` runs on a CPU;
+  forward and backward; in t2i the whole batch as one block with the captions' words packed (no padding), in i2t
+  captions in length groups; the text encoder as before;
+- kernel + GRU backward (as trained): the same plus the text encoder's GRU on packed data with a hand-written
+  backward, a step's element-wise part in C (:mod:`scan_viz.model.gru`): what ``scan-viz train`` runs on a CPU;
 - the same with the region-word products (forward and the backward's matrix products) in bfloat16
   (``scan-viz train --train-products bfloat16``); left out on a CPU where bf16 products are emulated;
 - tensor-code backward + GRU backward: ``scan-viz train`` with ``SCAN_VIZ_NATIVE=0`` (or no C compiler): the
-  hand-written recomputing backward in PyTorch ops instead of the kernel. Which of the two is faster depends on the
-  CPU (docs/speed.md).
+  hand-written recomputing backward in PyTorch ops instead of the kernel, captions in length groups, and the GRU
+  step's element-wise part in tensor operations instead of C. Which is faster depends on the CPU (docs/speed.md).
 
 It prints wall time and CPU time (this process, all threads) per step: on a shared machine the CPU time is the
 steadier measure, the wall time counts the waits for other processes. Of the CPU time it also prints the system
@@ -30,6 +31,7 @@ loss and gradients are from the baseline's (same weights).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import resource
 import time
@@ -43,13 +45,6 @@ from scan_viz.model.config import ScanConfig
 from scan_viz.model.encoders import build_encoders
 from scan_viz.train.loop import batch_scores
 from scan_viz.train.loss import contrastive_loss
-
-
-def without_kernel(fn):
-    """``fn()`` as it runs with ``SCAN_VIZ_NATIVE=0``: SCAN's training function then takes its hand-written
-    tensor-code backward (:mod:`scan_viz.heads.attention_grad`; the forward decides, and the backward follows it)."""
-    with native.disabled():
-        return fn()
 
 
 def main() -> None:
@@ -75,15 +70,16 @@ def main() -> None:
     ids = torch.randint(4, 240, (b, int(lengths.max())))
 
     bf16_head = head.with_product_dtype(torch.bfloat16)
-    # (score function, hand-written GRU backward): the baseline is the loop as it was, autograd through nn.GRU
+    # (score function, hand-written GRU backward, C library on): the baseline is the loop as it was, autograd
+    # through nn.GRU; the last variant runs its whole step as with SCAN_VIZ_NATIVE=0 (native.disabled())
+    scored = lambda r, w: batch_scores(head, r, w, lengths)  # noqa: E731
     variants = {
-        "baseline: one block": (lambda r, w: head.scores(r, w, lengths).scores, False),
-        "blocked autograd": (lambda r, w: batch_scores(head, r, w, lengths, fused=False), False),
-        "kernel backward, nn.GRU autograd": (lambda r, w: batch_scores(head, r, w, lengths), False),
-        "kernel + GRU backward (as trained)": (lambda r, w: batch_scores(head, r, w, lengths), True),
-        "same, bf16 products": (lambda r, w: batch_scores(bf16_head, r, w, lengths), True),
-        "tensor-code backward + GRU backward (SCAN_VIZ_NATIVE=0)": (lambda r, w: without_kernel(
-            lambda: batch_scores(head, r, w, lengths)), True),
+        "baseline: one block": (lambda r, w: head.scores(r, w, lengths).scores, False, True),
+        "blocked autograd": (lambda r, w: batch_scores(head, r, w, lengths, fused=False), False, True),
+        "kernel backward, nn.GRU autograd": (scored, False, True),
+        "kernel + GRU backward (as trained)": (scored, True, True),
+        "same, bf16 products": (lambda r, w: batch_scores(bf16_head, r, w, lengths), True, True),
+        "tensor-code backward + GRU backward (SCAN_VIZ_NATIVE=0)": (scored, True, False),
     }
     emulated = bfloat16_emulated_note()
     if emulated:  # minutes per step where bf16 products are emulated: measure the rest
@@ -91,7 +87,11 @@ def main() -> None:
         del variants["same, bf16 products"]
 
     def step(variant, optimizer) -> tuple[np.ndarray, float, list[torch.Tensor]]:
-        score_fn, text_encoder.hand_backward = variant
+        with contextlib.nullcontext() if variant[2] else native.disabled():
+            return _step(variant, optimizer)
+
+    def _step(variant, optimizer) -> tuple[np.ndarray, float, list[torch.Tensor]]:
+        score_fn, text_encoder.hand_backward, _ = variant
         t = [time.perf_counter()]
         regions, words = image_encoder(features), text_encoder(ids, lengths)
         t.append(time.perf_counter())

@@ -38,10 +38,11 @@ import torch.nn.functional as F
 from scan_viz.heads import native
 from scan_viz.heads.attention import (LEAKY_SLOPE, AttentionParams, _masked_norm, _softmax_numerator, aggregate,
                                       normalize_raw, scan_attention, softmax_is_bounded)
-from scan_viz.heads.attention_pairs import kernel_scores, kernel_usable, pair_inputs
+from scan_viz.heads.attention_pairs import (kernel_scores, kernel_usable, pair_inputs, ragged_pair_inputs,
+                                           ragged_sims)
 from scan_viz.heads.similarity import EPS, region_word_similarity
 
-__all__ = ["BLOCK_BYTES", "ScanAttentionFunction", "scan_scores_trainable"]
+__all__ = ["BLOCK_BYTES", "ScanAttentionFunction", "kernel_packs_words", "scan_scores_trainable"]
 
 #: Bytes of one (context sets x context x query sets x query) block: a handful of tensors of this size are alive
 #: at once in the backward, and they should stay in the CPU's cache.
@@ -60,11 +61,16 @@ class ScanAttentionFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, regions, words, word_lengths, region_lengths, params, product_dtype, block_bytes):
+    def forward(ctx, regions, words, word_lengths, region_lengths, params, product_dtype, block_bytes,
+                packed_words=False):
         ctx.params, ctx.product_dtype, ctx.block_bytes = params, product_dtype, block_bytes
         ctx.kernel = None
         with torch.no_grad():
-            if (params.agg_func in native.AGGREGATIONS
+            if packed_words and kernel_packs_words(params, regions, words):
+                ctx.kernel = ragged_pair_inputs(regions, words, word_lengths, region_lengths, product_dtype)
+                scores = kernel_scores(ctx.kernel, params.cross_attn, params.raw_feature_norm, params.agg_func,
+                                       params.lambda_softmax, params.lambda_lse)
+            elif (params.agg_func in native.AGGREGATIONS
                     and kernel_usable(params.cross_attn, params.raw_feature_norm, regions, words)):
                 # the per-pair C kernel: the cosines are kept for its backward (one matrix product saved)
                 ctx.kernel = pair_inputs(regions, words, word_lengths, region_lengths, params.cross_attn,
@@ -100,20 +106,30 @@ class ScanAttentionFunction(torch.autograd.Function):
             g_context, g_query = _query_over_context_backward(context, query, context_lengths, query_lengths, grad,
                                                               params, ctx.product_dtype, ctx.block_bytes)
         g_regions, g_words = (g_context, g_query) if params.cross_attn == "t2i" else (g_query, g_context)
-        return g_regions, g_words, None, None, None, None, None
+        return g_regions, g_words, None, None, None, None, None, None
+
+
+def kernel_packs_words(params: AttentionParams, regions: torch.Tensor, words: torch.Tensor) -> bool:
+    """Whether the C kernel scores this t2i block with the captions' words packed (:func:`ragged_pair_inputs`)."""
+    return (params.cross_attn == "t2i" and params.agg_func in native.AGGREGATIONS
+            and kernel_usable(params.cross_attn, params.raw_feature_norm, regions, words))
 
 
 def scan_scores_trainable(regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor,
                           params: AttentionParams, region_lengths: torch.Tensor | None = None,
-                          product_dtype: torch.dtype | None = None, block_bytes: int = BLOCK_BYTES) -> torch.Tensor:
+                          product_dtype: torch.dtype | None = None, block_bytes: int = BLOCK_BYTES,
+                          packed_words: bool = False) -> torch.Tensor:
     """(n_images, n_captions) SCAN scores of a block of pairs, differentiable through the recomputing backward.
 
     regions (n_images, n_regions, d), words (n_captions, max_words, d), word_lengths (n_captions,) int; the scores
     are those of :func:`scan_viz.heads.attention.scan_attention` (the same call). ``product_dtype`` (e.g. bfloat16): the
     dtype of the region-word products, in the forward and in the backward's recomputation and matrix products.
+    ``packed_words``: where the C kernel computes the block in t2i (:func:`kernel_packs_words`), lay the captions'
+    words out packed, without padding (:func:`~scan_viz.heads.attention_pairs.ragged_pair_inputs`), so captions of
+    any lengths are one block with no padded word in its products.
     """
     return ScanAttentionFunction.apply(regions, words, word_lengths, region_lengths, params, product_dtype,
-                                       block_bytes)
+                                       block_bytes, packed_words)
 
 
 def _matmul(left: torch.Tensor, right: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
@@ -237,18 +253,35 @@ def _kernel_backward(inputs, grad, params, product_dtype):
     """The backward through the per-pair C kernel (:mod:`scan_viz.heads.native`): it recomputes each pair's forward
     from the saved cosines and writes the cosines' gradient; the matrix products are :func:`_products_backward`'s.
     Pairs whose gradient is 0 add nothing; when they are most pairs, only the others are visited."""
+    ragged = inputs.ragged
+    if inputs.sims is None:  # a second backward through the same graph: the first wrote its gradient over them
+        inputs.sims = ragged_sims(inputs.context, inputs.query, product_dtype)
     grad = grad.to(inputs.sims.dtype)
     norm, agg, lam, lse = params.raw_feature_norm, params.agg_func, params.lambda_softmax, params.lambda_lse
     ctx_valid = None if bool(inputs.cvalid.all()) else inputs.cvalid.bool()
     pair_c, pair_q = torch.nonzero(grad, as_tuple=True)
     if pair_c.numel() > LISTED_PAIRS_SHARE * grad.numel():
+        # packed words: the gradient is written over the cosines (one fewer buffer of their size per step)
         g_sims, g_grams, g_qnorm = native.pairs_backward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid,
-                                                         inputs.cvalid, grad, norm, agg, lam, lse)
-        return _products_backward(g_sims, g_grams, g_qnorm, inputs.context, inputs.query, inputs.qnorm,
-                                  inputs.qvalid.bool(), ctx_valid, product_dtype)
+                                                         inputs.cvalid, grad, norm, agg, lam, lse, ragged=ragged,
+                                                         out=None if ragged is None else inputs.sims)
+        if ragged is not None:
+            inputs.sims = None
+        if ragged is None:
+            return _products_backward(g_sims, g_grams, g_qnorm, inputs.context, inputs.query, inputs.qnorm,
+                                      inputs.qvalid.bool(), ctx_valid, product_dtype)
+        # packed words: the same products with all words as one query set of `width` items
+        n_ctx, k, width = g_sims.shape
+        g_context, g_packed = _products_backward(g_sims.view(n_ctx, k, 1, width), g_grams, g_qnorm.view(1, width),
+                                                 inputs.context, inputs.query.view(1, width, -1),
+                                                 inputs.qnorm.view(1, width), inputs.qvalid.view(1, width).bool(),
+                                                 ctx_valid, product_dtype)
+        return g_context, _unpacked(g_packed[0], inputs.query_valid)
     tiles, g_grams, g_qnorm = native.listed_pairs_backward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid,
                                                            inputs.cvalid, pair_c, pair_q, grad[pair_c, pair_q],
-                                                           norm, agg, lam, lse)
+                                                           norm, agg, lam, lse, ragged=ragged)
+    if ragged is not None:
+        return _listed_products_ragged(tiles, g_grams, g_qnorm, inputs, pair_c, pair_q, ctx_valid, product_dtype)
     ctx_m, q_m = inputs.context, inputs.query
     # pair p's tile (k x n) times its query items (n x d) / its context items (k x d), added up per set
     g_context = torch.zeros_like(ctx_m).index_add_(0, pair_c, _bmm(tiles, q_m[pair_q], product_dtype))
@@ -259,6 +292,27 @@ def _kernel_backward(inputs, grad, params, product_dtype):
     if ctx_valid is not None:
         g_context *= ctx_valid[..., None]
     return g_context, g_query
+
+
+def _unpacked(packed: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(width, d) rows of packed words back into (Q, max_words, d) captions, zeros at padded words."""
+    out = packed.new_zeros(*valid.shape, packed.shape[-1])
+    out[valid] = packed
+    return out
+
+
+def _listed_products_ragged(tiles, g_grams, g_qnorm, inputs, pair_c, pair_q, ctx_valid, product_dtype):
+    """:func:`_kernel_backward`'s listed-pairs products with the words packed: pair p's tile (k x longest) has its
+    caption's words in its first columns and zeros after, so the captions are padded to the longest first."""
+    ctx_m, valid = inputs.context, inputs.query_valid[:, :inputs.ragged.longest]
+    q_pad = _unpacked(inputs.query, valid)                               # (Q, longest, d)
+    g_context = torch.zeros_like(ctx_m).index_add_(0, pair_c, _bmm(tiles, q_pad[pair_q], product_dtype))
+    g_context.baddbmm_(g_grams, ctx_m, alpha=2)
+    g_q_pad = torch.zeros_like(q_pad).index_add_(0, pair_q, _bmm(tiles.transpose(1, 2), ctx_m[pair_c], product_dtype))
+    g_packed = g_q_pad[valid] + (g_qnorm / inputs.qnorm)[:, None] * inputs.query
+    if ctx_valid is not None:
+        g_context *= ctx_valid[..., None]
+    return g_context, _unpacked(g_packed, inputs.query_valid)
 
 
 def _bmm(left: torch.Tensor, right: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:

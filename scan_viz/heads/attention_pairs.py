@@ -15,7 +15,8 @@ import torch
 from scan_viz.heads import native
 from scan_viz.heads.similarity import length_mask, region_word_similarity
 
-__all__ = ["PairInputs", "direct_half_scores", "direct_scores", "kernel_usable", "kernel_scores", "pair_inputs"]
+__all__ = ["PairInputs", "direct_half_scores", "direct_scores", "kernel_usable", "kernel_scores", "pair_inputs",
+           "ragged_pair_inputs", "ragged_sims"]
 
 
 @dataclasses.dataclass
@@ -30,6 +31,10 @@ class PairInputs:
     cvalid: torch.Tensor   # (C, k), 1.0 / 0.0
     context: torch.Tensor  # (C, k, d)
     query: torch.Tensor    # (Q, n, d)
+    #: t2i with the captions' words packed one after the other (:func:`ragged_pair_inputs`): sims (C, k, width),
+    #: qnorm / qvalid (width,), query (width, d); query_valid (Q, max_words) marks where they sit in the captions
+    ragged: native.Ragged | None = None
+    query_valid: torch.Tensor | None = None
 
 
 def kernel_usable(cross_attn: str, norm: str, regions: torch.Tensor, words: torch.Tensor) -> bool:
@@ -61,11 +66,38 @@ def pair_inputs(regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.
                       q_valid.to(dtype).contiguous(), cvalid.contiguous(), ctx_m, q_m)
 
 
+def ragged_pair_inputs(regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor,
+                       region_lengths: torch.Tensor | None, product_dtype: torch.dtype | None = None) -> PairInputs:
+    """t2i inputs with the captions' real words packed one after the other (:class:`scan_viz.heads.native.Ragged`):
+    the cosines (n_images, n_regions, total words) are one matrix product with no padded word in it, and the kernel
+    sizes each pair's tile to its own caption. The numbers are :func:`pair_inputs`' at the real words."""
+    n_img, n_reg, dim = regions.shape
+    query_valid = length_mask(word_lengths.to(words.device), words.shape[1])
+    query = words[query_valid]                                       # (width, d), caption by caption
+    context, cvalid = regions, torch.ones(n_img, n_reg, dtype=regions.dtype)
+    if region_lengths is not None:
+        region_valid = length_mask(region_lengths.to(regions.device), n_reg)
+        context = regions * region_valid[:, :, None].to(regions.dtype)
+        cvalid = region_valid.to(regions.dtype)
+    return PairInputs(ragged_sims(context, query, product_dtype), (context @ context.transpose(1, 2)).contiguous(),
+                      query.pow(2).sum(dim=-1).sqrt(), torch.ones(query.shape[0], dtype=regions.dtype),
+                      cvalid.contiguous(), context, query, native.Ragged.of(word_lengths), query_valid)
+
+
+def ragged_sims(context: torch.Tensor, query: torch.Tensor, product_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The cosines (n_images, n_regions, width) of context (n_images, n_regions, d) and packed words (width, d)."""
+    n_img, n_reg, dim = context.shape
+    left = context.reshape(n_img * n_reg, dim)
+    if product_dtype is not None and product_dtype != context.dtype:
+        return (left.to(product_dtype) @ query.to(product_dtype).T).to(context.dtype).view(n_img, n_reg, -1)
+    return (left @ query.T).view(n_img, n_reg, -1)
+
+
 def kernel_scores(inputs: PairInputs, cross_attn: str, norm: str, agg: str, lam: float,
                   lse: float) -> torch.Tensor:
     """(n_images, n_captions) scores of the block from its pair inputs."""
     scores = native.pairs_forward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid, inputs.cvalid, norm, agg,
-                                  lam, lse)
+                                  lam, lse, ragged=inputs.ragged)
     return scores if cross_attn == "t2i" else scores.t()
 
 

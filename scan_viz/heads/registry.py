@@ -131,6 +131,12 @@ class MatchingHead(abc.ABC):
         when the head has none (the training loop then runs autograd through :meth:`scores`)."""
         return None
 
+    def packed_training_scores(self, regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor
+                               ) -> torch.Tensor | None:
+        """:meth:`training_scores` of a whole batch of captions of any lengths, for a head whose own backward lays
+        the words out packed (no padded word computed), so the training loop needs no length groups; or None."""
+        return None
+
     def half_row_scores(self, table, rows, words: torch.Tensor, word_lengths: torch.Tensor,
                         region_lengths: torch.Tensor | None = None, gram=None) -> np.ndarray | None:
         """ONE caption's scores (len(rows),) with images whose region embeddings are float16 rows of ``table``

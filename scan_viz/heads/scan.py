@@ -107,6 +107,18 @@ class ScanHead(MatchingHead):
         return scan_scores_trainable(regions, words, word_lengths, self.attention_params,
                                      product_dtype=self.product_dtype)
 
+    def packed_training_scores(self, regions, words, word_lengths):
+        """t2i through the C kernel with the captions' words packed (:func:`scan_viz.heads.attention_pairs.
+        ragged_pair_inputs`): the whole batch in one call, no padded word in its matrix products."""
+        if regions.is_cuda:
+            return None
+        from scan_viz.heads.attention_grad import kernel_packs_words, scan_scores_trainable
+
+        if not kernel_packs_words(self.attention_params, regions, words):
+            return None
+        return scan_scores_trainable(regions, words, word_lengths, self.attention_params,
+                                     product_dtype=self.product_dtype, packed_words=True)
+
     def block_pairs(self, device: str) -> int | None:
         """Larger blocks on a CPU where the scores go through the per-pair C kernel (:mod:`scan_viz.heads.native`):
         it reads each pair's cosines once, so a block need not fit in cache, and the per-image Gram matrices and

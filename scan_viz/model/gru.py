@@ -3,15 +3,19 @@
 What it computes is exactly what :class:`~scan_viz.model.encoders.TextEncoder` gets from ``nn.GRU`` on a
 ``pack_padded_sequence`` and ``pad_packed_sequence`` (PyTorch's GRU equations, the same weights): each caption's
 forward pass starts at its first word, its backward (reverse) pass at its own last word, and the outputs past a
-caption's length are zeros. The recurrence runs over the padded batch with a mask instead of a packed one: at a
-padded step the hidden state is carried unchanged and the output is zero, which is what packing does.
+caption's length are zeros. Like ``nn.GRU`` it runs on the packed data (``pack_padded_sequence``'s layout: time
+step by time step, captions sorted longest first), so step t computes only the ``batch_sizes[t]`` captions still
+running and no padded word costs anything (captions of 8-16 words: a quarter fewer rows than the padded batch).
 
 Why: autograd through ``nn.GRU`` on packed input spends most of its backward filling and adding full-size zero
 tensors, one per time step (measured with the profiler in benchmarks/bench_training.py's setting: ~2/3 of the text
-encoder's backward). :class:`GRUDirection` stores r, z, n and the hidden states of each step (T x B x H each) and
-writes the backward by hand: per step a few element-wise products on (B x H) and one (B x 3H) x (3H x H) product;
-the weight gradients are then one matrix product over all steps. ``tests/model/test_gru.py`` checks it against
-``nn.GRU`` (outputs and every gradient) and with ``torch.autograd.gradcheck``.
+encoder's backward). :class:`GRUDirection` stores the gates, n and the hidden state each step started from (one
+row per packed word) and writes the backward by hand: per step the element-wise part and one (b x 3H) x (3H x H)
+product; the weight gradients are then one matrix product over all steps. A step's element-wise part (about a
+dozen tensor operations, each a pass over (b x H) numbers) is one call into the C kernel library
+(``scan_viz/heads/native/gru_cell.c``) where it is built, tensor operations otherwise.
+``tests/model/test_gru.py`` checks both against ``nn.GRU`` (outputs and every gradient) and with
+``torch.autograd.gradcheck``.
 
 PyTorch's GRU: ``r = s(W_ir x + b_ir + W_hr h + b_hr)``, ``z = s(W_iz x + b_iz + W_hz h + b_hz)``,
 ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``, ``h' = (1 - z) * n + z * h``.
@@ -20,67 +24,108 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from scan_viz.heads import native
 
 __all__ = ["GRUDirection", "packed_gru"]
 
 
 class GRUDirection(torch.autograd.Function):
-    """One layer, one direction: x (T, B, D) time-major, mask (T, B, 1) 1/0 -> outputs (T, B, H), zero where
-    the mask is 0. ``reverse`` runs from the last step to the first."""
+    """One layer, one direction over packed data: x (N, D) in ``PackedSequence`` layout (time-major, the batch
+    sorted by length, longest first; ``batch_sizes[t]`` captions at step t) -> outputs (N, H) in the same layout.
+    ``reverse`` runs each caption from its last word to its first."""
 
     @staticmethod
-    def forward(ctx, x, mask, w_ih, w_hh, b_ih, b_hh, reverse):
-        n_steps, batch, _ = x.shape
+    def forward(ctx, x, batch_sizes, w_ih, w_hh, b_ih, b_hh, reverse):
         hidden = w_hh.shape[1]
-        gi = torch.addmm(b_ih, x.reshape(n_steps * batch, -1), w_ih.t()).view(n_steps, batch, 3 * hidden)
-        h = x.new_zeros(batch, hidden)
-        saved = x.new_empty(5, n_steps, batch, hidden)  # h_prev, r, z, n, W_hn h + b_hn
-        out = x.new_empty(n_steps, batch, hidden)
+        sizes = batch_sizes.tolist()
+        starts = [0]
+        for size in sizes[:-1]:
+            starts.append(starts[-1] + size)
+        gi = torch.addmm(b_ih, x, w_ih.t())                  # (N, 3H): every step's input part at once
+        # saved per packed row: the gate pre-activation's hidden part with r and z written over it in place
+        # ([r | z | W_hn h + b_hn]), n, and the hidden state the step started from
+        gates = x.new_empty(x.shape[0], 3 * hidden)
+        news = x.new_empty(x.shape[0], hidden)
+        h_prev = x.new_empty(x.shape[0], hidden)
+        out = x.new_empty(x.shape[0], hidden)
         w_hh_t = w_hh.t()
-        for t in (range(n_steps - 1, -1, -1) if reverse else range(n_steps)):
-            gh = torch.addmm(b_hh, h, w_hh_t)
-            i_r, i_z, i_n = gi[t].split(hidden, dim=1)
-            h_r, h_z, h_n = gh.split(hidden, dim=1)
-            r = torch.sigmoid(i_r + h_r)
-            z = torch.sigmoid(i_z + h_z)
-            n = torch.tanh(torch.addcmul(i_n, r, h_n))
-            new = torch.addcmul(n, z, h - n)
-            saved[0, t], saved[1, t], saved[2, t], saved[3, t], saved[4, t] = h, r, z, n, h_n
-            m = mask[t]
-            torch.mul(new, m, out=out[t])
-            h = torch.addcmul(h, m, new - h)
-        ctx.save_for_backward(x, mask, w_ih, w_hh, saved)
-        ctx.reverse = reverse
+        cell = _cell_usable(x)
+        steps = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+        before = None                                        # the previous step's (start, size)
+        for t in steps:
+            s, b = starts[t], sizes[t]
+            hp = h_prev[s:s + b]
+            if before is None:
+                hp.zero_()
+            else:                                            # the captions of the step before carry on; in
+                s0, b0 = before                              # reverse, the ones starting here start from 0
+                kept = min(b, b0)
+                hp[:kept] = out[s0:s0 + kept]
+                hp[kept:].zero_()
+            g = torch.addmm(b_hh, hp, w_hh_t, out=gates[s:s + b])
+            if cell:
+                native.gru_cell_forward(gi[s:s + b], g, hp, news[s:s + b], out[s:s + b])
+            else:
+                rz = g[:, :2 * hidden]
+                torch.add(rz, gi[s:s + b, :2 * hidden], out=rz).sigmoid_()
+                r, z, h_n = g[:, :hidden], g[:, hidden:2 * hidden], g[:, 2 * hidden:]
+                n = torch.addcmul(gi[s:s + b, 2 * hidden:], r, h_n, out=news[s:s + b]).tanh_()
+                torch.addcmul(n, z, hp - n, out=out[s:s + b])   # h' = (1 - z) n + z h
+            before = (s, b)
+        ctx.save_for_backward(x, w_ih, w_hh, gates, news, h_prev)
+        ctx.sizes, ctx.starts, ctx.reverse = sizes, starts, reverse
         return out
 
     @staticmethod
     def backward(ctx, g_out):
-        x, mask, w_ih, w_hh, saved = ctx.saved_tensors
-        n_steps, batch, dim = x.shape
+        x, w_ih, w_hh, gates, news, h_prev = ctx.saved_tensors
         hidden = w_hh.shape[1]
-        g_gi = x.new_empty(n_steps, batch, 3 * hidden)
-        g_gh = x.new_empty(n_steps, batch, 3 * hidden)
-        g_h = x.new_zeros(batch, hidden)
-        # outputs past a caption's length are constant zeros (as from pad_packed_sequence): no gradient flows back
-        # from them, even a NaN one (the L2 norm's gradient at a zero vector)
-        g_out = torch.where(mask.bool(), g_out, 0.0)
-        for t in (range(n_steps) if ctx.reverse else range(n_steps - 1, -1, -1)):
-            h_prev, r, z, n, h_n = saved[0, t], saved[1, t], saved[2, t], saved[3, t], saved[4, t]
-            m = mask[t]
-            g_new = m * (g_out[t] + g_h)                 # h_t = h + m (new - h), out_t = m new
-            g_pre_n = g_new * (1 - z) * (1 - n * n)      # new = (1 - z) n + z h; n = tanh(.)
-            g_pre_z = g_new * (h_prev - n) * z * (1 - z)
-            g_pre_r = g_pre_n * h_n * r * (1 - r)
-            gi_t, gh_t = g_gi[t], g_gh[t]
-            gi_t[:, :hidden], gi_t[:, hidden:2 * hidden], gi_t[:, 2 * hidden:] = g_pre_r, g_pre_z, g_pre_n
-            gh_t[:, :2 * hidden] = gi_t[:, :2 * hidden]
-            torch.mul(g_pre_n, r, out=gh_t[:, 2 * hidden:])
-            g_h = torch.addcmul(g_new * z, 1 - m, g_h).addmm_(gh_t, w_hh)
-        flat_gi, flat_gh = g_gi.view(-1, 3 * hidden), g_gh.view(-1, 3 * hidden)
-        g_x = (flat_gi @ w_ih).view(n_steps, batch, dim)
-        g_w_ih = flat_gi.t() @ x.reshape(-1, dim)
-        g_w_hh = flat_gh.t() @ saved[0].reshape(-1, hidden)
-        return g_x, None, g_w_ih, g_w_hh, flat_gi.sum(0), flat_gh.sum(0), None
+        sizes, starts = ctx.sizes, ctx.starts
+        g_gi = x.new_empty(x.shape[0], 3 * hidden)
+        g_gh = x.new_empty(x.shape[0], 3 * hidden)           # the gradient of W_h h + b_h
+        g_h = x.new_zeros(max(sizes), hidden)                # into the hidden state each step started from
+        steps = range(len(sizes)) if ctx.reverse else range(len(sizes) - 1, -1, -1)
+        # captions that end here (forward direction) or started one step later (reverse) get no gradient from
+        # later steps: their rows of g_h are still 0 (forward) or are dropped (reverse)
+        if _cell_usable(x):
+            g_out = g_out.contiguous()  # the slice of a concatenation's gradient (both directions)
+            for t in steps:
+                s, b = starts[t], sizes[t]
+                native.gru_cell_backward(g_out[s:s + b], g_h[:b], gates[s:s + b], news[s:s + b], h_prev[s:s + b],
+                                         g_gi[s:s + b], g_gh[s:s + b])
+                g_h[:b].addmm_(g_gh[s:s + b], w_hh)
+        else:
+            _backward_steps(steps, sizes, starts, hidden, g_out, gates, news, h_prev, w_hh, g_h, g_gi, g_gh)
+        g_x = g_gi @ w_ih
+        g_w_ih = g_gi.t() @ x
+        g_w_hh = g_gh.t() @ h_prev
+        return g_x, None, g_w_ih, g_w_hh, g_gi.sum(0), g_gh.sum(0), None
+
+
+def _cell_usable(x: torch.Tensor) -> bool:
+    """Whether a step's element-wise part runs in the C kernel library (:mod:`scan_viz.heads.native`'s
+    gru_cell.c); otherwise tensor operations compute the same numbers."""
+    return x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and native.library() is not None
+
+
+def _backward_steps(steps, sizes, starts, hidden, g_out, gates, news, h_prev, w_hh, g_h, g_gi, g_gh):
+    """The backward's time steps in tensor operations (gru_cell.c's ``gru_cell_backward`` and its caller's product,
+    where the C library is not built)."""
+    for t in steps:
+        s, b = starts[t], sizes[t]
+        g = gates[s:s + b]
+        r, z, h_n, n, hp = g[:, :hidden], g[:, hidden:2 * hidden], g[:, 2 * hidden:], news[s:s + b], h_prev[s:s + b]
+        g_new = g_out[s:s + b] + g_h[:b]
+        gi_t, gh_t = g_gi[s:s + b], g_gh[s:s + b]
+        g_pre_n = torch.mul(g_new, 1 - z, out=gi_t[:, 2 * hidden:]).mul_(1 - n * n)   # n = tanh(.)
+        torch.mul(g_new, hp - n, out=gi_t[:, hidden:2 * hidden]).mul_(z * (1 - z))
+        torch.mul(g_pre_n, r, out=gh_t[:, 2 * hidden:])
+        torch.mul(g_pre_n, h_n, out=gi_t[:, :hidden]).mul_(r * (1 - r))
+        gh_t[:, :2 * hidden] = gi_t[:, :2 * hidden]
+        # h' = (1 - z) n + z h: the direct part, plus the three gates through W_hh
+        g_h[:b] = torch.mul(g_new, z).addmm_(gh_t, w_hh)
 
 
 def packed_gru(rnn: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -88,14 +133,14 @@ def packed_gru(rnn: nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Ten
     (B, T, H * directions), through :class:`GRUDirection`. No dropout between layers (``rnn.dropout`` must be 0)."""
     if rnn.dropout or not rnn.batch_first or rnn.proj_size:
         raise ValueError("packed_gru: only batch-first GRUs without dropout or projections")
-    n_steps = x.shape[1]
-    mask = (torch.arange(n_steps, device=x.device)[:, None] < lengths.to(x.device)[None, :]).to(x.dtype)[..., None]
-    layer_in = x.transpose(0, 1)
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    data = packed.data
     for layer in range(rnn.num_layers):
         outs = []
         for suffix in ("", "_reverse") if rnn.bidirectional else ("",):
             params = [getattr(rnn, f"{name}_l{layer}{suffix}")
                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            outs.append(GRUDirection.apply(layer_in.contiguous(), mask, *params, suffix == "_reverse"))
-        layer_in = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
-    return layer_in.transpose(0, 1)
+            outs.append(GRUDirection.apply(data, packed.batch_sizes, *params, suffix == "_reverse"))
+        data = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+    out = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+    return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]

@@ -236,6 +236,10 @@ def batch_scores(head: MatchingHead, regions: torch.Tensor, words: torch.Tensor,
 
     Speeds: benchmarks/bench_training.py.
     """
+    if fused and not regions.is_cuda:
+        own = head.packed_training_scores(regions, words, lengths)
+        if own is not None:
+            return own
     n_cap = words.shape[0]
     if length_groups > 1 and n_cap > 1 and not regions.is_cuda:
         order = torch.argsort(lengths.cpu(), stable=True)

@@ -92,7 +92,7 @@ def test_zero_gradient_pairs_are_skipped_exactly(cross, monkeypatch):
 
     listed = []
     monkeypatch.setattr(native, "listed_pairs_backward",
-                        lambda *a, f=native.listed_pairs_backward: listed.append(int(a[5].numel())) or f(*a))
+                        lambda *a, f=native.listed_pairs_backward, **k: listed.append(int(a[5].numel())) or f(*a, **k))
     kernel = grads()
     assert listed == [2]  # 2 of 20 pairs: only those were visited
     with monkeypatch.context() as m:
@@ -293,3 +293,100 @@ def test_float16_rows_with_their_gram_matrices_score_as_the_widened_rows(norm, a
     with pytest.raises(ValueError, match="Gram matrices do not match"):
         native.pairs_forward_direct_half(table, rows, words[0, :5].contiguous(), torch.ones(5), torch.ones(5),
                                          torch.ones(6, 7), norm, agg, 9.0, 6.0, gram=grams[:8])
+
+
+T2I_CASES = [(norm, agg) for norm in sorted(native.NORMS) for agg in sorted(native.AGGREGATIONS)]
+
+
+@pytest.mark.parametrize("norm,agg", T2I_CASES)
+def test_packed_words_scores_and_gradients_equal_autograd(norm, agg):
+    """t2i with the captions' words packed (one block, no padded word; the gradient written over the cosines) gives
+    the scores and gradients of autograd through the tensor code, for the full and the listed-pairs backward."""
+    params = AttentionParams("t2i", norm, 9.0, agg, 6.0)
+    regions, words, lengths, region_lengths = _block(torch.float64, padded_regions=True)
+    words = torch.cat([words, torch.randn(4, 2, 10, dtype=torch.float64)], dim=1)  # padding past the longest
+    dense = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sparse = torch.zeros(5, 4, dtype=torch.float64)
+    sparse[1, 2], sparse[4, 0] = 1.5, -0.5
+    for weights in (dense, sparse):
+        results = []
+        for packed in (True, False):
+            r, w = regions.clone().requires_grad_(), words.clone().requires_grad_()
+            if packed:
+                scores = scan_scores_trainable(r, w, lengths, params, region_lengths, packed_words=True)
+            else:
+                scores = scan_attention(r, w, lengths, params, region_lengths).scores
+            (scores * weights).sum().backward()
+            results.append((scores.detach(), r.grad, w.grad))
+        for a, b in zip(*results):
+            assert torch.allclose(a, b, atol=1e-12, rtol=0), float((a - b).abs().max())
+        assert float(results[0][2][:, 6:].abs().max()) == 0.0  # no gradient into padding
+
+
+def test_packed_words_second_backward_and_gradcheck():
+    """The first backward writes the gradient over the saved cosines; a second backward through the same graph
+    recomputes them and gets the same gradients; gradcheck (many backwards) passes."""
+    params = AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0)
+    regions, words, lengths, _ = _block(torch.float64, 3, 3, 5, 4, 6)
+    r, w = regions.clone().requires_grad_(), words.clone().requires_grad_()
+    loss = scan_scores_trainable(r, w, lengths, params, packed_words=True).sum()
+    first = torch.autograd.grad(loss, (r, w), retain_graph=True)
+    second = torch.autograd.grad(loss, (r, w))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert torch.autograd.gradcheck(
+        lambda r, w: scan_scores_trainable(r, w, lengths, params, packed_words=True), (r, w))
+
+
+def test_ragged_kernel_equals_uniform_layout():
+    """The kernel's ragged layout (query sets packed, each its own length) against the uniform one on the same
+    numbers: scores, the cosines' gradient at the real items (also when written over the cosines), Gram and norm
+    gradients, listed-pairs tiles."""
+    g = torch.Generator().manual_seed(3)
+    n_img, k, n_cap, n, d = 4, 5, 6, 17, 8
+    regions = F.normalize(torch.randn(n_img, k, d, generator=g, dtype=torch.float64), dim=-1)
+    lengths = torch.tensor([17, 1, 9, 16, 3, 12])
+    words = F.normalize(torch.randn(n_cap, n, d, generator=g, dtype=torch.float64), dim=-1)
+    valid = torch.arange(n)[None] < lengths[:, None]
+    words = words * valid[..., None]
+    ragged = native.Ragged.of(lengths)
+    packed = words[valid]
+    gram = regions @ regions.transpose(1, 2)
+    cvalid = torch.ones(n_img, k, dtype=torch.float64)
+    uni_sims = (regions.reshape(-1, d) @ words.reshape(-1, d).T).view(n_img, k, n_cap, n).contiguous()
+    rag_sims = (regions.reshape(-1, d) @ packed.T).view(n_img, k, -1).contiguous()
+    qn = words.pow(2).sum(-1)
+    uni_qnorm = torch.where(valid, qn, torch.ones_like(qn)).sqrt().contiguous()
+    uni_qvalid = valid.double().contiguous()
+    rag_qnorm = packed.pow(2).sum(-1).sqrt().contiguous()
+    rag_qvalid = torch.ones(ragged.width, dtype=torch.float64)
+    grad = torch.randn(n_img, n_cap, generator=g, dtype=torch.float64)
+    grad[0, 1] = 0.0
+    args = ("clipped_l2norm", "LogSumExp", 9.0, 6.0)
+    uni = native.pairs_forward(uni_sims, gram, uni_qnorm, uni_qvalid, cvalid, *args)
+    rag = native.pairs_forward(rag_sims, gram, rag_qnorm, rag_qvalid, cvalid, *args, ragged=ragged)
+    assert torch.allclose(uni, rag, atol=1e-13, rtol=0)
+    ug, ugram, uq = native.pairs_backward(uni_sims, gram, uni_qnorm, uni_qvalid, cvalid, grad, *args)
+    rg, rgram, rq = native.pairs_backward(rag_sims, gram, rag_qnorm, rag_qvalid, cvalid, grad, *args, ragged=ragged)
+    over = rag_sims.clone()
+    og, _, _ = native.pairs_backward(over, gram, rag_qnorm, rag_qvalid, cvalid, grad, *args, ragged=ragged,
+                                     out=over)
+    real = ug[:, :, valid]  # (C, k, width) at the real items
+    assert torch.allclose(rg, real, atol=1e-13, rtol=0)
+    assert torch.equal(og, rg)
+    assert torch.allclose(rgram, ugram, atol=1e-13, rtol=0) and torch.allclose(rq, uq[valid], atol=1e-13, rtol=0)
+    pair_c, pair_q = torch.tensor([0, 1, 1, 3]), torch.tensor([2, 1, 5, 0])
+    ut, _, _ = native.listed_pairs_backward(uni_sims, gram, uni_qnorm, uni_qvalid, cvalid, pair_c, pair_q,
+                                            grad[pair_c, pair_q], *args)
+    rt, _, _ = native.listed_pairs_backward(rag_sims, gram, rag_qnorm, rag_qvalid, cvalid, pair_c, pair_q,
+                                            grad[pair_c, pair_q], *args, ragged=ragged)
+    assert rt.shape == ut.shape == (4, k, n)
+    assert torch.allclose(rt, ut * valid[pair_q][:, None], atol=1e-13, rtol=0)  # 0 past each caption's length
+
+
+def test_ragged_layout_out_of_its_row_is_refused():
+    sims = torch.zeros(2, 3, 10)
+    ragged = native.Ragged(torch.tensor([0, 6]), torch.tensor([6, 5], dtype=torch.int32), 10, 6)
+    with pytest.raises(ValueError):
+        native.pairs_forward(sims, torch.zeros(2, 3, 3), torch.ones(10), torch.ones(10), torch.ones(2, 3),
+                             "clipped_l2norm", "LogSumExp", 9.0, 6.0, ragged=ragged)

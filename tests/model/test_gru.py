@@ -1,4 +1,5 @@
-"""The training GRU (scan_viz/model/gru.py) against nn.GRU on packed sequences: outputs, gradients, gradcheck."""
+"""The training GRU (scan_viz/model/gru.py) against nn.GRU on packed sequences: outputs, gradients, gradcheck; each
+with a step's element-wise part in C (gru_cell.c) and in tensor operations (no C library)."""
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,21 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from scan_viz.heads import native
 from scan_viz.model.encoders import TextEncoder
 from scan_viz.model.gru import packed_gru
+
+
+@pytest.fixture(params=["C cell", "tensor ops"])
+def step_code(request):
+    """Runs the test with the GRU step's element-wise part in C, then without the C library."""
+    if request.param == "C cell":
+        if native.library() is None:
+            pytest.skip(f"C kernel not built: {native.status()}")
+        yield
+    else:
+        with native.disabled():
+            yield
 
 
 def _reference(rnn, x, lengths):
@@ -17,7 +31,7 @@ def _reference(rnn, x, lengths):
 
 
 @pytest.mark.parametrize("bidirectional,layers", [(False, 1), (True, 1), (True, 2)])
-def test_outputs_and_gradients_equal_packed_nn_gru(bidirectional, layers):
+def test_outputs_and_gradients_equal_packed_nn_gru(bidirectional, layers, step_code):
     torch.manual_seed(0)
     rnn = nn.GRU(5, 4, layers, batch_first=True, bidirectional=bidirectional).double()
     lengths = torch.tensor([6, 2, 5, 1])
@@ -36,7 +50,7 @@ def test_outputs_and_gradients_equal_packed_nn_gru(bidirectional, layers):
         assert torch.allclose(a, b, atol=1e-12, rtol=0), float((a - b).abs().max())
 
 
-def test_gradcheck():
+def test_gradcheck(step_code):
     torch.manual_seed(1)
     rnn = nn.GRU(3, 2, 1, batch_first=True, bidirectional=True).double()
     lengths = torch.tensor([4, 2, 3])

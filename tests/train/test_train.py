@@ -227,6 +227,33 @@ def test_blocked_batch_scores_equal_one_block(cross_attn):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+def test_batch_scores_packs_t2i_words_for_the_kernel(monkeypatch):
+    """SCAN t2i through the C kernel: the whole batch in one call with the captions' words packed (no length
+    groups); the same scores and gradients as autograd through blocks (float64). i2t keeps the length groups."""
+    from scan_viz.heads import attention_grad, create_head, native
+    from scan_viz.train.loop import batch_scores
+
+    if native.library() is None:
+        pytest.skip(f"C kernel not built: {native.status()}")
+    calls = []
+    monkeypatch.setattr(attention_grad, "ragged_pair_inputs",
+                        lambda *a, f=attention_grad.ragged_pair_inputs: calls.append(a[1].shape) or f(*a))
+    torch.manual_seed(1)
+    regions = torch.nn.functional.normalize(torch.randn(6, 5, 16, dtype=torch.float64), dim=-1)
+    words = torch.nn.functional.normalize(torch.randn(9, 7, 16, dtype=torch.float64), dim=-1)
+    lengths = torch.tensor([7, 1, 4, 6, 2, 5, 7, 3, 3])
+    for cross_attn, packed in (("t2i", 1), ("i2t", 1)):  # calls so far: i2t adds none
+        head = create_head(None, ScanConfig(img_dim=8, head_params={"cross_attn": cross_attn}))
+        results = []
+        for fused in (True, False):
+            r, w = regions.clone().requires_grad_(), words.clone().requires_grad_()
+            scores = batch_scores(head, r, w, lengths, fused=fused)
+            results.append((scores, *torch.autograd.grad(scores.square().sum(), (r, w))))
+        assert len(calls) == packed
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_max_violation_warmup(data, tmp_path):
     """--max-violation-warmup 1: epoch 1 sums over negatives, later epochs take the hardest negative only."""
     result = train(tiny_config(num_epochs=3, max_violation=True, max_violation_warmup=1), data, tmp_path, quiet())

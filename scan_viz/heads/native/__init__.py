@@ -1,8 +1,14 @@
 """SCAN's attention as a per-pair C kernel (``scan_pairs.c``), built with the machine's C compiler on first use.
 
 The same library holds the token screen's probe pass and its code scoring (``token_probe.c``, called by
-:meth:`scan_viz.retrieval.tokens.TokenIndex.probe_scores` and ``code_scores``), so one build, one cache and one off
-switch serve both.
+:meth:`scan_viz.retrieval.tokens.TokenIndex.probe_scores` and ``code_scores``) and the element-wise part of the
+training GRU's time step (``gru_cell.c``, called by :mod:`scan_viz.model.gru`), so one build, one cache and one off
+switch serve all three.
+
+Two layouts of a block's cosines: uniform, (C, k, Q, n), every query set padded to n items; or ragged
+(:class:`Ragged`), (C, k, width) with the query sets packed one after the other, each pair's tile sized to its own
+set. Training uses the ragged one for t2i (:func:`scan_viz.heads.attention_pairs.ragged_pair_inputs`): a batch's
+captions of any lengths are one block, with no padded word in its matrix products.
 
 Why C: on a CPU, SCAN's attention is about twenty element-wise passes over (images x regions x captions x words)
 tensors between two matrix products, and each pass streams the whole tensor through memory. The kernel walks the
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import os
 import platform
@@ -44,12 +51,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AGGREGATIONS", "NORMS", "disabled", "library", "listed_pairs_backward", "pairs_backward", "pairs_forward",
+__all__ = ["AGGREGATIONS", "NORMS", "Ragged", "disabled", "gru_cell_backward", "gru_cell_forward", "library",
+           "listed_pairs_backward", "pairs_backward", "pairs_forward",
            "pairs_forward_direct", "pairs_forward_direct_half", "status", "threads", "token_code_best",
            "token_probe_scores", "usable"]
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ("scan_pairs_all.c", "scan_pairs.c", "token_probe.c")
+SOURCES = ("scan_pairs_all.c", "scan_pairs.c", "gru_cell.c", "token_probe.c")
 #: the raw-feature normalisations the kernel implements, by their code in scan_pairs.c
 NORMS = {"l2norm": 0, "clipped_l2norm": 1}
 #: the aggregations, by their code in scan_pairs.c
@@ -118,17 +126,24 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     p, i = ctypes.c_void_p, ctypes.c_int
     for suffix, real in (("f32", ctypes.c_float), ("f64", ctypes.c_double)):
         forward = getattr(lib, f"scan_pairs_forward_{suffix}")
-        forward.argtypes = [p] * 6 + [i] * 6 + [real, real]
+        ragged = [p, p, ctypes.c_long]  # query sets' offsets, lengths, row width (NULL, NULL, 0: uniform)
+        forward.argtypes = [p] * 6 + [i] * 6 + [real, real] + ragged
         forward.restype = i
         backward = getattr(lib, f"scan_pairs_backward_{suffix}")
-        backward.argtypes = [p] * 9 + [i] * 6 + [real, real]
+        backward.argtypes = [p] * 9 + [i] * 6 + [real, real] + ragged
         backward.restype = i
         direct = getattr(lib, f"scan_pairs_forward_direct_{suffix}")
         direct.argtypes = [p] * 6 + [i] * 6 + [real, real]
         direct.restype = i
         listed = getattr(lib, f"scan_pairs_backward_list_{suffix}")
-        listed.argtypes = [p] * 11 + [i] * 6 + [real, real]
+        listed.argtypes = [p] * 11 + [i] * 6 + [real, real] + ragged
         listed.restype = i
+        cell = getattr(lib, f"gru_cell_forward_{suffix}")
+        cell.argtypes = [p] * 5 + [ctypes.c_long] * 2
+        cell.restype = None
+        cell = getattr(lib, f"gru_cell_backward_{suffix}")
+        cell.argtypes = [p] * 7 + [ctypes.c_long] * 2
+        cell.restype = None
     half = getattr(lib, "scan_pairs_forward_direct_half_f32", None)  # absent where the compiler has no _Float16
     if half is not None:
         half.argtypes = [p] * 7 + [i] * 6 + [ctypes.c_float] * 2
@@ -221,16 +236,46 @@ def _check(*tensors: torch.Tensor) -> None:
             raise ValueError("scan_pairs: inputs must be contiguous CPU tensors of one dtype")
 
 
+@dataclasses.dataclass(frozen=True)
+class Ragged:
+    """Query sets packed one after the other without padding: set q's items are ``[offsets[q], offsets[q] +
+    lengths[q])`` of a row of ``width`` items; ``longest`` is the largest length (the kernel's tile size)."""
+
+    offsets: torch.Tensor  # (Q,) int64
+    lengths: torch.Tensor  # (Q,) int32
+    width: int
+    longest: int
+
+    @classmethod
+    def of(cls, lengths: torch.Tensor) -> Ragged:
+        lengths = lengths.detach().cpu().to(torch.int64)
+        ends = torch.cumsum(lengths, 0)
+        return cls((ends - lengths).contiguous(), lengths.to(torch.int32).contiguous(), int(ends[-1]),
+                   int(lengths.max()))
+
+
+def _shape(sims: torch.Tensor, ragged: Ragged | None) -> tuple[int, int, int, int, tuple]:
+    """(C, k, Q, n) of a block and the kernel's ragged arguments: sims (C, k, Q, n), or (C, k, width) ragged."""
+    if ragged is None:
+        return (*sims.shape, (None, None, 0))
+    n_ctx, k, width = sims.shape
+    if width != ragged.width:
+        raise ValueError("scan_pairs: the ragged layout does not match the cosines")
+    return n_ctx, k, int(ragged.lengths.numel()), ragged.longest, (_ptr(ragged.offsets), _ptr(ragged.lengths), width)
+
+
 def pairs_forward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
-                  cvalid: torch.Tensor, norm: str, agg: str, lam: float, lse: float) -> torch.Tensor:
-    """(C, Q) scores of every pair: sims (C, k, Q, n), gram (C, k, k), qnorm / qvalid (Q, n), cvalid (C, k)."""
+                  cvalid: torch.Tensor, norm: str, agg: str, lam: float, lse: float,
+                  ragged: Ragged | None = None) -> torch.Tensor:
+    """(C, Q) scores of every pair: sims (C, k, Q, n), gram (C, k, k), qnorm / qvalid (Q, n), cvalid (C, k); or with
+    ``ragged``, sims (C, k, width) and qnorm / qvalid (width,)."""
     lib = library()
     _check(sims, gram, qnorm, qvalid, cvalid)
-    n_ctx, k, n_q, n = sims.shape
+    n_ctx, k, n_q, n, tail = _shape(sims, ragged)
     scores = torch.empty(n_ctx, n_q, dtype=sims.dtype)
     fn = lib.scan_pairs_forward_f32 if sims.dtype == torch.float32 else lib.scan_pairs_forward_f64
     _run(fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(scores), n_ctx, k, n_q, n,
-            NORMS[norm], AGGREGATIONS[agg], lam, lse))
+            NORMS[norm], AGGREGATIONS[agg], lam, lse, *tail))
     return scores
 
 
@@ -308,8 +353,11 @@ def pairs_forward_direct_half(table, rows, query: torch.Tensor, qnorm: torch.Ten
 
 def pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
                    cvalid: torch.Tensor, grad: torch.Tensor, norm: str, agg: str, lam: float,
-                   lse: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of ``sum(grad * scores)`` w.r.t. sims (C, k, Q, n), gram (C, k, k) and qnorm (Q, n).
+                   lse: float, ragged: Ragged | None = None,
+                   out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``sum(grad * scores)`` w.r.t. sims (C, k, Q, n), gram (C, k, k) and qnorm (Q, n) (or, with
+    ``ragged``, sims (C, k, width) and qnorm (width,)). ``out``: where the gradient of sims goes; it may be ``sims``
+    itself, whose cosines are then gone.
 
     Pairs whose ``grad`` is exactly 0 are skipped (their gradient is 0: every term is linear in it), which is
     most pairs under the hardest-negative loss.
@@ -317,36 +365,67 @@ def pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, 
     lib = library()
     grad = grad.contiguous()
     _check(sims, gram, qnorm, qvalid, cvalid, grad)
-    n_ctx, k, n_q, n = sims.shape
-    g_sims = torch.empty_like(sims)
+    n_ctx, k, n_q, n, tail = _shape(sims, ragged)
+    g_sims = torch.empty_like(sims) if out is None else out
+    _check(sims, g_sims)
+    if g_sims.shape != sims.shape:
+        raise ValueError("scan_pairs: the gradient's buffer does not match the cosines")
     g_gram = torch.zeros_like(gram)
-    g_qnorm = torch.zeros(n_q, n, dtype=sims.dtype)
+    g_qnorm = torch.zeros_like(qnorm)
     fn = lib.scan_pairs_backward_f32 if sims.dtype == torch.float32 else lib.scan_pairs_backward_f64
     _run(fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(grad), _ptr(g_sims),
-            _ptr(g_gram), _ptr(g_qnorm), n_ctx, k, n_q, n, NORMS[norm], AGGREGATIONS[agg], lam, lse))
+            _ptr(g_gram), _ptr(g_qnorm), n_ctx, k, n_q, n, NORMS[norm], AGGREGATIONS[agg], lam, lse, *tail))
     return g_sims, g_gram, g_qnorm
 
 
 def listed_pairs_backward(sims: torch.Tensor, gram: torch.Tensor, qnorm: torch.Tensor, qvalid: torch.Tensor,
                           cvalid: torch.Tensor, pair_c: torch.Tensor, pair_q: torch.Tensor, grad: torch.Tensor,
-                          norm: str, agg: str, lam: float,
-                          lse: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          norm: str, agg: str, lam: float, lse: float,
+                          ragged: Ragged | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`pairs_backward` for the listed pairs only (``pair_c`` sorted, int64; ``grad`` their gradients): the
-    gradient tiles (P, k, n) of those pairs' cosines, and the gradients of gram (C, k, k) and qnorm (Q, n)."""
+    gradient tiles (P, k, n) of those pairs' cosines, and the gradients of gram (C, k, k) and qnorm (Q, n). With
+    ``ragged``, n is the longest set and a tile's columns past its set's length are 0."""
     lib = library()
     pair_c, pair_q, grad = pair_c.contiguous(), pair_q.contiguous(), grad.contiguous()
     _check(sims, gram, qnorm, qvalid, cvalid, grad)
-    n_ctx, k, n_q, n = sims.shape
+    n_ctx, k, n_q, n, tail = _shape(sims, ragged)
     n_pairs = int(pair_c.numel())
     tiles = torch.empty(n_pairs, k, n, dtype=sims.dtype)
     g_gram = torch.zeros_like(gram)
-    g_qnorm = torch.zeros(n_q, n, dtype=sims.dtype)
+    g_qnorm = torch.zeros_like(qnorm)
     if n_pairs:
         fn = lib.scan_pairs_backward_list_f32 if sims.dtype == torch.float32 else lib.scan_pairs_backward_list_f64
         _run(fn(_ptr(sims), _ptr(gram), _ptr(qnorm), _ptr(qvalid), _ptr(cvalid), _ptr(pair_c), _ptr(pair_q),
                 _ptr(grad), _ptr(tiles), _ptr(g_gram), _ptr(g_qnorm), n_pairs, k, n_q, n, NORMS[norm],
-                AGGREGATIONS[agg], lam, lse))
+                AGGREGATIONS[agg], lam, lse, *tail))
     return tiles, g_gram, g_qnorm
+
+
+def gru_cell_forward(gi: torch.Tensor, gates: torch.Tensor, hp: torch.Tensor, news: torch.Tensor,
+                     out: torch.Tensor) -> None:
+    """One GRU step's element-wise forward (gru_cell.c): gi, gates (b, 3h), hp (b, h) -> gates' first two thirds
+    become r and z, news and out (b, h) are written. Contiguous CPU tensors of one dtype, float32 or float64."""
+    _check(gi, gates, hp, news, out)
+    b, h = hp.shape
+    if gi.shape != (b, 3 * h) or gates.shape != (b, 3 * h) or news.shape != (b, h) or out.shape != (b, h):
+        raise ValueError("gru_cell: shapes do not match")
+    lib = library()
+    fn = lib.gru_cell_forward_f32 if hp.dtype == torch.float32 else lib.gru_cell_forward_f64
+    fn(_ptr(gi), _ptr(gates), _ptr(hp), _ptr(news), _ptr(out), b, h)
+
+
+def gru_cell_backward(g_out: torch.Tensor, g_h: torch.Tensor, gates: torch.Tensor, news: torch.Tensor,
+                      hp: torch.Tensor, g_gi: torch.Tensor, g_gh: torch.Tensor) -> None:
+    """One GRU step's element-wise backward (gru_cell.c): writes g_gi and g_gh (b, 3h) and replaces g_h (b, h) by
+    the direct part of the gradient into hp (the caller adds ``g_gh @ W_hh``)."""
+    _check(g_out, g_h, gates, news, hp, g_gi, g_gh)
+    b, h = hp.shape
+    if (g_out.shape != (b, h) or g_h.shape != (b, h) or news.shape != (b, h) or gates.shape != (b, 3 * h)
+            or g_gi.shape != (b, 3 * h) or g_gh.shape != (b, 3 * h)):
+        raise ValueError("gru_cell: shapes do not match")
+    lib = library()
+    fn = lib.gru_cell_backward_f32 if hp.dtype == torch.float32 else lib.gru_cell_backward_f64
+    fn(_ptr(g_out), _ptr(g_h), _ptr(gates), _ptr(news), _ptr(hp), _ptr(g_gi), _ptr(g_gh), b, h)
 
 
 def token_probe_scores(offsets, images, centroids, weights, n_images: int):

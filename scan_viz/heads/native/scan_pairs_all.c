@@ -1,4 +1,5 @@
-/* Both precisions of scan_pairs.c, and the token screen's probe pass (token_probe.c), in one shared library. */
+/* Both precisions of scan_pairs.c and of the training GRU's step (gru_cell.c), and the token screen's probe pass
+   (token_probe.c), in one shared library. */
 #include <math.h>
 /* glibc's vector maths (libmvec) declares its SIMD variants only under -ffast-math's __FAST_MATH__, which this build
    does not use (see FLAGS in __init__.py), so declare the two variants the loops need here. */
@@ -21,6 +22,7 @@ __attribute__((__simd__("notinbranch"))) double exp(double);
 #define SQRT sqrtf
 #define LOG logf
 #include "scan_pairs.c"
+#include "gru_cell.c"
 #undef HALF_ROWS
 #undef T
 #undef IT
@@ -35,4 +37,5 @@ __attribute__((__simd__("notinbranch"))) double exp(double);
 #define SQRT sqrt
 #define LOG log
 #include "scan_pairs.c"
+#include "gru_cell.c"
 #include "token_probe.c"
