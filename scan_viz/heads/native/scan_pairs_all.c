@@ -6,6 +6,13 @@
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__FAST_MATH__) && !defined(SCAN_NO_MVEC)
 __attribute__((__simd__("notinbranch"))) float expf(float);
 __attribute__((__simd__("notinbranch"))) double exp(double);
+/* tanh's vector variants came with glibc 2.35 (gru_cell.c; scalar calls before that) */
+#if defined(__GLIBC__) && defined(__GLIBC_PREREQ)
+#if __GLIBC_PREREQ(2, 35)
+__attribute__((__simd__("notinbranch"))) float tanhf(float);
+__attribute__((__simd__("notinbranch"))) double tanh(double);
+#endif
+#endif
 #endif
 /* IEEE float16 (GCC 12+ and Clang on x86-64 and AArch64; widened with the CPU's conversion instructions where
    -march=native has them, F16C on x86): the half-row entry point exists only where the compiler has the type */
@@ -19,6 +26,7 @@ __attribute__((__simd__("notinbranch"))) double exp(double);
 #define IT int
 #define SUFFIX f32
 #define EXP expf
+#define TANH tanhf
 #define SQRT sqrtf
 #define LOG logf
 #include "scan_pairs.c"
@@ -28,12 +36,14 @@ __attribute__((__simd__("notinbranch"))) double exp(double);
 #undef IT
 #undef SUFFIX
 #undef EXP
+#undef TANH
 #undef SQRT
 #undef LOG
 #define T double
 #define IT long long
 #define SUFFIX f64
 #define EXP exp
+#define TANH tanh
 #define SQRT sqrt
 #define LOG log
 #include "scan_pairs.c"
