@@ -265,11 +265,10 @@ def _kernel_backward(inputs, grad, params, product_dtype):
         g_sims, g_grams, g_qnorm = native.pairs_backward(inputs.sims, inputs.gram, inputs.qnorm, inputs.qvalid,
                                                          inputs.cvalid, grad, norm, agg, lam, lse, ragged=ragged,
                                                          out=None if ragged is None else inputs.sims)
-        if ragged is not None:
-            inputs.sims = None
         if ragged is None:
             return _products_backward(g_sims, g_grams, g_qnorm, inputs.context, inputs.query, inputs.qnorm,
                                       inputs.qvalid.bool(), ctx_valid, product_dtype)
+        inputs.sims = None  # its memory holds the gradient now
         # packed words: the same products with all words as one query set of `width` items
         n_ctx, k, width = g_sims.shape
         g_context, g_packed = _products_backward(g_sims.view(n_ctx, k, 1, width), g_grams, g_qnorm.view(1, width),
