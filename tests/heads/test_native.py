@@ -390,3 +390,19 @@ def test_ragged_layout_out_of_its_row_is_refused():
     with pytest.raises(ValueError):
         native.pairs_forward(sims, torch.zeros(2, 3, 3), torch.ones(10), torch.ones(10), torch.ones(2, 3),
                              "clipped_l2norm", "LogSumExp", 9.0, 6.0, ragged=ragged)
+
+
+def test_packed_words_bfloat16_products_equal_the_uniform_layout():
+    """With bf16 region-word products the packed layout computes the same products (the same bf16 roundings of the
+    same numbers) as the uniform one, so its scores and gradients agree to float32 rounding; both differ from the
+    float32 products."""
+    params = AttentionParams("t2i", "clipped_l2norm", 9.0, "LogSumExp", 6.0)
+    regions, words, lengths, _ = _block(torch.float32, 4, 4, 9, 6, 16)
+    out = {}
+    for packed, dtype in ((True, torch.bfloat16), (False, torch.bfloat16), (True, None)):
+        r, w = regions.clone().requires_grad_(), words.clone().requires_grad_()
+        scores = scan_scores_trainable(r, w, lengths, params, product_dtype=dtype, packed_words=packed)
+        out[packed, dtype] = (scores, *torch.autograd.grad(scores.sum(), (r, w)))
+    for a, b, c in zip(out[True, torch.bfloat16], out[False, torch.bfloat16], out[True, None]):
+        assert torch.allclose(a, b, atol=2e-6, rtol=1e-5), float((a - b).abs().max())
+        assert float((a - c).abs().max()) > 1e-4
