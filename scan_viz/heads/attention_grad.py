@@ -40,7 +40,7 @@ from scan_viz.heads.attention import (LEAKY_SLOPE, AttentionParams, _masked_norm
                                       normalize_raw, scan_attention, softmax_is_bounded)
 from scan_viz.heads.attention_pairs import (kernel_scores, kernel_usable, pair_inputs, ragged_pair_inputs,
                                            ragged_sims)
-from scan_viz.heads.similarity import EPS, region_word_similarity
+from scan_viz.heads.similarity import EPS, product_matmul, region_word_similarity
 
 __all__ = ["BLOCK_BYTES", "ScanAttentionFunction", "kernel_packs_words", "scan_scores_trainable"]
 
@@ -130,12 +130,6 @@ def scan_scores_trainable(regions: torch.Tensor, words: torch.Tensor, word_lengt
     """
     return ScanAttentionFunction.apply(regions, words, word_lengths, region_lengths, params, product_dtype,
                                        block_bytes, packed_words)
-
-
-def _matmul(left: torch.Tensor, right: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
-    if product_dtype is not None and product_dtype != left.dtype:
-        return (left.to(product_dtype) @ right.to(product_dtype)).to(left.dtype)
-    return left @ right
 
 
 def _query_over_context_backward(context, query, context_lengths, query_lengths, grad, params, product_dtype,
@@ -233,9 +227,9 @@ def _products_backward(g_sims, g_grams, g_query_norm, ctx_m, q_m, q_m_norm, q_va
     n_ctx_sets, n_ctx, dim = ctx_m.shape
     n_q_sets, n_q, _ = q_m.shape
     flat = g_sims.view(n_ctx_sets * n_ctx, n_q_sets * n_q)
-    g_context = _matmul(flat, q_m.reshape(n_q_sets * n_q, dim), product_dtype).view(n_ctx_sets, n_ctx, dim)
+    g_context = product_matmul(flat, q_m.reshape(n_q_sets * n_q, dim), product_dtype).view(n_ctx_sets, n_ctx, dim)
     g_context.baddbmm_(g_grams, ctx_m, alpha=2)
-    g_query = _matmul(flat.t(), ctx_m.reshape(n_ctx_sets * n_ctx, dim), product_dtype).view(n_q_sets, n_q, dim)
+    g_query = product_matmul(flat.t(), ctx_m.reshape(n_ctx_sets * n_ctx, dim), product_dtype).view(n_q_sets, n_q, dim)
     # padding gets no gradient
     g_query += (g_query_norm / q_m_norm)[..., None] * q_m
     g_query *= q_valid[..., None]

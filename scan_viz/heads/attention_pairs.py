@@ -13,7 +13,7 @@ import dataclasses
 import torch
 
 from scan_viz.heads import native
-from scan_viz.heads.similarity import length_mask, region_word_similarity
+from scan_viz.heads.similarity import length_mask, product_matmul, region_word_similarity
 
 __all__ = ["PairInputs", "direct_half_scores", "direct_scores", "kernel_usable", "kernel_scores", "pair_inputs",
            "ragged_pair_inputs", "ragged_sims"]
@@ -87,10 +87,7 @@ def ragged_pair_inputs(regions: torch.Tensor, words: torch.Tensor, word_lengths:
 def ragged_sims(context: torch.Tensor, query: torch.Tensor, product_dtype: torch.dtype | None = None) -> torch.Tensor:
     """The cosines (n_images, n_regions, width) of context (n_images, n_regions, d) and packed words (width, d)."""
     n_img, n_reg, dim = context.shape
-    left = context.reshape(n_img * n_reg, dim)
-    if product_dtype is not None and product_dtype != context.dtype:
-        return (left.to(product_dtype) @ query.to(product_dtype).T).to(context.dtype).view(n_img, n_reg, -1)
-    return (left @ query.T).view(n_img, n_reg, -1)
+    return product_matmul(context.reshape(n_img * n_reg, dim), query.T, product_dtype).view(n_img, n_reg, -1)
 
 
 def kernel_scores(inputs: PairInputs, cross_attn: str, norm: str, agg: str, lam: float,

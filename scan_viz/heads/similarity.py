@@ -66,6 +66,14 @@ class RegionWordSimilarity:
         return None if self.region_valid is None else self.region_valid[:, :, None, None]
 
 
+def product_matmul(left: torch.Tensor, right: torch.Tensor, product_dtype: torch.dtype | None) -> torch.Tensor:
+    """``left @ right`` computed in ``product_dtype`` (e.g. bfloat16) when given, back in ``left``'s dtype: the one
+    rule for the region-word products of scoring and training."""
+    if product_dtype is not None and product_dtype != left.dtype:
+        return (left.to(product_dtype) @ right.to(product_dtype)).to(left.dtype)
+    return left @ right
+
+
 def region_word_similarity(regions: torch.Tensor, words: torch.Tensor, word_lengths: torch.Tensor,
                            region_lengths: torch.Tensor | None = None,
                            product_dtype: torch.dtype | None = None) -> RegionWordSimilarity:
@@ -84,10 +92,7 @@ def region_word_similarity(regions: torch.Tensor, words: torch.Tensor, word_leng
         region_valid = length_mask(region_lengths.to(regions.device), n_reg)
         regions = regions * region_valid[:, :, None].to(regions.dtype)
     left, right = regions.reshape(n_img * n_reg, dim), words.reshape(n_cap * n_words, dim)
-    if product_dtype is not None and product_dtype != regions.dtype:
-        sims = (left.to(product_dtype) @ right.to(product_dtype).T).to(regions.dtype)
-    else:
-        sims = left @ right.T
+    sims = product_matmul(left, right.T, product_dtype)
     # this layout keeps every later step a contiguous reduction or a plain bmm (no copies)
     return RegionWordSimilarity(sims.view(n_img, n_reg, n_cap, n_words), regions, words, word_valid, region_valid)
 
