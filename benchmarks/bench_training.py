@@ -1,6 +1,6 @@
 """Training throughput of `scan-viz train`: one optimisation step as the loop takes it, before vs after.
 
-    python benchmarks/bench_training.py [--threads 1] [--steps 6] [--cross-attn t2i] [--max-violation]
+    python benchmarks/bench_training.py [--threads 1] [--steps 6] [--rounds 3] [--cross-attn t2i] [--max-violation]
 
 All variants run in this process on the same synthetic batch at the bundled model's sizes (batch 128, 36 regions
 of 211-d features, embed 256, word_dim 128, bi-GRU, captions of 8-16 tokens), with the same encoders, head, loss
@@ -27,6 +27,10 @@ MB each, which glibc maps from the kernel and returns to it every step, so that 
 page faults (docs/speed.md). It prints pairs/s (128 x 128 image-caption
 pairs per step) and the ratios to the baseline, the share of a step each phase takes, and how far each variant's
 loss and gradients are from the baseline's (same weights).
+
+The variants take turns: the timed steps are split into ``--rounds`` rounds, and in each round every variant runs
+its share of them in the order above. The ratio is that of the mean steps over all rounds; "per round" gives the
+lowest and highest ratio of a round's steps, the spread the machine's changing speed leaves in it.
 """
 from __future__ import annotations
 
@@ -51,11 +55,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the bundle trains one per core)")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant (after 2 warm-up steps)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="the timed steps are split into this many rounds, in each of which every variant runs its "
+                         "share of steps in turn")
     ap.add_argument("--cross-attn", default="t2i", choices=("t2i", "i2t"))
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--max-violation", action="store_true",
                     help="the hardest-negative loss (SCAN's paper, VSE++) instead of the sum over negatives")
     args = ap.parse_args()
+    if not 1 <= args.rounds <= args.steps:
+        ap.error("--rounds must be between 1 and --steps")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = ScanConfig(img_dim=211, embed_size=256, word_dim=128, bi_gru=True, vocab_size=240,
@@ -121,33 +130,47 @@ def main() -> None:
           f"{float(lengths.float().mean()):.1f} tokens (max {int(lengths.max())})")
     print(f"vs baseline, |loss diff| / max |grad diff| (largest |grad| {grad_scale:.2e}): "
           + "; ".join(f"{name}: {d}" for name, d in zip(list(variants)[1:], diffs)))
-    print("| variant | s/step | pairs/s | vs baseline | CPU s/step | vs baseline (CPU) | of which system | encoders "
-          "| head fwd | backward | clip+step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    base_rate = base_cpu = None
+    optimizers = {name: torch.optim.Adam(params, lr=2e-4) for name in variants}
     for name, fn in variants.items():
-        optimizer = torch.optim.Adam(params, lr=2e-4)
         for _ in range(2):
-            step(fn, optimizer)
-        phases, cpu = [], []
-        sys0 = resource.getrusage(resource.RUSAGE_SELF).ru_stime
-        for _ in range(args.steps):
-            c0 = time.process_time()
-            times, _, _ = step(fn, optimizer)
-            t0 = time.perf_counter()
-            optimizer.step()
-            times[-1] += time.perf_counter() - t0
-            cpu.append(time.process_time() - c0)
-            phases.append(times)
-        mean = np.mean(phases, axis=0)
+            step(fn, optimizers[name])
+    # the variants take turns, a few steps each per round, so a change in the machine's speed during the run
+    # (this project's VMs: 10-30% within minutes) reaches all of them alike
+    phases = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    system = dict.fromkeys(variants, 0.0)
+    per_round = [args.steps // args.rounds + (r < args.steps % args.rounds) for r in range(args.rounds)]
+    round_time = {name: [] for name in variants}
+    for steps in per_round:
+        for name, fn in variants.items():
+            sys0, wall = resource.getrusage(resource.RUSAGE_SELF).ru_stime, 0.0
+            for _ in range(steps):
+                c0 = time.process_time()
+                times, _, _ = step(fn, optimizers[name])
+                t0 = time.perf_counter()
+                optimizers[name].step()
+                times[-1] += time.perf_counter() - t0
+                cpu[name].append(time.process_time() - c0)
+                phases[name].append(times)
+                wall += float(times.sum())
+            system[name] += resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0
+            round_time[name].append(wall / steps)
+    print(f"{args.steps} timed steps per variant in {args.rounds} rounds (the variants in turn, {per_round} steps "
+          "each)")
+    print("| variant | s/step | pairs/s | vs baseline | per round | CPU s/step | vs baseline (CPU) | of which system "
+          "| encoders | head fwd | backward | clip+step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = next(iter(variants))
+    for name in variants:
+        mean = np.mean(phases[name], axis=0)
         total = float(mean.sum())
-        rate = b * b / total
-        cpu_step = float(np.mean(cpu))
-        sys_step = (resource.getrusage(resource.RUSAGE_SELF).ru_stime - sys0) / args.steps
-        base_rate, base_cpu = base_rate or rate, base_cpu or cpu_step
+        base_total = float(np.mean(phases[base], axis=0).sum())
+        rounds = [b_t / t for b_t, t in zip(round_time[base], round_time[name])]
+        cpu_step = float(np.mean(cpu[name]))
         share = " | ".join(f"{100 * v / total:.0f}%" for v in mean)
-        print(f"| {name} | {total:.3f} | {rate:,.0f} | {rate / base_rate:.2f}x | {cpu_step:.3f} | "
-              f"{base_cpu / cpu_step:.2f}x | {sys_step:.3f} | {share} |")
+        print(f"| {name} | {total:.3f} | {b * b / total:,.0f} | {base_total / total:.2f}x | "
+              f"{min(rounds):.2f}-{max(rounds):.2f}x | {cpu_step:.3f} | {np.mean(cpu[base]) / cpu_step:.2f}x | "
+              f"{system[name] / args.steps:.3f} | {share} |")
 
 
 if __name__ == "__main__":

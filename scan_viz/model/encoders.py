@@ -69,10 +69,10 @@ class TextEncoder(nn.Module):
     hand_backward: bool = True
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
-        if self.hand_backward and torch.is_grad_enabled() and x.device.type == "cpu" and not self.rnn.dropout:
-            emb = packed_gru(self.rnn, x, lengths.detach().cpu().to(torch.int64))
+        if self.hand_backward and torch.is_grad_enabled() and ids.device.type == "cpu" and not self.rnn.dropout:
+            emb = packed_gru(self.rnn, ids, lengths.detach().cpu().to(torch.int64), embedding=self.embed)
         else:
+            x = self.embed(ids)
             packed = pack_padded_sequence(x, lengths.detach().cpu().to(torch.int64), batch_first=True,
                                           enforce_sorted=False)
             out, _ = self.rnn(packed)
