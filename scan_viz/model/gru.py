@@ -143,6 +143,8 @@ def packed_gru(rnn: nn.GRU, x: torch.Tensor, lengths: torch.Tensor, embedding: n
         x, embedding = embedding(x), None
     packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
     data = packed.data
+    if embedding is not None and embedding.num_embeddings >= data.numel():
+        data, embedding = F.embedding(data, embedding.weight), None  # no table: the words' vectors, looked up once
     for layer in range(rnn.num_layers):
         outs = []
         for suffix in ("", "_reverse") if rnn.bidirectional else ("",):
@@ -161,15 +163,14 @@ def _input_part(data: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor,
     ``embedding`` the packed word ids (N,).
 
     A word's input part depends on the word alone, so where the vocabulary has fewer words than the batch (the
-    bundled models: 238 against ~1,550 words a batch) it is one row of a table ``E W_i^T + b_i`` (V, 3H) computed
-    once: forward and backward then multiply V rows instead of N (the backward adds the N rows' gradients into
-    their words' rows first, as ``F.embedding``'s backward does). With a larger vocabulary it is
-    ``embedding(ids) W_i^T + b_i``. Both are the same sums in another order."""
+    bundled models: 238 against ~1,550 words a batch; :func:`packed_gru` passes ``embedding`` only then) it is one
+    row of a table ``E W_i^T + b_i`` (V, 3H) computed once: forward and backward then multiply V rows instead of N
+    (the backward adds the N rows' gradients into their words' rows first, as ``F.embedding``'s backward does).
+    With a larger vocabulary the words' vectors are looked up first and multiplied. Both are the same sums in
+    another order."""
     if embedding is None:
         return torch.addmm(b_ih, data, w_ih.t())
-    if embedding.num_embeddings < data.numel():
-        return F.embedding(data, torch.addmm(b_ih, embedding.weight, w_ih.t()))
-    return torch.addmm(b_ih, F.embedding(data, embedding.weight), w_ih.t())
+    return F.embedding(data, torch.addmm(b_ih, embedding.weight, w_ih.t()))
 
 
 def _plain(embedding: nn.Embedding) -> bool:
